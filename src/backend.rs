@@ -1,0 +1,184 @@
+//! The contract an adapter implements.
+//!
+//! An adapter maps a resolved plan onto its database and classifies its
+//! errors; everything else (policy enforcement, sessions, verification,
+//! retries, routing, metrics) is written once in [`Client`](crate::Client).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::policy::ReadPolicy;
+use crate::record::{Committed, Precondition, Read, ReplicaRole};
+use crate::session::{Scope, SessionFloor};
+use crate::topology::{Region, Topology};
+
+/// The longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// Names one logical write across all its retries.
+///
+/// Backends store it with the write, in the same transaction, so that an
+/// ambiguous outcome can be resolved by looking it up.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdempotencyKey(Arc<str>);
+
+impl IdempotencyKey {
+    /// Validates a caller-chosen key: 1–128 printable ASCII characters.
+    pub fn new(key: &str) -> Result<IdempotencyKey, Error> {
+        if key.is_empty()
+            || key.len() > MAX_IDEMPOTENCY_KEY
+            || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(Error::InvalidInput(format!(
+                "idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters, got {} bytes",
+                key.len()
+            )));
+        }
+        Ok(IdempotencyKey(Arc::from(key)))
+    }
+
+    /// A fresh key, unique with overwhelming probability across processes.
+    pub fn generate() -> IdempotencyKey {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let random = crate::random::process_entropy();
+        IdempotencyKey(Arc::from(format!("q-{random:016x}-{n:x}")))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A read resolved by the client: where, from which replica, and what the
+/// session requires.
+#[derive(Clone, Debug)]
+pub struct ReadPlan<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// The region to serve the read from (its gateway or replica).
+    pub region: &'a Region,
+    /// Leader (linearizable) or follower.
+    pub role: ReplicaRole,
+    /// The policy the caller asked for (a follower plan may map it natively,
+    /// e.g. `with_max_staleness`).
+    pub policy: ReadPolicy,
+    /// What the caller's session requires; a backend may use it natively
+    /// (e.g. `with_min_timestamp`, a standby's replay LSN). The client checks
+    /// the result regardless.
+    pub floor: SessionFloor,
+    /// The caller's deadline. A backend that waits (for a replica to catch
+    /// up, say) must not wait past it.
+    pub deadline: Instant,
+}
+
+/// A conditional write resolved by the client.
+#[derive(Clone, Debug)]
+pub struct WriteRequest<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// The new value.
+    pub value: &'a Bytes,
+    /// When the write applies.
+    pub precondition: Precondition,
+    /// The logical write this attempt belongs to. A backend stores it in the
+    /// same transaction as the data and, when it already holds an outcome for
+    /// it, returns that outcome instead of applying the write again.
+    pub idempotency_key: Option<&'a IdempotencyKey>,
+    /// The region whose gateway receives the write.
+    pub region: &'a Region,
+    /// The caller's deadline.
+    pub deadline: Instant,
+}
+
+/// What a region reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// The region probed.
+    pub region: Region,
+    /// The server's wall clock when it answered, in nanoseconds since the
+    /// Unix epoch.
+    pub server_time_nanos: u64,
+    /// How far the region's replicas are behind its leaders, when known.
+    pub replica_lag: Option<Duration>,
+}
+
+/// What a backend can do; the client plans reads and writes from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Linearizable reads can be served through any region's gateway
+    /// (CockroachDB, Spanner, DynamoDB MRSC). When false, strong reads go to
+    /// the key's [`Backend::home_region`].
+    pub strong_reads_anywhere: bool,
+    /// Writes can be sent to any region's gateway. When false (DynamoDB
+    /// global tables in eventual mode), writes go to the key's home region so
+    /// that conditional writes are checked in one place.
+    pub writes_anywhere: bool,
+    /// Followers can serve reads and report their freshness.
+    pub follower_reads: bool,
+    /// The largest staleness bound the backend's history supports.
+    pub max_staleness: Duration,
+    /// The clock offset beyond which the database's guarantees break
+    /// (CockroachDB `max_offset`), if it has one.
+    pub max_clock_offset: Option<Duration>,
+}
+
+/// The database side of quorate: one implementation per adapter.
+///
+/// Methods return `Send` futures so clients can be used from any runtime
+/// task. Implementations classify every error through [`Error::retryability`]:
+/// in particular, an error after a commit was sent must be ambiguous.
+pub trait Backend: Send + Sync + 'static {
+    /// The cluster or database this backend talks to; session tokens carry it.
+    fn scope(&self) -> &Scope;
+
+    /// The regions and the local one.
+    fn topology(&self) -> &Topology;
+
+    /// What the backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The region that owns `key` for strong reads and writes when
+    /// [`Capabilities::strong_reads_anywhere`] or
+    /// [`Capabilities::writes_anywhere`] is false.
+    fn home_region(&self, key: &str) -> Option<Region> {
+        let _ = key;
+        None
+    }
+
+    /// Reads one key under a resolved plan.
+    fn read(&self, plan: &ReadPlan<'_>) -> impl Future<Output = Result<Read<Bytes>, Error>> + Send;
+
+    /// Writes one key if its precondition holds. A failed precondition is
+    /// [`Error::Conflict`] carrying the current version.
+    fn write(
+        &self,
+        request: &WriteRequest<'_>,
+    ) -> impl Future<Output = Result<Committed, Error>> + Send;
+
+    /// The outcome recorded for an idempotency key, read linearizably through
+    /// `region`: `Some` if the logical write committed, `None` if it did not
+    /// (and, from now on, cannot).
+    fn lookup(
+        &self,
+        region: &Region,
+        key: &str,
+        idempotency_key: &IdempotencyKey,
+    ) -> impl Future<Output = Result<Option<Committed>, Error>> + Send;
+
+    /// Asks a region for its clock and replica lag.
+    fn probe(&self, region: &Region) -> impl Future<Output = Result<Probe, Error>> + Send;
+}

@@ -1,0 +1,419 @@
+//! Typed handles that separate critical from peripheral data.
+//!
+//! A [`Collection<T, Critical>`] accepts only [`StrictRead`] policies: asking
+//! it for a bounded-staleness read does not compile.
+//!
+//! ```compile_fail
+//! use quorate::{Collection, Critical, ReadPolicy, Staleness};
+//! use quorate::sim::Sim;
+//!
+//! async fn stale_balance(accounts: Collection<u64, Critical, Sim>) {
+//!     let bound = ReadPolicy::BoundedStaleness(Staleness::from_millis(500).unwrap());
+//!     // error[E0308]: a critical collection takes a `StrictRead`
+//!     let _ = accounts.get_with("acct:7", bound).await;
+//! }
+//! ```
+//!
+//! The same call on a peripheral collection compiles:
+//!
+//! ```
+//! use quorate::{Collection, Peripheral, ReadPolicy, Staleness};
+//! use quorate::sim::Sim;
+//!
+//! async fn feed(items: Collection<String, Peripheral, Sim>) {
+//!     let bound = ReadPolicy::BoundedStaleness(Staleness::from_millis(500).unwrap());
+//!     let _ = items.get_with("item:1", bound).await;
+//! }
+//! ```
+//!
+//! For names known only at run time, a [`PolicyBook`] does the same check
+//! and returns [`Error::PolicyViolation`].
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::client::{Client, Verify, WriteOptions};
+use crate::error::Error;
+use crate::policy::{ReadPolicy, StrictRead};
+use crate::record::{Committed, Precondition, Read};
+use crate::session::Session;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A class of data: what read policies it accepts and whether writes are
+/// verified by default.
+pub trait DataClass: sealed::Sealed + Send + Sync + 'static {
+    /// The policies this class accepts.
+    type Policy: Into<ReadPolicy> + Copy + Debug + Send + Sync + 'static;
+    /// `critical` or `peripheral`.
+    const NAME: &'static str;
+    /// The policy of [`Collection::get`] unless changed.
+    fn default_policy() -> Self::Policy;
+    /// Whether writes are verified (read-after-write) by default.
+    fn verify_by_default() -> bool;
+}
+
+/// Critical state: balances, orders, leases. Reads are `Strong` or `Session`
+/// only; writes are verified by default.
+#[derive(Debug, Clone, Copy)]
+pub enum Critical {}
+
+/// Peripheral state: feeds, caches, analytics. Reads may opt into bounded
+/// staleness.
+#[derive(Debug, Clone, Copy)]
+pub enum Peripheral {}
+
+impl sealed::Sealed for Critical {}
+impl sealed::Sealed for Peripheral {}
+
+impl DataClass for Critical {
+    type Policy = StrictRead;
+    const NAME: &'static str = "critical";
+    fn default_policy() -> StrictRead {
+        StrictRead::Strong
+    }
+    fn verify_by_default() -> bool {
+        true
+    }
+}
+
+impl DataClass for Peripheral {
+    type Policy = ReadPolicy;
+    const NAME: &'static str = "peripheral";
+    fn default_policy() -> ReadPolicy {
+        ReadPolicy::Session
+    }
+    fn verify_by_default() -> bool {
+        false
+    }
+}
+
+/// How many times [`Collection::update`] re-reads and retries after a
+/// conflicting write before it gives up.
+pub const DEFAULT_UPDATE_ATTEMPTS: u32 = 8;
+
+/// A typed handle on the records named `<name>/<key>`, in one session.
+///
+/// Values are stored as JSON.
+pub struct Collection<T, C: DataClass, B> {
+    client: Client<B>,
+    session: Session,
+    name: Arc<str>,
+    policy: C::Policy,
+    write: WriteOptions,
+    update_attempts: u32,
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<T, C: DataClass, B> Clone for Collection<T, C, B> {
+    fn clone(&self) -> Self {
+        Collection {
+            client: self.client.clone(),
+            session: self.session.clone(),
+            name: self.name.clone(),
+            policy: self.policy,
+            write: self.write.clone(),
+            update_attempts: self.update_attempts,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<B: Backend> Client<B> {
+    /// A typed handle on the collection `name` in `session`.
+    ///
+    /// The name must be 1–64 characters without `/`.
+    pub fn collection<T, C: DataClass>(
+        &self,
+        name: &str,
+        session: &Session,
+    ) -> Result<Collection<T, C, B>, Error> {
+        if name.is_empty()
+            || name.len() > 64
+            || name.contains('/')
+            || name.chars().any(char::is_control)
+        {
+            return Err(Error::InvalidInput(format!(
+                "collection name must be 1-64 characters without '/' or control characters: {:?}",
+                name.chars().take(65).collect::<String>()
+            )));
+        }
+        Ok(Collection {
+            client: self.clone(),
+            session: session.clone(),
+            name: Arc::from(name),
+            policy: C::default_policy(),
+            write: WriteOptions {
+                verify: C::verify_by_default().then(Verify::default),
+                ..Default::default()
+            },
+            update_attempts: DEFAULT_UPDATE_ATTEMPTS,
+            _marker: PhantomData,
+        })
+    }
+}
+
+impl<T, C, B> Collection<T, C, B>
+where
+    T: Serialize + DeserializeOwned,
+    C: DataClass,
+    B: Backend,
+{
+    /// The same handle with another default read policy.
+    pub fn with_policy(mut self, policy: C::Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The same handle with other write options (verification, deadline).
+    pub fn with_write_options(mut self, options: WriteOptions) -> Self {
+        self.write = options;
+        self
+    }
+
+    /// The session the handle reads and writes in.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}/{}", self.name, key)
+    }
+
+    /// Reads `key` under the handle's default policy.
+    pub async fn get(&self, key: &str) -> Result<Read<T>, Error> {
+        self.get_with(key, self.policy).await
+    }
+
+    /// Reads `key` under `policy` (for critical data, a [`StrictRead`]).
+    pub async fn get_with(&self, key: &str, policy: C::Policy) -> Result<Read<T>, Error> {
+        let read = self
+            .client
+            .read(&self.session, &self.full_key(key), policy.into())
+            .await?;
+        decode(read)
+    }
+
+    /// Writes `value` at `key` if `precondition` holds.
+    pub async fn put(
+        &self,
+        key: &str,
+        value: &T,
+        precondition: Precondition,
+    ) -> Result<Committed, Error> {
+        let bytes = serde_json::to_vec(value)?;
+        self.client
+            .write(
+                &self.session,
+                &self.full_key(key),
+                bytes.into(),
+                precondition,
+                &self.write,
+            )
+            .await
+    }
+
+    /// Read-modify-write: reads `key` strongly, computes the new value from
+    /// the old one, and writes it only if nobody committed in between; on a
+    /// conflict it reads again and retries, at most
+    /// [`DEFAULT_UPDATE_ATTEMPTS`] times.
+    pub async fn update(
+        &self,
+        key: &str,
+        mut f: impl FnMut(Option<T>) -> T,
+    ) -> Result<Committed, Error> {
+        let full = self.full_key(key);
+        let mut last = None;
+        for _ in 0..self.update_attempts {
+            let read = decode::<T>(
+                self.client
+                    .read(&self.session, &full, ReadPolicy::Strong)
+                    .await?,
+            )?;
+            let (precondition, old) = match read.value {
+                Some(v) => (Precondition::IfVersion(v.version), Some(v.value)),
+                None => (Precondition::IfAbsent, None),
+            };
+            let bytes = serde_json::to_vec(&f(old))?;
+            match self
+                .client
+                .write(
+                    &self.session,
+                    &full,
+                    bytes.into(),
+                    precondition,
+                    &self.write,
+                )
+                .await
+            {
+                Err(e @ Error::Conflict { .. }) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::InvalidInput("update attempts must be positive".into())))
+    }
+}
+
+fn decode<T: DeserializeOwned>(read: Read<bytes::Bytes>) -> Result<Read<T>, Error> {
+    let Read { value, freshness } = read;
+    let value = match value {
+        Some(v) => Some(crate::Versioned {
+            version: v.version,
+            value: serde_json::from_slice(&v.value)?,
+        }),
+        None => None,
+    };
+    Ok(Read { value, freshness })
+}
+
+/// The class of a name in a [`PolicyBook`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    /// Strict reads only.
+    Critical,
+    /// Any read policy.
+    Peripheral,
+}
+
+/// One entry of a [`PolicyBook`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicyEntry {
+    /// The class of the name.
+    pub class: Class,
+    /// The policy used when a read names none.
+    pub default: ReadPolicy,
+}
+
+/// Names known only at run time, mapped to a class and a default policy.
+///
+/// Unknown names are critical: strict unless declared otherwise.
+///
+/// ```
+/// use quorate::{PolicyBook, ReadPolicy, StrictRead, Error};
+///
+/// let book = PolicyBook::new()
+///     .critical("accounts", StrictRead::Strong)
+///     .peripheral("feed", "bounded:5000".parse()?);
+/// assert_eq!(book.resolve("feed", None)?, "bounded:5000".parse()?);
+/// assert!(matches!(
+///     book.resolve("accounts", Some("bounded:100".parse()?)),
+///     Err(Error::PolicyViolation { .. })
+/// ));
+/// assert_eq!(book.resolve("unknown", None)?, ReadPolicy::Strong);
+/// # Ok::<(), Error>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(
+    try_from = "HashMap<String, PolicyEntry>",
+    into = "HashMap<String, PolicyEntry>"
+)]
+pub struct PolicyBook {
+    entries: HashMap<String, PolicyEntry>,
+}
+
+impl PolicyBook {
+    /// An empty book: every name is critical and read strongly.
+    pub fn new() -> PolicyBook {
+        PolicyBook::default()
+    }
+
+    /// Declares a critical name.
+    pub fn critical(mut self, name: &str, default: StrictRead) -> PolicyBook {
+        self.entries.insert(
+            name.to_owned(),
+            PolicyEntry {
+                class: Class::Critical,
+                default: default.into(),
+            },
+        );
+        self
+    }
+
+    /// Declares a peripheral name.
+    pub fn peripheral(mut self, name: &str, default: ReadPolicy) -> PolicyBook {
+        self.entries.insert(
+            name.to_owned(),
+            PolicyEntry {
+                class: Class::Peripheral,
+                default,
+            },
+        );
+        self
+    }
+
+    /// The class of a name (critical when undeclared).
+    pub fn class(&self, name: &str) -> Class {
+        self.entries.get(name).map_or(Class::Critical, |e| e.class)
+    }
+
+    /// The policy to read `name` with: `requested`, or the name's default;
+    /// a relaxed policy on a critical name is a [`Error::PolicyViolation`].
+    pub fn resolve(&self, name: &str, requested: Option<ReadPolicy>) -> Result<ReadPolicy, Error> {
+        let entry = self.entries.get(name);
+        let policy = requested
+            .or(entry.map(|e| e.default))
+            .unwrap_or(ReadPolicy::Strong);
+        if self.class(name) == Class::Critical && policy.is_relaxed() {
+            return Err(Error::PolicyViolation {
+                name: name.to_owned(),
+                policy,
+            });
+        }
+        Ok(policy)
+    }
+}
+
+impl TryFrom<HashMap<String, PolicyEntry>> for PolicyBook {
+    type Error = Error;
+    fn try_from(entries: HashMap<String, PolicyEntry>) -> Result<Self, Error> {
+        for (name, e) in &entries {
+            if e.class == Class::Critical && e.default.is_relaxed() {
+                return Err(Error::PolicyViolation {
+                    name: name.clone(),
+                    policy: e.default,
+                });
+            }
+        }
+        Ok(PolicyBook { entries })
+    }
+}
+
+impl From<PolicyBook> for HashMap<String, PolicyEntry> {
+    fn from(b: PolicyBook) -> Self {
+        b.entries
+    }
+}
+
+impl<T, C: DataClass, B> Debug for Collection<T, C, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collection")
+            .field("name", &self.name)
+            .field("class", &C::NAME)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn book_from_configuration_rejects_relaxed_critical_defaults() {
+        let bad = r#"{"accounts":{"class":"critical","default":"bounded:100"}}"#;
+        assert!(serde_json::from_str::<PolicyBook>(bad).is_err());
+        let good = r#"{"feed":{"class":"peripheral","default":"bounded:100"}}"#;
+        let book: PolicyBook = serde_json::from_str(good).unwrap();
+        assert_eq!(book.class("feed"), Class::Peripheral);
+        assert_eq!(book.class("other"), Class::Critical);
+    }
+}

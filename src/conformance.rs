@@ -1,0 +1,627 @@
+//! The backend-agnostic conformance suite (feature `testing`).
+//!
+//! Every adapter runs the same cases against its real server, and the core
+//! runs them against the simulator, plain and wrapped in [`Chaos`]: all
+//! backends honour the same semantics. Cases that need faults wrap the given
+//! backend in [`Chaos`] themselves.
+//!
+//! ```no_run
+//! # async fn demo(backend: quorate::sim::Sim) {
+//! use quorate::conformance::{run_all, Fixture};
+//! let report = run_all(&Fixture::new(backend)).await;
+//! assert!(report.iter().all(|(_, r)| r.is_ok()), "{report:?}");
+//! # }
+//! ```
+//!
+//! Keys are prefixed with a random run id, so a shared server needs no reset
+//! between runs.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::backend::{Backend, IdempotencyKey};
+use crate::chaos::Chaos;
+use crate::client::{Client, ClientConfig, Verify, VerifyRegions, WriteOptions};
+use crate::error::Error;
+use crate::policy::{ReadPolicy, Staleness};
+use crate::record::{Precondition, ReplicaRole, Version};
+use crate::session::{Scope, SessionToken, TokenError};
+
+/// The outcome of one case: `Err` says what did not hold.
+pub type CaseResult = Result<(), String>;
+
+/// What the cases run against.
+#[derive(Clone, Debug)]
+pub struct Fixture<B> {
+    /// The backend, seen from its topology's local region.
+    pub backend: B,
+    /// The client configuration the cases use.
+    pub config: ClientConfig,
+    /// Prefix of every key the cases write.
+    pub prefix: String,
+}
+
+impl<B: Backend + Clone> Fixture<B> {
+    /// A fixture with the default (strict) configuration and a fresh key
+    /// prefix.
+    pub fn new(backend: B) -> Fixture<B> {
+        Fixture {
+            backend,
+            config: ClientConfig::default(),
+            prefix: format!(
+                "conf-{:012x}",
+                crate::random::process_entropy() & 0xffff_ffff_ffff
+            ),
+        }
+    }
+
+    fn key(&self, case: &str, n: u32) -> String {
+        format!("{}/{case}/{n}", self.prefix)
+    }
+
+    fn client(&self) -> Result<Client<B>, String> {
+        Client::new(self.backend.clone(), self.config.clone()).map_err(|e| e.to_string())
+    }
+
+    fn chaos_client(&self) -> Result<(Client<Chaos<B>>, crate::chaos::ChaosControl), String> {
+        let (backend, control) = Chaos::new(self.backend.clone());
+        let client = Client::new(backend, self.config.clone()).map_err(|e| e.to_string())?;
+        Ok((client, control))
+    }
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+fn fail(context: &str) -> impl FnOnce(Error) -> String + '_ {
+    move |e| format!("{context}: {e}")
+}
+
+/// A case of the suite.
+pub type Case<B> =
+    for<'a> fn(&'a Fixture<B>) -> Pin<Box<dyn Future<Output = CaseResult> + Send + 'a>>;
+
+/// Every case with its name.
+pub fn cases<B: Backend + Clone>() -> Vec<(&'static str, Case<B>)> {
+    vec![
+        ("read_your_writes", |f| Box::pin(read_your_writes(f))),
+        ("read_your_writes_across_services", |f| {
+            Box::pin(read_your_writes_across_services(f))
+        }),
+        ("monotonic_reads", |f| Box::pin(monotonic_reads(f))),
+        ("conditional_write_conflicts", |f| {
+            Box::pin(conditional_write_conflicts(f))
+        }),
+        ("exactly_once_after_ambiguous_commit", |f| {
+            Box::pin(exactly_once_after_ambiguous_commit(f))
+        }),
+        ("retry_after_failure_before_send", |f| {
+            Box::pin(retry_after_failure_before_send(f))
+        }),
+        ("bounded_staleness_honoured", |f| {
+            Box::pin(bounded_staleness_honoured(f))
+        }),
+        ("wrong_scope_token_rejected", |f| {
+            Box::pin(wrong_scope_token_rejected(f))
+        }),
+        ("not_visible_deadline", |f| {
+            Box::pin(not_visible_deadline(f))
+        }),
+        ("read_deadline_bounds_waiting", |f| {
+            Box::pin(read_deadline_bounds_waiting(f))
+        }),
+    ]
+}
+
+/// Runs every case, in order, and returns each outcome by name.
+pub async fn run_all<B: Backend + Clone>(fixture: &Fixture<B>) -> Vec<(&'static str, CaseResult)> {
+    let mut out = Vec::new();
+    for (name, case) in cases::<B>() {
+        out.push((name, case(fixture).await));
+    }
+    out
+}
+
+/// A session reads its own writes, under `Session` and `Strong`, even where
+/// followers lag.
+pub async fn read_your_writes<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let (client, control) = f.chaos_client()?;
+    control.set_replica_lag(client.backend().topology().local(), Duration::from_secs(30));
+    let session = client.session();
+    let key = f.key("ryw", 0);
+    let mut expect = Precondition::IfAbsent;
+    for i in 0..5u32 {
+        let c = client
+            .write(
+                &session,
+                &key,
+                i.to_string().into(),
+                expect,
+                &WriteOptions::default(),
+            )
+            .await
+            .map_err(fail("write"))?;
+        for policy in [ReadPolicy::Session, ReadPolicy::Strong] {
+            let r = client
+                .read(&session, &key, policy)
+                .await
+                .map_err(fail("read"))?;
+            ensure!(
+                r.version() == Some(c.version),
+                "{policy} read after writing {} saw {:?} at {:?}",
+                c.version,
+                r.version(),
+                r.freshness
+            );
+            ensure!(
+                r.value
+                    .as_ref()
+                    .is_some_and(|v| v.value == i.to_string().as_bytes()),
+                "{policy} read returned another value"
+            );
+        }
+        expect = Precondition::IfVersion(c.version);
+    }
+    Ok(())
+}
+
+/// A token carried as text to another client (another service) gives it
+/// read-your-writes too.
+pub async fn read_your_writes_across_services<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let writer = f.client()?;
+    let (reader, control) = f.chaos_client()?;
+    control.set_replica_lag(reader.backend().topology().local(), Duration::from_secs(30));
+    let key = f.key("ryw-x", 0);
+    let session = writer.session();
+    let c = writer
+        .write(
+            &session,
+            &key,
+            "a".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .map_err(fail("write"))?;
+    let header = writer.encode_token(&session);
+    let continued = reader.resume_session(&header).map_err(fail("resume"))?;
+    let r = reader
+        .read(&continued, &key, ReadPolicy::Session)
+        .await
+        .map_err(fail("read"))?;
+    ensure!(
+        r.version() == Some(c.version),
+        "other service saw {:?}, wrote {}",
+        r.version(),
+        c.version
+    );
+    Ok(())
+}
+
+/// Once a session has seen a version, it never sees an older one.
+pub async fn monotonic_reads<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let writer = f.client()?;
+    let (client, control) = f.chaos_client()?;
+    let key = f.key("monotonic", 0);
+    let w = writer.session();
+    let mut last = Version(0);
+    let mut expect = Precondition::IfAbsent;
+    for i in 0..3 {
+        let c = writer
+            .write(
+                &w,
+                &key,
+                format!("{i}").into(),
+                expect,
+                &WriteOptions::default(),
+            )
+            .await
+            .map_err(fail("write"))?;
+        expect = Precondition::IfVersion(c.version);
+        last = c.version;
+    }
+    let session = client.session();
+    let strong = client
+        .read(&session, &key, ReadPolicy::Strong)
+        .await
+        .map_err(fail("strong read"))?;
+    ensure!(
+        strong.version() == Some(last),
+        "strong read saw {:?}, newest is {last}",
+        strong.version()
+    );
+    control.set_replica_lag(client.backend().topology().local(), Duration::from_secs(30));
+    for _ in 0..10 {
+        let r = client
+            .read(&session, &key, ReadPolicy::Session)
+            .await
+            .map_err(fail("session read"))?;
+        ensure!(
+            r.version() >= Some(last),
+            "session read went back to {:?} after {last}",
+            r.version()
+        );
+    }
+    Ok(())
+}
+
+/// Conditional writes detect every intervening commit and report the
+/// current version; of two concurrent writers on one version, one wins.
+pub async fn conditional_write_conflicts<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let client = f.client()?;
+    let s = client.session();
+    let key = f.key("conflict", 0);
+    let opts = WriteOptions::default();
+    let v1 = client
+        .write(&s, &key, "1".into(), Precondition::IfAbsent, &opts)
+        .await
+        .map_err(fail("create"))?;
+    match client
+        .write(&s, &key, "x".into(), Precondition::IfAbsent, &opts)
+        .await
+    {
+        Err(Error::Conflict { current, .. }) => {
+            ensure!(
+                current == Some(v1.version),
+                "conflict reported {current:?}, expected {}",
+                v1.version
+            )
+        }
+        other => return Err(format!("second create: expected a conflict, got {other:?}")),
+    }
+    let v2 = client
+        .write(
+            &s,
+            &key,
+            "2".into(),
+            Precondition::IfVersion(v1.version),
+            &opts,
+        )
+        .await
+        .map_err(fail("update"))?;
+    ensure!(
+        v2.version > v1.version,
+        "versions must increase: {} then {}",
+        v1.version,
+        v2.version
+    );
+    match client
+        .write(
+            &s,
+            &key,
+            "stale".into(),
+            Precondition::IfVersion(v1.version),
+            &opts,
+        )
+        .await
+    {
+        Err(Error::Conflict { current, .. }) => {
+            ensure!(
+                current == Some(v2.version),
+                "conflict reported {current:?}, expected {}",
+                v2.version
+            )
+        }
+        other => return Err(format!("stale update: expected a conflict, got {other:?}")),
+    }
+    let other = client.session();
+    let (a, b) = tokio::join!(
+        client.write(
+            &s,
+            &key,
+            "a".into(),
+            Precondition::IfVersion(v2.version),
+            &opts
+        ),
+        client.write(
+            &other,
+            &key,
+            "b".into(),
+            Precondition::IfVersion(v2.version),
+            &opts
+        ),
+    );
+    let wins = [&a, &b].iter().filter(|r| r.is_ok()).count();
+    let conflicts = [&a, &b]
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Conflict { .. })))
+        .count();
+    ensure!(
+        wins == 1 && conflicts == 1,
+        "two writers on one version: {a:?} / {b:?}"
+    );
+    Ok(())
+}
+
+/// A write whose answer is lost after it committed is resolved through its
+/// idempotency record: applied exactly once, with its original result.
+pub async fn exactly_once_after_ambiguous_commit<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let (client, control) = f.chaos_client()?;
+    let s = client.session();
+    let key = f.key("ambiguous", 0);
+    let opts = WriteOptions::default();
+    let v1 = client
+        .write(&s, &key, "1".into(), Precondition::IfAbsent, &opts)
+        .await
+        .map_err(fail("create"))?;
+    control.drop_write_responses(1);
+    let v2 = client
+        .write(
+            &s,
+            &key,
+            "2".into(),
+            Precondition::IfVersion(v1.version),
+            &opts,
+        )
+        .await
+        .map_err(fail("ambiguous write"))?;
+    ensure!(control.injected() >= 1, "no fault was injected");
+    let r = client
+        .read(&s, &key, ReadPolicy::Strong)
+        .await
+        .map_err(fail("read"))?;
+    ensure!(
+        r.version() == Some(v2.version),
+        "after the ambiguous write the key is at {:?}, write said {}",
+        r.version(),
+        v2.version
+    );
+    ensure!(
+        v2.version == v1.version.next(),
+        "the write applied more than once: {} then {}",
+        v1.version,
+        v2.version
+    );
+    // A caller retrying the same logical write gets the same result.
+    let idem = IdempotencyKey::generate();
+    let opts = WriteOptions {
+        idempotency_key: Some(idem),
+        ..WriteOptions::default()
+    };
+    let first = client
+        .write(
+            &s,
+            &key,
+            "3".into(),
+            Precondition::IfVersion(v2.version),
+            &opts,
+        )
+        .await
+        .map_err(fail("keyed write"))?;
+    let again = client
+        .write(
+            &s,
+            &key,
+            "3".into(),
+            Precondition::IfVersion(v2.version),
+            &opts,
+        )
+        .await
+        .map_err(fail("keyed retry"))?;
+    ensure!(
+        again.version == first.version,
+        "retry of one logical write gave {} then {}",
+        first.version,
+        again.version
+    );
+    let r = client
+        .read(&s, &key, ReadPolicy::Strong)
+        .await
+        .map_err(fail("read"))?;
+    ensure!(
+        r.version() == Some(first.version),
+        "the keyed write applied twice: at {:?}",
+        r.version()
+    );
+    Ok(())
+}
+
+/// A write that failed before it was sent is retried and applied once.
+pub async fn retry_after_failure_before_send<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let (client, control) = f.chaos_client()?;
+    let s = client.session();
+    let key = f.key("retry", 0);
+    control.fail_writes_before_send(2);
+    let c = client
+        .write(
+            &s,
+            &key,
+            "1".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .map_err(fail("write"))?;
+    ensure!(
+        control.injected() == 2,
+        "expected two injected failures, saw {}",
+        control.injected()
+    );
+    ensure!(c.version == Version::FIRST, "created at {}", c.version);
+    Ok(())
+}
+
+/// A bounded read never returns data beyond its bound: when the local
+/// followers lag past it, the read is escalated.
+pub async fn bounded_staleness_honoured<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let (client, control) = f.chaos_client()?;
+    let s = client.session();
+    let key = f.key("bounded", 0);
+    let v1 = client
+        .write(
+            &s,
+            &key,
+            "1".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .map_err(fail("create"))?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let bound = Staleness::new(Duration::from_millis(500)).map_err(|e| e.to_string())?;
+    control.set_replica_lag(
+        client.backend().topology().local(),
+        Duration::from_secs(3600),
+    );
+    let reader = client.session();
+    for _ in 0..5 {
+        let r = client
+            .read(&reader, &key, ReadPolicy::BoundedStaleness(bound))
+            .await
+            .map_err(fail("bounded read"))?;
+        let fresh = &r.freshness;
+        ensure!(
+            fresh.role == ReplicaRole::Leader
+                || fresh.staleness_bound.is_some_and(|b| b <= bound.duration()),
+            "bounded read returned {fresh:?}"
+        );
+        ensure!(
+            r.version() >= Some(v1.version),
+            "a 500 ms bounded read missed a version committed a second before: {:?} ({fresh:?})",
+            r.version()
+        );
+    }
+    ensure!(
+        control.injected() > 0,
+        "the lagging replica was never consulted"
+    );
+    Ok(())
+}
+
+/// Tokens of another scope, garbled ones and oversize ones are refused with
+/// typed errors.
+pub async fn wrong_scope_token_rejected<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let client = f.client()?;
+    let other = Scope::new(&format!("{}-other", client.scope()))
+        .or_else(|_| Scope::new("other-scope"))
+        .map_err(|e| e.to_string())?;
+    let foreign = SessionToken::new(other).encode();
+    ensure!(
+        matches!(
+            client.resume_session(&foreign),
+            Err(Error::Token(TokenError::WrongScope { .. }))
+        ),
+        "a token of another scope was accepted"
+    );
+    ensure!(
+        matches!(
+            client.resume_session("%%%"),
+            Err(Error::Token(TokenError::Garbled(_)))
+        ),
+        "a garbled token was accepted"
+    );
+    ensure!(
+        matches!(
+            client.resume_session(&"A".repeat(4096)),
+            Err(Error::Token(TokenError::Oversize { .. }))
+        ),
+        "an oversize token was accepted"
+    );
+    let own = client.encode_token(&client.session());
+    ensure!(
+        client.resume_session(&own).is_ok(),
+        "the client's own token was refused"
+    );
+    Ok(())
+}
+
+/// A read-after-write check that cannot see the version fails with
+/// `NotVisible` at its deadline, not later.
+pub async fn not_visible_deadline<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let (client, control) = f.chaos_client()?;
+    let s = client.session();
+    let key = f.key("not-visible", 0);
+    let local = client.backend().topology().local().clone();
+    control.set_replica_lag(&local, Duration::from_secs(3600));
+    // Create first so the lagging replica has a version older than the next.
+    let c = client
+        .write(
+            &s,
+            &key,
+            "1".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .map_err(fail("create"))?;
+    let deadline = Duration::from_millis(300);
+    let opts = WriteOptions {
+        verify: Some(Verify {
+            regions: VerifyRegions::These(vec![local]),
+            policy: ReadPolicy::BoundedStaleness(
+                Staleness::from_millis(1000).map_err(|e| e.to_string())?,
+            ),
+            deadline,
+        }),
+        ..WriteOptions::default()
+    };
+    let start = Instant::now();
+    let result = client
+        .write(
+            &s,
+            &key,
+            "2".into(),
+            Precondition::IfVersion(c.version),
+            &opts,
+        )
+        .await;
+    let waited = start.elapsed();
+    match result {
+        Err(Error::NotVisible { version, .. }) => {
+            ensure!(version == c.version.next(), "NotVisible names {version}")
+        }
+        other => return Err(format!("expected NotVisible, got {other:?}")),
+    }
+    ensure!(
+        waited >= deadline,
+        "gave up after {waited:?}, before the {deadline:?} deadline"
+    );
+    ensure!(
+        waited < deadline + Duration::from_secs(2),
+        "waited {waited:?} for a {deadline:?} deadline"
+    );
+    Ok(())
+}
+
+/// When no region answers, a read fails at its deadline instead of waiting
+/// for the regions to come back.
+pub async fn read_deadline_bounds_waiting<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let (backend, control) = Chaos::new(f.backend.clone());
+    let deadline = Duration::from_millis(400);
+    let config = ClientConfig {
+        read_deadline: deadline,
+        ..f.config.clone()
+    };
+    let client = Client::new(backend, config).map_err(|e| e.to_string())?;
+    control.set_isolation_timeout(Duration::from_secs(30));
+    let regions: Vec<_> = client.backend().topology().regions().cloned().collect();
+    for r in &regions {
+        control.isolate(r);
+    }
+    let start = Instant::now();
+    let result = client
+        .read(
+            &client.session(),
+            &f.key("deadline", 0),
+            ReadPolicy::Session,
+        )
+        .await;
+    let waited = start.elapsed();
+    ensure!(
+        result.is_err(),
+        "a read succeeded with every region isolated"
+    );
+    ensure!(
+        waited < deadline + Duration::from_millis(200),
+        "the read waited {waited:?} past its {deadline:?} deadline"
+    );
+    Ok(())
+}

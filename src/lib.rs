@@ -1,0 +1,90 @@
+//! # quorate
+//!
+//! Consistency made explicit for multi-region, active-active applications.
+//!
+//! Application code states, in types, how fresh each read must be and how
+//! each write must be guarded; quorate maps that onto the database, checks
+//! that the database delivered it, and retries safely:
+//!
+//! - [`ReadPolicy`]: `Strong`, `Session` (read-your-writes, monotonic reads)
+//!   or `BoundedStaleness`; critical data accepts only a [`StrictRead`].
+//! - [`Session`] and its portable [`SessionToken`], carried between services.
+//! - [`Precondition`]al versioned writes returning [`Committed`], with
+//!   read-after-write verification ([`Verify`]).
+//! - Idempotent retries: one [`IdempotencyKey`] per logical write; ambiguous
+//!   commits are resolved, never guessed.
+//! - Every [`Read`] reports its [`Freshness`]: where it was served and how
+//!   stale it may be. A read that misses its policy is escalated.
+//!
+//! Adapters implement [`Backend`]; the embedded simulator ([`sim`]) is one,
+//! and [`chaos`] injects faults around any of them.
+//!
+//! ```
+//! use quorate::sim::{Sim, SimConfig};
+//! use quorate::{Client, ClientConfig, Critical, Precondition, StrictRead};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), quorate::Error> {
+//! let sim = Sim::new(SimConfig::new(["eu-west", "us-east", "ap-south"])?)?;
+//! let client = Client::new(sim.at("us-east")?, ClientConfig::default())?;
+//! let session = client.session();
+//! let accounts = client.collection::<u64, Critical>("accounts", &session)?;
+//!
+//! let created = accounts.put("acct:7", &100, Precondition::IfAbsent).await?;
+//! let read = accounts.get_with("acct:7", StrictRead::Session).await?;
+//! assert_eq!(read.version(), Some(created.version));
+//! println!("served by {} as {:?}", read.freshness.region, read.freshness.role);
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod backend;
+pub mod chaos;
+mod client;
+mod clock;
+mod collection;
+#[cfg(feature = "testing")]
+pub mod conformance;
+mod error;
+mod observe;
+mod policy;
+pub mod random;
+mod record;
+mod retry;
+mod routing;
+mod session;
+pub mod sim;
+mod topology;
+
+pub use backend::{
+    Backend, Capabilities, IdempotencyKey, Probe, ReadPlan, WriteRequest, MAX_IDEMPOTENCY_KEY,
+};
+pub use client::{Client, ClientConfig, Verify, VerifyRegions, WriteOptions};
+pub use clock::{Clock, OffsetSample, SystemClock};
+pub use collection::{
+    Class, Collection, Critical, DataClass, Peripheral, PolicyBook, PolicyEntry,
+    DEFAULT_UPDATE_ATTEMPTS,
+};
+pub use error::{BoxError, Error, Retryability};
+pub use observe::names as metric_names;
+pub use policy::{PolicyError, ReadPolicy, Staleness, StrictRead, DEFAULT_MAX_STALENESS};
+pub use record::{
+    Committed, Freshness, Point, Precondition, Read, ReplicaRole, Version, Versioned,
+};
+pub use retry::{RetryBudget, RetryPolicy};
+#[cfg(feature = "signed-tokens")]
+pub use session::SigningKey;
+pub use session::{
+    Scope, Session, SessionFloor, SessionToken, TokenError, MAX_SCOPE_LEN, MAX_TOKEN_KEYS,
+    MAX_TOKEN_LEN, TOKEN_FORMAT,
+};
+pub use topology::{Region, RegionSpec, Topology, TopologyError, TopologySpec, MAX_REGION_NAME};
+
+/// Values travel as shared byte buffers.
+pub use bytes::Bytes;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,144 @@
+//! Metrics (through the `metrics` facade) and the names of trace fields.
+//!
+//! Hot-path counters are registered once per client, per region and policy,
+//! so that counting a read costs no allocation. Install a metrics recorder
+//! before creating clients. Values and credentials are never recorded.
+
+use metrics::{Counter, Gauge};
+
+use crate::error::Error;
+use crate::policy::ReadPolicy;
+use crate::topology::Topology;
+
+/// Metric names, one constant each.
+pub mod names {
+    /// Counter: reads served, by `policy`, `region` and `role`.
+    pub const READS: &str = "quorate_reads_total";
+    /// Counter: reads re-served at a stronger replica because the first
+    /// answer missed its policy, by `policy` and `reason`.
+    pub const ESCALATIONS: &str = "quorate_escalations_total";
+    /// Counter: writes committed, by `region`.
+    pub const WRITES: &str = "quorate_writes_total";
+    /// Counter: conditional writes that found another version.
+    pub const CONFLICTS: &str = "quorate_conflicts_total";
+    /// Counter: read-after-write checks that hit their deadline.
+    pub const VERIFY_FAILURES: &str = "quorate_read_after_write_failures_total";
+    /// Counter: retried attempts, by `reason`.
+    pub const RETRIES: &str = "quorate_retries_total";
+    /// Counter: ambiguous commits resolved, by `outcome` (`applied`, `not_applied`).
+    pub const AMBIGUOUS_RESOLVED: &str = "quorate_ambiguous_commits_resolved_total";
+    /// Counter: regions ejected from routing, by `region` and `reason`.
+    pub const REGION_EJECTIONS: &str = "quorate_region_ejections_total";
+    /// Gauge: estimated clock offset of a region against this process, in seconds.
+    pub const CLOCK_OFFSET: &str = "quorate_clock_offset_seconds";
+    /// Gauge: replica lag a region reported, in seconds.
+    pub const REPLICA_LAG: &str = "quorate_replica_lag_seconds";
+}
+
+const POLICIES: [&str; 3] = ["strong", "session", "bounded"];
+
+fn policy_index(p: ReadPolicy) -> usize {
+    match p {
+        ReadPolicy::Strong => 0,
+        ReadPolicy::Session => 1,
+        ReadPolicy::BoundedStaleness(_) => 2,
+    }
+}
+
+/// The counters a client updates on every operation.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    /// `[region][policy][role]`
+    reads: Vec<[[Counter; 2]; 3]>,
+    escalations: [Counter; 3],
+    writes: Vec<Counter>,
+    conflicts: Counter,
+    verify_failures: Counter,
+    clock_offset: Vec<Gauge>,
+    replica_lag: Vec<Gauge>,
+}
+
+impl Metrics {
+    pub(crate) fn new(topology: &Topology) -> Metrics {
+        let regions: Vec<_> = topology.regions().map(|r| r.shared()).collect();
+        let reads = regions
+            .iter()
+            .map(|r| {
+                POLICIES.map(|p| {
+                    ["leader", "follower"].map(|role| {
+                        metrics::counter!(names::READS, "policy" => p, "region" => r.clone(), "role" => role)
+                    })
+                })
+            })
+            .collect();
+        Metrics {
+            reads,
+            escalations: POLICIES.map(|p| metrics::counter!(names::ESCALATIONS, "policy" => p)),
+            writes: regions
+                .iter()
+                .map(|r| metrics::counter!(names::WRITES, "region" => r.clone()))
+                .collect(),
+            conflicts: metrics::counter!(names::CONFLICTS),
+            verify_failures: metrics::counter!(names::VERIFY_FAILURES),
+            clock_offset: regions
+                .iter()
+                .map(|r| metrics::gauge!(names::CLOCK_OFFSET, "region" => r.clone()))
+                .collect(),
+            replica_lag: regions
+                .iter()
+                .map(|r| metrics::gauge!(names::REPLICA_LAG, "region" => r.clone()))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn read(&self, region: usize, policy: ReadPolicy, leader: bool) {
+        if let Some(r) = self.reads.get(region) {
+            r[policy_index(policy)][usize::from(!leader)].increment(1);
+        }
+    }
+
+    pub(crate) fn escalation(&self, policy: ReadPolicy, reason: &'static str) {
+        self.escalations[policy_index(policy)].increment(1);
+        tracing::debug!(quorate.policy = policy.label(), reason, "read escalated");
+    }
+
+    pub(crate) fn write(&self, region: usize) {
+        if let Some(c) = self.writes.get(region) {
+            c.increment(1);
+        }
+    }
+
+    pub(crate) fn conflict(&self) {
+        self.conflicts.increment(1);
+    }
+
+    pub(crate) fn verify_failure(&self) {
+        self.verify_failures.increment(1);
+    }
+
+    pub(crate) fn retry(&self, error: &Error) {
+        metrics::counter!(names::RETRIES, "reason" => error.reason()).increment(1);
+    }
+
+    pub(crate) fn ambiguous_resolved(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "not_applied" };
+        metrics::counter!(names::AMBIGUOUS_RESOLVED, "outcome" => outcome).increment(1);
+    }
+
+    pub(crate) fn ejection(&self, region: &crate::Region, reason: &'static str) {
+        metrics::counter!(names::REGION_EJECTIONS, "region" => region.shared(), "reason" => reason)
+            .increment(1);
+    }
+
+    pub(crate) fn clock_offset(&self, region: usize, seconds: f64) {
+        if let Some(g) = self.clock_offset.get(region) {
+            g.set(seconds);
+        }
+    }
+
+    pub(crate) fn replica_lag(&self, region: usize, seconds: f64) {
+        if let Some(g) = self.replica_lag.get(region) {
+            g.set(seconds);
+        }
+    }
+}

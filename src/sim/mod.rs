@@ -1,0 +1,680 @@
+//! An embedded multi-region database, for drills and fast tests.
+//!
+//! The simulator is a model, not a script: anomalies come from its
+//! mechanics.
+//!
+//! - **Regions and links.** Each region has one node. Requests travel over
+//!   links with a base latency (plus jitter and per-link extra latency); a
+//!   cut link drops requests, which then time out.
+//! - **Consensus mode** (CockroachDB / Spanner-like). One lease over the
+//!   keyspace, held by the home region while it reaches a quorum. A write is
+//!   sent to any region's gateway, which assigns its hybrid-logical timestamp
+//!   and forwards it to the leaseholder; the leaseholder checks the
+//!   precondition and the idempotency record, places the write above its
+//!   timestamp cache, and commits once a majority of regions acknowledge.
+//!   Followers apply the log asynchronously, after link latency plus a
+//!   replication lag, and close timestamps behind the leader.
+//! - **Clocks.** Each node's clock is virtual time plus a skew. A strong read
+//!   takes its timestamp from the gateway's clock; a value within
+//!   `max_offset` above it is uncertain (a retryable error), and a value
+//!   further above is invisible: a clock skewed beyond `max_offset` yields
+//!   stale reads, as in CockroachDB. A leaseholder cut off from the quorum
+//!   keeps serving reads while its own clock says its lease is valid; a
+//!   successor takes over when its clock says the lease expired.
+//! - **Multi-writer mode** (DynamoDB global tables, eventual). Every region
+//!   accepts writes and checks preconditions against its own replica;
+//!   replication is asynchronous with last-writer-wins by timestamp.
+//!
+//! Time is tokio's: run drills on a paused runtime and they are deterministic
+//! by seed and take no wall time.
+
+mod model;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::{sleep, Instant};
+
+use crate::backend::{Backend, Capabilities, IdempotencyKey, Probe, ReadPlan, WriteRequest};
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::record::{Committed, Freshness, Read, ReplicaRole, Versioned};
+use crate::session::Scope;
+use crate::topology::{Region, Topology};
+use model::{Entry, Model, Params};
+
+/// How the simulated database replicates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replication {
+    /// A leaseholder and quorum commits (CockroachDB, Spanner).
+    Consensus,
+    /// Every region accepts writes; asynchronous replication with
+    /// last-writer-wins (DynamoDB global tables in eventual mode).
+    MultiWriter,
+}
+
+/// The simulated system's parameters.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The regions, one node each.
+    pub regions: Vec<Region>,
+    /// Consensus or multi-writer.
+    pub replication: Replication,
+    /// The scope session tokens carry.
+    pub scope: Scope,
+    /// The home region: holds the lease (consensus) or owns writes
+    /// (multi-writer).
+    pub home: Region,
+    /// One-way latency between two regions.
+    pub link_latency: Duration,
+    /// One-way latency from a client to its own region's node.
+    pub local_latency: Duration,
+    /// Extra delay before a follower applies what it received.
+    pub replication_lag: Duration,
+    /// How far behind the leader followers close timestamps.
+    pub close_lag: Duration,
+    /// The clock offset the database tolerates (CockroachDB `max_offset`).
+    pub max_offset: Duration,
+    /// The lease's duration.
+    pub lease_duration: Duration,
+    /// How long a request over a cut link waits before it fails.
+    pub request_timeout: Duration,
+    /// Latency jitter as a fraction of the base latency.
+    pub jitter: f64,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+impl SimConfig {
+    /// Defaults for the named regions: consensus, home in the first region,
+    /// 20 ms between regions, 50 ms replication lag, 500 ms `max_offset`.
+    pub fn new<'a>(regions: impl IntoIterator<Item = &'a str>) -> Result<SimConfig, Error> {
+        let regions = regions
+            .into_iter()
+            .map(Region::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let home = regions
+            .first()
+            .cloned()
+            .ok_or(crate::TopologyError::NoRegions)?;
+        Ok(SimConfig {
+            regions,
+            replication: Replication::Consensus,
+            scope: Scope::new("sim")?,
+            home,
+            link_latency: Duration::from_millis(20),
+            local_latency: Duration::from_millis(1),
+            replication_lag: Duration::from_millis(50),
+            close_lag: Duration::from_millis(100),
+            max_offset: Duration::from_millis(500),
+            lease_duration: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(1),
+            jitter: 0.1,
+            seed: 1,
+        })
+    }
+
+    fn validate(&self) -> Result<Topology, Error> {
+        let names: Vec<&str> = self.regions.iter().map(Region::as_str).collect();
+        let topology = Topology::from_names(names.iter().copied(), self.home.as_str())?;
+        if !(0.0..=10.0).contains(&self.jitter) || self.jitter.is_nan() {
+            return Err(Error::InvalidInput("sim jitter must be in [0, 10]".into()));
+        }
+        if self.request_timeout.is_zero() || self.lease_duration.is_zero() {
+            return Err(Error::InvalidInput(
+                "sim request timeout and lease duration must be positive".into(),
+            ));
+        }
+        Ok(topology)
+    }
+}
+
+/// The start of simulated wall time: 2026-01-01T00:00:00Z.
+pub const SIM_EPOCH_NANOS: u64 = 1_767_225_600 * 1_000_000_000;
+
+#[derive(Debug)]
+struct Shared {
+    config: SimConfig,
+    topology: Topology,
+    model: Mutex<Model>,
+}
+
+/// A handle on the simulated system as seen from one region's clients.
+///
+/// [`Sim::at`] gives the same system seen from another region; fault
+/// injection ([`Sim::isolate`], [`Sim::set_skew`], …) acts on the whole system.
+#[derive(Clone, Debug)]
+pub struct Sim {
+    shared: Arc<Shared>,
+    origin: usize,
+    topology: Topology,
+}
+
+impl Sim {
+    /// Builds the system. Call inside a tokio runtime (its clock is the
+    /// simulation's clock).
+    pub fn new(config: SimConfig) -> Result<Sim, Error> {
+        let topology = config.validate()?;
+        let home = topology.index_of(&config.home).unwrap_or(0);
+        let params = Params {
+            regions: config.regions.len(),
+            multi_writer: config.replication == Replication::MultiWriter,
+            home,
+            link_latency: config.link_latency,
+            local_latency: config.local_latency,
+            replication_lag: config.replication_lag,
+            close_lag: config.close_lag,
+            max_offset: config.max_offset,
+            lease_duration: config.lease_duration,
+            jitter: config.jitter,
+        };
+        let model = Model::new(params, config.seed, SIM_EPOCH_NANOS);
+        Ok(Sim {
+            origin: home,
+            topology: topology.clone(),
+            shared: Arc::new(Shared {
+                config,
+                topology,
+                model: Mutex::new(model),
+            }),
+        })
+    }
+
+    /// The same system, with clients in `region`.
+    pub fn at(&self, region: &str) -> Result<Sim, Error> {
+        let region = Region::new(region)?;
+        let origin = self.index(&region)?;
+        Ok(Sim {
+            shared: self.shared.clone(),
+            origin,
+            topology: self.shared.topology.with_local(&region)?,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.shared.config
+    }
+
+    fn index(&self, region: &Region) -> Result<usize, Error> {
+        self.shared
+            .topology
+            .index_of(region)
+            .ok_or_else(|| Error::Topology(crate::TopologyError::UnknownRegion(region.clone())))
+    }
+
+    fn named(&self, region: &str) -> Result<usize, Error> {
+        self.index(&Region::new(region)?)
+    }
+
+    fn model(&self) -> std::sync::MutexGuard<'_, Model> {
+        self.shared.model.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn region(&self, index: usize) -> Region {
+        self.shared.config.regions[index].clone()
+    }
+
+    /// Cuts every link of `region`.
+    pub fn isolate(&self, region: &str) -> Result<(), Error> {
+        let r = self.named(region)?;
+        let now = Instant::now();
+        let mut m = self.model();
+        for o in 0..m.p.regions {
+            if o != r {
+                m.links[r][o].cut_since.get_or_insert(now);
+                m.links[o][r].cut_since.get_or_insert(now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts the link between two regions (both directions).
+    pub fn cut(&self, a: &str, b: &str) -> Result<(), Error> {
+        let (a, b) = (self.named(a)?, self.named(b)?);
+        let now = Instant::now();
+        let mut m = self.model();
+        if a != b {
+            m.links[a][b].cut_since.get_or_insert(now);
+            m.links[b][a].cut_since.get_or_insert(now);
+        }
+        Ok(())
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        let now = Instant::now();
+        let mut m = self.model();
+        for row in m.links.iter_mut() {
+            for l in row.iter_mut() {
+                l.cut_since = None;
+            }
+        }
+        m.reschedule(now);
+    }
+
+    /// Adds one-way latency on the link between two regions (both directions).
+    pub fn set_link_latency(&self, a: &str, b: &str, extra: Duration) -> Result<(), Error> {
+        let (a, b) = (self.named(a)?, self.named(b)?);
+        let mut m = self.model();
+        m.links[a][b].extra = extra;
+        m.links[b][a].extra = extra;
+        Ok(())
+    }
+
+    /// Sets a region's clock skew in nanoseconds (positive: ahead).
+    pub fn set_skew(&self, region: &str, skew_nanos: i64) -> Result<(), Error> {
+        let r = self.named(region)?;
+        self.model().clocks[r].skew_nanos = skew_nanos;
+        Ok(())
+    }
+
+    /// Sets how long `region`'s replica waits before applying what it
+    /// received.
+    pub fn set_replication_lag(&self, region: &str, lag: Duration) -> Result<(), Error> {
+        let r = self.named(region)?;
+        self.model().lag[r] = lag;
+        Ok(())
+    }
+
+    /// The region holding the lease now (consensus mode).
+    pub fn leaseholder(&self) -> Region {
+        let mut m = self.model();
+        m.update_lease(Instant::now());
+        self.region(m.lease.holder)
+    }
+
+    /// A clock reading `region`'s node clock (virtual time plus skew).
+    pub fn clock(&self, region: &str) -> Result<SimClock, Error> {
+        Ok(SimClock {
+            shared: self.shared.clone(),
+            node: self.named(region)?,
+        })
+    }
+
+    /// Travels from this handle's region to `to`: waits one latency, or the
+    /// request timeout and fails when the link is cut.
+    async fn hop(&self, from: usize, to: usize) -> Result<(), Error> {
+        let (reachable, latency) = {
+            let mut m = self.model();
+            (m.reachable(from, to), m.latency(from, to))
+        };
+        if !reachable {
+            sleep(self.shared.config.request_timeout).await;
+            return Err(Error::RegionUnavailable {
+                region: self.region(to),
+                reason: "unreachable",
+            });
+        }
+        if !latency.is_zero() {
+            sleep(latency).await;
+        }
+        Ok(())
+    }
+
+    /// The way back: a cut link loses the answer.
+    async fn hop_back(&self, from: usize, to: usize) -> Result<(), Error> {
+        match self.hop(from, to).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::Timeout {
+                after: self.shared.config.request_timeout,
+                sent: true,
+            }),
+        }
+    }
+
+    async fn read_leader(&self, gateway: usize, key: &str) -> Result<Read<Bytes>, Error> {
+        let now = Instant::now();
+        let (target, read_point, stale) = {
+            let mut m = self.model();
+            m.update_lease(now);
+            let read_point = m.hlc_now(gateway, now);
+            match m.stale_holder(gateway, now) {
+                Some(old) => (old, read_point, true),
+                None => (m.lease.holder, read_point, false),
+            }
+        };
+        self.hop(gateway, target).await?;
+        let now = Instant::now();
+        let (result, served_clock) = {
+            let mut m = self.model();
+            m.hlc_update(target, read_point, now);
+            let served_clock = m.clocks[target].hlc;
+            let result = if stale {
+                // A deposed holder serves from its own replica.
+                m.apply_due(target, now);
+                Ok(m.replicas[target].latest(key).cloned())
+            } else {
+                m.read_log(key, read_point)
+            };
+            (result, served_clock)
+        };
+        self.hop_back(target, gateway).await?;
+        self.model()
+            .hlc_update(gateway, served_clock, Instant::now());
+        let entry = result.map_err(|value| Error::Uncertainty {
+            key: key.to_owned(),
+            read: read_point,
+            value,
+        })?;
+        Ok(Read {
+            value: entry.map(versioned),
+            freshness: Freshness {
+                region: self.region(target),
+                role: ReplicaRole::Leader,
+                point: Some(read_point),
+                staleness_bound: Some(Duration::ZERO),
+            },
+        })
+    }
+
+    fn read_replica(&self, region: usize, key: &str, role: ReplicaRole) -> Read<Bytes> {
+        let now = Instant::now();
+        let mut m = self.model();
+        m.apply_due(region, now);
+        let closed = m.closed_point(region, now);
+        let own = m.wall(region, now);
+        let entry = m.replicas[region].latest(key).cloned();
+        let staleness = if role == ReplicaRole::Leader {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(own.saturating_sub(closed.wall))
+        };
+        Read {
+            value: entry.map(versioned),
+            freshness: Freshness {
+                region: self.region(region),
+                role,
+                point: Some(closed),
+                staleness_bound: Some(staleness),
+            },
+        }
+    }
+
+    async fn write_consensus(
+        &self,
+        gateway: usize,
+        req: &WriteRequest<'_>,
+    ) -> Result<Committed, Error> {
+        let now = Instant::now();
+        let (leader, proposed) = {
+            let mut m = self.model();
+            m.update_lease(now);
+            (m.lease.holder, m.hlc_now(gateway, now))
+        };
+        self.hop(gateway, leader)
+            .await
+            .map_err(|_| Error::Timeout {
+                after: self.shared.config.request_timeout,
+                sent: true,
+            })?;
+        let now = Instant::now();
+        let applied = {
+            let mut m = self.model();
+            m.update_lease(now);
+            if m.lease.holder != leader {
+                Err(Error::RegionUnavailable {
+                    region: self.region(leader),
+                    reason: "not leaseholder",
+                })
+            } else if let Some(done) = req
+                .idempotency_key
+                .and_then(|k| m.idem.get(k.as_str()).cloned())
+            {
+                Ok((done, None))
+            } else {
+                let current = m.log_latest(req.key).map(|e| e.version);
+                if !req.precondition.admits(current) {
+                    Err(Error::Conflict {
+                        key: req.key.to_owned(),
+                        current,
+                    })
+                } else {
+                    match m.quorum_rtt(leader) {
+                        None => Ok((
+                            Committed {
+                                version: current.map_or(crate::Version::FIRST, |v| v.next()),
+                                point: proposed,
+                                region: self.region(leader),
+                            },
+                            Some(None),
+                        )),
+                        Some(rtt) => {
+                            m.hlc_update(leader, proposed, now);
+                            let point = m
+                                .hlc_now(leader, now)
+                                .max(proposed)
+                                .max(m.write_floor(req.key));
+                            m.hlc_update(leader, point, now);
+                            let entry = Entry {
+                                point,
+                                version: current.map_or(crate::Version::FIRST, |v| v.next()),
+                                value: req.value.clone(),
+                                origin: gateway,
+                            };
+                            let committed = Committed {
+                                version: entry.version,
+                                point,
+                                region: self.region(leader),
+                            };
+                            let idem = req
+                                .idempotency_key
+                                .map(|k| (k.as_str().to_owned(), committed.clone()));
+                            if let Some((k, c)) = &idem {
+                                m.idem.insert(k.clone(), c.clone());
+                            }
+                            m.log
+                                .entry(req.key.to_owned())
+                                .or_default()
+                                .push(entry.clone());
+                            m.replicas[leader]
+                                .data
+                                .entry(req.key.to_owned())
+                                .or_default()
+                                .push(entry.clone());
+                            m.replicate(leader, req.key, &entry, idem, now);
+                            Ok((committed, Some(Some(rtt))))
+                        }
+                    }
+                }
+            }
+        };
+        let (committed, quorum) = match applied {
+            Ok(x) => x,
+            Err(e) => {
+                self.hop_back(leader, gateway).await?;
+                return Err(e);
+            }
+        };
+        match quorum {
+            // No quorum: the proposal never commits; the client hears nothing.
+            Some(None) => {
+                sleep(self.shared.config.request_timeout).await;
+                return Err(Error::Timeout {
+                    after: self.shared.config.request_timeout,
+                    sent: true,
+                });
+            }
+            Some(Some(rtt)) if !rtt.is_zero() => sleep(rtt).await,
+            _ => {}
+        }
+        self.hop_back(leader, gateway).await?;
+        self.model()
+            .hlc_update(gateway, committed.point, Instant::now());
+        Ok(committed)
+    }
+
+    fn write_multi(&self, region: usize, req: &WriteRequest<'_>) -> Result<Committed, Error> {
+        let now = Instant::now();
+        let mut m = self.model();
+        m.apply_due(region, now);
+        if let Some(done) = req
+            .idempotency_key
+            .and_then(|k| m.replicas[region].idem.get(k.as_str()).cloned())
+        {
+            return Ok(done);
+        }
+        let current = m.replicas[region].latest(req.key).map(|e| e.version);
+        if !req.precondition.admits(current) {
+            return Err(Error::Conflict {
+                key: req.key.to_owned(),
+                current,
+            });
+        }
+        let point = m.hlc_now(region, now);
+        let entry = Entry {
+            point,
+            version: current.map_or(crate::Version::FIRST, |v| v.next()),
+            value: req.value.clone(),
+            origin: region,
+        };
+        let committed = Committed {
+            version: entry.version,
+            point,
+            region: self.region(region),
+        };
+        let idem = req
+            .idempotency_key
+            .map(|k| (k.as_str().to_owned(), committed.clone()));
+        if let Some((k, c)) = &idem {
+            m.replicas[region].idem.insert(k.clone(), c.clone());
+        }
+        m.replicas[region]
+            .data
+            .entry(req.key.to_owned())
+            .or_default()
+            .push(entry.clone());
+        m.replicate(region, req.key, &entry, idem, now);
+        Ok(committed)
+    }
+}
+
+fn versioned(e: Entry) -> Versioned<Bytes> {
+    Versioned {
+        version: e.version,
+        value: e.value,
+    }
+}
+
+impl Backend for Sim {
+    fn scope(&self) -> &Scope {
+        &self.shared.config.scope
+    }
+
+    fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let consensus = self.shared.config.replication == Replication::Consensus;
+        Capabilities {
+            strong_reads_anywhere: consensus,
+            writes_anywhere: consensus,
+            follower_reads: true,
+            max_staleness: crate::policy::DEFAULT_MAX_STALENESS,
+            max_clock_offset: consensus.then_some(self.shared.config.max_offset),
+        }
+    }
+
+    fn home_region(&self, _key: &str) -> Option<Region> {
+        (self.shared.config.replication == Replication::MultiWriter)
+            .then(|| self.shared.config.home.clone())
+    }
+
+    async fn read(&self, plan: &ReadPlan<'_>) -> Result<Read<Bytes>, Error> {
+        let gateway = self.index(plan.region)?;
+        self.hop(self.origin, gateway).await?;
+        let multi_writer = self.shared.config.replication == Replication::MultiWriter;
+        let read = if plan.role == ReplicaRole::Leader && !multi_writer {
+            self.read_leader(gateway, plan.key).await?
+        } else {
+            self.read_replica(gateway, plan.key, plan.role)
+        };
+        self.hop_back(gateway, self.origin).await?;
+        Ok(read)
+    }
+
+    async fn write(&self, req: &WriteRequest<'_>) -> Result<Committed, Error> {
+        let gateway = self.index(req.region)?;
+        // A request that never arrives may, for all the client knows, have
+        // committed: report it as sent.
+        self.hop(self.origin, gateway)
+            .await
+            .map_err(|_| Error::Timeout {
+                after: self.shared.config.request_timeout,
+                sent: true,
+            })?;
+        let committed = match self.shared.config.replication {
+            Replication::Consensus => self.write_consensus(gateway, req).await?,
+            Replication::MultiWriter => self.write_multi(gateway, req)?,
+        };
+        self.hop_back(gateway, self.origin).await?;
+        Ok(committed)
+    }
+
+    async fn lookup(
+        &self,
+        region: &Region,
+        _key: &str,
+        idem: &IdempotencyKey,
+    ) -> Result<Option<Committed>, Error> {
+        let gateway = self.index(region)?;
+        self.hop(self.origin, gateway).await?;
+        let found = match self.shared.config.replication {
+            Replication::MultiWriter => {
+                let now = Instant::now();
+                let mut m = self.model();
+                m.apply_due(gateway, now);
+                m.replicas[gateway].idem.get(idem.as_str()).cloned()
+            }
+            Replication::Consensus => {
+                let leader = {
+                    let mut m = self.model();
+                    m.update_lease(Instant::now());
+                    m.lease.holder
+                };
+                self.hop(gateway, leader).await?;
+                let found = self.model().idem.get(idem.as_str()).cloned();
+                self.hop_back(leader, gateway).await?;
+                found
+            }
+        };
+        self.hop_back(gateway, self.origin).await?;
+        Ok(found)
+    }
+
+    async fn probe(&self, region: &Region) -> Result<Probe, Error> {
+        let target = self.index(region)?;
+        self.hop(self.origin, target).await?;
+        let (server_time_nanos, lag) = {
+            let now = Instant::now();
+            let mut m = self.model();
+            m.apply_due(target, now);
+            let closed = m.closed_point(target, now);
+            let own = m.wall(target, now);
+            (own, Duration::from_nanos(own.saturating_sub(closed.wall)))
+        };
+        self.hop_back(target, self.origin).await?;
+        Ok(Probe {
+            region: region.clone(),
+            server_time_nanos,
+            replica_lag: Some(lag),
+        })
+    }
+}
+
+/// A simulated node's clock, usable as a client's [`Clock`] so that a
+/// client in a skewed region sees the skew.
+#[derive(Clone, Debug)]
+pub struct SimClock {
+    shared: Arc<Shared>,
+    node: usize,
+}
+
+impl Clock for SimClock {
+    fn now_nanos(&self) -> u64 {
+        let m = self.shared.model.lock().unwrap_or_else(|e| e.into_inner());
+        m.wall(self.node, Instant::now())
+    }
+}

@@ -1,0 +1,466 @@
+//! The simulator's state and mechanics: clocks, links, leases, replication.
+//!
+//! Everything here is synchronous and runs under the simulator's lock; the
+//! asynchronous layer in `mod.rs` sleeps for network latency between steps.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::random::SplitMix64;
+use crate::record::{Committed, Point, Version};
+
+/// One committed version of a key.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub(crate) point: Point,
+    pub(crate) version: Version,
+    pub(crate) value: Bytes,
+    /// The region whose node assigned the timestamp (LWW tie-break).
+    pub(crate) origin: usize,
+}
+
+/// An entry on its way to a replica.
+#[derive(Clone, Debug)]
+struct Delivery {
+    key: String,
+    entry: Entry,
+    idem: Option<(String, Committed)>,
+    from: usize,
+    /// `None` while the link is cut.
+    ready_at: Option<Instant>,
+}
+
+/// A region's copy of the data, fed by replication.
+#[derive(Debug, Default)]
+pub(crate) struct Replica {
+    /// Versions per key, newest last.
+    pub(crate) data: HashMap<String, Vec<Entry>>,
+    /// Idempotency records (multi-writer mode keeps them per region).
+    pub(crate) idem: HashMap<String, Committed>,
+    inbox: VecDeque<Delivery>,
+    /// Highest point this replica is known complete through, per source.
+    closed: Vec<Point>,
+}
+
+impl Replica {
+    pub(crate) fn latest(&self, key: &str) -> Option<&Entry> {
+        self.data.get(key).and_then(|v| v.last())
+    }
+}
+
+/// A node's clock: true (virtual) time plus a skew, and its HLC.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct NodeClock {
+    pub(crate) skew_nanos: i64,
+    pub(crate) hlc: Point,
+}
+
+/// One directed link between regions.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Link {
+    pub(crate) extra: Duration,
+    pub(crate) cut_since: Option<Instant>,
+}
+
+/// The lease over the keyspace in consensus mode.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lease {
+    pub(crate) holder: usize,
+    /// Expiry on the holder's clock (wall nanos); renewed while the holder
+    /// reaches a quorum.
+    pub(crate) expiry: u64,
+}
+
+/// The parameters the model needs (copied from `SimConfig`).
+#[derive(Debug, Clone)]
+pub(crate) struct Params {
+    pub(crate) regions: usize,
+    pub(crate) multi_writer: bool,
+    pub(crate) home: usize,
+    pub(crate) link_latency: Duration,
+    pub(crate) local_latency: Duration,
+    pub(crate) replication_lag: Duration,
+    pub(crate) close_lag: Duration,
+    pub(crate) max_offset: Duration,
+    pub(crate) lease_duration: Duration,
+    pub(crate) jitter: f64,
+}
+
+/// The whole simulated system.
+#[derive(Debug)]
+pub(crate) struct Model {
+    pub(crate) p: Params,
+    start: Instant,
+    epoch_nanos: u64,
+    pub(crate) clocks: Vec<NodeClock>,
+    pub(crate) links: Vec<Vec<Link>>,
+    pub(crate) lag: Vec<Duration>,
+    pub(crate) replicas: Vec<Replica>,
+    /// Consensus mode: the committed log (what the leaseholder serves).
+    pub(crate) log: HashMap<String, Vec<Entry>>,
+    /// Consensus mode: idempotency records, committed with their entry.
+    pub(crate) idem: HashMap<String, Committed>,
+    /// Consensus mode: highest read timestamp served per key.
+    tscache: HashMap<String, Point>,
+    pub(crate) lease: Lease,
+    /// The holder before the last transfer, while it may still believe in
+    /// its lease.
+    pub(crate) previous: Option<Lease>,
+    pub(crate) rng: SplitMix64,
+}
+
+impl Model {
+    pub(crate) fn new(p: Params, seed: u64, epoch_nanos: u64) -> Model {
+        let n = p.regions;
+        let start = Instant::now();
+        let mut m = Model {
+            start,
+            epoch_nanos,
+            clocks: vec![NodeClock::default(); n],
+            links: vec![vec![Link::default(); n]; n],
+            lag: vec![p.replication_lag; n],
+            replicas: (0..n)
+                .map(|_| Replica {
+                    closed: vec![Point::default(); n],
+                    ..Replica::default()
+                })
+                .collect(),
+            log: HashMap::new(),
+            idem: HashMap::new(),
+            tscache: HashMap::new(),
+            lease: Lease {
+                holder: p.home,
+                expiry: 0,
+            },
+            previous: None,
+            rng: SplitMix64::new(seed),
+            p,
+        };
+        m.lease.expiry = m.wall(m.p.home, start) + nanos(m.p.lease_duration);
+        m
+    }
+
+    /// A node's physical clock at true time `at`.
+    pub(crate) fn wall(&self, node: usize, at: Instant) -> u64 {
+        let t = self.epoch_nanos as i128
+            + (at - self.start).as_nanos() as i128
+            + i128::from(self.clocks[node].skew_nanos);
+        t.clamp(0, i128::from(u64::MAX)) as u64
+    }
+
+    /// A local HLC event on `node`.
+    pub(crate) fn hlc_now(&mut self, node: usize, now: Instant) -> Point {
+        let phys = self.wall(node, now);
+        let c = &mut self.clocks[node];
+        c.hlc = if phys > c.hlc.wall {
+            Point::hlc(phys, 0)
+        } else {
+            c.hlc.successor()
+        };
+        c.hlc
+    }
+
+    /// `node` receives a message carrying `remote`.
+    pub(crate) fn hlc_update(&mut self, node: usize, remote: Point, now: Instant) {
+        let phys = Point::hlc(self.wall(node, now), 0);
+        let c = &mut self.clocks[node];
+        c.hlc = c.hlc.max(remote).max(phys);
+    }
+
+    pub(crate) fn reachable(&self, from: usize, to: usize) -> bool {
+        from == to
+            || (self.links[from][to].cut_since.is_none()
+                && self.links[to][from].cut_since.is_none())
+    }
+
+    /// One-way latency from `from` to `to`, with jitter.
+    pub(crate) fn latency(&mut self, from: usize, to: usize) -> Duration {
+        let base = if from == to {
+            self.p.local_latency
+        } else {
+            self.p.link_latency + self.links[from][to].extra
+        };
+        if base.is_zero() || self.p.jitter == 0.0 {
+            return base;
+        }
+        base.mul_f64(1.0 + self.p.jitter * self.rng.unit())
+    }
+
+    fn base_latency(&self, from: usize, to: usize) -> Duration {
+        if from == to {
+            self.p.local_latency
+        } else {
+            self.p.link_latency + self.links[from][to].extra
+        }
+    }
+
+    /// The round trip to the slowest member of the fastest quorum that
+    /// includes `leader`, or `None` when no quorum is reachable.
+    pub(crate) fn quorum_rtt(&mut self, leader: usize) -> Option<Duration> {
+        let n = self.p.regions;
+        let needed = n / 2; // followers needed besides the leader
+        let mut rtts: Vec<Duration> = (0..n)
+            .filter(|&r| r != leader && self.reachable(leader, r))
+            .map(|r| self.base_latency(leader, r) + self.base_latency(r, leader))
+            .collect();
+        if rtts.len() < needed {
+            return None;
+        }
+        rtts.sort();
+        let rtt = if needed == 0 {
+            Duration::ZERO
+        } else {
+            rtts[needed - 1]
+        };
+        if rtt.is_zero() || self.p.jitter == 0.0 {
+            return Some(rtt);
+        }
+        Some(rtt.mul_f64(1.0 + self.p.jitter * self.rng.unit()))
+    }
+
+    /// Renews or moves the lease (consensus mode).
+    ///
+    /// The holder renews while it reaches a quorum. Another region that
+    /// reaches a quorum takes the lease once its own clock says the old lease
+    /// expired (plus `max_offset`); the home region takes it back as soon as
+    /// it reaches a quorum again. The old holder keeps serving reads while
+    /// its own clock says its lease is valid: with clocks skewed beyond
+    /// `max_offset` the two overlap.
+    pub(crate) fn update_lease(&mut self, now: Instant) {
+        if self.p.multi_writer {
+            return;
+        }
+        let holder = self.lease.holder;
+        let quorum = |m: &mut Model, r: usize| m.quorum_rtt(r).is_some();
+        if quorum(self, holder) {
+            self.lease.expiry = self.wall(holder, now) + nanos(self.p.lease_duration);
+            if holder != self.p.home && quorum(self, self.p.home) {
+                self.transfer(self.p.home, now, true);
+            }
+            return;
+        }
+        // The holder renewed its lease continuously until it lost its quorum.
+        if let Some(lost) = self.quorum_lost_at(holder) {
+            let renewed = self.wall(holder, lost) + nanos(self.p.lease_duration);
+            self.lease.expiry = self.lease.expiry.max(renewed);
+        }
+        let candidates = std::iter::once(self.p.home).chain(0..self.p.regions);
+        for r in candidates.collect::<Vec<_>>() {
+            if r != holder
+                && quorum(self, r)
+                && self.wall(r, now) > self.lease.expiry + nanos(self.p.max_offset)
+            {
+                self.transfer(r, now, false);
+                return;
+            }
+        }
+    }
+
+    /// When `holder` lost its quorum: the cut that left it with fewer
+    /// reachable followers than a majority needs.
+    fn quorum_lost_at(&self, holder: usize) -> Option<Instant> {
+        let mut cuts: Vec<Instant> = (0..self.p.regions)
+            .filter(|&r| r != holder)
+            .filter_map(|r| {
+                match (
+                    self.links[holder][r].cut_since,
+                    self.links[r][holder].cut_since,
+                ) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .collect();
+        cuts.sort();
+        let followers = self.p.regions - 1;
+        let spare = followers.checked_sub(self.p.regions / 2)?;
+        cuts.get(spare).copied()
+    }
+
+    fn transfer(&mut self, to: usize, now: Instant, cooperative: bool) {
+        let old = self.lease;
+        self.previous = (!cooperative).then_some(old);
+        // The new lease starts above everything the old one could have served.
+        let start = Point::hlc(old.expiry, 0);
+        self.hlc_update(to, start, now);
+        self.lease = Lease {
+            holder: to,
+            expiry: self.wall(to, now) + nanos(self.p.lease_duration),
+        };
+    }
+
+    /// Whether a deposed holder still serves reads by its own clock, and is
+    /// reachable from `gateway`.
+    pub(crate) fn stale_holder(&self, gateway: usize, now: Instant) -> Option<usize> {
+        let prev = self.previous?;
+        (prev.holder != self.lease.holder
+            && self.reachable(gateway, prev.holder)
+            && self.wall(prev.holder, now) < prev.expiry)
+            .then_some(prev.holder)
+    }
+
+    /// Delivers everything due at `region`.
+    pub(crate) fn apply_due(&mut self, region: usize, now: Instant) {
+        let multi_writer = self.p.multi_writer;
+        let replica = &mut self.replicas[region];
+        while replica
+            .inbox
+            .front()
+            .is_some_and(|d| d.ready_at.is_some_and(|t| t <= now))
+        {
+            let Some(d) = replica.inbox.pop_front() else {
+                break;
+            };
+            let versions = replica.data.entry(d.key).or_default();
+            let newer = versions
+                .last()
+                .is_none_or(|last| (d.entry.point, d.entry.origin) > (last.point, last.origin));
+            if newer {
+                versions.push(d.entry.clone());
+            } else if !multi_writer {
+                // Consensus-mode entries arrive in commit order.
+                versions.push(d.entry.clone());
+            }
+            if let Some((k, c)) = d.idem {
+                replica.idem.entry(k).or_insert(c);
+            }
+            let closed = &mut replica.closed[d.from];
+            *closed = (*closed).max(d.entry.point);
+        }
+    }
+
+    /// Queues `entry` for every other region, as sent by `from` now.
+    pub(crate) fn replicate(
+        &mut self,
+        from: usize,
+        key: &str,
+        entry: &Entry,
+        idem: Option<(String, Committed)>,
+        now: Instant,
+    ) {
+        for r in 0..self.p.regions {
+            if r == from {
+                continue;
+            }
+            let ready_at = self
+                .reachable(from, r)
+                .then(|| now + self.base_latency(from, r) + self.lag[r]);
+            let ready_at = match (ready_at, self.replicas[r].inbox.back().map(|d| d.ready_at)) {
+                (Some(t), Some(Some(prev))) => Some(t.max(prev)),
+                (Some(_), Some(None)) => None,
+                (t, _) => t,
+            };
+            self.replicas[r].inbox.push_back(Delivery {
+                key: key.to_owned(),
+                entry: entry.clone(),
+                idem: idem.clone(),
+                from,
+                ready_at,
+            });
+        }
+    }
+
+    /// After a link heals: schedule what waited behind it.
+    pub(crate) fn reschedule(&mut self, now: Instant) {
+        for r in 0..self.p.regions {
+            let mut prev: Option<Instant> = None;
+            for i in 0..self.replicas[r].inbox.len() {
+                let (from, ready) = {
+                    let d = &self.replicas[r].inbox[i];
+                    (d.from, d.ready_at)
+                };
+                let ready = match ready {
+                    Some(t) => Some(t),
+                    None if self.reachable(from, r) => {
+                        Some(now + self.base_latency(from, r) + self.lag[r])
+                    }
+                    None => None,
+                };
+                let ready = match (ready, prev) {
+                    (Some(t), Some(p)) => Some(t.max(p)),
+                    (t, _) => t,
+                };
+                self.replicas[r].inbox[i].ready_at = ready;
+                match ready {
+                    Some(t) => prev = Some(t),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// The point through which `region`'s replica is complete: what each
+    /// source has sent that has had time to arrive, capped below anything
+    /// still queued.
+    pub(crate) fn closed_point(&mut self, region: usize, now: Instant) -> Point {
+        let sources: Vec<usize> = if self.p.multi_writer {
+            (0..self.p.regions).filter(|&s| s != region).collect()
+        } else if self.lease.holder == region {
+            return self.clocks[region].hlc;
+        } else {
+            vec![self.lease.holder]
+        };
+        let mut closed: Option<Point> = None;
+        for s in sources {
+            let link = self.links[s][region]
+                .cut_since
+                .or(self.links[region][s].cut_since);
+            let heard = link.map_or(now, |cut| cut.min(now));
+            let delay = self.base_latency(s, region) + self.lag[region] + self.p.close_lag;
+            let sent = heard
+                .checked_sub(delay)
+                .unwrap_or(self.start)
+                .max(self.start);
+            let mut from_source = Point::hlc(self.wall(s, sent), 0);
+            if let Some(d) = self.replicas[region].inbox.iter().find(|d| d.from == s) {
+                from_source = from_source.min(Point::hlc(d.entry.point.wall.saturating_sub(1), 0));
+            }
+            let kept = &mut self.replicas[region].closed[s];
+            *kept = (*kept).max(from_source);
+            closed = Some(closed.map_or(*kept, |c: Point| c.min(*kept)));
+        }
+        closed.unwrap_or(self.clocks[region].hlc)
+    }
+
+    /// The committed log entry visible to a read at `read` (consensus mode),
+    /// or the uncertain entry that makes the read ambiguous.
+    pub(crate) fn read_log(&mut self, key: &str, read: Point) -> Result<Option<Entry>, Point> {
+        let limit = Point::hlc(read.wall.saturating_add(nanos(self.p.max_offset)), u32::MAX);
+        let cache = self.tscache.entry(key.to_owned()).or_default();
+        *cache = (*cache).max(read);
+        let Some(versions) = self.log.get(key) else {
+            return Ok(None);
+        };
+        if let Some(uncertain) = versions
+            .iter()
+            .rev()
+            .find(|e| e.point > read && e.point <= limit)
+        {
+            return Err(uncertain.point);
+        }
+        Ok(versions.iter().rev().find(|e| e.point <= read).cloned())
+    }
+
+    /// The lowest timestamp a new write of `key` may take at the leaseholder.
+    pub(crate) fn write_floor(&self, key: &str) -> Point {
+        let cache = self.tscache.get(key).copied().unwrap_or_default();
+        let last = self
+            .log
+            .get(key)
+            .and_then(|v| v.last())
+            .map(|e| e.point)
+            .unwrap_or_default();
+        cache.max(last).successor()
+    }
+
+    pub(crate) fn log_latest(&self, key: &str) -> Option<&Entry> {
+        self.log.get(key).and_then(|v| v.last())
+    }
+}
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

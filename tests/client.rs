@@ -1,0 +1,334 @@
+//! The client over the simulator: typed handles, read-modify-write under
+//! contention, escalation, routing around failures, and configuration errors.
+
+use std::time::Duration;
+
+use quorate::chaos::Chaos;
+use quorate::sim::{Replication, Sim, SimConfig};
+use quorate::{
+    Client, ClientConfig, Critical, Error, Peripheral, PolicyBook, Precondition, ReadPolicy,
+    Region, ReplicaRole, RetryPolicy, Staleness, StrictRead, WriteOptions,
+};
+
+fn sim() -> Sim {
+    Sim::new(SimConfig::new(["eu", "us", "ap"]).unwrap()).unwrap()
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Clone)]
+struct Account {
+    balance: i64,
+}
+
+#[tokio::test(start_paused = true)]
+async fn typed_collections_round_trip() {
+    let client = Client::new(sim().at("us").unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let accounts = client
+        .collection::<Account, Critical>("accounts", &session)
+        .unwrap();
+    let c = accounts
+        .put("a1", &Account { balance: 10 }, Precondition::IfAbsent)
+        .await
+        .unwrap();
+    let r = accounts.get("a1").await.unwrap();
+    assert_eq!(r.value.as_ref().unwrap().value, Account { balance: 10 });
+    assert_eq!(r.version(), Some(c.version));
+    assert_eq!(
+        r.freshness.role,
+        ReplicaRole::Leader,
+        "critical default is strong"
+    );
+    let s = accounts.get_with("a1", StrictRead::Session).await.unwrap();
+    assert_eq!(s.version(), Some(c.version));
+    assert!(accounts.get("missing").await.unwrap().value.is_none());
+
+    let feed = client
+        .collection::<String, Peripheral>("feed", &session)
+        .unwrap();
+    feed.put("f1", &"hello".to_string(), Precondition::Any)
+        .await
+        .unwrap();
+    let bounded = ReadPolicy::BoundedStaleness(Staleness::from_millis(5000).unwrap());
+    let r = feed.get_with("f1", bounded).await.unwrap();
+    assert!(
+        r.freshness.role == ReplicaRole::Leader
+            || r.freshness.staleness_bound.unwrap() <= Duration::from_secs(5)
+    );
+
+    for bad in ["", "a/b", &"x".repeat(65)] {
+        assert!(matches!(
+            client.collection::<Account, Critical>(bad, &session),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_value_of_another_type_is_a_serialization_error() {
+    let client = Client::new(sim().at("eu").unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let text = client
+        .collection::<String, Peripheral>("mixed", &session)
+        .unwrap();
+    text.put("k", &"not a number".to_string(), Precondition::Any)
+        .await
+        .unwrap();
+    let numbers = client
+        .collection::<u64, Peripheral>("mixed", &session)
+        .unwrap();
+    assert!(matches!(
+        numbers.get("k").await,
+        Err(Error::Serialization(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_updates_lose_nothing() {
+    let sim = sim();
+    let mut tasks = Vec::new();
+    for (i, region) in ["eu", "us", "ap"].into_iter().enumerate() {
+        let client = Client::new(
+            sim.at(region).unwrap(),
+            ClientConfig {
+                seed: Some(i as u64),
+                ..ClientConfig::default()
+            },
+        )
+        .unwrap();
+        tasks.push(tokio::spawn(async move {
+            let session = client.session();
+            let counters = client
+                .collection::<u64, Critical>("counters", &session)
+                .unwrap()
+                .with_write_options(WriteOptions::default());
+            let mut done = 0;
+            for _ in 0..10 {
+                match counters.update("c", |old| old.unwrap_or(0) + 1).await {
+                    Ok(_) => done += 1,
+                    Err(Error::Conflict { .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            done
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        applied += t.await.unwrap();
+    }
+    let client = Client::new(sim.at("eu").unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let counters = client
+        .collection::<u64, Critical>("counters", &session)
+        .unwrap();
+    let r = counters.get("c").await.unwrap();
+    assert_eq!(
+        r.value.unwrap().value,
+        applied,
+        "every applied increment is counted once"
+    );
+    assert!(
+        applied >= 25,
+        "most updates succeed after re-reading: {applied}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn policy_book_guards_names_known_at_run_time() {
+    let book: PolicyBook = serde_json::from_str(
+        r#"{"orders":{"class":"critical","default":"session"},
+            "recommendations":{"class":"peripheral","default":"bounded:30000"}}"#,
+    )
+    .unwrap();
+    assert_eq!(book.resolve("orders", None).unwrap(), ReadPolicy::Session);
+    let relaxed: ReadPolicy = "bounded:1000".parse().unwrap();
+    match book.resolve("orders", Some(relaxed)) {
+        Err(Error::PolicyViolation { name, policy }) => {
+            assert_eq!(name, "orders");
+            assert_eq!(policy, relaxed);
+        }
+        other => panic!("expected a policy violation, got {other:?}"),
+    }
+    assert_eq!(
+        book.resolve("recommendations", Some(relaxed)).unwrap(),
+        relaxed
+    );
+    assert!(matches!(
+        book.resolve("never-declared", Some(relaxed)),
+        Err(Error::PolicyViolation { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn session_reads_escalate_past_a_lagging_follower() {
+    let sim = sim();
+    sim.set_replication_lag("us", Duration::from_secs(60))
+        .unwrap();
+    let client = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let c = client
+        .write(
+            &session,
+            "k",
+            "1".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let r = client
+        .read(&session, "k", ReadPolicy::Session)
+        .await
+        .unwrap();
+    assert_eq!(r.version(), Some(c.version));
+    assert_eq!(
+        r.freshness.role,
+        ReplicaRole::Leader,
+        "escalated to the leaseholder"
+    );
+    // Another session, with no progress, is served by the local follower.
+    let fresh = client
+        .read(&client.session(), "k", ReadPolicy::Session)
+        .await
+        .unwrap();
+    assert_eq!(fresh.freshness.role, ReplicaRole::Follower);
+    assert_eq!(fresh.freshness.region.as_str(), "us");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_isolated_local_region_is_left_and_used_again_after_healing() {
+    let sim = sim();
+    let client = Client::new(
+        sim.at("us").unwrap(),
+        ClientConfig {
+            region_ejection: Duration::from_millis(500),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let session = client.session();
+    client
+        .write(
+            &session,
+            "k",
+            "1".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (backend, control) = Chaos::new(sim.at("us").unwrap());
+    let client = Client::new(
+        backend,
+        ClientConfig {
+            region_ejection: Duration::from_millis(500),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let us = Region::new("us").unwrap();
+    control.set_isolation_timeout(Duration::from_millis(200));
+    control.isolate(&us);
+    let bounded = ReadPolicy::BoundedStaleness(Staleness::from_millis(10_000).unwrap());
+    let r = client.read(&session, "k", bounded).await.unwrap();
+    assert_ne!(r.freshness.region, us, "served by another region");
+    let second = client.read(&session, "k", bounded).await.unwrap();
+    assert_ne!(
+        second.freshness.region, us,
+        "the ejected region is skipped at once"
+    );
+    control.heal(&us);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let back = client.read(&session, "k", bounded).await.unwrap();
+    assert_eq!(
+        back.freshness.region, us,
+        "no stickiness: the local region is used again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stop_at_the_attempt_cap() {
+    let (backend, control) = Chaos::new(sim().at("eu").unwrap());
+    let client = Client::new(
+        backend,
+        ClientConfig {
+            retry: RetryPolicy {
+                max_attempts: 3,
+                ..RetryPolicy::default()
+            },
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    control.fail_writes_before_send(10);
+    let err = client
+        .write(
+            &client.session(),
+            "k",
+            "v".into(),
+            Precondition::Any,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::RetriesExhausted { attempts: 3, .. }),
+        "{err}"
+    );
+    assert!(!err.is_ambiguous(), "nothing was sent");
+    assert_eq!(control.injected(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn multi_writer_writes_go_to_the_home_region() {
+    let mut config = SimConfig::new(["eu", "us"]).unwrap();
+    config.replication = Replication::MultiWriter;
+    let sim = Sim::new(config).unwrap();
+    let client = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
+    let c = client
+        .write(
+            &client.session(),
+            "k",
+            "v".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.region.as_str(), "eu");
+}
+
+#[test]
+fn invalid_configuration_is_rejected() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let backend = sim();
+        for config in [
+            ClientConfig {
+                read_deadline: Duration::ZERO,
+                ..ClientConfig::default()
+            },
+            ClientConfig {
+                retry: RetryPolicy {
+                    max_attempts: 0,
+                    ..RetryPolicy::default()
+                },
+                ..ClientConfig::default()
+            },
+            ClientConfig {
+                retry_budget_ratio: -1.0,
+                ..ClientConfig::default()
+            },
+        ] {
+            assert!(matches!(
+                Client::new(backend.clone(), config),
+                Err(Error::InvalidInput(_))
+            ));
+        }
+    });
+}

@@ -1,0 +1,300 @@
+//! The simulator's anomalies come from its mechanics: these tests drive the
+//! backend directly (no client checks) and observe them.
+
+use std::time::Duration;
+
+use quorate::sim::{Replication, Sim, SimConfig};
+use quorate::{
+    Backend, Bytes, Committed, Error, IdempotencyKey, Precondition, Read, ReadPlan, ReadPolicy,
+    Region, ReplicaRole, SessionFloor, WriteRequest,
+};
+use tokio::time::{sleep, Instant};
+
+fn config(replication: Replication) -> SimConfig {
+    let mut c = SimConfig::new(["eu", "us", "ap"]).unwrap();
+    c.replication = replication;
+    c.jitter = 0.0;
+    c
+}
+
+async fn write(
+    b: &Sim,
+    region: &str,
+    key: &str,
+    value: &str,
+    p: Precondition,
+) -> Result<Committed, Error> {
+    let region = Region::new(region).unwrap();
+    let value = Bytes::from(value.to_owned());
+    let idem = IdempotencyKey::generate();
+    b.write(&WriteRequest {
+        key,
+        value: &value,
+        precondition: p,
+        idempotency_key: Some(&idem),
+        region: &region,
+        deadline: Instant::now() + Duration::from_secs(10),
+    })
+    .await
+}
+
+async fn read(b: &Sim, region: &str, key: &str, role: ReplicaRole) -> Result<Read<Bytes>, Error> {
+    let region = Region::new(region).unwrap();
+    b.read(&ReadPlan {
+        key,
+        region: &region,
+        role,
+        policy: ReadPolicy::Strong,
+        floor: SessionFloor::default(),
+        deadline: Instant::now() + Duration::from_secs(10),
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn followers_lag_and_say_so() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let us = sim.at("us").unwrap();
+    let c = write(&us, "us", "k", "1", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    let early = read(&us, "us", "k", ReplicaRole::Follower).await.unwrap();
+    assert_eq!(
+        early.version(),
+        None,
+        "the follower has not applied the write yet"
+    );
+    assert!(
+        early.freshness.point.unwrap() < c.point,
+        "its closed point says so"
+    );
+    sleep(Duration::from_millis(500)).await;
+    let late = read(&us, "us", "k", ReplicaRole::Follower).await.unwrap();
+    assert_eq!(late.version(), Some(c.version));
+    assert!(late.freshness.point.unwrap() >= c.point);
+    let strong = read(&us, "us", "k", ReplicaRole::Leader).await.unwrap();
+    assert_eq!(
+        strong.freshness.region.as_str(),
+        "eu",
+        "served by the leaseholder"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn clock_skew_within_max_offset_is_uncertain_not_stale() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    sim.set_skew("ap", 300_000_000).unwrap();
+    let ap = sim.at("ap").unwrap();
+    let us = sim.at("us").unwrap();
+    write(&ap, "ap", "k", "1", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    // The read's timestamp comes from the gateway in "us", whose clock is
+    // correct and which has not heard from "ap" yet.
+    match read(&us, "us", "k", ReplicaRole::Leader).await {
+        Err(e @ Error::Uncertainty { .. }) => assert!(e.is_retryable()),
+        other => panic!("expected an uncertainty error, got {other:?}"),
+    }
+    // The leaseholder's answer carried its clock: the next read is above the write.
+    assert!(read(&us, "us", "k", ReplicaRole::Leader)
+        .await
+        .unwrap()
+        .version()
+        .is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn clock_skew_beyond_max_offset_gives_stale_strong_reads() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    sim.set_skew("ap", 600_000_000).unwrap();
+    let ap = sim.at("ap").unwrap();
+    let us = sim.at("us").unwrap();
+    write(&ap, "ap", "k", "1", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    // The write completed; a strong read through a correct clock misses it.
+    let r = read(&us, "us", "k", ReplicaRole::Leader).await.unwrap();
+    assert_eq!(r.freshness.role, ReplicaRole::Leader);
+    assert_eq!(
+        r.version(),
+        None,
+        "stale strong read: the value's timestamp is beyond the uncertainty window"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn quorum_loss_stalls_writes_and_the_lease_moves() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let eu = sim.at("eu").unwrap();
+    write(&eu, "eu", "k", "1", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sim.isolate("eu").unwrap();
+    let err = write(&eu, "eu", "k", "2", Precondition::Any)
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_ambiguous(),
+        "a proposal without quorum is never answered: {err}"
+    );
+    sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        sim.leaseholder().as_str(),
+        "us",
+        "the lease moved to a region with a quorum"
+    );
+    let us = sim.at("us").unwrap();
+    let c = write(&us, "us", "k", "3", Precondition::Any).await.unwrap();
+    assert_eq!(c.version.0, 2, "the stalled proposal never committed");
+    sim.heal();
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        sim.leaseholder().as_str(),
+        "eu",
+        "the home region takes the lease back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deposed_leaseholder_with_a_slow_clock_serves_stale_reads() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let eu = sim.at("eu").unwrap();
+    write(&eu, "eu", "k", "1", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    // The successor's clock runs 1.5 s ahead: it takes over while the old
+    // holder still believes in its lease.
+    sim.set_skew("us", 1_500_000_000).unwrap();
+    sim.cut("eu", "us").unwrap();
+    sim.cut("eu", "ap").unwrap();
+    sleep(Duration::from_millis(1200)).await;
+    let us = sim.at("us").unwrap();
+    assert_eq!(sim.leaseholder().as_str(), "us");
+    let c = write(&us, "us", "k", "2", Precondition::Any).await.unwrap();
+    assert_eq!(c.version.0, 2);
+    let stale = read(&eu, "eu", "k", ReplicaRole::Leader).await.unwrap();
+    assert_eq!(stale.freshness.region.as_str(), "eu");
+    assert_eq!(
+        stale.version().map(|v| v.0),
+        Some(1),
+        "split brain: the old holder serves version 1"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn multi_writer_partition_accepts_conflicting_writes_and_last_writer_wins() {
+    let sim = Sim::new(config(Replication::MultiWriter)).unwrap();
+    let eu = sim.at("eu").unwrap();
+    let us = sim.at("us").unwrap();
+    let v1 = write(&eu, "eu", "order", "pending", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sleep(Duration::from_secs(1)).await;
+    sim.cut("eu", "us").unwrap();
+    let a = write(
+        &eu,
+        "eu",
+        "order",
+        "shipped-by-eu",
+        Precondition::IfVersion(v1.version),
+    )
+    .await
+    .unwrap();
+    let b = write(
+        &us,
+        "us",
+        "order",
+        "shipped-by-us",
+        Precondition::IfVersion(v1.version),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.version, b.version,
+        "both regions accepted the same transition"
+    );
+    sim.heal();
+    sleep(Duration::from_secs(1)).await;
+    let in_eu = read(&eu, "eu", "order", ReplicaRole::Leader).await.unwrap();
+    let in_us = read(&us, "us", "order", ReplicaRole::Leader).await.unwrap();
+    assert_eq!(
+        in_eu.value.as_ref().unwrap().value,
+        in_us.value.as_ref().unwrap().value,
+        "converged"
+    );
+    assert_eq!(
+        &in_eu.value.unwrap().value[..],
+        b"shipped-by-us",
+        "the later timestamp won"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn idempotent_writes_return_their_first_outcome() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let b = sim.at("us").unwrap();
+    let region = Region::new("us").unwrap();
+    let idem = IdempotencyKey::new("transfer-1").unwrap();
+    let value = Bytes::from_static(b"x");
+    let req = WriteRequest {
+        key: "k",
+        value: &value,
+        precondition: Precondition::IfAbsent,
+        idempotency_key: Some(&idem),
+        region: &region,
+        deadline: Instant::now() + Duration::from_secs(5),
+    };
+    let first = b.write(&req).await.unwrap();
+    let again = b.write(&req).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(b.lookup(&region, "k", &idem).await.unwrap(), Some(first));
+    let unknown = IdempotencyKey::new("transfer-2").unwrap();
+    assert_eq!(b.lookup(&region, "k", &unknown).await.unwrap(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_are_deterministic_by_seed() {
+    async fn trace(seed: u64) -> Vec<(u64, u64)> {
+        let mut c = config(Replication::Consensus);
+        c.seed = seed;
+        c.jitter = 0.5;
+        let sim = Sim::new(c).unwrap();
+        let us = sim.at("us").unwrap();
+        let start = Instant::now();
+        let mut out = Vec::new();
+        for i in 0..20 {
+            let c = write(&us, "us", "k", &i.to_string(), Precondition::Any)
+                .await
+                .unwrap();
+            out.push((c.point.wall, (Instant::now() - start).as_nanos() as u64));
+        }
+        out
+    }
+    assert_eq!(trace(7).await, trace(7).await);
+    assert_ne!(trace(7).await, trace(8).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_report_skew_and_lag() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    sim.set_skew("ap", 250_000_000).unwrap();
+    let eu = sim.at("eu").unwrap();
+    let local = eu.probe(&Region::new("eu").unwrap()).await.unwrap();
+    let far = eu.probe(&Region::new("ap").unwrap()).await.unwrap();
+    let diff = far.server_time_nanos as i128 - local.server_time_nanos as i128;
+    assert!(
+        (240_000_000..=300_000_000).contains(&diff),
+        "skew visible in probes: {diff}"
+    );
+    assert!(far.replica_lag.unwrap() > Duration::ZERO);
+}
+
+#[test]
+fn bad_configuration_is_rejected() {
+    assert!(SimConfig::new(["eu", "eu"]).map(Sim::new).unwrap().is_err());
+    assert!(SimConfig::new(Vec::<&str>::new()).is_err());
+    assert!(SimConfig::new(["EU"]).is_err());
+    let mut c = SimConfig::new(["eu"]).unwrap();
+    c.jitter = f64::NAN;
+    assert!(Sim::new(c).is_err());
+}

@@ -10,7 +10,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::backend::{Backend, Capabilities, IdempotencyKey, ReadPlan, WriteRequest};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, ClockGuard, SystemClock};
 use crate::error::{Error, Retryability};
 use crate::observe::Metrics;
 use crate::policy::ReadPolicy;
@@ -47,6 +47,12 @@ pub struct ClientConfig {
     pub seed: Option<u64>,
     /// This process's wall clock, for clock-offset estimates.
     pub clock: Arc<dyn Clock>,
+    /// A region whose clock strays from the others by more than this fraction
+    /// of the database's maximum clock offset is not used to assign
+    /// timestamps (writes, strong reads) nor trusted for staleness bounds.
+    pub clock_exclusion: f64,
+    /// Clock deviations above this are logged as warnings.
+    pub clock_warning: Duration,
     /// Requires and produces signed session tokens.
     #[cfg(feature = "signed-tokens")]
     pub signing_key: Option<crate::session::SigningKey>,
@@ -65,6 +71,8 @@ impl Default for ClientConfig {
             clock_uncertainty: Duration::ZERO,
             seed: None,
             clock: Arc::new(SystemClock),
+            clock_exclusion: 0.5,
+            clock_warning: Duration::from_millis(100),
             #[cfg(feature = "signed-tokens")]
             signing_key: None,
         }
@@ -75,6 +83,11 @@ impl ClientConfig {
     /// Checks every field; [`Client::new`] calls it.
     pub fn validate(&self) -> Result<(), Error> {
         self.retry.validate()?;
+        if !(self.clock_exclusion > 0.0 && self.clock_exclusion <= 1.0) {
+            return Err(Error::InvalidInput(
+                "clock_exclusion must be in (0, 1]".into(),
+            ));
+        }
         for (name, d) in [
             ("read_deadline", self.read_deadline),
             ("write_deadline", self.write_deadline),
@@ -95,6 +108,9 @@ pub enum VerifyRegions {
     Local,
     /// Every region of the topology.
     All,
+    /// Every region the client currently routes to: not ejected after a
+    /// failure and not excluded by the clock guard (the local region always).
+    Healthy,
     /// The regions named.
     These(Vec<Region>),
 }
@@ -187,6 +203,7 @@ struct Inner<B> {
     router: Router,
     metrics: Metrics,
     budget: RetryBudget,
+    guard: ClockGuard,
     rng: Mutex<SplitMix64>,
 }
 
@@ -210,6 +227,7 @@ impl<B: Backend> Client<B> {
     pub fn new(backend: B, config: ClientConfig) -> Result<Client<B>, Error> {
         config.validate()?;
         let topology = backend.topology().clone();
+        let region_count = topology.regions().len();
         let rng = config
             .seed
             .map(SplitMix64::new)
@@ -221,6 +239,14 @@ impl<B: Backend> Client<B> {
                 router: Router::new(&topology, config.region_ejection),
                 metrics: Metrics::new(&topology),
                 budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_reserve)?,
+                guard: ClockGuard::new(
+                    region_count,
+                    backend
+                        .capabilities()
+                        .max_clock_offset
+                        .map(|m| m.mul_f64(config.clock_exclusion)),
+                    config.clock_warning,
+                ),
                 rng: Mutex::new(rng),
                 backend,
                 config,
@@ -338,7 +364,10 @@ impl<B: Backend> Client<B> {
             };
             let region_index = match home {
                 Some(h) => h,
-                None => inner.router.pick(inner.router.local(), tried),
+                None if leader => inner
+                    .router
+                    .pick(inner.router.local(), tried, |r| inner.guard.excluded(r)),
+                None => inner.router.pick(inner.router.local(), tried, |_| false),
             };
             let region = inner.router.region(region_index);
             let plan = ReadPlan {
@@ -354,17 +383,22 @@ impl<B: Backend> Client<B> {
                 deadline,
             };
             let attempt_deadline = deadline.min(Instant::now() + inner.config.attempt_timeout);
-            let result = match timeout_at(attempt_deadline, inner.backend.read(&plan)).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::Timeout {
-                    after: inner.config.attempt_timeout,
-                    sent: true,
-                }),
+            let result = if leader && inner.guard.excluded(region_index) {
+                // Never let a clock the guard distrusts assign a read timestamp.
+                Err(clock_excluded(region))
+            } else {
+                match timeout_at(attempt_deadline, inner.backend.read(&plan)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout {
+                        after: inner.config.attempt_timeout,
+                        sent: true,
+                    }),
+                }
             };
             let error = match result {
                 Ok(read) => {
                     inner.router.restore(region_index);
-                    match self.check(policy, &floor, &read) {
+                    match self.check(policy, &floor, &read, region_index) {
                         Check::Accept => {
                             let role = read.freshness.role;
                             inner
@@ -413,7 +447,13 @@ impl<B: Backend> Client<B> {
         }
     }
 
-    fn check(&self, policy: ReadPolicy, floor: &SessionFloor, read: &Read<Bytes>) -> Check {
+    fn check(
+        &self,
+        policy: ReadPolicy,
+        floor: &SessionFloor,
+        read: &Read<Bytes>,
+        region: usize,
+    ) -> Check {
         let f = &read.freshness;
         if let Some(min) = floor.version {
             if read.version().is_none_or(|v| v < min) {
@@ -435,8 +475,15 @@ impl<B: Backend> Client<B> {
                 (None, Some(_), Some(_)) => Check::Escalate("replica behind the session point"),
                 (None, Some(_), None) => Check::Escalate("replica states no point"),
             },
+            ReadPolicy::BoundedStaleness(_) if self.inner.guard.excluded(region) => {
+                Check::Escalate("replica's clock is excluded")
+            }
             ReadPolicy::BoundedStaleness(bound) => match f.staleness_bound {
-                Some(s) if s + self.inner.config.clock_uncertainty <= bound.duration() => {
+                Some(s)
+                    if s + self.inner.config.clock_uncertainty
+                        + self.inner.guard.deviation(region).unwrap_or_default()
+                        <= bound.duration() =>
+                {
                     Check::Accept
                 }
                 Some(_) => Check::Escalate("replica beyond the staleness bound"),
@@ -555,12 +602,16 @@ impl<B: Backend> Client<B> {
                 deadline,
             };
             let attempt_deadline = deadline.min(Instant::now() + inner.config.attempt_timeout);
-            let result = match timeout_at(attempt_deadline, inner.backend.write(&request)).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::Timeout {
-                    after: inner.config.attempt_timeout,
-                    sent: true,
-                }),
+            let result = if inner.guard.excluded(region_index) {
+                Err(clock_excluded(region))
+            } else {
+                match timeout_at(attempt_deadline, inner.backend.write(&request)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout {
+                        after: inner.config.attempt_timeout,
+                        sent: true,
+                    }),
+                }
             };
             let error = match result {
                 Ok(committed) => {
@@ -613,7 +664,9 @@ impl<B: Backend> Client<B> {
                 return home;
             }
         }
-        inner.router.pick(inner.router.local(), tried)
+        inner
+            .router
+            .pick(inner.router.local(), tried, |r| inner.guard.excluded(r))
     }
 
     /// Resolves an ambiguous attempt through the idempotency record: `Some`
@@ -633,12 +686,16 @@ impl<B: Backend> Client<B> {
             let region_index = self.write_region(key, tried);
             let region = inner.router.region(region_index);
             let attempt_deadline = deadline.min(Instant::now() + inner.config.attempt_timeout);
-            let result = timeout_at(attempt_deadline, inner.backend.lookup(region, key, idem))
-                .await
-                .unwrap_or(Err(Error::Timeout {
-                    after: inner.config.attempt_timeout,
-                    sent: true,
-                }));
+            let result = if inner.guard.excluded(region_index) {
+                Err(clock_excluded(region))
+            } else {
+                timeout_at(attempt_deadline, inner.backend.lookup(region, key, idem))
+                    .await
+                    .unwrap_or(Err(Error::Timeout {
+                        after: inner.config.attempt_timeout,
+                        sent: true,
+                    }))
+            };
             match result {
                 Ok(outcome) => {
                     inner.metrics.ambiguous_resolved(outcome.is_some());
@@ -672,6 +729,12 @@ impl<B: Backend> Client<B> {
         let regions: Vec<usize> = match &verify.regions {
             VerifyRegions::Local => vec![inner.router.local()],
             VerifyRegions::All => (0..inner.backend.topology().regions().len()).collect(),
+            VerifyRegions::Healthy => (0..inner.backend.topology().regions().len())
+                .filter(|&r| {
+                    r == inner.router.local()
+                        || (inner.router.healthy(r) && !inner.guard.excluded(r))
+                })
+                .collect(),
             VerifyRegions::These(list) => list
                 .iter()
                 .map(|r| {
@@ -731,7 +794,8 @@ impl<B: Backend> Client<B> {
     }
 
     /// Probes a region: the server's clock and replica lag, and this
-    /// process's estimate of the offset between the two clocks.
+    /// process's estimate of the offset between the two clocks. The estimate
+    /// feeds the clock guard; a region that does not answer is ejected.
     pub async fn probe(&self, region: &Region) -> Result<crate::clock::OffsetSample, Error> {
         let inner = &*self.inner;
         let index = inner
@@ -739,16 +803,104 @@ impl<B: Backend> Client<B> {
             .index_of(region)
             .ok_or_else(|| Error::Topology(crate::TopologyError::UnknownRegion(region.clone())))?;
         let sent = inner.config.clock.now_nanos();
-        let probe = inner.backend.probe(region).await?;
+        let deadline = Instant::now() + inner.config.attempt_timeout;
+        let probe = match timeout_at(deadline, inner.backend.probe(region)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                self.probe_failed(index, region, e.reason());
+                return Err(e);
+            }
+            Err(_) => {
+                self.probe_failed(index, region, "timeout");
+                return Err(Error::Timeout {
+                    after: inner.config.attempt_timeout,
+                    sent: true,
+                });
+            }
+        };
         let received = inner.config.clock.now_nanos();
         let sample = crate::clock::OffsetSample::new(sent, probe.server_time_nanos, received);
+        let was_excluded = inner.guard.excluded(index);
+        let deviation = inner.guard.record(index, &sample);
         inner
             .metrics
             .clock_offset(index, sample.offset_nanos as f64 / 1e9);
+        if deviation > inner.guard.warning() {
+            tracing::warn!(
+                quorate.region = region.as_str(),
+                deviation_ms = deviation.as_millis() as u64,
+                "clock offset above the warning threshold"
+            );
+        }
+        if !was_excluded && inner.guard.excluded(index) {
+            inner.metrics.ejection(region, "clock_offset");
+        }
         if let Some(lag) = probe.replica_lag {
             inner.metrics.replica_lag(index, lag.as_secs_f64());
         }
         Ok(sample)
+    }
+
+    fn probe_failed(&self, index: usize, region: &Region, reason: &'static str) {
+        if self.inner.router.eject(index) {
+            self.inner.metrics.ejection(region, reason);
+        }
+    }
+
+    /// Probes every region once, concurrently: clock offsets and replica lag
+    /// feed the clock guard and the metrics, and unreachable regions are
+    /// ejected. Call it periodically (for example every second).
+    pub async fn refresh_health(&self) {
+        let regions: Vec<Region> = self.inner.backend.topology().regions().cloned().collect();
+        let probes = regions.iter().map(|r| self.probe(r));
+        for result in join_all(probes).await {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "probe failed");
+            }
+        }
+    }
+
+    /// Whether the clock guard currently excludes `region`.
+    pub fn clock_excluded(&self, region: &Region) -> bool {
+        self.inner
+            .router
+            .index_of(region)
+            .is_some_and(|i| self.inner.guard.excluded(i))
+    }
+}
+
+/// Runs futures concurrently on the current task and collects their outputs
+/// in order.
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut out: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, result) in pending.iter_mut().zip(out.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *result = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+fn clock_excluded(region: &Region) -> Error {
+    Error::RegionUnavailable {
+        region: region.clone(),
+        reason: "clock offset beyond the guard's limit",
     }
 }
 

@@ -57,9 +57,115 @@ impl OffsetSample {
     }
 }
 
+/// Per-region clock offsets, estimated from probes and smoothed, and the
+/// rule that excludes a region whose clock strays from the others.
+///
+/// Offsets are measured against this process's clock, which may itself be
+/// wrong; a region's *deviation* is therefore its distance from the median
+/// offset of all regions, plus the estimate's error.
+#[derive(Debug)]
+pub(crate) struct ClockGuard {
+    offsets: std::sync::Mutex<Vec<Option<(f64, Duration)>>>,
+    limit: Option<Duration>,
+    warning: Duration,
+}
+
+impl ClockGuard {
+    /// `limit`: the deviation beyond which a region is excluded (`None`: never).
+    pub(crate) fn new(regions: usize, limit: Option<Duration>, warning: Duration) -> ClockGuard {
+        ClockGuard {
+            offsets: std::sync::Mutex::new(vec![None; regions]),
+            limit,
+            warning,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<(f64, Duration)>>> {
+        self.offsets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Folds a sample into the region's estimate (exponential smoothing; a
+    /// sample with a tighter error bound weighs more). Returns the region's
+    /// deviation afterwards.
+    pub(crate) fn record(&self, region: usize, sample: &OffsetSample) -> Duration {
+        let mut offsets = self.lock();
+        let new = sample.offset_nanos as f64;
+        offsets[region] = Some(match offsets[region] {
+            None => (new, sample.error),
+            Some((old, old_error)) => {
+                let weight = if sample.error <= old_error { 0.6 } else { 0.3 };
+                (
+                    old + weight * (new - old),
+                    old_error.min(sample.error) + (sample.error / 4),
+                )
+            }
+        });
+        deviation(&offsets, region).unwrap_or_default()
+    }
+
+    /// How far the region's clock strays from the median of all regions, with
+    /// the estimate's error; `None` before any probe.
+    pub(crate) fn deviation(&self, region: usize) -> Option<Duration> {
+        deviation(&self.lock(), region)
+    }
+
+    /// Whether the region's clock is too far off to trust for timestamps.
+    pub(crate) fn excluded(&self, region: usize) -> bool {
+        match (self.limit, self.deviation(region)) {
+            (Some(limit), Some(d)) => d > limit,
+            _ => false,
+        }
+    }
+
+    /// The threshold above which a warning is logged.
+    pub(crate) fn warning(&self) -> Duration {
+        self.warning
+    }
+}
+
+fn deviation(offsets: &[Option<(f64, Duration)>], region: usize) -> Option<Duration> {
+    let (own, error) = offsets.get(region).copied().flatten()?;
+    let mut known: Vec<f64> = offsets.iter().flatten().map(|(o, _)| *o).collect();
+    known.sort_by(f64::total_cmp);
+    let median = if known.len() % 2 == 1 {
+        known[known.len() / 2]
+    } else {
+        (known[known.len() / 2 - 1] + known[known.len() / 2]) / 2.0
+    };
+    Some(Duration::from_nanos((own - median).abs() as u64) + error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_odd_clock_out_is_excluded_whoever_measures() {
+        let ms = |m: i64| m * 1_000_000;
+        // Measured from a process whose own clock is 600 ms ahead: the other
+        // regions look 600 ms behind, the skewed one looks right.
+        let guard = ClockGuard::new(
+            3,
+            Some(Duration::from_millis(250)),
+            Duration::from_millis(100),
+        );
+        for (region, offset) in [(0, ms(-600)), (1, ms(-600)), (2, 0)] {
+            guard.record(
+                region,
+                &OffsetSample::new(
+                    1_000_000_000,
+                    (1_000_000_000 + offset) as u64,
+                    1_000_000_000,
+                ),
+            );
+        }
+        assert!(!guard.excluded(0));
+        assert!(!guard.excluded(1));
+        assert!(guard.excluded(2));
+        assert_eq!(guard.deviation(2), Some(Duration::from_millis(600)));
+        let unprobed = ClockGuard::new(2, Some(Duration::from_millis(1)), Duration::ZERO);
+        assert!(!unprobed.excluded(0));
+    }
 
     #[test]
     fn offset_from_a_round_trip() {

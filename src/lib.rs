@@ -47,7 +47,9 @@ mod clock;
 mod collection;
 #[cfg(feature = "testing")]
 pub mod conformance;
+pub mod drill;
 mod error;
+pub mod history;
 mod observe;
 mod policy;
 pub mod random;

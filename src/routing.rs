@@ -64,10 +64,15 @@ impl Router {
     /// The region for the next attempt: `preferred` if it is healthy and not
     /// yet tried, else the local region, else the others in topology order;
     /// an ejected region only when nothing else is left.
-    pub(crate) fn pick(&self, preferred: usize, tried: Tried) -> usize {
+    pub(crate) fn pick(
+        &self,
+        preferred: usize,
+        tried: Tried,
+        avoid: impl Fn(usize) -> bool,
+    ) -> usize {
         let now = Instant::now();
         let ejected = self.ejected_until.lock().unwrap_or_else(|e| e.into_inner());
-        let healthy = |i: usize| ejected[i].is_none_or(|until| until <= now);
+        let healthy = |i: usize| ejected[i].is_none_or(|until| until <= now) && !avoid(i);
         let order = std::iter::once(preferred)
             .chain(std::iter::once(self.local))
             .chain(0..self.regions.len());
@@ -82,6 +87,12 @@ impl Router {
             fallback.get_or_insert(i);
         }
         fallback.unwrap_or(preferred)
+    }
+
+    /// Whether a region is not ejected.
+    pub(crate) fn healthy(&self, region: usize) -> bool {
+        let ejected = self.ejected_until.lock().unwrap_or_else(|e| e.into_inner());
+        ejected[region].is_none_or(|until| until <= Instant::now())
     }
 
     /// Ejects a region after a failure; returns true when it was healthy.
@@ -110,22 +121,35 @@ mod tests {
     async fn leaves_a_failed_region_and_comes_back() {
         let t = Topology::from_names(["a", "b", "c"], "b").unwrap();
         let r = Router::new(&t, Duration::from_secs(1));
-        assert_eq!(r.pick(0, Tried::default()), 0);
+        assert_eq!(r.pick(0, Tried::default(), |_| false), 0);
         let mut tried = Tried::default();
         tried.add(0);
-        assert_eq!(r.pick(0, tried), 1, "local next");
+        assert_eq!(r.pick(0, tried, |_| false), 1, "local next");
         assert!(r.eject(1));
-        assert_eq!(r.pick(1, Tried::default()), 0, "ejected local skipped");
+        assert_eq!(
+            r.pick(1, Tried::default(), |_| false),
+            0,
+            "ejected local skipped"
+        );
         tried.add(2);
         assert_eq!(
-            r.pick(0, tried),
+            r.pick(0, tried, |_| false),
             1,
             "ejected region used when nothing else is left"
         );
         tokio::time::advance(Duration::from_millis(1001)).await;
-        assert_eq!(r.pick(1, Tried::default()), 1, "ejection expires");
+        assert_eq!(
+            r.pick(1, Tried::default(), |_| false),
+            1,
+            "ejection expires"
+        );
+        assert_eq!(
+            r.pick(1, Tried::default(), |i| i == 1),
+            0,
+            "avoided regions are skipped"
+        );
         r.eject(1);
         r.restore(1);
-        assert_eq!(r.pick(1, Tried::default()), 1);
+        assert_eq!(r.pick(1, Tried::default(), |_| false), 1);
     }
 }

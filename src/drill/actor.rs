@@ -1,0 +1,240 @@
+//! Drill actors: one recorded process using either the naive or the strict
+//! client, possibly hopping between regions in one session.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::naive::{NaiveClient, NaiveReads};
+use super::Configuration;
+use crate::backend::IdempotencyKey;
+use crate::client::{Client, ClientConfig, Verify, VerifyRegions, WriteOptions};
+use crate::history::{HistoryPolicy, Recorder};
+use crate::policy::ReadPolicy;
+use crate::record::{Committed, Precondition, Version};
+use crate::session::Session;
+use crate::sim::Sim;
+
+/// Outcome counts and latencies of one run.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) succeeded: u64,
+    pub(crate) failed: u64,
+    pub(crate) latencies: Vec<Duration>,
+}
+
+/// Everything the actors of one run share.
+#[derive(Clone)]
+pub(crate) struct Stage {
+    pub(crate) sim: Sim,
+    pub(crate) recorder: Arc<Recorder>,
+    pub(crate) config: Configuration,
+    pub(crate) naive_reads: NaiveReads,
+    pub(crate) start: Instant,
+    pub(crate) end: Instant,
+    pub(crate) stats: Arc<Mutex<Stats>>,
+    pub(crate) seed: u64,
+    pub(crate) strict: Arc<Mutex<Vec<Client<Sim>>>>,
+}
+
+impl Stage {
+    /// A strict client for `region`, kept so the runner can refresh its
+    /// health in the background.
+    fn strict_client(&self, region: &str, salt: u64) -> Client<Sim> {
+        let backend = self.sim.at(region).expect("scenario regions exist");
+        let config = ClientConfig {
+            seed: Some(self.seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            clock: Arc::new(self.sim.clock(region).expect("scenario regions exist")),
+            region_ejection: Duration::from_secs(3),
+            read_deadline: Duration::from_secs(3),
+            write_deadline: Duration::from_secs(4),
+            ..ClientConfig::default()
+        };
+        let client = Client::new(backend, config).expect("valid drill configuration");
+        self.strict
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(client.clone());
+        client
+    }
+
+    pub(crate) fn running(&self) -> bool {
+        Instant::now() < self.end
+    }
+}
+
+enum Driver {
+    Naive(NaiveClient),
+    Strict(Client<Sim>),
+}
+
+/// One process of the history: a user or service in one or more regions,
+/// with one session.
+pub(crate) struct Actor {
+    stage: Stage,
+    process: u64,
+    name: String,
+    drivers: Vec<Driver>,
+    session: Option<Session>,
+    writes: u64,
+}
+
+/// A successful read as an actor sees it.
+pub(crate) struct Seen {
+    pub(crate) version: Option<Version>,
+    pub(crate) value: Option<Bytes>,
+}
+
+impl Actor {
+    /// An actor in `regions` (it uses them in turn, one per operation, with
+    /// one session).
+    pub(crate) fn new(stage: &Stage, regions: &[&str]) -> Actor {
+        let process = stage.recorder.process();
+        let drivers = regions
+            .iter()
+            .map(|r| match stage.config {
+                Configuration::Naive => Driver::Naive(NaiveClient::new(
+                    stage.sim.at(r).expect("scenario regions exist"),
+                    stage.naive_reads,
+                )),
+                Configuration::Strict => Driver::Strict(stage.strict_client(r, process)),
+            })
+            .collect::<Vec<_>>();
+        let session = match drivers.first() {
+            Some(Driver::Strict(c)) => Some(c.session()),
+            _ => None,
+        };
+        Actor {
+            stage: stage.clone(),
+            process,
+            name: format!("s{process}"),
+            drivers,
+            session,
+            writes: 0,
+        }
+    }
+
+    pub(crate) fn running(&self) -> bool {
+        self.stage.running()
+    }
+
+    fn finish(&self, started: Instant, ok: bool) {
+        let mut s = self.stage.stats.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            s.succeeded += 1;
+            s.latencies.push(Instant::now() - started);
+        } else {
+            s.failed += 1;
+        }
+    }
+
+    /// Carries the session token to the service in region `turn` as a
+    /// header would (encode, then resume there).
+    fn hand_over(&mut self, turn: usize) {
+        if let (Some(session), Some(Driver::Strict(client))) =
+            (&self.session, self.drivers.get(turn))
+        {
+            let header = client.encode_token(session);
+            if let Ok(resumed) = client.resume_session(&header) {
+                self.session = Some(resumed);
+            }
+        }
+    }
+
+    /// Reads `key` in the region at `turn` (modulo the actor's regions). The
+    /// strict client reads under `policy`; the naive one reads the way it
+    /// always does, and the history records `label` as its intent.
+    pub(crate) async fn read(
+        &mut self,
+        turn: usize,
+        key: &str,
+        policy: ReadPolicy,
+        label: HistoryPolicy,
+    ) -> Option<Seen> {
+        let turn = turn % self.drivers.len();
+        self.hand_over(turn);
+        let history_policy = match self.stage.config {
+            Configuration::Naive => label,
+            Configuration::Strict => policy.into(),
+        };
+        self.stage
+            .recorder
+            .invoke_read(self.process, &self.name, key, history_policy);
+        let started = Instant::now();
+        let result = match (&self.drivers[turn], &self.session) {
+            (Driver::Naive(c), _) => c.read(key).await,
+            (Driver::Strict(c), Some(s)) => c.read(s, key, policy).await,
+            (Driver::Strict(c), None) => c.read(&c.session(), key, policy).await,
+        };
+        let outcome = result.as_ref().ok().map(|r| {
+            (
+                r.version().map_or(0, |v| v.0),
+                Some(r.freshness.region.as_str()),
+            )
+        });
+        self.stage
+            .recorder
+            .complete_read(self.process, &self.name, key, outcome);
+        self.finish(started, result.is_ok());
+        result.ok().map(|r| Seen {
+            version: r.version(),
+            value: r.value.map(|v| v.value),
+        })
+    }
+
+    /// Writes `key` in the region at `turn`. `idem` names the logical write
+    /// (a state transition); when `None` a fresh one is made.
+    pub(crate) async fn write(
+        &mut self,
+        turn: usize,
+        key: &str,
+        value: &str,
+        precondition: Precondition,
+        idem: Option<String>,
+    ) -> Option<Committed> {
+        let turn = turn % self.drivers.len();
+        self.hand_over(turn);
+        self.writes += 1;
+        let idem = idem.unwrap_or_else(|| format!("{}-w{}", self.name, self.writes));
+        let expect = precondition.expected();
+        self.stage
+            .recorder
+            .invoke_write(self.process, &self.name, key, expect, Some(&idem));
+        let started = Instant::now();
+        let value = Bytes::from(value.to_owned());
+        let result = match (&self.drivers[turn], &self.session) {
+            (Driver::Naive(c), _) => c.write(key, value, precondition).await,
+            (Driver::Strict(c), session) => {
+                let options = WriteOptions {
+                    verify: Some(Verify {
+                        regions: VerifyRegions::Healthy,
+                        policy: ReadPolicy::Strong,
+                        deadline: Duration::from_secs(1),
+                    }),
+                    idempotency_key: IdempotencyKey::new(&idem).ok(),
+                    deadline: None,
+                };
+                let own;
+                let session = match session {
+                    Some(s) => s,
+                    None => {
+                        own = c.session();
+                        &own
+                    }
+                };
+                c.write(session, key, value, precondition, &options).await
+            }
+        };
+        self.stage.recorder.complete_write(
+            self.process,
+            &self.name,
+            key,
+            expect.is_some(),
+            &result,
+        );
+        self.finish(started, result.is_ok());
+        result.ok()
+    }
+}

@@ -1,0 +1,131 @@
+//! The `drill` command line, as a function so it can be tested.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{html_report, render_table, run_all, to_json, verdict, DrillOptions};
+use crate::error::Error;
+
+/// The usage line.
+pub const USAGE: &str =
+    "usage: drill [--json | --markdown] [--scenario NAME] [--seed N] [--history FILE] [--report FILE.html]";
+
+/// Parsed arguments.
+#[derive(Debug, Default)]
+pub struct Args {
+    /// Print JSON instead of the table.
+    pub json: bool,
+    /// Print the README's drill section instead of the table.
+    pub markdown: bool,
+    /// Scenario and seed.
+    pub options: DrillOptions,
+    /// Where to save each run's history (`-<scenario>-<config>` is inserted
+    /// before the extension).
+    pub history: Option<PathBuf>,
+    /// Where to write the HTML report.
+    pub report: Option<PathBuf>,
+    /// `--help` was asked for.
+    pub help: bool,
+}
+
+/// Parses the arguments (without the program name).
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let mut parsed = Args::default();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--json" => parsed.json = true,
+            "--markdown" => parsed.markdown = true,
+            "--scenario" => parsed.options.scenario = Some(value("--scenario")?),
+            "--seed" => {
+                let v = value("--seed")?;
+                parsed.options.seed = v.parse().map_err(|_| {
+                    format!(
+                        "--seed takes a whole number from 0 to {}, got {v:?}",
+                        u64::MAX
+                    )
+                })?;
+            }
+            "--history" => parsed.history = Some(PathBuf::from(value("--history")?)),
+            "--report" => parsed.report = Some(PathBuf::from(value("--report")?)),
+            "-h" | "--help" => parsed.help = true,
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok(parsed)
+}
+
+/// `h.jsonl` → `h-isolation-latency-naive.jsonl`.
+pub fn history_path(base: &Path, scenario: &str, config: &str) -> PathBuf {
+    let stem = base
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("history");
+    let name = match base.extension().and_then(|e| e.to_str()) {
+        Some(ext) => format!("{stem}-{scenario}-{config}.{ext}"),
+        None => format!("{stem}-{scenario}-{config}"),
+    };
+    base.with_file_name(name)
+}
+
+/// Runs the command: 0 when the drill passes, 1 when it does not, 2 for
+/// bad arguments or files that cannot be written.
+pub fn main(
+    args: impl IntoIterator<Item = String>,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> u8 {
+    let args = match parse_args(args) {
+        Ok(a) if a.help => {
+            let _ = writeln!(out, "{USAGE}");
+            return 0;
+        }
+        Ok(a) => a,
+        Err(e) => {
+            let _ = writeln!(err, "drill: {e}\n{USAGE}");
+            return 2;
+        }
+    };
+    let results = match run_all(&args.options) {
+        Ok(r) => r,
+        Err(Error::InvalidInput(e)) => {
+            let _ = writeln!(err, "drill: {e}");
+            return 2;
+        }
+        Err(e) => {
+            let _ = writeln!(err, "drill: {e}");
+            return 1;
+        }
+    };
+    if let Some(base) = &args.history {
+        for r in &results {
+            let path = history_path(base, r.scenario, r.config.label());
+            let written = std::fs::File::create(&path)
+                .map(std::io::BufWriter::new)
+                .and_then(|f| crate::history::write_jsonl(f, r.events.iter()));
+            if let Err(e) = written {
+                let _ = writeln!(err, "drill: cannot write {}: {e}", path.display());
+                return 2;
+            }
+        }
+    }
+    if let Some(path) = &args.report {
+        if let Err(e) = std::fs::write(path, html_report(&results)) {
+            let _ = writeln!(err, "drill: cannot write {}: {e}", path.display());
+            return 2;
+        }
+    }
+    let _ = if args.json {
+        writeln!(out, "{}", to_json(&results))
+    } else if args.markdown {
+        write!(out, "{}", super::markdown(&results))
+    } else {
+        write!(out, "{}", render_table(&results))
+    };
+    if verdict(&results) {
+        0
+    } else {
+        1
+    }
+}

@@ -1,0 +1,657 @@
+//! The anomaly checker: per-key version indexes, no search over
+//! interleavings.
+
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+
+use super::{parse, Event, EventSink, EventType, HistoryError, HistoryPolicy, OpKind, ParsedEvent};
+
+/// Every anomaly the checker reports, in report order.
+pub const ANOMALIES: [&str; 8] = [
+    "stale-read",
+    "future-read",
+    "read-your-writes",
+    "monotonic-reads",
+    "monotonic-writes",
+    "staleness-bound",
+    "lost-update",
+    "duplicate-application",
+];
+
+/// One kind of anomaly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Anomaly {
+    /// A strong read missed a write that completed before it started.
+    StaleRead,
+    /// A read saw a version written only after it completed, or never written.
+    FutureRead,
+    /// A session read missed the session's own completed write.
+    ReadYourWrites,
+    /// A session read went back behind an earlier read of the session.
+    MonotonicReads,
+    /// A session's later write got a lower version.
+    MonotonicWrites,
+    /// A bounded read was older than its bound allows.
+    StalenessBound,
+    /// Two conditional writes won on the same version, or two logical writes
+    /// got the same version.
+    LostUpdate,
+    /// One idempotency key applied as two versions.
+    DuplicateApplication,
+}
+
+impl Anomaly {
+    /// The anomaly's name in reports.
+    pub fn name(self) -> &'static str {
+        ANOMALIES[self as usize]
+    }
+
+    const ALL: [Anomaly; 8] = [
+        Anomaly::StaleRead,
+        Anomaly::FutureRead,
+        Anomaly::ReadYourWrites,
+        Anomaly::MonotonicReads,
+        Anomaly::MonotonicWrites,
+        Anomaly::StalenessBound,
+        Anomaly::LostUpdate,
+        Anomaly::DuplicateApplication,
+    ];
+}
+
+/// The first occurrences of an anomaly, with the events involved.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Example {
+    /// The anomaly's name.
+    pub anomaly: &'static str,
+    /// The key.
+    pub key: String,
+    /// What is wrong, in words.
+    pub explanation: String,
+    /// The events of the operations involved (invoke and completion).
+    pub events: Vec<Event>,
+}
+
+/// The checker's verdict.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    /// Operations in the history.
+    pub ops: u64,
+    /// Count per anomaly name; every name is present.
+    pub anomalies: std::collections::BTreeMap<&'static str, u64>,
+    /// The first examples of each anomaly found.
+    pub examples: Vec<Example>,
+    /// Per operation (in invoke order): whether a rule flagged it. Not part
+    /// of the JSON report.
+    #[serde(skip)]
+    pub flagged: Vec<bool>,
+}
+
+impl Report {
+    /// Total anomalies of every kind.
+    pub fn total(&self) -> u64 {
+        self.anomalies.values().sum()
+    }
+
+    /// The count of one anomaly.
+    pub fn count(&self, a: Anomaly) -> u64 {
+        self.anomalies.get(a.name()).copied().unwrap_or(0)
+    }
+
+    /// A human-readable report.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "{} operations, {} anomalies", self.ops, self.total());
+        for name in ANOMALIES {
+            let n = self.anomalies.get(name).copied().unwrap_or(0);
+            let _ = writeln!(s, "  {name:<22} {n}");
+        }
+        for ex in &self.examples {
+            let _ = writeln!(s, "\n{} on {}: {}", ex.anomaly, ex.key, ex.explanation);
+            for e in &ex.events {
+                let _ = writeln!(s, "  {}", serde_json::to_string(e).unwrap_or_default());
+            }
+        }
+        s
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Fail,
+    Info,
+}
+
+/// One operation: an invoke and its completion.
+#[derive(Clone, Debug)]
+struct Op {
+    process: u64,
+    kind: OpKind,
+    key: u32,
+    session: u32,
+    policy: Option<HistoryPolicy>,
+    expect: Option<u64>,
+    idem: Option<u32>,
+    invoke: u64,
+    /// `u64::MAX` when the operation never completed.
+    complete: u64,
+    outcome: Outcome,
+    version: u64,
+    region: Option<u32>,
+}
+
+/// FNV-1a for the checker's maps: short keys, no adversary (the input is a
+/// file the caller chose), several times faster than SipHash here.
+#[derive(Default, Clone, Copy)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
+#[derive(Default)]
+struct Interner {
+    ids: FastMap<Box<str>, u32>,
+    names: Vec<String>,
+}
+
+impl Interner {
+    fn id(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.ids.insert(s.into(), id);
+        self.names.push(s.to_owned());
+        id
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    ops: Vec<Op>,
+    open: FastMap<u64, (usize, usize)>,
+    keys: Interner,
+    sessions: Interner,
+    idems: Interner,
+    regions: Interner,
+}
+
+impl EventSink for Builder {
+    fn event(&mut self, line: usize, e: ParsedEvent<'_>) -> Result<(), String> {
+        if e.kind == EventType::Invoke {
+            if let Some((_, at)) = self.open.get(&e.process) {
+                return Err(format!(
+                    "process {} invokes while its operation from line {at} is still open",
+                    e.process
+                ));
+            }
+            let session = match e.session {
+                Some(s) => self.sessions.id(s),
+                // Processes are their own sessions by default; keep the
+                // namespace apart from named sessions.
+                None => self.sessions.id(&format!("\u{0}process-{}", e.process)),
+            };
+            let op = Op {
+                process: e.process,
+                kind: e.op,
+                key: self.keys.id(e.key),
+                session,
+                policy: e.policy,
+                expect: e.expect,
+                idem: e.idem.map(|i| self.idems.id(i)),
+                invoke: e.time,
+                complete: u64::MAX,
+                outcome: Outcome::Info,
+                version: 0,
+                region: None,
+            };
+            self.open.insert(e.process, (self.ops.len(), line));
+            self.ops.push(op);
+            return Ok(());
+        }
+        let Some((index, _)) = self.open.remove(&e.process) else {
+            return Err(format!(
+                "process {} completes an operation it never invoked",
+                e.process
+            ));
+        };
+        let region = e.region.map(|r| self.regions.id(r));
+        let op = &mut self.ops[index];
+        if op.kind != e.op || self.keys.names[op.key as usize] != e.key {
+            return Err(format!(
+                "process {}'s completion ({:?} {}) does not match its invoke",
+                e.process, e.op, e.key
+            ));
+        }
+        if e.time < op.invoke {
+            return Err(format!(
+                "completion at {} precedes its invoke at {}",
+                e.time, op.invoke
+            ));
+        }
+        op.complete = e.time;
+        op.region = region.or(op.region);
+        op.outcome = match e.kind {
+            EventType::Ok => Outcome::Ok,
+            EventType::Fail => Outcome::Fail,
+            _ => Outcome::Info,
+        };
+        if e.kind == EventType::Ok {
+            op.version = e.version.unwrap_or(0);
+        }
+        Ok(())
+    }
+}
+
+/// Prefix maxima of versions over completion times: "the highest version
+/// among entries completed before t".
+struct PrefixMax {
+    times: Vec<u64>,
+    max: Vec<u64>,
+}
+
+impl PrefixMax {
+    fn new(mut entries: Vec<(u64, u64)>) -> PrefixMax {
+        entries.sort_unstable();
+        let mut max = Vec::with_capacity(entries.len());
+        let mut m = 0;
+        for &(_, v) in &entries {
+            m = m.max(v);
+            max.push(m);
+        }
+        PrefixMax {
+            times: entries.into_iter().map(|(t, _)| t).collect(),
+            max,
+        }
+    }
+
+    /// Highest version completed strictly before `t`.
+    fn before(&self, t: u64) -> u64 {
+        let n = self.times.partition_point(|&c| c < t);
+        if n == 0 {
+            0
+        } else {
+            self.max[n - 1]
+        }
+    }
+
+    /// Highest version completed at or before `t`.
+    fn at_or_before(&self, t: u64) -> u64 {
+        let n = self.times.partition_point(|&c| c <= t);
+        if n == 0 {
+            0
+        } else {
+            self.max[n - 1]
+        }
+    }
+}
+
+const EXAMPLES_PER_ANOMALY: usize = 3;
+
+struct Findings<'a> {
+    counts: [u64; 8],
+    examples: Vec<Example>,
+    flagged: Vec<bool>,
+    b: &'a Builder,
+}
+
+impl Findings<'_> {
+    fn add(&mut self, a: Anomaly, ops: &[usize], explanation: impl FnOnce() -> String) {
+        self.counts[a as usize] += 1;
+        for &o in ops.iter().take(1) {
+            self.flagged[o] = true;
+        }
+        if self.counts[a as usize] as usize <= EXAMPLES_PER_ANOMALY {
+            let op = &self.b.ops[ops[0]];
+            self.examples.push(Example {
+                anomaly: a.name(),
+                key: self.b.keys.names[op.key as usize].clone(),
+                explanation: explanation(),
+                events: ops.iter().flat_map(|&o| self.events(o)).collect(),
+            });
+        }
+    }
+
+    fn events(&self, index: usize) -> Vec<Event> {
+        let b = self.b;
+        let op = &b.ops[index];
+        let session = b.sessions.names[op.session as usize].clone();
+        let session = (!session.starts_with('\u{0}')).then_some(session);
+        let key = &b.keys.names[op.key as usize];
+        let mut invoke = Event::new(op.process, EventType::Invoke, op.kind, key, op.invoke);
+        invoke.session = session.clone();
+        invoke.policy = op.policy;
+        invoke.expect = op.expect;
+        invoke.idem = op.idem.map(|i| b.idems.names[i as usize].clone());
+        let mut out = vec![invoke];
+        if op.complete != u64::MAX {
+            let kind = match op.outcome {
+                Outcome::Ok => EventType::Ok,
+                Outcome::Fail => EventType::Fail,
+                Outcome::Info => EventType::Info,
+            };
+            let mut done = Event::new(op.process, kind, op.kind, key, op.complete);
+            done.session = session;
+            done.version = (op.outcome == Outcome::Ok).then_some(op.version);
+            done.region = op.region.map(|r| b.regions.names[r as usize].clone());
+            out.push(done);
+        }
+        out
+    }
+}
+
+fn is_write(op: &Op) -> bool {
+    matches!(op.kind, OpKind::Write | OpKind::Cas)
+}
+
+/// Reads a JSON Lines history and checks it against every rule.
+pub fn check(input: impl BufRead) -> Result<Report, HistoryError> {
+    let mut b = Builder::default();
+    parse(input, &mut b)?;
+    Ok(analyse(&b))
+}
+
+/// Checks events already in memory (the drills' recorder).
+pub fn check_events(events: &[Event]) -> Result<Report, HistoryError> {
+    let mut b = Builder::default();
+    for (i, e) in events.iter().enumerate() {
+        let parsed = ParsedEvent {
+            process: e.process,
+            kind: e.kind,
+            op: e.op,
+            key: &e.key,
+            session: e.session.as_deref(),
+            policy: e.policy,
+            expect: e.expect,
+            version: e.version,
+            idem: e.idem.as_deref(),
+            region: e.region.as_deref(),
+            time: e.time,
+        };
+        super::validate(&parsed)
+            .and_then(|()| b.event(i + 1, parsed))
+            .map_err(|message| HistoryError::Malformed {
+                line: i + 1,
+                message,
+            })?;
+    }
+    Ok(analyse(&b))
+}
+
+fn analyse(b: &Builder) -> Report {
+    let mut f = Findings {
+        counts: [0; 8],
+        examples: Vec::new(),
+        flagged: vec![false; b.ops.len()],
+        b,
+    };
+    let mut by_key: Vec<Vec<usize>> = vec![Vec::new(); b.keys.names.len()];
+    for (i, op) in b.ops.iter().enumerate() {
+        by_key[op.key as usize].push(i);
+    }
+    for ops in &by_key {
+        check_key(b, ops, &mut f);
+    }
+    check_idempotency(b, &mut f);
+    let anomalies = Anomaly::ALL
+        .iter()
+        .map(|a| (a.name(), f.counts[*a as usize]))
+        .collect();
+    Report {
+        ops: b.ops.len() as u64,
+        anomalies,
+        examples: f.examples,
+        flagged: f.flagged,
+    }
+}
+
+fn check_key(b: &Builder, ops: &[usize], f: &mut Findings<'_>) {
+    let all = &b.ops;
+    let ok_writes: Vec<usize> = ops
+        .iter()
+        .copied()
+        .filter(|&i| is_write(&all[i]) && all[i].outcome == Outcome::Ok)
+        .collect();
+    let writes_done = PrefixMax::new(
+        ok_writes
+            .iter()
+            .map(|&i| (all[i].complete, all[i].version))
+            .collect(),
+    );
+    // The op that completed each version first, for examples.
+    let mut writer_of: HashMap<u64, Vec<usize>> = HashMap::new();
+    for &i in &ok_writes {
+        writer_of.entry(all[i].version).or_default().push(i);
+    }
+    let earliest_unknown_write = ops
+        .iter()
+        .filter(|&&i| is_write(&all[i]) && all[i].outcome == Outcome::Info)
+        .map(|&i| all[i].invoke)
+        .min();
+
+    // Per session on this key: its ok writes and its ok reads.
+    let mut session_writes: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+    let mut session_reads: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+    for &i in ops {
+        let op = &all[i];
+        if op.outcome != Outcome::Ok {
+            continue;
+        }
+        let target = if is_write(op) {
+            &mut session_writes
+        } else {
+            &mut session_reads
+        };
+        target
+            .entry(op.session)
+            .or_default()
+            .push((op.complete, op.version));
+    }
+    let session_writes: HashMap<u32, PrefixMax> = session_writes
+        .into_iter()
+        .map(|(s, v)| (s, PrefixMax::new(v)))
+        .collect();
+    let session_reads: HashMap<u32, PrefixMax> = session_reads
+        .into_iter()
+        .map(|(s, v)| (s, PrefixMax::new(v)))
+        .collect();
+
+    let writer_before = |version: u64, t: u64| -> Option<usize> {
+        ok_writes
+            .iter()
+            .copied()
+            .filter(|&w| all[w].version == version && all[w].complete < t)
+            .min_by_key(|&w| all[w].complete)
+    };
+
+    for &i in ops {
+        let op = &all[i];
+        if op.outcome != Outcome::Ok {
+            continue;
+        }
+        if op.kind == OpKind::Read {
+            let v = op.version;
+            let strict = matches!(
+                op.policy,
+                Some(HistoryPolicy::Strong | HistoryPolicy::Session)
+            );
+            if op.policy == Some(HistoryPolicy::Strong) {
+                let newest = writes_done.before(op.invoke);
+                if newest > v {
+                    let w = writer_before(newest, op.invoke);
+                    let involved: Vec<usize> = std::iter::once(i).chain(w).collect();
+                    f.add(Anomaly::StaleRead, &involved, || {
+                        format!("strong read saw version {v} although version {newest} completed before it was invoked")
+                    });
+                }
+            }
+            if v > 0 {
+                match writer_of.get(&v) {
+                    Some(producers) => {
+                        let first = producers
+                            .iter()
+                            .map(|&w| all[w].invoke)
+                            .min()
+                            .unwrap_or(u64::MAX);
+                        if first > op.complete {
+                            let involved: Vec<usize> = std::iter::once(i)
+                                .chain(producers.first().copied())
+                                .collect();
+                            f.add(Anomaly::FutureRead, &involved, || {
+                                format!("read saw version {v}, whose write was invoked after the read completed")
+                            });
+                        }
+                    }
+                    None => {
+                        if earliest_unknown_write.is_none_or(|t| t > op.complete) {
+                            f.add(Anomaly::FutureRead, &[i], || {
+                                format!("read saw version {v}, which no write produced")
+                            });
+                        }
+                    }
+                }
+            }
+            if strict {
+                if let Some(own) = session_writes.get(&op.session) {
+                    let written = own.before(op.invoke);
+                    if written > v {
+                        f.add(Anomaly::ReadYourWrites, &[i], || {
+                            format!("session read saw version {v} after the session had written version {written}")
+                        });
+                    }
+                }
+                if let Some(seen) = session_reads.get(&op.session) {
+                    let earlier = seen.before(op.invoke);
+                    if earlier > v {
+                        f.add(Anomaly::MonotonicReads, &[i], || {
+                            format!("session read saw version {v} after the session had read version {earlier}")
+                        });
+                    }
+                }
+            }
+            if let Some(HistoryPolicy::Bounded(ms)) = op.policy {
+                let horizon = op.invoke.checked_sub(ms.saturating_mul(1_000_000));
+                if let Some(horizon) = horizon {
+                    let required = writes_done.at_or_before(horizon);
+                    if required > v {
+                        f.add(Anomaly::StalenessBound, &[i], || {
+                            format!(
+                                "bounded:{ms} read saw version {v} although version {required} completed over {ms} ms before it was invoked"
+                            )
+                        });
+                    }
+                }
+            }
+        } else if let Some(own) = session_writes.get(&op.session) {
+            let earlier = own.before(op.invoke);
+            if earlier > op.version {
+                f.add(Anomaly::MonotonicWrites, &[i], || {
+                    format!(
+                        "session's write got version {} after its earlier write got {earlier}",
+                        op.version
+                    )
+                });
+            }
+        }
+    }
+
+    // Lost updates: two logical writes winning on one expected version, or
+    // two logical writes given one version. A retry (same idempotency key)
+    // returning its original result is one logical write.
+    let logical = |i: usize| -> (bool, u64) {
+        match all[i].idem {
+            Some(k) => (true, u64::from(k)),
+            None => (false, i as u64),
+        }
+    };
+    let mut reported: HashSet<(usize, usize)> = HashSet::new();
+    let mut groups: HashMap<(u8, u64), Vec<usize>> = HashMap::new();
+    for &i in &ok_writes {
+        if all[i].kind == OpKind::Cas {
+            if let Some(e) = all[i].expect {
+                groups.entry((0, e)).or_default().push(i);
+            }
+        }
+        groups.entry((1, all[i].version)).or_default().push(i);
+    }
+    let mut groups: Vec<((u8, u64), Vec<usize>)> =
+        groups.into_iter().filter(|(_, g)| g.len() > 1).collect();
+    groups.sort_unstable_by_key(|(k, _)| *k);
+    for ((rule, value), group) in groups {
+        let mut seen: Vec<((bool, u64), usize)> = Vec::new();
+        for i in group {
+            let id = logical(i);
+            match seen.iter().find(|(s, _)| *s == id) {
+                Some(_) => continue,
+                None => {
+                    if let Some(&(_, first)) = seen.first() {
+                        let pair = (first.min(i), first.max(i));
+                        if reported.insert(pair) {
+                            f.add(Anomaly::LostUpdate, &[i, first], || {
+                                if rule == 0 {
+                                    format!("two conditional writes both won on expected version {value}")
+                                } else {
+                                    format!("two different writes were both acknowledged as version {value}")
+                                }
+                            });
+                        }
+                    }
+                    seen.push((id, i));
+                }
+            }
+        }
+    }
+}
+
+fn check_idempotency(b: &Builder, f: &mut Findings<'_>) {
+    let mut applied: HashMap<u32, Vec<(u32, u64, usize)>> = HashMap::new();
+    for (i, op) in b.ops.iter().enumerate() {
+        if let (Some(k), Outcome::Ok, true) = (op.idem, op.outcome, is_write(op)) {
+            applied.entry(k).or_default().push((op.key, op.version, i));
+        }
+    }
+    let mut keys: Vec<_> = applied.into_iter().filter(|(_, v)| v.len() > 1).collect();
+    keys.sort_unstable_by_key(|(k, _)| *k);
+    for (k, mut results) in keys {
+        results.sort_unstable_by_key(|&(_, _, i)| b.ops[i].complete);
+        let (key0, v0, first) = results[0];
+        let mut seen = vec![(key0, v0)];
+        for &(key, v, i) in &results[1..] {
+            if !seen.contains(&(key, v)) {
+                seen.push((key, v));
+                f.add(Anomaly::DuplicateApplication, &[i, first], || {
+                    format!(
+                        "idempotency key {} applied as version {v0} and again as version {v}",
+                        b.idems.names[k as usize]
+                    )
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,407 @@
+//! Each rule, with histories it must flag and histories it must not.
+#![allow(clippy::too_many_arguments)] // one argument per field of the history line
+
+use super::*;
+
+/// Builds histories line by line.
+#[derive(Default)]
+struct H(Vec<String>);
+
+impl H {
+    fn line(mut self, s: String) -> Self {
+        self.0.push(s);
+        self
+    }
+    fn read(
+        self,
+        p: u64,
+        key: &str,
+        policy: &str,
+        session: &str,
+        t0: u64,
+        t1: u64,
+        version: u64,
+    ) -> Self {
+        self.line(format!(r#"{{"process":{p},"type":"invoke","op":"read","key":"{key}","session":"{session}","policy":"{policy}","time":{t0}}}"#))
+            .line(format!(r#"{{"process":{p},"type":"ok","op":"read","key":"{key}","session":"{session}","version":{version},"time":{t1}}}"#))
+    }
+    fn write(
+        self,
+        p: u64,
+        key: &str,
+        session: &str,
+        idem: &str,
+        t0: u64,
+        t1: u64,
+        outcome: &str,
+        version: u64,
+    ) -> Self {
+        let v = if outcome == "ok" {
+            format!(r#","version":{version}"#)
+        } else {
+            String::new()
+        };
+        let idem = if idem.is_empty() {
+            String::new()
+        } else {
+            format!(r#","idem":"{idem}""#)
+        };
+        self.line(format!(r#"{{"process":{p},"type":"invoke","op":"write","key":"{key}","session":"{session}"{idem},"time":{t0}}}"#))
+            .line(format!(r#"{{"process":{p},"type":"{outcome}","op":"write","key":"{key}","session":"{session}"{v},"time":{t1}}}"#))
+    }
+    fn cas(
+        self,
+        p: u64,
+        key: &str,
+        expect: u64,
+        idem: &str,
+        t0: u64,
+        t1: u64,
+        outcome: &str,
+        version: u64,
+    ) -> Self {
+        let v = if outcome == "ok" {
+            format!(r#","version":{version}"#)
+        } else {
+            String::new()
+        };
+        let idem = if idem.is_empty() {
+            String::new()
+        } else {
+            format!(r#","idem":"{idem}""#)
+        };
+        self.line(format!(r#"{{"process":{p},"type":"invoke","op":"cas","key":"{key}","expect":{expect}{idem},"time":{t0}}}"#))
+            .line(format!(r#"{{"process":{p},"type":"{outcome}","op":"cas","key":"{key}"{v},"time":{t1}}}"#))
+    }
+    fn check(&self) -> Report {
+        check(self.0.join("\n").as_bytes()).expect("valid history")
+    }
+}
+
+fn only(report: &Report, anomaly: Anomaly, n: u64) {
+    for a in Anomaly::ALL {
+        let expected = if a == anomaly { n } else { 0 };
+        assert_eq!(
+            report.count(a),
+            expected,
+            "{}: {}",
+            a.name(),
+            report.render()
+        );
+    }
+}
+
+fn clean(report: &Report) {
+    assert_eq!(report.total(), 0, "{}", report.render());
+}
+
+#[test]
+fn stale_read() {
+    let base = || {
+        H::default()
+            .write(1, "k", "w", "a", 0, 10, "ok", 1)
+            .write(1, "k", "w", "b", 20, 30, "ok", 2)
+    };
+    only(
+        &base().read(2, "k", "strong", "r", 40, 50, 1).check(),
+        Anomaly::StaleRead,
+        1,
+    );
+    clean(&base().read(2, "k", "strong", "r", 40, 50, 2).check());
+    // Concurrent with the second write: either version is fine.
+    clean(&base().read(2, "k", "strong", "r", 25, 50, 1).check());
+    // A tie: the write completing at the read's invoke time does not precede it.
+    clean(&base().read(2, "k", "strong", "r", 30, 50, 1).check());
+    // Bounded and eventual reads are not held to this rule.
+    clean(&base().read(2, "k", "eventual", "r", 40, 50, 1).check());
+    // An indeterminate write of a higher version does not make a read stale.
+    let info = H::default()
+        .write(1, "k", "w", "a", 0, 10, "ok", 1)
+        .write(3, "k", "w", "b", 20, 30, "info", 0);
+    clean(&info.read(2, "k", "strong", "r", 40, 50, 1).check());
+}
+
+#[test]
+fn future_read() {
+    let h = H::default()
+        .read(2, "k", "session", "r", 0, 10, 1)
+        .write(1, "k", "w", "a", 20, 30, "ok", 1);
+    only(&h.check(), Anomaly::FutureRead, 1);
+    only(
+        &H::default().read(2, "k", "eventual", "r", 0, 10, 7).check(),
+        Anomaly::FutureRead,
+        1,
+    );
+    // Overlapping write: fine.
+    clean(
+        &H::default()
+            .write(1, "k", "w", "a", 0, 30, "ok", 1)
+            .read(2, "k", "strong", "r", 5, 10, 1)
+            .check(),
+    );
+    // A version that only an indeterminate write could have produced: fine.
+    clean(
+        &H::default()
+            .write(1, "k", "w", "a", 0, 30, "info", 0)
+            .read(2, "k", "strong", "r", 40, 50, 1)
+            .check(),
+    );
+    // ...unless that write was invoked after the read completed.
+    let late_info = H::default()
+        .read(2, "k", "strong", "r", 0, 10, 1)
+        .write(1, "k", "w", "a", 20, 30, "info", 0);
+    only(&late_info.check(), Anomaly::FutureRead, 1);
+    // Absent (0) is never from the future; a failed write produces nothing.
+    clean(&H::default().read(2, "k", "strong", "r", 0, 10, 0).check());
+    let failed = H::default()
+        .write(1, "k", "w", "a", 0, 5, "fail", 0)
+        .read(2, "k", "eventual", "r", 10, 20, 1);
+    only(&failed.check(), Anomaly::FutureRead, 1);
+}
+
+#[test]
+fn read_your_writes() {
+    let h = || {
+        H::default()
+            .write(1, "k", "s", "a", 0, 10, "ok", 1)
+            .write(2, "k", "other", "b", 11, 12, "ok", 2)
+    };
+    // Session s wrote v1; then read... v0 (absent): a violation.
+    only(
+        &h().read(1, "k", "session", "s", 20, 30, 0).check(),
+        Anomaly::ReadYourWrites,
+        1,
+    );
+    clean(&h().read(1, "k", "session", "s", 20, 30, 1).check());
+    // Another session may see the older state under session policy.
+    clean(&h().read(3, "k", "session", "x", 20, 30, 0).check());
+    // Bounded reads are exempt.
+    clean(&h().read(1, "k", "bounded:1", "s", 20, 30, 0).check());
+    // Writes that did not complete before the read was invoked do not count.
+    clean(
+        &H::default()
+            .write(1, "k", "s", "a", 0, 25, "ok", 1)
+            .read(2, "k", "session", "s", 20, 30, 0)
+            .check(),
+    );
+    // An indeterminate own write does not count.
+    clean(
+        &H::default()
+            .write(1, "k", "s", "a", 0, 10, "info", 0)
+            .read(1, "k", "session", "s", 20, 30, 0)
+            .check(),
+    );
+}
+
+#[test]
+fn monotonic_reads() {
+    let h = H::default()
+        .write(1, "k", "w", "a", 0, 10, "ok", 1)
+        .write(1, "k", "w", "b", 11, 12, "ok", 2)
+        .read(2, "k", "eventual", "s", 20, 30, 2);
+    only(
+        &h.read(3, "k", "session", "s", 40, 50, 1).check(),
+        Anomaly::MonotonicReads,
+        1,
+    );
+    let h = H::default()
+        .write(1, "k", "w", "a", 0, 10, "ok", 1)
+        .write(1, "k", "w", "b", 11, 12, "ok", 2)
+        .read(2, "k", "session", "s", 20, 30, 2);
+    clean(&h.read(3, "k", "session", "s", 40, 50, 2).check());
+    // Overlapping reads of one session are not ordered.
+    let h = H::default()
+        .write(1, "k", "w", "a", 0, 10, "ok", 1)
+        .write(1, "k", "w", "b", 11, 12, "ok", 2)
+        .read(2, "k", "session", "s", 20, 45, 2)
+        .read(3, "k", "session", "s", 40, 50, 1);
+    clean(&h.check());
+}
+
+#[test]
+fn monotonic_writes() {
+    let h = H::default()
+        .write(1, "k", "s", "a", 0, 10, "ok", 5)
+        .write(1, "k", "s", "b", 20, 30, "ok", 3);
+    let r = h.check();
+    assert_eq!(r.count(Anomaly::MonotonicWrites), 1, "{}", r.render());
+    clean(
+        &H::default()
+            .write(1, "k", "s", "a", 0, 10, "ok", 1)
+            .write(1, "k", "s", "b", 20, 30, "ok", 2)
+            .check(),
+    );
+    // Different sessions: not this rule (and not a lost update either).
+    clean(
+        &H::default()
+            .write(1, "k", "s", "a", 0, 10, "ok", 2)
+            .write(2, "k", "t", "b", 20, 30, "ok", 3)
+            .check(),
+    );
+}
+
+#[test]
+fn staleness_bound() {
+    let ms = 1_000_000;
+    let h = || {
+        H::default()
+            .write(1, "k", "w", "a", 0, 10 * ms, "ok", 1)
+            .write(1, "k", "w", "b", 20 * ms, 30 * ms, "ok", 2)
+    };
+    // Invoked at 200 ms with a 100 ms bound: v2 (completed at 30 ms) is required.
+    only(
+        &h().read(2, "k", "bounded:100", "r", 200 * ms, 210 * ms, 1)
+            .check(),
+        Anomaly::StalenessBound,
+        1,
+    );
+    clean(
+        &h().read(2, "k", "bounded:100", "r", 200 * ms, 210 * ms, 2)
+            .check(),
+    );
+    // Invoked at 100 ms with a 100 ms bound: only v1 (completed at 10 ms... ) is required.
+    clean(
+        &h().read(2, "k", "bounded:100", "r", 100 * ms, 110 * ms, 1)
+            .check(),
+    );
+    // The tie counts: completed exactly at t − B is required.
+    only(
+        &h().read(2, "k", "bounded:100", "r", 130 * ms, 140 * ms, 1)
+            .check(),
+        Anomaly::StalenessBound,
+        1,
+    );
+    clean(
+        &h().read(2, "k", "bounded:100", "r", 129 * ms, 140 * ms, 1)
+            .check(),
+    );
+}
+
+#[test]
+fn lost_update() {
+    let both_won = H::default()
+        .cas(1, "k", 3, "a", 0, 10, "ok", 4)
+        .cas(2, "k", 3, "b", 5, 15, "ok", 4);
+    only(&both_won.check(), Anomaly::LostUpdate, 1);
+    // Same version from two unconditional writes without keys.
+    let same_version = H::default()
+        .write(1, "k", "s", "", 0, 10, "ok", 4)
+        .write(2, "k", "t", "", 20, 30, "ok", 4);
+    only(&same_version.check(), Anomaly::LostUpdate, 1);
+    // A retry of one logical write returning its original result is fine.
+    let retry = H::default()
+        .cas(1, "k", 3, "a", 0, 10, "info", 0)
+        .cas(1, "k", 3, "a", 20, 30, "ok", 4)
+        .cas(2, "k", 3, "a", 40, 50, "ok", 4);
+    clean(&retry.check());
+    // One wins, one fails: fine.
+    clean(
+        &H::default()
+            .cas(1, "k", 3, "a", 0, 10, "ok", 4)
+            .cas(2, "k", 3, "b", 5, 15, "fail", 0)
+            .check(),
+    );
+    // Same expect on different keys: fine.
+    clean(
+        &H::default()
+            .cas(1, "k", 0, "a", 0, 10, "ok", 1)
+            .cas(2, "j", 0, "b", 5, 15, "ok", 1)
+            .check(),
+    );
+}
+
+#[test]
+fn duplicate_application() {
+    let twice = H::default()
+        .cas(1, "k", 1, "process-7", 0, 10, "ok", 2)
+        .cas(2, "k", 2, "process-7", 20, 30, "ok", 3);
+    only(&twice.check(), Anomaly::DuplicateApplication, 1);
+    let once = H::default()
+        .cas(1, "k", 1, "process-7", 0, 10, "ok", 2)
+        .cas(2, "k", 1, "process-7", 20, 30, "ok", 2);
+    clean(&once.check());
+    let failed_retry = H::default()
+        .cas(1, "k", 1, "process-7", 0, 10, "ok", 2)
+        .cas(2, "k", 2, "process-7", 20, 30, "fail", 0);
+    clean(&failed_retry.check());
+}
+
+#[test]
+fn pairing_errors_name_the_line() {
+    let double_invoke = [
+        r#"{"process":1,"type":"invoke","op":"read","key":"k","time":1}"#,
+        r#"{"process":1,"type":"invoke","op":"read","key":"k","time":2}"#,
+    ];
+    match check(double_invoke.join("\n").as_bytes()) {
+        Err(HistoryError::Malformed { line: 2, message }) => {
+            assert!(message.contains("still open"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let orphan = r#"{"process":4,"type":"ok","op":"read","key":"k","version":1,"time":1}"#;
+    assert!(matches!(
+        check(orphan.as_bytes()),
+        Err(HistoryError::Malformed { line: 1, .. })
+    ));
+    let backwards = [
+        r#"{"process":1,"type":"invoke","op":"read","key":"k","time":10}"#,
+        r#"{"process":1,"type":"ok","op":"read","key":"k","version":0,"time":2}"#,
+    ];
+    assert!(matches!(
+        check(backwards.join("\n").as_bytes()),
+        Err(HistoryError::Malformed { line: 2, .. })
+    ));
+    let mismatch = [
+        r#"{"process":1,"type":"invoke","op":"read","key":"k","time":1}"#,
+        r#"{"process":1,"type":"ok","op":"read","key":"j","version":0,"time":2}"#,
+    ];
+    assert!(matches!(
+        check(mismatch.join("\n").as_bytes()),
+        Err(HistoryError::Malformed { line: 2, .. })
+    ));
+}
+
+#[test]
+fn open_invokes_are_indeterminate() {
+    // A write still in flight at the end may have produced what a read saw.
+    let h = [
+        r#"{"process":1,"type":"invoke","op":"write","key":"k","time":1}"#,
+        r#"{"process":2,"type":"invoke","op":"read","key":"k","policy":"strong","time":5}"#,
+        r#"{"process":2,"type":"ok","op":"read","key":"k","version":1,"time":6}"#,
+    ];
+    let r = check(h.join("\n").as_bytes()).unwrap();
+    clean(&r);
+    assert_eq!(r.ops, 2);
+}
+
+#[test]
+fn json_report_lists_every_anomaly() {
+    let r = H::default().read(1, "k", "strong", "s", 0, 1, 0).check();
+    let json = serde_json::to_value(&r).unwrap();
+    let names: Vec<&str> = json["anomalies"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    let mut expected = ANOMALIES.to_vec();
+    expected.sort();
+    assert_eq!(names, expected);
+    assert_eq!(json["ops"], 1);
+    assert!(json["examples"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn examples_carry_the_events_involved() {
+    let r = H::default()
+        .write(1, "k", "w", "a", 0, 10, "ok", 1)
+        .write(1, "k", "w", "b", 20, 30, "ok", 2)
+        .read(2, "k", "strong", "r", 40, 50, 1)
+        .check();
+    let ex = &r.examples[0];
+    assert_eq!(ex.anomaly, "stale-read");
+    assert_eq!(ex.events.len(), 4, "the read and the write it missed");
+    assert_eq!(ex.events[0].op, OpKind::Read);
+    assert_eq!(ex.events[3].version, Some(2));
+    assert!(r.flagged[2] && !r.flagged[0]);
+}

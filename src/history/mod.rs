@@ -1,0 +1,427 @@
+//! Operation histories: the JSON Lines format, a parser that rejects bad
+//! input with its line number, a recorder, and the anomaly checker.
+//!
+//! One event per line, Jepsen-style:
+//!
+//! ```text
+//! {"process":1,"type":"invoke","op":"write","key":"acct:7","session":"s1","idem":"w-91","time":1200}
+//! {"process":1,"type":"ok","op":"write","key":"acct:7","session":"s1","version":4,"time":1350}
+//! {"process":2,"type":"invoke","op":"read","key":"acct:7","session":"s2","policy":"bounded:5000","time":1400}
+//! {"process":2,"type":"ok","op":"read","key":"acct:7","session":"s2","version":3,"region":"eu-west","time":1420}
+//! ```
+//!
+//! A process has at most one operation in flight; a completion (`ok`,
+//! `fail`, `info`) closes that process's open `invoke`. `time` is in
+//! nanoseconds of one monotonic clock; `a` precedes `b` when `a`'s completion
+//! time is below `b`'s invoke time.
+
+mod check;
+pub mod cli;
+mod record;
+
+use std::fmt;
+use std::io::BufRead;
+
+pub use check::{check, check_events, Anomaly, Example, Report, ANOMALIES};
+pub use record::{RecordedClient, Recorder};
+
+/// What an event says happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    /// The operation started.
+    Invoke,
+    /// It completed and took effect (a read: it observed `version`).
+    Ok,
+    /// It definitely did not take effect.
+    Fail,
+    /// Its outcome is unknown.
+    Info,
+}
+
+/// The kind of operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpKind {
+    /// A read of one key.
+    Read,
+    /// An unconditional write.
+    Write,
+    /// A conditional write; the invoke carries `expect` (0 = must be absent).
+    Cas,
+}
+
+/// The policy a read was invoked with, as histories name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HistoryPolicy {
+    /// `strong`
+    Strong,
+    /// `session`
+    Session,
+    /// `bounded:<ms>`
+    Bounded(u64),
+    /// `eventual`
+    Eventual,
+}
+
+impl std::str::FromStr for HistoryPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "strong" => Ok(HistoryPolicy::Strong),
+            "session" => Ok(HistoryPolicy::Session),
+            "eventual" => Ok(HistoryPolicy::Eventual),
+            _ => {
+                let ms = s
+                    .strip_prefix("bounded:")
+                    .filter(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|m| m.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "unknown policy {:?} (expected strong, session, eventual or bounded:<ms>)",
+                            s.chars().take(40).collect::<String>()
+                        )
+                    })?;
+                Ok(HistoryPolicy::Bounded(ms))
+            }
+        }
+    }
+}
+
+impl fmt::Display for HistoryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HistoryPolicy::Strong => f.write_str("strong"),
+            HistoryPolicy::Session => f.write_str("session"),
+            HistoryPolicy::Bounded(ms) => write!(f, "bounded:{ms}"),
+            HistoryPolicy::Eventual => f.write_str("eventual"),
+        }
+    }
+}
+
+impl From<crate::ReadPolicy> for HistoryPolicy {
+    fn from(p: crate::ReadPolicy) -> Self {
+        match p {
+            crate::ReadPolicy::Strong => HistoryPolicy::Strong,
+            crate::ReadPolicy::Session => HistoryPolicy::Session,
+            crate::ReadPolicy::BoundedStaleness(s) => {
+                HistoryPolicy::Bounded(s.duration().as_millis() as u64)
+            }
+        }
+    }
+}
+
+impl serde::Serialize for HistoryPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HistoryPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One line of a history.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Event {
+    /// The process (one operation in flight at a time).
+    pub process: u64,
+    /// Invoke or completion.
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// Read, write or cas.
+    pub op: OpKind,
+    /// The key.
+    pub key: String,
+    /// The session (defaults to the process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// A read's policy (on its invoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<HistoryPolicy>,
+    /// A cas's expected version (on its invoke; 0 = absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<u64>,
+    /// On `ok`: the version written or observed (0 = absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// A write's idempotency key (on its invoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idem: Option<String>,
+    /// Where it was served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Nanoseconds of the recorder's monotonic clock.
+    pub time: u64,
+}
+
+impl Event {
+    /// An event with only the required fields set.
+    pub fn new(process: u64, kind: EventType, op: OpKind, key: &str, time: u64) -> Event {
+        Event {
+            process,
+            kind,
+            op,
+            key: key.to_owned(),
+            session: None,
+            policy: None,
+            expect: None,
+            version: None,
+            idem: None,
+            region: None,
+            time,
+        }
+    }
+}
+
+/// A history that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// Reading failed.
+    #[error("reading the history: {0}")]
+    Io(#[from] std::io::Error),
+    /// A line is not a valid event, or breaks the format's rules.
+    #[error("line {line}: {message}")]
+    Malformed {
+        /// 1-based line number.
+        line: usize,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// Borrowed form used by the parser (no allocation per field).
+#[derive(serde::Deserialize)]
+struct RawEvent<'a> {
+    process: u64,
+    #[serde(rename = "type")]
+    kind: EventType,
+    op: OpKind,
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    session: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    policy: Option<HistoryPolicy>,
+    #[serde(default)]
+    expect: Option<u64>,
+    #[serde(default)]
+    version: Option<u64>,
+    #[serde(default, borrow)]
+    idem: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    region: Option<std::borrow::Cow<'a, str>>,
+    time: u64,
+}
+
+/// Receives validated events from [`parse`].
+pub(crate) trait EventSink {
+    fn event(&mut self, line: usize, e: ParsedEvent<'_>) -> Result<(), String>;
+}
+
+/// A validated event, borrowing from the line.
+pub(crate) struct ParsedEvent<'a> {
+    pub(crate) process: u64,
+    pub(crate) kind: EventType,
+    pub(crate) op: OpKind,
+    pub(crate) key: &'a str,
+    pub(crate) session: Option<&'a str>,
+    pub(crate) policy: Option<HistoryPolicy>,
+    pub(crate) expect: Option<u64>,
+    pub(crate) version: Option<u64>,
+    pub(crate) idem: Option<&'a str>,
+    pub(crate) region: Option<&'a str>,
+    pub(crate) time: u64,
+}
+
+/// Reads JSON Lines, validating each event's fields (not yet the pairing of
+/// invokes and completions, which the checker does). Blank lines are
+/// skipped. Never panics, whatever the bytes.
+pub(crate) fn parse(
+    mut input: impl BufRead,
+    sink: &mut impl EventSink,
+) -> Result<(), HistoryError> {
+    let mut buf = Vec::with_capacity(256);
+    let mut line = 0;
+    loop {
+        buf.clear();
+        if input.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(());
+        }
+        line += 1;
+        let text = std::str::from_utf8(&buf).map_err(|_| HistoryError::Malformed {
+            line,
+            message: "not UTF-8".into(),
+        })?;
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let raw: RawEvent<'_> =
+            serde_json::from_str(text).map_err(|e| HistoryError::Malformed {
+                line,
+                message: format!("not a valid event: {e}"),
+            })?;
+        let event = ParsedEvent {
+            process: raw.process,
+            kind: raw.kind,
+            op: raw.op,
+            key: &raw.key,
+            session: raw.session.as_deref(),
+            policy: raw.policy,
+            expect: raw.expect,
+            version: raw.version,
+            idem: raw.idem.as_deref(),
+            region: raw.region.as_deref(),
+            time: raw.time,
+        };
+        validate(&event).map_err(|message| HistoryError::Malformed { line, message })?;
+        sink.event(line, event)
+            .map_err(|message| HistoryError::Malformed { line, message })?;
+    }
+}
+
+fn validate(e: &ParsedEvent<'_>) -> Result<(), String> {
+    match (e.kind, e.op) {
+        (EventType::Invoke, OpKind::Cas) if e.expect.is_none() => {
+            Err("a cas invoke needs \"expect\" (0 = must be absent)".into())
+        }
+        (EventType::Invoke, OpKind::Read | OpKind::Write) if e.expect.is_some() => {
+            Err("only a cas invoke carries \"expect\"".into())
+        }
+        (EventType::Ok, OpKind::Read) if e.version.is_none() => {
+            Err("an ok read needs \"version\" (0 = absent)".into())
+        }
+        (EventType::Ok, OpKind::Write | OpKind::Cas) if e.version.is_none_or(|v| v == 0) => {
+            Err("an ok write needs a positive \"version\"".into())
+        }
+        (EventType::Invoke, OpKind::Write | OpKind::Cas) if e.policy.is_some() => {
+            Err("only a read invoke carries \"policy\"".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes events as JSON Lines.
+pub fn write_jsonl<'a>(
+    mut out: impl std::io::Write,
+    events: impl IntoIterator<Item = &'a Event>,
+) -> std::io::Result<()> {
+    for e in events {
+        serde_json::to_writer(&mut out, e)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    struct Count(usize);
+    impl EventSink for Count {
+        fn event(&mut self, _: usize, _: ParsedEvent<'_>) -> Result<(), String> {
+            self.0 += 1;
+            Ok(())
+        }
+    }
+
+    fn parse_str(s: &str) -> Result<usize, HistoryError> {
+        let mut c = Count(0);
+        parse(s.as_bytes(), &mut c).map(|_| c.0)
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let text = r#"{"process":1,"type":"invoke","op":"write","key":"acct:7","session":"s1","idem":"w-91","time":1200}
+{"process":1,"type":"ok","op":"write","key":"acct:7","session":"s1","version":4,"time":1350}
+
+{"process":2,"type":"invoke","op":"read","key":"acct:7","session":"s2","policy":"bounded:5000","time":1400}
+{"process":2,"type":"ok","op":"read","key":"acct:7","session":"s2","version":3,"region":"eu-west","time":1420,"value":{"x":[1,2]}}
+"#;
+        assert_eq!(parse_str(text).unwrap(), 4);
+    }
+
+    #[test]
+    fn names_the_bad_line() {
+        let cases = [
+            ("{\"process\":1}", 1, "not a valid event"),
+            (
+                r#"{"process":1,"type":"invoke","op":"cas","key":"k","time":1}"#,
+                1,
+                "expect",
+            ),
+            (
+                r#"{"process":1,"type":"ok","op":"read","key":"k","time":1}"#,
+                1,
+                "version",
+            ),
+            (
+                r#"{"process":1,"type":"ok","op":"write","key":"k","version":0,"time":1}"#,
+                1,
+                "positive",
+            ),
+            (
+                r#"{"process":1,"type":"invoke","op":"read","key":"k","policy":"bounded:x","time":1}"#,
+                1,
+                "policy",
+            ),
+            (
+                r#"{"process":-1,"type":"invoke","op":"read","key":"k","time":1}"#,
+                1,
+                "not a valid event",
+            ),
+            (
+                "\n\n{\"process\":1,\"type\":\"begin\",\"op\":\"read\",\"key\":\"k\",\"time\":1}",
+                3,
+                "not a valid event",
+            ),
+        ];
+        for (text, line, needle) in cases {
+            match parse_str(text) {
+                Err(HistoryError::Malformed { line: l, message }) => {
+                    assert_eq!(l, line, "{text}");
+                    assert!(message.contains(needle), "{message} lacks {needle}");
+                }
+                other => panic!("{text}: expected an error, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse(&[0xff, 0xfe, b'\n'][..], &mut Count(0)),
+            Err(HistoryError::Malformed { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn events_round_trip() {
+        let mut e = Event::new(3, EventType::Invoke, OpKind::Read, "k", 10);
+        e.policy = Some(HistoryPolicy::Bounded(250));
+        e.session = Some("s".into());
+        let mut out = Vec::new();
+        write_jsonl(&mut out, [&e]).unwrap();
+        let back: Event = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(
+            String::from_utf8(out).unwrap().trim(),
+            r#"{"process":3,"type":"invoke","op":"read","key":"k","session":"s","policy":"bounded:250","time":10}"#
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&bytes[..], &mut Count(0));
+        }
+
+        #[test]
+        fn arbitrary_json_lines_never_panic(lines in proptest::collection::vec(
+            r#"\{("process":-?[0-9]{1,3},?|"type":"(invoke|ok|fail|info|x)",?|"op":"(read|write|cas)",?|"key":"[a-z]{0,2}",?|"version":[0-9]{1,2},?|"expect":[0-9],?|"time":[0-9]{1,4},?|"policy":"(strong|bounded:[0-9]{0,3}|x)",?){0,8}\}"#, 0..8)) {
+            let text = lines.join("\n");
+            let _ = parse(text.as_bytes(), &mut Count(0));
+        }
+    }
+}

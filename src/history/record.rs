@@ -1,0 +1,236 @@
+//! Recording operations as they happen.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::{Event, EventType, HistoryPolicy, OpKind};
+use crate::backend::Backend;
+use crate::client::{Client, WriteOptions};
+use crate::error::Error;
+use crate::policy::ReadPolicy;
+use crate::record::{Committed, Precondition, Read};
+use crate::session::Session;
+
+/// Collects events with times from one monotonic clock (tokio's, so a
+/// paused runtime records virtual time).
+#[derive(Debug)]
+pub struct Recorder {
+    start: Instant,
+    events: Mutex<Vec<Event>>,
+    next_process: AtomicU64,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            start: Instant::now(),
+            events: Mutex::new(Vec::new()),
+            next_process: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Recorder {
+    /// A recorder whose clock starts now.
+    pub fn new() -> Arc<Recorder> {
+        Arc::new(Recorder::default())
+    }
+
+    /// Nanoseconds since the recorder started.
+    pub fn now(&self) -> u64 {
+        u64::try_from((Instant::now() - self.start).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A fresh process number.
+    pub fn process(&self) -> u64 {
+        self.next_process.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Appends an event, stamping its time.
+    pub fn record(&self, mut event: Event) {
+        event.time = self.now();
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+    }
+
+    /// The events so far, in recording order.
+    pub fn events(&self) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records a read's invoke.
+    pub fn invoke_read(&self, process: u64, session: &str, key: &str, policy: HistoryPolicy) {
+        let mut e = Event::new(process, EventType::Invoke, OpKind::Read, key, 0);
+        e.session = Some(session.to_owned());
+        e.policy = Some(policy);
+        self.record(e);
+    }
+
+    /// Records a read's completion: `Some(version)` (0 = absent) when it
+    /// succeeded, `None` when it failed.
+    pub fn complete_read(
+        &self,
+        process: u64,
+        session: &str,
+        key: &str,
+        outcome: Option<(u64, Option<&str>)>,
+    ) {
+        let kind = if outcome.is_some() {
+            EventType::Ok
+        } else {
+            EventType::Fail
+        };
+        let mut e = Event::new(process, kind, OpKind::Read, key, 0);
+        e.session = Some(session.to_owned());
+        if let Some((version, region)) = outcome {
+            e.version = Some(version);
+            e.region = region.map(str::to_owned);
+        }
+        self.record(e);
+    }
+
+    /// Records a write's invoke: a `cas` when `expect` is set.
+    pub fn invoke_write(
+        &self,
+        process: u64,
+        session: &str,
+        key: &str,
+        expect: Option<u64>,
+        idem: Option<&str>,
+    ) {
+        let op = if expect.is_some() {
+            OpKind::Cas
+        } else {
+            OpKind::Write
+        };
+        let mut e = Event::new(process, EventType::Invoke, op, key, 0);
+        e.session = Some(session.to_owned());
+        e.expect = expect;
+        e.idem = idem.map(str::to_owned);
+        self.record(e);
+    }
+
+    /// Records a write's completion from its result: `ok` with the version,
+    /// `fail` when it definitely did not apply, `info` when it may have.
+    pub fn complete_write(
+        &self,
+        process: u64,
+        session: &str,
+        key: &str,
+        cas: bool,
+        result: &Result<Committed, Error>,
+    ) {
+        let op = if cas { OpKind::Cas } else { OpKind::Write };
+        let (kind, version, region) = match result {
+            Ok(c) => (
+                EventType::Ok,
+                Some(c.version.0),
+                Some(c.region.as_str().to_owned()),
+            ),
+            // Committed, but not yet visible where it was checked.
+            Err(Error::NotVisible { version, .. }) => (EventType::Ok, Some(version.0), None),
+            Err(e) if e.is_ambiguous() => (EventType::Info, None, None),
+            Err(_) => (EventType::Fail, None, None),
+        };
+        let mut e = Event::new(process, kind, op, key, 0);
+        e.session = Some(session.to_owned());
+        e.version = version;
+        e.region = region;
+        self.record(e);
+    }
+
+    /// Writes the history as JSON Lines.
+    pub fn write_jsonl(&self, out: impl std::io::Write) -> std::io::Result<()> {
+        super::write_jsonl(out, self.events().iter())
+    }
+}
+
+/// A [`Client`] whose every operation is recorded, as one process in one
+/// session.
+#[derive(Debug)]
+pub struct RecordedClient<B> {
+    client: Client<B>,
+    session: Session,
+    name: String,
+    process: u64,
+    recorder: Arc<Recorder>,
+}
+
+impl<B: Backend> RecordedClient<B> {
+    /// Records `client`'s operations in `session` (named `name` in the
+    /// history) as a new process of `recorder`.
+    pub fn new(
+        client: Client<B>,
+        session: Session,
+        name: &str,
+        recorder: Arc<Recorder>,
+    ) -> RecordedClient<B> {
+        RecordedClient {
+            process: recorder.process(),
+            client,
+            session,
+            name: name.to_owned(),
+            recorder,
+        }
+    }
+
+    /// The recorded client.
+    pub fn client(&self) -> &Client<B> {
+        &self.client
+    }
+
+    /// The session.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// [`Client::read`], recorded.
+    pub async fn read(&self, key: &str, policy: ReadPolicy) -> Result<Read<Bytes>, Error> {
+        self.recorder
+            .invoke_read(self.process, &self.name, key, policy.into());
+        let result = self.client.read(&self.session, key, policy).await;
+        let outcome = result.as_ref().ok().map(|r| {
+            (
+                r.version().map_or(0, |v| v.0),
+                Some(r.freshness.region.as_str()),
+            )
+        });
+        self.recorder
+            .complete_read(self.process, &self.name, key, outcome);
+        result
+    }
+
+    /// [`Client::write`], recorded; the idempotency key is fixed here so the
+    /// history names it.
+    pub async fn write(
+        &self,
+        key: &str,
+        value: Bytes,
+        precondition: Precondition,
+        options: &WriteOptions,
+    ) -> Result<Committed, Error> {
+        let mut options = options.clone();
+        let idem = options
+            .idempotency_key
+            .get_or_insert_with(crate::IdempotencyKey::generate)
+            .clone();
+        let expect = precondition.expected();
+        self.recorder
+            .invoke_write(self.process, &self.name, key, expect, Some(idem.as_str()));
+        let result = self
+            .client
+            .write(&self.session, key, value, precondition, &options)
+            .await;
+        self.recorder
+            .complete_write(self.process, &self.name, key, expect.is_some(), &result);
+        result
+    }
+}

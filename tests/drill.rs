@@ -1,0 +1,213 @@
+//! The drills and both command lines, run as a user would.
+
+use quorate::drill::{self, cli, Configuration, DrillOptions};
+use quorate::history::Anomaly;
+
+fn run_cli(args: &[&str]) -> (u8, String, String) {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let code = cli::main(args.iter().map(|s| s.to_string()), &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+fn check_cli(args: &[&str], stdin: &[u8]) -> (u8, String, String) {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let code = quorate::history::cli::main(
+        args.iter().map(|s| s.to_string()),
+        stdin,
+        &mut out,
+        &mut err,
+    );
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+#[test]
+fn every_drill_passes_with_ten_runs_in_the_documented_shape() {
+    let (code, out, err) = run_cli(&["--json", "--seed", "7"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["ok"], true);
+    let runs = json["scenarios"].as_array().unwrap();
+    assert_eq!(runs.len(), 10);
+    for run in runs {
+        let keys: Vec<&str> = run
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for k in [
+            "name",
+            "config",
+            "ops",
+            "anomalies",
+            "availability",
+            "p50_ms",
+            "p99_ms",
+        ] {
+            assert!(keys.contains(&k), "{k} missing in {run}");
+        }
+        assert_eq!(run["anomalies"].as_object().unwrap().len(), 8);
+        assert!(run["ops"].as_u64().unwrap() > 50, "{run}");
+        let availability = run["availability"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&availability));
+    }
+}
+
+#[test]
+fn naive_runs_expose_their_anomaly_and_strict_runs_are_clean() {
+    let results = drill::run_all(&DrillOptions::default()).unwrap();
+    assert!(drill::verdict(&results));
+    for r in &results {
+        match r.config {
+            Configuration::Naive => assert!(
+                r.report.anomalies[r.about] > 0,
+                "{} naive: {:?}",
+                r.scenario,
+                r.report.anomalies
+            ),
+            Configuration::Strict => assert_eq!(
+                r.report.total(),
+                0,
+                "{} strict: {}",
+                r.scenario,
+                r.report.render()
+            ),
+        }
+    }
+    let about: Vec<&str> = drill::scenarios().iter().map(|s| s.about.name()).collect();
+    assert!(about.contains(&Anomaly::DuplicateApplication.name()));
+    assert!(about.contains(&Anomaly::MonotonicReads.name()));
+}
+
+#[test]
+fn a_seed_reproduces_a_run_exactly() {
+    let options = DrillOptions {
+        scenario: Some("partition-global-tables".into()),
+        seed: 11,
+    };
+    let a = drill::run_all(&options).unwrap();
+    let b = drill::run_all(&options).unwrap();
+    assert_eq!(a.len(), 2);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.events, y.events);
+    }
+    let other = drill::run_all(&DrillOptions {
+        seed: 12,
+        ..options
+    })
+    .unwrap();
+    assert_ne!(a[1].events, other[1].events);
+}
+
+#[test]
+fn saved_histories_re_check_the_same() {
+    let dir = std::env::temp_dir().join(format!("quorate-drill-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("h.jsonl");
+    let report = dir.join("report.html");
+    let (code, out, err) = run_cli(&[
+        "--scenario",
+        "clock-skew-600ms",
+        "--history",
+        base.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("clock-skew-600ms"), "{out}");
+    let naive = dir.join("h-clock-skew-600ms-naive.jsonl");
+    let strict = dir.join("h-clock-skew-600ms-strict.jsonl");
+    let (code, out, _) = check_cli(&[naive.to_str().unwrap(), "--json"], &b""[..]);
+    assert_eq!(code, 1, "the naive history has anomalies");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(json["anomalies"]["stale-read"].as_u64().unwrap() > 0);
+    let (code, out, _) = check_cli(&[strict.to_str().unwrap()], &b""[..]);
+    assert_eq!(code, 0, "{out}");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.starts_with("<!doctype html>") && html.contains("<svg") && html.contains("stale-read")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_message() {
+    for args in [
+        &["--scenario", "no-such-drill"][..],
+        &["--seed", "-4"][..],
+        &["--seed", "many"][..],
+        &["--seed"][..],
+        &["--frobnicate"][..],
+    ] {
+        let (code, out, err) = run_cli(args);
+        assert_eq!(code, 2, "{args:?}: {out}");
+        assert!(err.starts_with("drill: "), "{err}");
+    }
+    let (code, out, _) = run_cli(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("usage:"));
+}
+
+#[test]
+fn check_exit_codes() {
+    let clean = br#"{"process":1,"type":"invoke","op":"read","key":"k","policy":"strong","time":1}
+{"process":1,"type":"ok","op":"read","key":"k","version":0,"time":2}
+"#;
+    assert_eq!(check_cli(&["-"], &clean[..]).0, 0);
+    let (code, out, _) = check_cli(&["-", "--json"], &clean[..]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["ops"],
+        1
+    );
+    let (code, _, err) = check_cli(&["-"], &b"{\"process\":1}\n"[..]);
+    assert_eq!(code, 2);
+    assert!(err.contains("line 1"), "{err}");
+    assert_eq!(check_cli(&["/nonexistent/history.jsonl"], &b""[..]).0, 2);
+    assert_eq!(check_cli(&[], &b""[..]).0, 2);
+    assert_eq!(check_cli(&["a", "b"], &b""[..]).0, 2);
+    assert_eq!(check_cli(&["--bogus"], &b""[..]).0, 2);
+}
+
+#[test]
+fn history_file_names() {
+    let p = cli::history_path(
+        std::path::Path::new("/tmp/h.jsonl"),
+        "isolation-latency",
+        "naive",
+    );
+    assert_eq!(
+        p,
+        std::path::Path::new("/tmp/h-isolation-latency-naive.jsonl")
+    );
+    let p = cli::history_path(std::path::Path::new("runs/h"), "a", "strict");
+    assert_eq!(p, std::path::Path::new("runs/h-a-strict"));
+}
+
+#[test]
+fn the_readme_shows_what_the_drill_prints() {
+    let readme = include_str!("../README.md");
+    let begin = readme
+        .find("<!-- drill:begin -->\n")
+        .expect("README marks the drill section")
+        + "<!-- drill:begin -->\n".len();
+    let end = readme
+        .find("<!-- drill:end -->")
+        .expect("README marks the drill section");
+    let results = drill::run_all(&DrillOptions::default()).unwrap();
+    assert_eq!(
+        &readme[begin..end],
+        drill::markdown(&results),
+        "README.md is out of date: paste `cargo run --release --example drill -- --markdown`"
+    );
+}

@@ -382,19 +382,9 @@ impl<B: Backend> Client<B> {
                 floor,
                 deadline,
             };
-            let attempt_deadline = deadline.min(Instant::now() + inner.config.attempt_timeout);
-            let result = if leader && inner.guard.excluded(region_index) {
-                // Never let a clock the guard distrusts assign a read timestamp.
-                Err(clock_excluded(region))
-            } else {
-                match timeout_at(attempt_deadline, inner.backend.read(&plan)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Error::Timeout {
-                        after: inner.config.attempt_timeout,
-                        sent: true,
-                    }),
-                }
-            };
+            let result = self
+                .attempt(region_index, leader, deadline, inner.backend.read(&plan))
+                .await;
             let error = match result {
                 Ok(read) => {
                     inner.router.restore(region_index);
@@ -601,18 +591,9 @@ impl<B: Backend> Client<B> {
                 region,
                 deadline,
             };
-            let attempt_deadline = deadline.min(Instant::now() + inner.config.attempt_timeout);
-            let result = if inner.guard.excluded(region_index) {
-                Err(clock_excluded(region))
-            } else {
-                match timeout_at(attempt_deadline, inner.backend.write(&request)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Error::Timeout {
-                        after: inner.config.attempt_timeout,
-                        sent: true,
-                    }),
-                }
-            };
+            let result = self
+                .attempt(region_index, true, deadline, inner.backend.write(&request))
+                .await;
             let error = match result {
                 Ok(committed) => {
                     inner.router.restore(region_index);
@@ -651,6 +632,33 @@ impl<B: Backend> Client<B> {
         }
     }
 
+    /// One attempt against one region, bounded by the attempt timeout and
+    /// the operation's deadline. When `timestamps` is set the region assigns
+    /// timestamps, and a region whose clock the guard distrusts is refused
+    /// without sending anything.
+    async fn attempt<T>(
+        &self,
+        region: usize,
+        timestamps: bool,
+        deadline: Instant,
+        request: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let inner = &*self.inner;
+        if timestamps && inner.guard.excluded(region) {
+            return Err(Error::RegionUnavailable {
+                region: inner.router.region(region).clone(),
+                reason: "clock offset beyond the guard's limit",
+            });
+        }
+        let attempt_deadline = deadline.min(Instant::now() + inner.config.attempt_timeout);
+        timeout_at(attempt_deadline, request)
+            .await
+            .unwrap_or(Err(Error::Timeout {
+                after: inner.config.attempt_timeout,
+                sent: true,
+            }))
+    }
+
     fn count_write(&self, committed: &Committed) {
         if let Some(i) = self.inner.router.index_of(&committed.region) {
             self.inner.metrics.write(i);
@@ -685,17 +693,14 @@ impl<B: Backend> Client<B> {
             attempt += 1;
             let region_index = self.write_region(key, tried);
             let region = inner.router.region(region_index);
-            let attempt_deadline = deadline.min(Instant::now() + inner.config.attempt_timeout);
-            let result = if inner.guard.excluded(region_index) {
-                Err(clock_excluded(region))
-            } else {
-                timeout_at(attempt_deadline, inner.backend.lookup(region, key, idem))
-                    .await
-                    .unwrap_or(Err(Error::Timeout {
-                        after: inner.config.attempt_timeout,
-                        sent: true,
-                    }))
-            };
+            let result = self
+                .attempt(
+                    region_index,
+                    true,
+                    deadline,
+                    inner.backend.lookup(region, key, idem),
+                )
+                .await;
             match result {
                 Ok(outcome) => {
                     inner.metrics.ambiguous_resolved(outcome.is_some());
@@ -895,13 +900,6 @@ async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) 
     })
     .await;
     out.into_iter().flatten().collect()
-}
-
-fn clock_excluded(region: &Region) -> Error {
-    Error::RegionUnavailable {
-        region: region.clone(),
-        reason: "clock offset beyond the guard's limit",
-    }
 }
 
 fn record_read(read: &Read<Bytes>, attempt: u32) {

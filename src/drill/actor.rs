@@ -184,6 +184,19 @@ impl Actor {
         })
     }
 
+    /// Reads `key` strongly and writes `value` on top of what it saw (the
+    /// read-modify-write every service does); returns the commit, if any.
+    pub(crate) async fn update(&mut self, key: &str, value: &str) -> Option<Committed> {
+        let seen = self
+            .read(0, key, ReadPolicy::Strong, HistoryPolicy::Strong)
+            .await?;
+        let precondition = match seen.version {
+            Some(v) => Precondition::IfVersion(v),
+            None => Precondition::IfAbsent,
+        };
+        self.write(0, key, value, precondition, None).await
+    }
+
     /// Writes `key` in the region at `turn`. `idem` names the logical write
     /// (a state transition); when `None` a fresh one is made.
     pub(crate) async fn write(

@@ -249,19 +249,8 @@ fn updater(stage: &Stage, regions: &[&str], keys: u64, think: (u64, u64)) -> Tas
         let mut n = 0u64;
         while actor.running() {
             let key = format!("acct:{}", rng.below(keys));
-            if let Some(seen) = actor
-                .read(0, &key, ReadPolicy::Strong, HistoryPolicy::Strong)
-                .await
-            {
-                let precondition = match seen.version {
-                    Some(v) => Precondition::IfVersion(v),
-                    None => Precondition::IfAbsent,
-                };
-                n += 1;
-                actor
-                    .write(0, &key, &format!("update-{n}"), precondition, None)
-                    .await;
-            }
+            n += 1;
+            actor.update(&key, &format!("update-{n}")).await;
             sleep(pause(&mut rng, think)).await;
         }
     })
@@ -314,23 +303,10 @@ fn producer_with_consumer(
         while actor.running() {
             let key = format!("order:{}", n % keys);
             n += 1;
-            if let Some(seen) = actor
-                .read(0, &key, ReadPolicy::Strong, HistoryPolicy::Strong)
-                .await
-            {
-                let precondition = match seen.version {
-                    Some(v) => Precondition::IfVersion(v),
-                    None => Precondition::IfAbsent,
-                };
-                if actor
-                    .write(0, &key, &format!("state-{n}"), precondition, None)
-                    .await
-                    .is_some()
-                {
-                    // The notification crosses one link.
-                    sleep(Duration::from_millis(5)).await;
-                    let _ = tx.send(key).await;
-                }
+            if actor.update(&key, &format!("state-{n}")).await.is_some() {
+                // The notification crosses one link.
+                sleep(Duration::from_millis(5)).await;
+                let _ = tx.send(key).await;
             }
             sleep(pause(&mut rng, (300, 600))).await;
         }

@@ -447,20 +447,8 @@ impl Sim {
                                 .max(proposed)
                                 .max(m.write_floor(req.key));
                             m.hlc_update(leader, point, now);
-                            let entry = Entry {
-                                point,
-                                version: current.map_or(crate::Version::FIRST, |v| v.next()),
-                                value: req.value.clone(),
-                                origin: gateway,
-                            };
-                            let committed = Committed {
-                                version: entry.version,
-                                point,
-                                region: self.region(leader),
-                            };
-                            let idem = req
-                                .idempotency_key
-                                .map(|k| (k.as_str().to_owned(), committed.clone()));
+                            let (entry, committed, idem) =
+                                self.next_version(req, current, point, gateway, leader);
                             if let Some((k, c)) = &idem {
                                 m.idem.insert(k.clone(), c.clone());
                             }
@@ -505,6 +493,33 @@ impl Sim {
         Ok(committed)
     }
 
+    /// The entry a write creates on top of `current`, its outcome, and its
+    /// idempotency record.
+    fn next_version(
+        &self,
+        req: &WriteRequest<'_>,
+        current: Option<crate::Version>,
+        point: crate::Point,
+        origin: usize,
+        committer: usize,
+    ) -> (Entry, Committed, Option<(String, Committed)>) {
+        let entry = Entry {
+            point,
+            version: current.map_or(crate::Version::FIRST, |v| v.next()),
+            value: req.value.clone(),
+            origin,
+        };
+        let committed = Committed {
+            version: entry.version,
+            point,
+            region: self.region(committer),
+        };
+        let idem = req
+            .idempotency_key
+            .map(|k| (k.as_str().to_owned(), committed.clone()));
+        (entry, committed, idem)
+    }
+
     fn write_multi(&self, region: usize, req: &WriteRequest<'_>) -> Result<Committed, Error> {
         let now = Instant::now();
         let mut m = self.model();
@@ -523,20 +538,7 @@ impl Sim {
             });
         }
         let point = m.hlc_now(region, now);
-        let entry = Entry {
-            point,
-            version: current.map_or(crate::Version::FIRST, |v| v.next()),
-            value: req.value.clone(),
-            origin: region,
-        };
-        let committed = Committed {
-            version: entry.version,
-            point,
-            region: self.region(region),
-        };
-        let idem = req
-            .idempotency_key
-            .map(|k| (k.as_str().to_owned(), committed.clone()));
+        let (entry, committed, idem) = self.next_version(req, current, point, region, region);
         if let Some((k, c)) = &idem {
             m.replicas[region].idem.insert(k.clone(), c.clone());
         }

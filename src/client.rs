@@ -17,7 +17,7 @@ use crate::policy::ReadPolicy;
 use crate::random::SplitMix64;
 use crate::record::{Committed, Precondition, Read, ReplicaRole};
 use crate::retry::{RetryBudget, RetryPolicy};
-use crate::routing::{Router, Tried};
+use crate::routing::{BreakerConfig, Circuit, Router, Tried};
 use crate::session::{Scope, Session, SessionFloor, SessionToken};
 use crate::topology::Region;
 
@@ -38,8 +38,22 @@ pub struct ClientConfig {
     pub retry_budget_ratio: f64,
     /// Retries allowed before any first attempt has deposited.
     pub retry_budget_reserve: u32,
-    /// How long a region that failed is avoided.
+    /// How long a region's circuit stays open after it failed, before one
+    /// trial request (or a successful probe) may close it.
     pub region_ejection: Duration,
+    /// Consecutive soft failures (errors other than unreachable or timed
+    /// out) that open a region's circuit.
+    pub failure_threshold: u32,
+    /// Hedged reads: after a delay, a read goes also to the next-best region
+    /// and the first acceptable answer wins. `None` disables hedging.
+    pub hedge: Option<Hedge>,
+    /// For backends whose writes go to a key's home region (multi-writer
+    /// tables): after the home region has been down this long, writes fail
+    /// over to the best healthy region, and come back when the home
+    /// recovers. `None` (the default) never fails over: a write is
+    /// unavailable rather than risk two regions applying conflicting
+    /// transitions.
+    pub home_failover: Option<Duration>,
     /// Added to a replica's own staleness bound before comparing it with a
     /// bounded-staleness policy: the error of the clocks involved.
     pub clock_uncertainty: Duration,
@@ -68,6 +82,9 @@ impl Default for ClientConfig {
             retry_budget_ratio: 0.2,
             retry_budget_reserve: 100,
             region_ejection: Duration::from_secs(1),
+            failure_threshold: 3,
+            hedge: None,
+            home_failover: None,
             clock_uncertainty: Duration::ZERO,
             seed: None,
             clock: Arc::new(SystemClock),
@@ -83,6 +100,14 @@ impl ClientConfig {
     /// Checks every field; [`Client::new`] calls it.
     pub fn validate(&self) -> Result<(), Error> {
         self.retry.validate()?;
+        if self.failure_threshold == 0 {
+            return Err(Error::InvalidInput(
+                "failure_threshold must be at least 1".into(),
+            ));
+        }
+        if let Some(h) = &self.hedge {
+            h.validate()?;
+        }
         if !(self.clock_exclusion > 0.0 && self.clock_exclusion <= 1.0) {
             return Err(Error::InvalidInput(
                 "clock_exclusion must be in (0, 1]".into(),
@@ -99,6 +124,123 @@ impl ClientConfig {
         }
         Ok(())
     }
+}
+
+/// Hedged reads: a read that has not answered within a high percentile of
+/// recent read latency goes also to the next-best eligible region.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hedge {
+    /// The percentile of recent read latencies to wait before hedging.
+    pub percentile: f64,
+    /// The shortest delay (also used until enough latencies are known).
+    pub min_delay: Duration,
+    /// The longest delay.
+    pub max_delay: Duration,
+}
+
+impl Default for Hedge {
+    fn default() -> Self {
+        Hedge {
+            percentile: 0.95,
+            min_delay: Duration::from_millis(5),
+            max_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Hedge {
+    fn validate(&self) -> Result<(), Error> {
+        if !(self.percentile > 0.0 && self.percentile <= 1.0) {
+            return Err(Error::InvalidInput(
+                "hedge percentile must be in (0, 1]".into(),
+            ));
+        }
+        if self.min_delay > self.max_delay {
+            return Err(Error::InvalidInput(
+                "hedge min_delay exceeds max_delay".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The latest read latencies, for the hedge delay.
+#[derive(Debug, Default)]
+struct LatencyWindow {
+    window: Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    samples: Vec<u64>,
+    next: usize,
+    fresh: u32,
+    cached: Option<Duration>,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            samples: Vec::with_capacity(WINDOW),
+            next: 0,
+            fresh: 0,
+            cached: None,
+        }
+    }
+}
+
+const WINDOW: usize = 128;
+
+impl LatencyWindow {
+    fn record(&self, latency: Duration) {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        if w.samples.len() < WINDOW {
+            w.samples.push(nanos);
+        } else {
+            let i = w.next;
+            w.samples[i] = nanos;
+        }
+        w.next = (w.next + 1) % WINDOW;
+        w.fresh += 1;
+    }
+
+    /// The hedge delay: the percentile of the window, recomputed every 16
+    /// samples, clamped to the policy's bounds.
+    fn delay(&self, hedge: &Hedge) -> Duration {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if w.samples.len() < 16 {
+            return hedge.min_delay;
+        }
+        if w.cached.is_none() || w.fresh >= 16 {
+            let mut sorted = w.samples.clone();
+            sorted.sort_unstable();
+            let rank = ((sorted.len() as f64 - 1.0) * hedge.percentile).round() as usize;
+            w.cached = Some(Duration::from_nanos(sorted[rank.min(sorted.len() - 1)]));
+            w.fresh = 0;
+        }
+        w.cached
+            .unwrap_or(hedge.min_delay)
+            .clamp(hedge.min_delay, hedge.max_delay)
+    }
+}
+
+/// What a client knows of one region.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegionHealth {
+    /// The region.
+    pub region: Region,
+    /// Its circuit breaker.
+    pub circuit: Circuit,
+    /// Smoothed latency of successful attempts and probes.
+    pub latency: Option<Duration>,
+    /// Replica lag it last reported.
+    pub replica_lag: Option<Duration>,
+    /// How far its clock strays from the median of all regions (with the
+    /// estimate's error), once probed.
+    pub clock_deviation: Option<Duration>,
+    /// Whether the clock guard keeps it from assigning timestamps.
+    pub clock_excluded: bool,
 }
 
 /// Which regions a read-after-write check reads back in.
@@ -204,6 +346,7 @@ struct Inner<B> {
     metrics: Metrics,
     budget: RetryBudget,
     guard: ClockGuard,
+    hedge_delays: LatencyWindow,
     rng: Mutex<SplitMix64>,
 }
 
@@ -236,7 +379,14 @@ impl<B: Backend> Client<B> {
             inner: Arc::new(Inner {
                 capabilities: backend.capabilities(),
                 scope: backend.scope().clone(),
-                router: Router::new(&topology, config.region_ejection),
+                router: Router::new(
+                    &topology,
+                    BreakerConfig {
+                        open_for: config.region_ejection,
+                        failure_threshold: config.failure_threshold,
+                    },
+                ),
+                hedge_delays: LatencyWindow::default(),
                 metrics: Metrics::new(&topology),
                 budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_reserve)?,
                 guard: ClockGuard::new(
@@ -382,40 +532,48 @@ impl<B: Backend> Client<B> {
                 floor,
                 deadline,
             };
-            let result = self
-                .attempt(region_index, leader, deadline, inner.backend.read(&plan))
-                .await;
+            let started = Instant::now();
+            let hedgeable = home.is_none() && inner.config.hedge.is_some();
+            let (result, region_index) = if hedgeable {
+                self.hedged(&plan, region_index, tried, leader, deadline, &floor)
+                    .await
+            } else {
+                let r = self
+                    .attempt(region_index, leader, deadline, inner.backend.read(&plan))
+                    .await;
+                (r, region_index)
+            };
+            if result.is_ok() && inner.config.hedge.is_some() {
+                inner.hedge_delays.record(Instant::now() - started);
+            }
             let error = match result {
-                Ok(read) => {
-                    inner.router.restore(region_index);
-                    match self.check(policy, &floor, &read, region_index) {
-                        Check::Accept => {
-                            let role = read.freshness.role;
-                            inner
-                                .metrics
-                                .read(region_index, policy, role == ReplicaRole::Leader);
-                            match policy {
-                                ReadPolicy::Session => {
-                                    session.observe(key, read.version(), read.freshness.point)
-                                }
-                                ReadPolicy::Strong => session.observe(key, read.version(), None),
-                                _ => {}
+                Ok(read) => match self.check(policy, &floor, &read, region_index) {
+                    Check::Accept => {
+                        let role = read.freshness.role;
+                        inner
+                            .metrics
+                            .read(region_index, policy, role == ReplicaRole::Leader);
+                        match policy {
+                            ReadPolicy::Session => {
+                                session.observe(key, read.version(), read.freshness.point)
                             }
-                            record_read(&read, attempt);
-                            return Ok(read);
+                            ReadPolicy::Strong => session.observe(key, read.version(), None),
+                            _ => {}
                         }
-                        Check::Escalate(reason) if !leader => {
-                            inner.metrics.escalation(policy, reason);
-                            leader = true;
-                            continue;
-                        }
-                        Check::Escalate(reason) | Check::Retry(reason) => Error::FreshnessUnmet {
-                            key: key.to_owned(),
-                            policy,
-                            reason,
-                        },
+                        record_read(&read, attempt);
+                        return Ok(read);
                     }
-                }
+                    Check::Escalate(reason) if !leader => {
+                        inner.metrics.escalation(policy, reason);
+                        leader = true;
+                        continue;
+                    }
+                    Check::Escalate(reason) | Check::Retry(reason) => Error::FreshnessUnmet {
+                        key: key.to_owned(),
+                        policy,
+                        reason,
+                    },
+                },
                 Err(e) => e,
             };
             if error.retryability() == Retryability::Permanent {
@@ -427,9 +585,6 @@ impl<B: Backend> Client<B> {
                 Error::RegionUnavailable { .. } | Error::Timeout { .. }
             ) {
                 tried.add(region_index);
-                if inner.router.eject(region_index) {
-                    inner.metrics.ejection(region, error.reason());
-                }
             }
             retries += 1;
             self.before_retry(&error, attempt, retries, deadline)
@@ -479,6 +634,75 @@ impl<B: Backend> Client<B> {
                 Some(_) => Check::Escalate("replica beyond the staleness bound"),
                 None => Check::Escalate("replica states no staleness bound"),
             },
+        }
+    }
+
+    /// Sends the read to `first`; if no answer came within the hedge delay,
+    /// also to the next-best region. The first acceptable answer wins and
+    /// the other request is dropped; when neither is acceptable, the first
+    /// region's outcome decides what happens next.
+    async fn hedged(
+        &self,
+        plan: &ReadPlan<'_>,
+        first: usize,
+        tried: Tried,
+        leader: bool,
+        deadline: Instant,
+        floor: &SessionFloor,
+    ) -> (Result<Read<Bytes>, Error>, usize) {
+        let inner = &*self.inner;
+        let Some(hedge) = &inner.config.hedge else {
+            let r = self
+                .attempt(first, leader, deadline, inner.backend.read(plan))
+                .await;
+            return (r, first);
+        };
+        let delay = inner.hedge_delays.delay(hedge);
+        let primary = self.attempt(first, leader, deadline, inner.backend.read(plan));
+        tokio::pin!(primary);
+        tokio::select! {
+            biased;
+            r = &mut primary => return (r, first),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let avoid = |r: usize| leader && inner.guard.excluded(r);
+        let second = inner
+            .router
+            .pick(inner.router.local(), tried.with(first), avoid);
+        if second == first || tried.contains(second) || avoid(second) {
+            return (primary.await, first);
+        }
+        inner.metrics.hedge_fired();
+        let second_plan = ReadPlan {
+            region: inner.router.region(second),
+            ..plan.clone()
+        };
+        let secondary = self.attempt(second, leader, deadline, inner.backend.read(&second_plan));
+        tokio::pin!(secondary);
+        let acceptable = |r: &Result<Read<Bytes>, Error>, region: usize| matches!(r, Ok(read) if matches!(self.check(plan.policy, floor, read, region), Check::Accept));
+        let mut first_outcome = None;
+        let mut second_done = false;
+        loop {
+            tokio::select! {
+                r = &mut primary, if first_outcome.is_none() => {
+                    if acceptable(&r, first) {
+                        return (r, first);
+                    }
+                    first_outcome = Some(r);
+                }
+                r = &mut secondary, if !second_done => {
+                    if acceptable(&r, second) {
+                        inner.metrics.hedge_won();
+                        return (r, second);
+                    }
+                    second_done = true;
+                }
+            }
+            if second_done {
+                if let Some(r) = first_outcome.take() {
+                    return (r, first);
+                }
+            }
         }
     }
 
@@ -596,7 +820,6 @@ impl<B: Backend> Client<B> {
                 .await;
             let error = match result {
                 Ok(committed) => {
-                    inner.router.restore(region_index);
                     self.count_write(&committed);
                     return Ok(committed);
                 }
@@ -607,9 +830,6 @@ impl<B: Backend> Client<B> {
                 Error::RegionUnavailable { .. } | Error::Timeout { .. }
             ) {
                 tried.add(region_index);
-                if inner.router.eject(region_index) {
-                    inner.metrics.ejection(region, error.reason());
-                }
             }
             match error.retryability() {
                 Retryability::Permanent => {
@@ -650,13 +870,37 @@ impl<B: Backend> Client<B> {
                 reason: "clock offset beyond the guard's limit",
             });
         }
-        let attempt_deadline = deadline.min(Instant::now() + inner.config.attempt_timeout);
-        timeout_at(attempt_deadline, request)
+        let started = Instant::now();
+        let attempt_deadline = deadline.min(started + inner.config.attempt_timeout);
+        let result = timeout_at(attempt_deadline, request)
             .await
             .unwrap_or(Err(Error::Timeout {
                 after: inner.config.attempt_timeout,
                 sent: true,
-            }))
+            }));
+        match &result {
+            Err(e @ (Error::RegionUnavailable { .. } | Error::Timeout { .. })) => {
+                if inner.router.failure(region, true) {
+                    inner
+                        .metrics
+                        .ejection(inner.router.region(region), e.reason());
+                }
+            }
+            Err(Error::Backend {
+                retryability: Retryability::Retryable,
+                ..
+            }) => {
+                if inner.router.failure(region, false) {
+                    inner
+                        .metrics
+                        .ejection(inner.router.region(region), "errors");
+                }
+            }
+            // The region answered (a conflict or an uncertain read is an
+            // answer).
+            _ => inner.router.success(region, Instant::now() - started),
+        }
+        result
     }
 
     fn count_write(&self, committed: &Committed) {
@@ -669,7 +913,17 @@ impl<B: Backend> Client<B> {
         let inner = &*self.inner;
         if !inner.capabilities.writes_anywhere {
             if let Some(home) = self.home_index(key) {
-                return home;
+                let failed_over = inner
+                    .config
+                    .home_failover
+                    .zip(inner.router.down_for(home))
+                    .is_some_and(|(after, down)| down >= after);
+                if !failed_over {
+                    return home;
+                }
+                return inner
+                    .router
+                    .pick(home, tried.with(home), |r| inner.guard.excluded(r));
             }
         }
         inner
@@ -824,6 +1078,9 @@ impl<B: Backend> Client<B> {
             }
         };
         let received = inner.config.clock.now_nanos();
+        inner
+            .router
+            .success(index, Duration::from_nanos(received.saturating_sub(sent)));
         let sample = crate::clock::OffsetSample::new(sent, probe.server_time_nanos, received);
         let was_excluded = inner.guard.excluded(index);
         let deviation = inner.guard.record(index, &sample);
@@ -841,13 +1098,14 @@ impl<B: Backend> Client<B> {
             inner.metrics.ejection(region, "clock_offset");
         }
         if let Some(lag) = probe.replica_lag {
+            inner.router.set_replica_lag(index, lag);
             inner.metrics.replica_lag(index, lag.as_secs_f64());
         }
         Ok(sample)
     }
 
     fn probe_failed(&self, index: usize, region: &Region, reason: &'static str) {
-        if self.inner.router.eject(index) {
+        if self.inner.router.failure(index, true) {
             self.inner.metrics.ejection(region, reason);
         }
     }
@@ -863,6 +1121,25 @@ impl<B: Backend> Client<B> {
                 tracing::debug!(error = %e, "probe failed");
             }
         }
+    }
+
+    /// What the client knows of each region now: circuit, latency estimate,
+    /// replica lag and clock deviation.
+    pub fn health(&self) -> Vec<RegionHealth> {
+        let inner = &*self.inner;
+        (0..inner.router.len())
+            .map(|i| {
+                let (circuit, latency, replica_lag) = inner.router.status(i);
+                RegionHealth {
+                    region: inner.router.region(i).clone(),
+                    circuit,
+                    latency,
+                    replica_lag,
+                    clock_deviation: inner.guard.deviation(i),
+                    clock_excluded: inner.guard.excluded(i),
+                }
+            })
+            .collect()
     }
 
     /// Whether the clock guard currently excludes `region`.

@@ -63,7 +63,7 @@ mod topology;
 pub use backend::{
     Backend, Capabilities, IdempotencyKey, Probe, ReadPlan, WriteRequest, MAX_IDEMPOTENCY_KEY,
 };
-pub use client::{Client, ClientConfig, Verify, VerifyRegions, WriteOptions};
+pub use client::{Client, ClientConfig, Hedge, RegionHealth, Verify, VerifyRegions, WriteOptions};
 pub use clock::{Clock, OffsetSample, SystemClock};
 pub use collection::{
     Class, Collection, Critical, DataClass, Peripheral, PolicyBook, PolicyEntry,
@@ -76,6 +76,7 @@ pub use record::{
     Committed, Freshness, Point, Precondition, Read, ReplicaRole, Version, Versioned,
 };
 pub use retry::{RetryBudget, RetryPolicy};
+pub use routing::Circuit;
 #[cfg(feature = "signed-tokens")]
 pub use session::SigningKey;
 pub use session::{

@@ -29,6 +29,10 @@ pub mod names {
     pub const AMBIGUOUS_RESOLVED: &str = "quorate_ambiguous_commits_resolved_total";
     /// Counter: regions ejected from routing, by `region` and `reason`.
     pub const REGION_EJECTIONS: &str = "quorate_region_ejections_total";
+    /// Counter: reads sent to a second region after the hedge delay.
+    pub const HEDGES_FIRED: &str = "quorate_hedges_fired_total";
+    /// Counter: hedged reads answered first by the second region.
+    pub const HEDGES_WON: &str = "quorate_hedges_won_total";
     /// Gauge: estimated clock offset of a region against this process, in seconds.
     pub const CLOCK_OFFSET: &str = "quorate_clock_offset_seconds";
     /// Gauge: replica lag a region reported, in seconds.
@@ -53,6 +57,8 @@ pub(crate) struct Metrics {
     escalations: [Counter; 3],
     writes: Vec<Counter>,
     conflicts: Counter,
+    hedges_fired: Counter,
+    hedges_won: Counter,
     verify_failures: Counter,
     clock_offset: Vec<Gauge>,
     replica_lag: Vec<Gauge>,
@@ -79,6 +85,8 @@ impl Metrics {
                 .map(|r| metrics::counter!(names::WRITES, "region" => r.clone()))
                 .collect(),
             conflicts: metrics::counter!(names::CONFLICTS),
+            hedges_fired: metrics::counter!(names::HEDGES_FIRED),
+            hedges_won: metrics::counter!(names::HEDGES_WON),
             verify_failures: metrics::counter!(names::VERIFY_FAILURES),
             clock_offset: regions
                 .iter()
@@ -110,6 +118,14 @@ impl Metrics {
 
     pub(crate) fn conflict(&self) {
         self.conflicts.increment(1);
+    }
+
+    pub(crate) fn hedge_fired(&self) {
+        self.hedges_fired.increment(1);
+    }
+
+    pub(crate) fn hedge_won(&self) {
+        self.hedges_won.increment(1);
     }
 
     pub(crate) fn verify_failure(&self) {

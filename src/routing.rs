@@ -1,8 +1,12 @@
 //! Region choice per request, from preference and live health.
 //!
-//! Nothing is sticky: every attempt picks again, so a region that failed is
-//! left on the next attempt and is ejected for a while, and one that
-//! recovers is used again as soon as its ejection ends.
+//! Nothing is sticky: every attempt picks again. Each region has a latency
+//! estimate (EWMA of successful attempts) and a circuit breaker: a region that
+//! cannot be reached opens its circuit at once, one that keeps failing opens
+//! it after a few failures; an open circuit admits one trial request once its
+//! open period has passed (half-open), and closes again on success. The
+//! preferred region (the local one) goes first when its circuit admits
+//! requests; the others follow by measured latency.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -11,13 +15,50 @@ use tokio::time::Instant;
 
 use crate::topology::{Region, Topology};
 
+/// The state of a region's circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Circuit {
+    /// Requests flow.
+    Closed,
+    /// Requests are not sent until the open period ends.
+    Open,
+    /// One trial request is allowed; its outcome closes or reopens the circuit.
+    HalfOpen,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Breaker {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { trial_in_flight: bool },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Health {
+    breaker: Breaker,
+    consecutive_failures: u32,
+    /// When the circuit last opened after being closed; cleared on success.
+    down_since: Option<Instant>,
+    latency_nanos: Option<f64>,
+    replica_lag: Option<Duration>,
+}
+
+/// Circuit-breaker settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BreakerConfig {
+    /// How long an opened circuit stays open before a trial.
+    pub(crate) open_for: Duration,
+    /// Consecutive soft failures that open the circuit.
+    pub(crate) failure_threshold: u32,
+}
+
 /// Routes attempts over a topology's regions.
 #[derive(Debug)]
 pub(crate) struct Router {
     regions: Vec<Region>,
     local: usize,
-    ejection: Duration,
-    ejected_until: Mutex<Vec<Option<Instant>>>,
+    config: BreakerConfig,
+    health: Mutex<Vec<Health>>,
 }
 
 /// A set of region indexes already tried by one operation.
@@ -31,22 +72,42 @@ impl Tried {
         }
     }
 
-    fn contains(self, region: usize) -> bool {
+    pub(crate) fn with(mut self, region: usize) -> Tried {
+        self.add(region);
+        self
+    }
+
+    pub(crate) fn contains(self, region: usize) -> bool {
         region < 128 && self.0 & (1 << region) != 0
     }
 }
 
+const LATENCY_WEIGHT: f64 = 0.2;
+
 impl Router {
-    pub(crate) fn new(topology: &Topology, ejection: Duration) -> Router {
+    pub(crate) fn new(topology: &Topology, config: BreakerConfig) -> Router {
         let regions: Vec<Region> = topology.regions().cloned().collect();
         let local = topology.index_of(topology.local()).unwrap_or(0);
         let n = regions.len();
         Router {
             regions,
             local,
-            ejection,
-            ejected_until: Mutex::new(vec![None; n]),
+            config,
+            health: Mutex::new(vec![
+                Health {
+                    breaker: Breaker::Closed,
+                    consecutive_failures: 0,
+                    down_since: None,
+                    latency_nanos: None,
+                    replica_lag: None,
+                };
+                n
+            ]),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Health>> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn region(&self, index: usize) -> &Region {
@@ -57,13 +118,18 @@ impl Router {
         self.local
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.regions.len()
+    }
+
     pub(crate) fn index_of(&self, region: &Region) -> Option<usize> {
         self.regions.iter().position(|r| r == region)
     }
 
-    /// The region for the next attempt: `preferred` if it is healthy and not
-    /// yet tried, else the local region, else the others in topology order;
-    /// an ejected region only when nothing else is left.
+    /// The region for the next attempt: `preferred` if its circuit admits a
+    /// request and it is neither tried nor avoided, else the other admitted
+    /// regions by measured latency (unmeasured last, then topology order);
+    /// a region whose circuit is open only when nothing else is left.
     pub(crate) fn pick(
         &self,
         preferred: usize,
@@ -71,45 +137,112 @@ impl Router {
         avoid: impl Fn(usize) -> bool,
     ) -> usize {
         let now = Instant::now();
-        let ejected = self.ejected_until.lock().unwrap_or_else(|e| e.into_inner());
-        let healthy = |i: usize| ejected[i].is_none_or(|until| until <= now) && !avoid(i);
-        let order = std::iter::once(preferred)
-            .chain(std::iter::once(self.local))
-            .chain(0..self.regions.len());
-        let mut fallback = None;
-        for i in order {
-            if tried.contains(i) {
-                continue;
+        let mut health = self.lock();
+        let admits = |h: &Health| match h.breaker {
+            Breaker::Closed => true,
+            Breaker::Open { until } => until <= now,
+            Breaker::HalfOpen { trial_in_flight } => !trial_in_flight,
+        };
+        let usable =
+            |i: usize, health: &[Health]| !tried.contains(i) && !avoid(i) && admits(&health[i]);
+        let choice = if preferred < health.len() && usable(preferred, &health) {
+            Some(preferred)
+        } else {
+            (0..health.len())
+                .filter(|&i| usable(i, &health))
+                .min_by(|&a, &b| {
+                    let la = health[a].latency_nanos.unwrap_or(f64::INFINITY);
+                    let lb = health[b].latency_nanos.unwrap_or(f64::INFINITY);
+                    la.total_cmp(&lb)
+                        .then((a != self.local).cmp(&(b != self.local)))
+                        .then(a.cmp(&b))
+                })
+        };
+        match choice {
+            Some(i) => {
+                // An open circuit whose period has passed admits one trial.
+                if matches!(
+                    health[i].breaker,
+                    Breaker::Open { .. } | Breaker::HalfOpen { .. }
+                ) {
+                    health[i].breaker = Breaker::HalfOpen {
+                        trial_in_flight: true,
+                    };
+                }
+                i
             }
-            if healthy(i) {
-                return i;
-            }
-            fallback.get_or_insert(i);
+            None => (0..health.len())
+                .find(|&i| !tried.contains(i))
+                .unwrap_or(preferred.min(health.len().saturating_sub(1))),
         }
-        fallback.unwrap_or(preferred)
     }
 
-    /// Whether a region is not ejected.
-    pub(crate) fn healthy(&self, region: usize) -> bool {
-        let ejected = self.ejected_until.lock().unwrap_or_else(|e| e.into_inner());
-        ejected[region].is_none_or(|until| until <= Instant::now())
+    /// Records a successful attempt and its latency; closes the circuit.
+    pub(crate) fn success(&self, region: usize, latency: Duration) {
+        let mut health = self.lock();
+        let h = &mut health[region];
+        let sample = latency.as_nanos() as f64;
+        h.latency_nanos = Some(match h.latency_nanos {
+            None => sample,
+            Some(old) => old + LATENCY_WEIGHT * (sample - old),
+        });
+        h.consecutive_failures = 0;
+        h.down_since = None;
+        h.breaker = Breaker::Closed;
     }
 
-    /// Ejects a region after a failure; returns true when it was healthy.
-    pub(crate) fn eject(&self, region: usize) -> bool {
+    /// Records a failed attempt. A `hard` failure (unreachable, timed out)
+    /// opens the circuit at once; soft ones after the threshold. Returns
+    /// true when the circuit opened from closed.
+    pub(crate) fn failure(&self, region: usize, hard: bool) -> bool {
         let now = Instant::now();
-        let mut ejected = self.ejected_until.lock().unwrap_or_else(|e| e.into_inner());
-        let was_healthy = ejected[region].is_none_or(|until| until <= now);
-        ejected[region] = Some(now + self.ejection);
-        was_healthy
+        let mut health = self.lock();
+        let h = &mut health[region];
+        h.consecutive_failures = h.consecutive_failures.saturating_add(1);
+        let was_closed = matches!(h.breaker, Breaker::Closed);
+        let trial_failed = matches!(h.breaker, Breaker::HalfOpen { .. });
+        if hard || trial_failed || h.consecutive_failures >= self.config.failure_threshold {
+            h.breaker = Breaker::Open {
+                until: now + self.config.open_for,
+            };
+            if was_closed {
+                h.down_since.get_or_insert(now);
+            }
+        }
+        was_closed && matches!(h.breaker, Breaker::Open { .. })
     }
 
-    /// Clears a region's ejection after a success.
-    pub(crate) fn restore(&self, region: usize) {
-        let mut ejected = self.ejected_until.lock().unwrap_or_else(|e| e.into_inner());
-        if ejected[region].is_some() {
-            ejected[region] = None;
+    /// Whether a region's circuit admits requests now.
+    pub(crate) fn healthy(&self, region: usize) -> bool {
+        let now = Instant::now();
+        match self.lock()[region].breaker {
+            Breaker::Closed | Breaker::HalfOpen { .. } => true,
+            Breaker::Open { until } => until <= now,
         }
+    }
+
+    /// How long the region has been down (circuit opened and not closed
+    /// since), if it is.
+    pub(crate) fn down_for(&self, region: usize) -> Option<Duration> {
+        self.lock()[region].down_since.map(|t| Instant::now() - t)
+    }
+
+    pub(crate) fn set_replica_lag(&self, region: usize, lag: Duration) {
+        self.lock()[region].replica_lag = Some(lag);
+    }
+
+    /// The circuit state, latency estimate and replica lag of a region.
+    pub(crate) fn status(&self, region: usize) -> (Circuit, Option<Duration>, Option<Duration>) {
+        let now = Instant::now();
+        let h = self.lock()[region];
+        let circuit = match h.breaker {
+            Breaker::Closed => Circuit::Closed,
+            Breaker::Open { until } if until <= now => Circuit::HalfOpen,
+            Breaker::Open { .. } => Circuit::Open,
+            Breaker::HalfOpen { .. } => Circuit::HalfOpen,
+        };
+        let latency = h.latency_nanos.map(|n| Duration::from_nanos(n as u64));
+        (circuit, latency, h.replica_lag)
     }
 }
 
@@ -117,39 +250,87 @@ impl Router {
 mod tests {
     use super::*;
 
+    fn router() -> Router {
+        let t = Topology::from_names(["a", "b", "c"], "b").unwrap();
+        Router::new(
+            &t,
+            BreakerConfig {
+                open_for: Duration::from_secs(1),
+                failure_threshold: 3,
+            },
+        )
+    }
+
     #[tokio::test(start_paused = true)]
     async fn leaves_a_failed_region_and_comes_back() {
-        let t = Topology::from_names(["a", "b", "c"], "b").unwrap();
-        let r = Router::new(&t, Duration::from_secs(1));
-        assert_eq!(r.pick(0, Tried::default(), |_| false), 0);
-        let mut tried = Tried::default();
-        tried.add(0);
-        assert_eq!(r.pick(0, tried, |_| false), 1, "local next");
-        assert!(r.eject(1));
-        assert_eq!(
+        let r = router();
+        assert_eq!(r.pick(1, Tried::default(), |_| false), 1, "local first");
+        assert!(r.failure(1, true), "a hard failure opens the circuit");
+        assert_eq!(r.status(1).0, Circuit::Open);
+        assert_ne!(
             r.pick(1, Tried::default(), |_| false),
-            0,
-            "ejected local skipped"
-        );
-        tried.add(2);
-        assert_eq!(
-            r.pick(0, tried, |_| false),
             1,
-            "ejected region used when nothing else is left"
+            "open circuit skipped"
+        );
+        let everything_else = Tried::default().with(0).with(2);
+        assert_eq!(
+            r.pick(1, everything_else, |_| false),
+            1,
+            "used when nothing else is left"
         );
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert_eq!(
             r.pick(1, Tried::default(), |_| false),
             1,
-            "ejection expires"
+            "half-open: one trial"
         );
-        assert_eq!(
-            r.pick(1, Tried::default(), |i| i == 1),
-            0,
-            "avoided regions are skipped"
+        assert_eq!(r.status(1).0, Circuit::HalfOpen);
+        assert_ne!(
+            r.pick(1, Tried::default(), |_| false),
+            1,
+            "only one trial at a time"
         );
-        r.eject(1);
-        r.restore(1);
+        r.success(1, Duration::from_millis(5));
+        assert_eq!(r.status(1).0, Circuit::Closed);
         assert_eq!(r.pick(1, Tried::default(), |_| false), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_trial_reopens_and_soft_failures_need_a_streak() {
+        let r = router();
+        assert!(!r.failure(0, false));
+        assert!(!r.failure(0, false));
+        assert!(r.healthy(0));
+        assert!(r.failure(0, false), "third soft failure opens");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(r.pick(0, Tried::default(), |_| false), 0);
+        assert!(
+            !r.failure(0, false),
+            "a failed trial reopens (already counted as down)"
+        );
+        assert_eq!(r.status(0).0, Circuit::Open);
+        assert!(r.down_for(0).unwrap() >= Duration::from_millis(1000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn others_are_ordered_by_latency() {
+        let r = router();
+        r.success(0, Duration::from_millis(90));
+        r.success(2, Duration::from_millis(10));
+        let not_local = Tried::default().with(1);
+        assert_eq!(r.pick(1, not_local, |_| false), 2, "faster region first");
+        assert_eq!(
+            r.pick(1, not_local, |i| i == 2),
+            0,
+            "avoided regions skipped"
+        );
+        for _ in 0..30 {
+            r.success(2, Duration::from_millis(200));
+        }
+        assert_eq!(
+            r.pick(1, not_local, |_| false),
+            0,
+            "the estimate follows the region"
+        );
     }
 }

@@ -208,6 +208,6 @@ fn the_readme_shows_what_the_drill_prints() {
     assert_eq!(
         &readme[begin..end],
         drill::markdown(&results),
-        "README.md is out of date: paste `cargo run --release --example drill -- --markdown`"
+        "README.md is out of date: run scripts/readme-drill"
     );
 }

@@ -17,7 +17,7 @@ use crate::policy::ReadPolicy;
 use crate::random::SplitMix64;
 use crate::record::{Committed, Precondition, Read, ReplicaRole};
 use crate::retry::{RetryBudget, RetryPolicy};
-use crate::routing::{BreakerConfig, Circuit, Router, Tried};
+use crate::routing::{BreakerConfig, Circuit, Kind, Router, Tried};
 use crate::session::{Scope, Session, SessionFloor, SessionToken};
 use crate::topology::Region;
 
@@ -32,6 +32,15 @@ pub struct ClientConfig {
     pub write_deadline: Duration,
     /// Longest single attempt; a region that hangs is left after it.
     pub attempt_timeout: Duration,
+    /// Shorter attempt timeouts learned per region and kind of request:
+    /// smoothed latency plus four mean deviations (as TCP's retransmission
+    /// timer), at least [`ClientConfig::min_attempt_timeout`] and at most
+    /// [`ClientConfig::attempt_timeout`]. A write that times out is resolved
+    /// through its idempotency key, so a spurious timeout costs a lookup,
+    /// never a double application.
+    pub adaptive_timeouts: bool,
+    /// The floor of adaptive attempt timeouts.
+    pub min_attempt_timeout: Duration,
     /// Backoff and attempt cap.
     pub retry: RetryPolicy,
     /// Retries allowed per first attempt (token bucket ratio).
@@ -78,6 +87,8 @@ impl Default for ClientConfig {
             read_deadline: Duration::from_secs(2),
             write_deadline: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(1),
+            adaptive_timeouts: true,
+            min_attempt_timeout: Duration::from_millis(100),
             retry: RetryPolicy::default(),
             retry_budget_ratio: 0.2,
             retry_budget_reserve: 100,
@@ -514,10 +525,16 @@ impl<B: Backend> Client<B> {
             };
             let region_index = match home {
                 Some(h) => h,
-                None if leader => inner
+                None if leader => {
+                    inner
+                        .router
+                        .pick(inner.router.local(), Kind::LeaderRead, tried, |r| {
+                            inner.guard.excluded(r)
+                        })
+                }
+                None => inner
                     .router
-                    .pick(inner.router.local(), tried, |r| inner.guard.excluded(r)),
-                None => inner.router.pick(inner.router.local(), tried, |_| false),
+                    .pick(inner.router.local(), Kind::FollowerRead, tried, |_| false),
             };
             let region = inner.router.region(region_index);
             let plan = ReadPlan {
@@ -539,7 +556,13 @@ impl<B: Backend> Client<B> {
                     .await
             } else {
                 let r = self
-                    .attempt(region_index, leader, deadline, inner.backend.read(&plan))
+                    .attempt(
+                        region_index,
+                        read_kind(leader),
+                        leader,
+                        deadline,
+                        inner.backend.read(&plan),
+                    )
                     .await;
                 (r, region_index)
             };
@@ -653,12 +676,24 @@ impl<B: Backend> Client<B> {
         let inner = &*self.inner;
         let Some(hedge) = &inner.config.hedge else {
             let r = self
-                .attempt(first, leader, deadline, inner.backend.read(plan))
+                .attempt(
+                    first,
+                    read_kind(leader),
+                    leader,
+                    deadline,
+                    inner.backend.read(plan),
+                )
                 .await;
             return (r, first);
         };
         let delay = inner.hedge_delays.delay(hedge);
-        let primary = self.attempt(first, leader, deadline, inner.backend.read(plan));
+        let primary = self.attempt(
+            first,
+            read_kind(leader),
+            leader,
+            deadline,
+            inner.backend.read(plan),
+        );
         tokio::pin!(primary);
         tokio::select! {
             biased;
@@ -666,9 +701,10 @@ impl<B: Backend> Client<B> {
             _ = tokio::time::sleep(delay) => {}
         }
         let avoid = |r: usize| leader && inner.guard.excluded(r);
+        let kind = read_kind(leader);
         let second = inner
             .router
-            .pick(inner.router.local(), tried.with(first), avoid);
+            .pick(inner.router.local(), kind, tried.with(first), avoid);
         if second == first || tried.contains(second) || avoid(second) {
             return (primary.await, first);
         }
@@ -677,7 +713,13 @@ impl<B: Backend> Client<B> {
             region: inner.router.region(second),
             ..plan.clone()
         };
-        let secondary = self.attempt(second, leader, deadline, inner.backend.read(&second_plan));
+        let secondary = self.attempt(
+            second,
+            kind,
+            leader,
+            deadline,
+            inner.backend.read(&second_plan),
+        );
         tokio::pin!(secondary);
         let acceptable = |r: &Result<Read<Bytes>, Error>, region: usize| matches!(r, Ok(read) if matches!(self.check(plan.policy, floor, read, region), Check::Accept));
         let mut first_outcome = None;
@@ -816,7 +858,13 @@ impl<B: Backend> Client<B> {
                 deadline,
             };
             let result = self
-                .attempt(region_index, true, deadline, inner.backend.write(&request))
+                .attempt(
+                    region_index,
+                    Kind::Write,
+                    true,
+                    deadline,
+                    inner.backend.write(&request),
+                )
                 .await;
             let error = match result {
                 Ok(committed) => {
@@ -859,6 +907,7 @@ impl<B: Backend> Client<B> {
     async fn attempt<T>(
         &self,
         region: usize,
+        kind: Kind,
         timestamps: bool,
         deadline: Instant,
         request: impl std::future::Future<Output = Result<T, Error>>,
@@ -871,11 +920,20 @@ impl<B: Backend> Client<B> {
             });
         }
         let started = Instant::now();
-        let attempt_deadline = deadline.min(started + inner.config.attempt_timeout);
-        let result = timeout_at(attempt_deadline, request)
+        let limit = if inner.config.adaptive_timeouts {
+            inner.router.attempt_timeout(
+                region,
+                kind,
+                inner.config.min_attempt_timeout,
+                inner.config.attempt_timeout,
+            )
+        } else {
+            inner.config.attempt_timeout
+        };
+        let result = timeout_at(deadline.min(started + limit), request)
             .await
             .unwrap_or(Err(Error::Timeout {
-                after: inner.config.attempt_timeout,
+                after: limit,
                 sent: true,
             }));
         match &result {
@@ -898,7 +956,7 @@ impl<B: Backend> Client<B> {
             }
             // The region answered (a conflict or an uncertain read is an
             // answer).
-            _ => inner.router.success(region, Instant::now() - started),
+            _ => inner.router.success(region, kind, Instant::now() - started),
         }
         result
     }
@@ -921,14 +979,16 @@ impl<B: Backend> Client<B> {
                 if !failed_over {
                     return home;
                 }
-                return inner
-                    .router
-                    .pick(home, tried.with(home), |r| inner.guard.excluded(r));
+                return inner.router.pick(home, Kind::Write, tried.with(home), |r| {
+                    inner.guard.excluded(r)
+                });
             }
         }
         inner
             .router
-            .pick(inner.router.local(), tried, |r| inner.guard.excluded(r))
+            .pick(inner.router.local(), Kind::Write, tried, |r| {
+                inner.guard.excluded(r)
+            })
     }
 
     /// Resolves an ambiguous attempt through the idempotency record: `Some`
@@ -950,6 +1010,7 @@ impl<B: Backend> Client<B> {
             let result = self
                 .attempt(
                     region_index,
+                    Kind::LeaderRead,
                     true,
                     deadline,
                     inner.backend.lookup(region, key, idem),
@@ -1078,15 +1139,20 @@ impl<B: Backend> Client<B> {
             }
         };
         let received = inner.config.clock.now_nanos();
-        inner
-            .router
-            .success(index, Duration::from_nanos(received.saturating_sub(sent)));
+        inner.router.success(
+            index,
+            Kind::FollowerRead,
+            Duration::from_nanos(received.saturating_sub(sent)),
+        );
         let sample = crate::clock::OffsetSample::new(sent, probe.server_time_nanos, received);
         let was_excluded = inner.guard.excluded(index);
         let deviation = inner.guard.record(index, &sample);
         inner
             .metrics
             .clock_offset(index, sample.offset_nanos as f64 / 1e9);
+        inner
+            .metrics
+            .clock_deviation(index, deviation.as_secs_f64());
         if deviation > inner.guard.warning() {
             tracing::warn!(
                 quorate.region = region.as_str(),
@@ -1195,6 +1261,14 @@ fn record_read(read: &Read<Bytes>, attempt: u32) {
     }
     span.record("quorate.attempt", attempt);
     span.record("quorate.outcome", "ok");
+}
+
+fn read_kind(leader: bool) -> Kind {
+    if leader {
+        Kind::LeaderRead
+    } else {
+        Kind::FollowerRead
+    }
 }
 
 /// Errors are not `Clone` (they may box a driver error); retries keep a

@@ -52,6 +52,8 @@ mod error;
 pub mod history;
 mod observe;
 mod policy;
+#[cfg(feature = "http")]
+pub mod propagation;
 pub mod random;
 mod record;
 mod retry;

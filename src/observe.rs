@@ -35,6 +35,10 @@ pub mod names {
     pub const HEDGES_WON: &str = "quorate_hedges_won_total";
     /// Gauge: estimated clock offset of a region against this process, in seconds.
     pub const CLOCK_OFFSET: &str = "quorate_clock_offset_seconds";
+    /// Gauge: how far a region's clock strays from the median of all
+    /// regions (plus the estimate's error), in seconds: what the clock guard
+    /// compares with its limit.
+    pub const CLOCK_DEVIATION: &str = "quorate_clock_deviation_seconds";
     /// Gauge: replica lag a region reported, in seconds.
     pub const REPLICA_LAG: &str = "quorate_replica_lag_seconds";
 }
@@ -61,6 +65,7 @@ pub(crate) struct Metrics {
     hedges_won: Counter,
     verify_failures: Counter,
     clock_offset: Vec<Gauge>,
+    clock_deviation: Vec<Gauge>,
     replica_lag: Vec<Gauge>,
 }
 
@@ -91,6 +96,10 @@ impl Metrics {
             clock_offset: regions
                 .iter()
                 .map(|r| metrics::gauge!(names::CLOCK_OFFSET, "region" => r.clone()))
+                .collect(),
+            clock_deviation: regions
+                .iter()
+                .map(|r| metrics::gauge!(names::CLOCK_DEVIATION, "region" => r.clone()))
                 .collect(),
             replica_lag: regions
                 .iter()
@@ -148,6 +157,12 @@ impl Metrics {
 
     pub(crate) fn clock_offset(&self, region: usize, seconds: f64) {
         if let Some(g) = self.clock_offset.get(region) {
+            g.set(seconds);
+        }
+    }
+
+    pub(crate) fn clock_deviation(&self, region: usize, seconds: f64) {
+        if let Some(g) = self.clock_deviation.get(region) {
             g.set(seconds);
         }
     }

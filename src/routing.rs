@@ -33,14 +33,62 @@ enum Breaker {
     HalfOpen { trial_in_flight: bool },
 }
 
+/// What an attempt does; latencies are tracked per kind because a follower
+/// read and a quorum write to the same region differ by an order of
+/// magnitude.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Served by the region's own replica (and probes).
+    FollowerRead = 0,
+    /// Through the region's gateway to the leader.
+    LeaderRead = 1,
+    /// A write through the region's gateway.
+    Write = 2,
+}
+
+/// Smoothed round-trip time and its mean deviation (Jacobson/Karels, as
+/// TCP's retransmission timer).
+#[derive(Clone, Copy, Debug, Default)]
+struct Rtt {
+    srtt: f64,
+    rttvar: f64,
+    known: bool,
+}
+
+impl Rtt {
+    fn sample(&mut self, nanos: f64) {
+        if self.known {
+            self.rttvar += 0.25 * ((self.srtt - nanos).abs() - self.rttvar);
+            self.srtt += 0.125 * (nanos - self.srtt);
+        } else {
+            *self = Rtt {
+                srtt: nanos,
+                rttvar: nanos / 2.0,
+                known: true,
+            };
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Health {
     breaker: Breaker,
     consecutive_failures: u32,
     /// When the circuit last opened after being closed; cleared on success.
     down_since: Option<Instant>,
-    latency_nanos: Option<f64>,
+    rtt: [Rtt; 3],
     replica_lag: Option<Duration>,
+}
+
+impl Health {
+    /// The smoothed latency for `kind`, or for any kind measured.
+    fn latency(&self, kind: Kind) -> Option<f64> {
+        let own = self.rtt[kind as usize];
+        if own.known {
+            return Some(own.srtt);
+        }
+        self.rtt.iter().find(|r| r.known).map(|r| r.srtt)
+    }
 }
 
 /// Circuit-breaker settings.
@@ -82,8 +130,6 @@ impl Tried {
     }
 }
 
-const LATENCY_WEIGHT: f64 = 0.2;
-
 impl Router {
     pub(crate) fn new(topology: &Topology, config: BreakerConfig) -> Router {
         let regions: Vec<Region> = topology.regions().cloned().collect();
@@ -98,7 +144,7 @@ impl Router {
                     breaker: Breaker::Closed,
                     consecutive_failures: 0,
                     down_since: None,
-                    latency_nanos: None,
+                    rtt: [Rtt::default(); 3],
                     replica_lag: None,
                 };
                 n
@@ -133,6 +179,7 @@ impl Router {
     pub(crate) fn pick(
         &self,
         preferred: usize,
+        kind: Kind,
         tried: Tried,
         avoid: impl Fn(usize) -> bool,
     ) -> usize {
@@ -151,8 +198,8 @@ impl Router {
             (0..health.len())
                 .filter(|&i| usable(i, &health))
                 .min_by(|&a, &b| {
-                    let la = health[a].latency_nanos.unwrap_or(f64::INFINITY);
-                    let lb = health[b].latency_nanos.unwrap_or(f64::INFINITY);
+                    let la = health[a].latency(kind).unwrap_or(f64::INFINITY);
+                    let lb = health[b].latency(kind).unwrap_or(f64::INFINITY);
                     la.total_cmp(&lb)
                         .then((a != self.local).cmp(&(b != self.local)))
                         .then(a.cmp(&b))
@@ -178,14 +225,10 @@ impl Router {
     }
 
     /// Records a successful attempt and its latency; closes the circuit.
-    pub(crate) fn success(&self, region: usize, latency: Duration) {
+    pub(crate) fn success(&self, region: usize, kind: Kind, latency: Duration) {
         let mut health = self.lock();
         let h = &mut health[region];
-        let sample = latency.as_nanos() as f64;
-        h.latency_nanos = Some(match h.latency_nanos {
-            None => sample,
-            Some(old) => old + LATENCY_WEIGHT * (sample - old),
-        });
+        h.rtt[kind as usize].sample(latency.as_nanos() as f64);
         h.consecutive_failures = 0;
         h.down_since = None;
         h.breaker = Breaker::Closed;
@@ -227,6 +270,24 @@ impl Router {
         self.lock()[region].down_since.map(|t| Instant::now() - t)
     }
 
+    /// How long to wait for an attempt of `kind` in `region` before giving
+    /// up on it: the smoothed latency plus four mean deviations, within
+    /// `[floor, cap]`; `cap` until the region has been measured.
+    pub(crate) fn attempt_timeout(
+        &self,
+        region: usize,
+        kind: Kind,
+        floor: Duration,
+        cap: Duration,
+    ) -> Duration {
+        let rtt = self.lock()[region].rtt[kind as usize];
+        if !rtt.known {
+            return cap;
+        }
+        let nanos = (rtt.srtt + 4.0 * rtt.rttvar).max(0.0);
+        Duration::from_nanos(nanos.min(u64::MAX as f64) as u64).clamp(floor, cap.max(floor))
+    }
+
     pub(crate) fn set_replica_lag(&self, region: usize, lag: Duration) {
         self.lock()[region].replica_lag = Some(lag);
     }
@@ -241,7 +302,9 @@ impl Router {
             Breaker::Open { .. } => Circuit::Open,
             Breaker::HalfOpen { .. } => Circuit::HalfOpen,
         };
-        let latency = h.latency_nanos.map(|n| Duration::from_nanos(n as u64));
+        let latency = h
+            .latency(Kind::LeaderRead)
+            .map(|n| Duration::from_nanos(n as u64));
         (circuit, latency, h.replica_lag)
     }
 }
@@ -264,35 +327,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn leaves_a_failed_region_and_comes_back() {
         let r = router();
-        assert_eq!(r.pick(1, Tried::default(), |_| false), 1, "local first");
+        assert_eq!(
+            r.pick(1, Kind::LeaderRead, Tried::default(), |_| false),
+            1,
+            "local first"
+        );
         assert!(r.failure(1, true), "a hard failure opens the circuit");
         assert_eq!(r.status(1).0, Circuit::Open);
         assert_ne!(
-            r.pick(1, Tried::default(), |_| false),
+            r.pick(1, Kind::LeaderRead, Tried::default(), |_| false),
             1,
             "open circuit skipped"
         );
         let everything_else = Tried::default().with(0).with(2);
         assert_eq!(
-            r.pick(1, everything_else, |_| false),
+            r.pick(1, Kind::LeaderRead, everything_else, |_| false),
             1,
             "used when nothing else is left"
         );
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert_eq!(
-            r.pick(1, Tried::default(), |_| false),
+            r.pick(1, Kind::LeaderRead, Tried::default(), |_| false),
             1,
             "half-open: one trial"
         );
         assert_eq!(r.status(1).0, Circuit::HalfOpen);
         assert_ne!(
-            r.pick(1, Tried::default(), |_| false),
+            r.pick(1, Kind::LeaderRead, Tried::default(), |_| false),
             1,
             "only one trial at a time"
         );
-        r.success(1, Duration::from_millis(5));
+        r.success(1, Kind::LeaderRead, Duration::from_millis(5));
         assert_eq!(r.status(1).0, Circuit::Closed);
-        assert_eq!(r.pick(1, Tried::default(), |_| false), 1);
+        assert_eq!(r.pick(1, Kind::LeaderRead, Tried::default(), |_| false), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -303,7 +370,7 @@ mod tests {
         assert!(r.healthy(0));
         assert!(r.failure(0, false), "third soft failure opens");
         tokio::time::advance(Duration::from_millis(1001)).await;
-        assert_eq!(r.pick(0, Tried::default(), |_| false), 0);
+        assert_eq!(r.pick(0, Kind::LeaderRead, Tried::default(), |_| false), 0);
         assert!(
             !r.failure(0, false),
             "a failed trial reopens (already counted as down)"
@@ -315,22 +382,59 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn others_are_ordered_by_latency() {
         let r = router();
-        r.success(0, Duration::from_millis(90));
-        r.success(2, Duration::from_millis(10));
+        r.success(0, Kind::LeaderRead, Duration::from_millis(90));
+        r.success(2, Kind::LeaderRead, Duration::from_millis(10));
         let not_local = Tried::default().with(1);
-        assert_eq!(r.pick(1, not_local, |_| false), 2, "faster region first");
         assert_eq!(
-            r.pick(1, not_local, |i| i == 2),
+            r.pick(1, Kind::LeaderRead, not_local, |_| false),
+            2,
+            "faster region first"
+        );
+        assert_eq!(
+            r.pick(1, Kind::LeaderRead, not_local, |i| i == 2),
             0,
             "avoided regions skipped"
         );
         for _ in 0..30 {
-            r.success(2, Duration::from_millis(200));
+            r.success(2, Kind::LeaderRead, Duration::from_millis(200));
         }
         assert_eq!(
-            r.pick(1, not_local, |_| false),
+            r.pick(1, Kind::LeaderRead, not_local, |_| false),
             0,
             "the estimate follows the region"
         );
+        assert_eq!(
+            r.pick(1, Kind::Write, not_local, |_| false),
+            0,
+            "unmeasured kinds use any measurement"
+        );
+    }
+
+    #[test]
+    fn attempt_timeouts_follow_latency_and_its_variation() {
+        let r = router();
+        let (floor, cap) = (Duration::from_millis(100), Duration::from_secs(1));
+        assert_eq!(
+            r.attempt_timeout(0, Kind::Write, floor, cap),
+            cap,
+            "unmeasured: the cap"
+        );
+        for _ in 0..50 {
+            r.success(0, Kind::Write, Duration::from_millis(80));
+        }
+        let steady = r.attempt_timeout(0, Kind::Write, floor, cap);
+        assert!(
+            steady >= floor && steady < Duration::from_millis(150),
+            "{steady:?}"
+        );
+        for ms in [20, 300, 40, 250, 60, 400] {
+            r.success(0, Kind::Write, Duration::from_millis(ms));
+        }
+        let noisy = r.attempt_timeout(0, Kind::Write, floor, cap);
+        assert!(
+            noisy > Duration::from_millis(400),
+            "variation widens the timeout: {noisy:?}"
+        );
+        assert_eq!(r.attempt_timeout(0, Kind::FollowerRead, floor, cap), cap);
     }
 }

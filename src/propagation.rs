@@ -1,0 +1,247 @@
+//! Session propagation between HTTP services (feature `http`).
+//!
+//! A session token travels in the `quorate-session` header. On the server,
+//! [`SessionLayer`] decodes it (a bad token is a `400` with a clear message,
+//! never a panic), puts the [`Session`] into the request's extensions for the
+//! handler, and returns the advanced token in the response header. On the
+//! client, [`PropagateSessionLayer`] sends the session's token with every
+//! request and merges the token each response returns.
+//!
+//! ```
+//! use quorate::propagation::{SessionLayer, SESSION_HEADER};
+//! use quorate::sim::{Sim, SimConfig};
+//! use quorate::{Client, ClientConfig, Session};
+//! use tower_layer::Layer;
+//! use tower_service::Service;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::new(Sim::new(SimConfig::new(["eu"])?)?, ClientConfig::default())?;
+//! let handler = tower::service_fn(|req: http::Request<String>| async move {
+//!     let session = req.extensions().get::<Session>().expect("the layer provides it");
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(session.encode()))
+//! });
+//! let mut service = SessionLayer::new(client).layer(handler);
+//! let bad = http::Request::builder().header(SESSION_HEADER, "%%%").body(String::new())?;
+//! assert_eq!(service.call(bad).await?.status(), 400);
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::backend::Backend;
+use crate::client::Client;
+use crate::session::Session;
+
+/// The header that carries the session token.
+pub const SESSION_HEADER: &str = "quorate-session";
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Server side: reads the session from the request, returns its progress.
+#[derive(Debug)]
+pub struct SessionLayer<B> {
+    client: Client<B>,
+}
+
+impl<B> Clone for SessionLayer<B> {
+    fn clone(&self) -> Self {
+        SessionLayer {
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl<B: Backend> SessionLayer<B> {
+    /// Tokens are decoded (and, with a signing key, verified) by `client`.
+    pub fn new(client: Client<B>) -> SessionLayer<B> {
+        SessionLayer { client }
+    }
+}
+
+impl<B: Backend, S> Layer<S> for SessionLayer<B> {
+    type Service = SessionService<B, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService {
+            client: self.client.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`SessionLayer`] produces.
+#[derive(Debug)]
+pub struct SessionService<B, S> {
+    client: Client<B>,
+    inner: S,
+}
+
+impl<B, S: Clone> Clone for SessionService<B, S> {
+    fn clone(&self) -> Self {
+        SessionService {
+            client: self.client.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+fn bad_request<Body: From<String>>(message: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(message));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+impl<B, S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<B, S>
+where
+    B: Backend,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: From<String> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<ResBody>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let session = match request.headers().get(SESSION_HEADER) {
+            None => self.client.session(),
+            Some(value) => {
+                let decoded = value
+                    .to_str()
+                    .map_err(|_| "not visible ASCII".to_owned())
+                    .and_then(|text| self.client.resume_session(text).map_err(|e| e.to_string()));
+                match decoded {
+                    Ok(session) => session,
+                    Err(why) => {
+                        let response =
+                            bad_request(format!("invalid {SESSION_HEADER} header: {why}\n"));
+                        return Box::pin(std::future::ready(Ok(response)));
+                    }
+                }
+            }
+        };
+        request.extensions_mut().insert(session.clone());
+        let response = self.inner.call(request);
+        let client = self.client.clone();
+        Box::pin(async move {
+            let mut response = response.await?;
+            if let Ok(value) = HeaderValue::from_str(&client.encode_token(&session)) {
+                response.headers_mut().insert(SESSION_HEADER, value);
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// Client side: sends `session`'s token with each request and merges the
+/// token each response carries back.
+#[derive(Debug)]
+pub struct PropagateSessionLayer<B> {
+    client: Client<B>,
+    session: Session,
+}
+
+impl<B> Clone for PropagateSessionLayer<B> {
+    fn clone(&self) -> Self {
+        PropagateSessionLayer {
+            client: self.client.clone(),
+            session: self.session.clone(),
+        }
+    }
+}
+
+impl<B: Backend> PropagateSessionLayer<B> {
+    /// Propagates `session`, whose tokens `client` encodes and decodes.
+    pub fn new(client: Client<B>, session: Session) -> PropagateSessionLayer<B> {
+        PropagateSessionLayer { client, session }
+    }
+}
+
+impl<B: Backend, S> Layer<S> for PropagateSessionLayer<B> {
+    type Service = PropagateSession<B, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PropagateSession {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`PropagateSessionLayer`] produces.
+#[derive(Debug)]
+pub struct PropagateSession<B, S> {
+    layer: PropagateSessionLayer<B>,
+    inner: S,
+}
+
+impl<B, S: Clone> Clone for PropagateSession<B, S> {
+    fn clone(&self) -> Self {
+        PropagateSession {
+            layer: self.layer.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B, S, ReqBody, ResBody> Service<Request<ReqBody>> for PropagateSession<B, S>
+where
+    B: Backend,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<ResBody>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let token = self.layer.client.encode_token(&self.layer.session);
+        if let Ok(value) = HeaderValue::from_str(&token) {
+            request.headers_mut().insert(SESSION_HEADER, value);
+        }
+        let response = self.inner.call(request);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let response = response.await?;
+            if let Some(text) = response
+                .headers()
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                match layer.client.decode_token(text) {
+                    Ok(token) => {
+                        if let Err(e) = layer.session.merge(&token) {
+                            tracing::warn!(error = %e, "ignoring a session token of another scope");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring an invalid session token in a response")
+                    }
+                }
+            }
+            Ok(response)
+        })
+    }
+}

@@ -532,9 +532,20 @@ impl<B: Backend> Client<B> {
                             inner.guard.excluded(r)
                         })
                 }
-                None => inner
-                    .router
-                    .pick(inner.router.local(), Kind::FollowerRead, tried, |_| false),
+                // A bounded read skips replicas last measured beyond its bound.
+                None => {
+                    let lagging = match policy {
+                        ReadPolicy::BoundedStaleness(b) => {
+                            inner.router.lagging_beyond(b.duration())
+                        }
+                        _ => Tried::default(),
+                    };
+                    inner
+                        .router
+                        .pick(inner.router.local(), Kind::FollowerRead, tried, |r| {
+                            lagging.contains(r)
+                        })
+                }
             };
             let region = inner.router.region(region_index);
             let plan = ReadPlan {
@@ -1123,6 +1134,7 @@ impl<B: Backend> Client<B> {
             .index_of(region)
             .ok_or_else(|| Error::Topology(crate::TopologyError::UnknownRegion(region.clone())))?;
         let sent = inner.config.clock.now_nanos();
+        let sent_at = Instant::now();
         let deadline = Instant::now() + inner.config.attempt_timeout;
         let probe = match timeout_at(deadline, inner.backend.probe(region)).await {
             Ok(Ok(p)) => p,
@@ -1139,11 +1151,9 @@ impl<B: Backend> Client<B> {
             }
         };
         let received = inner.config.clock.now_nanos();
-        inner.router.success(
-            index,
-            Kind::FollowerRead,
-            Duration::from_nanos(received.saturating_sub(sent)),
-        );
+        inner
+            .router
+            .success(index, Kind::FollowerRead, Instant::now() - sent_at);
         let sample = crate::clock::OffsetSample::new(sent, probe.server_time_nanos, received);
         let was_excluded = inner.guard.excluded(index);
         let deviation = inner.guard.record(index, &sample);

@@ -172,7 +172,8 @@ impl Router {
         self.regions.iter().position(|r| r == region)
     }
 
-    /// The region for the next attempt: `preferred` if its circuit admits a
+    /// The region for the next attempt (`avoid` runs under the router's lock
+    /// and must not call back into it): `preferred` if its circuit admits a
     /// request and it is neither tried nor avoided, else the other admitted
     /// regions by measured latency (unmeasured last, then topology order);
     /// a region whose circuit is open only when nothing else is left.
@@ -290,6 +291,17 @@ impl Router {
 
     pub(crate) fn set_replica_lag(&self, region: usize, lag: Duration) {
         self.lock()[region].replica_lag = Some(lag);
+    }
+
+    /// The regions whose last reported replica lag exceeds `bound`.
+    pub(crate) fn lagging_beyond(&self, bound: Duration) -> Tried {
+        let mut out = Tried::default();
+        for (i, h) in self.lock().iter().enumerate() {
+            if h.replica_lag.is_some_and(|lag| lag > bound) {
+                out.add(i);
+            }
+        }
+        out
     }
 
     /// The circuit state, latency estimate and replica lag of a region.

@@ -320,3 +320,53 @@ async fn home_region_writes_fail_over_only_when_allowed_and_fail_back() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn bounded_reads_skip_replicas_measured_beyond_their_bound() {
+    let sim = sim(Replication::Consensus);
+    seed_key(&sim, "k").await;
+    sim.set_replication_lag("us", Duration::from_secs(20))
+        .unwrap();
+    let client = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
+    // Let the lag show in the replica's closed timestamp, then probe it.
+    sleep(Duration::from_secs(2)).await;
+    client.refresh_health().await;
+    let us = client
+        .health()
+        .into_iter()
+        .find(|h| h.region == region("us"))
+        .unwrap();
+    assert!(us.replica_lag.unwrap() > Duration::from_secs(1), "{us:?}");
+    let bounded = ReadPolicy::BoundedStaleness(Staleness::from_millis(1_000).unwrap());
+    let r = client.read(&client.session(), "k", bounded).await.unwrap();
+    assert_ne!(
+        r.freshness.region,
+        region("us"),
+        "went straight to a replica within the bound"
+    );
+    assert_eq!(
+        r.freshness.role,
+        ReplicaRole::Follower,
+        "no escalation needed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_chaos_wrapper_skews_what_probes_report() {
+    let sim = sim(Replication::Consensus);
+    let (backend, control) = Chaos::new(sim.at("eu").unwrap());
+    let client = Client::new(backend, ClientConfig::default()).unwrap();
+    control.set_clock_skew(&region("us"), 900_000_000);
+    client.refresh_health().await;
+    assert!(client.clock_excluded(&region("us")));
+    assert!(!client.clock_excluded(&region("eu")));
+    control.set_clock_skew(&region("us"), 0);
+    for _ in 0..8 {
+        client.refresh_health().await;
+        sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        !client.clock_excluded(&region("us")),
+        "readmitted after the skew is gone"
+    );
+}

@@ -399,7 +399,10 @@ impl Model {
         let sources: Vec<usize> = if self.p.multi_writer {
             (0..self.p.regions).filter(|&s| s != region).collect()
         } else if self.lease.holder == region {
-            return self.clocks[region].hlc;
+            // The leaseholder is complete through now.
+            return self.clocks[region]
+                .hlc
+                .max(Point::hlc(self.wall(region, now), 0));
         } else {
             vec![self.lease.holder]
         };

@@ -1103,8 +1103,7 @@ impl<B: Backend> Client<B> {
                 if seen {
                     break;
                 }
-                let wake = Instant::now() + poll;
-                if wake >= deadline {
+                if Instant::now() >= deadline {
                     inner.metrics.verify_failure();
                     tracing::warn!(
                         quorate.region = region.as_str(),
@@ -1117,7 +1116,8 @@ impl<B: Backend> Client<B> {
                         waited: Instant::now() - start,
                     });
                 }
-                tokio::time::sleep_until(wake).await;
+                // The last look is at the deadline itself.
+                tokio::time::sleep_until((Instant::now() + poll).min(deadline)).await;
                 poll = (poll * 2).min(Duration::from_millis(50));
             }
         }

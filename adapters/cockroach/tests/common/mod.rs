@@ -1,0 +1,102 @@
+//! The servers `scripts/pg start` runs: a primary ("eu") and two hot
+//! standbys ("us", "ap").
+
+#![allow(dead_code)]
+
+use quorate_cockroach::{Dialect, Endpoint, PgBackend, PgConfig, Region, Role};
+use tokio::sync::OnceCell;
+
+/// The connection strings, or `None` outside CI when the servers are not
+/// running (a failure in CI: a missing server never passes there).
+pub fn servers() -> Option<[String; 3]> {
+    let vars = [
+        "QUORATE_PG_PRIMARY",
+        "QUORATE_PG_STANDBY1",
+        "QUORATE_PG_STANDBY2",
+    ];
+    let values: Vec<Option<String>> = vars.iter().map(|v| std::env::var(v).ok()).collect();
+    if values.iter().all(Option::is_some) {
+        return Some(
+            values
+                .into_iter()
+                .map(Option::unwrap)
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap(),
+        );
+    }
+    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
+        panic!("PostgreSQL servers are required in CI: run the tests through scripts/test (it runs scripts/pg start)");
+    }
+    eprintln!(
+        "skipping: no PostgreSQL servers (run scripts/test, or eval \"$(scripts/pg start)\")"
+    );
+    None
+}
+
+pub fn endpoints(primary: &str, s: &[String; 3]) -> Vec<Endpoint> {
+    vec![
+        Endpoint {
+            region: Region::new("eu").unwrap(),
+            role: Role::Primary,
+            connection: primary.to_owned(),
+        },
+        Endpoint {
+            region: Region::new("us").unwrap(),
+            role: Role::Standby,
+            connection: s[1].clone(),
+        },
+        Endpoint {
+            region: Region::new("ap").unwrap(),
+            role: Role::Standby,
+            connection: s[2].clone(),
+        },
+    ]
+}
+
+pub fn config(s: &[String; 3], local: &str) -> PgConfig {
+    PgConfig::new(
+        "pg-test-cluster",
+        Dialect::Postgres,
+        endpoints(&s[0], s),
+        local,
+    )
+    .unwrap()
+}
+
+static SCHEMA: OnceCell<()> = OnceCell::const_new();
+
+/// A backend seen from `local`, with the schema created once per process.
+pub async fn backend(s: &[String; 3], local: &str) -> PgBackend {
+    let backend = PgBackend::new(config(s, local)).unwrap();
+    SCHEMA
+        .get_or_init(|| async { backend.create_schema().await.expect("schema") })
+        .await;
+    backend
+}
+
+/// Runs SQL on one server.
+pub async fn exec(connection: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(connection, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    client.batch_execute(sql).await.unwrap();
+    drop(client);
+    let _ = task.await;
+}
+
+/// Sets (or resets, with `None`) a standby's apply delay at run time.
+pub async fn apply_delay(standby: &str, delay: Option<&str>) {
+    let sql = match delay {
+        Some(d) => format!("ALTER SYSTEM SET recovery_min_apply_delay = '{d}'"),
+        None => "ALTER SYSTEM RESET recovery_min_apply_delay".to_owned(),
+    };
+    // ALTER SYSTEM cannot share an implicit transaction with anything else.
+    exec(standby, &sql).await;
+    exec(standby, "SELECT pg_reload_conf()").await;
+}
+
+pub fn key(case: &str) -> String {
+    format!("{case}-{:x}", quorate_cockroach::random::process_entropy())
+}

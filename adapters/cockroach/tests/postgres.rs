@@ -1,0 +1,182 @@
+//! quorate-cockroach against real PostgreSQL servers: the core conformance
+//! suite, serializable conflicts, and reads under policies.
+
+mod common;
+
+use std::time::Duration;
+
+use quorate_cockroach::conformance::{run_all, Fixture};
+use quorate_cockroach::{
+    Backend, Client, ClientConfig, Isolation, PgBackend, Precondition, ReadPolicy, Region,
+    ReplicaRole, Staleness, WriteOptions,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite() {
+    let Some(s) = common::servers() else { return };
+    let backend = common::backend(&s, "us").await;
+    let report = run_all(&Fixture::new(backend)).await;
+    for (name, result) in &report {
+        println!("{name}: {result:?}");
+    }
+    assert!(report.iter().all(|(_, r)| r.is_ok()), "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_serializable_writes_are_retried_to_success() {
+    let Some(s) = common::servers() else { return };
+    common::backend(&s, "us").await;
+    let mut config = common::config(&s, "eu");
+    config.isolation = Isolation::Serializable;
+    let backend = PgBackend::new(config).unwrap();
+    let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let key = common::key("serializable");
+    let first = client
+        .write(
+            &client.session(),
+            &key,
+            "0".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let client = client.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                client
+                    .write(
+                        &client.session(),
+                        &key,
+                        format!("{i}").into(),
+                        Precondition::Any,
+                        &WriteOptions::default(),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for w in writers {
+        versions.push(w.await.unwrap().expect("retried to success").version.0);
+    }
+    versions.sort();
+    let expected: Vec<u64> = (first.version.0 + 1..=first.version.0 + 8).collect();
+    assert_eq!(versions, expected, "every write applied exactly once");
+    assert!(
+        backend.serialization_failures() > 0,
+        "the writes really conflicted (SQLSTATE 40001)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_report_where_and_how_fresh() {
+    let Some(s) = common::servers() else { return };
+    let backend = common::backend(&s, "us").await;
+    let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let key = common::key("freshness");
+    let c = client
+        .write(
+            &session,
+            &key,
+            "v".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let strong = client
+        .read(&session, &key, ReadPolicy::Strong)
+        .await
+        .unwrap();
+    assert_eq!(strong.freshness.region, Region::new("eu").unwrap());
+    assert_eq!(strong.freshness.role, ReplicaRole::Leader);
+    assert!(strong.freshness.point.unwrap() >= c.point);
+    // Wait until the standby has replayed the write: session reads then stay there.
+    let mut on_standby = 0;
+    for _ in 0..50 {
+        let r = client
+            .read(&session, &key, ReadPolicy::Session)
+            .await
+            .unwrap();
+        assert_eq!(r.version(), Some(c.version));
+        if r.freshness.role == ReplicaRole::Follower {
+            on_standby += 1;
+            assert_eq!(r.freshness.region, Region::new("us").unwrap());
+            assert!(r.freshness.point.unwrap() >= c.point);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        on_standby >= 40,
+        "session reads served by the caught-up standby: {on_standby}/50"
+    );
+    // The same through the SQL passthrough.
+    let (rows, f) = backend
+        .query(
+            &Region::new("us").unwrap(),
+            ReadPolicy::Session,
+            Some(c.point),
+            "SELECT count(*) FROM quorate_records WHERE key = $1",
+            &[&key],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 1);
+    assert!(f.point.unwrap() >= c.point);
+    let probe = backend.probe(&Region::new("us").unwrap()).await.unwrap();
+    assert!(probe.replica_lag.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_typed_errors() {
+    let Some(s) = common::servers() else { return };
+    let mut config = common::config(&s, "us");
+    config.endpoints[0].connection = "host=127.0.0.1 port=notaport".into();
+    assert!(matches!(
+        PgBackend::new(config),
+        Err(quorate_cockroach::Error::InvalidInput(_))
+    ));
+    let mut config = common::config(&s, "us");
+    config.table = "Records; DROP TABLE x".into();
+    assert!(matches!(
+        PgBackend::new(config),
+        Err(quorate_cockroach::Error::InvalidInput(_))
+    ));
+    let no_primary =
+        quorate_cockroach::PgConfig::new("c", quorate_cockroach::Dialect::Postgres, vec![], "us")
+            .unwrap();
+    assert!(matches!(
+        PgBackend::new(no_primary),
+        Err(quorate_cockroach::Error::InvalidInput(_))
+    ));
+    let config = quorate_cockroach::PgConfig::new(
+        "c",
+        quorate_cockroach::Dialect::Postgres,
+        common::endpoints(&s[0], &s),
+        "mars",
+    )
+    .unwrap();
+    assert!(matches!(
+        PgBackend::new(config),
+        Err(quorate_cockroach::Error::Topology(_))
+    ));
+    let backend = common::backend(&s, "us").await;
+    let client = Client::new(backend, ClientConfig::default()).unwrap();
+    let foreign = quorate_cockroach::SessionToken::new(
+        quorate_cockroach::Scope::new("another-cluster").unwrap(),
+    )
+    .encode();
+    assert!(matches!(
+        client.resume_session(&foreign),
+        Err(quorate_cockroach::Error::Token(_))
+    ));
+    let bounded = ReadPolicy::BoundedStaleness(Staleness::from_millis(1).unwrap());
+    assert!(client
+        .read(&client.session(), &common::key("bad"), bounded)
+        .await
+        .is_ok());
+}

@@ -5,6 +5,8 @@ mod common;
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use quorate_cockroach::conformance::{run_all, Fixture};
 use quorate_cockroach::{
     Backend, Client, ClientConfig, Isolation, PgBackend, Precondition, ReadPolicy, Region,
@@ -41,29 +43,50 @@ async fn conflicting_serializable_writes_are_retried_to_success() {
         )
         .await
         .unwrap();
-    let writers: Vec<_> = (0..8)
-        .map(|i| {
-            let client = client.clone();
-            let key = key.clone();
+    // Open the pool's connections first so the writers really overlap.
+    let warm: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, key) = (client.clone(), key.clone());
             tokio::spawn(async move {
                 client
-                    .write(
-                        &client.session(),
-                        &key,
-                        format!("{i}").into(),
-                        Precondition::Any,
-                        &WriteOptions::default(),
-                    )
+                    .read(&client.session(), &key, ReadPolicy::Strong)
                     .await
             })
         })
         .collect();
+    for w in warm {
+        w.await.unwrap().unwrap();
+    }
     let mut versions = Vec::new();
-    for w in writers {
-        versions.push(w.await.unwrap().expect("retried to success").version.0);
+    for _round in 0..10 {
+        let writers: Vec<_> = (0..16)
+            .map(|i| {
+                let client = client.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    let options = WriteOptions::default();
+                    client
+                        .write(
+                            &client.session(),
+                            &key,
+                            format!("{i}").into(),
+                            Precondition::Any,
+                            &options,
+                        )
+                        .await
+                })
+            })
+            .collect();
+        for w in writers {
+            versions.push(w.await.unwrap().expect("retried to success").version.0);
+        }
+        if backend.serialization_failures() > 0 {
+            break;
+        }
     }
     versions.sort();
-    let expected: Vec<u64> = (first.version.0 + 1..=first.version.0 + 8).collect();
+    let expected: Vec<u64> =
+        (first.version.0 + 1..=first.version.0 + versions.len() as u64).collect();
     assert_eq!(versions, expected, "every write applied exactly once");
     assert!(
         backend.serialization_failures() > 0,
@@ -95,7 +118,22 @@ async fn reads_report_where_and_how_fresh() {
     assert_eq!(strong.freshness.region, Region::new("eu").unwrap());
     assert_eq!(strong.freshness.role, ReplicaRole::Leader);
     assert!(strong.freshness.point.unwrap() >= c.point);
-    // Wait until the standby has replayed the write: session reads then stay there.
+    // Once the standby has replayed the write, session reads stay there.
+    let caught_up = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < caught_up {
+        let r = client
+            .read(
+                &client.session(),
+                &key,
+                ReadPolicy::BoundedStaleness(Staleness::from_millis(60_000).unwrap()),
+            )
+            .await
+            .unwrap();
+        if r.freshness.role == ReplicaRole::Follower && r.version() == Some(c.version) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut on_standby = 0;
     for _ in 0..50 {
         let r = client
@@ -108,10 +146,9 @@ async fn reads_report_where_and_how_fresh() {
             assert_eq!(r.freshness.region, Region::new("us").unwrap());
             assert!(r.freshness.point.unwrap() >= c.point);
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
-        on_standby >= 40,
+        on_standby >= 48,
         "session reads served by the caught-up standby: {on_standby}/50"
     );
     // The same through the SQL passthrough.

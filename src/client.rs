@@ -34,7 +34,8 @@ pub struct ClientConfig {
     pub attempt_timeout: Duration,
     /// Shorter attempt timeouts learned per region and kind of request:
     /// smoothed latency plus four mean deviations (as TCP's retransmission
-    /// timer), at least [`ClientConfig::min_attempt_timeout`] and at most
+    /// timer) and at least three smoothed latencies, at least
+    /// [`ClientConfig::min_attempt_timeout`] and at most
     /// [`ClientConfig::attempt_timeout`]. A write that times out is resolved
     /// through its idempotency key, so a spurious timeout costs a lookup,
     /// never a double application.

@@ -285,7 +285,9 @@ impl Router {
         if !rtt.known {
             return cap;
         }
-        let nanos = (rtt.srtt + 4.0 * rtt.rttvar).max(0.0);
+        // At least three smoothed round trips: a steady but loaded region
+        // has little variation and must not time out on its next hiccup.
+        let nanos = (rtt.srtt + 4.0 * rtt.rttvar).max(3.0 * rtt.srtt).max(0.0);
         Duration::from_nanos(nanos.min(u64::MAX as f64) as u64).clamp(floor, cap.max(floor))
     }
 
@@ -436,8 +438,8 @@ mod tests {
         }
         let steady = r.attempt_timeout(0, Kind::Write, floor, cap);
         assert!(
-            steady >= floor && steady < Duration::from_millis(150),
-            "{steady:?}"
+            steady >= Duration::from_millis(239) && steady < Duration::from_millis(300),
+            "three steady round trips: {steady:?}"
         );
         for ms in [20, 300, 40, 250, 60, 400] {
             r.success(0, Kind::Write, Duration::from_millis(ms));
@@ -446,6 +448,14 @@ mod tests {
         assert!(
             noisy > Duration::from_millis(400),
             "variation widens the timeout: {noisy:?}"
+        );
+        for _ in 0..50 {
+            r.success(1, Kind::FollowerRead, Duration::from_millis(2));
+        }
+        assert_eq!(
+            r.attempt_timeout(1, Kind::FollowerRead, floor, cap),
+            floor,
+            "never below the floor"
         );
         assert_eq!(r.attempt_timeout(0, Kind::FollowerRead, floor, cap), cap);
     }

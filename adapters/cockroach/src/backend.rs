@@ -202,9 +202,9 @@ impl PgBackend {
         let sql = Statements {
             strong_read: tables.strong_read(config.dialect),
             standby_read: tables.standby_read(),
-            write_if_version: tables.write(Precondition::IfVersion(Version(1))),
-            write_if_absent: tables.write(Precondition::IfAbsent),
-            write_any: tables.write(Precondition::Any),
+            write_if_version: tables.write(config.dialect, Precondition::IfVersion(Version(1))),
+            write_if_absent: tables.write(config.dialect, Precondition::IfAbsent),
+            write_any: tables.write(config.dialect, Precondition::Any),
             lookup: tables.lookup(),
             current_version: tables.current_version(),
         };
@@ -434,12 +434,24 @@ impl Backend for PgBackend {
             .await
             .map_err(|e| self.classify(e, false))?;
         let row = client
-            .query_one(&prepared, &[&plan.key])
+            .query_opt(&prepared, &[&plan.key])
             .await
             .map_err(|e| self.classify(e, false))?;
+        let Some(row) = row else {
+            // Only the primary read returns no row for an absent key.
+            return Ok(Read {
+                value: None,
+                freshness: Freshness {
+                    region: s.region.clone(),
+                    role: ReplicaRole::Leader,
+                    point: None,
+                    staleness_bound: Some(Duration::ZERO),
+                },
+            });
+        };
         let version = version_of(row.get(0));
         let value = row.get::<_, Option<Vec<u8>>>(1);
-        let point: Option<String> = row.get(2);
+        let point: Option<String> = if row.len() > 2 { row.get(2) } else { None };
         let point = point.map(|p| self.point(&p)).transpose()?;
         let staleness = if standby {
             row.get::<_, Option<f64>>(3)
@@ -483,10 +495,6 @@ impl Backend for PgBackend {
             .prepare_cached(statement)
             .await
             .map_err(|e| self.classify(e, false))?;
-        let point_statement = client
-            .prepare_cached(sql::commit_point(self.inner.config.dialect))
-            .await
-            .map_err(|e| self.classify(e, false))?;
         let generated;
         let idem = match request.idempotency_key {
             Some(k) => k,
@@ -506,8 +514,6 @@ impl Backend for PgBackend {
         let cancel = CancelOnDrop {
             token: Some(client.cancel_token()),
         };
-        // Pipelined: the commit point is read right after the implicit
-        // commit, in the same round trip.
         let (idem_text, region_text) = (idem.as_str(), region.as_str());
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
             &request.key,
@@ -517,14 +523,10 @@ impl Backend for PgBackend {
             &region_text,
             &ttl,
         ];
-        let (outcome, point) = tokio::join!(
-            client.query_one(&prepared, &params),
-            client.query_one(&point_statement, &[]),
-        );
+        let outcome = client.query_one(&prepared, &params).await;
         cancel.disarm();
         let row = outcome.map_err(|e| self.classify(e, true))?;
-        let point: String = point.map_err(|e| self.classify(e, true))?.get(0);
-        let point = self.point(&point)?;
+        let point = self.point(&row.get::<_, String>(4))?;
         let (prior, applied, current) = (
             version_of(row.get(0)),
             version_of(row.get(1)),

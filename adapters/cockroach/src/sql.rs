@@ -89,7 +89,6 @@ impl Tables {
             format!(
                 "CREATE TABLE IF NOT EXISTS {i} (idem_key TEXT PRIMARY KEY, record_key TEXT NOT NULL, version BIGINT NOT NULL, commit_point TEXT, region TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)"
             ),
-            format!("CREATE INDEX IF NOT EXISTS {i}_expiry ON {i} (expires_at)"),
         ]
     }
 
@@ -100,15 +99,24 @@ impl Tables {
 
     /// A linearizable read: the record and the point it reflects.
     /// Parameters: `$1` key. Columns: version, value, point.
+    /// (CockroachDB; PostgreSQL's primary reads need no point, see
+    /// [`Tables::primary_read`].)
     pub fn strong_read(&self, dialect: Dialect) -> String {
-        let point = match dialect {
-            Dialect::Postgres => "pg_current_wal_lsn()::text",
-            Dialect::Cockroach => "cluster_logical_timestamp()::STRING",
-        };
-        format!(
-            "SELECT t.version, t.value, {point} FROM (SELECT 1) AS one LEFT JOIN {} AS t ON t.key = $1",
-            self.records
-        )
+        match dialect {
+            Dialect::Postgres => self.primary_read(),
+            Dialect::Cockroach => format!(
+                "SELECT t.version, t.value, cluster_logical_timestamp()::STRING FROM (SELECT 1) AS one \
+                 LEFT JOIN {} AS t ON t.key = $1",
+                self.records
+            ),
+        }
+    }
+
+    /// A read on the PostgreSQL primary: linearizable by itself, so no point
+    /// is fetched (the read costs what a plain `SELECT` costs). Parameters:
+    /// `$1` key. Columns: version, value.
+    pub fn primary_read(&self) -> String {
+        format!("SELECT version, value FROM {} WHERE key = $1", self.records)
     }
 
     /// A read at a PostgreSQL standby that reports, in the same statement,
@@ -149,7 +157,14 @@ impl Tables {
     /// region, `$6` idempotency TTL in seconds. Columns: the version already
     /// recorded for the idempotency key, the version written, the version
     /// found.
-    pub fn write(&self, precondition: Precondition) -> String {
+    ///
+    /// The last column is the write's point, taken inside the statement:
+    /// CockroachDB's commit timestamp, or PostgreSQL's WAL insert position
+    /// after the write's own records. The latter precedes the write's commit
+    /// record; a session token stays correct because it also carries the
+    /// version of the keys it wrote last (which a replica must show) and
+    /// every earlier write committed before this position.
+    pub fn write(&self, dialect: Dialect, precondition: Precondition) -> String {
         let (t, i) = (&self.records, &self.idempotency);
         let apply = match precondition {
             Precondition::IfVersion(_) => format!(
@@ -168,13 +183,17 @@ impl Tables {
         };
         // `$4` is referenced by every form so that one parameter list fits all.
         let expected = "$4::BIGINT";
+        let point = match dialect {
+            Dialect::Postgres => "pg_current_wal_insert_lsn()::text",
+            Dialect::Cockroach => "cluster_logical_timestamp()::STRING",
+        };
         format!(
             "WITH prior AS (SELECT version FROM {i} WHERE idem_key = $3), \
              cur AS (SELECT version FROM {t} WHERE key = $1), \
              applied AS ({apply}), \
              recorded AS (INSERT INTO {i} (idem_key, record_key, version, region, expires_at) \
                SELECT $3, $1, version, $5, now() + $6::BIGINT * INTERVAL '1 second' FROM applied) \
-             SELECT (SELECT version FROM prior), (SELECT version FROM applied), (SELECT version FROM cur), {expected}"
+             SELECT (SELECT version FROM prior), (SELECT version FROM applied), (SELECT version FROM cur), {expected}, {point}"
         )
     }
 
@@ -316,7 +335,7 @@ mod tests {
     fn strong_reads() {
         assert_eq!(
             tables().strong_read(Dialect::Postgres),
-            "SELECT t.version, t.value, pg_current_wal_lsn()::text FROM (SELECT 1) AS one LEFT JOIN records AS t ON t.key = $1"
+            "SELECT version, value FROM records WHERE key = $1"
         );
         assert_eq!(
             tables().strong_read(Dialect::Cockroach),
@@ -349,7 +368,10 @@ mod tests {
 
     #[test]
     fn writes_are_conditional_and_record_idempotency_in_one_statement() {
-        let update = tables().write(Precondition::IfVersion(quorate::Version(3)));
+        let update = tables().write(
+            Dialect::Postgres,
+            Precondition::IfVersion(quorate::Version(3)),
+        );
         assert!(update.contains("UPDATE records SET value = $2, version = version + 1, written_at = now() WHERE key = $1 AND version = $4"));
         assert!(update.contains(
             "INSERT INTO records_idempotency (idem_key, record_key, version, region, expires_at)"
@@ -357,10 +379,13 @@ mod tests {
         assert!(update.starts_with(
             "WITH prior AS (SELECT version FROM records_idempotency WHERE idem_key = $3)"
         ));
-        let create = tables().write(Precondition::IfAbsent);
+        let create = tables().write(Dialect::Postgres, Precondition::IfAbsent);
         assert!(create.contains("ON CONFLICT (key) DO NOTHING RETURNING version"));
-        assert!(create.ends_with("$4::BIGINT"));
-        let blind = tables().write(Precondition::Any);
+        assert!(create.ends_with("$4::BIGINT, pg_current_wal_insert_lsn()::text"));
+        assert!(tables()
+            .write(Dialect::Cockroach, Precondition::IfAbsent)
+            .ends_with("cluster_logical_timestamp()::STRING"));
+        let blind = tables().write(Dialect::Postgres, Precondition::Any);
         assert!(blind.contains("DO UPDATE SET value = EXCLUDED.value, version = t.version + 1"));
         for sql in [update, create, blind] {
             let without_unit = sql.replace("INTERVAL '1 second'", "");

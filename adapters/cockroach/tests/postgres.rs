@@ -117,7 +117,8 @@ async fn reads_report_where_and_how_fresh() {
         .unwrap();
     assert_eq!(strong.freshness.region, Region::new("eu").unwrap());
     assert_eq!(strong.freshness.role, ReplicaRole::Leader);
-    assert!(strong.freshness.point.unwrap() >= c.point);
+    assert_eq!(strong.version(), Some(c.version));
+    assert_eq!(strong.freshness.staleness_bound, Some(Duration::ZERO));
     // Once the standby has replayed the write, session reads stay there.
     let caught_up = Instant::now() + Duration::from_secs(5);
     while Instant::now() < caught_up {

@@ -3,7 +3,8 @@
 //!
 //! `eval "$(scripts/pg start)" && cargo bench -p quorate-cockroach --bench versus_raw`
 //!
-//! For each of concurrency 1 and 32: strong point reads (quorate: the
+//! Each pair is measured in the order raw, quorate, quorate, raw and
+//! averaged. For each of concurrency 1 and 32: strong point reads (quorate: the
 //! primary, with the read's WAL point; raw: a prepared `SELECT`) and
 //! conditional updates (quorate: the conditional write with its idempotency
 //! record and the commit LSN; raw: a prepared `UPDATE … WHERE version = $3`).
@@ -14,6 +15,8 @@
 //! `QUORATE_BENCH_FIXED_TIMEOUTS=1` runs the client without adaptive attempt
 //! timeouts.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use quorate_cockroach::{
 };
 use tokio_postgres::NoTls;
 
-const RUN: Duration = Duration::from_secs(3);
+const RUN: Duration = Duration::from_secs(2);
 
 fn env(name: &str) -> String {
     std::env::var(name)
@@ -71,13 +74,18 @@ fn quorate_client(size: usize) -> Client<PgBackend> {
     .unwrap()
 }
 
-/// Runs `concurrency` loops of `op(task, iteration)` for RUN; ops per second.
-async fn throughput<F, Fut>(concurrency: usize, op: F) -> f64
+type Op = Arc<dyn Fn(usize, u64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+fn op<F, Fut>(f: F) -> Op
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: Future<Output = ()> + Send + 'static,
 {
-    let op = Arc::new(op);
+    Arc::new(move |t, i| Box::pin(f(t, i)))
+}
+
+/// Runs `concurrency` loops of `op(task, iteration)` for RUN; ops per second.
+async fn throughput(concurrency: usize, op: &Op) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
@@ -97,6 +105,24 @@ where
         t.await.unwrap();
     }
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Measures `a` and `b` in the order a, b, b, a so that neither profits
+/// from going first (warm caches) or last (a bloated table); the mean of
+/// each.
+async fn paired(concurrency: usize, a: &Op, b: &Op) -> (f64, f64) {
+    let a1 = throughput(concurrency, a).await;
+    let b1 = throughput(concurrency, b).await;
+    let b2 = throughput(concurrency, b).await;
+    let a2 = throughput(concurrency, a).await;
+    ((a1 + a2) / 2.0, (b1 + b2) / 2.0)
+}
+
+fn row(name: &str, concurrency: usize, raw: f64, quorate: f64) {
+    println!(
+        "{name:<28} {concurrency:>6} {raw:>12.0} {quorate:>12.0} {:>7.3}",
+        quorate / raw
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -122,67 +148,67 @@ async fn main() {
         "operation", "conc.", "raw ops/s", "quorate ops/s", "ratio"
     );
     for concurrency in [1usize, 32] {
-        // Strong point reads.
         let raw = raw_pool(&primary, concurrency);
-        let raw_reads = throughput(concurrency, move |t, _| {
-            let raw = raw.clone();
+        let client = quorate_client(concurrency);
+
+        let pool = raw.clone();
+        let raw_read = op(move |t, _| {
+            let pool = pool.clone();
             async move {
-                let c = raw.get().await.unwrap();
+                let c = pool.get().await.unwrap();
                 let st = c
                     .prepare_cached("SELECT version, value FROM quorate_records WHERE key = $1")
                     .await
                     .unwrap();
                 c.query_opt(&st, &[&format!("bench-{t}")]).await.unwrap();
             }
-        })
-        .await;
-        let client = quorate_client(concurrency);
+        });
         let q = client.clone();
-        let quorate_reads = throughput(concurrency, move |t, _| {
+        let quorate_read = op(move |t, _| {
             let q = q.clone();
             async move {
                 q.read(&q.session(), &format!("bench-{t}"), ReadPolicy::Strong)
                     .await
                     .unwrap();
             }
-        })
-        .await;
-        println!(
-            "{:<28} {:>6} {:>12.0} {:>12.0} {:>7.3}",
-            "strong point read",
-            concurrency,
-            raw_reads,
-            quorate_reads,
-            quorate_reads / raw_reads
-        );
+        });
+        let (r, q_r) = paired(concurrency, &raw_read, &quorate_read).await;
+        row("strong point read", concurrency, r, q_r);
 
         // Conditional updates, each task on its own key.
-        let raw = raw_pool(&primary, concurrency);
-        let raw_updates = throughput(concurrency, move |t, _| {
-            let raw = raw.clone();
+        let pool = raw.clone();
+        let raw_update = op(move |t, _| {
+            let pool = pool.clone();
             async move {
-                let c = raw.get().await.unwrap();
+                let c = pool.get().await.unwrap();
                 let key = format!("bench-{t}");
-                let read = c.prepare_cached("SELECT version FROM quorate_records WHERE key = $1").await.unwrap();
+                let read = c
+                    .prepare_cached("SELECT version FROM quorate_records WHERE key = $1")
+                    .await
+                    .unwrap();
                 let version: i64 = c.query_one(&read, &[&key]).await.unwrap().get(0);
                 let st = c
-                    .prepare_cached("UPDATE quorate_records SET value = $2, version = version + 1 WHERE key = $1 AND version = $3 RETURNING version")
+                    .prepare_cached(
+                        "UPDATE quorate_records SET value = $2, version = version + 1 WHERE key = $1 AND version = $3 RETURNING version",
+                    )
                     .await
                     .unwrap();
                 let value: &[u8] = b"{}";
                 c.query_one(&st, &[&key, &value, &version]).await.unwrap();
             }
-        })
-        .await;
-        // The same conditional update with an idempotency row in the same
-        // statement, written by hand: what the database itself costs.
-        let raw = raw_pool(&primary, concurrency);
-        let raw_idempotent = throughput(concurrency, move |t, i| {
-            let raw = raw.clone();
+        });
+        // The same with an idempotency row in the same statement, by hand:
+        // what the database itself costs.
+        let pool = raw.clone();
+        let raw_idempotent = op(move |t, _| {
+            let pool = pool.clone();
             async move {
-                let c = raw.get().await.unwrap();
+                let c = pool.get().await.unwrap();
                 let key = format!("bench-{t}");
-                let read = c.prepare_cached("SELECT version FROM quorate_records WHERE key = $1").await.unwrap();
+                let read = c
+                    .prepare_cached("SELECT version FROM quorate_records WHERE key = $1")
+                    .await
+                    .unwrap();
                 let version: i64 = c.query_one(&read, &[&key]).await.unwrap().get(0);
                 let st = c
                     .prepare_cached(
@@ -194,13 +220,14 @@ async fn main() {
                     .await
                     .unwrap();
                 let value: &[u8] = b"{}";
-                let idem = format!("raw-{}-{concurrency}-{t}-{i}", std::process::id());
-                c.query_one(&st, &[&key, &value, &version, &idem]).await.unwrap();
+                let idem = quorate_cockroach::IdempotencyKey::generate();
+                c.query_one(&st, &[&key, &value, &version, &idem.as_str()])
+                    .await
+                    .unwrap();
             }
-        })
-        .await;
+        });
         let q = client.clone();
-        let quorate_updates = throughput(concurrency, move |t, _| {
+        let quorate_update = op(move |t, _| {
             let q = q.clone();
             async move {
                 let s = q.session();
@@ -221,24 +248,11 @@ async fn main() {
                 .await
                 .unwrap();
             }
-        })
-        .await;
-        println!(
-            "{:<28} {:>6} {:>12.0} {:>12.0} {:>7.3}",
-            "read + conditional update",
-            concurrency,
-            raw_updates,
-            quorate_updates,
-            quorate_updates / raw_updates
-        );
-        println!(
-            "{:<28} {:>6} {:>12.0} {:>12.0} {:>7.3}",
-            "  vs raw + idempotency row",
-            concurrency,
-            raw_idempotent,
-            quorate_updates,
-            quorate_updates / raw_idempotent
-        );
+        });
+        let (r, q_u) = paired(concurrency, &raw_update, &quorate_update).await;
+        row("read + conditional update", concurrency, r, q_u);
+        let (r, q_u) = paired(concurrency, &raw_idempotent, &quorate_update).await;
+        row("  vs raw + idempotency row", concurrency, r, q_u);
     }
 
     // Session reads once the standby has caught up.

@@ -525,43 +525,40 @@ impl Backend for PgBackend {
         ];
         let outcome = client.query_one(&prepared, &params).await;
         cancel.disarm();
-        let row = outcome.map_err(|e| self.classify(e, true))?;
-        let point = self.point(&row.get::<_, String>(4))?;
-        let (prior, applied, current) = (
-            version_of(row.get(0)),
-            version_of(row.get(1)),
-            version_of(row.get(2)),
-        );
-        if let Some(version) = applied {
+        let row = match outcome {
+            Ok(row) => row,
+            // The idempotency key is already recorded: an earlier attempt
+            // applied this logical write (this one applied nothing).
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                return match self.lookup_on(server, idem).await? {
+                    Some(done) => Ok(done),
+                    None => Err(self.classify(e, false)),
+                };
+            }
+            Err(e) => return Err(self.classify(e, true)),
+        };
+        if let Some(version) = version_of(row.get(0)) {
+            let point = self.point(&row.get::<_, String>(2))?;
             return Ok(Committed {
                 version,
                 point,
                 region,
             });
         }
-        if let Some(version) = prior {
-            // An earlier attempt's outcome: acknowledge it only once it is
-            // durable where the commit was meant to be.
-            self.ensure_durable(&client).await?;
-            return Ok(Committed {
-                version,
-                point,
-                region,
-            });
-        }
-        // Not applied: another attempt of this logical write may have won a
-        // race, else the precondition failed against the current version.
+        // Not applied: an earlier attempt of this logical write may have
+        // applied it, else the precondition failed against the current version.
         if let Some(done) = self.lookup_on(server, idem).await? {
             return Ok(done);
         }
-        let current = match client.prepare_cached(&sql.current_version).await {
-            Ok(st) => client
-                .query_opt(&st, &[&request.key])
-                .await
-                .map(|r| r.and_then(|r| version_of(r.get(0))))
-                .unwrap_or(current),
-            Err(_) => current,
-        };
+        let statement = client
+            .prepare_cached(&sql.current_version)
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let current = client
+            .query_opt(&statement, &[&request.key])
+            .await
+            .map_err(|e| self.classify(e, false))?
+            .and_then(|r| version_of(r.get(0)));
         Err(Error::Conflict {
             key: request.key.to_owned(),
             current,

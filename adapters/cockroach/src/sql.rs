@@ -154,46 +154,49 @@ impl Tables {
     /// The conditional write with its idempotency record, in one statement
     /// (one implicit transaction). Parameters: `$1` key, `$2` value, `$3`
     /// idempotency key, `$4` expected version (`IfVersion` only), `$5`
-    /// region, `$6` idempotency TTL in seconds. Columns: the version already
-    /// recorded for the idempotency key, the version written, the version
-    /// found.
+    /// region, `$6` idempotency TTL in seconds. Columns: the version
+    /// written (NULL when the precondition failed), the expected version,
+    /// and the write's point.
     ///
-    /// The last column is the write's point, taken inside the statement:
-    /// CockroachDB's commit timestamp, or PostgreSQL's WAL insert position
-    /// after the write's own records. The latter precedes the write's commit
-    /// record; a session token stays correct because it also carries the
-    /// version of the keys it wrote last (which a replica must show) and
-    /// every earlier write committed before this position.
+    /// A second attempt of a write that already applied is caught without
+    /// an extra read on the fast path: its precondition fails (nothing is
+    /// recorded), or, for an unconditional write, the idempotency key's
+    /// primary key rejects the statement as a whole (SQLSTATE 23505) and
+    /// nothing is applied; either way the caller then looks the key up.
+    ///
+    /// The point is taken inside the statement: CockroachDB's commit
+    /// timestamp, or PostgreSQL's WAL insert position after the write's own
+    /// records. The latter precedes the write's commit record; a session
+    /// token stays correct because it also carries the version of the keys
+    /// it wrote last (which a replica must show) and every earlier write
+    /// committed before this position.
     pub fn write(&self, dialect: Dialect, precondition: Precondition) -> String {
         let (t, i) = (&self.records, &self.idempotency);
         let apply = match precondition {
             Precondition::IfVersion(_) => format!(
                 "UPDATE {t} SET value = $2, version = version + 1, written_at = now() \
-                 WHERE key = $1 AND version = $4 AND NOT EXISTS (SELECT 1 FROM prior) RETURNING version"
+                 WHERE key = $1 AND version = $4 RETURNING version"
             ),
             Precondition::IfAbsent => format!(
-                "INSERT INTO {t} (key, value, version, written_at) SELECT $1, $2, 1, now() \
-                 WHERE NOT EXISTS (SELECT 1 FROM prior) ON CONFLICT (key) DO NOTHING RETURNING version"
+                "INSERT INTO {t} (key, value, version, written_at) VALUES ($1, $2, 1, now()) \
+                 ON CONFLICT (key) DO NOTHING RETURNING version"
             ),
             Precondition::Any => format!(
-                "INSERT INTO {t} AS t (key, value, version, written_at) SELECT $1, $2, 1, now() \
-                 WHERE NOT EXISTS (SELECT 1 FROM prior) ON CONFLICT (key) DO UPDATE \
+                "INSERT INTO {t} AS t (key, value, version, written_at) VALUES ($1, $2, 1, now()) \
+                 ON CONFLICT (key) DO UPDATE \
                  SET value = EXCLUDED.value, version = t.version + 1, written_at = now() RETURNING version"
             ),
         };
-        // `$4` is referenced by every form so that one parameter list fits all.
-        let expected = "$4::BIGINT";
         let point = match dialect {
             Dialect::Postgres => "pg_current_wal_insert_lsn()::text",
             Dialect::Cockroach => "cluster_logical_timestamp()::STRING",
         };
+        // `$4` is referenced by every form so that one parameter list fits all.
         format!(
-            "WITH prior AS (SELECT version FROM {i} WHERE idem_key = $3), \
-             cur AS (SELECT version FROM {t} WHERE key = $1), \
-             applied AS ({apply}), \
+            "WITH applied AS ({apply}), \
              recorded AS (INSERT INTO {i} (idem_key, record_key, version, region, expires_at) \
                SELECT $3, $1, version, $5, now() + $6::BIGINT * INTERVAL '1 second' FROM applied) \
-             SELECT (SELECT version FROM prior), (SELECT version FROM applied), (SELECT version FROM cur), {expected}, {point}"
+             SELECT (SELECT version FROM applied), $4::BIGINT, {point}"
         )
     }
 
@@ -372,13 +375,11 @@ mod tests {
             Dialect::Postgres,
             Precondition::IfVersion(quorate::Version(3)),
         );
-        assert!(update.contains("UPDATE records SET value = $2, version = version + 1, written_at = now() WHERE key = $1 AND version = $4"));
+        assert!(update.contains("UPDATE records SET value = $2, version = version + 1, written_at = now() WHERE key = $1 AND version = $4 RETURNING version"));
         assert!(update.contains(
             "INSERT INTO records_idempotency (idem_key, record_key, version, region, expires_at)"
         ));
-        assert!(update.starts_with(
-            "WITH prior AS (SELECT version FROM records_idempotency WHERE idem_key = $3)"
-        ));
+        assert!(update.starts_with("WITH applied AS (UPDATE records"));
         let create = tables().write(Dialect::Postgres, Precondition::IfAbsent);
         assert!(create.contains("ON CONFLICT (key) DO NOTHING RETURNING version"));
         assert!(create.ends_with("$4::BIGINT, pg_current_wal_insert_lsn()::text"));

@@ -596,7 +596,61 @@ impl Backend for PgBackend {
     }
 }
 
+/// CockroachDB's follower reads trail the present by about this much.
+const COCKROACH_FOLLOWER_LAG: Duration = Duration::from_millis(4800);
+
 impl PgBackend {
+    async fn cockroach_query(
+        &self,
+        server: usize,
+        policy: ReadPolicy,
+        min_point: Option<Point>,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(Vec<tokio_postgres::Row>, Freshness), Error> {
+        let client = self.connection(server).await?;
+        let region = self.inner.servers[server].region.clone();
+        let Some(begin) = sql::cockroach_begin(policy, min_point, COCKROACH_FOLLOWER_LAG) else {
+            let rows = client
+                .query(statement, params)
+                .await
+                .map_err(|e| self.classify(e, false))?;
+            let freshness = Freshness {
+                region,
+                role: ReplicaRole::Leader,
+                point: None,
+                staleness_bound: Some(Duration::ZERO),
+            };
+            return Ok((rows, freshness));
+        };
+        client
+            .batch_execute(&begin)
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let rows = match client.query(statement, params).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Leave the pooled connection outside any transaction.
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(self.classify(e, false));
+            }
+        };
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let freshness = Freshness {
+            region,
+            role: ReplicaRole::Follower,
+            point: min_point.filter(|_| policy == ReadPolicy::Session),
+            staleness_bound: match policy {
+                ReadPolicy::BoundedStaleness(_) => Some(COCKROACH_FOLLOWER_LAG),
+                _ => None,
+            },
+        };
+        Ok((rows, freshness))
+    }
+
     /// On PostgreSQL with synchronous standbys, a commit whose wait for them
     /// was cancelled is visible on the primary without being durable on a
     /// standby. Before such an outcome is acknowledged (when resolving an
@@ -659,9 +713,12 @@ impl PgBackend {
     }
 
     /// Runs a read under `policy` (parameters only) and returns the rows with
-    /// the freshness of the server that ran it: strong on the primary, session
-    /// and bounded on a standby of `region` when its replay covers
-    /// `min_point` (checked in the same round trip), else on the primary.
+    /// the freshness of the server that ran it. PostgreSQL: strong on the
+    /// primary, session and bounded on a standby of `region` when its replay
+    /// covers `min_point` or the bound (checked in the same round trip), else
+    /// on the primary. CockroachDB: through `region`'s gateway, in a
+    /// transaction `AS OF SYSTEM TIME` the session's timestamp or the
+    /// follower read timestamp ([`sql::cockroach_begin`]).
     pub async fn query(
         &self,
         region: &Region,
@@ -707,6 +764,11 @@ impl PgBackend {
                     },
                 ));
             }
+        }
+        if self.inner.config.dialect == Dialect::Cockroach {
+            return self
+                .cockroach_query(server, policy, min_point, statement, params)
+                .await;
         }
         let primary = self.primary()?;
         let client = self.connection(primary).await?;

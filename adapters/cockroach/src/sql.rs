@@ -226,6 +226,29 @@ pub enum FollowerRead {
     Latest,
 }
 
+/// How a CockroachDB passthrough read opens its transaction under a policy:
+/// `None` for a strong read (a normal transaction); for a session read, a
+/// historical read at the session's own timestamp (it sees everything the
+/// session saw, and followers can serve it once closed); for a bounded read
+/// of at least `follower_lag`, the follower read timestamp. A bound below the
+/// follower lag reads strongly. The timestamp is formatted from a `Point`,
+/// never from caller text.
+pub fn cockroach_begin(
+    policy: quorate::ReadPolicy,
+    min_point: Option<Point>,
+    follower_lag: Duration,
+) -> Option<String> {
+    match policy {
+        quorate::ReadPolicy::Session => {
+            min_point.map(|p| format!("BEGIN AS OF SYSTEM TIME '{}.{:010}'", p.wall, p.logical))
+        }
+        quorate::ReadPolicy::BoundedStaleness(b) if b.duration() >= follower_lag => {
+            Some("BEGIN AS OF SYSTEM TIME follower_read_timestamp()".to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// The point a session token records after a write.
 pub fn commit_point(dialect: Dialect) -> &'static str {
     match dialect {
@@ -416,6 +439,40 @@ mod tests {
                 "ALTER TABLE records SET LOCALITY REGIONAL BY ROW",
                 "ALTER TABLE records_idempotency SET LOCALITY REGIONAL BY ROW",
             ]
+        );
+    }
+
+    #[test]
+    fn cockroach_passthrough_transactions() {
+        let lag = Duration::from_millis(4800);
+        assert_eq!(
+            cockroach_begin(quorate::ReadPolicy::Strong, None, lag),
+            None
+        );
+        assert_eq!(
+            cockroach_begin(
+                quorate::ReadPolicy::Session,
+                Some(Point::hlc(1_700_000_000_123_456_789, 2)),
+                lag
+            )
+            .as_deref(),
+            Some("BEGIN AS OF SYSTEM TIME '1700000000123456789.0000000002'")
+        );
+        assert_eq!(
+            cockroach_begin(quorate::ReadPolicy::Session, None, lag),
+            None
+        );
+        let bounded = |ms| {
+            quorate::ReadPolicy::BoundedStaleness(quorate::Staleness::from_millis(ms).unwrap())
+        };
+        assert_eq!(
+            cockroach_begin(bounded(10_000), None, lag).as_deref(),
+            Some("BEGIN AS OF SYSTEM TIME follower_read_timestamp()")
+        );
+        assert_eq!(
+            cockroach_begin(bounded(1_000), None, lag),
+            None,
+            "too tight for follower reads: strong"
         );
     }
 

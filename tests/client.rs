@@ -7,7 +7,7 @@ use quorate::chaos::Chaos;
 use quorate::sim::{Replication, Sim, SimConfig};
 use quorate::{
     Client, ClientConfig, Critical, Error, Peripheral, PolicyBook, Precondition, ReadPolicy,
-    Region, ReplicaRole, RetryPolicy, Staleness, StrictRead, WriteOptions,
+    ReplicaRole, RetryPolicy, Staleness, StrictRead, WriteOptions,
 };
 
 fn sim() -> Sim {
@@ -193,58 +193,6 @@ async fn session_reads_escalate_past_a_lagging_follower() {
         .unwrap();
     assert_eq!(fresh.freshness.role, ReplicaRole::Follower);
     assert_eq!(fresh.freshness.region.as_str(), "us");
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_isolated_local_region_is_left_and_used_again_after_healing() {
-    let sim = sim();
-    let client = Client::new(
-        sim.at("us").unwrap(),
-        ClientConfig {
-            region_ejection: Duration::from_millis(500),
-            ..ClientConfig::default()
-        },
-    )
-    .unwrap();
-    let session = client.session();
-    client
-        .write(
-            &session,
-            "k",
-            "1".into(),
-            Precondition::IfAbsent,
-            &WriteOptions::default(),
-        )
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (backend, control) = Chaos::new(sim.at("us").unwrap());
-    let client = Client::new(
-        backend,
-        ClientConfig {
-            region_ejection: Duration::from_millis(500),
-            ..ClientConfig::default()
-        },
-    )
-    .unwrap();
-    let us = Region::new("us").unwrap();
-    control.set_isolation_timeout(Duration::from_millis(200));
-    control.isolate(&us);
-    let bounded = ReadPolicy::BoundedStaleness(Staleness::from_millis(10_000).unwrap());
-    let r = client.read(&session, "k", bounded).await.unwrap();
-    assert_ne!(r.freshness.region, us, "served by another region");
-    let second = client.read(&session, "k", bounded).await.unwrap();
-    assert_ne!(
-        second.freshness.region, us,
-        "the ejected region is skipped at once"
-    );
-    control.heal(&us);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let back = client.read(&session, "k", bounded).await.unwrap();
-    assert_eq!(
-        back.freshness.region, us,
-        "no stickiness: the local region is used again"
-    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,0 +1,153 @@
+//! What the client learns of regions: probes, clock offsets, circuits.
+
+use super::*;
+
+/// What a client knows of one region.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegionHealth {
+    /// The region.
+    pub region: Region,
+    /// Its circuit breaker.
+    pub circuit: Circuit,
+    /// Smoothed latency of successful attempts and probes.
+    pub latency: Option<Duration>,
+    /// Replica lag it last reported.
+    pub replica_lag: Option<Duration>,
+    /// How far its clock strays from the median of all regions (with the
+    /// estimate's error), once probed.
+    pub clock_deviation: Option<Duration>,
+    /// Whether the clock guard keeps it from assigning timestamps.
+    pub clock_excluded: bool,
+}
+
+impl<B: Backend> Client<B> {
+    /// Probes a region: the server's clock and replica lag, and this
+    /// process's estimate of the offset between the two clocks. The estimate
+    /// feeds the clock guard; a region that does not answer is ejected.
+    pub async fn probe(&self, region: &Region) -> Result<crate::clock::OffsetSample, Error> {
+        let inner = &*self.inner;
+        let index = inner
+            .router
+            .index_of(region)
+            .ok_or_else(|| Error::Topology(crate::TopologyError::UnknownRegion(region.clone())))?;
+        let sent = inner.config.clock.now_nanos();
+        let sent_at = Instant::now();
+        let deadline = Instant::now() + inner.config.attempt_timeout;
+        let probe = match timeout_at(deadline, inner.backend.probe(region)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                self.probe_failed(index, region, e.reason());
+                return Err(e);
+            }
+            Err(_) => {
+                self.probe_failed(index, region, "timeout");
+                return Err(Error::Timeout {
+                    after: inner.config.attempt_timeout,
+                    sent: true,
+                });
+            }
+        };
+        let received = inner.config.clock.now_nanos();
+        inner
+            .router
+            .success(index, Kind::FollowerRead, Instant::now() - sent_at);
+        let sample = crate::clock::OffsetSample::new(sent, probe.server_time_nanos, received);
+        let was_excluded = inner.guard.excluded(index);
+        let deviation = inner.guard.record(index, &sample);
+        inner
+            .metrics
+            .clock_offset(index, sample.offset_nanos as f64 / 1e9);
+        inner
+            .metrics
+            .clock_deviation(index, deviation.as_secs_f64());
+        if deviation > inner.guard.warning() {
+            tracing::warn!(
+                quorate.region = region.as_str(),
+                deviation_ms = deviation.as_millis() as u64,
+                "clock offset above the warning threshold"
+            );
+        }
+        if !was_excluded && inner.guard.excluded(index) {
+            inner.metrics.ejection(region, "clock_offset");
+        }
+        if let Some(lag) = probe.replica_lag {
+            inner.router.set_replica_lag(index, lag);
+            inner.metrics.replica_lag(index, lag.as_secs_f64());
+        }
+        Ok(sample)
+    }
+
+    fn probe_failed(&self, index: usize, region: &Region, reason: &'static str) {
+        if self.inner.router.failure(index, true) {
+            self.inner.metrics.ejection(region, reason);
+        }
+    }
+
+    /// Probes every region once, concurrently: clock offsets and replica lag
+    /// feed the clock guard and the metrics, and unreachable regions are
+    /// ejected. Call it periodically (for example every second).
+    pub async fn refresh_health(&self) {
+        let regions: Vec<Region> = self.inner.backend.topology().regions().cloned().collect();
+        let probes = regions.iter().map(|r| self.probe(r));
+        for result in join_all(probes).await {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "probe failed");
+            }
+        }
+    }
+
+    /// What the client knows of each region now: circuit, latency estimate,
+    /// replica lag and clock deviation.
+    pub fn health(&self) -> Vec<RegionHealth> {
+        let inner = &*self.inner;
+        (0..inner.router.len())
+            .map(|i| {
+                let (circuit, latency, replica_lag) = inner.router.status(i);
+                RegionHealth {
+                    region: inner.router.region(i).clone(),
+                    circuit,
+                    latency,
+                    replica_lag,
+                    clock_deviation: inner.guard.deviation(i),
+                    clock_excluded: inner.guard.excluded(i),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the clock guard currently excludes `region`.
+    pub fn clock_excluded(&self, region: &Region) -> bool {
+        self.inner
+            .router
+            .index_of(region)
+            .is_some_and(|i| self.inner.guard.excluded(i))
+    }
+}
+
+/// Runs futures concurrently on the current task and collects their outputs
+/// in order.
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut out: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, result) in pending.iter_mut().zip(out.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *result = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}

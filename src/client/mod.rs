@@ -1,0 +1,441 @@
+//! The client: policy enforcement, sessions, verification and retries over
+//! any [`Backend`]. Reads are in `read.rs`, writes and their checks in
+//! `write.rs`, what the client learns of regions in `health.rs`.
+
+mod health;
+mod read;
+mod write;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::{timeout_at, Instant};
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::backend::{Backend, Capabilities, IdempotencyKey, ReadPlan, WriteRequest};
+use crate::clock::{Clock, ClockGuard, SystemClock};
+use crate::error::{Error, Retryability};
+use crate::observe::Metrics;
+use crate::policy::ReadPolicy;
+use crate::random::SplitMix64;
+use crate::record::{Committed, Precondition, Read, ReplicaRole};
+use crate::retry::{RetryBudget, RetryPolicy};
+use crate::routing::{BreakerConfig, Circuit, Kind, Router, Tried};
+use crate::session::{Scope, Session, SessionFloor, SessionToken};
+use crate::topology::Region;
+
+pub use health::RegionHealth;
+pub use read::Hedge;
+use read::LatencyWindow;
+pub use write::{Verify, VerifyRegions, WriteOptions};
+
+/// Client-wide settings. `ClientConfig::default()` is the strict
+/// configuration quorate recommends.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Deadline of a read, all attempts and escalations included.
+    pub read_deadline: Duration,
+    /// Deadline of a write, retries and ambiguity resolution included
+    /// (read-after-write verification has its own).
+    pub write_deadline: Duration,
+    /// Longest single attempt; a region that hangs is left after it.
+    pub attempt_timeout: Duration,
+    /// Shorter attempt timeouts learned per region and kind of request:
+    /// smoothed latency plus four mean deviations (as TCP's retransmission
+    /// timer) and at least three smoothed latencies, at least
+    /// [`ClientConfig::min_attempt_timeout`] and at most
+    /// [`ClientConfig::attempt_timeout`]. A write that times out is resolved
+    /// through its idempotency key, so a spurious timeout costs a lookup,
+    /// never a double application.
+    pub adaptive_timeouts: bool,
+    /// The floor of adaptive attempt timeouts.
+    pub min_attempt_timeout: Duration,
+    /// Backoff and attempt cap.
+    pub retry: RetryPolicy,
+    /// Retries allowed per first attempt (token bucket ratio).
+    pub retry_budget_ratio: f64,
+    /// Retries allowed before any first attempt has deposited.
+    pub retry_budget_reserve: u32,
+    /// How long a region's circuit stays open after it failed, before one
+    /// trial request (or a successful probe) may close it.
+    pub region_ejection: Duration,
+    /// Consecutive soft failures (errors other than unreachable or timed
+    /// out) that open a region's circuit.
+    pub failure_threshold: u32,
+    /// Hedged reads: after a delay, a read goes also to the next-best region
+    /// and the first acceptable answer wins. `None` disables hedging.
+    pub hedge: Option<Hedge>,
+    /// For backends whose writes go to a key's home region (multi-writer
+    /// tables): after the home region has been down this long, writes fail
+    /// over to the best healthy region, and come back when the home
+    /// recovers. `None` (the default) never fails over: a write is
+    /// unavailable rather than risk two regions applying conflicting
+    /// transitions.
+    pub home_failover: Option<Duration>,
+    /// Added to a replica's own staleness bound before comparing it with a
+    /// bounded-staleness policy: the error of the clocks involved.
+    pub clock_uncertainty: Duration,
+    /// Seed of the jitter generator (deterministic drills); `None` = entropy.
+    pub seed: Option<u64>,
+    /// This process's wall clock, for clock-offset estimates.
+    pub clock: Arc<dyn Clock>,
+    /// A region whose clock strays from the others by more than this fraction
+    /// of the database's maximum clock offset is not used to assign
+    /// timestamps (writes, strong reads) nor trusted for staleness bounds.
+    pub clock_exclusion: f64,
+    /// Clock deviations above this are logged as warnings.
+    pub clock_warning: Duration,
+    /// Requires and produces signed session tokens.
+    #[cfg(feature = "signed-tokens")]
+    pub signing_key: Option<crate::session::SigningKey>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            read_deadline: Duration::from_secs(2),
+            write_deadline: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(1),
+            adaptive_timeouts: true,
+            min_attempt_timeout: Duration::from_millis(100),
+            retry: RetryPolicy::default(),
+            retry_budget_ratio: 0.2,
+            retry_budget_reserve: 100,
+            region_ejection: Duration::from_secs(1),
+            failure_threshold: 3,
+            hedge: None,
+            home_failover: None,
+            clock_uncertainty: Duration::ZERO,
+            seed: None,
+            clock: Arc::new(SystemClock),
+            clock_exclusion: 0.5,
+            clock_warning: Duration::from_millis(100),
+            #[cfg(feature = "signed-tokens")]
+            signing_key: None,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Checks every field; [`Client::new`] calls it.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.retry.validate()?;
+        if self.failure_threshold == 0 {
+            return Err(Error::InvalidInput(
+                "failure_threshold must be at least 1".into(),
+            ));
+        }
+        if let Some(h) = &self.hedge {
+            h.validate()?;
+        }
+        if !(self.clock_exclusion > 0.0 && self.clock_exclusion <= 1.0) {
+            return Err(Error::InvalidInput(
+                "clock_exclusion must be in (0, 1]".into(),
+            ));
+        }
+        for (name, d) in [
+            ("read_deadline", self.read_deadline),
+            ("write_deadline", self.write_deadline),
+            ("attempt_timeout", self.attempt_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::InvalidInput(format!("{name} must be positive")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The entry point: enforces read policies, tracks sessions, verifies writes
+/// and retries safely over a [`Backend`].
+///
+/// Cloning is cheap and shares everything; no clone or connection is pinned
+/// to a region.
+///
+/// ```
+/// use quorate::sim::{Sim, SimConfig};
+/// use quorate::{Client, ClientConfig, Precondition, ReadPolicy, WriteOptions};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), quorate::Error> {
+/// let sim = Sim::new(SimConfig::new(["eu", "us", "ap"])?)?;
+/// let client = Client::new(sim.at("eu")?, ClientConfig::default())?;
+/// let session = client.session();
+/// let c = client
+///     .write(&session, "acct:7", "100".into(), Precondition::IfAbsent, &WriteOptions::verified())
+///     .await?;
+/// let read = client.read(&session, "acct:7", ReadPolicy::Session).await?;
+/// assert_eq!(read.version(), Some(c.version));
+/// # Ok(()) }
+/// ```
+pub struct Client<B> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B> Clone for Client<B> {
+    fn clone(&self) -> Self {
+        Client {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<B> {
+    backend: B,
+    config: ClientConfig,
+    capabilities: Capabilities,
+    scope: Scope,
+    router: Router,
+    metrics: Metrics,
+    budget: RetryBudget,
+    guard: ClockGuard,
+    hedge_delays: LatencyWindow,
+    rng: Mutex<SplitMix64>,
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for Client<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("backend", &self.inner.backend)
+            .field("scope", &self.inner.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Check {
+    Accept,
+    Escalate(&'static str),
+    Retry(&'static str),
+}
+
+impl<B: Backend> Client<B> {
+    /// A client over `backend` with a validated configuration.
+    pub fn new(backend: B, config: ClientConfig) -> Result<Client<B>, Error> {
+        config.validate()?;
+        let topology = backend.topology().clone();
+        let region_count = topology.regions().len();
+        let rng = config
+            .seed
+            .map(SplitMix64::new)
+            .unwrap_or_else(SplitMix64::from_entropy);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                capabilities: backend.capabilities(),
+                scope: backend.scope().clone(),
+                router: Router::new(
+                    &topology,
+                    BreakerConfig {
+                        open_for: config.region_ejection,
+                        failure_threshold: config.failure_threshold,
+                    },
+                ),
+                hedge_delays: LatencyWindow::default(),
+                metrics: Metrics::new(&topology),
+                budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_reserve)?,
+                guard: ClockGuard::new(
+                    region_count,
+                    backend
+                        .capabilities()
+                        .max_clock_offset
+                        .map(|m| m.mul_f64(config.clock_exclusion)),
+                    config.clock_warning,
+                ),
+                rng: Mutex::new(rng),
+                backend,
+                config,
+            }),
+        })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.inner.backend
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The scope session tokens of this client carry.
+    pub fn scope(&self) -> &Scope {
+        &self.inner.scope
+    }
+
+    /// A new session with no progress.
+    pub fn session(&self) -> Session {
+        Session::from_token(SessionToken::new(self.inner.scope.clone()))
+    }
+
+    /// Continues a session from a token another service sent. Fails with a
+    /// typed token error for garbled, oversize, foreign or (when signing is
+    /// configured) unsigned or forged tokens.
+    pub fn resume_session(&self, token: &str) -> Result<Session, Error> {
+        Ok(Session::from_token(self.decode_token(token)?))
+    }
+
+    /// Decodes a token of this client's scope.
+    pub fn decode_token(&self, token: &str) -> Result<SessionToken, Error> {
+        #[cfg(feature = "signed-tokens")]
+        if let Some(key) = &self.inner.config.signing_key {
+            return Ok(SessionToken::decode_signed(token, &self.inner.scope, key)?);
+        }
+        Ok(SessionToken::decode(token, &self.inner.scope)?)
+    }
+
+    /// The session's token as text to send to another service (signed when a
+    /// signing key is configured).
+    pub fn encode_token(&self, session: &Session) -> String {
+        #[cfg(feature = "signed-tokens")]
+        if let Some(key) = &self.inner.config.signing_key {
+            return session.token().encode_signed(key);
+        }
+        session.encode()
+    }
+
+    fn jitter(&self, retry: u32) -> Duration {
+        let mut rng = self.inner.rng.lock().unwrap_or_else(|e| e.into_inner());
+        self.inner.config.retry.backoff(retry, &mut rng)
+    }
+
+    fn home_index(&self, key: &str) -> Option<usize> {
+        self.inner
+            .backend
+            .home_region(key)
+            .and_then(|r| self.inner.router.index_of(&r))
+    }
+
+    /// Waits the jittered backoff before retry number `retries`, or fails
+    /// when the cap, the budget or the deadline says stop.
+    async fn before_retry(
+        &self,
+        error: &Error,
+        attempts: u32,
+        retries: u32,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        let inner = &*self.inner;
+        if attempts >= inner.config.retry.max_attempts || !inner.budget.withdraw() {
+            return Err(Error::RetriesExhausted {
+                attempts,
+                last: Box::new(clone_error(error)),
+            });
+        }
+        let wake = Instant::now() + self.jitter(retries);
+        if wake >= deadline {
+            return Err(Error::DeadlineExceeded {
+                attempts,
+                last: Box::new(clone_error(error)),
+            });
+        }
+        inner.metrics.retry(error);
+        tracing::debug!(
+            quorate.attempt = attempts,
+            reason = error.reason(),
+            "retrying"
+        );
+        tokio::time::sleep_until(wake).await;
+        Ok(())
+    }
+
+    /// One attempt against one region, bounded by the attempt timeout and
+    /// the operation's deadline. When `timestamps` is set the region assigns
+    /// timestamps, and a region whose clock the guard distrusts is refused
+    /// without sending anything.
+    async fn attempt<T>(
+        &self,
+        region: usize,
+        kind: Kind,
+        timestamps: bool,
+        deadline: Instant,
+        request: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let inner = &*self.inner;
+        if timestamps && inner.guard.excluded(region) {
+            return Err(Error::RegionUnavailable {
+                region: inner.router.region(region).clone(),
+                reason: "clock offset beyond the guard's limit",
+            });
+        }
+        let started = Instant::now();
+        let limit = if inner.config.adaptive_timeouts {
+            inner.router.attempt_timeout(
+                region,
+                kind,
+                inner.config.min_attempt_timeout,
+                inner.config.attempt_timeout,
+            )
+        } else {
+            inner.config.attempt_timeout
+        };
+        let result = timeout_at(deadline.min(started + limit), request)
+            .await
+            .unwrap_or(Err(Error::Timeout {
+                after: limit,
+                sent: true,
+            }));
+        match &result {
+            Err(e @ (Error::RegionUnavailable { .. } | Error::Timeout { .. })) => {
+                if inner.router.failure(region, true) {
+                    inner
+                        .metrics
+                        .ejection(inner.router.region(region), e.reason());
+                }
+            }
+            Err(Error::Backend {
+                retryability: Retryability::Retryable,
+                ..
+            }) => {
+                if inner.router.failure(region, false) {
+                    inner
+                        .metrics
+                        .ejection(inner.router.region(region), "errors");
+                }
+            }
+            // The region answered (a conflict or an uncertain read is an
+            // answer).
+            _ => inner.router.success(region, kind, Instant::now() - started),
+        }
+        result
+    }
+}
+
+pub(crate) fn read_kind(leader: bool) -> Kind {
+    if leader {
+        Kind::LeaderRead
+    } else {
+        Kind::FollowerRead
+    }
+}
+
+/// Errors are not `Clone` (they may box a driver error); retries keep a
+/// description of the last one.
+pub(crate) fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Timeout { after, sent } => Error::Timeout {
+            after: *after,
+            sent: *sent,
+        },
+        Error::RegionUnavailable { region, reason } => Error::RegionUnavailable {
+            region: region.clone(),
+            reason,
+        },
+        Error::Uncertainty { key, read, value } => Error::Uncertainty {
+            key: key.clone(),
+            read: *read,
+            value: *value,
+        },
+        Error::FreshnessUnmet {
+            key,
+            policy,
+            reason,
+        } => Error::FreshnessUnmet {
+            key: key.clone(),
+            policy: *policy,
+            reason,
+        },
+        other => Error::backend(other.retryability(), None, other.to_string()),
+    }
+}

@@ -1,0 +1,408 @@
+//! Reads: planning, the freshness check and escalation, hedging.
+
+use super::*;
+
+/// Hedged reads: a read that has not answered within a high percentile of
+/// recent read latency goes also to the next-best eligible region.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hedge {
+    /// The percentile of recent read latencies to wait before hedging.
+    pub percentile: f64,
+    /// The shortest delay (also used until enough latencies are known).
+    pub min_delay: Duration,
+    /// The longest delay.
+    pub max_delay: Duration,
+}
+
+impl Default for Hedge {
+    fn default() -> Self {
+        Hedge {
+            percentile: 0.95,
+            min_delay: Duration::from_millis(5),
+            max_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Hedge {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if !(self.percentile > 0.0 && self.percentile <= 1.0) {
+            return Err(Error::InvalidInput(
+                "hedge percentile must be in (0, 1]".into(),
+            ));
+        }
+        if self.min_delay > self.max_delay {
+            return Err(Error::InvalidInput(
+                "hedge min_delay exceeds max_delay".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The latest read latencies, for the hedge delay.
+#[derive(Debug, Default)]
+pub(crate) struct LatencyWindow {
+    window: Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    samples: Vec<u64>,
+    next: usize,
+    fresh: u32,
+    cached: Option<Duration>,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            samples: Vec::with_capacity(WINDOW),
+            next: 0,
+            fresh: 0,
+            cached: None,
+        }
+    }
+}
+
+const WINDOW: usize = 128;
+
+impl LatencyWindow {
+    pub(crate) fn record(&self, latency: Duration) {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        if w.samples.len() < WINDOW {
+            w.samples.push(nanos);
+        } else {
+            let i = w.next;
+            w.samples[i] = nanos;
+        }
+        w.next = (w.next + 1) % WINDOW;
+        w.fresh += 1;
+    }
+
+    /// The hedge delay: the percentile of the window, recomputed every 16
+    /// samples, clamped to the policy's bounds.
+    pub(crate) fn delay(&self, hedge: &Hedge) -> Duration {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if w.samples.len() < 16 {
+            return hedge.min_delay;
+        }
+        if w.cached.is_none() || w.fresh >= 16 {
+            let mut sorted = w.samples.clone();
+            sorted.sort_unstable();
+            let rank = ((sorted.len() as f64 - 1.0) * hedge.percentile).round() as usize;
+            w.cached = Some(Duration::from_nanos(sorted[rank.min(sorted.len() - 1)]));
+            w.fresh = 0;
+        }
+        w.cached
+            .unwrap_or(hedge.min_delay)
+            .clamp(hedge.min_delay, hedge.max_delay)
+    }
+}
+
+impl<B: Backend> Client<B> {
+    /// Reads `key` under `policy` in `session`.
+    ///
+    /// The read is planned at the nearest replica the policy allows, its
+    /// [`Freshness`](crate::Freshness) is checked against the policy and the
+    /// session, and a read that misses is escalated to the leader path —
+    /// never returned silently.
+    pub async fn read(
+        &self,
+        session: &Session,
+        key: &str,
+        policy: ReadPolicy,
+    ) -> Result<Read<Bytes>, Error> {
+        let span = tracing::debug_span!(
+            "quorate.read",
+            db.operation.name = "read",
+            quorate.policy = policy.label(),
+            quorate.region = Empty,
+            quorate.replica = Empty,
+            quorate.read_point = Empty,
+            quorate.staleness_ms = Empty,
+            quorate.attempt = Empty,
+            quorate.outcome = Empty,
+        );
+        self.read_inner(session, key, policy).instrument(span).await
+    }
+
+    async fn read_inner(
+        &self,
+        session: &Session,
+        key: &str,
+        policy: ReadPolicy,
+    ) -> Result<Read<Bytes>, Error> {
+        let inner = &*self.inner;
+        let deadline = Instant::now() + inner.config.read_deadline;
+        let floor = match policy {
+            ReadPolicy::Strong | ReadPolicy::Session => session.floor(key),
+            _ => SessionFloor::default(),
+        };
+        inner.budget.deposit();
+        let mut tried = Tried::default();
+        let mut leader = policy == ReadPolicy::Strong || !inner.capabilities.follower_reads;
+        let mut attempt = 0;
+        let mut retries = 0;
+        loop {
+            attempt += 1;
+            let home = if leader && !inner.capabilities.strong_reads_anywhere {
+                self.home_index(key)
+            } else {
+                None
+            };
+            let region_index = match home {
+                Some(h) => h,
+                None if leader => {
+                    inner
+                        .router
+                        .pick(inner.router.local(), Kind::LeaderRead, tried, |r| {
+                            inner.guard.excluded(r)
+                        })
+                }
+                // A bounded read skips replicas last measured beyond its bound.
+                None => {
+                    let lagging = match policy {
+                        ReadPolicy::BoundedStaleness(b) => {
+                            inner.router.lagging_beyond(b.duration())
+                        }
+                        _ => Tried::default(),
+                    };
+                    inner
+                        .router
+                        .pick(inner.router.local(), Kind::FollowerRead, tried, |r| {
+                            lagging.contains(r)
+                        })
+                }
+            };
+            let region = inner.router.region(region_index);
+            let plan = ReadPlan {
+                key,
+                region,
+                role: if leader {
+                    ReplicaRole::Leader
+                } else {
+                    ReplicaRole::Follower
+                },
+                policy,
+                floor,
+                deadline,
+            };
+            let started = Instant::now();
+            let hedgeable = home.is_none() && inner.config.hedge.is_some();
+            let (result, region_index) = if hedgeable {
+                self.hedged(&plan, region_index, tried, leader, deadline, &floor)
+                    .await
+            } else {
+                let r = self
+                    .attempt(
+                        region_index,
+                        read_kind(leader),
+                        leader,
+                        deadline,
+                        inner.backend.read(&plan),
+                    )
+                    .await;
+                (r, region_index)
+            };
+            if result.is_ok() && inner.config.hedge.is_some() {
+                inner.hedge_delays.record(Instant::now() - started);
+            }
+            let error = match result {
+                Ok(read) => match self.check(policy, &floor, &read, region_index) {
+                    Check::Accept => {
+                        let role = read.freshness.role;
+                        inner
+                            .metrics
+                            .read(region_index, policy, role == ReplicaRole::Leader);
+                        match policy {
+                            ReadPolicy::Session => {
+                                session.observe(key, read.version(), read.freshness.point)
+                            }
+                            ReadPolicy::Strong => session.observe(key, read.version(), None),
+                            _ => {}
+                        }
+                        record_read(&read, attempt);
+                        return Ok(read);
+                    }
+                    Check::Escalate(reason) if !leader => {
+                        inner.metrics.escalation(policy, reason);
+                        leader = true;
+                        continue;
+                    }
+                    Check::Escalate(reason) | Check::Retry(reason) => Error::FreshnessUnmet {
+                        key: key.to_owned(),
+                        policy,
+                        reason,
+                    },
+                },
+                Err(e) => e,
+            };
+            if error.retryability() == Retryability::Permanent {
+                tracing::Span::current().record("quorate.outcome", error.reason());
+                return Err(error);
+            }
+            if matches!(
+                error,
+                Error::RegionUnavailable { .. } | Error::Timeout { .. }
+            ) {
+                tried.add(region_index);
+            }
+            retries += 1;
+            self.before_retry(&error, attempt, retries, deadline)
+                .await?;
+        }
+    }
+
+    fn check(
+        &self,
+        policy: ReadPolicy,
+        floor: &SessionFloor,
+        read: &Read<Bytes>,
+        region: usize,
+    ) -> Check {
+        let f = &read.freshness;
+        if let Some(min) = floor.version {
+            if read.version().is_none_or(|v| v < min) {
+                return if f.role == ReplicaRole::Leader {
+                    Check::Retry("leader read older than the session")
+                } else {
+                    Check::Escalate("replica older than the session's version")
+                };
+            }
+        }
+        if f.role == ReplicaRole::Leader {
+            return Check::Accept;
+        }
+        match policy {
+            ReadPolicy::Strong => Check::Escalate("strong read served by a follower"),
+            ReadPolicy::Session => match (floor.version, floor.point, f.point) {
+                (Some(_), _, _) | (None, None, _) => Check::Accept,
+                (None, Some(min), Some(p)) if p >= min => Check::Accept,
+                (None, Some(_), Some(_)) => Check::Escalate("replica behind the session point"),
+                (None, Some(_), None) => Check::Escalate("replica states no point"),
+            },
+            ReadPolicy::BoundedStaleness(_) if self.inner.guard.excluded(region) => {
+                Check::Escalate("replica's clock is excluded")
+            }
+            ReadPolicy::BoundedStaleness(bound) => match f.staleness_bound {
+                Some(s)
+                    if s + self.inner.config.clock_uncertainty
+                        + self.inner.guard.deviation(region).unwrap_or_default()
+                        <= bound.duration() =>
+                {
+                    Check::Accept
+                }
+                Some(_) => Check::Escalate("replica beyond the staleness bound"),
+                None => Check::Escalate("replica states no staleness bound"),
+            },
+        }
+    }
+
+    /// Sends the read to `first`; if no answer came within the hedge delay,
+    /// also to the next-best region. The first acceptable answer wins and
+    /// the other request is dropped; when neither is acceptable, the first
+    /// region's outcome decides what happens next.
+    async fn hedged(
+        &self,
+        plan: &ReadPlan<'_>,
+        first: usize,
+        tried: Tried,
+        leader: bool,
+        deadline: Instant,
+        floor: &SessionFloor,
+    ) -> (Result<Read<Bytes>, Error>, usize) {
+        let inner = &*self.inner;
+        let Some(hedge) = &inner.config.hedge else {
+            let r = self
+                .attempt(
+                    first,
+                    read_kind(leader),
+                    leader,
+                    deadline,
+                    inner.backend.read(plan),
+                )
+                .await;
+            return (r, first);
+        };
+        let delay = inner.hedge_delays.delay(hedge);
+        let primary = self.attempt(
+            first,
+            read_kind(leader),
+            leader,
+            deadline,
+            inner.backend.read(plan),
+        );
+        tokio::pin!(primary);
+        tokio::select! {
+            biased;
+            r = &mut primary => return (r, first),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let avoid = |r: usize| leader && inner.guard.excluded(r);
+        let kind = read_kind(leader);
+        let second = inner
+            .router
+            .pick(inner.router.local(), kind, tried.with(first), avoid);
+        if second == first || tried.contains(second) || avoid(second) {
+            return (primary.await, first);
+        }
+        inner.metrics.hedge_fired();
+        let second_plan = ReadPlan {
+            region: inner.router.region(second),
+            ..plan.clone()
+        };
+        let secondary = self.attempt(
+            second,
+            kind,
+            leader,
+            deadline,
+            inner.backend.read(&second_plan),
+        );
+        tokio::pin!(secondary);
+        let acceptable = |r: &Result<Read<Bytes>, Error>, region: usize| matches!(r, Ok(read) if matches!(self.check(plan.policy, floor, read, region), Check::Accept));
+        let mut first_outcome = None;
+        let mut second_done = false;
+        loop {
+            tokio::select! {
+                r = &mut primary, if first_outcome.is_none() => {
+                    if acceptable(&r, first) {
+                        return (r, first);
+                    }
+                    first_outcome = Some(r);
+                }
+                r = &mut secondary, if !second_done => {
+                    if acceptable(&r, second) {
+                        inner.metrics.hedge_won();
+                        return (r, second);
+                    }
+                    second_done = true;
+                }
+            }
+            if second_done {
+                if let Some(r) = first_outcome.take() {
+                    return (r, first);
+                }
+            }
+        }
+    }
+}
+
+fn record_read(read: &Read<Bytes>, attempt: u32) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    let f = &read.freshness;
+    span.record("quorate.region", f.region.as_str());
+    span.record("quorate.replica", f.role.label());
+    if let Some(p) = f.point {
+        span.record("quorate.read_point", tracing::field::display(p));
+    }
+    if let Some(s) = f.staleness_bound {
+        span.record("quorate.staleness_ms", s.as_millis() as u64);
+    }
+    span.record("quorate.attempt", attempt);
+    span.record("quorate.outcome", "ok");
+}

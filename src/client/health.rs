@@ -33,13 +33,17 @@ impl<B: Backend> Client<B> {
         let sent = inner.config.clock.now_nanos();
         let sent_at = Instant::now();
         let deadline = Instant::now() + inner.config.attempt_timeout;
-        let probe = match timeout_at(deadline, inner.backend.probe(region)).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
+        let probe = match inner
+            .deadlines
+            .run(deadline, inner.backend.probe(region))
+            .await
+        {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
                 self.probe_failed(index, region, e.reason());
                 return Err(e);
             }
-            Err(_) => {
+            None => {
                 self.probe_failed(index, region, "timeout");
                 return Err(Error::Timeout {
                     after: inner.config.attempt_timeout,

@@ -2,6 +2,7 @@
 //! any [`Backend`]. Reads are in `read.rs`, writes and their checks in
 //! `write.rs`, what the client learns of regions in `health.rs`.
 
+mod deadline;
 mod health;
 mod read;
 mod write;
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 use tracing::field::Empty;
 use tracing::Instrument;
 
@@ -192,6 +193,7 @@ struct Inner<B> {
     budget: RetryBudget,
     guard: ClockGuard,
     hedge_delays: LatencyWindow,
+    deadlines: deadline::Deadlines,
     rng: Mutex<SplitMix64>,
 }
 
@@ -232,6 +234,9 @@ impl<B: Backend> Client<B> {
                     },
                 ),
                 hedge_delays: LatencyWindow::default(),
+                deadlines: deadline::Deadlines::new(
+                    config.min_attempt_timeout.min(config.attempt_timeout) / 10,
+                ),
                 metrics: Metrics::new(&topology),
                 budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_reserve)?,
                 guard: ClockGuard::new(
@@ -370,7 +375,9 @@ impl<B: Backend> Client<B> {
         } else {
             inner.config.attempt_timeout
         };
-        let result = timeout_at(deadline.min(started + limit), request)
+        let result = inner
+            .deadlines
+            .run(deadline.min(started + limit), request)
             .await
             .unwrap_or(Err(Error::Timeout {
                 after: limit,

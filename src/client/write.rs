@@ -306,9 +306,13 @@ impl<B: Backend> Client<B> {
                     floor: SessionFloor::default(),
                     deadline,
                 };
-                let seen = match timeout_at(deadline, inner.backend.read(&plan)).await {
-                    Ok(Ok(read)) => read.version().is_some_and(|v| v >= committed.version),
-                    Ok(Err(_)) | Err(_) => false,
+                let seen = match inner
+                    .deadlines
+                    .run(deadline, inner.backend.read(&plan))
+                    .await
+                {
+                    Some(Ok(read)) => read.version().is_some_and(|v| v >= committed.version),
+                    Some(Err(_)) | None => false,
                 };
                 if seen {
                     break;

@@ -1,0 +1,302 @@
+//! Attempt deadlines without a runtime timer per request.
+//!
+//! Every attempt is bounded by a deadline, yet almost every attempt ends
+//! long before it. Arming a tokio timer per attempt is not free: when no
+//! other timer is pending, registering one wakes the runtime's driver so
+//! that it parks again with a timeout — a thread wake-up per request, which
+//! shows on point reads that take a tenth of a millisecond. Instead, an
+//! attempt that is still pending after its first poll registers its
+//! deadline and waker in a slot table, and one sweeper task per client
+//! wakes every tick while attempts are in flight, firing the expired ones.
+//! A deadline therefore fires at most one tick late; ticks are a tenth of
+//! the shortest attempt timeout, at most 10 ms.
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Ticks without a registered attempt before the sweeper stops; the next
+/// registration starts it again.
+const IDLE_TICKS: u32 = 100;
+
+/// The deadlines of a client's in-flight attempts.
+#[derive(Debug)]
+pub(crate) struct Deadlines {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    tick: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    waiting: usize,
+    sweeping: bool,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Vacant,
+    Waiting { deadline: Instant, waker: Waker },
+    Fired,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the table
+        // inconsistent: every update is a single assignment.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Deadlines {
+    /// Deadlines checked every `tick` (clamped to 1–10 ms).
+    pub(crate) fn new(tick: Duration) -> Deadlines {
+        Deadlines {
+            shared: Arc::new(Shared {
+                tick: tick.clamp(Duration::from_millis(1), Duration::from_millis(10)),
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// Runs `request` until it completes (`Some`) or `deadline` passes
+    /// (`None`, and the request is dropped).
+    pub(crate) async fn run<F: Future>(&self, deadline: Instant, request: F) -> Option<F::Output> {
+        let mut request = pin!(request);
+        let mut registration = Registration {
+            shared: &self.shared,
+            slot: None,
+        };
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = request.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            if registration.expired(deadline, cx.waker()) {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// An attempt's slot, released when the attempt ends or is dropped.
+struct Registration<'a> {
+    shared: &'a Arc<Shared>,
+    slot: Option<usize>,
+}
+
+impl Registration<'_> {
+    /// Whether the deadline has passed; otherwise makes sure `waker` is
+    /// woken when it does.
+    fn expired(&mut self, deadline: Instant, waker: &Waker) -> bool {
+        let mut state = self.shared.lock();
+        match self.slot {
+            Some(index) => match &mut state.slots[index] {
+                Slot::Fired => true,
+                Slot::Waiting { waker: w, .. } => {
+                    if !w.will_wake(waker) {
+                        w.clone_from(waker);
+                    }
+                    false
+                }
+                Slot::Vacant => unreachable_vacant(),
+            },
+            None => {
+                if Instant::now() >= deadline {
+                    return true;
+                }
+                let slot = Slot::Waiting {
+                    deadline,
+                    waker: waker.clone(),
+                };
+                let index = match state.free.pop() {
+                    Some(i) => {
+                        state.slots[i] = slot;
+                        i
+                    }
+                    None => {
+                        state.slots.push(slot);
+                        state.slots.len() - 1
+                    }
+                };
+                state.waiting += 1;
+                self.slot = Some(index);
+                if !state.sweeping {
+                    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                        state.sweeping = true;
+                        handle.spawn(sweep(Arc::clone(self.shared)));
+                    }
+                }
+                false
+            }
+        }
+    }
+}
+
+/// A registered slot is only vacated by its own registration's drop, so a
+/// live registration never sees its slot vacant.
+fn unreachable_vacant() -> bool {
+    debug_assert!(false, "a live registration's slot was vacated");
+    true
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if let Some(index) = self.slot.take() {
+            let mut state = self.shared.lock();
+            if matches!(state.slots[index], Slot::Waiting { .. }) {
+                state.waiting -= 1;
+            }
+            state.slots[index] = Slot::Vacant;
+            state.free.push(index);
+        }
+    }
+}
+
+/// Fires expired deadlines every tick; stops after [`IDLE_TICKS`] ticks
+/// with nothing waiting.
+async fn sweep(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(shared.tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut expired: Vec<Waker> = Vec::new();
+    let mut idle = 0;
+    loop {
+        interval.tick().await;
+        let now = Instant::now();
+        {
+            let mut state = shared.lock();
+            let mut fired = 0;
+            for slot in state.slots.iter_mut() {
+                if matches!(slot, Slot::Waiting { deadline, .. } if *deadline <= now) {
+                    if let Slot::Waiting { waker, .. } = std::mem::replace(slot, Slot::Fired) {
+                        expired.push(waker);
+                        fired += 1;
+                    }
+                }
+            }
+            state.waiting -= fired;
+            if state.waiting == 0 {
+                idle += 1;
+                if idle >= IDLE_TICKS {
+                    state.sweeping = false;
+                    return;
+                }
+            } else {
+                idle = 0;
+            }
+        }
+        for waker in expired.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_finishes_is_returned() {
+        let d = Deadlines::new(Duration::from_millis(10));
+        let out = d
+            .run(Instant::now() + Duration::from_millis(100), async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                7
+            })
+            .await;
+        assert_eq!(out, Some(7));
+        assert_eq!(d.shared.lock().waiting, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_request_ends_within_one_tick_of_its_deadline() {
+        let d = Deadlines::new(Duration::from_millis(10));
+        let start = Instant::now();
+        let out = d
+            .run(
+                start + Duration::from_millis(95),
+                std::future::pending::<()>(),
+            )
+            .await;
+        assert_eq!(out, None);
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(95), "{took:?}");
+        assert!(took <= Duration::from_millis(105), "{took:?}");
+        let state = d.shared.lock();
+        assert_eq!(state.waiting, 0);
+        assert_eq!(state.free.len(), state.slots.len(), "every slot released");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_past_deadline_ends_a_pending_request_at_once() {
+        let d = Deadlines::new(Duration::from_millis(10));
+        let start = Instant::now();
+        let out = d.run(start, std::future::pending::<()>()).await;
+        assert_eq!(out, None);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert!(d.shared.lock().slots.is_empty(), "nothing registered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_deadlines_fire_independently_and_slots_are_reused() {
+        let d = Deadlines::new(Duration::from_millis(5));
+        let start = Instant::now();
+        let hung = |ms| {
+            d.run(
+                start + Duration::from_millis(ms),
+                std::future::pending::<()>(),
+            )
+        };
+        let done = d.run(start + Duration::from_millis(500), async {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            "done"
+        });
+        let (a, b, c) = tokio::join!(hung(20), hung(40), done);
+        assert_eq!((a, b, c), (None, None, Some("done")));
+        {
+            let state = d.shared.lock();
+            assert_eq!(state.slots.len(), 3);
+            assert_eq!(state.free.len(), 3);
+            assert_eq!(state.waiting, 0);
+        }
+        let again = d.run(Instant::now(), async { 1 }).await;
+        assert_eq!(again, Some(1));
+        assert_eq!(d.shared.lock().slots.len(), 3, "no growth");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_request_releases_its_slot_and_the_sweeper_stops_when_idle() {
+        let d = Deadlines::new(Duration::from_millis(10));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let raced = tokio::time::timeout(
+            Duration::from_millis(50),
+            d.run(deadline, std::future::pending::<()>()),
+        )
+        .await;
+        assert!(raced.is_err());
+        assert_eq!(d.shared.lock().waiting, 0);
+        assert!(d.shared.lock().sweeping);
+        tokio::time::sleep(Duration::from_millis(10 * u64::from(IDLE_TICKS) + 50)).await;
+        assert!(!d.shared.lock().sweeping, "the sweeper stopped");
+        // And starts again for the next attempt.
+        let out = d
+            .run(
+                Instant::now() + Duration::from_millis(30),
+                std::future::pending::<()>(),
+            )
+            .await;
+        assert_eq!(out, None);
+    }
+}

@@ -47,10 +47,14 @@ mod clock;
 mod collection;
 #[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod cut_proxy;
 pub mod drill;
 mod error;
 pub mod history;
 mod observe;
+#[cfg(feature = "testing")]
+pub mod paired;
 mod policy;
 #[cfg(feature = "http")]
 pub mod propagation;

@@ -3,8 +3,8 @@
 //!
 //! `eval "$(scripts/pg start)" && cargo bench -p quorate-cockroach --bench versus_raw`
 //!
-//! Each pair is measured in the order raw, quorate, quorate, raw and
-//! averaged. For each of concurrency 1 and 32: strong point reads (quorate: the
+//! Each comparison is measured in mirrored order (raw, quorate, quorate,
+//! raw), three rounds of one second per measurement, and averaged. For each of concurrency 1 and 32: strong point reads (quorate: the
 //! primary, with the read's WAL point; raw: a prepared `SELECT`) and
 //! conditional updates (quorate: the conditional write with its idempotency
 //! record and the commit LSN; raw: a prepared `UPDATE … WHERE version = $3`).
@@ -12,24 +12,25 @@
 //! the same idempotency row in the same statement, which separates what the
 //! client costs from what durable idempotency costs the database. Then the
 //! share of session reads a caught-up standby serves.
+//! `QUORATE_BENCH_CONCURRENCY=N` measures only concurrency N.
 //! `QUORATE_BENCH_FIXED_TIMEOUTS=1` runs the client without adaptive attempt
 //! timeouts.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use quorate_cockroach::paired::{header, interleaved, op, row};
 use quorate_cockroach::{
     Client, ClientConfig, Dialect, Endpoint, PgBackend, PgConfig, Precondition, ReadPolicy, Region,
     ReplicaRole, WriteOptions,
 };
 use tokio_postgres::NoTls;
 
-const RUN: Duration = Duration::from_secs(2);
+/// Length of one measurement.
+const RUN: Duration = Duration::from_secs(1);
+/// Rounds of the mirrored order per comparison.
+const ROUNDS: usize = 3;
 
 fn env(name: &str) -> String {
     std::env::var(name)
@@ -74,57 +75,6 @@ fn quorate_client(size: usize) -> Client<PgBackend> {
     .unwrap()
 }
 
-type Op = Arc<dyn Fn(usize, u64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
-
-fn op<F, Fut>(f: F) -> Op
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    Arc::new(move |t, i| Box::pin(f(t, i)))
-}
-
-/// Runs `concurrency` loops of `op(task, iteration)` for RUN; ops per second.
-async fn throughput(concurrency: usize, op: &Op) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|t| {
-            let (op, done) = (op.clone(), done.clone());
-            tokio::spawn(async move {
-                let mut i = 0;
-                while start.elapsed() < RUN {
-                    op(t, i).await;
-                    i += 1;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
-}
-
-/// Measures `a` and `b` in the order a, b, b, a so that neither profits
-/// from going first (warm caches) or last (a bloated table); the mean of
-/// each.
-async fn paired(concurrency: usize, a: &Op, b: &Op) -> (f64, f64) {
-    let a1 = throughput(concurrency, a).await;
-    let b1 = throughput(concurrency, b).await;
-    let b2 = throughput(concurrency, b).await;
-    let a2 = throughput(concurrency, a).await;
-    ((a1 + a2) / 2.0, (b1 + b2) / 2.0)
-}
-
-fn row(name: &str, concurrency: usize, raw: f64, quorate: f64) {
-    println!(
-        "{name:<28} {concurrency:>6} {raw:>12.0} {quorate:>12.0} {:>7.3}",
-        quorate / raw
-    );
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let primary = env("QUORATE_PG_PRIMARY");
@@ -143,11 +93,12 @@ async fn main() {
             .await
             .unwrap();
     }
-    println!(
-        "{:<28} {:>6} {:>12} {:>12} {:>7}",
-        "operation", "conc.", "raw ops/s", "quorate ops/s", "ratio"
-    );
-    for concurrency in [1usize, 32] {
+    header();
+    let levels: Vec<usize> = match std::env::var("QUORATE_BENCH_CONCURRENCY") {
+        Ok(v) => vec![v.parse().expect("QUORATE_BENCH_CONCURRENCY: a number")],
+        Err(_) => vec![1, 32],
+    };
+    for concurrency in levels {
         let raw = raw_pool(&primary, concurrency);
         let client = quorate_client(concurrency);
 
@@ -160,7 +111,10 @@ async fn main() {
                     .prepare_cached("SELECT version, value FROM quorate_records WHERE key = $1")
                     .await
                     .unwrap();
-                c.query_opt(&st, &[&format!("bench-{t}")]).await.unwrap();
+                // Decoded as an application would use it.
+                let row = c.query_opt(&st, &[&format!("bench-{t}")]).await.unwrap();
+                let record = row.map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1)));
+                std::hint::black_box(record);
             }
         });
         let q = client.clone();
@@ -172,8 +126,35 @@ async fn main() {
                     .unwrap();
             }
         });
-        let (r, q_r) = paired(concurrency, &raw_read, &quorate_read).await;
+        // The adapter alone, without the client: what the client costs.
+        let backend = client.backend().clone();
+        let eu = Region::new("eu").unwrap();
+        let adapter_read = op(move |t, _| {
+            let (backend, eu) = (backend.clone(), eu.clone());
+            async move {
+                let key = format!("bench-{t}");
+                let plan = quorate_cockroach::ReadPlan {
+                    key: &key,
+                    region: &eu,
+                    role: ReplicaRole::Leader,
+                    policy: ReadPolicy::Strong,
+                    floor: Default::default(),
+                    deadline: tokio::time::Instant::now() + Duration::from_secs(1),
+                };
+                quorate_cockroach::Backend::read(&backend, &plan)
+                    .await
+                    .unwrap();
+            }
+        });
+        let [r, q_r, a_r] = interleaved(
+            concurrency,
+            RUN,
+            ROUNDS,
+            [&raw_read, &quorate_read, &adapter_read],
+        )
+        .await;
         row("strong point read", concurrency, r, q_r);
+        row("  adapter alone (no client)", concurrency, r, a_r);
 
         // Conditional updates, each task on its own key.
         let pool = raw.clone();
@@ -249,10 +230,15 @@ async fn main() {
                 .unwrap();
             }
         });
-        let (r, q_u) = paired(concurrency, &raw_update, &quorate_update).await;
+        let [r, r_i, q_u] = interleaved(
+            concurrency,
+            RUN,
+            ROUNDS,
+            [&raw_update, &raw_idempotent, &quorate_update],
+        )
+        .await;
         row("read + conditional update", concurrency, r, q_u);
-        let (r, q_u) = paired(concurrency, &raw_idempotent, &quorate_update).await;
-        row("  vs raw + idempotency row", concurrency, r, q_u);
+        row("  vs raw + idempotency row", concurrency, r_i, q_u);
     }
 
     // Session reads once the standby has caught up.

@@ -165,12 +165,20 @@ impl PgBackend {
         let mut regions: Vec<RegionSpec> = Vec::new();
         let mut servers = Vec::new();
         for e in &config.endpoints {
-            let pg = tokio_postgres::Config::from_str(&e.connection).map_err(|err| {
+            let mut pg = tokio_postgres::Config::from_str(&e.connection).map_err(|err| {
                 invalid(format!(
                     "invalid connection string for an endpoint in {}: {err}",
                     e.region
                 ))
             })?;
+            if config.isolation == Isolation::Serializable && config.dialect == Dialect::Postgres {
+                // Set once per connection at start-up, not per request.
+                let options = match pg.get_options() {
+                    Some(o) => format!("{o} -c default_transaction_isolation=serializable"),
+                    None => "-c default_transaction_isolation=serializable".to_owned(),
+                };
+                pg.options(options);
+            }
             let manager = Manager::from_config(
                 pg,
                 NoTls,
@@ -285,23 +293,13 @@ impl PgBackend {
 
     async fn connection(&self, server: usize) -> Result<deadpool_postgres::Object, Error> {
         let s = &self.inner.servers[server];
-        let client = s.pool.get().await.map_err(|e| Error::RegionUnavailable {
+        s.pool.get().await.map_err(|e| Error::RegionUnavailable {
             region: s.region.clone(),
             reason: match e {
                 deadpool_postgres::PoolError::Timeout(_) => "connection pool timed out",
                 _ => "cannot connect",
             },
-        })?;
-        if self.inner.config.isolation == Isolation::Serializable
-            && self.inner.config.dialect == Dialect::Postgres
-        {
-            // Idempotent per connection; cheap once the session has it.
-            client
-                .batch_execute("SET default_transaction_isolation = 'serializable'")
-                .await
-                .map_err(|e| classify(e, false))?;
-        }
-        Ok(client)
+        })
     }
 
     fn point(&self, text: &str) -> Result<Point, Error> {

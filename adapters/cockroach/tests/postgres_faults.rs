@@ -5,15 +5,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use quorate_cockroach::cut_proxy::{Cut, CutProxy};
 use quorate_cockroach::{
     Backend, Client, ClientConfig, IdempotencyKey, PgBackend, Precondition, ReadPlan, ReadPolicy,
     Region, ReplicaRole, SessionFloor, Staleness, WriteOptions,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -128,74 +126,6 @@ async fn a_delayed_standby_serves_stale_reads_only_to_the_naive() {
     }
 }
 
-/// A TCP proxy that, once armed with a byte pattern, forwards the client's
-/// message containing it and then drops the connection before any answer
-/// reaches the client.
-struct Proxy {
-    addr: SocketAddr,
-    arm: Arc<Mutex<Option<Vec<u8>>>>,
-    fired: Arc<AtomicU32>,
-}
-
-async fn proxy(upstream: SocketAddr) -> Proxy {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let arm: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
-    let fired = Arc::new(AtomicU32::new(0));
-    let (a, f) = (arm.clone(), fired.clone());
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let (mut cr, mut cw) = client.into_split();
-            let (mut sr, mut sw) = server.into_split();
-            let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let (arm, cut_in) = (a.clone(), cut.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = cr.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    {
-                        let mut armed = arm.lock().unwrap();
-                        if let Some(pattern) = armed.as_ref() {
-                            if buf[..n].windows(pattern.len()).any(|w| w == &pattern[..]) {
-                                *armed = None;
-                                cut_in.store(true, Ordering::SeqCst);
-                            }
-                        }
-                    }
-                    if sw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let fired = f.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = sr.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    if cut.load(Ordering::SeqCst) {
-                        // The server answered (the statement committed);
-                        // the client never hears it.
-                        fired.fetch_add(1, Ordering::SeqCst);
-                        let _ = cw.shutdown().await;
-                        break;
-                    }
-                    if cw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Proxy { addr, arm, fired }
-}
-
 fn port_of(connection: &str) -> u16 {
     connection
         .split_whitespace()
@@ -210,10 +140,10 @@ async fn a_connection_lost_after_commit_is_resolved_to_exactly_once() {
     let _serial = SERIAL.lock().await;
     common::backend(&s, "eu").await;
     let upstream = SocketAddr::from(([127, 0, 0, 1], port_of(&s[0])));
-    let proxy = proxy(upstream).await;
+    let proxy = CutProxy::start(upstream).await.unwrap();
     let through_proxy = format!(
         "host=127.0.0.1 port={} user=postgres dbname=postgres",
-        proxy.addr.port()
+        proxy.addr().port()
     );
     let mut config = common::config(&s, "eu");
     config.endpoints = common::endpoints(&through_proxy, &s);
@@ -231,7 +161,7 @@ async fn a_connection_lost_after_commit_is_resolved_to_exactly_once() {
         .await
         .unwrap();
     let idem = IdempotencyKey::new(&format!("transfer-{}", common::key("idem"))).unwrap();
-    *proxy.arm.lock().unwrap() = Some(idem.as_str().as_bytes().to_vec());
+    proxy.arm(idem.as_str().as_bytes(), Cut::Answer);
     let options = WriteOptions {
         idempotency_key: Some(idem),
         ..WriteOptions::default()
@@ -246,11 +176,7 @@ async fn a_connection_lost_after_commit_is_resolved_to_exactly_once() {
         )
         .await
         .expect("the ambiguous commit is resolved, not reported as a conflict");
-    assert_eq!(
-        proxy.fired.load(Ordering::SeqCst),
-        1,
-        "the answer to the commit was dropped"
-    );
+    assert_eq!(proxy.fired(), 1, "the answer to the commit was dropped");
     assert_eq!(c2.version, c1.version.next());
     let r = client
         .read(&session, &key, ReadPolicy::Strong)

@@ -1,0 +1,108 @@
+//! Paired throughput measurement for adapter benchmarks (feature
+//! `testing`): quorate and the raw driver measured in one run, in mirrored
+//! order, so that a noisy machine affects both sides alike.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One operation: `op(task, iteration)`.
+pub type Op = Arc<dyn Fn(usize, u64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Wraps an async closure as an [`Op`].
+pub fn op<F, Fut>(f: F) -> Op
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move |t, i| Box::pin(f(t, i)))
+}
+
+/// Runs `concurrency` tasks, each looping over `op`, for `run`; operations
+/// per second.
+pub async fn throughput(concurrency: usize, run: Duration, op: &Op) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let (op, done) = (op.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while start.elapsed() < run {
+                    op(t, i).await;
+                    i += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        // A panicking operation is a failed benchmark.
+        if let Err(e) = t.await {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Measures the operations in mirrored order (a, b, c, c, b, a), `rounds`
+/// times, `run` each, so that none profits from going first (warm caches)
+/// or last (a fuller table); the mean throughput of each.
+pub async fn interleaved<const N: usize>(
+    concurrency: usize,
+    run: Duration,
+    rounds: usize,
+    ops: [&Op; N],
+) -> [f64; N] {
+    let mut sums = [0.0; N];
+    for _ in 0..rounds {
+        for i in (0..N).chain((0..N).rev()) {
+            sums[i] += throughput(concurrency, run, ops[i]).await;
+        }
+    }
+    sums.map(|s| s / (2 * rounds.max(1)) as f64)
+}
+
+/// Prints one result line: name, concurrency, raw and quorate throughput,
+/// and their ratio.
+pub fn row(name: &str, concurrency: usize, raw: f64, quorate: f64) {
+    println!(
+        "{name:<28} {concurrency:>6} {raw:>12.0} {quorate:>12.0} {:>7.3}",
+        quorate / raw
+    );
+}
+
+/// Prints the header of [`row`]'s table.
+pub fn header() {
+    println!(
+        "{:<28} {:>6} {:>12} {:>12} {:>7}",
+        "operation", "conc.", "raw ops/s", "quorate ops/s", "ratio"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn measures_each_operation_in_mirrored_rounds() {
+        let calls: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let ops: Vec<Op> = (0..2)
+            .map(|k| {
+                let calls = calls.clone();
+                op(move |_, _| {
+                    let calls = calls.clone();
+                    async move {
+                        calls[k].fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(1 + 4 * k as u64)).await;
+                    }
+                })
+            })
+            .collect();
+        let [fast, slow] = interleaved(2, Duration::from_millis(60), 2, [&ops[0], &ops[1]]).await;
+        assert!(fast > slow * 1.5, "{fast} vs {slow}");
+        assert!(calls[0].load(Ordering::Relaxed) > calls[1].load(Ordering::Relaxed));
+    }
+}

@@ -1,0 +1,897 @@
+//! [`DynamoBackend`]: quorate's backend contract over aws-sdk-dynamodb, one
+//! SDK client per region.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, KeySchemaElement,
+    KeyType, MultiRegionConsistency, Put, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TimeToLiveSpecification, TransactWriteItem,
+};
+use bytes::Bytes;
+use quorate::{
+    Backend, Capabilities, Committed, Error, Freshness, IdempotencyKey, Point, Precondition, Probe,
+    Read, ReadPlan, Region, RegionSpec, ReplicaRole, Retryability, Scope, Topology, Version,
+    Versioned, WriteRequest,
+};
+
+use crate::item::{self, n, s, Fields, Item};
+
+/// How a global table replicates between its regions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Multi-region eventual consistency (MREC): every region accepts
+    /// writes, replication is asynchronous and concurrent writes are
+    /// resolved by last-writer-wins. Strong reads and writes go to the key's
+    /// home region so that conditions are checked in one place.
+    Eventual,
+    /// Multi-region strong consistency (MRSC): `ConsistentRead` and
+    /// conditional writes are linearizable through any region.
+    Strong,
+}
+
+/// Where a key's home region is: strong reads and, under
+/// [`Mode::Eventual`], writes go there.
+#[derive(Clone)]
+pub enum Home {
+    /// Every key lives in this region.
+    Region(Region),
+    /// Keys are spread over the regions by a stable hash of the key.
+    Hashed,
+    /// The application decides (for example from a prefix naming the user's
+    /// region). Must return one of the backend's regions.
+    By(Arc<dyn Fn(&str) -> Region + Send + Sync>),
+}
+
+impl std::fmt::Debug for Home {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Home::Region(r) => f.debug_tuple("Region").field(r).finish(),
+            Home::Hashed => f.write_str("Hashed"),
+            Home::By(_) => f.write_str("By(..)"),
+        }
+    }
+}
+
+/// One region's table, reached through its own SDK client.
+#[derive(Clone, Debug)]
+pub struct RegionClient {
+    /// The region.
+    pub region: Region,
+    /// A client configured for that region (its endpoint and credentials).
+    pub client: aws_sdk_dynamodb::Client,
+}
+
+/// Everything a [`DynamoBackend`] needs.
+#[derive(Clone, Debug)]
+pub struct DynamoConfig {
+    /// The scope session tokens carry (name the global table).
+    pub scope: Scope,
+    /// The records table; idempotency items go to `<table>-idempotency`.
+    pub table: String,
+    /// The regions of the global table.
+    pub regions: Vec<RegionClient>,
+    /// The region this process runs in.
+    pub local: Region,
+    /// Where each key's home region is.
+    pub home: Home,
+    /// The replication mode when `DescribeTable` does not report one
+    /// (tables without `MultiRegionConsistency`, DynamoDB Local). A mode
+    /// the table reports always wins.
+    pub mode: Mode,
+    /// How long idempotency items are kept (DynamoDB's TTL attribute
+    /// `expires_at`). Must exceed the longest time a caller may retry a
+    /// logical write; DynamoDB's own `ClientRequestToken` covers 10 minutes.
+    pub idempotency_ttl: Duration,
+}
+
+impl DynamoConfig {
+    /// A configuration with keys homed in the first region, eventual mode
+    /// unless the table says otherwise, and idempotency items kept a day.
+    pub fn new(
+        scope: &str,
+        table: &str,
+        regions: Vec<RegionClient>,
+        local: &str,
+    ) -> Result<DynamoConfig, Error> {
+        let home = regions
+            .first()
+            .map(|r| r.region.clone())
+            .ok_or(Error::Topology(quorate::TopologyError::NoRegions))?;
+        Ok(DynamoConfig {
+            scope: Scope::new(scope)?,
+            table: table.to_owned(),
+            regions,
+            local: Region::new(local)?,
+            home: Home::Region(home),
+            mode: Mode::Eventual,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+        })
+    }
+}
+
+/// quorate's backend for DynamoDB global tables. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct DynamoBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: DynamoConfig,
+    topology: Topology,
+    idempotency_table: String,
+    mode: Mode,
+    /// The last attempt start handed out (nanoseconds), so that attempt
+    /// starts and fences are strictly increasing in this process.
+    last_start: AtomicU64,
+}
+
+impl DynamoBackend {
+    /// Validates the configuration and builds the backend without talking
+    /// to DynamoDB; [`DynamoBackend::connect`] also checks the tables and
+    /// reads their mode.
+    pub fn new(config: DynamoConfig) -> Result<DynamoBackend, Error> {
+        Self::build(config, None)
+    }
+
+    /// Builds the backend and checks, in every region, that both tables
+    /// exist (a typed error names a missing one), taking the replication
+    /// mode from `DescribeTable` when the table reports it.
+    pub async fn connect(config: DynamoConfig) -> Result<DynamoBackend, Error> {
+        let backend = Self::build(config, None)?;
+        let mut reported = None;
+        for rc in &backend.inner.config.regions {
+            for table in [
+                &backend.inner.config.table,
+                &backend.inner.idempotency_table,
+            ] {
+                let described = rc
+                    .client
+                    .describe_table()
+                    .table_name(table)
+                    .send()
+                    .await
+                    .map_err(|e| backend.missing_table(e, table, &rc.region))?;
+                if table == &backend.inner.config.table {
+                    match described.table().and_then(|t| t.multi_region_consistency()) {
+                        Some(MultiRegionConsistency::Strong) => reported = Some(Mode::Strong),
+                        Some(MultiRegionConsistency::Eventual) => reported = Some(Mode::Eventual),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        match reported {
+            Some(mode) if mode != backend.inner.mode => {
+                Self::build(backend.inner.config.clone(), Some(mode))
+            }
+            _ => Ok(backend),
+        }
+    }
+
+    fn build(config: DynamoConfig, mode: Option<Mode>) -> Result<DynamoBackend, Error> {
+        item::table_name(&config.table)?;
+        let idempotency_table = format!("{}-idempotency", config.table);
+        item::table_name(&idempotency_table)?;
+        if config.idempotency_ttl < Duration::from_secs(600) {
+            return Err(Error::InvalidInput(
+                "idempotency_ttl must be at least 10 minutes (DynamoDB's token window)".into(),
+            ));
+        }
+        let mut specs: Vec<RegionSpec> = Vec::new();
+        for rc in &config.regions {
+            if specs.iter().any(|s| s.name == rc.region) {
+                return Err(Error::InvalidInput(format!(
+                    "region {} is configured twice",
+                    rc.region
+                )));
+            }
+            specs.push(RegionSpec {
+                name: rc.region.clone(),
+                endpoints: vec![format!("dynamodb-{}", rc.region)],
+            });
+        }
+        let topology = Topology::new(specs, &config.local)?;
+        if let Home::Region(r) = &config.home {
+            if topology.index_of(r).is_none() {
+                return Err(Error::Topology(quorate::TopologyError::UnknownRegion(
+                    r.clone(),
+                )));
+            }
+        }
+        let mode = mode.unwrap_or(config.mode);
+        Ok(DynamoBackend {
+            inner: Arc::new(Inner {
+                config,
+                topology,
+                idempotency_table,
+                mode,
+                last_start: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The replication mode in use.
+    pub fn mode(&self) -> Mode {
+        self.inner.mode
+    }
+
+    /// The records table.
+    pub fn table(&self) -> &str {
+        &self.inner.config.table
+    }
+
+    /// The idempotency table.
+    pub fn idempotency_table(&self) -> &str {
+        &self.inner.idempotency_table
+    }
+
+    /// The SDK client of `region`.
+    pub fn client(&self, region: &Region) -> Result<&aws_sdk_dynamodb::Client, Error> {
+        self.inner
+            .config
+            .regions
+            .iter()
+            .find(|r| &r.region == region)
+            .map(|r| &r.client)
+            .ok_or_else(|| Error::Topology(quorate::TopologyError::UnknownRegion(region.clone())))
+    }
+
+    /// Creates both tables in every region (on-demand billing, `pk` as the
+    /// partition key) and enables TTL on the idempotency table's
+    /// `expires_at`. Tables that exist are left as they are.
+    pub async fn create_tables(&self) -> Result<(), Error> {
+        for rc in &self.inner.config.regions {
+            for table in [&self.inner.config.table, &self.inner.idempotency_table] {
+                let created = rc
+                    .client
+                    .create_table()
+                    .table_name(table)
+                    .billing_mode(BillingMode::PayPerRequest)
+                    .attribute_definitions(
+                        AttributeDefinition::builder()
+                            .attribute_name(item::PK)
+                            .attribute_type(ScalarAttributeType::S)
+                            .build()
+                            .map_err(|e| Error::InvalidInput(e.to_string()))?,
+                    )
+                    .key_schema(
+                        KeySchemaElement::builder()
+                            .attribute_name(item::PK)
+                            .key_type(KeyType::Hash)
+                            .build()
+                            .map_err(|e| Error::InvalidInput(e.to_string()))?,
+                    )
+                    .send()
+                    .await;
+                match created {
+                    Ok(_) => {}
+                    Err(e) if e.code() == Some("ResourceInUseException") => {}
+                    Err(e) => return Err(classify(e, Op::Read)),
+                }
+            }
+            let ttl = rc
+                .client
+                .update_time_to_live()
+                .table_name(&self.inner.idempotency_table)
+                .time_to_live_specification(
+                    TimeToLiveSpecification::builder()
+                        .enabled(true)
+                        .attribute_name(item::EXPIRES_AT)
+                        .build()
+                        .map_err(|e| Error::InvalidInput(e.to_string()))?,
+                )
+                .send()
+                .await;
+            match ttl {
+                Ok(_) => {}
+                // Already enabled.
+                Err(e) if e.code() == Some("ValidationException") => {}
+                Err(e) => return Err(classify(e, Op::Read)),
+            }
+        }
+        Ok(())
+    }
+
+    fn missing_table<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+        &self,
+        e: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+        table: &str,
+        region: &Region,
+    ) -> Error {
+        if e.code() == Some("ResourceNotFoundException") {
+            Error::InvalidInput(format!("table {table} does not exist in region {region}"))
+        } else {
+            classify(e, Op::Read)
+        }
+    }
+
+    /// Nanoseconds since the epoch, strictly increasing within this process.
+    fn next_start(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut last = self.inner.last_start.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self.inner.last_start.compare_exchange_weak(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    fn fields<'a>(&'a self, table: &'a str, item: &'a Item) -> Fields<'a> {
+        Fields { table, item }
+    }
+
+    fn expires_at(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_add(self.inner.config.idempotency_ttl)
+            .as_secs()
+    }
+
+    /// The current version of `key` in `region`, read consistently.
+    async fn current_version(
+        &self,
+        client: &aws_sdk_dynamodb::Client,
+        key: &str,
+    ) -> Result<Option<Version>, Error> {
+        let out = client
+            .get_item()
+            .table_name(&self.inner.config.table)
+            .key(item::PK, s(key))
+            .consistent_read(true)
+            .projection_expression("#v")
+            .expression_attribute_names("#v", item::VERSION)
+            .send()
+            .await
+            .map_err(|e| classify(e, Op::Read))?;
+        out.item()
+            .map(|i| self.fields(&self.inner.config.table, i).version())
+            .transpose()
+            .map_err(Error::from)
+    }
+
+    /// The outcome recorded for `idem`, read consistently in `region`.
+    async fn recorded(
+        &self,
+        client: &aws_sdk_dynamodb::Client,
+        idem: &IdempotencyKey,
+    ) -> Result<Option<Committed>, Error> {
+        let out = client
+            .get_item()
+            .table_name(&self.inner.idempotency_table)
+            .key(item::PK, s(idem.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(e, Op::Read))?;
+        let Some(found) = out.item() else {
+            return Ok(None);
+        };
+        let f = self.fields(&self.inner.idempotency_table, found);
+        if f.has(item::FENCED_BEFORE) {
+            return Ok(None);
+        }
+        let region =
+            Region::new(f.string(item::WRITER)?).map_err(|_| item::ItemError::OutOfRange {
+                table: self.inner.idempotency_table.clone(),
+                attribute: item::WRITER,
+            })?;
+        Ok(Some(Committed {
+            version: f.version()?,
+            point: Point {
+                wall: f.number(item::WRITTEN_AT)?,
+                logical: 0,
+            },
+            region,
+        }))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+}
+
+/// Whether an error's source chain says the connection was refused (nothing
+/// was sent).
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Classifies an SDK error. For writes, anything that may have reached the
+/// server without a definite answer is ambiguous.
+fn classify<E>(e: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>, op: Op) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let after_send = if op == Op::Write {
+        Retryability::Ambiguous
+    } else {
+        Retryability::Retryable
+    };
+    let code = e.code().map(str::to_owned);
+    let retryability = match &e {
+        SdkError::ConstructionFailure(_) => Retryability::Permanent,
+        SdkError::DispatchFailure(d) if refused(&e) || d.is_user() => Retryability::Retryable,
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            after_send
+        }
+        SdkError::ServiceError(service) => match code.as_deref() {
+            Some(
+                "ThrottlingException"
+                | "ProvisionedThroughputExceededException"
+                | "RequestLimitExceeded"
+                | "TransactionConflictException"
+                | "TransactionInProgressException",
+            ) => Retryability::Retryable,
+            Some("IdempotentParameterMismatchException") => Retryability::Ambiguous,
+            Some("InternalServerError" | "ServiceUnavailable") => after_send,
+            _ if service.raw().status().is_server_error() => after_send,
+            _ => Retryability::Permanent,
+        },
+        _ => after_send,
+    };
+    Error::backend(retryability, code, e)
+}
+
+/// A stable 32-hex-digit token for DynamoDB's `ClientRequestToken` (at most
+/// 36 characters): the logical write and this attempt's start, so the SDK's
+/// own resends of one attempt are deduplicated by DynamoDB while a new
+/// attempt (with a new timestamp) is a new request.
+fn request_token(idem: &IdempotencyKey, start: u64) -> String {
+    let mut a = DefaultHasher::new();
+    (idem.as_str(), start, 1u8).hash(&mut a);
+    let mut b = DefaultHasher::new();
+    (idem.as_str(), start, 2u8).hash(&mut b);
+    format!("{:016x}{:016x}", a.finish(), b.finish())
+}
+
+fn stable_hash(key: &str) -> u64 {
+    // FNV-1a: stable across processes and releases, unlike DefaultHasher.
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+impl Backend for DynamoBackend {
+    fn scope(&self) -> &Scope {
+        &self.inner.config.scope
+    }
+
+    fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let strong = self.inner.mode == Mode::Strong;
+        Capabilities {
+            strong_reads_anywhere: strong,
+            writes_anywhere: strong,
+            follower_reads: true,
+            max_staleness: quorate::DEFAULT_MAX_STALENESS,
+            max_clock_offset: None,
+        }
+    }
+
+    fn home_region(&self, key: &str) -> Option<Region> {
+        match &self.inner.config.home {
+            Home::Region(r) => Some(r.clone()),
+            Home::Hashed => {
+                let regions: Vec<&Region> = self.inner.topology.regions().collect();
+                let i = (stable_hash(key) % regions.len() as u64) as usize;
+                Some(regions[i].clone())
+            }
+            Home::By(f) => {
+                let r = f(key);
+                self.inner.topology.index_of(&r).map(|_| r)
+            }
+        }
+    }
+
+    async fn read(&self, plan: &ReadPlan<'_>) -> Result<Read<Bytes>, Error> {
+        item::check_key(plan.key)?;
+        let client = self.client(plan.region)?;
+        let consistent = plan.role == ReplicaRole::Leader;
+        let out = client
+            .get_item()
+            .table_name(&self.inner.config.table)
+            .key(item::PK, s(plan.key))
+            .consistent_read(consistent)
+            .send()
+            .await
+            .map_err(|e| classify(e, Op::Read))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let (value, written_at) = match out.item() {
+            Some(found) => {
+                let f = self.fields(&self.inner.config.table, found);
+                let versioned = Versioned {
+                    version: f.version()?,
+                    value: f.binary(item::VALUE)?,
+                };
+                (Some(versioned), Some(f.number(item::WRITTEN_AT)?))
+            }
+            None => (None, None),
+        };
+        let freshness = if consistent {
+            Freshness {
+                region: plan.region.clone(),
+                role: ReplicaRole::Leader,
+                point: None,
+                staleness_bound: Some(Duration::ZERO),
+            }
+        } else {
+            // The item reflects every write of it up to `written_at`, so it
+            // is at most `now - written_at` behind (by the writer's clock;
+            // the client adds the clock error). An absent item proves
+            // nothing.
+            Freshness {
+                region: plan.region.clone(),
+                role: ReplicaRole::Follower,
+                point: written_at.map(|w| Point {
+                    wall: w,
+                    logical: 0,
+                }),
+                staleness_bound: written_at.map(|w| Duration::from_nanos(now.saturating_sub(w))),
+            }
+        };
+        Ok(Read { value, freshness })
+    }
+
+    async fn write(&self, request: &WriteRequest<'_>) -> Result<Committed, Error> {
+        item::check_record(request.key, request.value)?;
+        let client = self.client(request.region)?;
+        let table = &self.inner.config.table;
+        let generated;
+        let idem = match request.idempotency_key {
+            Some(k) => k,
+            None => {
+                generated = IdempotencyKey::generate();
+                &generated
+            }
+        };
+        loop {
+            // `Any` writes over whatever version is there, still
+            // conditionally, so that the new version is known.
+            let expected = match request.precondition {
+                Precondition::IfVersion(v) => Some(v),
+                Precondition::IfAbsent => None,
+                Precondition::Any => self.current_version(client, request.key).await?,
+            };
+            let version = expected.map_or(Version::FIRST, |v| v.next());
+            let start = self.next_start();
+            let mut record = Put::builder()
+                .table_name(table)
+                .item(item::PK, s(request.key))
+                .item(item::VERSION, n(version.0))
+                .item(
+                    item::VALUE,
+                    AttributeValue::B(request.value.to_vec().into()),
+                )
+                .item(item::WRITTEN_AT, n(start))
+                .item(item::WRITER, s(request.region.as_str()))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            record = match expected {
+                Some(v) => record
+                    .condition_expression("#v = :expected")
+                    .expression_attribute_names("#v", item::VERSION)
+                    .expression_attribute_values(":expected", n(v.0)),
+                None => record.condition_expression("attribute_not_exists(pk)"),
+            };
+            // The outcome, unless an attempt already recorded one; a fence
+            // left by an ambiguity lookup stops only attempts started
+            // before it.
+            let outcome = Put::builder()
+                .table_name(&self.inner.idempotency_table)
+                .item(item::PK, s(idem.as_str()))
+                .item(item::RECORD_KEY, s(request.key))
+                .item(item::VERSION, n(version.0))
+                .item(item::WRITTEN_AT, n(start))
+                .item(item::WRITER, s(request.region.as_str()))
+                .item(item::EXPIRES_AT, n(self.expires_at()))
+                .condition_expression("attribute_not_exists(pk) OR #f < :start")
+                .expression_attribute_names("#f", item::FENCED_BEFORE)
+                .expression_attribute_values(":start", n(start));
+            let build = |p: aws_sdk_dynamodb::types::builders::PutBuilder| {
+                p.build()
+                    .map(|put| TransactWriteItem::builder().put(put).build())
+                    .map_err(|e| Error::InvalidInput(e.to_string()))
+            };
+            let sent = client
+                .transact_write_items()
+                .transact_items(build(record)?)
+                .transact_items(build(outcome)?)
+                .client_request_token(request_token(idem, start))
+                .send()
+                .await;
+            let e = match sent {
+                Ok(_) => {
+                    return Ok(Committed {
+                        version,
+                        point: Point {
+                            wall: start,
+                            logical: 0,
+                        },
+                        region: request.region.clone(),
+                    })
+                }
+                Err(e) => e,
+            };
+            if e.code() != Some("TransactionCanceledException") {
+                return Err(classify(e, Op::Write));
+            }
+            let reasons: Vec<CancellationReason> = e
+                .as_service_error()
+                .and_then(|s| match s {
+                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(t) => {
+                        Some(t.cancellation_reasons().to_vec())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let code = |i: usize| reasons.get(i).and_then(|r| r.code()).unwrap_or("None");
+            match (code(0), code(1)) {
+                // This logical write already has an outcome: return it.
+                (_, "ConditionalCheckFailed") => {
+                    return match self.recorded(client, idem).await? {
+                        Some(done) => Ok(done),
+                        None => Err(classify(e, Op::Write)),
+                    };
+                }
+                ("ConditionalCheckFailed", _) => {
+                    // An earlier attempt of this logical write may be what
+                    // moved the version on.
+                    if let Some(done) = self.recorded(client, idem).await? {
+                        return Ok(done);
+                    }
+                    let current = reasons[0]
+                        .item()
+                        .map(|i| self.fields(table, i).version())
+                        .transpose()?;
+                    if request.precondition == Precondition::Any {
+                        // Someone wrote in between: go again on the new version.
+                        if tokio::time::Instant::now() >= request.deadline {
+                            return Err(Error::Conflict {
+                                key: request.key.to_owned(),
+                                current,
+                            });
+                        }
+                        continue;
+                    }
+                    return Err(Error::Conflict {
+                        key: request.key.to_owned(),
+                        current,
+                    });
+                }
+                (a, b) => {
+                    let retryable = [a, b].iter().all(|c| {
+                        matches!(
+                            *c,
+                            "None"
+                                | "TransactionConflict"
+                                | "ThrottlingError"
+                                | "ProvisionedThroughputExceeded"
+                                | "RequestLimitExceeded"
+                        )
+                    });
+                    let code = Some(format!("TransactionCanceledException[{a},{b}]"));
+                    return Err(Error::backend(
+                        if retryable {
+                            Retryability::Retryable
+                        } else {
+                            Retryability::Permanent
+                        },
+                        code,
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn lookup(
+        &self,
+        region: &Region,
+        _key: &str,
+        idem: &IdempotencyKey,
+    ) -> Result<Option<Committed>, Error> {
+        let client = self.client(region)?;
+        if let Some(done) = self.recorded(client, idem).await? {
+            return Ok(Some(done));
+        }
+        // Nothing recorded yet. Fence the key so that no attempt started
+        // until now can still commit (one may be in flight): from here on
+        // the answer "not applied" stays true, and later attempts go ahead.
+        let fence = client
+            .put_item()
+            .table_name(&self.inner.idempotency_table)
+            .item(item::PK, s(idem.as_str()))
+            .item(item::FENCED_BEFORE, n(self.next_start()))
+            .item(item::EXPIRES_AT, n(self.expires_at()))
+            .condition_expression("attribute_not_exists(pk) OR attribute_exists(#f)")
+            .expression_attribute_names("#f", item::FENCED_BEFORE)
+            .send()
+            .await;
+        match fence {
+            Ok(_) => Ok(None),
+            // An attempt recorded its outcome meanwhile.
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                self.recorded(client, idem).await
+            }
+            Err(e) => Err(classify(e, Op::Read)),
+        }
+    }
+
+    async fn probe(&self, region: &Region) -> Result<Probe, Error> {
+        let client = self.client(region)?;
+        let sent = SystemTime::now();
+        client
+            .get_item()
+            .table_name(&self.inner.config.table)
+            .key(item::PK, s("\u{1}quorate-probe"))
+            .send()
+            .await
+            .map_err(|e| classify(e, Op::Read))?;
+        // DynamoDB reports no clock of its own: the probe measures
+        // reachability and latency, and states the midpoint of the round
+        // trip by this process's clock (an offset of zero).
+        let received = SystemTime::now();
+        let mid = sent + received.duration_since(sent).unwrap_or_default() / 2;
+        Ok(Probe {
+            region: region.clone(),
+            server_time_nanos: mid
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+            replica_lag: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sdk(region: &str) -> aws_sdk_dynamodb::Client {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new(region.to_owned()))
+            .endpoint_url("http://127.0.0.1:9")
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "k", "s", None, None, "test",
+            ))
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+
+    fn config() -> DynamoConfig {
+        DynamoConfig::new(
+            "orders",
+            "orders",
+            vec![
+                RegionClient {
+                    region: Region::new("eu").unwrap(),
+                    client: sdk("eu-west-1"),
+                },
+                RegionClient {
+                    region: Region::new("us").unwrap(),
+                    client: sdk("us-east-1"),
+                },
+            ],
+            "us",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn bad_configuration_is_refused_with_typed_errors() {
+        let mut c = config();
+        c.table = "bad name".into();
+        assert!(matches!(DynamoBackend::new(c), Err(Error::InvalidInput(_))));
+        let mut c = config();
+        c.local = Region::new("ap").unwrap();
+        assert!(matches!(DynamoBackend::new(c), Err(Error::Topology(_))));
+        let mut c = config();
+        c.home = Home::Region(Region::new("ap").unwrap());
+        assert!(matches!(DynamoBackend::new(c), Err(Error::Topology(_))));
+        let mut c = config();
+        c.regions.push(c.regions[0].clone());
+        assert!(matches!(DynamoBackend::new(c), Err(Error::InvalidInput(_))));
+        let mut c = config();
+        c.idempotency_ttl = Duration::from_secs(60);
+        assert!(matches!(DynamoBackend::new(c), Err(Error::InvalidInput(_))));
+        assert!(DynamoConfig::new("orders", "orders", vec![], "us").is_err());
+        assert!(DynamoBackend::new(config()).is_ok());
+    }
+
+    #[test]
+    fn modes_map_to_capabilities() {
+        let b = DynamoBackend::new(config()).unwrap();
+        assert_eq!(b.mode(), Mode::Eventual);
+        let c = b.capabilities();
+        assert!(!c.strong_reads_anywhere && !c.writes_anywhere && c.follower_reads);
+        let mut strong = config();
+        strong.mode = Mode::Strong;
+        let c = DynamoBackend::new(strong).unwrap().capabilities();
+        assert!(c.strong_reads_anywhere && c.writes_anywhere);
+    }
+
+    #[test]
+    fn homes_are_stable_and_within_the_topology() {
+        let mut c = config();
+        c.home = Home::Hashed;
+        let b = DynamoBackend::new(c).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..64 {
+            let key = format!("k{i}");
+            let h = b.home_region(&key).unwrap();
+            assert_eq!(b.home_region(&key), Some(h.clone()));
+            seen.insert(h);
+        }
+        assert_eq!(seen.len(), 2, "both regions are homes");
+        let mut c = config();
+        c.home = Home::By(Arc::new(|k: &str| {
+            Region::new(if k.starts_with("us/") {
+                "us"
+            } else {
+                "nowhere"
+            })
+            .unwrap()
+        }));
+        let b = DynamoBackend::new(c).unwrap();
+        assert_eq!(b.home_region("us/1"), Some(Region::new("us").unwrap()));
+        assert_eq!(b.home_region("x"), None, "a home outside the topology");
+    }
+
+    #[test]
+    fn request_tokens_fit_dynamodb_and_differ_per_attempt() {
+        let idem = IdempotencyKey::new(&"k".repeat(128)).unwrap();
+        let a = request_token(&idem, 1);
+        assert_eq!(a.len(), 32);
+        assert!(a.len() <= 36);
+        assert_eq!(a, request_token(&idem, 1));
+        assert_ne!(a, request_token(&idem, 2));
+    }
+
+    #[test]
+    fn attempt_starts_strictly_increase() {
+        let b = DynamoBackend::new(config()).unwrap();
+        let mut last = 0;
+        for _ in 0..1000 {
+            let s = b.next_start();
+            assert!(s > last);
+            last = s;
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! # quorate-dynamodb
+//!
+//! quorate for DynamoDB global tables, over aws-sdk-dynamodb with one SDK
+//! client per region. The crate re-exports the whole of `quorate`: it is the
+//! one dependency an application adds.
+//!
+//! | policy | multi-region eventual (MREC) | multi-region strong (MRSC) |
+//! |---|---|---|
+//! | `Strong` | `ConsistentRead` in the key's home region | `ConsistentRead` in any region |
+//! | `Session` | an eventually consistent read nearby, accepted only if the item's version is at least the session's for that key (and, for keys the session no longer tracks, its write time at least the session's), else escalated | same |
+//! | `BoundedStaleness(d)` | an eventually consistent read nearby, accepted only if the item's `written_at` proves it within `d` (plus the clock error), else escalated | same |
+//!
+//! Writes carry a `version` attribute and a `ConditionExpression`
+//! (`attribute_not_exists(pk)`, `version = :v`) with
+//! `ReturnValuesOnConditionCheckFailure = ALL_OLD`, so a conflict returns
+//! the current version. The idempotency item is written in the same
+//! `TransactWriteItems` (with a `ClientRequestToken`) and kept for a
+//! configurable TTL, beyond DynamoDB's 10-minute token window; an ambiguous
+//! outcome is resolved by reading it. Under MREC, writes go to the key's
+//! home region so conditions are checked in one place (with
+//! health-triggered failover when [`ClientConfig::home_failover`] is set).
+//!
+//! ```no_run
+//! use quorate_dynamodb::{DynamoBackend, DynamoConfig, RegionClient};
+//! use quorate_dynamodb::{Client, ClientConfig, Critical, Precondition, Region};
+//!
+//! # async fn demo() -> Result<(), quorate_dynamodb::Error> {
+//! let mut regions = Vec::new();
+//! for (name, aws) in [("eu", "eu-west-1"), ("us", "us-east-1")] {
+//!     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+//!         .region(aws_config::Region::new(aws))
+//!         .load()
+//!         .await;
+//!     regions.push(RegionClient {
+//!         region: Region::new(name)?,
+//!         client: quorate_dynamodb::aws_sdk_dynamodb::Client::new(&sdk),
+//!     });
+//! }
+//! let config = DynamoConfig::new("orders-global", "orders", regions, "us")?;
+//! let backend = DynamoBackend::connect(config).await?;
+//! let client = Client::new(backend, ClientConfig::default())?;
+//! let session = client.session();
+//! let orders = client.collection::<String, Critical>("orders", &session)?;
+//! orders.put("o-1", &"book".to_string(), Precondition::IfAbsent).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod backend;
+pub mod item;
+
+pub use aws_config;
+pub use aws_sdk_dynamodb;
+pub use backend::{DynamoBackend, DynamoConfig, Home, Mode, RegionClient};
+pub use item::ItemError;
+pub use quorate::*;

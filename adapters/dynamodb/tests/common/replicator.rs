@@ -1,0 +1,198 @@
+//! A stand-in for global-table replication, which DynamoDB Local does not
+//! emulate: a scan loop copying items between the regions' tables, with a
+//! controllable lag, a pause, and last-writer-wins on `(written_at, writer)`
+//! as MREC global tables resolve concurrent writes. It copies only items
+//! whose key (or, for idempotency items, record key) starts with its
+//! prefix, so concurrent tests do not see each other's replication.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quorate_dynamodb::aws_sdk_dynamodb::types::AttributeValue;
+use quorate_dynamodb::aws_sdk_dynamodb::{self, error::ProvideErrorMetadata};
+use quorate_dynamodb::item::{PK, RECORD_KEY, WRITER, WRITTEN_AT};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{sdk, REGIONS, TABLE};
+
+type Item = HashMap<String, AttributeValue>;
+
+#[derive(Default)]
+struct Control {
+    paused: AtomicBool,
+    lag_ms: AtomicU64,
+    applied: AtomicU64,
+    passes: AtomicU64,
+}
+
+/// A running replicator; it stops when dropped.
+pub struct Replicator {
+    control: Arc<Control>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn stamp(item: &Item) -> Option<(u64, String)> {
+    let written = match item.get(WRITTEN_AT)? {
+        AttributeValue::N(n) => n.parse().ok()?,
+        _ => return None,
+    };
+    let writer = match item.get(WRITER) {
+        Some(AttributeValue::S(s)) => s.clone(),
+        _ => String::new(),
+    };
+    Some((written, writer))
+}
+
+async fn scan(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    attribute: &str,
+    prefix: &str,
+) -> Result<Vec<Item>, String> {
+    let mut items = Vec::new();
+    let mut start: Option<Item> = None;
+    loop {
+        let out = client
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .filter_expression("begins_with(#a, :p)")
+            .expression_attribute_names("#a", attribute)
+            .expression_attribute_values(":p", AttributeValue::S(prefix.to_owned()))
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        items.extend(out.items().iter().cloned());
+        match out.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => return Ok(items),
+        }
+    }
+}
+
+impl Replicator {
+    /// Starts replicating keys under `prefix` between the two regions with
+    /// `lag` (the time an item must wait after the replicator first sees
+    /// it).
+    pub fn start(endpoint: &str, prefix: &str, lag: Duration) -> Replicator {
+        let control = Arc::new(Control::default());
+        control
+            .lag_ms
+            .store(lag.as_millis() as u64, Ordering::SeqCst);
+        let clients: Vec<_> = REGIONS.iter().map(|(_, aws)| sdk(endpoint, aws)).collect();
+        let (c, prefix) = (control.clone(), prefix.to_owned());
+        let task = tokio::spawn(async move {
+            let tables = [
+                (TABLE.to_owned(), PK),
+                (format!("{TABLE}-idempotency"), RECORD_KEY),
+            ];
+            // When each pending copy was first seen.
+            let mut seen: HashMap<(usize, String, String, (u64, String)), Instant> = HashMap::new();
+            loop {
+                for (table, attribute) in &tables {
+                    for (src, dst) in [(0usize, 1usize), (1, 0)] {
+                        let (Ok(from), Ok(to)) = (
+                            scan(&clients[src], table, attribute, &prefix).await,
+                            scan(&clients[dst], table, attribute, &prefix).await,
+                        ) else {
+                            continue;
+                        };
+                        let there: HashMap<String, (u64, String)> = to
+                            .iter()
+                            .filter_map(|i| match (i.get(PK), stamp(i)) {
+                                (Some(AttributeValue::S(k)), Some(s)) => Some((k.clone(), s)),
+                                _ => None,
+                            })
+                            .collect();
+                        for item in from {
+                            let (Some(AttributeValue::S(key)), Some(st)) =
+                                (item.get(PK).cloned(), stamp(&item))
+                            else {
+                                continue;
+                            };
+                            if there.get(&key).is_some_and(|d| *d >= st) {
+                                continue;
+                            }
+                            let first = *seen
+                                .entry((dst, table.clone(), key.clone(), st.clone()))
+                                .or_insert_with(Instant::now);
+                            let lag = Duration::from_millis(c.lag_ms.load(Ordering::SeqCst));
+                            if c.paused.load(Ordering::SeqCst) || first.elapsed() < lag {
+                                continue;
+                            }
+                            // Last writer wins, atomically against local writes.
+                            let put = clients[dst]
+                                .put_item()
+                                .table_name(table)
+                                .set_item(Some(item))
+                                .condition_expression(
+                                    "attribute_not_exists(pk) OR #w < :w OR (#w = :w AND #r < :r)",
+                                )
+                                .expression_attribute_names("#w", WRITTEN_AT)
+                                .expression_attribute_names("#r", WRITER)
+                                .expression_attribute_values(
+                                    ":w",
+                                    AttributeValue::N(st.0.to_string()),
+                                )
+                                .expression_attribute_values(":r", AttributeValue::S(st.1.clone()))
+                                .send()
+                                .await;
+                            match put {
+                                Ok(_) => {
+                                    c.applied.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Err(e) if e.code() == Some("ConditionalCheckFailedException") => {}
+                                Err(_) => {}
+                            }
+                        }
+                    }
+                }
+                seen.retain(|_, t| t.elapsed() < Duration::from_secs(600));
+                c.passes.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Replicator { control, task }
+    }
+
+    /// Stops copying (items written meanwhile wait).
+    pub fn pause(&self) {
+        self.control.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Copies again.
+    pub fn resume(&self) {
+        self.control.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Changes the lag.
+    pub fn set_lag(&self, lag: Duration) {
+        self.control
+            .lag_ms
+            .store(lag.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Items copied so far.
+    pub fn applied(&self) -> u64 {
+        self.control.applied.load(Ordering::SeqCst)
+    }
+
+    /// Waits until two full passes have run (everything older than the lag
+    /// and not paused has been copied).
+    pub async fn settle(&self) {
+        let target = self.control.passes.load(Ordering::SeqCst) + 2;
+        while self.control.passes.load(Ordering::SeqCst) < target {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

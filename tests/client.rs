@@ -280,3 +280,52 @@ fn invalid_configuration_is_rejected() {
         }
     });
 }
+
+/// The client's futures hold the backend's request once: an async fn that
+/// receives a future as an argument stores it twice, and a request held
+/// across several such layers (plus an inline hedged path holding two)
+/// made every read several times the size of the request it wraps.
+#[test]
+fn client_futures_hold_the_backend_request_once() {
+    use quorate::{Backend, ReadPlan, ReplicaRole, WriteRequest};
+    let backend = sim().at("us").unwrap();
+    let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let region = quorate::Region::new("us").unwrap();
+    let plan = ReadPlan {
+        key: "k",
+        region: &region,
+        role: ReplicaRole::Leader,
+        policy: ReadPolicy::Strong,
+        floor: Default::default(),
+        deadline: tokio::time::Instant::now(),
+    };
+    let value: bytes::Bytes = "v".into();
+    let request = WriteRequest {
+        key: "k",
+        value: &value,
+        precondition: Precondition::Any,
+        idempotency_key: None,
+        region: &region,
+        deadline: tokio::time::Instant::now(),
+    };
+    let backend_read = std::mem::size_of_val(&backend.read(&plan));
+    let backend_write = std::mem::size_of_val(&backend.write(&request));
+    let read = std::mem::size_of_val(&client.read(&session, "k", ReadPolicy::Strong));
+    let write = std::mem::size_of_val(&client.write(
+        &session,
+        "k",
+        value.clone(),
+        Precondition::Any,
+        &WriteOptions::default(),
+    ));
+    // The client's own state: a few hundred bytes to a couple of KiB.
+    assert!(
+        read <= backend_read + 2048,
+        "read: {read} B over a {backend_read} B request"
+    );
+    assert!(
+        write <= backend_write + 3072,
+        "write: {write} B over a {backend_write} B request"
+    );
+}

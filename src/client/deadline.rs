@@ -11,10 +11,10 @@
 //! A deadline therefore fires at most one tick late; ticks are a tenth of
 //! the shortest attempt timeout, at most 10 ms.
 
-use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -70,24 +70,43 @@ impl Deadlines {
     }
 
     /// Runs `request` until it completes (`Some`) or `deadline` passes
-    /// (`None`, and the request is dropped).
-    pub(crate) async fn run<F: Future>(&self, deadline: Instant, request: F) -> Option<F::Output> {
-        let mut request = pin!(request);
-        let mut registration = Registration {
-            shared: &self.shared,
-            slot: None,
-        };
-        poll_fn(|cx| {
-            if let Poll::Ready(out) = request.as_mut().poll(cx) {
-                return Poll::Ready(Some(out));
-            }
-            if registration.expired(deadline, cx.waker()) {
-                Poll::Ready(None)
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+    /// (`None`, and the request is dropped). The request is stored once,
+    /// inside the returned future.
+    pub(crate) fn run<F: Future>(&self, deadline: Instant, request: F) -> Bounded<'_, F> {
+        Bounded {
+            request,
+            deadline,
+            registration: Registration {
+                shared: &self.shared,
+                slot: None,
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request bounded by a deadline; see [`Deadlines::run`].
+    pub(crate) struct Bounded<'a, F> {
+        #[pin]
+        request: F,
+        deadline: Instant,
+        registration: Registration<'a>,
+    }
+}
+
+impl<F: Future> Future for Bounded<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.request.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if this.registration.expired(*this.deadline, cx.waker()) {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
     }
 }
 

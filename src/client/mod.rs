@@ -349,14 +349,21 @@ impl<B: Backend> Client<B> {
     /// the operation's deadline. When `timestamps` is set the region assigns
     /// timestamps, and a region whose clock the guard distrusts is refused
     /// without sending anything.
-    async fn attempt<T>(
+    ///
+    /// The request is made by `request` only once the attempt goes ahead,
+    /// straight into the bounded future, so that its (possibly large) state
+    /// is stored once.
+    async fn attempt<T, F>(
         &self,
         region: usize,
         kind: Kind,
         timestamps: bool,
         deadline: Instant,
-        request: impl std::future::Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
+        request: impl FnOnce() -> F,
+    ) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = Result<T, Error>>,
+    {
         let inner = &*self.inner;
         if timestamps && inner.guard.excluded(region) {
             return Err(Error::RegionUnavailable {
@@ -377,7 +384,7 @@ impl<B: Backend> Client<B> {
         };
         let result = inner
             .deadlines
-            .run(deadline.min(started + limit), request)
+            .run(deadline.min(started + limit), request())
             .await
             .unwrap_or(Err(Error::Timeout {
                 after: limit,

@@ -192,17 +192,14 @@ impl<B: Backend> Client<B> {
             let started = Instant::now();
             let hedgeable = home.is_none() && inner.config.hedge.is_some();
             let (result, region_index) = if hedgeable {
-                self.hedged(&plan, region_index, tried, leader, deadline, &floor)
-                    .await
+                // Boxed: the hedged path holds two requests at once, and
+                // inline it would size every read for two.
+                Box::pin(self.hedged(&plan, region_index, tried, leader, deadline, &floor)).await
             } else {
                 let r = self
-                    .attempt(
-                        region_index,
-                        read_kind(leader),
-                        leader,
-                        deadline,
-                        inner.backend.read(&plan),
-                    )
+                    .attempt(region_index, read_kind(leader), leader, deadline, || {
+                        inner.backend.read(&plan)
+                    })
                     .await;
                 (r, region_index)
             };
@@ -316,24 +313,16 @@ impl<B: Backend> Client<B> {
         let inner = &*self.inner;
         let Some(hedge) = &inner.config.hedge else {
             let r = self
-                .attempt(
-                    first,
-                    read_kind(leader),
-                    leader,
-                    deadline,
-                    inner.backend.read(plan),
-                )
+                .attempt(first, read_kind(leader), leader, deadline, || {
+                    inner.backend.read(plan)
+                })
                 .await;
             return (r, first);
         };
         let delay = inner.hedge_delays.delay(hedge);
-        let primary = self.attempt(
-            first,
-            read_kind(leader),
-            leader,
-            deadline,
-            inner.backend.read(plan),
-        );
+        let primary = self.attempt(first, read_kind(leader), leader, deadline, || {
+            inner.backend.read(plan)
+        });
         tokio::pin!(primary);
         tokio::select! {
             biased;
@@ -353,13 +342,9 @@ impl<B: Backend> Client<B> {
             region: inner.router.region(second),
             ..plan.clone()
         };
-        let secondary = self.attempt(
-            second,
-            kind,
-            leader,
-            deadline,
-            inner.backend.read(&second_plan),
-        );
+        let secondary = self.attempt(second, kind, leader, deadline, || {
+            inner.backend.read(&second_plan)
+        });
         tokio::pin!(secondary);
         let acceptable = |r: &Result<Read<Bytes>, Error>, region: usize| matches!(r, Ok(read) if matches!(self.check(plan.policy, floor, read, region), Check::Accept));
         let mut first_outcome = None;

@@ -140,13 +140,9 @@ impl<B: Backend> Client<B> {
                 deadline,
             };
             let result = self
-                .attempt(
-                    region_index,
-                    Kind::Write,
-                    true,
-                    deadline,
-                    inner.backend.write(&request),
-                )
+                .attempt(region_index, Kind::Write, true, deadline, || {
+                    inner.backend.write(&request)
+                })
                 .await;
             let error = match result {
                 Ok(committed) => {
@@ -229,13 +225,9 @@ impl<B: Backend> Client<B> {
             let region_index = self.write_region(key, tried);
             let region = inner.router.region(region_index);
             let result = self
-                .attempt(
-                    region_index,
-                    Kind::LeaderRead,
-                    true,
-                    deadline,
-                    inner.backend.lookup(region, key, idem),
-                )
+                .attempt(region_index, Kind::LeaderRead, true, deadline, || {
+                    inner.backend.lookup(region, key, idem)
+                })
                 .await;
             match result {
                 Ok(outcome) => {

@@ -13,7 +13,8 @@
 //! the same transaction, which separates what the client costs from what
 //! durable idempotency costs the database. Each comparison is measured in
 //! mirrored order, three rounds of one second per measurement.
-//! `QUORATE_BENCH_CONCURRENCY=N` measures only concurrency N.
+//! `QUORATE_BENCH_CONCURRENCY=N` measures only concurrency N;
+//! `QUORATE_BENCH_READS_ONLY=1` only the reads.
 
 use std::time::Duration;
 
@@ -163,6 +164,9 @@ async fn main() {
         .await;
         row("strong point read", concurrency, r, q_r);
         row("  adapter alone (no client)", concurrency, r, a_r);
+        if std::env::var("QUORATE_BENCH_READS_ONLY").is_ok() {
+            continue;
+        }
 
         let sdk = raw.clone();
         let raw_update = op(move |t, _| {

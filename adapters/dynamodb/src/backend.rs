@@ -884,6 +884,80 @@ mod tests {
         assert_ne!(a, request_token(&idem, 2));
     }
 
+    mod classification {
+        use super::super::*;
+        use aws_sdk_dynamodb::error::ErrorMetadata;
+        use aws_sdk_dynamodb::operation::get_item::GetItemError;
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        use aws_smithy_runtime_api::http::StatusCode;
+        use aws_smithy_types::body::SdkBody;
+
+        type Raw = aws_sdk_dynamodb::config::http::HttpResponse;
+
+        fn raw(status: u16) -> Raw {
+            Raw::new(StatusCode::try_from(status).unwrap(), SdkBody::empty())
+        }
+
+        fn write(code: &str, status: u16) -> Retryability {
+            let e = TransactWriteItemsError::generic(ErrorMetadata::builder().code(code).build());
+            classify(SdkError::service_error(e, raw(status)), Op::Write).retryability()
+        }
+
+        fn read(code: &str, status: u16) -> Retryability {
+            let e = GetItemError::generic(ErrorMetadata::builder().code(code).build());
+            classify(SdkError::service_error(e, raw(status)), Op::Read).retryability()
+        }
+
+        #[test]
+        fn service_errors() {
+            use Retryability::*;
+            for throttled in [
+                "ThrottlingException",
+                "ProvisionedThroughputExceededException",
+                "RequestLimitExceeded",
+                "TransactionConflictException",
+            ] {
+                assert_eq!(write(throttled, 400), Retryable, "{throttled}");
+                assert_eq!(read(throttled, 400), Retryable, "{throttled}");
+            }
+            // A server error may come after the write applied: resolved
+            // through the idempotency item, not retried blindly.
+            assert_eq!(write("InternalServerError", 500), Ambiguous);
+            assert_eq!(write("SomethingNew", 503), Ambiguous);
+            assert_eq!(read("InternalServerError", 500), Retryable);
+            assert_eq!(write("ValidationException", 400), Permanent);
+            assert_eq!(read("ResourceNotFoundException", 400), Permanent);
+            assert_eq!(write("ConditionalCheckFailedException", 400), Permanent);
+            assert_eq!(
+                write("IdempotentParameterMismatchException", 400),
+                Ambiguous
+            );
+        }
+
+        #[test]
+        fn transport_errors() {
+            use Retryability::*;
+            let timeout = || SdkError::<GetItemError, Raw>::timeout_error("slow");
+            assert_eq!(classify(timeout(), Op::Read).retryability(), Retryable);
+            assert_eq!(classify(timeout(), Op::Write).retryability(), Ambiguous);
+            let refused = || {
+                SdkError::<GetItemError, Raw>::dispatch_failure(ConnectorError::io(Box::new(
+                    std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                )))
+            };
+            assert_eq!(classify(refused(), Op::Write).retryability(), Retryable);
+            let reset = SdkError::<GetItemError, Raw>::dispatch_failure(ConnectorError::io(
+                Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            ));
+            assert_eq!(classify(reset, Op::Write).retryability(), Ambiguous);
+            let garbled = SdkError::<GetItemError, Raw>::response_error("garbled", raw(200));
+            assert_eq!(classify(garbled, Op::Write).retryability(), Ambiguous);
+            let unbuildable = SdkError::<GetItemError, Raw>::construction_failure("bad input");
+            assert_eq!(classify(unbuildable, Op::Write).retryability(), Permanent);
+        }
+    }
+
     #[test]
     fn attempt_starts_strictly_increase() {
         let b = DynamoBackend::new(config()).unwrap();

@@ -545,3 +545,44 @@ async fn bounded_and_session_reads_use_the_nearby_replica_when_it_proves_fresh()
         (region("eu"), ReplicaRole::Leader)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_fail_over_from_an_unreachable_home_and_fail_back() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let prefix = common::key("failover");
+    let replicator = Replicator::start(&endpoint, &prefix, Duration::ZERO);
+    let (backend, control) =
+        quorate_dynamodb::chaos::Chaos::new(common::backend(&endpoint, "us").await);
+    control.set_isolation_timeout(Duration::from_millis(200));
+    let client = Client::new(
+        backend,
+        ClientConfig {
+            home_failover: Some(Duration::from_millis(500)),
+            region_ejection: Duration::from_millis(300),
+            write_deadline: Duration::from_millis(1500),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let s = client.session();
+    let key = format!("{prefix}/k");
+    let options = WriteOptions::default();
+    let write = || client.write(&s, &key, "v".into(), Precondition::Any, &options);
+    assert_eq!(write().await.unwrap().region, region("eu"), "home affinity");
+    control.isolate(&region("eu"));
+    // The first write after the home went away waits out the failover
+    // delay (or fails); later ones are served by us.
+    let _ = write().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let moved = write().await.unwrap();
+    assert_eq!(moved.region, region("us"), "failed over");
+    control.heal(&region("eu"));
+    replicator.settle().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    client.refresh_health().await;
+    let back = write().await.unwrap();
+    assert_eq!(back.region, region("eu"), "failback to the home region");
+    assert!(back.version > moved.version, "{back:?} after {moved:?}");
+}

@@ -49,6 +49,7 @@ mod collection;
 pub mod conformance;
 #[cfg(feature = "testing")]
 pub mod cut_proxy;
+#[cfg(feature = "drill")]
 pub mod drill;
 mod error;
 pub mod history;

@@ -360,20 +360,22 @@ pub(crate) fn classify(e: tokio_postgres::Error, sent_write: bool) -> Error {
 
 /// Sends a cancel request for the statement in flight if dropped before
 /// `disarm` (the caller gave up: deadline or attempt timeout). A commit that
-/// waits for synchronous standbys would otherwise wait forever.
-struct CancelOnDrop {
-    token: Option<tokio_postgres::CancelToken>,
+/// waits for synchronous standbys would otherwise wait forever. The cancel
+/// token (which copies the connection's settings) is only made when needed.
+struct CancelOnDrop<'a> {
+    client: Option<&'a tokio_postgres::Client>,
 }
 
-impl CancelOnDrop {
+impl CancelOnDrop<'_> {
     fn disarm(mut self) {
-        self.token = None;
+        self.client = None;
     }
 }
 
-impl Drop for CancelOnDrop {
+impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
-        if let Some(token) = self.token.take() {
+        if let Some(client) = self.client.take() {
+            let token = client.cancel_token();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
                     let _ = token.cancel_query(NoTls).await;
@@ -510,7 +512,7 @@ impl Backend for PgBackend {
         let ttl = i64::try_from(self.inner.config.idempotency_ttl.as_secs()).unwrap_or(i64::MAX);
         let value: &[u8] = request.value;
         let cancel = CancelOnDrop {
-            token: Some(client.cancel_token()),
+            client: Some(&client),
         };
         let (idem_text, region_text) = (idem.as_str(), region.as_str());
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [

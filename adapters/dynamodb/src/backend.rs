@@ -569,6 +569,14 @@ impl Backend for DynamoBackend {
 
     async fn write(&self, request: &WriteRequest<'_>) -> Result<Committed, Error> {
         item::check_record(request.key, request.value)?;
+        if let Home::By(f) = &self.inner.config.home {
+            // A home outside the table's regions is a configuration error,
+            // not a reason to write wherever the request happens to be.
+            let home = f(request.key);
+            if self.inner.topology.index_of(&home).is_none() {
+                return Err(Error::Topology(quorate::TopologyError::UnknownRegion(home)));
+            }
+        }
         let client = self.client(request.region)?;
         let table = &self.inner.config.table;
         let generated;

@@ -475,6 +475,31 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() {
         .await;
     assert!(w.is_err(), "a write over a mistyped item: {w:?}");
 
+    // A home function that names a region outside the table's.
+    let mut config = common::config(&endpoint, "eu");
+    config.home = quorate_dynamodb::Home::By(Arc::new(|_| region("ap")));
+    let homeless = Client::new(
+        DynamoBackend::connect(config).await.unwrap(),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    let key = common::key("homeless");
+    let w = homeless
+        .write(
+            &homeless.session(),
+            &key,
+            "v".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await;
+    assert!(matches!(w, Err(Error::Topology(_))), "{w:?}");
+    let read = client
+        .read(&session, &key, ReadPolicy::Strong)
+        .await
+        .unwrap();
+    assert_eq!(read.value, None, "nothing was written");
+
     // An unknown region in a plan.
     let ap = region("ap");
     let plan = ReadPlan {

@@ -8,11 +8,13 @@
 //! primary, with the read's WAL point; raw: a prepared `SELECT`) and
 //! conditional updates (quorate: the conditional write with its idempotency
 //! record and the commit LSN; raw: a prepared `UPDATE … WHERE version = $3`).
-//! The conditional update is also compared with raw tokio-postgres writing
-//! the same idempotency row in the same statement, which separates what the
-//! client costs from what durable idempotency costs the database. Then the
+//! The conditional update is also compared with raw tokio-postgres sending
+//! quorate's own statements (the same read, and the same write with its
+//! idempotency row), which separates what the client and the adapter cost
+//! from what durable idempotency costs the database. Then the
 //! share of session reads a caught-up standby serves.
-//! `QUORATE_BENCH_CONCURRENCY=N` measures only concurrency N.
+//! `QUORATE_BENCH_CONCURRENCY=N` measures only concurrency N;
+//! `QUORATE_BENCH_READS_ONLY=1` only the reads.
 //! `QUORATE_BENCH_FIXED_TIMEOUTS=1` runs the client without adaptive attempt
 //! timeouts.
 
@@ -23,7 +25,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use quorate_cockroach::paired::{header, interleaved, op, row};
 use quorate_cockroach::{
     Client, ClientConfig, Dialect, Endpoint, PgBackend, PgConfig, Precondition, ReadPolicy, Region,
-    ReplicaRole, WriteOptions,
+    ReplicaRole, Tables, Version, WriteOptions,
 };
 use tokio_postgres::NoTls;
 
@@ -155,6 +157,9 @@ async fn main() {
         .await;
         row("strong point read", concurrency, r, q_r);
         row("  adapter alone (no client)", concurrency, r, a_r);
+        if std::env::var("QUORATE_BENCH_READS_ONLY").is_ok() {
+            continue;
+        }
 
         // Conditional updates, each task on its own key.
         let pool = raw.clone();
@@ -178,33 +183,33 @@ async fn main() {
                 c.query_one(&st, &[&key, &value, &version]).await.unwrap();
             }
         });
-        // The same with an idempotency row in the same statement, by hand:
-        // what the database itself costs.
+        // quorate's own statements sent by raw tokio-postgres: the same read
+        // and the same write with its idempotency row. What the database
+        // itself costs, without the client and the adapter.
         let pool = raw.clone();
+        let write_sql = Tables::new("quorate_records")
+            .unwrap()
+            .write(Dialect::Postgres, Precondition::IfVersion(Version(1)));
         let raw_idempotent = op(move |t, _| {
-            let pool = pool.clone();
+            let (pool, write_sql) = (pool.clone(), write_sql.clone());
             async move {
                 let c = pool.get().await.unwrap();
                 let key = format!("bench-{t}");
                 let read = c
-                    .prepare_cached("SELECT version FROM quorate_records WHERE key = $1")
+                    .prepare_cached("SELECT version, value FROM quorate_records WHERE key = $1")
                     .await
                     .unwrap();
-                let version: i64 = c.query_one(&read, &[&key]).await.unwrap().get(0);
-                let st = c
-                    .prepare_cached(
-                        "WITH up AS (UPDATE quorate_records SET value = $2, version = version + 1 \
-                         WHERE key = $1 AND version = $3 RETURNING version) \
-                         INSERT INTO quorate_records_idempotency (idem_key, record_key, version, region, expires_at) \
-                         SELECT $4, $1, version, 'eu', now() + INTERVAL '1 day' FROM up RETURNING version",
-                    )
-                    .await
-                    .unwrap();
+                let row = c.query_one(&read, &[&key]).await.unwrap();
+                let (version, _value): (i64, Vec<u8>) = (row.get(0), row.get(1));
+                let st = c.prepare_cached(&write_sql).await.unwrap();
                 let value: &[u8] = b"{}";
                 let idem = quorate_cockroach::IdempotencyKey::generate();
-                c.query_one(&st, &[&key, &value, &version, &idem.as_str()])
+                let ttl: i64 = 86_400;
+                let row = c
+                    .query_one(&st, &[&key, &value, &idem.as_str(), &version, &"eu", &ttl])
                     .await
                     .unwrap();
+                assert!(row.get::<_, Option<i64>>(0).is_some(), "the write applied");
             }
         });
         let q = client.clone();

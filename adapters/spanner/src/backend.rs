@@ -1,0 +1,603 @@
+//! [`SpannerBackend`]: quorate's backend contract over gcloud-spanner.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use gcloud_gax::grpc::{Code, Status};
+use gcloud_spanner::client::{Client as Spanner, ClientConfig as SpannerClientConfig};
+use gcloud_spanner::mutation::{insert, insert_or_update};
+use gcloud_spanner::statement::Statement;
+use gcloud_spanner::transaction_rw::ReadWriteTransaction;
+use gcloud_spanner::value::{CommitTimestamp, Timestamp, TimestampBound};
+use quorate::{
+    Backend, Capabilities, Committed, Error, Freshness, IdempotencyKey, Point, Precondition, Probe,
+    Read, ReadPlan, ReadPolicy, Region, RegionSpec, ReplicaRole, Retryability, Scope, Topology,
+    Version, Versioned, WriteRequest,
+};
+
+use crate::sql::{self, Tables};
+
+/// Spanner keeps old versions this long by default: reads further in the
+/// past fail.
+pub const VERSION_RETENTION: Duration = Duration::from_secs(3600);
+
+/// Everything a [`SpannerBackend`] needs.
+#[derive(Clone, Debug)]
+pub struct SpannerConfig {
+    /// `projects/<p>/instances/<i>/databases/<d>`; also the token scope.
+    pub database: String,
+    /// The regions of the instance's replicas.
+    pub regions: Vec<Region>,
+    /// The region this process runs in.
+    pub local: Region,
+    /// The records table; idempotency rows go to `<table>_idempotency`.
+    pub table: String,
+    /// How long idempotency rows are kept (a row deletion policy).
+    pub idempotency_ttl: Duration,
+    /// Runs this process's read-write transactions one at a time. The
+    /// emulator supports one read-write transaction at a time and answers
+    /// others with errors a real instance does not give; set this against
+    /// the emulator.
+    pub serialize_read_write: bool,
+    /// The emulator's address, overriding `SPANNER_EMULATOR_HOST`.
+    pub emulator_host: Option<String>,
+}
+
+impl SpannerConfig {
+    /// A configuration for `database` whose replicas are in `regions`.
+    pub fn new(database: &str, regions: &[&str], local: &str) -> Result<SpannerConfig, Error> {
+        sql::database_path(database)?;
+        Ok(SpannerConfig {
+            database: database.to_owned(),
+            regions: regions
+                .iter()
+                .map(|r| Region::new(r))
+                .collect::<Result<_, _>>()?,
+            local: Region::new(local)?,
+            table: "quorate_records".into(),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            serialize_read_write: false,
+            emulator_host: None,
+        })
+    }
+}
+
+/// quorate's backend for Cloud Spanner. Cheap to clone.
+#[derive(Clone)]
+pub struct SpannerBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SpannerConfig,
+    scope: Scope,
+    topology: Topology,
+    tables: Tables,
+    client: Spanner,
+    read_write: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for SpannerBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpannerBackend")
+            .field("database", &self.inner.config.database)
+            .field("topology", &self.inner.topology)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn point_of(seconds: i64, nanos: i32) -> Point {
+    let wall = u64::try_from(seconds)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(nanos).unwrap_or(0));
+    Point { wall, logical: 0 }
+}
+
+fn timestamp_of(point: Point) -> Timestamp {
+    Timestamp {
+        seconds: (point.wall / 1_000_000_000) as i64,
+        nanos: (point.wall % 1_000_000_000) as i32,
+    }
+}
+
+/// Where a failure happened: before the commit was sent, or during it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Before,
+    Commit,
+}
+
+/// Classifies a gRPC status. ABORTED (and the emulator's refusals of a
+/// second concurrent transaction) are retried; anything but a definite
+/// refusal during a commit is ambiguous.
+fn classify(status: Status, phase: Phase) -> Error {
+    let code = status.code();
+    let retryability = match (code, phase) {
+        (Code::Aborted, _) => Retryability::Retryable,
+        (Code::ResourceExhausted, _) => Retryability::Retryable,
+        (Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled, Phase::Before) => {
+            Retryability::Retryable
+        }
+        (Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled, Phase::Commit) => {
+            Retryability::Ambiguous
+        }
+        (Code::Internal | Code::Unknown, Phase::Commit) => Retryability::Ambiguous,
+        (Code::Internal | Code::Unknown, Phase::Before) => Retryability::Retryable,
+        // The emulator's answers to a second concurrent read-write
+        // transaction on one session ("Transaction not found", "Invalid
+        // transaction ID"): the transaction did not commit.
+        (Code::NotFound | Code::FailedPrecondition, Phase::Before) => Retryability::Retryable,
+        // A commit resent after its answer was lost finds its transaction
+        // gone: whether the first send applied is unknown.
+        (Code::NotFound | Code::FailedPrecondition, Phase::Commit) => Retryability::Ambiguous,
+        _ => Retryability::Permanent,
+    };
+    Error::backend(retryability, Some(format!("{code:?}")), status)
+}
+
+fn client_error(e: gcloud_spanner::client::Error, phase: Phase) -> Error {
+    match e {
+        gcloud_spanner::client::Error::GRPC(status) => classify(status, phase),
+        other => Error::backend(Retryability::Retryable, None, other.to_string()),
+    }
+}
+
+fn row_error(e: gcloud_spanner::row::Error) -> Error {
+    Error::backend(
+        Retryability::Permanent,
+        Some("quorate.row".into()),
+        e.to_string(),
+    )
+}
+
+impl SpannerBackend {
+    /// Connects (sessions are created lazily by the client library).
+    /// `SPANNER_EMULATOR_HOST` selects the emulator; otherwise Application
+    /// Default Credentials are used.
+    pub async fn connect(config: SpannerConfig) -> Result<SpannerBackend, Error> {
+        sql::database_path(&config.database)?;
+        let tables = Tables::new(&config.table)?;
+        if config.idempotency_ttl < Duration::from_secs(600) {
+            return Err(Error::InvalidInput(
+                "idempotency_ttl must be at least 10 minutes".into(),
+            ));
+        }
+        let mut specs: Vec<RegionSpec> = Vec::new();
+        for r in &config.regions {
+            if specs.iter().any(|s| &s.name == r) {
+                return Err(Error::InvalidInput(format!(
+                    "region {r} is configured twice"
+                )));
+            }
+            specs.push(RegionSpec {
+                name: r.clone(),
+                endpoints: vec![format!("spanner-{r}")],
+            });
+        }
+        let topology = Topology::new(specs, &config.local)?;
+        let scope = Scope::new(&config.database)?;
+        let client_config = if let Some(host) = &config.emulator_host {
+            SpannerClientConfig {
+                environment: gcloud_gax::conn::Environment::Emulator(host.clone()),
+                ..SpannerClientConfig::default()
+            }
+        } else if std::env::var_os("SPANNER_EMULATOR_HOST").is_some() {
+            SpannerClientConfig::default()
+        } else {
+            SpannerClientConfig::default()
+                .with_auth()
+                .await
+                .map_err(|e| Error::InvalidInput(format!("Spanner credentials: {e}")))?
+        };
+        let client = Spanner::new(&config.database, client_config)
+            .await
+            .map_err(|e| client_error(e, Phase::Before))?;
+        Ok(SpannerBackend {
+            inner: Arc::new(Inner {
+                config,
+                scope,
+                topology,
+                tables,
+                client,
+                read_write: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The client library's client.
+    pub fn spanner(&self) -> &Spanner {
+        &self.inner.client
+    }
+
+    /// The tables.
+    pub fn tables(&self) -> &Tables {
+        &self.inner.tables
+    }
+
+    /// Creates both tables if they do not exist.
+    pub async fn create_tables(&self) -> Result<(), Error> {
+        use gcloud_googleapis::spanner::admin::database::v1::UpdateDatabaseDdlRequest;
+        let admin = gcloud_spanner::admin::client::Client::new(Default::default())
+            .await
+            .map_err(|e| Error::backend(Retryability::Retryable, None, e.to_string()))?;
+        let mut op = admin
+            .database()
+            .update_database_ddl(
+                UpdateDatabaseDdlRequest {
+                    database: self.inner.config.database.clone(),
+                    statements: self.inner.tables.create(),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .map_err(|s| classify(s, Phase::Before))?;
+        op.wait(None)
+            .await
+            .map_err(|s| classify(s, Phase::Before))?;
+        Ok(())
+    }
+
+    fn bound(&self, plan: &ReadPlan<'_>) -> TimestampBound {
+        if plan.role == ReplicaRole::Leader {
+            return TimestampBound::strong_read();
+        }
+        match plan.policy {
+            ReadPolicy::BoundedStaleness(b) => TimestampBound::max_staleness(b.duration()),
+            // A session read is served at or after the session's commit.
+            _ => match plan.floor.point {
+                Some(p) => TimestampBound::min_read_timestamp(timestamp_of(p)),
+                None => TimestampBound::max_staleness(Duration::from_secs(10)),
+            },
+        }
+    }
+
+    /// The idempotency row of `idem` within `tx`: its outcome, or whether a
+    /// fence holds its place.
+    async fn recorded(
+        &self,
+        tx: &mut ReadWriteTransaction,
+        idem: &IdempotencyKey,
+    ) -> Result<Recorded, Error> {
+        let mut stmt = Statement::new(self.inner.tables.lookup());
+        stmt.add_param("idem", &idem.as_str());
+        let mut rows = tx
+            .query(stmt)
+            .await
+            .map_err(|s| classify(s, Phase::Before))?;
+        let Some(row) = rows.next().await.map_err(|s| classify(s, Phase::Before))? else {
+            return Ok(Recorded::Nothing);
+        };
+        let fenced: Option<bool> = row.column(3).map_err(row_error)?;
+        if fenced == Some(true) {
+            return Ok(Recorded::Fence);
+        }
+        let version: i64 = row.column(0).map_err(row_error)?;
+        let region: String = row.column(1).map_err(row_error)?;
+        let at: time::OffsetDateTime = row.column(2).map_err(row_error)?;
+        Ok(Recorded::Outcome(Committed {
+            version: Version(u64::try_from(version).map_err(|_| {
+                Error::backend(
+                    Retryability::Permanent,
+                    Some("quorate.row".into()),
+                    "negative version",
+                )
+            })?),
+            point: Point {
+                wall: u64::try_from(at.unix_timestamp_nanos()).unwrap_or(0),
+                logical: 0,
+            },
+            region: Region::new(&region)?,
+        }))
+    }
+
+    async fn rollback(&self, mut tx: ReadWriteTransaction) {
+        let _ = tx
+            .end::<(), Status>(
+                Err(Status::new(Code::Cancelled, "quorate: not applied")),
+                None,
+            )
+            .await;
+    }
+}
+
+enum Recorded {
+    Nothing,
+    Fence,
+    Outcome(Committed),
+}
+
+impl Backend for SpannerBackend {
+    fn scope(&self) -> &Scope {
+        &self.inner.scope
+    }
+
+    fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            strong_reads_anywhere: true,
+            writes_anywhere: true,
+            follower_reads: true,
+            max_staleness: VERSION_RETENTION,
+            // TrueTime bounds the clock error; commit wait absorbs it.
+            max_clock_offset: None,
+        }
+    }
+
+    async fn read(&self, plan: &ReadPlan<'_>) -> Result<Read<Bytes>, Error> {
+        if self.inner.topology.index_of(plan.region).is_none() {
+            return Err(Error::Topology(quorate::TopologyError::UnknownRegion(
+                plan.region.clone(),
+            )));
+        }
+        let mut tx = self
+            .inner
+            .client
+            .single_with_timestamp_bound(self.bound(plan))
+            .await
+            .map_err(|e| client_error(e, Phase::Before))?;
+        let mut stmt = Statement::new(self.inner.tables.read());
+        stmt.add_param("key", &plan.key);
+        let mut rows = tx
+            .query(stmt)
+            .await
+            .map_err(|s| classify(s, Phase::Before))?;
+        let row = rows.next().await.map_err(|s| classify(s, Phase::Before))?;
+        let read_at = rows.read_timestamp().map(|t| point_of(t.seconds, t.nanos));
+        let value = match row {
+            Some(row) => {
+                let version: i64 = row.column(0).map_err(row_error)?;
+                let value: Vec<u8> = row.column(1).map_err(row_error)?;
+                Some(Versioned {
+                    version: Version(u64::try_from(version).unwrap_or(0)),
+                    value: Bytes::from(value),
+                })
+            }
+            None => None,
+        };
+        let staleness = match plan.role {
+            ReplicaRole::Leader => Some(Duration::ZERO),
+            _ => read_at.map(|p| Duration::from_nanos(now_nanos().saturating_sub(p.wall))),
+        };
+        Ok(Read {
+            value,
+            freshness: Freshness {
+                region: plan.region.clone(),
+                role: plan.role,
+                point: read_at,
+                staleness_bound: staleness,
+            },
+        })
+    }
+
+    async fn write(&self, request: &WriteRequest<'_>) -> Result<Committed, Error> {
+        sql::check_key(request.key)?;
+        let _serial = if self.inner.config.serialize_read_write {
+            Some(self.inner.read_write.lock().await)
+        } else {
+            None
+        };
+        let generated;
+        let idem = match request.idempotency_key {
+            Some(k) => k,
+            None => {
+                generated = IdempotencyKey::generate();
+                &generated
+            }
+        };
+        let tables = &self.inner.tables;
+        let mut tx = self
+            .inner
+            .client
+            .begin_read_write_transaction()
+            .await
+            .map_err(|e| client_error(e, Phase::Before))?;
+        let recorded = match self.recorded(&mut tx, idem).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.rollback(tx).await;
+                return Err(e);
+            }
+        };
+        let fenced = match recorded {
+            Recorded::Outcome(done) => {
+                self.rollback(tx).await;
+                return Ok(done);
+            }
+            Recorded::Fence => true,
+            Recorded::Nothing => false,
+        };
+        let mut stmt = Statement::new(tables.current_version());
+        stmt.add_param("key", &request.key);
+        let current = async {
+            let mut rows = tx.query(stmt).await?;
+            match rows.next().await? {
+                Some(row) => Ok::<_, Status>(Some(row)),
+                None => Ok(None),
+            }
+        }
+        .await;
+        let current = match current {
+            Ok(Some(row)) => match row.column::<i64>(0) {
+                Ok(v) => Some(Version(u64::try_from(v).unwrap_or(0))),
+                Err(e) => {
+                    self.rollback(tx).await;
+                    return Err(row_error(e));
+                }
+            },
+            Ok(None) => None,
+            Err(s) => {
+                self.rollback(tx).await;
+                return Err(classify(s, Phase::Before));
+            }
+        };
+        let holds = match request.precondition {
+            Precondition::IfVersion(v) => current == Some(v),
+            Precondition::IfAbsent => current.is_none(),
+            Precondition::Any => true,
+        };
+        if !holds {
+            self.rollback(tx).await;
+            return Err(Error::Conflict {
+                key: request.key.to_owned(),
+                current,
+            });
+        }
+        let version = current.map_or(Version::FIRST, |v| v.next());
+        let v = i64::try_from(version.0)
+            .map_err(|_| Error::InvalidInput("version out of range".into()))?;
+        let value: Vec<u8> = request.value.to_vec();
+        let expires = time::OffsetDateTime::now_utc()
+            + time::Duration::try_from(self.inner.config.idempotency_ttl)
+                .unwrap_or(time::Duration::days(1));
+        let mutations = {
+            let record = insert_or_update(
+                &tables.records,
+                &["key", "version", "value", "written_at"],
+                &[&request.key, &v, &value, &CommitTimestamp::new()],
+            );
+            let columns = [
+                "idem_key",
+                "version",
+                "region",
+                "committed_at",
+                "record_key",
+                "expires_at",
+                "fenced",
+            ];
+            let region = request.region.as_str();
+            let values: [&dyn gcloud_spanner::statement::ToKind; 7] = [
+                &idem.as_str(),
+                &v,
+                &region,
+                &CommitTimestamp::new(),
+                &request.key,
+                &expires,
+                &false,
+            ];
+            // An attempt that read no row inserts one: if a lookup fenced the
+            // key meanwhile, this commit fails. One that read the fence
+            // replaces it.
+            let outcome = if fenced {
+                insert_or_update(&tables.idempotency, &columns, &values)
+            } else {
+                insert(&tables.idempotency, &columns, &values)
+            };
+            vec![record, outcome]
+        };
+        tx.buffer_write(mutations);
+        match tx.end::<(), Status>(Ok(()), None).await {
+            Ok((result, ())) => {
+                let point = result
+                    .timestamp
+                    .map(|t| point_of(t.seconds, t.nanos))
+                    .ok_or_else(|| {
+                        Error::backend(
+                            Retryability::Ambiguous,
+                            None,
+                            "the commit returned no timestamp",
+                        )
+                    })?;
+                Ok(Committed {
+                    version,
+                    point,
+                    region: request.region.clone(),
+                })
+            }
+            // The idempotency row appeared after this attempt read it:
+            // another attempt recorded an outcome, or a lookup fenced this
+            // one. Nothing of this attempt applied.
+            Err(s) if s.code() == Code::AlreadyExists => Err(Error::backend(
+                Retryability::Retryable,
+                Some("AlreadyExists".into()),
+                s,
+            )),
+            Err(s) => Err(classify(s, Phase::Commit)),
+        }
+    }
+
+    async fn lookup(
+        &self,
+        _region: &Region,
+        _key: &str,
+        idem: &IdempotencyKey,
+    ) -> Result<Option<Committed>, Error> {
+        let _serial = if self.inner.config.serialize_read_write {
+            Some(self.inner.read_write.lock().await)
+        } else {
+            None
+        };
+        let mut tx = self
+            .inner
+            .client
+            .begin_read_write_transaction()
+            .await
+            .map_err(|e| client_error(e, Phase::Before))?;
+        match self.recorded(&mut tx, idem).await {
+            Ok(Recorded::Outcome(done)) => {
+                self.rollback(tx).await;
+                Ok(Some(done))
+            }
+            Ok(Recorded::Fence) => {
+                self.rollback(tx).await;
+                Ok(None)
+            }
+            Ok(Recorded::Nothing) => {
+                // Fence the key: an attempt still in flight inserts its row
+                // and now fails, so "not applied" stays true.
+                let expires = time::OffsetDateTime::now_utc()
+                    + time::Duration::try_from(self.inner.config.idempotency_ttl)
+                        .unwrap_or(time::Duration::days(1));
+                tx.buffer_write(vec![insert(
+                    &self.inner.tables.idempotency,
+                    &["idem_key", "fenced", "expires_at"],
+                    &[&idem.as_str(), &true, &expires],
+                )]);
+                match tx.end::<(), Status>(Ok(()), None).await {
+                    Ok(_) => Ok(None),
+                    Err(s) => Err(classify(s, Phase::Before)),
+                }
+            }
+            Err(e) => {
+                self.rollback(tx).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn probe(&self, region: &Region) -> Result<Probe, Error> {
+        let mut tx = self
+            .inner
+            .client
+            .single()
+            .await
+            .map_err(|e| client_error(e, Phase::Before))?;
+        let mut rows = tx
+            .query(Statement::new("SELECT CURRENT_TIMESTAMP()"))
+            .await
+            .map_err(|s| classify(s, Phase::Before))?;
+        let row = rows
+            .next()
+            .await
+            .map_err(|s| classify(s, Phase::Before))?
+            .ok_or_else(|| Error::backend(Retryability::Retryable, None, "no row"))?;
+        let now: time::OffsetDateTime = row.column(0).map_err(row_error)?;
+        Ok(Probe {
+            region: region.clone(),
+            server_time_nanos: u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0),
+            replica_lag: None,
+        })
+    }
+}

@@ -1,0 +1,163 @@
+//! Names, statements and checks made before anything is sent.
+
+use quorate::Error;
+
+/// The longest key accepted, in bytes (Spanner's key limit is 8 KiB).
+pub const MAX_KEY_BYTES: usize = 8 * 1024;
+
+/// Validates `projects/<project>/instances/<instance>/databases/<database>`.
+pub fn database_path(path: &str) -> Result<(), Error> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "projects"
+        && parts[2] == "instances"
+        && parts[4] == "databases"
+        && [parts[1], parts[3], parts[5]].iter().all(|p| {
+            !p.is_empty()
+                && p.len() <= 64
+                && p.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "invalid Spanner database path {path:?}: expected projects/<project>/instances/<instance>/databases/<database>"
+        )))
+    }
+}
+
+/// Checks a key before a write.
+pub fn check_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "keys are 1-{MAX_KEY_BYTES} bytes, got {}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn ident(name: &str) -> Result<String, Error> {
+    let ok = (1..=128).contains(&name.len())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "invalid Spanner table name {name:?}: a letter, then letters, digits or '_', at most 128"
+        )))
+    }
+}
+
+/// The records table and its idempotency table (`<table>_idempotency`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tables {
+    /// Records: `key`, `version`, `value`, `written_at` (commit timestamp).
+    pub records: String,
+    /// Idempotency rows: outcomes and fences, kept until `expires_at`.
+    pub idempotency: String,
+}
+
+impl Tables {
+    /// The tables named `table` and `table_idempotency`.
+    pub fn new(table: &str) -> Result<Tables, Error> {
+        Ok(Tables {
+            records: ident(table)?,
+            idempotency: ident(&format!("{table}_idempotency"))?,
+        })
+    }
+
+    /// DDL creating both tables if they do not exist; idempotency rows are
+    /// deleted by a row deletion policy once expired.
+    pub fn create(&self) -> Vec<String> {
+        let (t, i) = (&self.records, &self.idempotency);
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t} (key STRING(MAX) NOT NULL, version INT64 NOT NULL, \
+                 value BYTES(MAX) NOT NULL, written_at TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp=true)) \
+                 PRIMARY KEY (key)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {i} (idem_key STRING(MAX) NOT NULL, record_key STRING(MAX), \
+                 version INT64, region STRING(MAX), committed_at TIMESTAMP OPTIONS (allow_commit_timestamp=true), \
+                 fenced BOOL, expires_at TIMESTAMP NOT NULL) PRIMARY KEY (idem_key), \
+                 ROW DELETION POLICY (OLDER_THAN(expires_at, INTERVAL 0 DAY))"
+            ),
+        ]
+    }
+
+    /// A point read. Parameters: `@key`. Columns: version, value.
+    pub fn read(&self) -> String {
+        format!(
+            "SELECT version, value FROM {} WHERE key = @key",
+            self.records
+        )
+    }
+
+    /// The current version. Parameters: `@key`. Columns: version.
+    pub fn current_version(&self) -> String {
+        format!("SELECT version FROM {} WHERE key = @key", self.records)
+    }
+
+    /// An idempotency row. Parameters: `@idem`. Columns: version, region,
+    /// committed_at, fenced.
+    pub fn lookup(&self) -> String {
+        format!(
+            "SELECT version, region, committed_at, fenced FROM {} WHERE idem_key = @idem",
+            self.idempotency
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_paths_are_validated() {
+        assert!(database_path("projects/p/instances/i/databases/d").is_ok());
+        assert!(database_path("projects/my-proj/instances/test-1/databases/orders_db").is_ok());
+        for bad in [
+            "",
+            "projects/p/instances/i",
+            "projects/p/instances/i/databases/",
+            "projects/P/instances/i/databases/d",
+            "projects/p/instances/i/databases/d/extra",
+            "project/p/instances/i/databases/d",
+            "projects/p/instances/i/databases/d'; DROP",
+        ] {
+            assert!(
+                matches!(database_path(bad), Err(Error::InvalidInput(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_validated_and_statements_use_parameters() {
+        assert!(Tables::new("quorate_records").is_ok());
+        for bad in ["", "1abc", "has space", "quote\"", "semi;colon"] {
+            assert!(
+                matches!(Tables::new(bad), Err(Error::InvalidInput(_))),
+                "{bad:?}"
+            );
+        }
+        let t = Tables::new("records").unwrap();
+        assert_eq!(
+            t.read(),
+            "SELECT version, value FROM records WHERE key = @key"
+        );
+        assert_eq!(
+            t.lookup(),
+            "SELECT version, region, committed_at, fenced FROM records_idempotency WHERE idem_key = @idem"
+        );
+        let ddl = t.create();
+        assert!(ddl[0].starts_with("CREATE TABLE IF NOT EXISTS records ("));
+        assert!(ddl[1].contains("ROW DELETION POLICY (OLDER_THAN(expires_at, INTERVAL 0 DAY))"));
+        assert!(check_key("").is_err() && check_key(&"k".repeat(8193)).is_err());
+        assert!(check_key("k").is_ok());
+    }
+}

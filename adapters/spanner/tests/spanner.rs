@@ -1,0 +1,231 @@
+//! quorate-spanner against the Cloud Spanner emulator.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quorate_spanner::conformance::{run_all, Fixture};
+use quorate_spanner::cut_proxy::{Cut, CutProxy};
+use quorate_spanner::gcloud_spanner::statement::Statement;
+use quorate_spanner::gcloud_spanner::value::TimestampBound;
+use quorate_spanner::{
+    Client, ClientConfig, Error, Precondition, ReadPolicy, SpannerBackend, SpannerConfig,
+    WriteOptions,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite() {
+    let Some((_, db)) = common::emulator() else {
+        return;
+    };
+    let backend = common::backend(&db, "us-east1").await;
+    let report = run_all(&Fixture::new(backend)).await;
+    for (name, result) in &report {
+        println!("{name}: {result:?}");
+    }
+    assert!(report.iter().all(|(_, r)| r.is_ok()), "{report:#?}");
+}
+
+/// The version of `key` that a read at exactly `staleness` sees.
+async fn version_at(backend: &SpannerBackend, key: &str, staleness: Duration) -> Option<i64> {
+    let mut tx = backend
+        .spanner()
+        .single_with_timestamp_bound(TimestampBound::exact_staleness(staleness))
+        .await
+        .unwrap();
+    let mut stmt = Statement::new(backend.tables().current_version());
+    stmt.add_param("key", &key);
+    let mut rows = tx.query(stmt).await.unwrap();
+    rows.next()
+        .await
+        .unwrap()
+        .map(|r| r.column::<i64>(0).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_read_is_visible_naively_but_never_through_session_or_strong() {
+    let Some((_, db)) = common::emulator() else {
+        return;
+    };
+    let backend = common::backend(&db, "us-east1").await;
+    let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let key = common::key("stale");
+    let opts = WriteOptions::default();
+    let c1 = client
+        .write(&session, &key, "1".into(), Precondition::IfAbsent, &opts)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c2 = client
+        .write(
+            &session,
+            &key,
+            "2".into(),
+            Precondition::IfVersion(c1.version),
+            &opts,
+        )
+        .await
+        .unwrap();
+    // A read one second in the past (what a replica that far behind
+    // serves) returns the old version.
+    let naive = version_at(&backend, &key, Duration::from_secs(1)).await;
+    assert_eq!(naive, Some(c1.version.0 as i64), "the naive read is stale");
+    for policy in [ReadPolicy::Session, ReadPolicy::Strong] {
+        for _ in 0..5 {
+            let r = client.read(&session, &key, policy).await.unwrap();
+            assert_eq!(r.version(), Some(c2.version), "{policy:?}");
+            assert!(
+                r.freshness.point.unwrap() >= c2.point,
+                "{policy:?}: {:?}",
+                r.freshness
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_conditional_writes_conflict() {
+    let Some((_, db)) = common::emulator() else {
+        return;
+    };
+    let client = Arc::new(
+        Client::new(
+            common::backend(&db, "us-east1").await,
+            ClientConfig::default(),
+        )
+        .unwrap(),
+    );
+    let key = common::key("conflict");
+    let v1 = client
+        .write(
+            &client.session(),
+            &key,
+            "0".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap()
+        .version;
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let (client, key) = (client.clone(), key.clone());
+            tokio::spawn(async move {
+                client
+                    .write(
+                        &client.session(),
+                        &key,
+                        format!("{i}").into(),
+                        Precondition::IfVersion(v1),
+                        &WriteOptions::default(),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let (mut ok, mut conflicts) = (0, 0);
+    for w in writers {
+        match w.await.unwrap() {
+            Ok(c) => {
+                assert_eq!(c.version, v1.next());
+                ok += 1;
+            }
+            Err(Error::Conflict { current, .. }) => {
+                assert_eq!(current, Some(v1.next()));
+                conflicts += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ok, conflicts), (1, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_applies_exactly_once() {
+    let Some((host, db)) = common::emulator() else {
+        return;
+    };
+    common::backend(&db, "us-east1").await;
+    let upstream: SocketAddr = host.parse().expect("SPANNER_EMULATOR_HOST is host:port");
+    let proxy = CutProxy::start(upstream).await.unwrap();
+    let mut config = common::config(&db, "us-east1");
+    config.emulator_host = Some(proxy.addr().to_string());
+    let client = Client::new(
+        SpannerBackend::connect(config).await.unwrap(),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    let session = client.session();
+    let key = common::key("ambiguous");
+    let mut expected = client
+        .write(
+            &session,
+            &key,
+            "0".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap()
+        .version;
+    for cut in [Cut::Answer, Cut::Request] {
+        // The value travels only in the commit's mutations, where Spanner
+        // carries BYTES as base64.
+        let value = common::key("value-in-the-commit");
+        let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &value);
+        proxy.arm(encoded.as_bytes(), cut);
+        let fired = proxy.fired();
+        let c = client
+            .write(
+                &session,
+                &key,
+                value.clone().into(),
+                Precondition::IfVersion(expected),
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{cut:?}: resolved, not {e}"));
+        assert_eq!(proxy.fired(), fired + 1, "{cut:?}: the exchange was lost");
+        assert_eq!(c.version, expected.next(), "{cut:?}: applied exactly once");
+        let r = client
+            .read(&session, &key, ReadPolicy::Strong)
+            .await
+            .unwrap();
+        assert_eq!(r.version(), Some(c.version));
+        assert_eq!(&r.value.unwrap().value[..], value.as_bytes());
+        expected = c.version;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_typed_errors() {
+    let Some((_, db)) = common::emulator() else {
+        return;
+    };
+    assert!(matches!(
+        SpannerConfig::new("projects/p/databases/d", &["us"], "us"),
+        Err(Error::InvalidInput(_))
+    ));
+    let mut config = common::config(&db, "us-east1");
+    config.table = "bad name".into();
+    assert!(matches!(
+        SpannerBackend::connect(config).await,
+        Err(Error::InvalidInput(_))
+    ));
+    // Beyond the one-hour version retention window: refused before any
+    // read is made.
+    assert!(matches!(
+        quorate_spanner::Staleness::with_max(
+            Duration::from_secs(2 * 3600),
+            quorate_spanner::VERSION_RETENTION
+        ),
+        Err(quorate_spanner::PolicyError::StalenessTooLarge { .. })
+    ));
+    assert!(matches!(
+        "bounded:7200000".parse::<ReadPolicy>(),
+        Err(quorate_spanner::PolicyError::StalenessTooLarge { .. })
+    ));
+}

@@ -601,3 +601,40 @@ impl Backend for SpannerBackend {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(code: Code, phase: Phase) -> Retryability {
+        classify(Status::new(code, "test"), phase).retryability()
+    }
+
+    #[test]
+    fn statuses_are_classified_by_whether_the_commit_was_under_way() {
+        use Retryability::*;
+        assert_eq!(class(Code::Aborted, Phase::Before), Retryable);
+        assert_eq!(class(Code::Aborted, Phase::Commit), Retryable);
+        assert_eq!(class(Code::DeadlineExceeded, Phase::Before), Retryable);
+        assert_eq!(class(Code::DeadlineExceeded, Phase::Commit), Ambiguous);
+        assert_eq!(class(Code::Unavailable, Phase::Commit), Ambiguous);
+        assert_eq!(class(Code::Unknown, Phase::Commit), Ambiguous);
+        // The emulator's refusal of a concurrent transaction; the same code
+        // for a resent commit whose transaction is gone.
+        assert_eq!(class(Code::NotFound, Phase::Before), Retryable);
+        assert_eq!(class(Code::NotFound, Phase::Commit), Ambiguous);
+        assert_eq!(class(Code::InvalidArgument, Phase::Before), Permanent);
+        assert_eq!(class(Code::PermissionDenied, Phase::Commit), Permanent);
+        let e = classify(Status::new(Code::Aborted, "x"), Phase::Commit);
+        assert!(matches!(e, Error::Backend { code: Some(c), .. } if c == "Aborted"));
+    }
+
+    #[test]
+    fn points_and_timestamps_round_trip() {
+        let p = point_of(1_700_000_000, 123_456_789);
+        assert_eq!(p.wall, 1_700_000_000_123_456_789);
+        let t = timestamp_of(p);
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_456_789));
+        assert_eq!(point_of(-5, 0).wall, 0, "before the epoch clamps");
+    }
+}

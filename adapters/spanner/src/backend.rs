@@ -9,11 +9,11 @@ use gcloud_spanner::client::{Client as Spanner, ClientConfig as SpannerClientCon
 use gcloud_spanner::mutation::{insert, insert_or_update};
 use gcloud_spanner::statement::Statement;
 use gcloud_spanner::transaction_rw::ReadWriteTransaction;
-use gcloud_spanner::value::{CommitTimestamp, Timestamp, TimestampBound};
+use gcloud_spanner::value::CommitTimestamp;
 use quorate::{
     Backend, Capabilities, Committed, Error, Freshness, IdempotencyKey, Point, Precondition, Probe,
-    Read, ReadPlan, ReadPolicy, Region, RegionSpec, ReplicaRole, Retryability, Scope, Topology,
-    Version, Versioned, WriteRequest,
+    Read, ReadPlan, Region, RegionSpec, ReplicaRole, Retryability, Scope, Topology, Version,
+    Versioned, WriteRequest,
 };
 
 use crate::sql::{self, Tables};
@@ -75,6 +75,7 @@ struct Inner {
     topology: Topology,
     tables: Tables,
     client: Spanner,
+    reads: crate::directed::Sessions,
     read_write: tokio::sync::Mutex<()>,
 }
 
@@ -100,13 +101,6 @@ fn point_of(seconds: i64, nanos: i32) -> Point {
         .saturating_mul(1_000_000_000)
         .saturating_add(u64::try_from(nanos).unwrap_or(0));
     Point { wall, logical: 0 }
-}
-
-fn timestamp_of(point: Point) -> Timestamp {
-    Timestamp {
-        seconds: (point.wall / 1_000_000_000) as i64,
-        nanos: (point.wall % 1_000_000_000) as i32,
-    }
 }
 
 /// Where a failure happened: before the commit was sent, or during it.
@@ -198,6 +192,17 @@ impl SpannerBackend {
                 .await
                 .map_err(|e| Error::InvalidInput(format!("Spanner credentials: {e}")))?
         };
+        // Reads go through the library's low-level client, on sessions of
+        // their own, so that they can carry directed-read options.
+        let conn = gcloud_spanner::apiv1::conn_pool::ConnectionManager::new(
+            client_config.channel_config.num_channels,
+            &client_config.environment,
+            &client_config.endpoint,
+            &Default::default(),
+        )
+        .await
+        .map_err(|e| Error::backend(Retryability::Retryable, None, e.to_string()))?;
+        let reads = crate::directed::Sessions::new(conn, config.database.clone());
         let client = Spanner::new(&config.database, client_config)
             .await
             .map_err(|e| client_error(e, Phase::Before))?;
@@ -208,6 +213,7 @@ impl SpannerBackend {
                 topology,
                 tables,
                 client,
+                reads,
                 read_write: tokio::sync::Mutex::new(()),
             }),
         })
@@ -245,20 +251,6 @@ impl SpannerBackend {
             .await
             .map_err(|s| classify(s, Phase::Before))?;
         Ok(())
-    }
-
-    fn bound(&self, plan: &ReadPlan<'_>) -> TimestampBound {
-        if plan.role == ReplicaRole::Leader {
-            return TimestampBound::strong_read();
-        }
-        match plan.policy {
-            ReadPolicy::BoundedStaleness(b) => TimestampBound::max_staleness(b.duration()),
-            // A session read is served at or after the session's commit.
-            _ => match plan.floor.point {
-                Some(p) => TimestampBound::min_read_timestamp(timestamp_of(p)),
-                None => TimestampBound::max_staleness(Duration::from_secs(10)),
-            },
-        }
     }
 
     /// The idempotency row of `idem` within `tx`: its outcome, or whether a
@@ -342,41 +334,38 @@ impl Backend for SpannerBackend {
                 plan.region.clone(),
             )));
         }
-        let mut tx = self
+        let bound = crate::directed::bound(plan.role, plan.policy, plan.floor.point);
+        let read = self
             .inner
-            .client
-            .single_with_timestamp_bound(self.bound(plan))
-            .await
-            .map_err(|e| client_error(e, Phase::Before))?;
-        let mut stmt = Statement::new(self.inner.tables.read());
-        stmt.add_param("key", &plan.key);
-        let mut rows = tx
-            .query(stmt)
+            .reads
+            .read(&self.inner.tables.read(), plan.key, bound, plan.region)
             .await
             .map_err(|s| classify(s, Phase::Before))?;
-        let row = rows.next().await.map_err(|s| classify(s, Phase::Before))?;
-        let read_at = rows.read_timestamp().map(|t| point_of(t.seconds, t.nanos));
-        let value = match row {
-            Some(row) => {
-                let version: i64 = row.column(0).map_err(row_error)?;
-                let value: Vec<u8> = row.column(1).map_err(row_error)?;
-                Some(Versioned {
-                    version: Version(u64::try_from(version).unwrap_or(0)),
-                    value: Bytes::from(value),
-                })
-            }
+        let value = match read.row {
+            Some((version, value)) => Some(Versioned {
+                version: Version(u64::try_from(version).map_err(|_| {
+                    Error::backend(
+                        Retryability::Permanent,
+                        Some("quorate.row".into()),
+                        "negative version",
+                    )
+                })?),
+                value: Bytes::from(value),
+            }),
             None => None,
         };
         let staleness = match plan.role {
             ReplicaRole::Leader => Some(Duration::ZERO),
-            _ => read_at.map(|p| Duration::from_nanos(now_nanos().saturating_sub(p.wall))),
+            _ => read
+                .read_at
+                .map(|p| Duration::from_nanos(now_nanos().saturating_sub(p.wall))),
         };
         Ok(Read {
             value,
             freshness: Freshness {
                 region: plan.region.clone(),
                 role: plan.role,
-                point: read_at,
+                point: read.read_at,
                 staleness_bound: staleness,
             },
         })
@@ -630,11 +619,9 @@ mod tests {
     }
 
     #[test]
-    fn points_and_timestamps_round_trip() {
+    fn commit_timestamps_become_points() {
         let p = point_of(1_700_000_000, 123_456_789);
         assert_eq!(p.wall, 1_700_000_000_123_456_789);
-        let t = timestamp_of(p);
-        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_456_789));
         assert_eq!(point_of(-5, 0).wall, 0, "before the epoch clamps");
     }
 }

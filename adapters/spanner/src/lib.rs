@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod directed;
 pub mod sql;
 
 pub use backend::{SpannerBackend, SpannerConfig, VERSION_RETENTION};

@@ -30,6 +30,26 @@ use crate::policy::{ReadPolicy, Staleness};
 use crate::record::{Precondition, ReplicaRole, Version};
 use crate::session::{Scope, SessionToken, TokenError};
 
+/// The values of `vars`, which a server script exports, or `None` when one
+/// is missing outside CI (the caller's test then says it is skipped). In CI
+/// (`CI` set and not `false`) a missing server is a failure, never a skip:
+/// this panics naming `server` and the `script` that starts it.
+pub fn server_env<const N: usize>(
+    vars: [&str; N],
+    server: &str,
+    script: &str,
+) -> Option<[String; N]> {
+    let values = vars.map(|v| std::env::var(v).ok());
+    if values.iter().all(Option::is_some) {
+        return Some(values.map(Option::unwrap_or_default));
+    }
+    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
+        panic!("{server} is required in CI: run the tests through scripts/test (it runs {script} start)");
+    }
+    eprintln!("skipping: no {server} (run scripts/test, or eval \"$({script} start)\")");
+    None
+}
+
 /// The outcome of one case: `Err` says what did not hold.
 pub type CaseResult = Result<(), String>;
 

@@ -1,12 +1,104 @@
 //! Paired throughput measurement for adapter benchmarks (feature
 //! `testing`): quorate and the raw driver measured in one run, in mirrored
-//! order, so that a noisy machine affects both sides alike.
+//! order, so that a noisy machine affects both sides alike; and the
+//! operations every adapter measures on the quorate side.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, ReadPlan};
+use crate::client::{Client, WriteOptions};
+use crate::policy::ReadPolicy;
+use crate::record::{Precondition, ReplicaRole};
+use crate::topology::Region;
+
+/// The key task `t` works on: `bench-<t>`. Adapters' benchmarks seed these.
+pub fn key(task: usize) -> String {
+    format!("bench-{task}")
+}
+
+/// The concurrency levels to measure: `QUORATE_BENCH_CONCURRENCY=N` picks
+/// one, otherwise `default`.
+pub fn levels(default: &[usize]) -> Vec<usize> {
+    match std::env::var("QUORATE_BENCH_CONCURRENCY") {
+        Ok(v) => vec![v
+            .parse()
+            .expect("QUORATE_BENCH_CONCURRENCY must be a number")],
+        Err(_) => default.to_vec(),
+    }
+}
+
+/// Whether `QUORATE_BENCH_READS_ONLY` asks to skip the writes.
+pub fn reads_only() -> bool {
+    std::env::var_os("QUORATE_BENCH_READS_ONLY").is_some()
+}
+
+/// A `Strong` read of the task's key through `client`, in a new session.
+pub fn strong_read<B: Backend + Clone>(client: &Client<B>) -> Op {
+    let client = client.clone();
+    op(move |t, _| {
+        let client = client.clone();
+        async move {
+            client
+                .read(&client.session(), &key(t), ReadPolicy::Strong)
+                .await
+                .expect("strong read");
+        }
+    })
+}
+
+/// The same read made on the backend directly, at the leader of
+/// `region`: what the adapter costs without the client.
+pub fn adapter_read<B: Backend + Clone>(backend: &B, region: &Region) -> Op {
+    let (backend, region) = (backend.clone(), region.clone());
+    op(move |t, _| {
+        let (backend, region) = (backend.clone(), region.clone());
+        async move {
+            let key = key(t);
+            let plan = ReadPlan {
+                key: &key,
+                region: &region,
+                role: ReplicaRole::Leader,
+                policy: ReadPolicy::Strong,
+                floor: Default::default(),
+                deadline: tokio::time::Instant::now() + Duration::from_secs(1),
+            };
+            backend.read(&plan).await.expect("adapter read");
+        }
+    })
+}
+
+/// A `Strong` read of the task's key, then an `IfVersion` write of `{}`
+/// on the version read (one writer per key, so it always applies).
+pub fn read_then_update<B: Backend + Clone>(client: &Client<B>) -> Op {
+    let client = client.clone();
+    op(move |t, _| {
+        let client = client.clone();
+        async move {
+            let session = client.session();
+            let key = key(t);
+            let version = client
+                .read(&session, &key, ReadPolicy::Strong)
+                .await
+                .expect("strong read")
+                .version()
+                .expect("the key exists");
+            client
+                .write(
+                    &session,
+                    &key,
+                    "{}".into(),
+                    Precondition::IfVersion(version),
+                    &WriteOptions::default(),
+                )
+                .await
+                .expect("conditional update");
+        }
+    })
+}
 
 /// One operation: `op(task, iteration)`.
 pub type Op = Arc<dyn Fn(usize, u64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;

@@ -22,7 +22,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use quorate_cockroach::paired::{header, interleaved, op, row};
+use quorate_cockroach::paired::{
+    adapter_read, header, interleaved, key, levels, op, read_then_update, reads_only, row,
+    strong_read,
+};
 use quorate_cockroach::{
     Client, ClientConfig, Dialect, Endpoint, PgBackend, PgConfig, Precondition, ReadPolicy, Region,
     ReplicaRole, Tables, Version, WriteOptions,
@@ -87,7 +90,7 @@ async fn main() {
         let _ = setup
             .write(
                 &session,
-                &format!("bench-{t}"),
+                &key(t),
                 "{}".into(),
                 Precondition::Any,
                 &WriteOptions::default(),
@@ -96,10 +99,7 @@ async fn main() {
             .unwrap();
     }
     header();
-    let levels: Vec<usize> = match std::env::var("QUORATE_BENCH_CONCURRENCY") {
-        Ok(v) => vec![v.parse().expect("QUORATE_BENCH_CONCURRENCY: a number")],
-        Err(_) => vec![1, 32],
-    };
+    let levels = levels(&[1, 32]);
     for concurrency in levels {
         let raw = raw_pool(&primary, concurrency);
         let client = quorate_client(concurrency);
@@ -114,40 +114,14 @@ async fn main() {
                     .await
                     .unwrap();
                 // Decoded as an application would use it.
-                let row = c.query_opt(&st, &[&format!("bench-{t}")]).await.unwrap();
+                let row = c.query_opt(&st, &[&key(t)]).await.unwrap();
                 let record = row.map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1)));
                 std::hint::black_box(record);
             }
         });
-        let q = client.clone();
-        let quorate_read = op(move |t, _| {
-            let q = q.clone();
-            async move {
-                q.read(&q.session(), &format!("bench-{t}"), ReadPolicy::Strong)
-                    .await
-                    .unwrap();
-            }
-        });
+        let quorate_read = strong_read(&client);
         // The adapter alone, without the client: what the client costs.
-        let backend = client.backend().clone();
-        let eu = Region::new("eu").unwrap();
-        let adapter_read = op(move |t, _| {
-            let (backend, eu) = (backend.clone(), eu.clone());
-            async move {
-                let key = format!("bench-{t}");
-                let plan = quorate_cockroach::ReadPlan {
-                    key: &key,
-                    region: &eu,
-                    role: ReplicaRole::Leader,
-                    policy: ReadPolicy::Strong,
-                    floor: Default::default(),
-                    deadline: tokio::time::Instant::now() + Duration::from_secs(1),
-                };
-                quorate_cockroach::Backend::read(&backend, &plan)
-                    .await
-                    .unwrap();
-            }
-        });
+        let adapter_read = adapter_read(client.backend(), &Region::new("eu").unwrap());
         let [r, q_r, a_r] = interleaved(
             concurrency,
             RUN,
@@ -157,7 +131,7 @@ async fn main() {
         .await;
         row("strong point read", concurrency, r, q_r);
         row("  adapter alone (no client)", concurrency, r, a_r);
-        if std::env::var("QUORATE_BENCH_READS_ONLY").is_ok() {
+        if reads_only() {
             continue;
         }
 
@@ -167,7 +141,7 @@ async fn main() {
             let pool = pool.clone();
             async move {
                 let c = pool.get().await.unwrap();
-                let key = format!("bench-{t}");
+                let key = key(t);
                 let read = c
                     .prepare_cached("SELECT version FROM quorate_records WHERE key = $1")
                     .await
@@ -194,7 +168,7 @@ async fn main() {
             let (pool, write_sql) = (pool.clone(), write_sql.clone());
             async move {
                 let c = pool.get().await.unwrap();
-                let key = format!("bench-{t}");
+                let key = key(t);
                 let read = c
                     .prepare_cached("SELECT version, value FROM quorate_records WHERE key = $1")
                     .await
@@ -212,29 +186,7 @@ async fn main() {
                 assert!(row.get::<_, Option<i64>>(0).is_some(), "the write applied");
             }
         });
-        let q = client.clone();
-        let quorate_update = op(move |t, _| {
-            let q = q.clone();
-            async move {
-                let s = q.session();
-                let key = format!("bench-{t}");
-                let v = q
-                    .read(&s, &key, ReadPolicy::Strong)
-                    .await
-                    .unwrap()
-                    .version()
-                    .unwrap();
-                q.write(
-                    &s,
-                    &key,
-                    "{}".into(),
-                    Precondition::IfVersion(v),
-                    &WriteOptions::default(),
-                )
-                .await
-                .unwrap();
-            }
-        });
+        let quorate_update = read_then_update(&client);
         let [r, r_i, q_u] = interleaved(
             concurrency,
             RUN,

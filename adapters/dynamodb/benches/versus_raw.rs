@@ -22,10 +22,13 @@ use quorate_dynamodb::aws_sdk_dynamodb::config::{BehaviorVersion, Credentials};
 use quorate_dynamodb::aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use quorate_dynamodb::aws_sdk_dynamodb::{self, Client as Sdk};
 use quorate_dynamodb::item::{EXPIRES_AT, PK, RECORD_KEY, VALUE, VERSION, WRITER, WRITTEN_AT};
-use quorate_dynamodb::paired::{header, interleaved, op, row};
+use quorate_dynamodb::paired::{
+    adapter_read, header, interleaved, key, levels, op, read_then_update, reads_only, row,
+    strong_read,
+};
 use quorate_dynamodb::{
-    Client, ClientConfig, DynamoBackend, DynamoConfig, Home, IdempotencyKey, Precondition,
-    ReadPolicy, Region, RegionClient, WriteOptions,
+    Client, ClientConfig, DynamoBackend, DynamoConfig, Home, IdempotencyKey, Precondition, Region,
+    RegionClient, WriteOptions,
 };
 
 const TABLE: &str = "quorate_bench";
@@ -57,11 +60,23 @@ fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
 }
 
-fn version_of(item: Option<&std::collections::HashMap<String, AttributeValue>>) -> u64 {
-    match item.and_then(|i| i.get(VERSION)) {
+/// A consistent `GetItem` of `key`, decoded as an application would use
+/// it: the version and the value.
+async fn consistent_get(sdk: &Sdk, key: &str) -> (u64, Option<AttributeValue>) {
+    let out = sdk
+        .get_item()
+        .table_name(TABLE)
+        .key(PK, s(key))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    let item = out.item().expect("the key exists");
+    let version = match item.get(VERSION) {
         Some(AttributeValue::N(v)) => v.parse().unwrap(),
         other => panic!("no version: {other:?}"),
-    }
+    };
+    (version, item.get(VALUE).cloned())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +110,7 @@ async fn main() {
         client
             .write(
                 &client.session(),
-                &format!("bench-{t}"),
+                &key(t),
                 "{}".into(),
                 Precondition::Any,
                 &WriteOptions::default(),
@@ -103,58 +118,19 @@ async fn main() {
             .await
             .unwrap();
     }
-    let levels: Vec<usize> = match std::env::var("QUORATE_BENCH_CONCURRENCY") {
-        Ok(v) => vec![v.parse().expect("QUORATE_BENCH_CONCURRENCY: a number")],
-        Err(_) => vec![1, 32],
-    };
+    let levels = levels(&[1, 32]);
     header();
     for concurrency in levels {
         let sdk = raw.clone();
         let raw_read = op(move |t, _| {
             let sdk = sdk.clone();
             async move {
-                let out = sdk
-                    .get_item()
-                    .table_name(TABLE)
-                    .key(PK, s(&format!("bench-{t}")))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .unwrap();
-                // Decoded as an application would use it.
-                let item = out.item().unwrap();
-                std::hint::black_box((version_of(Some(item)), item.get(VALUE).cloned()));
+                std::hint::black_box(consistent_get(&sdk, &key(t)).await);
             }
         });
-        let q = client.clone();
-        let quorate_read = op(move |t, _| {
-            let q = q.clone();
-            async move {
-                q.read(&q.session(), &format!("bench-{t}"), ReadPolicy::Strong)
-                    .await
-                    .unwrap();
-            }
-        });
+        let quorate_read = strong_read(&client);
         // The adapter alone, without the client: what the client costs.
-        let backend = client.backend().clone();
-        let eu = Region::new("eu").unwrap();
-        let adapter_read = op(move |t, _| {
-            let (backend, eu) = (backend.clone(), eu.clone());
-            async move {
-                let key = format!("bench-{t}");
-                let plan = quorate_dynamodb::ReadPlan {
-                    key: &key,
-                    region: &eu,
-                    role: quorate_dynamodb::ReplicaRole::Leader,
-                    policy: ReadPolicy::Strong,
-                    floor: Default::default(),
-                    deadline: tokio::time::Instant::now() + Duration::from_secs(1),
-                };
-                quorate_dynamodb::Backend::read(&backend, &plan)
-                    .await
-                    .unwrap();
-            }
-        });
+        let adapter_read = adapter_read(client.backend(), &Region::new("eu").unwrap());
         let [r, q_r, a_r] = interleaved(
             concurrency,
             RUN,
@@ -164,7 +140,7 @@ async fn main() {
         .await;
         row("strong point read", concurrency, r, q_r);
         row("  adapter alone (no client)", concurrency, r, a_r);
-        if std::env::var("QUORATE_BENCH_READS_ONLY").is_ok() {
+        if reads_only() {
             continue;
         }
 
@@ -172,16 +148,8 @@ async fn main() {
         let raw_update = op(move |t, _| {
             let sdk = sdk.clone();
             async move {
-                let key = format!("bench-{t}");
-                let out = sdk
-                    .get_item()
-                    .table_name(TABLE)
-                    .key(PK, s(&key))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .unwrap();
-                let v = version_of(out.item());
+                let key = key(t);
+                let (v, _value) = consistent_get(&sdk, &key).await;
                 sdk.put_item()
                     .table_name(TABLE)
                     .item(PK, s(&key))
@@ -201,16 +169,8 @@ async fn main() {
         let raw_idempotent = op(move |t, _| {
             let sdk = sdk.clone();
             async move {
-                let key = format!("bench-{t}");
-                let out = sdk
-                    .get_item()
-                    .table_name(TABLE)
-                    .key(PK, s(&key))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .unwrap();
-                let v = version_of(out.item());
+                let key = key(t);
+                let (v, _value) = consistent_get(&sdk, &key).await;
                 let at = now_nanos();
                 let record = Put::builder()
                     .table_name(TABLE)
@@ -244,29 +204,7 @@ async fn main() {
                     .unwrap();
             }
         });
-        let q = client.clone();
-        let quorate_update = op(move |t, _| {
-            let q = q.clone();
-            async move {
-                let s = q.session();
-                let key = format!("bench-{t}");
-                let v = q
-                    .read(&s, &key, ReadPolicy::Strong)
-                    .await
-                    .unwrap()
-                    .version()
-                    .unwrap();
-                q.write(
-                    &s,
-                    &key,
-                    "{}".into(),
-                    Precondition::IfVersion(v),
-                    &WriteOptions::default(),
-                )
-                .await
-                .unwrap();
-            }
-        });
+        let quorate_update = read_then_update(&client);
         let [r, r_i, q_u] = interleaved(
             concurrency,
             RUN,

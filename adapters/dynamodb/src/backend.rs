@@ -527,10 +527,6 @@ impl Backend for DynamoBackend {
             .send()
             .await
             .map_err(|e| classify(e, Op::Read))?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
         let (value, written_at) = match out.item() {
             Some(found) => {
                 let f = self.fields(&self.inner.config.table, found);
@@ -561,7 +557,12 @@ impl Backend for DynamoBackend {
                     wall: w,
                     logical: 0,
                 }),
-                staleness_bound: written_at.map(|w| Duration::from_nanos(now.saturating_sub(w))),
+                staleness_bound: written_at.map(|w| {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64);
+                    Duration::from_nanos(now.saturating_sub(w))
+                }),
             }
         };
         Ok(Read { value, freshness })

@@ -51,16 +51,8 @@ async fn paused_replication_double_processes_naively_but_not_through_quorate() {
     };
     let prefix = common::key("double");
     let replicator = Replicator::start(&endpoint, &prefix, Duration::ZERO);
-    let eu = Client::new(
-        common::backend(&endpoint, "eu").await,
-        ClientConfig::default(),
-    )
-    .unwrap();
-    let us = Client::new(
-        common::backend(&endpoint, "us").await,
-        ClientConfig::default(),
-    )
-    .unwrap();
+    let eu = common::client(&endpoint, "eu").await;
+    let us = common::client(&endpoint, "us").await;
     let us_table = us.backend().client(&region("us")).unwrap().clone();
 
     for naive in [true, false] {
@@ -265,13 +257,7 @@ async fn concurrent_conditional_writes_in_two_regions_conflict_instead_of_mergin
     let clients: Vec<Arc<Client<DynamoBackend>>> = {
         let mut v = Vec::new();
         for local in ["eu", "us"] {
-            v.push(Arc::new(
-                Client::new(
-                    common::backend(&endpoint, local).await,
-                    ClientConfig::default(),
-                )
-                .unwrap(),
-            ));
+            v.push(Arc::new(common::client(&endpoint, local).await));
         }
         v
     };
@@ -520,11 +506,7 @@ async fn bounded_and_session_reads_use_the_nearby_replica_when_it_proves_fresh()
     };
     let prefix = common::key("fresh");
     let replicator = Replicator::start(&endpoint, &prefix, Duration::ZERO);
-    let client = Client::new(
-        common::backend(&endpoint, "us").await,
-        ClientConfig::default(),
-    )
-    .unwrap();
+    let client = common::client(&endpoint, "us").await;
     let session = client.session();
     let key = format!("{prefix}/k");
     let c = client

@@ -19,10 +19,9 @@ use quorate_spanner::gcloud_spanner::client::Client as Raw;
 use quorate_spanner::gcloud_spanner::mutation::{insert, insert_or_update};
 use quorate_spanner::gcloud_spanner::statement::Statement;
 use quorate_spanner::gcloud_spanner::value::CommitTimestamp;
-use quorate_spanner::paired::{header, interleaved, op, row};
+use quorate_spanner::paired::{header, interleaved, key, op, read_then_update, row, strong_read};
 use quorate_spanner::{
-    Client, ClientConfig, IdempotencyKey, Precondition, ReadPolicy, SpannerBackend, SpannerConfig,
-    WriteOptions,
+    Client, ClientConfig, IdempotencyKey, Precondition, SpannerBackend, SpannerConfig, WriteOptions,
 };
 
 const RUN: Duration = Duration::from_secs(1);
@@ -110,7 +109,7 @@ async fn main() {
         client
             .write(
                 &client.session(),
-                &format!("bench-{t}"),
+                &key(t),
                 "{}".into(),
                 Precondition::Any,
                 &WriteOptions::default(),
@@ -124,18 +123,10 @@ async fn main() {
         let raw_read = op(move |t, _| {
             let r = r.clone();
             async move {
-                raw_version(&r, &format!("bench-{t}")).await;
+                raw_version(&r, &key(t)).await;
             }
         });
-        let q = client.clone();
-        let quorate_read = op(move |t, _| {
-            let q = q.clone();
-            async move {
-                q.read(&q.session(), &format!("bench-{t}"), ReadPolicy::Strong)
-                    .await
-                    .unwrap();
-            }
-        });
+        let quorate_read = strong_read(&client);
         let [r, q_r] = interleaved(concurrency, RUN, ROUNDS, [&raw_read, &quorate_read]).await;
         row("strong point read", concurrency, r, q_r);
     }
@@ -144,32 +135,10 @@ async fn main() {
         let (r, lock) = (raw.clone(), lock.clone());
         op(move |t, _| {
             let (r, lock) = (r.clone(), lock.clone());
-            async move { raw_update(&r, &lock, &format!("bench-{t}"), idempotent).await }
+            async move { raw_update(&r, &lock, &key(t), idempotent).await }
         })
     });
-    let q = client.clone();
-    let quorate_update = op(move |t, _| {
-        let q = q.clone();
-        async move {
-            let s = q.session();
-            let key = format!("bench-{t}");
-            let v = q
-                .read(&s, &key, ReadPolicy::Strong)
-                .await
-                .unwrap()
-                .version()
-                .unwrap();
-            q.write(
-                &s,
-                &key,
-                "{}".into(),
-                Precondition::IfVersion(v),
-                &WriteOptions::default(),
-            )
-            .await
-            .unwrap();
-        }
-    });
+    let quorate_update = read_then_update(&client);
     let [r, r_i, q_u] = interleaved(1, RUN, ROUNDS, [&ops[0], &ops[1], &quorate_update]).await;
     row("read + conditional update", 1, r, q_u);
     row("  vs raw + idempotency row", 1, r_i, q_u);

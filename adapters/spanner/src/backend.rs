@@ -74,6 +74,8 @@ struct Inner {
     scope: Scope,
     topology: Topology,
     tables: Tables,
+    /// The statements, built once.
+    sql: Statements,
     client: Spanner,
     reads: crate::directed::Sessions,
     read_write: tokio::sync::Mutex<()>,
@@ -211,6 +213,11 @@ impl SpannerBackend {
                 config,
                 scope,
                 topology,
+                sql: Statements {
+                    read: tables.read(),
+                    current_version: tables.current_version(),
+                    lookup: tables.lookup(),
+                },
                 tables,
                 client,
                 reads,
@@ -260,7 +267,7 @@ impl SpannerBackend {
         tx: &mut ReadWriteTransaction,
         idem: &IdempotencyKey,
     ) -> Result<Recorded, Error> {
-        let mut stmt = Statement::new(self.inner.tables.lookup());
+        let mut stmt = Statement::new(&self.inner.sql.lookup);
         stmt.add_param("idem", &idem.as_str());
         let mut rows = tx
             .query(stmt)
@@ -302,6 +309,12 @@ impl SpannerBackend {
     }
 }
 
+struct Statements {
+    read: String,
+    current_version: String,
+    lookup: String,
+}
+
 enum Recorded {
     Nothing,
     Fence,
@@ -338,7 +351,7 @@ impl Backend for SpannerBackend {
         let read = self
             .inner
             .reads
-            .read(&self.inner.tables.read(), plan.key, bound, plan.region)
+            .read(&self.inner.sql.read, plan.key, bound, plan.region)
             .await
             .map_err(|s| classify(s, Phase::Before))?;
         let value = match read.row {
@@ -408,7 +421,7 @@ impl Backend for SpannerBackend {
             Recorded::Fence => true,
             Recorded::Nothing => false,
         };
-        let mut stmt = Statement::new(tables.current_version());
+        let mut stmt = Statement::new(&self.inner.sql.current_version);
         stmt.add_param("key", &request.key);
         let current = async {
             let mut rows = tx.query(stmt).await?;

@@ -91,13 +91,7 @@ async fn concurrent_conditional_writes_conflict() {
     let Some((_, db)) = common::emulator() else {
         return;
     };
-    let client = Arc::new(
-        Client::new(
-            common::backend(&db, "us-east1").await,
-            ClientConfig::default(),
-        )
-        .unwrap(),
-    );
+    let client = Arc::new(common::client(&db, "us-east1").await);
     let key = common::key("conflict");
     let v1 = client
         .write(

@@ -9,29 +9,15 @@ use tokio::sync::OnceCell;
 /// The connection strings, or `None` outside CI when the servers are not
 /// running (a failure in CI: a missing server never passes there).
 pub fn servers() -> Option<[String; 3]> {
-    let vars = [
-        "QUORATE_PG_PRIMARY",
-        "QUORATE_PG_STANDBY1",
-        "QUORATE_PG_STANDBY2",
-    ];
-    let values: Vec<Option<String>> = vars.iter().map(|v| std::env::var(v).ok()).collect();
-    if values.iter().all(Option::is_some) {
-        return Some(
-            values
-                .into_iter()
-                .map(Option::unwrap)
-                .collect::<Vec<_>>()
-                .try_into()
-                .unwrap(),
-        );
-    }
-    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
-        panic!("PostgreSQL servers are required in CI: run the tests through scripts/test (it runs scripts/pg start)");
-    }
-    eprintln!(
-        "skipping: no PostgreSQL servers (run scripts/test, or eval \"$(scripts/pg start)\")"
-    );
-    None
+    quorate_cockroach::conformance::server_env(
+        [
+            "QUORATE_PG_PRIMARY",
+            "QUORATE_PG_STANDBY1",
+            "QUORATE_PG_STANDBY2",
+        ],
+        "PostgreSQL servers",
+        "scripts/pg",
+    )
 }
 
 pub fn endpoints(primary: &str, s: &[String; 3]) -> Vec<Endpoint> {

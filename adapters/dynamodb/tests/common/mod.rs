@@ -9,7 +9,9 @@ pub mod replicator;
 use std::time::Duration;
 
 use quorate_dynamodb::aws_sdk_dynamodb::{self, config::BehaviorVersion};
-use quorate_dynamodb::{DynamoBackend, DynamoConfig, Home, Region, RegionClient};
+use quorate_dynamodb::{
+    Client, ClientConfig, DynamoBackend, DynamoConfig, Home, Region, RegionClient,
+};
 use tokio::sync::OnceCell;
 
 /// The test table; idempotency items go to `quorate_test-idempotency`.
@@ -21,16 +23,12 @@ pub const REGIONS: [(&str, &str); 2] = [("eu", "eu-west-1"), ("us", "us-east-1")
 /// The endpoint, or `None` outside CI when the server is not running (a
 /// failure in CI: a missing server never passes there).
 pub fn endpoint() -> Option<String> {
-    if let Ok(e) = std::env::var("QUORATE_DYNAMODB_ENDPOINT") {
-        return Some(e);
-    }
-    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
-        panic!("DynamoDB Local is required in CI: run the tests through scripts/test (it runs scripts/dynamodb start)");
-    }
-    eprintln!(
-        "skipping: no DynamoDB Local (run scripts/test, or eval \"$(scripts/dynamodb start)\")"
-    );
-    None
+    let [endpoint] = quorate_dynamodb::conformance::server_env(
+        ["QUORATE_DYNAMODB_ENDPOINT"],
+        "DynamoDB Local",
+        "scripts/dynamodb",
+    )?;
+    Some(endpoint)
 }
 
 /// An SDK client for one region at `endpoint`, without SDK-level retries
@@ -82,6 +80,11 @@ pub async fn backend(endpoint: &str, local: &str) -> DynamoBackend {
     DynamoBackend::connect(config(endpoint, local))
         .await
         .expect("connect")
+}
+
+/// A client with the default configuration over `backend(endpoint, local)`.
+pub async fn client(endpoint: &str, local: &str) -> Client<DynamoBackend> {
+    Client::new(backend(endpoint, local).await, ClientConfig::default()).unwrap()
 }
 
 /// A key no other test or run uses.

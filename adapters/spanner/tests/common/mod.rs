@@ -2,26 +2,19 @@
 
 #![allow(dead_code)]
 
-use quorate_spanner::{SpannerBackend, SpannerConfig};
+use quorate_spanner::{Client, ClientConfig, SpannerBackend, SpannerConfig};
 use tokio::sync::OnceCell;
 
 /// The emulator's address and the database, or `None` outside CI when the
 /// emulator is not running (a failure in CI: a missing server never passes
 /// there).
 pub fn emulator() -> Option<(String, String)> {
-    if let (Ok(host), Ok(db)) = (
-        std::env::var("SPANNER_EMULATOR_HOST"),
-        std::env::var("QUORATE_SPANNER_DATABASE"),
-    ) {
-        return Some((host, db));
-    }
-    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
-        panic!("the Spanner emulator is required in CI: run the tests through scripts/test (it runs scripts/spanner start)");
-    }
-    eprintln!(
-        "skipping: no Spanner emulator (run scripts/test, or eval \"$(scripts/spanner start)\")"
-    );
-    None
+    let [host, database] = quorate_spanner::conformance::server_env(
+        ["SPANNER_EMULATOR_HOST", "QUORATE_SPANNER_DATABASE"],
+        "the Spanner emulator",
+        "scripts/spanner",
+    )?;
+    Some((host, database))
 }
 
 pub fn config(database: &str, local: &str) -> SpannerConfig {
@@ -47,6 +40,11 @@ pub async fn backend(database: &str, local: &str) -> SpannerBackend {
         })
         .await;
     backend
+}
+
+/// A client with the default configuration over `backend(database, local)`.
+pub async fn client(database: &str, local: &str) -> Client<SpannerBackend> {
+    Client::new(backend(database, local).await, ClientConfig::default()).unwrap()
 }
 
 /// A key no other test or run uses.

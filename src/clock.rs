@@ -66,6 +66,9 @@ impl OffsetSample {
 #[derive(Debug)]
 pub(crate) struct ClockGuard {
     offsets: std::sync::Mutex<Vec<Option<(f64, Duration)>>>,
+    /// Which regions are excluded, recomputed on every sample so that the
+    /// per-request check reads a flag instead of taking the lock.
+    excluded: Vec<std::sync::atomic::AtomicBool>,
     limit: Option<Duration>,
     warning: Duration,
 }
@@ -75,6 +78,9 @@ impl ClockGuard {
     pub(crate) fn new(regions: usize, limit: Option<Duration>, warning: Duration) -> ClockGuard {
         ClockGuard {
             offsets: std::sync::Mutex::new(vec![None; regions]),
+            excluded: (0..regions)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
             limit,
             warning,
         }
@@ -100,6 +106,13 @@ impl ClockGuard {
                 )
             }
         });
+        // A sample moves the median, so every region's standing may change.
+        if let Some(limit) = self.limit {
+            for (i, flag) in self.excluded.iter().enumerate() {
+                let out = deviation(&offsets, i).is_some_and(|d| d > limit);
+                flag.store(out, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         deviation(&offsets, region).unwrap_or_default()
     }
 
@@ -111,10 +124,9 @@ impl ClockGuard {
 
     /// Whether the region's clock is too far off to trust for timestamps.
     pub(crate) fn excluded(&self, region: usize) -> bool {
-        match (self.limit, self.deviation(region)) {
-            (Some(limit), Some(d)) => d > limit,
-            _ => false,
-        }
+        self.excluded
+            .get(region)
+            .is_some_and(|e| e.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The threshold above which a warning is logged.

@@ -64,6 +64,7 @@ mod record;
 mod retry;
 mod routing;
 mod session;
+mod shard;
 pub mod sim;
 mod topology;
 

@@ -1,7 +1,7 @@
 //! Retry policy: exponential backoff with full jitter, an attempt cap, and a
 //! budget that keeps retries a bounded fraction of traffic.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::Error;
@@ -62,10 +62,18 @@ impl RetryPolicy {
 /// storm.
 #[derive(Debug)]
 pub struct RetryBudget {
-    ratio: f64,
-    cap: f64,
-    balance: Mutex<f64>,
+    /// Tokens per first attempt, in millionths of a token.
+    ratio: u64,
+    /// The most the balance holds, in millionths.
+    cap: u64,
+    /// The balance in millionths of a token. Lock-free, and a deposit into a
+    /// full bucket (the steady state) only reads it, so requests on
+    /// different cores do not contend on it.
+    balance: AtomicU64,
 }
+
+/// Millionths per token.
+const UNIT: f64 = 1_000_000.0;
 
 impl RetryBudget {
     /// Each first attempt deposits `ratio` tokens and each retry withdraws
@@ -77,35 +85,33 @@ impl RetryBudget {
                 "retry budget ratio must be in [0, 1000]".into(),
             ));
         }
-        let reserve = f64::from(reserve);
+        let ratio = (ratio * UNIT).round() as u64;
+        let reserve = u64::from(reserve) * UNIT as u64;
         Ok(RetryBudget {
             ratio,
-            cap: reserve + 100.0 * ratio,
-            balance: Mutex::new(reserve),
+            cap: reserve + 100 * ratio,
+            balance: AtomicU64::new(reserve),
         })
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut f64) -> R) -> R {
-        let mut b = self.balance.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut b)
     }
 
     /// Records a first attempt.
     pub fn deposit(&self) {
-        let (ratio, cap) = (self.ratio, self.cap);
-        self.with(|b| *b = (*b + ratio).min(cap));
+        if self.balance.load(Ordering::Relaxed) >= self.cap {
+            return;
+        }
+        let _ = self
+            .balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b < self.cap).then(|| (b + self.ratio).min(self.cap))
+            });
     }
 
     /// Takes a token for a retry; false when the budget is exhausted.
     pub fn withdraw(&self) -> bool {
-        self.with(|b| {
-            if *b >= 1.0 {
-                *b -= 1.0;
-                true
-            } else {
-                false
-            }
-        })
+        const ONE: u64 = UNIT as u64;
+        self.balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(ONE))
+            .is_ok()
     }
 }
 
@@ -148,6 +154,14 @@ mod tests {
         assert!(b.withdraw());
         assert!(!b.withdraw());
         assert!(RetryBudget::new(f64::NAN, 1).is_err());
+
+        // A full bucket stays at reserve + 100·ratio however many deposits.
+        let b = RetryBudget::new(0.25, 3).unwrap();
+        for _ in 0..10_000 {
+            b.deposit();
+        }
+        let withdrawn = (0..100).take_while(|_| b.withdraw()).count();
+        assert_eq!(withdrawn, 3 + 25);
         assert!(RetryPolicy {
             max_attempts: 0,
             ..Default::default()

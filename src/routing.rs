@@ -8,11 +8,13 @@
 //! preferred region (the local one) goes first when its circuit admits
 //! requests; the others follow by measured latency.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::shard::{self, Padded, SHARDS};
 use crate::topology::{Region, Topology};
 
 /// The state of a region's circuit breaker.
@@ -76,20 +78,20 @@ struct Health {
     consecutive_failures: u32,
     /// When the circuit last opened after being closed; cleared on success.
     down_since: Option<Instant>,
-    rtt: [Rtt; 3],
     replica_lag: Option<Duration>,
 }
 
 impl Health {
-    /// The smoothed latency for `kind`, or for any kind measured.
-    fn latency(&self, kind: Kind) -> Option<f64> {
-        let own = self.rtt[kind as usize];
-        if own.known {
-            return Some(own.srtt);
-        }
-        self.rtt.iter().find(|r| r.known).map(|r| r.srtt)
+    /// Nothing for a success to reset.
+    fn clean(&self) -> bool {
+        matches!(self.breaker, Breaker::Closed)
+            && self.consecutive_failures == 0
+            && self.down_since.is_none()
     }
 }
+
+/// Per region, the latency estimates of each kind.
+type Rtts = Vec<[Rtt; 3]>;
 
 /// Circuit-breaker settings.
 #[derive(Clone, Copy, Debug)]
@@ -107,6 +109,14 @@ pub(crate) struct Router {
     local: usize,
     config: BreakerConfig,
     health: Mutex<Vec<Health>>,
+    /// Per region: its health is [`Health::clean`], so a success has only
+    /// a latency to record. Written under the `health` lock.
+    clean: Vec<AtomicBool>,
+    /// Latency estimates, one set per thread shard: every successful
+    /// attempt records one, and a single shared set would move between
+    /// cores on every request. Each shard estimates the same latencies from
+    /// the attempts its threads made.
+    rtt: [Padded<Mutex<Rtts>>; SHARDS],
 }
 
 /// A set of region indexes already tried by one operation.
@@ -144,16 +154,54 @@ impl Router {
                     breaker: Breaker::Closed,
                     consecutive_failures: 0,
                     down_since: None,
-                    rtt: [Rtt::default(); 3],
                     replica_lag: None,
                 };
                 n
             ]),
+            clean: (0..n).map(|_| AtomicBool::new(true)).collect(),
+            rtt: std::array::from_fn(|_| Padded(Mutex::new(vec![[Rtt::default(); 3]; n]))),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Health>> {
         self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn rtts(&self, shard: usize) -> std::sync::MutexGuard<'_, Rtts> {
+        self.rtt[shard].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The estimate of `kind` in `region`: this thread's shard's if it has
+    /// one, else the mean of the shards that do.
+    fn rtt_of(&self, region: usize, kind: Kind) -> Rtt {
+        let own = self.rtts(shard::current())[region][kind as usize];
+        if own.known {
+            return own;
+        }
+        let (mut sum, mut n) = (Rtt::default(), 0.0);
+        for s in 0..SHARDS {
+            let r = self.rtts(s)[region][kind as usize];
+            if r.known {
+                sum.srtt += r.srtt;
+                sum.rttvar += r.rttvar;
+                n += 1.0;
+            }
+        }
+        if n > 0.0 {
+            sum.srtt /= n;
+            sum.rttvar /= n;
+            sum.known = true;
+        }
+        sum
+    }
+
+    /// The smoothed latency for `kind`, or for any kind measured.
+    fn latency(&self, region: usize, kind: Kind) -> Option<f64> {
+        std::iter::once(kind)
+            .chain([Kind::FollowerRead, Kind::LeaderRead, Kind::Write])
+            .map(|k| self.rtt_of(region, k))
+            .find(|r| r.known)
+            .map(|r| r.srtt)
     }
 
     pub(crate) fn region(&self, index: usize) -> &Region {
@@ -199,8 +247,8 @@ impl Router {
             (0..health.len())
                 .filter(|&i| usable(i, &health))
                 .min_by(|&a, &b| {
-                    let la = health[a].latency(kind).unwrap_or(f64::INFINITY);
-                    let lb = health[b].latency(kind).unwrap_or(f64::INFINITY);
+                    let la = self.latency(a, kind).unwrap_or(f64::INFINITY);
+                    let lb = self.latency(b, kind).unwrap_or(f64::INFINITY);
                     la.total_cmp(&lb)
                         .then((a != self.local).cmp(&(b != self.local)))
                         .then(a.cmp(&b))
@@ -227,12 +275,16 @@ impl Router {
 
     /// Records a successful attempt and its latency; closes the circuit.
     pub(crate) fn success(&self, region: usize, kind: Kind, latency: Duration) {
-        let mut health = self.lock();
-        let h = &mut health[region];
-        h.rtt[kind as usize].sample(latency.as_nanos() as f64);
-        h.consecutive_failures = 0;
-        h.down_since = None;
-        h.breaker = Breaker::Closed;
+        self.rtts(shard::current())[region][kind as usize].sample(latency.as_nanos() as f64);
+        // A failure racing with this success may be ordered either way.
+        if !self.clean[region].load(Ordering::Acquire) {
+            let mut health = self.lock();
+            let h = &mut health[region];
+            h.consecutive_failures = 0;
+            h.down_since = None;
+            h.breaker = Breaker::Closed;
+            self.clean[region].store(true, Ordering::Release);
+        }
     }
 
     /// Records a failed attempt. A `hard` failure (unreachable, timed out)
@@ -253,6 +305,7 @@ impl Router {
                 h.down_since.get_or_insert(now);
             }
         }
+        self.clean[region].store(h.clean(), Ordering::Release);
         was_closed && matches!(h.breaker, Breaker::Open { .. })
     }
 
@@ -281,7 +334,7 @@ impl Router {
         floor: Duration,
         cap: Duration,
     ) -> Duration {
-        let rtt = self.lock()[region].rtt[kind as usize];
+        let rtt = self.rtt_of(region, kind);
         if !rtt.known {
             return cap;
         }
@@ -310,15 +363,15 @@ impl Router {
     pub(crate) fn status(&self, region: usize) -> (Circuit, Option<Duration>, Option<Duration>) {
         let now = Instant::now();
         let h = self.lock()[region];
+        let latency = self
+            .latency(region, Kind::LeaderRead)
+            .map(|n| Duration::from_nanos(n as u64));
         let circuit = match h.breaker {
             Breaker::Closed => Circuit::Closed,
             Breaker::Open { until } if until <= now => Circuit::HalfOpen,
             Breaker::Open { .. } => Circuit::Open,
             Breaker::HalfOpen { .. } => Circuit::HalfOpen,
         };
-        let latency = h
-            .latency(Kind::LeaderRead)
-            .map(|n| Duration::from_nanos(n as u64));
         (circuit, latency, h.replica_lag)
     }
 }
@@ -458,5 +511,46 @@ mod tests {
             "never below the floor"
         );
         assert_eq!(r.attempt_timeout(0, Kind::FollowerRead, floor, cap), cap);
+    }
+
+    #[test]
+    fn latency_measured_on_other_threads_counts_until_this_one_measures() {
+        let r = std::sync::Arc::new(router());
+        let (floor, cap) = (Duration::from_millis(1), Duration::from_secs(5));
+        assert_eq!(r.attempt_timeout(0, Kind::Write, floor, cap), cap);
+        let other = std::sync::Arc::clone(&r);
+        std::thread::spawn(move || {
+            for _ in 0..20 {
+                other.success(0, Kind::Write, Duration::from_millis(10));
+            }
+        })
+        .join()
+        .unwrap();
+        // Measured elsewhere only: the other shards' estimate.
+        let elsewhere = r.attempt_timeout(0, Kind::Write, floor, cap);
+        assert!(
+            elsewhere >= Duration::from_millis(30) && elsewhere < cap,
+            "{elsewhere:?}"
+        );
+        // Measured here: this thread's own estimate.
+        for _ in 0..50 {
+            r.success(0, Kind::Write, Duration::from_millis(100));
+        }
+        let here = r.attempt_timeout(0, Kind::Write, floor, cap);
+        assert!(here >= Duration::from_millis(250), "{here:?}");
+    }
+
+    #[test]
+    fn a_success_closes_a_circuit_a_failure_opened() {
+        let r = router();
+        assert!(r.failure(1, true));
+        assert!(!r.healthy(1));
+        r.success(1, Kind::LeaderRead, Duration::from_millis(1));
+        assert!(r.healthy(1));
+        assert_eq!(r.status(1).0, Circuit::Closed);
+        assert!(r.down_for(1).is_none());
+        // And a later hard failure opens it again.
+        assert!(r.failure(1, true));
+        assert!(!r.healthy(1));
     }
 }

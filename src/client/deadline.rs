@@ -10,14 +10,21 @@
 //! wakes every tick while attempts are in flight, firing the expired ones.
 //! A deadline therefore fires at most one tick late; ticks are a tenth of
 //! the shortest attempt timeout, at most 10 ms.
+//!
+//! The table is sharded by thread ([`crate::shard`]): every attempt writes
+//! it twice, and one shared table would move its lock between cores on
+//! every request.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::shard::{self, Padded, SHARDS};
 
 /// Ticks without a registered attempt before the sweeper stops; the next
 /// registration starts it again.
@@ -32,7 +39,10 @@ pub(crate) struct Deadlines {
 #[derive(Debug)]
 struct Shared {
     tick: Duration,
-    state: Mutex<State>,
+    shards: [Padded<Mutex<State>>; SHARDS],
+    /// Whether a sweeper runs. Set by the registration that starts one;
+    /// cleared by the sweeper when it stops (see [`sweep`]).
+    sweeping: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -40,7 +50,6 @@ struct State {
     slots: Vec<Slot>,
     free: Vec<usize>,
     waiting: usize,
-    sweeping: bool,
 }
 
 #[derive(Debug)]
@@ -51,10 +60,15 @@ enum Slot {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self, shard: usize) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the table
         // inconsistent: every update is a single assignment.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether any shard has a registered attempt.
+    fn any_waiting(&self) -> bool {
+        (0..SHARDS).any(|s| self.lock(s).waiting > 0)
     }
 }
 
@@ -64,7 +78,8 @@ impl Deadlines {
         Deadlines {
             shared: Arc::new(Shared {
                 tick: tick.clamp(Duration::from_millis(1), Duration::from_millis(10)),
-                state: Mutex::new(State::default()),
+                shards: std::array::from_fn(|_| Padded(Mutex::new(State::default()))),
+                sweeping: AtomicBool::new(false),
             }),
         }
     }
@@ -110,19 +125,20 @@ impl<F: Future> Future for Bounded<'_, F> {
     }
 }
 
-/// An attempt's slot, released when the attempt ends or is dropped.
+/// An attempt's slot (shard, index), released when the attempt ends or is
+/// dropped. The slot stays in the shard it was taken from even if the
+/// attempt moves to another thread.
 struct Registration<'a> {
     shared: &'a Arc<Shared>,
-    slot: Option<usize>,
+    slot: Option<(usize, usize)>,
 }
 
 impl Registration<'_> {
     /// Whether the deadline has passed; otherwise makes sure `waker` is
     /// woken when it does.
     fn expired(&mut self, deadline: Instant, waker: &Waker) -> bool {
-        let mut state = self.shared.lock();
-        match self.slot {
-            Some(index) => match &mut state.slots[index] {
+        if let Some((shard, index)) = self.slot {
+            return match &mut self.shared.lock(shard).slots[index] {
                 Slot::Fired => true,
                 Slot::Waiting { waker: w, .. } => {
                     if !w.will_wake(waker) {
@@ -131,36 +147,42 @@ impl Registration<'_> {
                     false
                 }
                 Slot::Vacant => unreachable_vacant(),
-            },
-            None => {
-                if Instant::now() >= deadline {
-                    return true;
+            };
+        }
+        if Instant::now() >= deadline {
+            return true;
+        }
+        let shard = shard::current();
+        {
+            let mut state = self.shared.lock(shard);
+            let slot = Slot::Waiting {
+                deadline,
+                waker: waker.clone(),
+            };
+            let index = match state.free.pop() {
+                Some(i) => {
+                    state.slots[i] = slot;
+                    i
                 }
-                let slot = Slot::Waiting {
-                    deadline,
-                    waker: waker.clone(),
-                };
-                let index = match state.free.pop() {
-                    Some(i) => {
-                        state.slots[i] = slot;
-                        i
-                    }
-                    None => {
-                        state.slots.push(slot);
-                        state.slots.len() - 1
-                    }
-                };
-                state.waiting += 1;
-                self.slot = Some(index);
-                if !state.sweeping {
-                    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                        state.sweeping = true;
-                        handle.spawn(sweep(Arc::clone(self.shared)));
-                    }
+                None => {
+                    state.slots.push(slot);
+                    state.slots.len() - 1
                 }
-                false
+            };
+            state.waiting += 1;
+            self.slot = Some((shard, index));
+        }
+        // After the slot is visible: a sweeper that is stopping re-checks
+        // the shards after clearing the flag, so either it sees this slot or
+        // this sees the flag cleared and starts a new sweeper.
+        if !self.shared.sweeping.load(Ordering::SeqCst) {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                if !self.shared.sweeping.swap(true, Ordering::SeqCst) {
+                    handle.spawn(sweep(Arc::clone(self.shared)));
+                }
             }
         }
+        false
     }
 }
 
@@ -173,8 +195,8 @@ fn unreachable_vacant() -> bool {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        if let Some(index) = self.slot.take() {
-            let mut state = self.shared.lock();
+        if let Some((shard, index)) = self.slot.take() {
+            let mut state = self.shared.lock(shard);
             if matches!(state.slots[index], Slot::Waiting { .. }) {
                 state.waiting -= 1;
             }
@@ -194,8 +216,9 @@ async fn sweep(shared: Arc<Shared>) {
     loop {
         interval.tick().await;
         let now = Instant::now();
-        {
-            let mut state = shared.lock();
+        let mut waiting = 0;
+        for shard in 0..SHARDS {
+            let mut state = shared.lock(shard);
             let mut fired = 0;
             for slot in state.slots.iter_mut() {
                 if matches!(slot, Slot::Waiting { deadline, .. } if *deadline <= now) {
@@ -206,18 +229,24 @@ async fn sweep(shared: Arc<Shared>) {
                 }
             }
             state.waiting -= fired;
-            if state.waiting == 0 {
-                idle += 1;
-                if idle >= IDLE_TICKS {
-                    state.sweeping = false;
-                    return;
-                }
-            } else {
-                idle = 0;
-            }
+            waiting += state.waiting;
         }
         for waker in expired.drain(..) {
             waker.wake();
+        }
+        if waiting > 0 {
+            idle = 0;
+            continue;
+        }
+        idle += 1;
+        if idle >= IDLE_TICKS {
+            shared.sweeping.store(false, Ordering::SeqCst);
+            // A registration that saw the flag still set before it was
+            // cleared did not start a sweeper: keep this one if so.
+            if !shared.any_waiting() || shared.sweeping.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            idle = 0;
         }
     }
 }
@@ -225,6 +254,22 @@ async fn sweep(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// (slots, free slots, waiting) over every shard.
+    fn totals(d: &Deadlines) -> (usize, usize, usize) {
+        (0..SHARDS).fold((0, 0, 0), |(s, f, w), i| {
+            let state = d.shared.lock(i);
+            (
+                s + state.slots.len(),
+                f + state.free.len(),
+                w + state.waiting,
+            )
+        })
+    }
+
+    fn sweeping(d: &Deadlines) -> bool {
+        d.shared.sweeping.load(Ordering::SeqCst)
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_request_that_finishes_is_returned() {
@@ -236,7 +281,7 @@ mod tests {
             })
             .await;
         assert_eq!(out, Some(7));
-        assert_eq!(d.shared.lock().waiting, 0);
+        assert_eq!(totals(&d).2, 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -253,9 +298,9 @@ mod tests {
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(95), "{took:?}");
         assert!(took <= Duration::from_millis(105), "{took:?}");
-        let state = d.shared.lock();
-        assert_eq!(state.waiting, 0);
-        assert_eq!(state.free.len(), state.slots.len(), "every slot released");
+        let (slots, free, waiting) = totals(&d);
+        assert_eq!(waiting, 0);
+        assert_eq!(free, slots, "every slot released");
     }
 
     #[tokio::test(start_paused = true)]
@@ -265,7 +310,7 @@ mod tests {
         let out = d.run(start, std::future::pending::<()>()).await;
         assert_eq!(out, None);
         assert_eq!(start.elapsed(), Duration::ZERO);
-        assert!(d.shared.lock().slots.is_empty(), "nothing registered");
+        assert_eq!(totals(&d).0, 0, "nothing registered");
     }
 
     #[tokio::test(start_paused = true)]
@@ -284,15 +329,10 @@ mod tests {
         });
         let (a, b, c) = tokio::join!(hung(20), hung(40), done);
         assert_eq!((a, b, c), (None, None, Some("done")));
-        {
-            let state = d.shared.lock();
-            assert_eq!(state.slots.len(), 3);
-            assert_eq!(state.free.len(), 3);
-            assert_eq!(state.waiting, 0);
-        }
+        assert_eq!(totals(&d), (3, 3, 0));
         let again = d.run(Instant::now(), async { 1 }).await;
         assert_eq!(again, Some(1));
-        assert_eq!(d.shared.lock().slots.len(), 3, "no growth");
+        assert_eq!(totals(&d).0, 3, "no growth");
     }
 
     #[tokio::test(start_paused = true)]
@@ -305,10 +345,10 @@ mod tests {
         )
         .await;
         assert!(raced.is_err());
-        assert_eq!(d.shared.lock().waiting, 0);
-        assert!(d.shared.lock().sweeping);
+        assert_eq!(totals(&d).2, 0);
+        assert!(sweeping(&d));
         tokio::time::sleep(Duration::from_millis(10 * u64::from(IDLE_TICKS) + 50)).await;
-        assert!(!d.shared.lock().sweeping, "the sweeper stopped");
+        assert!(!sweeping(&d), "the sweeper stopped");
         // And starts again for the next attempt.
         let out = d
             .run(
@@ -317,5 +357,33 @@ mod tests {
             )
             .await;
         assert_eq!(out, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn deadlines_fire_across_threads_and_shards() {
+        let d = Arc::new(Deadlines::new(Duration::from_millis(2)));
+        let mut tasks = Vec::new();
+        for i in 0..64u64 {
+            let d = Arc::clone(&d);
+            tasks.push(tokio::spawn(async move {
+                let start = Instant::now();
+                let hung = d
+                    .run(
+                        start + Duration::from_millis(5 + i % 7),
+                        std::future::pending::<()>(),
+                    )
+                    .await;
+                let done = d.run(start + Duration::from_secs(10), async { i }).await;
+                (hung, done, start.elapsed())
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let (hung, done, took) = t.await.unwrap();
+            assert_eq!(hung, None);
+            assert_eq!(done, Some(i as u64));
+            assert!(took < Duration::from_secs(5), "{took:?}");
+        }
+        let (slots, free, waiting) = totals(&d);
+        assert_eq!((free, waiting), (slots, 0), "every slot released");
     }
 }

@@ -139,22 +139,37 @@ pub async fn throughput(concurrency: usize, run: Duration, op: &Op) -> f64 {
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Measures the operations in mirrored order (a, b, c, c, b, a), `rounds`
-/// times, `run` each, so that none profits from going first (warm caches)
-/// or last (a fuller table); the mean throughput of each.
+/// Measures the operations in mirrored order, `rounds` times, `run` each,
+/// and returns the mean throughput of each.
+///
+/// Mirroring (a, b, c, c, b, a) cancels a drift that is linear over a
+/// round: none profits from going first (warm caches) or last (a fuller
+/// table). But the operation in the middle runs twice back to back, and a
+/// second run after itself finds caches, pool and statements warm for it.
+/// So each round rotates the order by one (b, c, a, a, c, b; then c, a, b,
+/// b, a, c): over `N` rounds, every operation takes every position once.
+/// `rounds` is rounded up to a multiple of `N` to keep that balance.
 pub async fn interleaved<const N: usize>(
     concurrency: usize,
     run: Duration,
     rounds: usize,
     ops: [&Op; N],
 ) -> [f64; N] {
+    let rounds = rounds.max(1).div_ceil(N.max(1)) * N.max(1);
     let mut sums = [0.0; N];
-    for _ in 0..rounds {
-        for i in (0..N).chain((0..N).rev()) {
+    for round in 0..rounds {
+        for i in rotated_mirror(N, round) {
             sums[i] += throughput(concurrency, run, ops[i]).await;
         }
     }
-    sums.map(|s| s / (2 * rounds.max(1)) as f64)
+    sums.map(|s| s / (2 * rounds) as f64)
+}
+
+/// The order of round `round` over `n` operations: the rotation by `round`,
+/// then its mirror.
+fn rotated_mirror(n: usize, round: usize) -> impl Iterator<Item = usize> {
+    let forward = (0..n).map(move |i| (i + round) % n.max(1));
+    forward.clone().chain(forward.rev())
 }
 
 /// Prints one result line: name, concurrency, raw and quorate throughput,

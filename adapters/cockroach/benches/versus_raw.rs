@@ -4,7 +4,9 @@
 //! `eval "$(scripts/pg start)" && cargo bench -p quorate-cockroach --bench versus_raw`
 //!
 //! Each comparison is measured in mirrored order (raw, quorate, quorate,
-//! raw), three rounds of one second per measurement, and averaged. For each of concurrency 1 and 32: strong point reads (quorate: the
+//! raw), rotated by one each round, three rounds of one second per
+//! measurement, and averaged (`paired::interleaved`). For each of
+//! concurrency 1 and 32: strong point reads (quorate: the
 //! primary, with the read's WAL point; raw: a prepared `SELECT`) and
 //! conditional updates (quorate: the conditional write with its idempotency
 //! record and the commit LSN; raw: a prepared `UPDATE … WHERE version = $3`).

@@ -12,7 +12,8 @@
 //! also compared with raw SDK calls writing the same idempotency item in
 //! the same transaction, which separates what the client costs from what
 //! durable idempotency costs the database. Each comparison is measured in
-//! mirrored order, three rounds of one second per measurement.
+//! mirrored order rotated by one each round, three rounds of one second
+//! per measurement.
 //! `QUORATE_BENCH_CONCURRENCY=N` measures only concurrency N;
 //! `QUORATE_BENCH_READS_ONLY=1` only the reads.
 

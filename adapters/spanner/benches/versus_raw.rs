@@ -11,7 +11,9 @@
 //! transaction that checks the version and writes the row. quorate: a
 //! `Strong` read, then an `IfVersion` write, whose transaction also reads
 //! and writes the idempotency row; the update is also compared with raw
-//! code that does the same. Mirrored order, three rounds of one second.
+//! code that does the same. Mirrored order rotated by one each round, at
+//! least three rounds of one second (a multiple of the operations
+//! compared).
 
 use std::time::Duration;
 

@@ -504,9 +504,10 @@ impl Backend for DynamoBackend {
         match &self.inner.config.home {
             Home::Region(r) => Some(r.clone()),
             Home::Hashed => {
-                let regions: Vec<&Region> = self.inner.topology.regions().collect();
-                let i = (stable_hash(key) % regions.len() as u64) as usize;
-                Some(regions[i].clone())
+                let mut regions = self.inner.topology.regions();
+                let n = regions.len() as u64;
+                let i = (n > 0).then(|| (stable_hash(key) % n) as usize)?;
+                regions.nth(i).cloned()
             }
             Home::By(f) => {
                 let r = f(key);

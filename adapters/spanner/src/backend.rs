@@ -236,6 +236,18 @@ impl SpannerBackend {
         &self.inner.tables
     }
 
+    /// Deletes the idle sessions the directed reads hold and returns how
+    /// many were deleted; later reads create new ones. Reads keep at most
+    /// 64 idle sessions, delete a session whose read was abandoned
+    /// mid-call, and delete the idle ones in the background when the last
+    /// clone of the backend is dropped inside a runtime; this deletes them
+    /// at a moment of the caller's choosing, for example at shutdown.
+    /// (The library's own session pool, used by writes, is closed by
+    /// gcloud-spanner.)
+    pub async fn close_read_sessions(&self) -> usize {
+        self.inner.reads.close().await
+    }
+
     /// Creates both tables if they do not exist.
     pub async fn create_tables(&self) -> Result<(), Error> {
         use gcloud_googleapis::spanner::admin::database::v1::UpdateDatabaseDdlRequest;

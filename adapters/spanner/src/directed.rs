@@ -15,8 +15,8 @@ use gcloud_googleapis::spanner::v1::directed_read_options::{
 use gcloud_googleapis::spanner::v1::transaction_options::read_only::TimestampBound;
 use gcloud_googleapis::spanner::v1::transaction_options::{self, ReadOnly};
 use gcloud_googleapis::spanner::v1::{
-    transaction_selector, CreateSessionRequest, DirectedReadOptions, ExecuteSqlRequest, ResultSet,
-    TransactionOptions, TransactionSelector, Type, TypeCode,
+    transaction_selector, CreateSessionRequest, DeleteSessionRequest, DirectedReadOptions,
+    ExecuteSqlRequest, ResultSet, TransactionOptions, TransactionSelector, Type, TypeCode,
 };
 use gcloud_spanner::apiv1::conn_pool::ConnectionManager;
 use prost_types::{value::Kind, Struct, Value};
@@ -174,6 +174,43 @@ pub(crate) struct Sessions {
     idle: std::sync::Mutex<Vec<String>>,
 }
 
+/// Idle read sessions kept for reuse; a session returned beyond this is
+/// deleted.
+const MAX_IDLE: usize = 64;
+
+/// A session lent to one read: returned for reuse when the read completes,
+/// deleted when the read is abandoned mid-call (the call may still be
+/// running on it, and a session runs one at a time).
+struct Lease<'a> {
+    sessions: &'a Sessions,
+    name: Option<String>,
+}
+
+impl Lease<'_> {
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
+
+    fn release(mut self) {
+        if let Some(name) = self.name.take() {
+            self.sessions.give_back(name);
+        }
+    }
+
+    /// Spanner no longer has the session.
+    fn forget(mut self) {
+        self.name = None;
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            self.sessions.delete_later(vec![name]);
+        }
+    }
+}
+
 impl Sessions {
     pub(crate) fn new(conn: ConnectionManager, database: String) -> Sessions {
         Sessions {
@@ -183,15 +220,66 @@ impl Sessions {
         }
     }
 
-    fn take(&self) -> Option<String> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn lease(&self) -> Result<Lease<'_>, Status> {
+        let idle = self.idle().pop();
+        let name = match idle {
+            Some(s) => s,
+            None => self.create().await?,
+        };
+        Ok(Lease {
+            sessions: self,
+            name: Some(name),
+        })
     }
 
     fn give_back(&self, session: String) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(session);
+        let mut idle = self.idle();
+        if idle.len() < MAX_IDLE {
+            idle.push(session);
+            return;
+        }
+        drop(idle);
+        self.delete_later(vec![session]);
+    }
+
+    /// Deletes sessions in the background (best effort: Spanner deletes a
+    /// session idle for an hour anyway).
+    fn delete_later(&self, names: Vec<String>) {
+        if names.is_empty() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut client = self.conn.conn();
+        handle.spawn(async move {
+            for name in names {
+                let _ = client
+                    .delete_session(DeleteSessionRequest { name }, true, None)
+                    .await;
+            }
+        });
+    }
+
+    /// Deletes every idle session now; returns how many were deleted.
+    pub(crate) async fn close(&self) -> usize {
+        let names = std::mem::take(&mut *self.idle());
+        let mut client = self.conn.conn();
+        let mut deleted = 0;
+        for name in names {
+            if client
+                .delete_session(DeleteSessionRequest { name }, true, None)
+                .await
+                .is_ok()
+            {
+                deleted += 1;
+            }
+        }
+        deleted
     }
 
     async fn create(&self) -> Result<String, Status> {
@@ -221,25 +309,33 @@ impl Sessions {
     ) -> Result<PointRead, Status> {
         let mut replaced = false;
         loop {
-            let session = match self.take() {
-                Some(s) => s,
-                None => self.create().await?,
-            };
-            let request = read_request(&session, sql, key, bound, region);
+            let lease = self.lease().await?;
+            let request = read_request(lease.name(), sql, key, bound, region);
             match self.conn.conn().execute_sql(request, true, None).await {
                 Ok(result) => {
-                    self.give_back(session);
+                    lease.release();
                     return decode(result.into_inner());
                 }
-                Err(s) if s.code() == Code::NotFound && !replaced => replaced = true,
-                Err(s) => {
-                    if s.code() != Code::NotFound {
-                        self.give_back(session);
+                Err(s) if s.code() == Code::NotFound => {
+                    lease.forget();
+                    if replaced {
+                        return Err(s);
                     }
+                    replaced = true;
+                }
+                Err(s) => {
+                    lease.release();
                     return Err(s);
                 }
             }
         }
+    }
+}
+
+impl Drop for Sessions {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut *self.idle());
+        self.delete_later(names);
     }
 }
 

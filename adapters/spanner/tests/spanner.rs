@@ -223,3 +223,56 @@ async fn bad_input_gets_typed_errors() {
         Err(quorate_spanner::PolicyError::StalenessTooLarge { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_sessions_are_reused_and_deleted_on_close() {
+    let Some((_, db)) = common::emulator() else {
+        return;
+    };
+    let client = Arc::new(common::client(&db, "us-east1").await);
+    let key = common::key("sessions");
+    client
+        .write(
+            &client.session(),
+            &key,
+            "0".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    client.backend().close_read_sessions().await;
+    // Sequential reads share one session.
+    for _ in 0..5 {
+        let r = client
+            .read(&client.session(), &key, ReadPolicy::Strong)
+            .await
+            .unwrap();
+        assert!(r.value.is_some());
+    }
+    assert_eq!(client.backend().close_read_sessions().await, 1);
+    // Concurrent reads take one session each, at most one per read.
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, key) = (client.clone(), key.clone());
+            tokio::spawn(async move {
+                client
+                    .read(&client.session(), &key, ReadPolicy::Strong)
+                    .await
+                    .map(|r| r.value.is_some())
+            })
+        })
+        .collect();
+    for r in readers {
+        assert!(r.await.unwrap().unwrap());
+    }
+    let deleted = client.backend().close_read_sessions().await;
+    assert!((1..=8).contains(&deleted), "{deleted} sessions");
+    assert_eq!(client.backend().close_read_sessions().await, 0, "none left");
+    // Reads go on after a close, on a new session.
+    let r = client
+        .read(&client.session(), &key, ReadPolicy::Strong)
+        .await
+        .unwrap();
+    assert!(r.value.is_some());
+}

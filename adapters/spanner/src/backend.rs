@@ -592,25 +592,27 @@ impl Backend for SpannerBackend {
     }
 
     async fn probe(&self, region: &Region) -> Result<Probe, Error> {
-        let mut tx = self
+        // A strong read of the empty key, which no record has (keys are
+        // never empty), directed to the region's replicas like every read:
+        // it measures that region, and the read timestamp its replicas
+        // chose is the server's time.
+        let read = self
             .inner
-            .client
-            .single()
-            .await
-            .map_err(|e| client_error(e, Phase::Before))?;
-        let mut rows = tx
-            .query(Statement::new("SELECT CURRENT_TIMESTAMP()"))
+            .reads
+            .read(
+                &self.inner.sql.read,
+                "",
+                crate::directed::Bound::Strong,
+                region,
+            )
             .await
             .map_err(|s| classify(s, Phase::Before))?;
-        let row = rows
-            .next()
-            .await
-            .map_err(|s| classify(s, Phase::Before))?
-            .ok_or_else(|| Error::backend(Retryability::Retryable, None, "no row"))?;
-        let now: time::OffsetDateTime = row.column(0).map_err(row_error)?;
+        let at = read.read_at.ok_or_else(|| {
+            Error::backend(Retryability::Retryable, None, "no read timestamp returned")
+        })?;
         Ok(Probe {
             region: region.clone(),
-            server_time_nanos: u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0),
+            server_time_nanos: at.wall,
             replica_lag: None,
         })
     }

@@ -276,3 +276,26 @@ async fn read_sessions_are_reused_and_deleted_on_close() {
         .unwrap();
     assert!(r.value.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_report_each_regions_server_time() {
+    use quorate_spanner::Backend;
+    let Some((_, db)) = common::emulator() else {
+        return;
+    };
+    let backend = common::backend(&db, "us-east1").await;
+    for name in ["us-central1", "us-east1", "europe-west1"] {
+        let region = quorate_spanner::Region::new(name).unwrap();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128;
+        let probe = backend.probe(&region).await.unwrap();
+        assert_eq!(probe.region, region);
+        // The emulator runs on this machine's clock.
+        let offset = i128::from(probe.server_time_nanos) - before;
+        assert!(offset.abs() < 5_000_000_000, "offset {offset} ns");
+    }
+    // Probing leaves its session for reuse like any read.
+    assert_eq!(backend.close_read_sessions().await, 1);
+}

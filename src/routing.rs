@@ -90,8 +90,9 @@ impl Health {
     }
 }
 
-/// Per region, the latency estimates of each kind.
-type Rtts = Vec<[Rtt; 3]>;
+/// Per region, the latency estimates of each kind; padded, because a
+/// shard's vector lives on the heap next to the other shards' vectors.
+type Rtts = Vec<Padded<[Rtt; 3]>>;
 
 /// Circuit-breaker settings.
 #[derive(Clone, Copy, Debug)]
@@ -159,7 +160,11 @@ impl Router {
                 n
             ]),
             clean: (0..n).map(|_| AtomicBool::new(true)).collect(),
-            rtt: std::array::from_fn(|_| Padded(Mutex::new(vec![[Rtt::default(); 3]; n]))),
+            rtt: std::array::from_fn(|_| {
+                Padded(Mutex::new(
+                    (0..n).map(|_| Padded([Rtt::default(); 3])).collect(),
+                ))
+            }),
         }
     }
 
@@ -174,13 +179,13 @@ impl Router {
     /// The estimate of `kind` in `region`: this thread's shard's if it has
     /// one, else the mean of the shards that do.
     fn rtt_of(&self, region: usize, kind: Kind) -> Rtt {
-        let own = self.rtts(shard::current())[region][kind as usize];
+        let own = self.rtts(shard::current())[region].0[kind as usize];
         if own.known {
             return own;
         }
         let (mut sum, mut n) = (Rtt::default(), 0.0);
         for s in 0..SHARDS {
-            let r = self.rtts(s)[region][kind as usize];
+            let r = self.rtts(s)[region].0[kind as usize];
             if r.known {
                 sum.srtt += r.srtt;
                 sum.rttvar += r.rttvar;
@@ -275,7 +280,7 @@ impl Router {
 
     /// Records a successful attempt and its latency; closes the circuit.
     pub(crate) fn success(&self, region: usize, kind: Kind, latency: Duration) {
-        self.rtts(shard::current())[region][kind as usize].sample(latency.as_nanos() as f64);
+        self.rtts(shard::current())[region].0[kind as usize].sample(latency.as_nanos() as f64);
         // A failure racing with this success may be ordered either way.
         if !self.clean[region].load(Ordering::Acquire) {
             let mut health = self.lock();

@@ -93,17 +93,7 @@ async fn concurrent_conditional_writes_conflict() {
     };
     let client = Arc::new(common::client(&db, "us-east1").await);
     let key = common::key("conflict");
-    let v1 = client
-        .write(
-            &client.session(),
-            &key,
-            "0".into(),
-            Precondition::IfAbsent,
-            &WriteOptions::default(),
-        )
-        .await
-        .unwrap()
-        .version;
+    let v1 = common::create(&client, &key).await;
     let writers: Vec<_> = (0..4)
         .map(|i| {
             let (client, key) = (client.clone(), key.clone());
@@ -231,16 +221,7 @@ async fn read_sessions_are_reused_and_deleted_on_close() {
     };
     let client = Arc::new(common::client(&db, "us-east1").await);
     let key = common::key("sessions");
-    client
-        .write(
-            &client.session(),
-            &key,
-            "0".into(),
-            Precondition::IfAbsent,
-            &WriteOptions::default(),
-        )
-        .await
-        .unwrap();
+    common::create(&client, &key).await;
     client.backend().close_read_sessions().await;
     // Sequential reads share one session.
     for _ in 0..5 {

@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
-use quorate_spanner::{Client, ClientConfig, SpannerBackend, SpannerConfig};
+use quorate_spanner::{
+    Client, ClientConfig, Precondition, SpannerBackend, SpannerConfig, Version, WriteOptions,
+};
 use tokio::sync::OnceCell;
 
 /// The emulator's address and the database, or `None` outside CI when the
@@ -60,4 +62,19 @@ pub fn key(name: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Creates `key` with the value `0`; its version.
+pub async fn create(client: &Client<SpannerBackend>, key: &str) -> Version {
+    client
+        .write(
+            &client.session(),
+            key,
+            "0".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .expect("create the key")
+        .version
 }

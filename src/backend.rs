@@ -44,11 +44,40 @@ impl IdempotencyKey {
     }
 
     /// A fresh key, unique with overwhelming probability across processes.
+    ///
+    /// `q-<prefix>-<n>`: the prefix is random per process and distinct per
+    /// thread within it, and `n` counts the thread's keys, so that making a
+    /// key touches no state another thread writes.
     pub fn generate() -> IdempotencyKey {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let random = crate::random::process_entropy();
-        IdempotencyKey(Arc::from(format!("q-{random:016x}-{n:x}")))
+        use std::cell::Cell;
+        use std::io::Write as _;
+        static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        static THREADS: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            // (prefix, keys made so far). A bijective mix of the process's
+            // random seed and the thread's number: distinct per thread.
+            static THREAD: Cell<(u64, u64)> = Cell::new((
+                crate::random::SplitMix64::new(
+                    *PROCESS.get_or_init(crate::random::process_entropy)
+                        ^ THREADS.fetch_add(1, Ordering::Relaxed),
+                )
+                .next_u64(),
+                0,
+            ));
+        }
+        let (prefix, n) = THREAD.with(|t| {
+            let (prefix, n) = t.get();
+            t.set((prefix, n.wrapping_add(1)));
+            (prefix, n)
+        });
+        // At most 2 + 16 + 1 + 16 bytes.
+        let mut buf = [0u8; 40];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        let _ = write!(cursor, "q-{prefix:016x}-{n:x}");
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        // Only ASCII hex digits and dashes were written.
+        let text = std::str::from_utf8(&buf[..len]).unwrap_or("q");
+        IdempotencyKey(Arc::from(text))
     }
 
     /// The key.
@@ -154,7 +183,10 @@ pub trait Backend: Send + Sync + 'static {
     /// The region that owns `key` for strong reads and writes when
     /// [`Capabilities::strong_reads_anywhere`] or
     /// [`Capabilities::writes_anywhere`] is false.
-    fn home_region(&self, key: &str) -> Option<Region> {
+    ///
+    /// Borrowed: every strong read of such a backend asks, and a returned
+    /// clone would move the region's reference count between cores.
+    fn home_region(&self, key: &str) -> Option<&Region> {
         let _ = key;
         None
     }
@@ -181,4 +213,35 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Asks a region for its clock and replica lag.
     fn probe(&self, region: &Region) -> impl Future<Output = Result<Probe, Error>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_valid_and_distinct_across_threads() {
+        let keys: Vec<IdempotencyKey> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    (0..1000)
+                        .map(|_| IdempotencyKey::generate())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let distinct: std::collections::HashSet<&str> = keys.iter().map(|k| k.as_str()).collect();
+        assert_eq!(distinct.len(), keys.len());
+        for k in &keys {
+            assert_eq!(&IdempotencyKey::new(k.as_str()).unwrap(), k);
+            let parts: Vec<&str> = k.as_str().split('-').collect();
+            assert_eq!(parts.len(), 3, "{k}");
+            assert_eq!((parts[0], parts[1].len()), ("q", 16), "{k}");
+            assert!(u64::from_str_radix(parts[2], 16).is_ok(), "{k}");
+        }
+        let prefixes: std::collections::HashSet<&str> =
+            keys.iter().map(|k| &k.as_str()[..18]).collect();
+        assert_eq!(prefixes.len(), 4, "one prefix per thread");
+    }
 }

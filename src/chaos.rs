@@ -247,7 +247,7 @@ impl<B: Backend> Backend for Chaos<B> {
         self.inner.capabilities()
     }
 
-    fn home_region(&self, key: &str) -> Option<Region> {
+    fn home_region(&self, key: &str) -> Option<&Region> {
         self.inner.home_region(key)
     }
 

@@ -65,6 +65,11 @@ impl Scope {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// An equal scope with its own allocation (and reference count).
+    pub(crate) fn unshared(&self) -> Scope {
+        Scope(Arc::from(&*self.0))
+    }
 }
 
 impl fmt::Debug for Scope {

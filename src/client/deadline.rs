@@ -149,9 +149,9 @@ impl Registration<'_> {
                 Slot::Vacant => unreachable_vacant(),
             };
         }
-        if Instant::now() >= deadline {
-            return true;
-        }
+        // Not compared with the clock here: a deadline already past fires at
+        // the sweeper's next tick, like any other, and a request that waits
+        // has no clock read of its own to spare.
         let shard = shard::current();
         {
             let mut state = self.shared.lock(shard);
@@ -304,13 +304,13 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_past_deadline_ends_a_pending_request_at_once() {
+    async fn a_past_deadline_ends_a_pending_request_at_the_next_tick() {
         let d = Deadlines::new(Duration::from_millis(10));
         let start = Instant::now();
         let out = d.run(start, std::future::pending::<()>()).await;
         assert_eq!(out, None);
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        assert_eq!(totals(&d).0, 0, "nothing registered");
+        assert!(start.elapsed() <= Duration::from_millis(10));
+        assert_eq!(totals(&d).2, 0, "nothing left waiting");
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,6 +7,7 @@ mod health;
 mod read;
 mod write;
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use crate::record::{Committed, Precondition, Read, ReplicaRole};
 use crate::retry::{RetryBudget, RetryPolicy};
 use crate::routing::{BreakerConfig, Circuit, Kind, Router, Tried};
 use crate::session::{Scope, Session, SessionFloor, SessionToken};
+use crate::shard::{self, Padded, SHARDS};
 use crate::topology::Region;
 
 pub use health::RegionHealth;
@@ -187,7 +189,10 @@ struct Inner<B> {
     backend: B,
     config: ClientConfig,
     capabilities: Capabilities,
-    scope: Scope,
+    /// The scope, one copy per thread shard: every new session takes a
+    /// reference, and one shared copy would move its reference count
+    /// between cores on every request that starts a session.
+    scopes: [Padded<Scope>; SHARDS],
     router: Router,
     metrics: Metrics,
     budget: RetryBudget,
@@ -201,8 +206,15 @@ impl<B: std::fmt::Debug> std::fmt::Debug for Client<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("backend", &self.inner.backend)
-            .field("scope", &self.inner.scope)
+            .field("scope", self.inner.scope())
             .finish_non_exhaustive()
+    }
+}
+
+impl<B> Inner<B> {
+    /// The calling thread's copy of the scope.
+    fn scope(&self) -> &Scope {
+        &self.scopes[shard::current()]
     }
 }
 
@@ -225,7 +237,7 @@ impl<B: Backend> Client<B> {
         Ok(Client {
             inner: Arc::new(Inner {
                 capabilities: backend.capabilities(),
-                scope: backend.scope().clone(),
+                scopes: std::array::from_fn(|_| Padded(backend.scope().unshared())),
                 router: Router::new(
                     &topology,
                     BreakerConfig {
@@ -266,12 +278,12 @@ impl<B: Backend> Client<B> {
 
     /// The scope session tokens of this client carry.
     pub fn scope(&self) -> &Scope {
-        &self.inner.scope
+        self.inner.scope()
     }
 
     /// A new session with no progress.
     pub fn session(&self) -> Session {
-        Session::from_token(SessionToken::new(self.inner.scope.clone()))
+        Session::from_token(SessionToken::new(self.inner.scope().clone()))
     }
 
     /// Continues a session from a token another service sent. Fails with a
@@ -285,9 +297,9 @@ impl<B: Backend> Client<B> {
     pub fn decode_token(&self, token: &str) -> Result<SessionToken, Error> {
         #[cfg(feature = "signed-tokens")]
         if let Some(key) = &self.inner.config.signing_key {
-            return Ok(SessionToken::decode_signed(token, &self.inner.scope, key)?);
+            return Ok(SessionToken::decode_signed(token, self.inner.scope(), key)?);
         }
-        Ok(SessionToken::decode(token, &self.inner.scope)?)
+        Ok(SessionToken::decode(token, self.inner.scope())?)
     }
 
     /// The session's token as text to send to another service (signed when a
@@ -309,7 +321,7 @@ impl<B: Backend> Client<B> {
         self.inner
             .backend
             .home_region(key)
-            .and_then(|r| self.inner.router.index_of(&r))
+            .and_then(|r| self.inner.router.index_of(r))
     }
 
     /// Waits the jittered backoff before retry number `retries`, or fails
@@ -364,6 +376,24 @@ impl<B: Backend> Client<B> {
     where
         F: std::future::Future<Output = Result<T, Error>>,
     {
+        self.attempt_from(Instant::now(), region, kind, timestamps, deadline, request)
+            .await
+    }
+
+    /// [`Client::attempt`] with the time it starts already read (the
+    /// operation's own start, for its first attempt).
+    async fn attempt_from<T, F>(
+        &self,
+        started: Instant,
+        region: usize,
+        kind: Kind,
+        timestamps: bool,
+        deadline: Instant,
+        request: impl FnOnce() -> F,
+    ) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = Result<T, Error>>,
+    {
         let inner = &*self.inner;
         if timestamps && inner.guard.excluded(region) {
             return Err(Error::RegionUnavailable {
@@ -371,7 +401,6 @@ impl<B: Backend> Client<B> {
                 reason: "clock offset beyond the guard's limit",
             });
         }
-        let started = Instant::now();
         let limit = if inner.config.adaptive_timeouts {
             inner.router.attempt_timeout(
                 region,
@@ -382,9 +411,17 @@ impl<B: Backend> Client<B> {
         } else {
             inner.config.attempt_timeout
         };
+        let ends = deadline.min(started + limit);
+        if ends <= started {
+            // Nothing is sent once the operation's deadline has passed.
+            return Err(Error::Timeout {
+                after: Duration::ZERO,
+                sent: false,
+            });
+        }
         let result = inner
             .deadlines
-            .run(deadline.min(started + limit), request())
+            .run(ends, request())
             .await
             .unwrap_or(Err(Error::Timeout {
                 after: limit,

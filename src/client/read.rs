@@ -108,12 +108,14 @@ impl<B: Backend> Client<B> {
     /// [`Freshness`](crate::Freshness) is checked against the policy and the
     /// session, and a read that misses is escalated to the leader path —
     /// never returned silently.
-    pub async fn read(
-        &self,
-        session: &Session,
-        key: &str,
+    // Not an `async fn`: its state machine would only wrap (and copy) the
+    // instrumented one.
+    pub fn read<'a>(
+        &'a self,
+        session: &'a Session,
+        key: &'a str,
         policy: ReadPolicy,
-    ) -> Result<Read<Bytes>, Error> {
+    ) -> impl Future<Output = Result<Read<Bytes>, Error>> + Send + 'a {
         let span = tracing::debug_span!(
             "quorate.read",
             db.operation.name = "read",
@@ -125,7 +127,7 @@ impl<B: Backend> Client<B> {
             quorate.attempt = Empty,
             quorate.outcome = Empty,
         );
-        self.read_inner(session, key, policy).instrument(span).await
+        self.read_inner(session, key, policy).instrument(span)
     }
 
     async fn read_inner(
@@ -135,7 +137,8 @@ impl<B: Backend> Client<B> {
         policy: ReadPolicy,
     ) -> Result<Read<Bytes>, Error> {
         let inner = &*self.inner;
-        let deadline = Instant::now() + inner.config.read_deadline;
+        let start = Instant::now();
+        let deadline = start + inner.config.read_deadline;
         let floor = match policy {
             ReadPolicy::Strong | ReadPolicy::Session => session.floor(key),
             _ => SessionFloor::default(),
@@ -189,15 +192,16 @@ impl<B: Backend> Client<B> {
                 floor,
                 deadline,
             };
-            let started = Instant::now();
+            let started = if attempt == 1 { start } else { Instant::now() };
             let hedgeable = home.is_none() && inner.config.hedge.is_some();
             let (result, region_index) = if hedgeable {
                 // Boxed: the hedged path holds two requests at once, and
                 // inline it would size every read for two.
                 Box::pin(self.hedged(&plan, region_index, tried, leader, deadline, &floor)).await
             } else {
+                let kind = read_kind(leader);
                 let r = self
-                    .attempt(region_index, read_kind(leader), leader, deadline, || {
+                    .attempt_from(started, region_index, kind, leader, deadline, || {
                         inner.backend.read(&plan)
                     })
                     .await;
@@ -247,8 +251,7 @@ impl<B: Backend> Client<B> {
                 tried.add(region_index);
             }
             retries += 1;
-            self.before_retry(&error, attempt, retries, deadline)
-                .await?;
+            Box::pin(self.before_retry(&error, attempt, retries, deadline)).await?;
         }
     }
 

@@ -69,14 +69,16 @@ impl<B: Backend> Client<B> {
     /// an ambiguous outcome is resolved by looking that key up, never by
     /// re-executing blindly. With [`WriteOptions::verify`] the write returns
     /// only once the version is visible where the next reader reads.
-    pub async fn write(
-        &self,
-        session: &Session,
-        key: &str,
+    // Not an `async fn`: its state machine would only wrap (and copy) the
+    // instrumented one.
+    pub fn write<'a>(
+        &'a self,
+        session: &'a Session,
+        key: &'a str,
         value: Bytes,
         precondition: Precondition,
-        options: &WriteOptions,
-    ) -> Result<Committed, Error> {
+        options: &'a WriteOptions,
+    ) -> impl Future<Output = Result<Committed, Error>> + Send + 'a {
         let span = tracing::debug_span!(
             "quorate.write",
             db.operation.name = "write",
@@ -84,25 +86,27 @@ impl<B: Backend> Client<B> {
             quorate.attempt = Empty,
             quorate.outcome = Empty,
         );
-        async {
+        let recorder = span.clone();
+        async move {
             let committed = self.write_inner(key, &value, precondition, options).await;
             let committed = match committed {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::Span::current().record("quorate.outcome", e.reason());
+                    recorder.record("quorate.outcome", e.reason());
                     return Err(e);
                 }
             };
             session.observe(key, Some(committed.version), Some(committed.point));
-            tracing::Span::current().record("quorate.region", committed.region.as_str());
+            recorder.record("quorate.region", committed.region.as_str());
             if let Some(verify) = &options.verify {
-                self.verify(key, &committed, verify).await?;
+                // Boxed, as are the other paths most writes never take, so
+                // that they do not size every write's future.
+                Box::pin(self.verify(key, &committed, verify)).await?;
             }
-            tracing::Span::current().record("quorate.outcome", "ok");
+            recorder.record("quorate.outcome", "ok");
             Ok(committed)
         }
         .instrument(span)
-        .await
     }
 
     async fn write_inner(
@@ -113,7 +117,8 @@ impl<B: Backend> Client<B> {
         options: &WriteOptions,
     ) -> Result<Committed, Error> {
         let inner = &*self.inner;
-        let deadline = Instant::now() + options.deadline.unwrap_or(inner.config.write_deadline);
+        let start = Instant::now();
+        let deadline = start + options.deadline.unwrap_or(inner.config.write_deadline);
         let generated;
         let idem = match &options.idempotency_key {
             Some(k) => k,
@@ -139,8 +144,9 @@ impl<B: Backend> Client<B> {
                 region,
                 deadline,
             };
+            let sent = if attempt == 1 { start } else { Instant::now() };
             let result = self
-                .attempt(region_index, Kind::Write, true, deadline, || {
+                .attempt_from(sent, region_index, Kind::Write, true, deadline, || {
                     inner.backend.write(&request)
                 })
                 .await;
@@ -165,7 +171,9 @@ impl<B: Backend> Client<B> {
                     return Err(error);
                 }
                 Retryability::Ambiguous => {
-                    if let Some(committed) = self.resolve(key, idem, deadline, &error).await? {
+                    if let Some(committed) =
+                        Box::pin(self.resolve(key, idem, deadline, &error)).await?
+                    {
                         self.count_write(&committed);
                         return Ok(committed);
                     }
@@ -173,8 +181,7 @@ impl<B: Backend> Client<B> {
                 Retryability::Retryable => {}
             }
             retries += 1;
-            self.before_retry(&error, attempt, retries, deadline)
-                .await?;
+            Box::pin(self.before_retry(&error, attempt, retries, deadline)).await?;
         }
     }
 

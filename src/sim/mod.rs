@@ -579,9 +579,9 @@ impl Backend for Sim {
         }
     }
 
-    fn home_region(&self, _key: &str) -> Option<Region> {
+    fn home_region(&self, _key: &str) -> Option<&Region> {
         (self.shared.config.replication == Replication::MultiWriter)
-            .then(|| self.shared.config.home.clone())
+            .then_some(&self.shared.config.home)
     }
 
     async fn read(&self, plan: &ReadPlan<'_>) -> Result<Read<Bytes>, Error> {

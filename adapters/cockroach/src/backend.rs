@@ -409,12 +409,9 @@ impl Backend for PgBackend {
         }
     }
 
-    fn home_region(&self, _key: &str) -> Option<Region> {
+    fn home_region(&self, _key: &str) -> Option<&Region> {
         match self.inner.config.dialect {
-            Dialect::Postgres => self
-                .primary()
-                .ok()
-                .map(|i| self.inner.servers[i].region.clone()),
+            Dialect::Postgres => self.primary().ok().map(|i| &self.inner.servers[i].region),
             Dialect::Cockroach => None,
         }
     }
@@ -530,7 +527,11 @@ impl Backend for PgBackend {
             // The idempotency key is already recorded: an earlier attempt
             // applied this logical write (this one applied nothing).
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                return match self.lookup_on(server, idem).await? {
+                // Boxed, like the other paths that do not apply: their
+                // queries would otherwise size (and be moved with) every
+                // write's future. The lookup takes its own connection.
+                drop(client);
+                return match Box::pin(self.lookup_on(server, idem)).await? {
                     Some(done) => Ok(done),
                     None => Err(self.classify(e, false)),
                 };
@@ -545,24 +546,8 @@ impl Backend for PgBackend {
                 region,
             });
         }
-        // Not applied: an earlier attempt of this logical write may have
-        // applied it, else the precondition failed against the current version.
-        if let Some(done) = self.lookup_on(server, idem).await? {
-            return Ok(done);
-        }
-        let statement = client
-            .prepare_cached(&sql.current_version)
-            .await
-            .map_err(|e| self.classify(e, false))?;
-        let current = client
-            .query_opt(&statement, &[&request.key])
-            .await
-            .map_err(|e| self.classify(e, false))?
-            .and_then(|r| version_of(r.get(0)));
-        Err(Error::Conflict {
-            key: request.key.to_owned(),
-            current,
-        })
+        drop(client);
+        Box::pin(self.not_applied(server, request.key, idem)).await
     }
 
     async fn lookup(
@@ -680,6 +665,34 @@ impl PgBackend {
                 "committed on the primary but not yet durable on a synchronous standby",
             ))
         }
+    }
+
+    /// A write whose statement applied nothing: an earlier attempt of this
+    /// logical write may have applied it, else the precondition failed
+    /// against the current version.
+    async fn not_applied(
+        &self,
+        server: usize,
+        key: &str,
+        idem: &IdempotencyKey,
+    ) -> Result<Committed, Error> {
+        if let Some(done) = self.lookup_on(server, idem).await? {
+            return Ok(done);
+        }
+        let client = self.connection(server).await?;
+        let statement = client
+            .prepare_cached(&self.inner.sql.current_version)
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let current = client
+            .query_opt(&statement, &[&key])
+            .await
+            .map_err(|e| self.classify(e, false))?
+            .and_then(|r| version_of(r.get(0)));
+        Err(Error::Conflict {
+            key: key.to_owned(),
+            current,
+        })
     }
 
     async fn lookup_on(

@@ -7,7 +7,6 @@ mod health;
 mod read;
 mod write;
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -108,14 +108,12 @@ impl<B: Backend> Client<B> {
     /// [`Freshness`](crate::Freshness) is checked against the policy and the
     /// session, and a read that misses is escalated to the leader path —
     /// never returned silently.
-    // Not an `async fn`: its state machine would only wrap (and copy) the
-    // instrumented one.
-    pub fn read<'a>(
-        &'a self,
-        session: &'a Session,
-        key: &'a str,
+    pub async fn read(
+        &self,
+        session: &Session,
+        key: &str,
         policy: ReadPolicy,
-    ) -> impl Future<Output = Result<Read<Bytes>, Error>> + Send + 'a {
+    ) -> Result<Read<Bytes>, Error> {
         let span = tracing::debug_span!(
             "quorate.read",
             db.operation.name = "read",
@@ -127,7 +125,7 @@ impl<B: Backend> Client<B> {
             quorate.attempt = Empty,
             quorate.outcome = Empty,
         );
-        self.read_inner(session, key, policy).instrument(span)
+        self.read_inner(session, key, policy).instrument(span).await
     }
 
     async fn read_inner(

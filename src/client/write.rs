@@ -69,16 +69,14 @@ impl<B: Backend> Client<B> {
     /// an ambiguous outcome is resolved by looking that key up, never by
     /// re-executing blindly. With [`WriteOptions::verify`] the write returns
     /// only once the version is visible where the next reader reads.
-    // Not an `async fn`: its state machine would only wrap (and copy) the
-    // instrumented one.
-    pub fn write<'a>(
-        &'a self,
-        session: &'a Session,
-        key: &'a str,
+    pub async fn write(
+        &self,
+        session: &Session,
+        key: &str,
         value: Bytes,
         precondition: Precondition,
-        options: &'a WriteOptions,
-    ) -> impl Future<Output = Result<Committed, Error>> + Send + 'a {
+        options: &WriteOptions,
+    ) -> Result<Committed, Error> {
         let span = tracing::debug_span!(
             "quorate.write",
             db.operation.name = "write",
@@ -87,7 +85,7 @@ impl<B: Backend> Client<B> {
             quorate.outcome = Empty,
         );
         let recorder = span.clone();
-        async move {
+        async {
             let committed = self.write_inner(key, &value, precondition, options).await;
             let committed = match committed {
                 Ok(c) => c,
@@ -107,6 +105,7 @@ impl<B: Backend> Client<B> {
             Ok(committed)
         }
         .instrument(span)
+        .await
     }
 
     async fn write_inner(

@@ -280,7 +280,7 @@ impl Router {
 
     /// Records a successful attempt and its latency; closes the circuit.
     pub(crate) fn success(&self, region: usize, kind: Kind, latency: Duration) {
-        self.rtts(shard::current())[region].0[kind as usize].sample(latency.as_nanos() as f64);
+        self.rtts(shard::current())[region].0[kind as usize].sample(latency.as_secs_f64() * 1e9);
         // A failure racing with this success may be ordered either way.
         if !self.clean[region].load(Ordering::Acquire) {
             let mut health = self.lock();

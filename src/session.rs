@@ -130,8 +130,60 @@ pub struct SessionToken {
     scope: Scope,
     point: Option<Point>,
     /// `(key hash, version)`, least recently advanced first.
-    keys: Vec<(u64, Version)>,
+    keys: Keys,
 }
+
+/// Up to [`MAX_TOKEN_KEYS`] `(key hash, version)` pairs, stored inline: a
+/// new session allocates nothing for them.
+#[derive(Clone, Copy, Debug)]
+struct Keys {
+    len: u8,
+    items: [(u64, Version); MAX_TOKEN_KEYS],
+}
+
+impl Keys {
+    const EMPTY: Keys = Keys {
+        len: 0,
+        items: [(0, Version(0)); MAX_TOKEN_KEYS],
+    };
+
+    fn as_slice(&self) -> &[(u64, Version)] {
+        &self.items[..usize::from(self.len)]
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    fn position(&self, h: u64) -> Option<usize> {
+        self.as_slice().iter().position(|(k, _)| *k == h)
+    }
+
+    fn remove(&mut self, i: usize) -> (u64, Version) {
+        let len = self.len();
+        let item = self.items[i];
+        self.items.copy_within(i + 1..len, i);
+        self.len -= 1;
+        item
+    }
+
+    /// Appends, dropping the oldest entry when full.
+    fn push(&mut self, item: (u64, Version)) {
+        if self.len() == MAX_TOKEN_KEYS {
+            self.remove(0);
+        }
+        self.items[self.len()] = item;
+        self.len += 1;
+    }
+}
+
+impl PartialEq for Keys {
+    fn eq(&self, other: &Keys) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Keys {}
 
 impl SessionToken {
     /// An empty token: no progress yet.
@@ -139,7 +191,7 @@ impl SessionToken {
         SessionToken {
             scope,
             point: None,
-            keys: Vec::new(),
+            keys: Keys::EMPTY,
         }
     }
 
@@ -155,8 +207,11 @@ impl SessionToken {
 
     /// The version of `key` the session has seen, if the token still tracks it.
     pub fn version_of(&self, key: &str) -> Option<Version> {
-        let h = key_hash(key);
-        self.keys.iter().find(|(k, _)| *k == h).map(|(_, v)| *v)
+        self.version_of_hash(key_hash(key))
+    }
+
+    fn version_of_hash(&self, h: u64) -> Option<Version> {
+        self.keys.position(h).map(|i| self.keys.items[i].1)
     }
 
     /// Moves the point forward (never back).
@@ -172,14 +227,12 @@ impl SessionToken {
     }
 
     fn advance_hash(&mut self, h: u64, version: Version) {
-        if let Some(i) = self.keys.iter().position(|(k, _)| *k == h) {
-            let (_, old) = self.keys.remove(i);
-            self.keys.push((h, old.max(version)));
-        } else {
-            if self.keys.len() == MAX_TOKEN_KEYS {
-                self.keys.remove(0);
+        match self.keys.position(h) {
+            Some(i) => {
+                let (_, old) = self.keys.remove(i);
+                self.keys.push((h, old.max(version)));
             }
-            self.keys.push((h, version));
+            None => self.keys.push((h, version)),
         }
     }
 
@@ -195,7 +248,7 @@ impl SessionToken {
         if let Some(p) = other.point {
             self.advance_point(p);
         }
-        for &(h, v) in &other.keys {
+        for &(h, v) in other.keys.as_slice() {
             self.advance_hash(h, v);
         }
         Ok(())
@@ -219,7 +272,7 @@ impl SessionToken {
             put_varint(&mut out, u64::from(p.logical));
         }
         out.push(self.keys.len() as u8);
-        for (h, v) in &self.keys {
+        for (h, v) in self.keys.as_slice() {
             out.extend_from_slice(&h.to_le_bytes());
             put_varint(&mut out, v.0);
         }
@@ -278,7 +331,7 @@ impl SessionToken {
         if count > MAX_TOKEN_KEYS {
             return Err(TokenError::Garbled("too many keys"));
         }
-        let mut keys: Vec<(u64, Version)> = Vec::with_capacity(count);
+        let mut keys = Keys::EMPTY;
         for _ in 0..count {
             let h = u64::from_le_bytes(
                 r.take(8)?
@@ -286,7 +339,7 @@ impl SessionToken {
                     .map_err(|_| TokenError::Garbled("truncated"))?,
             );
             let v = Version(r.varint()?);
-            if v.0 == 0 || keys.iter().any(|(k, _)| *k == h) {
+            if v.0 == 0 || keys.position(h).is_some() {
                 return Err(TokenError::Garbled("invalid key entry"));
             }
             keys.push((h, v));
@@ -506,21 +559,31 @@ impl Session {
 
     /// What a read of `key` must reflect.
     pub fn floor(&self, key: &str) -> SessionFloor {
+        self.floor_of(key_hash(key))
+    }
+
+    /// [`Session::floor`] of the key whose hash is `h`.
+    pub(crate) fn floor_of(&self, h: u64) -> SessionFloor {
         let t = self.lock();
         SessionFloor {
             point: t.point,
-            version: t.version_of(key),
+            version: t.version_of_hash(h),
         }
     }
 
     /// Records a write or read the session observed.
     pub fn observe(&self, key: &str, version: Option<Version>, point: Option<Point>) {
+        self.observe_of(key_hash(key), version, point);
+    }
+
+    /// [`Session::observe`] of the key whose hash is `h`.
+    pub(crate) fn observe_of(&self, h: u64, version: Option<Version>, point: Option<Point>) {
         let mut t = self.lock();
         if let Some(p) = point {
             t.advance_point(p);
         }
         if let Some(v) = version {
-            t.advance_key(key, v);
+            t.advance_hash(h, v);
         }
     }
 }

@@ -137,8 +137,10 @@ impl<B: Backend> Client<B> {
         let inner = &*self.inner;
         let start = Instant::now();
         let deadline = start + inner.config.read_deadline;
+        // Hashed once for the session's floor and its observation.
+        let key_hash = crate::session::key_hash(key);
         let floor = match policy {
-            ReadPolicy::Strong | ReadPolicy::Session => session.floor(key),
+            ReadPolicy::Strong | ReadPolicy::Session => session.floor_of(key_hash),
             _ => SessionFloor::default(),
         };
         inner.budget.deposit();
@@ -217,9 +219,11 @@ impl<B: Backend> Client<B> {
                             .read(region_index, policy, role == ReplicaRole::Leader);
                         match policy {
                             ReadPolicy::Session => {
-                                session.observe(key, read.version(), read.freshness.point)
+                                session.observe_of(key_hash, read.version(), read.freshness.point)
                             }
-                            ReadPolicy::Strong => session.observe(key, read.version(), None),
+                            ReadPolicy::Strong => {
+                                session.observe_of(key_hash, read.version(), None)
+                            }
                             _ => {}
                         }
                         record_read(&read, attempt);

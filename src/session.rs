@@ -528,6 +528,13 @@ pub struct SessionFloor {
 }
 
 impl Session {
+    /// A session with no progress yet, its token built in place.
+    pub(crate) fn empty(scope: Scope) -> Session {
+        Session {
+            token: Arc::new(Mutex::new(SessionToken::new(scope))),
+        }
+    }
+
     /// A session continuing from `token`.
     pub fn from_token(token: SessionToken) -> Session {
         Session {

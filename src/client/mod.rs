@@ -282,7 +282,7 @@ impl<B: Backend> Client<B> {
 
     /// A new session with no progress.
     pub fn session(&self) -> Session {
-        Session::from_token(SessionToken::new(self.inner.scope().clone()))
+        Session::empty(self.inner.scope().clone())
     }
 
     /// Continues a session from a token another service sent. Fails with a

@@ -363,25 +363,9 @@ impl<B: Backend> Client<B> {
     ///
     /// The request is made by `request` only once the attempt goes ahead,
     /// straight into the bounded future, so that its (possibly large) state
-    /// is stored once.
+    /// is stored once. `started` is when the attempt starts (an operation's
+    /// first attempt passes the operation's own start, read once).
     async fn attempt<T, F>(
-        &self,
-        region: usize,
-        kind: Kind,
-        timestamps: bool,
-        deadline: Instant,
-        request: impl FnOnce() -> F,
-    ) -> Result<T, Error>
-    where
-        F: std::future::Future<Output = Result<T, Error>>,
-    {
-        self.attempt_from(Instant::now(), region, kind, timestamps, deadline, request)
-            .await
-    }
-
-    /// [`Client::attempt`] with the time it starts already read (the
-    /// operation's own start, for its first attempt).
-    async fn attempt_from<T, F>(
         &self,
         started: Instant,
         region: usize,

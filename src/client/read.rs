@@ -137,11 +137,14 @@ impl<B: Backend> Client<B> {
         let inner = &*self.inner;
         let start = Instant::now();
         let deadline = start + inner.config.read_deadline;
-        // Hashed once for the session's floor and its observation.
-        let key_hash = crate::session::key_hash(key);
-        let floor = match policy {
-            ReadPolicy::Strong | ReadPolicy::Session => session.floor_of(key_hash),
-            _ => SessionFloor::default(),
+        // The key is hashed once, for the session's floor and its
+        // observation (Strong and Session reads only).
+        let (floor, key_hash) = match policy {
+            ReadPolicy::Strong | ReadPolicy::Session => {
+                let h = crate::session::key_hash(key);
+                (session.floor_of(h), Some(h))
+            }
+            _ => (SessionFloor::default(), None),
         };
         inner.budget.deposit();
         let mut tried = Tried::default();
@@ -201,7 +204,7 @@ impl<B: Backend> Client<B> {
             } else {
                 let kind = read_kind(leader);
                 let r = self
-                    .attempt_from(started, region_index, kind, leader, deadline, || {
+                    .attempt(started, region_index, kind, leader, deadline, || {
                         inner.backend.read(&plan)
                     })
                     .await;
@@ -217,14 +220,14 @@ impl<B: Backend> Client<B> {
                         inner
                             .metrics
                             .read(region_index, policy, role == ReplicaRole::Leader);
-                        match policy {
-                            ReadPolicy::Session => {
-                                session.observe_of(key_hash, read.version(), read.freshness.point)
-                            }
-                            ReadPolicy::Strong => {
-                                session.observe_of(key_hash, read.version(), None)
-                            }
-                            _ => {}
+                        if let Some(h) = key_hash {
+                            // A Session read also advances the session's point;
+                            // a Strong read records the version only.
+                            let point = match policy {
+                                ReadPolicy::Session => read.freshness.point,
+                                _ => None,
+                            };
+                            session.observe_of(h, read.version(), point);
                         }
                         record_read(&read, attempt);
                         return Ok(read);
@@ -318,16 +321,26 @@ impl<B: Backend> Client<B> {
         let inner = &*self.inner;
         let Some(hedge) = &inner.config.hedge else {
             let r = self
-                .attempt(first, read_kind(leader), leader, deadline, || {
-                    inner.backend.read(plan)
-                })
+                .attempt(
+                    Instant::now(),
+                    first,
+                    read_kind(leader),
+                    leader,
+                    deadline,
+                    || inner.backend.read(plan),
+                )
                 .await;
             return (r, first);
         };
         let delay = inner.hedge_delays.delay(hedge);
-        let primary = self.attempt(first, read_kind(leader), leader, deadline, || {
-            inner.backend.read(plan)
-        });
+        let primary = self.attempt(
+            Instant::now(),
+            first,
+            read_kind(leader),
+            leader,
+            deadline,
+            || inner.backend.read(plan),
+        );
         tokio::pin!(primary);
         tokio::select! {
             biased;
@@ -347,7 +360,7 @@ impl<B: Backend> Client<B> {
             region: inner.router.region(second),
             ..plan.clone()
         };
-        let secondary = self.attempt(second, kind, leader, deadline, || {
+        let secondary = self.attempt(Instant::now(), second, kind, leader, deadline, || {
             inner.backend.read(&second_plan)
         });
         tokio::pin!(secondary);

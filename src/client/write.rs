@@ -145,7 +145,7 @@ impl<B: Backend> Client<B> {
             };
             let sent = if attempt == 1 { start } else { Instant::now() };
             let result = self
-                .attempt_from(sent, region_index, Kind::Write, true, deadline, || {
+                .attempt(sent, region_index, Kind::Write, true, deadline, || {
                     inner.backend.write(&request)
                 })
                 .await;
@@ -231,9 +231,14 @@ impl<B: Backend> Client<B> {
             let region_index = self.write_region(key, tried);
             let region = inner.router.region(region_index);
             let result = self
-                .attempt(region_index, Kind::LeaderRead, true, deadline, || {
-                    inner.backend.lookup(region, key, idem)
-                })
+                .attempt(
+                    Instant::now(),
+                    region_index,
+                    Kind::LeaderRead,
+                    true,
+                    deadline,
+                    || inner.backend.lookup(region, key, idem),
+                )
                 .await;
             match result {
                 Ok(outcome) => {

@@ -179,6 +179,19 @@ where
         self
     }
 
+    /// The same handle with another number of read-modify-write rounds for
+    /// [`Collection::update`] (at least 1; [`DEFAULT_UPDATE_ATTEMPTS`] by
+    /// default).
+    pub fn with_update_attempts(mut self, attempts: u32) -> Result<Self, Error> {
+        if attempts == 0 {
+            return Err(Error::InvalidInput(
+                "update attempts must be at least 1".into(),
+            ));
+        }
+        self.update_attempts = attempts;
+        Ok(self)
+    }
+
     /// The session the handle reads and writes in.
     pub fn session(&self) -> &Session {
         &self.session
@@ -224,7 +237,10 @@ where
     /// Read-modify-write: reads `key` strongly, computes the new value from
     /// the old one, and writes it only if nobody committed in between; on a
     /// conflict it reads again and retries, at most
-    /// [`DEFAULT_UPDATE_ATTEMPTS`] times.
+    /// [`DEFAULT_UPDATE_ATTEMPTS`] times (see
+    /// [`Collection::with_update_attempts`]). When every round met a
+    /// conflicting write it fails with [`Error::UpdateContended`], which is
+    /// retryable: nothing of it applied.
     pub async fn update(
         &self,
         key: &str,
@@ -258,7 +274,16 @@ where
                 other => return other,
             }
         }
-        Err(last.unwrap_or_else(|| Error::InvalidInput("update attempts must be positive".into())))
+        match last {
+            Some(conflict) => Err(Error::UpdateContended {
+                key: full,
+                attempts: self.update_attempts,
+                last: Box::new(conflict),
+            }),
+            None => Err(Error::InvalidInput(
+                "update attempts must be at least 1".into(),
+            )),
+        }
     }
 }
 

@@ -37,7 +37,8 @@ use tower_service::Service;
 
 use crate::backend::Backend;
 use crate::client::Client;
-use crate::session::Session;
+use crate::error::Error;
+use crate::session::{Session, TokenError};
 
 /// The header that carries the session token.
 pub const SESSION_HEADER: &str = "quorate-session";
@@ -92,6 +93,18 @@ impl<B, S: Clone> Clone for SessionService<B, S> {
     }
 }
 
+/// Why a token was refused, in words fit for whoever sent it: never this
+/// server's scope name or anything else about its configuration.
+fn public_reason(e: &Error) -> String {
+    match e {
+        Error::Token(TokenError::WrongScope { .. }) => {
+            "the session token belongs to another cluster or database".to_owned()
+        }
+        Error::Token(t) => t.to_string(),
+        _ => "the session token cannot be used".to_owned(),
+    }
+}
+
 fn bad_request<Body: From<String>>(message: String) -> Response<Body> {
     let mut response = Response::new(Body::from(message));
     *response.status_mut() = StatusCode::BAD_REQUEST;
@@ -125,7 +138,11 @@ where
                 let decoded = value
                     .to_str()
                     .map_err(|_| "not visible ASCII".to_owned())
-                    .and_then(|text| self.client.resume_session(text).map_err(|e| e.to_string()));
+                    .and_then(|text| {
+                        self.client
+                            .resume_session(text)
+                            .map_err(|e| public_reason(&e))
+                    });
                 match decoded {
                     Ok(session) => session,
                     Err(why) => {

@@ -1,5 +1,5 @@
-//! Retry policy: exponential backoff with full jitter, an attempt cap, and a
-//! budget that keeps retries a bounded fraction of traffic.
+//! Retry policy: exponential backoff with full jitter, an optional attempt
+//! cap, and a budget that keeps retries a bounded fraction of traffic.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -10,8 +10,9 @@ use crate::random::SplitMix64;
 /// How an operation is retried.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
-    /// Attempts at most, the first included (≥ 1).
-    pub max_attempts: u32,
+    /// Attempts at most, the first included (≥ 1); `None` (the default)
+    /// leaves it to the operation's deadline and the retry budget.
+    pub max_attempts: Option<u32>,
     /// The backoff ceiling of the first retry.
     pub initial_backoff: Duration,
     /// The backoff ceiling never grows past this.
@@ -21,7 +22,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 8,
+            max_attempts: None,
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(1000),
         }
@@ -31,7 +32,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Checks the policy: at least one attempt, and backoffs in order.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.max_attempts == 0 {
+        if self.max_attempts == Some(0) {
             return Err(Error::InvalidInput(
                 "retry policy needs at least one attempt".into(),
             ));
@@ -163,7 +164,7 @@ mod tests {
         let withdrawn = (0..100).take_while(|_| b.withdraw()).count();
         assert_eq!(withdrawn, 3 + 25);
         assert!(RetryPolicy {
-            max_attempts: 0,
+            max_attempts: Some(0),
             ..Default::default()
         }
         .validate()

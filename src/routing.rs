@@ -31,8 +31,15 @@ pub enum Circuit {
 #[derive(Clone, Copy, Debug)]
 enum Breaker {
     Closed,
-    Open { until: Instant },
-    HalfOpen { trial_in_flight: bool },
+    Open {
+        until: Instant,
+    },
+    /// One trial is out; if its attempt is dropped before it reports (a
+    /// losing hedge, a cancelled request), another is admitted once the
+    /// trial has been out for the open period.
+    HalfOpen {
+        trial_since: Instant,
+    },
 }
 
 /// What an attempt does; latencies are tracked per kind because a follower
@@ -242,7 +249,7 @@ impl Router {
         let admits = |h: &Health| match h.breaker {
             Breaker::Closed => true,
             Breaker::Open { until } => until <= now,
-            Breaker::HalfOpen { trial_in_flight } => !trial_in_flight,
+            Breaker::HalfOpen { trial_since } => trial_since + self.config.open_for <= now,
         };
         let usable =
             |i: usize, health: &[Health]| !tried.contains(i) && !avoid(i) && admits(&health[i]);
@@ -266,9 +273,7 @@ impl Router {
                     health[i].breaker,
                     Breaker::Open { .. } | Breaker::HalfOpen { .. }
                 ) {
-                    health[i].breaker = Breaker::HalfOpen {
-                        trial_in_flight: true,
-                    };
+                    health[i].breaker = Breaker::HalfOpen { trial_since: now };
                 }
                 i
             }
@@ -432,6 +437,26 @@ mod tests {
         r.success(1, Kind::LeaderRead, Duration::from_millis(5));
         assert_eq!(r.status(1).0, Circuit::Closed);
         assert_eq!(r.pick(1, Kind::LeaderRead, Tried::default(), |_| false), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trial_that_never_reports_does_not_block_the_region() {
+        let r = router();
+        assert!(r.failure(1, true));
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(
+            r.pick(1, Kind::LeaderRead, Tried::default(), |_| false),
+            1,
+            "the trial"
+        );
+        // Its attempt is dropped (a losing hedge): no success, no failure.
+        assert_ne!(r.pick(1, Kind::LeaderRead, Tried::default(), |_| false), 1);
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(
+            r.pick(1, Kind::LeaderRead, Tried::default(), |_| false),
+            1,
+            "another trial once the first has been out for the open period"
+        );
     }
 
     #[tokio::test(start_paused = true)]

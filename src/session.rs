@@ -125,6 +125,13 @@ pub enum TokenError {
 /// and the versions of up to [`MAX_TOKEN_KEYS`] keys it touched last (for
 /// backends that order writes per key, such as DynamoDB). It only moves
 /// forward: [`SessionToken::merge`] never lowers anything.
+///
+/// Every observation the client records carries the point it was made at
+/// (a write's commit point, a read's read point), and the point moves to it
+/// before the key's version is recorded. A key that leaves the token is
+/// therefore already folded into the point: a replica that covers the point
+/// shows that key at least at the version the session saw, so the session's
+/// guarantees hold for any number of keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionToken {
     scope: Scope,
@@ -237,7 +244,9 @@ impl SessionToken {
     }
 
     /// Merges another token of the same scope: the result is at least as far
-    /// as both.
+    /// as both. It keeps the most recently advanced keys of both tokens,
+    /// taken alternately from each (a key in both keeps the higher version);
+    /// the others are covered by the merged point.
     pub fn merge(&mut self, other: &SessionToken) -> Result<(), TokenError> {
         if other.scope != self.scope {
             return Err(TokenError::WrongScope {
@@ -248,9 +257,32 @@ impl SessionToken {
         if let Some(p) = other.point {
             self.advance_point(p);
         }
-        for &(h, v) in other.keys.as_slice() {
-            self.advance_hash(h, v);
+        let (a, b) = (self.keys, other.keys);
+        let version = |h: u64| {
+            let of = |k: &Keys| k.position(h).map(|i| k.items[i].1);
+            of(&a).max(of(&b))
+        };
+        // Newest first, alternating between the two tokens.
+        let mut newest: Vec<u64> = Vec::with_capacity(MAX_TOKEN_KEYS);
+        let (mut i, mut j) = (a.len(), b.len());
+        while newest.len() < MAX_TOKEN_KEYS && (i > 0 || j > 0) {
+            for (n, keys) in [(&mut i, &a), (&mut j, &b)] {
+                if *n > 0 && newest.len() < MAX_TOKEN_KEYS {
+                    *n -= 1;
+                    let h = keys.items[*n].0;
+                    if !newest.contains(&h) {
+                        newest.push(h);
+                    }
+                }
+            }
         }
+        let mut merged = Keys::EMPTY;
+        for &h in newest.iter().rev() {
+            if let Some(v) = version(h) {
+                merged.push((h, v));
+            }
+        }
+        self.keys = merged;
         Ok(())
     }
 
@@ -417,14 +449,29 @@ impl SessionToken {
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
-    /// Decodes a signed token, checking scope and signature.
+    /// Decodes a signed token, checking its signature before anything else:
+    /// text that is not signed with `key` gets [`TokenError::BadSignature`]
+    /// (or [`TokenError::Unsigned`], [`TokenError::Oversize`]), never a
+    /// detail of its content such as its scope.
     pub fn decode_signed(
         text: &str,
         scope: &Scope,
         key: &SigningKey,
     ) -> Result<SessionToken, TokenError> {
-        let (token, signature) = Self::parse(text, scope)?;
-        let (bytes, body) = signature.ok_or(TokenError::Unsigned)?;
+        if text.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Oversize { len: text.len() });
+        }
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .map_err(|_| TokenError::BadSignature)?;
+        let flags = bytes.get(1).copied().unwrap_or(0);
+        if flags & FLAG_SIGNED == 0 {
+            return Err(TokenError::Unsigned);
+        }
+        let body = bytes
+            .len()
+            .checked_sub(MAC_LEN)
+            .ok_or(TokenError::BadSignature)?;
         let expected = key.mac(&bytes[..body]);
         // Constant-time comparison.
         let diff = expected
@@ -434,6 +481,8 @@ impl SessionToken {
         if diff != 0 {
             return Err(TokenError::BadSignature);
         }
+        let (token, signature) = Self::parse(text, scope)?;
+        signature.ok_or(TokenError::Unsigned)?;
         Ok(token)
     }
 }
@@ -625,6 +674,38 @@ mod tests {
     }
 
     #[test]
+    fn merge_keeps_the_newest_keys_of_both() {
+        let mut a = SessionToken::new(scope());
+        let mut b = SessionToken::new(scope());
+        for i in 0..MAX_TOKEN_KEYS as u64 {
+            a.advance_key(&format!("a-{i}"), Version(i + 1));
+            b.advance_key(&format!("b-{i}"), Version(i + 1));
+        }
+        a.advance_key("both", Version(7));
+        b.advance_key("both", Version(3));
+        a.merge(&b).unwrap();
+        assert_eq!(a.keys.len(), MAX_TOKEN_KEYS);
+        assert_eq!(a.version_of("both"), Some(Version(7)), "the higher version");
+        assert_eq!(
+            a.version_of("a-15"),
+            Some(Version(16)),
+            "the receiver's newest key stays"
+        );
+        assert_eq!(a.version_of("b-15"), Some(Version(16)), "and the other's");
+        let from_a = (0..16)
+            .filter(|i| a.version_of(&format!("a-{i}")).is_some())
+            .count();
+        let from_b = (0..16)
+            .filter(|i| a.version_of(&format!("b-{i}")).is_some())
+            .count();
+        assert!(from_a >= 7 && from_b >= 7, "{from_a} and {from_b}");
+        // Merging is idempotent.
+        let once = a.clone();
+        a.merge(&once).unwrap();
+        assert_eq!(a, once);
+    }
+
+    #[test]
     fn keeps_a_bounded_number_of_keys() {
         let mut t = SessionToken::new(scope());
         for i in 0..40 {
@@ -705,6 +786,17 @@ mod tests {
             SessionToken::decode_signed(&text, &scope(), &other),
             Err(TokenError::BadSignature)
         );
+        // Content is not looked at before the signature: a token of
+        // another scope, signed with another key, says only that.
+        let foreign = SessionToken::new(Scope::new("other-cluster").unwrap());
+        assert_eq!(
+            SessionToken::decode_signed(&foreign.encode_signed(&other), &scope(), &key),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            SessionToken::decode_signed("!!!", &scope(), &key),
+            Err(TokenError::BadSignature)
+        );
         // A forged point with the old signature fails.
         let mut bytes = URL_SAFE_NO_PAD.decode(&text).unwrap();
         let at = 3 + scope().as_str().len();
@@ -745,6 +837,17 @@ mod tests {
             let mut m = a.clone();
             m.merge(&b).unwrap();
             prop_assert!(m.point() >= a.point() && m.point() >= b.point());
+            prop_assert!(m.keys.len() <= MAX_TOKEN_KEYS);
+            for &(h, v) in m.keys.as_slice() {
+                let before = a.version_of_hash(h).max(b.version_of_hash(h));
+                prop_assert_eq!(Some(v), before, "a kept key keeps its highest version");
+            }
+            // The newest key of each side survives.
+            for t in [&a, &b] {
+                if let Some(&(h, v)) = t.keys.as_slice().last() {
+                    prop_assert!(m.version_of_hash(h) >= Some(v));
+                }
+            }
         }
 
         #[test]

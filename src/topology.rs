@@ -119,8 +119,9 @@ impl Topology {
         if regions.is_empty() {
             return Err(TopologyError::NoRegions);
         }
-        for (i, r) in regions.iter().enumerate() {
-            if regions[..i].iter().any(|o| o.name == r.name) {
+        let mut seen = std::collections::HashSet::with_capacity(regions.len());
+        for r in &regions {
+            if !seen.insert(r.name.as_str()) {
                 return Err(TopologyError::DuplicateRegion(r.name.clone()));
             }
             if r.endpoints.is_empty() || r.endpoints.iter().any(|e| e.trim().is_empty()) {
@@ -257,6 +258,14 @@ pub enum TopologyError {
     /// A region that is not part of the topology was named.
     #[error("unknown region {0}")]
     UnknownRegion(Region),
+    /// A backend whose strong reads or writes go to a key's home region
+    /// named none of its regions for a key (for example a home mapping that
+    /// returns a region outside the topology).
+    #[error("no home region in the topology for key {}", key.chars().take(64).collect::<String>())]
+    NoHomeRegion {
+        /// The key.
+        key: String,
+    },
     /// The text form names no `local=` region.
     #[error("the topology names no local region (`local=<region>`)")]
     NoLocalRegion,
@@ -278,6 +287,28 @@ mod tests {
             name: Region::new(name).unwrap(),
             endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn large_topologies_are_checked_in_one_pass() {
+        let mut regions: Vec<RegionSpec> = (0..100_000)
+            .map(|i| spec(&format!("r{i}"), &["e"]))
+            .collect();
+        let local = regions[0].name.clone();
+        assert_eq!(
+            Topology::new(regions.clone(), &local)
+                .unwrap()
+                .regions()
+                .len(),
+            100_000
+        );
+        regions.push(spec("r99999", &["e"]));
+        assert_eq!(
+            Topology::new(regions, &local),
+            Err(TopologyError::DuplicateRegion(
+                Region::new("r99999").unwrap()
+            ))
+        );
     }
 
     #[test]

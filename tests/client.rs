@@ -202,7 +202,7 @@ async fn retries_stop_at_the_attempt_cap() {
         backend,
         ClientConfig {
             retry: RetryPolicy {
-                max_attempts: 3,
+                max_attempts: Some(3),
                 ..RetryPolicy::default()
             },
             ..ClientConfig::default()
@@ -263,7 +263,7 @@ fn invalid_configuration_is_rejected() {
             },
             ClientConfig {
                 retry: RetryPolicy {
-                    max_attempts: 0,
+                    max_attempts: Some(0),
                     ..RetryPolicy::default()
                 },
                 ..ClientConfig::default()

@@ -80,6 +80,7 @@ async fn read_your_writes_across_services() {
 async fn a_malformed_session_header_is_a_400_not_a_500() {
     let sim = services::database().unwrap();
     let db = Client::new(sim.at("ap-south").unwrap(), ClientConfig::default()).unwrap();
+    let db_scope = db.scope().clone();
     let shipping = services::serve(services::shipping(db)).await.unwrap();
     let foreign =
         quorate::SessionToken::new(quorate::Scope::new("another-cluster").unwrap()).encode();
@@ -94,6 +95,10 @@ async fn a_malformed_session_header_is_a_400_not_a_500() {
         assert!(
             body.starts_with("invalid quorate-session header: "),
             "{body}"
+        );
+        assert!(
+            !body.contains(db_scope.as_str()),
+            "the body names no scope of this server: {body}"
         );
     }
 }

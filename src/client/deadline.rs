@@ -14,6 +14,12 @@
 //! The table is sharded by thread ([`crate::shard`]): every attempt writes
 //! it twice, and one shared table would move its lock between cores on
 //! every request.
+//!
+//! A client outlives runtimes (one shared across tests, or handed from one
+//! runtime to another), so each runtime that registers an attempt has a
+//! sweeper of its own, and each slot is fired by the sweeper of the runtime
+//! that registered it: a runtime that shuts down takes only its own sweeper
+//! (and its own attempts) with it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+use tokio::runtime::Id as RuntimeId;
 
 use tokio::time::Instant;
 
@@ -40,9 +47,16 @@ pub(crate) struct Deadlines {
 struct Shared {
     tick: Duration,
     shards: [Padded<Mutex<State>>; SHARDS],
-    /// Whether a sweeper runs. Set by the registration that starts one;
-    /// cleared by the sweeper when it stops (see [`sweep`]).
-    sweeping: AtomicBool,
+    /// The sweeper of each runtime that has registered attempts.
+    sweepers: Mutex<Vec<(RuntimeId, Arc<Sweeper>)>>,
+}
+
+/// One runtime's sweeper.
+#[derive(Debug)]
+struct Sweeper {
+    /// Whether it runs. Cleared when it stops, or when its task is dropped
+    /// (its runtime shut down); set again if it finds work while stopping.
+    running: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -50,12 +64,19 @@ struct State {
     slots: Vec<Slot>,
     free: Vec<usize>,
     waiting: usize,
+    /// The sweepers this shard has seen, so that a registration takes the
+    /// shared list's lock only when its runtime's sweeper is not running.
+    known: Vec<(RuntimeId, Arc<Sweeper>)>,
 }
 
 #[derive(Debug)]
 enum Slot {
     Vacant,
-    Waiting { deadline: Instant, waker: Waker },
+    Waiting {
+        deadline: Instant,
+        waker: Waker,
+        runtime: RuntimeId,
+    },
     Fired,
 }
 
@@ -66,9 +87,33 @@ impl Shared {
         self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether any shard has a registered attempt.
-    fn any_waiting(&self) -> bool {
-        (0..SHARDS).any(|s| self.lock(s).waiting > 0)
+    /// Whether any shard has a registered attempt of `runtime`.
+    fn any_waiting(&self, runtime: RuntimeId) -> bool {
+        (0..SHARDS).any(|s| {
+            self.lock(s)
+                .slots
+                .iter()
+                .any(|slot| matches!(slot, Slot::Waiting { runtime: r, .. } if *r == runtime))
+        })
+    }
+
+    /// The running sweeper of `runtime`, started on it if there is none.
+    fn sweeper(
+        self: &Arc<Self>,
+        runtime: RuntimeId,
+        handle: &tokio::runtime::Handle,
+    ) -> Arc<Sweeper> {
+        let mut sweepers = self.sweepers.lock().unwrap_or_else(|p| p.into_inner());
+        sweepers.retain(|(_, s)| s.running.load(Ordering::SeqCst));
+        if let Some((_, s)) = sweepers.iter().find(|(r, _)| *r == runtime) {
+            return Arc::clone(s);
+        }
+        let sweeper = Arc::new(Sweeper {
+            running: AtomicBool::new(true),
+        });
+        sweepers.push((runtime, Arc::clone(&sweeper)));
+        handle.spawn(sweep(Arc::clone(self), runtime, Arc::clone(&sweeper)));
+        sweeper
     }
 }
 
@@ -79,7 +124,7 @@ impl Deadlines {
             shared: Arc::new(Shared {
                 tick: tick.clamp(Duration::from_millis(1), Duration::from_millis(10)),
                 shards: std::array::from_fn(|_| Padded(Mutex::new(State::default()))),
-                sweeping: AtomicBool::new(false),
+                sweepers: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -151,36 +196,45 @@ impl Registration<'_> {
         }
         // Not compared with the clock here: a deadline already past fires at
         // the sweeper's next tick, like any other, and a request that waits
-        // has no clock read of its own to spare.
+        // has no clock read of its own to spare. Outside a runtime nothing
+        // can fire it: the request runs to completion.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let runtime = handle.id();
         let shard = shard::current();
-        {
-            let mut state = self.shared.lock(shard);
-            let slot = Slot::Waiting {
-                deadline,
-                waker: waker.clone(),
-            };
-            let index = match state.free.pop() {
-                Some(i) => {
-                    state.slots[i] = slot;
-                    i
-                }
-                None => {
-                    state.slots.push(slot);
-                    state.slots.len() - 1
-                }
-            };
-            state.waiting += 1;
-            self.slot = Some((shard, index));
-        }
-        // After the slot is visible: a sweeper that is stopping re-checks
-        // the shards after clearing the flag, so either it sees this slot or
-        // this sees the flag cleared and starts a new sweeper.
-        if !self.shared.sweeping.load(Ordering::SeqCst) {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                if !self.shared.sweeping.swap(true, Ordering::SeqCst) {
-                    handle.spawn(sweep(Arc::clone(self.shared)));
-                }
+        let mut state = self.shared.lock(shard);
+        let slot = Slot::Waiting {
+            deadline,
+            waker: waker.clone(),
+            runtime,
+        };
+        let index = match state.free.pop() {
+            Some(i) => {
+                state.slots[i] = slot;
+                i
             }
+            None => {
+                state.slots.push(slot);
+                state.slots.len() - 1
+            }
+        };
+        state.waiting += 1;
+        self.slot = Some((shard, index));
+        // After the slot is visible: a sweeper that is stopping re-checks
+        // the shards after clearing its flag, so either it sees this slot
+        // or this sees the flag cleared and starts a new sweeper.
+        let running = state
+            .known
+            .iter()
+            .any(|(r, s)| *r == runtime && s.running.load(Ordering::SeqCst));
+        if !running {
+            state
+                .known
+                .retain(|(_, s)| s.running.load(Ordering::SeqCst));
+            drop(state);
+            let sweeper = self.shared.sweeper(runtime, &handle);
+            self.shared.lock(shard).known.push((runtime, sweeper));
         }
         false
     }
@@ -206,9 +260,20 @@ impl Drop for Registration<'_> {
     }
 }
 
-/// Fires expired deadlines every tick; stops after [`IDLE_TICKS`] ticks
-/// with nothing waiting.
-async fn sweep(shared: Arc<Shared>) {
+/// Clears a sweeper's flag when its task ends, however it ends (a runtime
+/// that shuts down drops its tasks).
+struct Running(Arc<Sweeper>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Fires the expired deadlines of `runtime`'s attempts every tick; stops
+/// after [`IDLE_TICKS`] ticks with none of them waiting.
+async fn sweep(shared: Arc<Shared>, runtime: RuntimeId, sweeper: Arc<Sweeper>) {
+    let running = Running(sweeper);
     let mut interval = tokio::time::interval(shared.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut expired: Vec<Waker> = Vec::new();
@@ -221,15 +286,27 @@ async fn sweep(shared: Arc<Shared>) {
             let mut state = shared.lock(shard);
             let mut fired = 0;
             for slot in state.slots.iter_mut() {
-                if matches!(slot, Slot::Waiting { deadline, .. } if *deadline <= now) {
-                    if let Slot::Waiting { waker, .. } = std::mem::replace(slot, Slot::Fired) {
-                        expired.push(waker);
-                        fired += 1;
+                match slot {
+                    Slot::Waiting {
+                        deadline,
+                        runtime: r,
+                        ..
+                    } if *r == runtime => {
+                        if *deadline <= now {
+                            if let Slot::Waiting { waker, .. } =
+                                std::mem::replace(slot, Slot::Fired)
+                            {
+                                expired.push(waker);
+                                fired += 1;
+                            }
+                        } else {
+                            waiting += 1;
+                        }
                     }
+                    _ => {}
                 }
             }
             state.waiting -= fired;
-            waiting += state.waiting;
         }
         for waker in expired.drain(..) {
             waker.wake();
@@ -240,10 +317,10 @@ async fn sweep(shared: Arc<Shared>) {
         }
         idle += 1;
         if idle >= IDLE_TICKS {
-            shared.sweeping.store(false, Ordering::SeqCst);
+            running.0.running.store(false, Ordering::SeqCst);
             // A registration that saw the flag still set before it was
             // cleared did not start a sweeper: keep this one if so.
-            if !shared.any_waiting() || shared.sweeping.swap(true, Ordering::SeqCst) {
+            if !shared.any_waiting(runtime) || running.0.running.swap(true, Ordering::SeqCst) {
                 return;
             }
             idle = 0;
@@ -268,7 +345,12 @@ mod tests {
     }
 
     fn sweeping(d: &Deadlines) -> bool {
-        d.shared.sweeping.load(Ordering::SeqCst)
+        d.shared
+            .sweepers
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, s)| s.running.load(Ordering::SeqCst))
     }
 
     #[tokio::test(start_paused = true)]
@@ -385,5 +467,49 @@ mod tests {
         }
         let (slots, free, waiting) = totals(&d);
         assert_eq!((free, waiting), (slots, 0), "every slot released");
+    }
+
+    fn hung(d: &Deadlines) -> Option<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                d.run(
+                    Instant::now() + Duration::from_millis(50),
+                    std::future::pending::<()>(),
+                ),
+            )
+            .await
+            .expect("the deadline fired")
+        })
+    }
+
+    #[test]
+    fn deadlines_fire_after_the_first_runtime_is_gone() {
+        let d = Deadlines::new(Duration::from_millis(5));
+        assert_eq!(hung(&d), None, "first runtime");
+        // That runtime is dropped, and its sweeper with it.
+        assert!(!sweeping(&d), "a dropped sweeper is not running");
+        assert_eq!(hung(&d), None, "second runtime");
+    }
+
+    #[test]
+    fn deadlines_fire_while_another_runtime_is_alive_but_idle() {
+        let d = Deadlines::new(Duration::from_millis(5));
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let out = first.block_on(d.run(
+            Instant::now() + Duration::from_millis(20),
+            std::future::pending::<()>(),
+        ));
+        assert_eq!(out, None);
+        // `first` lives on, but nothing drives it: its sweeper cannot tick.
+        assert_eq!(hung(&d), None);
+        drop(first);
     }
 }

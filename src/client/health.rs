@@ -82,6 +82,8 @@ impl<B: Backend> Client<B> {
     }
 
     fn probe_failed(&self, index: usize, region: &Region, reason: &'static str) {
+        // Its clock is unknown now, not what it was when last seen.
+        self.inner.guard.forget(index);
         if self.inner.router.failure(index, true) {
             self.inner.metrics.ejection(region, reason);
         }
@@ -89,7 +91,9 @@ impl<B: Backend> Client<B> {
 
     /// Probes every region once, concurrently: clock offsets and replica lag
     /// feed the clock guard and the metrics, and unreachable regions are
-    /// ejected. Call it periodically (for example every second).
+    /// ejected. It returns when the slowest probe has answered or timed out;
+    /// [`Client::health_checks`] probes each region on its own schedule
+    /// instead, so that one unreachable region delays no other's probes.
     pub async fn refresh_health(&self) {
         let regions: Vec<Region> = self.inner.backend.topology().regions().cloned().collect();
         let probes = regions.iter().map(|r| self.probe(r));
@@ -98,6 +102,44 @@ impl<B: Backend> Client<B> {
                 tracing::debug!(error = %e, "probe failed");
             }
         }
+    }
+
+    /// Probes every region every `period`, each on its own schedule: a
+    /// region that does not answer delays only its own next probe. Runs
+    /// until dropped; spawn it, or select it against a shutdown signal.
+    /// Clock samples count for [`ClientConfig::clock_sample_ttl`], so the
+    /// period must be shorter.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quorate::sim::{Sim, SimConfig};
+    /// use quorate::{Client, ClientConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), quorate::Error> {
+    /// let sim = Sim::new(SimConfig::new(["eu", "us"])?)?;
+    /// let client = Client::new(sim.at("eu")?, ClientConfig::default())?;
+    /// let checks = tokio::spawn({
+    ///     let client = client.clone();
+    ///     async move { client.health_checks(Duration::from_millis(500)).await }
+    /// });
+    /// tokio::time::sleep(Duration::from_secs(2)).await;
+    /// assert!(client.health().iter().all(|h| h.clock_deviation.is_some()));
+    /// checks.abort();
+    /// # Ok(()) }
+    /// ```
+    pub async fn health_checks(&self, period: Duration) {
+        let regions: Vec<Region> = self.inner.backend.topology().regions().cloned().collect();
+        let loops = regions.iter().map(|region| async move {
+            loop {
+                let next = Instant::now() + period;
+                if let Err(e) = self.probe(region).await {
+                    tracing::debug!(quorate.region = region.as_str(), error = %e, "probe failed");
+                }
+                tokio::time::sleep_until(next).await;
+            }
+        });
+        join_all(loops).await;
     }
 
     /// What the client knows of each region now: circuit, latency estimate,

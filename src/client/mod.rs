@@ -89,6 +89,11 @@ pub struct ClientConfig {
     pub clock_exclusion: f64,
     /// Clock deviations above this are logged as warnings.
     pub clock_warning: Duration,
+    /// How long a probe's clock sample counts. An older sample, or that of a
+    /// region whose last probe failed, is unknown: it no longer votes in the
+    /// median, and a region the guard excluded stays excluded until a fresh
+    /// sample clears it. Probe more often than this.
+    pub clock_sample_ttl: Duration,
     /// Requires and produces signed session tokens.
     #[cfg(feature = "signed-tokens")]
     pub signing_key: Option<crate::session::SigningKey>,
@@ -114,6 +119,7 @@ impl Default for ClientConfig {
             clock: Arc::new(SystemClock),
             clock_exclusion: 0.5,
             clock_warning: Duration::from_millis(100),
+            clock_sample_ttl: Duration::from_secs(3),
             #[cfg(feature = "signed-tokens")]
             signing_key: None,
         }
@@ -141,6 +147,7 @@ impl ClientConfig {
             ("read_deadline", self.read_deadline),
             ("write_deadline", self.write_deadline),
             ("attempt_timeout", self.attempt_timeout),
+            ("clock_sample_ttl", self.clock_sample_ttl),
         ] {
             if d.is_zero() {
                 return Err(Error::InvalidInput(format!("{name} must be positive")));
@@ -221,6 +228,10 @@ enum Check {
     Accept,
     Escalate(&'static str),
     Retry(&'static str),
+    /// A linearizable read older than the session's version of the key.
+    Behind {
+        required: crate::record::Version,
+    },
 }
 
 impl<B: Backend> Client<B> {
@@ -257,6 +268,7 @@ impl<B: Backend> Client<B> {
                         .max_clock_offset
                         .map(|m| m.mul_f64(config.clock_exclusion)),
                     config.clock_warning,
+                    config.clock_sample_ttl,
                 ),
                 rng: Mutex::new(rng),
                 backend,
@@ -316,35 +328,46 @@ impl<B: Backend> Client<B> {
         self.inner.config.retry.backoff(retry, &mut rng)
     }
 
-    fn home_index(&self, key: &str) -> Option<usize> {
+    /// The key's home region, for backends whose strong reads or writes
+    /// go there; a home outside the topology is a typed error, never a
+    /// reason to serve the request wherever it happens to be.
+    fn home_index(&self, key: &str) -> Result<usize, Error> {
         self.inner
             .backend
             .home_region(key)
             .and_then(|r| self.inner.router.index_of(r))
+            .ok_or_else(|| {
+                Error::Topology(crate::TopologyError::NoHomeRegion {
+                    key: key.to_owned(),
+                })
+            })
     }
 
-    /// Waits the jittered backoff before retry number `retries`, or fails
-    /// when the cap, the budget or the deadline says stop.
+    /// Waits the jittered backoff before retry number `retries`, or says
+    /// why the operation stops: the attempt cap, the retry budget or the
+    /// deadline.
     async fn before_retry(
         &self,
         error: &Error,
         attempts: u32,
         retries: u32,
         deadline: Instant,
-    ) -> Result<(), Error> {
+    ) -> Result<(), Stop> {
         let inner = &*self.inner;
-        if attempts >= inner.config.retry.max_attempts || !inner.budget.withdraw() {
-            return Err(Error::RetriesExhausted {
-                attempts,
-                last: Box::new(clone_error(error)),
-            });
+        if inner
+            .config
+            .retry
+            .max_attempts
+            .is_some_and(|cap| attempts >= cap)
+        {
+            return Err(Stop::Cap);
         }
         let wake = Instant::now() + self.jitter(retries);
         if wake >= deadline {
-            return Err(Error::DeadlineExceeded {
-                attempts,
-                last: Box::new(clone_error(error)),
-            });
+            return Err(Stop::Deadline);
+        }
+        if !inner.budget.withdraw() {
+            return Err(Stop::Budget);
         }
         inner.metrics.retry(error);
         tracing::debug!(
@@ -402,14 +425,17 @@ impl<B: Backend> Client<B> {
                 sent: false,
             });
         }
-        let result = inner
-            .deadlines
-            .run(ends, request())
-            .await
-            .unwrap_or(Err(Error::Timeout {
-                after: limit,
-                sent: true,
-            }));
+        let write = kind == Kind::Write;
+        let result = match inner.deadlines.run(ends, request()).await {
+            Some(Ok(out)) => Ok(out),
+            // A read changes nothing: none of its errors is ambiguous.
+            Some(Err(e)) if !write => Err(e.for_read()),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::Timeout {
+                after: ends - started,
+                sent: write,
+            }),
+        };
         match &result {
             Err(e @ (Error::RegionUnavailable { .. } | Error::Timeout { .. })) => {
                 if inner.router.failure(region, true) {
@@ -444,32 +470,34 @@ pub(crate) fn read_kind(leader: bool) -> Kind {
     }
 }
 
-/// Errors are not `Clone` (they may box a driver error); retries keep a
-/// description of the last one.
-pub(crate) fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::Timeout { after, sent } => Error::Timeout {
-            after: *after,
-            sent: *sent,
-        },
-        Error::RegionUnavailable { region, reason } => Error::RegionUnavailable {
-            region: region.clone(),
-            reason,
-        },
-        Error::Uncertainty { key, read, value } => Error::Uncertainty {
-            key: key.clone(),
-            read: *read,
-            value: *value,
-        },
-        Error::FreshnessUnmet {
-            key,
-            policy,
-            reason,
-        } => Error::FreshnessUnmet {
-            key: key.clone(),
-            policy: *policy,
-            reason,
-        },
-        other => Error::backend(other.retryability(), None, other.to_string()),
+/// Why an operation stopped retrying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The attempt cap was reached.
+    Cap,
+    /// The retry budget ran dry.
+    Budget,
+    /// The next attempt would start past the deadline.
+    Deadline,
+}
+
+impl Stop {
+    /// The error an operation ends with after `attempts` attempts, the last
+    /// failing with `last`.
+    pub(crate) fn error(self, attempts: u32, last: Error) -> Error {
+        let last = Box::new(last);
+        match self {
+            Stop::Deadline => Error::DeadlineExceeded { attempts, last },
+            Stop::Cap => Error::RetriesExhausted {
+                attempts,
+                budget: false,
+                last,
+            },
+            Stop::Budget => Error::RetriesExhausted {
+                attempts,
+                budget: true,
+                last,
+            },
+        }
     }
 }

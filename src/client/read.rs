@@ -151,10 +151,12 @@ impl<B: Backend> Client<B> {
         let mut leader = policy == ReadPolicy::Strong || !inner.capabilities.follower_reads;
         let mut attempt = 0;
         let mut retries = 0;
+        // Leader reads that showed an older version than the session's.
+        let mut behind = 0;
         loop {
             attempt += 1;
             let home = if leader && !inner.capabilities.strong_reads_anywhere {
-                self.home_index(key)
+                Some(self.home_index(key)?)
             } else {
                 None
             };
@@ -221,13 +223,10 @@ impl<B: Backend> Client<B> {
                             .metrics
                             .read(region_index, policy, role == ReplicaRole::Leader);
                         if let Some(h) = key_hash {
-                            // A Session read also advances the session's point;
-                            // a Strong read records the version only.
-                            let point = match policy {
-                                ReadPolicy::Session => read.freshness.point,
-                                _ => None,
-                            };
-                            session.observe_of(h, read.version(), point);
+                            // The point the read reflects covers the version
+                            // it saw: once the key leaves the session's token,
+                            // the session point still holds it.
+                            session.observe_of(h, read.version(), read.freshness.point);
                         }
                         record_read(&read, attempt);
                         return Ok(read);
@@ -235,6 +234,23 @@ impl<B: Backend> Client<B> {
                     Check::Escalate(reason) if !leader => {
                         inner.metrics.escalation(policy, reason);
                         leader = true;
+                        continue;
+                    }
+                    Check::Behind { required } => {
+                        // A linearizable read older than the session: once
+                        // through another region (a deposed leaseholder may
+                        // have served it), then the token is what is wrong.
+                        behind += 1;
+                        if behind > 1 {
+                            let error = Error::SessionAhead {
+                                key: key.to_owned(),
+                                required,
+                                found: read.version(),
+                            };
+                            tracing::Span::current().record("quorate.outcome", error.reason());
+                            return Err(error);
+                        }
+                        tried.add(region_index);
                         continue;
                     }
                     Check::Escalate(reason) | Check::Retry(reason) => Error::FreshnessUnmet {
@@ -256,7 +272,11 @@ impl<B: Backend> Client<B> {
                 tried.add(region_index);
             }
             retries += 1;
-            Box::pin(self.before_retry(&error, attempt, retries, deadline)).await?;
+            if let Err(stop) = self.before_retry(&error, attempt, retries, deadline).await {
+                let error = stop.error(attempt, error);
+                tracing::Span::current().record("quorate.outcome", error.reason());
+                return Err(error);
+            }
         }
     }
 
@@ -267,34 +287,43 @@ impl<B: Backend> Client<B> {
         read: &Read<Bytes>,
         region: usize,
     ) -> Check {
+        let inner = &*self.inner;
         let f = &read.freshness;
         if let Some(min) = floor.version {
             if read.version().is_none_or(|v| v < min) {
                 return if f.role == ReplicaRole::Leader {
-                    Check::Retry("leader read older than the session")
+                    Check::Behind { required: min }
                 } else {
                     Check::Escalate("replica older than the session's version")
                 };
             }
         }
         if f.role == ReplicaRole::Leader {
+            // A leader whose clock the guard distrusts may have committed
+            // writes in the future or may still serve an expired lease.
+            let served_by = inner.router.index_of(&f.region).unwrap_or(region);
+            if inner.guard.excluded(served_by) {
+                return Check::Retry("served by a leader whose clock is excluded");
+            }
             return Check::Accept;
         }
         match policy {
             ReadPolicy::Strong => Check::Escalate("strong read served by a follower"),
+            // A key the token tracks needs its version (checked above);
+            // any other key, the session point, which covers every key the
+            // session has seen.
             ReadPolicy::Session => match (floor.version, floor.point, f.point) {
                 (Some(_), _, _) | (None, None, _) => Check::Accept,
                 (None, Some(min), Some(p)) if p >= min => Check::Accept,
                 (None, Some(_), Some(_)) => Check::Escalate("replica behind the session point"),
                 (None, Some(_), None) => Check::Escalate("replica states no point"),
             },
-            ReadPolicy::BoundedStaleness(_) if self.inner.guard.excluded(region) => {
+            ReadPolicy::BoundedStaleness(_) if inner.guard.excluded(region) => {
                 Check::Escalate("replica's clock is excluded")
             }
             ReadPolicy::BoundedStaleness(bound) => match f.staleness_bound {
                 Some(s)
-                    if s + self.inner.config.clock_uncertainty
-                        + self.inner.guard.deviation(region).unwrap_or_default()
+                    if s + inner.config.clock_uncertainty + inner.guard.staleness_error(region)
                         <= bound.duration() =>
                 {
                     Check::Accept

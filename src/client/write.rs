@@ -9,8 +9,9 @@ pub enum VerifyRegions {
     Local,
     /// Every region of the topology.
     All,
-    /// Every region the client currently routes to: not ejected after a
-    /// failure and not excluded by the clock guard (the local region always).
+    /// Every region the client currently routes to: its circuit admits
+    /// requests and, for strong checks, the clock guard trusts it. (With
+    /// none, the local region's readers, wherever they are routed.)
     Healthy,
     /// The regions named.
     These(Vec<Region>),
@@ -19,6 +20,11 @@ pub enum VerifyRegions {
 /// A read-after-write check: after commit, read back where the next reader
 /// will read until the committed version is visible, or fail with
 /// [`Error::NotVisible`] at the deadline.
+///
+/// The checks are reads like any other: they go through the router and the
+/// clock guard, so the check for a region whose circuit is open or whose
+/// clock the guard distrusts reads where that region's readers are routed
+/// instead, and never asks the excluded region.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verify {
     /// Where the next readers are.
@@ -65,10 +71,13 @@ impl WriteOptions {
 impl<B: Backend> Client<B> {
     /// Writes `key` if `precondition` holds, in `session`.
     ///
-    /// Retryable failures are retried with backoff under one idempotency key;
-    /// an ambiguous outcome is resolved by looking that key up, never by
-    /// re-executing blindly. With [`WriteOptions::verify`] the write returns
-    /// only once the version is visible where the next reader reads.
+    /// Retryable failures are retried with backoff under one idempotency
+    /// key until the write's deadline; an ambiguous outcome is resolved by
+    /// looking that key up (which also fences earlier attempts), never by
+    /// re-executing blindly. A write whose outcome stays unknown ends with
+    /// [`Error::OutcomeUnknown`], naming the key to retry with. With
+    /// [`WriteOptions::verify`] the write returns only once the version is
+    /// visible where the next reader reads.
     pub async fn write(
         &self,
         session: &Session,
@@ -86,6 +95,12 @@ impl<B: Backend> Client<B> {
         );
         let recorder = span.clone();
         async {
+            // Checked before anything is sent: a write must not commit and
+            // then fail on its own options.
+            let verify_regions = match &options.verify {
+                Some(v) => Some(self.verify_regions(v)?),
+                None => None,
+            };
             let committed = self.write_inner(key, &value, precondition, options).await;
             let committed = match committed {
                 Ok(c) => c,
@@ -96,10 +111,13 @@ impl<B: Backend> Client<B> {
             };
             session.observe(key, Some(committed.version), Some(committed.point));
             recorder.record("quorate.region", committed.region.as_str());
-            if let Some(verify) = &options.verify {
+            if let Some(wait) = self.commit_wait(&committed) {
                 // Boxed, as are the other paths most writes never take, so
                 // that they do not size every write's future.
-                Box::pin(self.verify(key, &committed, verify)).await?;
+                Box::pin(tokio::time::sleep(wait)).await;
+            }
+            if let (Some(verify), Some(regions)) = (&options.verify, verify_regions) {
+                Box::pin(self.verify(key, &committed, verify, regions)).await?;
             }
             recorder.record("quorate.outcome", "ok");
             Ok(committed)
@@ -130,10 +148,13 @@ impl<B: Backend> Client<B> {
         let mut tried = Tried::default();
         let mut attempt = 0;
         let mut retries = 0;
+        // An attempt was sent whose outcome is still unknown: the write now
+        // ends with its real outcome or as unknown, never as a failure.
+        let mut unresolved = false;
         loop {
             attempt += 1;
             tracing::Span::current().record("quorate.attempt", attempt);
-            let region_index = self.write_region(key, tried);
+            let region_index = self.write_region(key, tried)?;
             let region = inner.router.region(region_index);
             let request = WriteRequest {
                 key,
@@ -164,23 +185,57 @@ impl<B: Backend> Client<B> {
             }
             match error.retryability() {
                 Retryability::Permanent => {
+                    // A conflict is definite even after an unknown attempt:
+                    // backends look the idempotency key up before they report
+                    // one, and a write of this key that has not applied yet
+                    // would meet the same moved-on version.
                     if matches!(error, Error::Conflict { .. }) {
                         inner.metrics.conflict();
+                        return Err(error);
+                    }
+                    if unresolved {
+                        return Err(self.outcome_unknown(key, idem, attempt, error));
                     }
                     return Err(error);
                 }
                 Retryability::Ambiguous => {
-                    if let Some(committed) =
-                        Box::pin(self.resolve(key, idem, deadline, &error)).await?
-                    {
-                        self.count_write(&committed);
-                        return Ok(committed);
+                    match Box::pin(self.resolve(key, idem, deadline)).await {
+                        Ok(Some(committed)) => {
+                            self.count_write(&committed);
+                            return Ok(committed);
+                        }
+                        // Not applied, and fenced: no earlier attempt can
+                        // commit any more.
+                        Ok(None) => unresolved = false,
+                        Err(e) if e.retryability() == Retryability::Permanent => return Err(e),
+                        Err(_) => unresolved = true,
                     }
                 }
                 Retryability::Retryable => {}
             }
             retries += 1;
-            Box::pin(self.before_retry(&error, attempt, retries, deadline)).await?;
+            if let Err(stop) = self.before_retry(&error, attempt, retries, deadline).await {
+                return Err(if unresolved {
+                    self.outcome_unknown(key, idem, attempt, error)
+                } else {
+                    stop.error(attempt, error)
+                });
+            }
+        }
+    }
+
+    fn outcome_unknown(
+        &self,
+        key: &str,
+        idem: &IdempotencyKey,
+        attempts: u32,
+        last: Error,
+    ) -> Error {
+        Error::OutcomeUnknown {
+            key: key.to_owned(),
+            idempotency_key: idem.clone(),
+            attempts,
+            last: Box::new(last),
         }
     }
 
@@ -190,45 +245,45 @@ impl<B: Backend> Client<B> {
         }
     }
 
-    fn write_region(&self, key: &str, tried: Tried) -> usize {
+    fn write_region(&self, key: &str, tried: Tried) -> Result<usize, Error> {
         let inner = &*self.inner;
         if !inner.capabilities.writes_anywhere {
-            if let Some(home) = self.home_index(key) {
-                let failed_over = inner
-                    .config
-                    .home_failover
-                    .zip(inner.router.down_for(home))
-                    .is_some_and(|(after, down)| down >= after);
-                if !failed_over {
-                    return home;
-                }
-                return inner.router.pick(home, Kind::Write, tried.with(home), |r| {
-                    inner.guard.excluded(r)
-                });
+            let home = self.home_index(key)?;
+            let failed_over = inner
+                .config
+                .home_failover
+                .zip(inner.router.down_for(home))
+                .is_some_and(|(after, down)| down >= after);
+            if !failed_over {
+                return Ok(home);
             }
+            return Ok(inner.router.pick(home, Kind::Write, tried.with(home), |r| {
+                inner.guard.excluded(r)
+            }));
         }
-        inner
+        Ok(inner
             .router
             .pick(inner.router.local(), Kind::Write, tried, |r| {
                 inner.guard.excluded(r)
-            })
+            }))
     }
 
     /// Resolves an ambiguous attempt through the idempotency record: `Some`
-    /// when the logical write committed, `None` when it did not.
+    /// when the logical write committed, `None` when it did not (and the
+    /// backend's lookup fenced every earlier attempt). An error when no
+    /// lookup succeeded before the deadline.
     async fn resolve(
         &self,
         key: &str,
         idem: &IdempotencyKey,
         deadline: Instant,
-        ambiguous: &Error,
     ) -> Result<Option<Committed>, Error> {
         let inner = &*self.inner;
         let mut tried = Tried::default();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let region_index = self.write_region(key, tried);
+            let region_index = self.write_region(key, tried)?;
             let region = inner.router.region(region_index);
             let result = self
                 .attempt(
@@ -253,11 +308,7 @@ impl<B: Backend> Client<B> {
                     }
                     let wake = Instant::now() + self.jitter(attempt);
                     if wake >= deadline {
-                        // The outcome stays unknown: report the ambiguity.
-                        return Err(Error::DeadlineExceeded {
-                            attempts: attempt,
-                            last: Box::new(clone_error(ambiguous)),
-                        });
+                        return Err(e);
                     }
                     tokio::time::sleep_until(wake).await;
                 }
@@ -265,20 +316,43 @@ impl<B: Backend> Client<B> {
         }
     }
 
-    /// Reads the committed version back where the next reader will read.
-    async fn verify(&self, key: &str, committed: &Committed, verify: &Verify) -> Result<(), Error> {
+    /// How long to hold a write's acknowledgement so that a strong read
+    /// that starts after it, through any gateway whose clock the guard
+    /// trusts, sees the write or finds it uncertain. Needed only when the
+    /// commit timestamp is ahead of true time by more than the readers'
+    /// uncertainty window covers (a leaseholder whose clock runs fast);
+    /// `None` otherwise, and for backends without a clock bound.
+    fn commit_wait(&self, committed: &Committed) -> Option<Duration> {
         let inner = &*self.inner;
-        let start = Instant::now();
-        let deadline = start + verify.deadline;
-        let regions: Vec<usize> = match &verify.regions {
+        let max_offset = inner.capabilities.max_clock_offset?;
+        let limit = inner.guard.limit()?;
+        let now = inner.guard.true_time(inner.config.clock.now_nanos())?;
+        // A trusted reader's timestamp is at least `now - limit`, and its
+        // uncertainty window reaches `max_offset` above that.
+        let covered =
+            now.saturating_sub(crate::clock::nanos(limit)) + crate::clock::nanos(max_offset);
+        let ahead = committed.point.wall.checked_sub(covered)?;
+        (ahead > 0).then(|| Duration::from_nanos(ahead))
+    }
+
+    /// The regions a read-after-write check reads back in, checked before
+    /// the write is sent.
+    fn verify_regions(&self, verify: &Verify) -> Result<Vec<usize>, Error> {
+        let inner = &*self.inner;
+        let leader = verify.policy == ReadPolicy::Strong;
+        Ok(match &verify.regions {
             VerifyRegions::Local => vec![inner.router.local()],
-            VerifyRegions::All => (0..inner.backend.topology().regions().len()).collect(),
-            VerifyRegions::Healthy => (0..inner.backend.topology().regions().len())
-                .filter(|&r| {
-                    r == inner.router.local()
-                        || (inner.router.healthy(r) && !inner.guard.excluded(r))
-                })
-                .collect(),
+            VerifyRegions::All => (0..inner.router.len()).collect(),
+            VerifyRegions::Healthy => {
+                let healthy: Vec<usize> = (0..inner.router.len())
+                    .filter(|&r| self.routable(r, leader))
+                    .collect();
+                if healthy.is_empty() {
+                    vec![inner.router.local()]
+                } else {
+                    healthy
+                }
+            }
             VerifyRegions::These(list) => list
                 .iter()
                 .map(|r| {
@@ -287,16 +361,48 @@ impl<B: Backend> Client<B> {
                     })
                 })
                 .collect::<Result<_, _>>()?,
-        };
+        })
+    }
+
+    /// Whether a request may be sent to `region` now: its circuit admits
+    /// requests and, for one that assigns timestamps, the clock guard trusts
+    /// it.
+    fn routable(&self, region: usize, leader: bool) -> bool {
+        self.inner.router.healthy(region) && !(leader && self.inner.guard.excluded(region))
+    }
+
+    /// Reads the committed version back where the next reader will read,
+    /// through the same router, guard, breakers and attempt timeouts as
+    /// reads: the next reader in a region whose circuit is open or whose
+    /// clock the guard distrusts is routed elsewhere, and so is the check.
+    async fn verify(
+        &self,
+        key: &str,
+        committed: &Committed,
+        verify: &Verify,
+        regions: Vec<usize>,
+    ) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let start = Instant::now();
+        let deadline = start + verify.deadline;
         let leader = verify.policy == ReadPolicy::Strong;
+        let kind = read_kind(leader);
+        let mut checked = Tried::default();
         for region_index in regions {
-            let region = inner.router.region(region_index).clone();
-            let serving = match (leader, inner.capabilities.strong_reads_anywhere) {
-                (true, false) => self.home_index(key).unwrap_or(region_index),
-                _ => region_index,
-            };
             let mut poll = Duration::from_millis(2);
+            let mut tried = Tried::default();
             loop {
+                // Where a reader of this region would read now.
+                let serving = if leader && !inner.capabilities.strong_reads_anywhere {
+                    self.home_index(key)?
+                } else {
+                    inner.router.pick(region_index, kind, tried, |r| {
+                        leader && inner.guard.excluded(r)
+                    })
+                };
+                if checked.contains(serving) {
+                    break;
+                }
                 let plan = ReadPlan {
                     key,
                     region: inner.router.region(serving),
@@ -309,29 +415,35 @@ impl<B: Backend> Client<B> {
                     floor: SessionFloor::default(),
                     deadline,
                 };
-                let seen = match inner
-                    .deadlines
-                    .run(deadline, inner.backend.read(&plan))
-                    .await
-                {
-                    Some(Ok(read)) => read.version().is_some_and(|v| v >= committed.version),
-                    Some(Err(_)) | None => false,
+                let read = self
+                    .attempt(Instant::now(), serving, kind, leader, deadline, || {
+                        inner.backend.read(&plan)
+                    })
+                    .await;
+                let seen = match read {
+                    Ok(read) => {
+                        // A leader whose clock the guard distrusts proves
+                        // nothing about what others will read.
+                        let trusted = read.freshness.role != ReplicaRole::Leader
+                            || inner
+                                .router
+                                .index_of(&read.freshness.region)
+                                .is_none_or(|r| !inner.guard.excluded(r));
+                        trusted && read.version().is_some_and(|v| v >= committed.version)
+                    }
+                    Err(e) => {
+                        if matches!(e, Error::RegionUnavailable { .. } | Error::Timeout { .. }) {
+                            tried.add(serving);
+                        }
+                        false
+                    }
                 };
                 if seen {
+                    checked.add(serving);
                     break;
                 }
                 if Instant::now() >= deadline {
-                    inner.metrics.verify_failure();
-                    tracing::warn!(
-                        quorate.region = region.as_str(),
-                        "read-after-write check failed"
-                    );
-                    return Err(Error::NotVisible {
-                        key: key.to_owned(),
-                        version: committed.version,
-                        region,
-                        waited: Instant::now() - start,
-                    });
+                    return Err(self.not_visible(key, committed, serving, start));
                 }
                 // The last look is at the deadline itself.
                 tokio::time::sleep_until((Instant::now() + poll).min(deadline)).await;
@@ -339,5 +451,27 @@ impl<B: Backend> Client<B> {
             }
         }
         Ok(())
+    }
+
+    fn not_visible(
+        &self,
+        key: &str,
+        committed: &Committed,
+        region: usize,
+        start: Instant,
+    ) -> Error {
+        let inner = &*self.inner;
+        inner.metrics.verify_failure();
+        let region = inner.router.region(region).clone();
+        tracing::warn!(
+            quorate.region = region.as_str(),
+            "read-after-write check failed"
+        );
+        Error::NotVisible {
+            key: key.to_owned(),
+            version: committed.version,
+            region,
+            waited: Instant::now() - start,
+        }
     }
 }

@@ -177,12 +177,22 @@ impl Event {
     }
 }
 
+/// The longest line of a history, in bytes: an event is a few hundred
+/// bytes, and a longer line is refused before it is held in memory.
+pub const MAX_LINE: usize = 1 << 20;
+
 /// A history that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     /// Reading failed.
     #[error("reading the history: {0}")]
     Io(#[from] std::io::Error),
+    /// A line is longer than [`MAX_LINE`] bytes (it is not read whole).
+    #[error("line {line} is longer than {MAX_LINE} bytes")]
+    LineTooLong {
+        /// 1-based line number.
+        line: usize,
+    },
     /// A line is not a valid event, or breaks the format's rules.
     #[error("line {line}: {message}")]
     Malformed {
@@ -248,10 +258,14 @@ pub(crate) fn parse(
     let mut line = 0;
     loop {
         buf.clear();
-        if input.read_until(b'\n', &mut buf)? == 0 {
+        let limit = MAX_LINE as u64 + 1;
+        if std::io::Read::take(&mut input, limit).read_until(b'\n', &mut buf)? == 0 {
             return Ok(());
         }
         line += 1;
+        if buf.len() > MAX_LINE && buf.last() != Some(&b'\n') {
+            return Err(HistoryError::LineTooLong { line });
+        }
         let text = std::str::from_utf8(&buf).map_err(|_| HistoryError::Malformed {
             line,
             message: "not UTF-8".into(),
@@ -333,6 +347,24 @@ mod tests {
     fn parse_str(s: &str) -> Result<usize, HistoryError> {
         let mut c = Count(0);
         parse(s.as_bytes(), &mut c).map(|_| c.0)
+    }
+
+    #[test]
+    fn a_line_too_long_is_refused_before_it_is_held() {
+        let ok =
+            r#"{"process":1,"type":"invoke","op":"read","key":"k","policy":"strong","time":1}"#;
+        let long = format!(
+            "{ok}\n{{\"process\":1,\"type\":\"ok\",\"op\":\"read\",\"key\":\"{}\"",
+            "k".repeat(3 * MAX_LINE)
+        );
+        assert!(matches!(
+            parse_str(&long),
+            Err(HistoryError::LineTooLong { line: 2 })
+        ));
+        // A line of exactly the limit is read.
+        let padded = format!("{ok}{}\n", " ".repeat(MAX_LINE - ok.len() - 1));
+        assert_eq!(padded.len(), MAX_LINE);
+        assert_eq!(parse_str(&padded).unwrap(), 1);
     }
 
     #[test]

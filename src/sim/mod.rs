@@ -42,7 +42,7 @@ use crate::error::Error;
 use crate::record::{Committed, Freshness, Read, ReplicaRole, Versioned};
 use crate::session::Scope;
 use crate::topology::{Region, Topology};
-use model::{Entry, Model, Params};
+use model::{Entry, IdemRecord, Model, Params};
 
 /// How the simulated database replicates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,8 +293,65 @@ impl Sim {
         })
     }
 
-    /// Travels from this handle's region to `to`: waits one latency, or the
-    /// request timeout and fails when the link is cut.
+    /// A request leaving this handle's clients.
+    fn trip(&self) -> Trip {
+        Trip {
+            shared: Arc::clone(&self.shared),
+            origin: self.origin,
+        }
+    }
+}
+
+/// How often a proposal waiting at the leaseholder for a quorum looks again.
+const PROPOSAL_POLL: Duration = Duration::from_millis(5);
+
+/// A write attempt once it has left its client: it travels and may commit
+/// whether or not the client still waits for it.
+struct WriteTrip {
+    key: String,
+    value: Bytes,
+    precondition: crate::Precondition,
+    idem: Option<IdempotencyKey>,
+    /// When it left its client, in the order of every attempt's departure.
+    stamp: u64,
+}
+
+/// A request on its way through the simulated system. It runs as a task of
+/// its own: a client that stops waiting does not stop the request, which
+/// may still arrive, apply and commit (a late commit), as a request on the
+/// wire does.
+#[derive(Clone)]
+struct Trip {
+    shared: Arc<Shared>,
+    origin: usize,
+}
+
+/// Runs `trip` as a task of its own and waits for its answer; dropping the
+/// returned future abandons the answer, not the request.
+async fn travel<T: Send + 'static>(
+    trip: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::spawn(trip).await {
+        Ok(result) => result,
+        Err(e) => Err(Error::backend(
+            crate::Retryability::Retryable,
+            None,
+            format!("the simulated request did not complete: {e}"),
+        )),
+    }
+}
+
+impl Trip {
+    fn model(&self) -> std::sync::MutexGuard<'_, Model> {
+        self.shared.model.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn region(&self, index: usize) -> Region {
+        self.shared.config.regions[index].clone()
+    }
+
+    /// Travels from `from` to `to`: waits one latency, or the request
+    /// timeout and fails when the link is cut (the request is lost).
     async fn hop(&self, from: usize, to: usize) -> Result<(), Error> {
         let (reachable, latency) = {
             let mut m = self.model();
@@ -322,6 +379,23 @@ impl Sim {
                 sent: true,
             }),
         }
+    }
+
+    async fn read(
+        self,
+        gateway: usize,
+        key: String,
+        role: ReplicaRole,
+    ) -> Result<Read<Bytes>, Error> {
+        self.hop(self.origin, gateway).await?;
+        let multi_writer = self.shared.config.replication == Replication::MultiWriter;
+        let read = if role == ReplicaRole::Leader && !multi_writer {
+            self.read_leader(gateway, &key).await?
+        } else {
+            self.read_replica(gateway, &key, role)
+        };
+        self.hop_back(gateway, self.origin).await?;
+        Ok(read)
     }
 
     async fn read_leader(&self, gateway: usize, key: &str) -> Result<Read<Bytes>, Error> {
@@ -392,11 +466,61 @@ impl Sim {
         }
     }
 
-    async fn write_consensus(
+    async fn write(self, gateway: usize, req: WriteTrip) -> Result<Committed, Error> {
+        // A request that never arrives may, for all the client knows, have
+        // committed: report it as sent.
+        self.hop(self.origin, gateway)
+            .await
+            .map_err(|_| Error::Timeout {
+                after: self.shared.config.request_timeout,
+                sent: true,
+            })?;
+        let committed = match self.shared.config.replication {
+            Replication::Consensus => self.write_consensus(gateway, &req).await?,
+            Replication::MultiWriter => self.write_multi(gateway, &req)?,
+        };
+        self.hop_back(gateway, self.origin).await?;
+        Ok(committed)
+    }
+
+    /// Waits at the leaseholder until `proposal` is first in line and a
+    /// quorum is reachable, then runs `apply` under the model's lock. A
+    /// proposal whose leaseholder lost the lease meanwhile never commits:
+    /// `None`. Returns the quorum round trip with `apply`'s outcome.
+    async fn at_leader<T>(
         &self,
-        gateway: usize,
-        req: &WriteRequest<'_>,
-    ) -> Result<Committed, Error> {
+        leader: usize,
+        mut apply: impl FnMut(&mut Model, Instant) -> T,
+    ) -> Option<(T, Duration)> {
+        let (proposal, epoch) = {
+            let mut m = self.model();
+            let p = m.proposal();
+            m.pending.push_back(p);
+            (p, m.lease_epoch)
+        };
+        loop {
+            {
+                let now = Instant::now();
+                let mut m = self.model();
+                m.update_lease(now);
+                if m.lease_epoch != epoch || m.lease.holder != leader {
+                    return None;
+                }
+                if m.pending.front() == Some(&proposal) {
+                    if let Some(rtt) = m.quorum_rtt(leader) {
+                        m.pending.pop_front();
+                        return Some((apply(&mut m, now), rtt));
+                    }
+                }
+                if !m.pending.contains(&proposal) {
+                    return None;
+                }
+            }
+            sleep(PROPOSAL_POLL).await;
+        }
+    }
+
+    async fn write_consensus(&self, gateway: usize, req: &WriteTrip) -> Result<Committed, Error> {
         let now = Instant::now();
         let (leader, proposed) = {
             let mut m = self.model();
@@ -409,83 +533,46 @@ impl Sim {
                 after: self.shared.config.request_timeout,
                 sent: true,
             })?;
-        let now = Instant::now();
-        let applied = {
+        let still_leader = {
             let mut m = self.model();
-            m.update_lease(now);
-            if m.lease.holder != leader {
-                Err(Error::RegionUnavailable {
-                    region: self.region(leader),
-                    reason: "not leaseholder",
-                })
-            } else if let Some(done) = req
-                .idempotency_key
-                .and_then(|k| m.idem.get(k.as_str()).cloned())
-            {
-                Ok((done, None))
-            } else {
-                let current = m.log_latest(req.key).map(|e| e.version);
-                if !req.precondition.admits(current) {
-                    Err(Error::Conflict {
-                        key: req.key.to_owned(),
-                        current,
-                    })
-                } else {
-                    match m.quorum_rtt(leader) {
-                        None => Ok((
-                            Committed {
-                                version: current.map_or(crate::Version::FIRST, |v| v.next()),
-                                point: proposed,
-                                region: self.region(leader),
-                            },
-                            Some(None),
-                        )),
-                        Some(rtt) => {
-                            m.hlc_update(leader, proposed, now);
-                            let point = m
-                                .hlc_now(leader, now)
-                                .max(proposed)
-                                .max(m.write_floor(req.key));
-                            m.hlc_update(leader, point, now);
-                            let (entry, committed, idem) =
-                                self.next_version(req, current, point, gateway, leader);
-                            if let Some((k, c)) = &idem {
-                                m.idem.insert(k.clone(), c.clone());
-                            }
-                            m.log
-                                .entry(req.key.to_owned())
-                                .or_default()
-                                .push(entry.clone());
-                            m.replicas[leader]
-                                .data
-                                .entry(req.key.to_owned())
-                                .or_default()
-                                .push(entry.clone());
-                            m.replicate(leader, req.key, &entry, idem, now);
-                            Ok((committed, Some(Some(rtt))))
-                        }
-                    }
-                }
-            }
+            m.update_lease(Instant::now());
+            m.lease.holder == leader
         };
-        let (committed, quorum) = match applied {
-            Ok(x) => x,
-            Err(e) => {
-                self.hop_back(leader, gateway).await?;
-                return Err(e);
-            }
-        };
-        match quorum {
-            // No quorum: the proposal never commits; the client hears nothing.
-            Some(None) => {
+        if !still_leader {
+            self.hop_back(leader, gateway).await?;
+            return Err(Error::RegionUnavailable {
+                region: self.region(leader),
+                reason: "not leaseholder",
+            });
+        }
+        // The proposal waits for a quorum (and for the proposals before
+        // it): cut off from a majority, it stays pending and commits when
+        // the quorum is back, unless the lease moved first.
+        let applied = self
+            .at_leader(leader, |m, now| {
+                self.apply_consensus(m, now, req, leader, gateway, proposed)
+            })
+            .await;
+        let (outcome, rtt) = match applied {
+            Some(x) => x,
+            // Dropped with the lease: the client hears nothing.
+            None => {
                 sleep(self.shared.config.request_timeout).await;
                 return Err(Error::Timeout {
                     after: self.shared.config.request_timeout,
                     sent: true,
                 });
             }
-            Some(Some(rtt)) if !rtt.is_zero() => sleep(rtt).await,
-            _ => {}
+        };
+        let committed = match outcome {
+            Ok(c) => c,
+            Err(e) => {
+                self.hop_back(leader, gateway).await?;
+                return Err(e);
+            }
+        };
+        if !rtt.is_zero() {
+            sleep(rtt).await;
         }
         self.hop_back(leader, gateway).await?;
         self.model()
@@ -493,11 +580,61 @@ impl Sim {
         Ok(committed)
     }
 
+    /// The leaseholder's decision on a write: its idempotency record, its
+    /// precondition, then the commit.
+    fn apply_consensus(
+        &self,
+        m: &mut Model,
+        now: Instant,
+        req: &WriteTrip,
+        leader: usize,
+        gateway: usize,
+        proposed: crate::Point,
+    ) -> Result<Committed, Error> {
+        if let Some(done) = check_idem(m.idem.get_mut_or_none(req.idem.as_ref()), req)? {
+            return Ok(done);
+        }
+        let current = m.log_latest(&req.key).map(|e| e.version);
+        if !req.precondition.admits(current) {
+            return Err(Error::Conflict {
+                key: req.key.clone(),
+                current,
+            });
+        }
+        m.hlc_update(leader, proposed, now);
+        let point = m
+            .hlc_now(leader, now)
+            .max(proposed)
+            .max(m.write_floor(&req.key));
+        m.hlc_update(leader, point, now);
+        let (entry, committed, idem) = self.next_version(req, current, point, gateway, leader);
+        if let Some((k, c)) = &idem {
+            m.idem.insert(
+                k.clone(),
+                IdemRecord::Applied {
+                    key: req.key.clone(),
+                    committed: c.clone(),
+                },
+            );
+        }
+        m.log
+            .entry(req.key.clone())
+            .or_default()
+            .push(entry.clone());
+        m.replicas[leader]
+            .data
+            .entry(req.key.clone())
+            .or_default()
+            .push(entry.clone());
+        m.replicate(leader, &req.key, &entry, idem, now);
+        Ok(committed)
+    }
+
     /// The entry a write creates on top of `current`, its outcome, and its
     /// idempotency record.
     fn next_version(
         &self,
-        req: &WriteRequest<'_>,
+        req: &WriteTrip,
         current: Option<crate::Version>,
         point: crate::Point,
         origin: usize,
@@ -515,40 +652,181 @@ impl Sim {
             region: self.region(committer),
         };
         let idem = req
-            .idempotency_key
+            .idem
+            .as_ref()
             .map(|k| (k.as_str().to_owned(), committed.clone()));
         (entry, committed, idem)
     }
 
-    fn write_multi(&self, region: usize, req: &WriteRequest<'_>) -> Result<Committed, Error> {
+    fn write_multi(&self, region: usize, req: &WriteTrip) -> Result<Committed, Error> {
         let now = Instant::now();
         let mut m = self.model();
         m.apply_due(region, now);
-        if let Some(done) = req
-            .idempotency_key
-            .and_then(|k| m.replicas[region].idem.get(k.as_str()).cloned())
-        {
+        let idem = m.replicas[region].idem.get_mut_or_none(req.idem.as_ref());
+        if let Some(done) = check_idem(idem, req)? {
             return Ok(done);
         }
-        let current = m.replicas[region].latest(req.key).map(|e| e.version);
+        let current = m.replicas[region].latest(&req.key).map(|e| e.version);
         if !req.precondition.admits(current) {
             return Err(Error::Conflict {
-                key: req.key.to_owned(),
+                key: req.key.clone(),
                 current,
             });
         }
         let point = m.hlc_now(region, now);
         let (entry, committed, idem) = self.next_version(req, current, point, region, region);
         if let Some((k, c)) = &idem {
-            m.replicas[region].idem.insert(k.clone(), c.clone());
+            m.replicas[region].idem.insert(
+                k.clone(),
+                IdemRecord::Applied {
+                    key: req.key.clone(),
+                    committed: c.clone(),
+                },
+            );
         }
         m.replicas[region]
             .data
-            .entry(req.key.to_owned())
+            .entry(req.key.clone())
             .or_default()
             .push(entry.clone());
-        m.replicate(region, req.key, &entry, idem, now);
+        m.replicate(region, &req.key, &entry, idem, now);
         Ok(committed)
+    }
+
+    async fn lookup(
+        self,
+        gateway: usize,
+        key: String,
+        idem: IdempotencyKey,
+    ) -> Result<Option<Committed>, Error> {
+        self.hop(self.origin, gateway).await?;
+        let found = match self.shared.config.replication {
+            Replication::MultiWriter => {
+                let now = Instant::now();
+                let mut m = self.model();
+                m.apply_due(gateway, now);
+                let before = m.stamps + 1;
+                fence(&mut m.replicas[gateway].idem, &key, &idem, before)?
+            }
+            Replication::Consensus => {
+                let leader = {
+                    let mut m = self.model();
+                    m.update_lease(Instant::now());
+                    m.lease.holder
+                };
+                self.hop(gateway, leader).await?;
+                // Reading the record is not enough while an attempt may
+                // still arrive: the lookup commits a fence (or finds the
+                // outcome) through the log, in line with the proposals
+                // before it.
+                let decided = self
+                    .at_leader(leader, |m, _| {
+                        let before = m.stamps + 1;
+                        fence(&mut m.idem, &key, &idem, before)
+                    })
+                    .await;
+                let found = match decided {
+                    Some((found, rtt)) => {
+                        if !rtt.is_zero() {
+                            sleep(rtt).await;
+                        }
+                        found
+                    }
+                    None => Err(Error::RegionUnavailable {
+                        region: self.region(leader),
+                        reason: "not leaseholder",
+                    }),
+                };
+                self.hop_back(leader, gateway).await?;
+                found?
+            }
+        };
+        self.hop_back(gateway, self.origin).await?;
+        Ok(found)
+    }
+
+    async fn probe(self, target: usize) -> Result<(u64, Duration), Error> {
+        self.hop(self.origin, target).await?;
+        let (server_time_nanos, lag) = {
+            let now = Instant::now();
+            let mut m = self.model();
+            m.apply_due(target, now);
+            let closed = m.closed_point(target, now);
+            let own = m.wall(target, now);
+            (own, Duration::from_nanos(own.saturating_sub(closed.wall)))
+        };
+        self.hop_back(target, self.origin).await?;
+        Ok((server_time_nanos, lag))
+    }
+}
+
+/// `Option<&mut V>` of an optional key, for idempotency maps.
+trait GetMutOrNone {
+    fn get_mut_or_none(&mut self, key: Option<&IdempotencyKey>) -> Option<&mut IdemRecord>;
+}
+
+impl GetMutOrNone for std::collections::HashMap<String, IdemRecord> {
+    fn get_mut_or_none(&mut self, key: Option<&IdempotencyKey>) -> Option<&mut IdemRecord> {
+        key.and_then(|k| self.get_mut(k.as_str()))
+    }
+}
+
+/// What an attempt's idempotency record says: `Some` outcome to return
+/// instead of applying it again; an error when the key names another
+/// record or a fence stops this (earlier) attempt; `None` to apply.
+fn check_idem(
+    record: Option<&mut IdemRecord>,
+    req: &WriteTrip,
+) -> Result<Option<Committed>, Error> {
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    if record.key() != req.key {
+        return Err(Error::IdempotencyKeyReused {
+            key: req.key.clone(),
+            idempotency_key: req.idem.clone().unwrap_or_else(IdempotencyKey::generate),
+        });
+    }
+    match record {
+        IdemRecord::Applied { committed, .. } => Ok(Some(committed.clone())),
+        IdemRecord::Fenced { before, .. } if req.stamp < *before => Err(Error::backend(
+            crate::Retryability::Retryable,
+            Some("fenced".into()),
+            "a lookup fenced this attempt: it did not apply",
+        )),
+        IdemRecord::Fenced { .. } => Ok(None),
+    }
+}
+
+/// A lookup's decision at the node that orders writes: the outcome if the
+/// logical write applied, else a fence that stops every attempt stamped
+/// before `before` (a later fence moves it on).
+fn fence(
+    records: &mut std::collections::HashMap<String, IdemRecord>,
+    key: &str,
+    idem: &IdempotencyKey,
+    before: u64,
+) -> Result<Option<Committed>, Error> {
+    match records.get_mut(idem.as_str()) {
+        Some(record) if record.key() != key => Err(Error::IdempotencyKeyReused {
+            key: key.to_owned(),
+            idempotency_key: idem.clone(),
+        }),
+        Some(IdemRecord::Applied { committed, .. }) => Ok(Some(committed.clone())),
+        Some(IdemRecord::Fenced { before: b, .. }) => {
+            *b = (*b).max(before);
+            Ok(None)
+        }
+        None => {
+            records.insert(
+                idem.as_str().to_owned(),
+                IdemRecord::Fenced {
+                    key: key.to_owned(),
+                    before,
+                },
+            );
+            Ok(None)
+        }
     }
 }
 
@@ -586,78 +864,34 @@ impl Backend for Sim {
 
     async fn read(&self, plan: &ReadPlan<'_>) -> Result<Read<Bytes>, Error> {
         let gateway = self.index(plan.region)?;
-        self.hop(self.origin, gateway).await?;
-        let multi_writer = self.shared.config.replication == Replication::MultiWriter;
-        let read = if plan.role == ReplicaRole::Leader && !multi_writer {
-            self.read_leader(gateway, plan.key).await?
-        } else {
-            self.read_replica(gateway, plan.key, plan.role)
-        };
-        self.hop_back(gateway, self.origin).await?;
-        Ok(read)
+        travel(self.trip().read(gateway, plan.key.to_owned(), plan.role)).await
     }
 
     async fn write(&self, req: &WriteRequest<'_>) -> Result<Committed, Error> {
         let gateway = self.index(req.region)?;
-        // A request that never arrives may, for all the client knows, have
-        // committed: report it as sent.
-        self.hop(self.origin, gateway)
-            .await
-            .map_err(|_| Error::Timeout {
-                after: self.shared.config.request_timeout,
-                sent: true,
-            })?;
-        let committed = match self.shared.config.replication {
-            Replication::Consensus => self.write_consensus(gateway, req).await?,
-            Replication::MultiWriter => self.write_multi(gateway, req)?,
+        let trip = WriteTrip {
+            key: req.key.to_owned(),
+            value: req.value.clone(),
+            precondition: req.precondition,
+            idem: req.idempotency_key.cloned(),
+            stamp: self.model().stamp(),
         };
-        self.hop_back(gateway, self.origin).await?;
-        Ok(committed)
+        travel(self.trip().write(gateway, trip)).await
     }
 
     async fn lookup(
         &self,
         region: &Region,
-        _key: &str,
+        key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
         let gateway = self.index(region)?;
-        self.hop(self.origin, gateway).await?;
-        let found = match self.shared.config.replication {
-            Replication::MultiWriter => {
-                let now = Instant::now();
-                let mut m = self.model();
-                m.apply_due(gateway, now);
-                m.replicas[gateway].idem.get(idem.as_str()).cloned()
-            }
-            Replication::Consensus => {
-                let leader = {
-                    let mut m = self.model();
-                    m.update_lease(Instant::now());
-                    m.lease.holder
-                };
-                self.hop(gateway, leader).await?;
-                let found = self.model().idem.get(idem.as_str()).cloned();
-                self.hop_back(leader, gateway).await?;
-                found
-            }
-        };
-        self.hop_back(gateway, self.origin).await?;
-        Ok(found)
+        travel(self.trip().lookup(gateway, key.to_owned(), idem.clone())).await
     }
 
     async fn probe(&self, region: &Region) -> Result<Probe, Error> {
         let target = self.index(region)?;
-        self.hop(self.origin, target).await?;
-        let (server_time_nanos, lag) = {
-            let now = Instant::now();
-            let mut m = self.model();
-            m.apply_due(target, now);
-            let closed = m.closed_point(target, now);
-            let own = m.wall(target, now);
-            (own, Duration::from_nanos(own.saturating_sub(closed.wall)))
-        };
-        self.hop_back(target, self.origin).await?;
+        let (server_time_nanos, lag) = travel(self.trip().probe(target)).await?;
         Ok(Probe {
             region: region.clone(),
             server_time_nanos,

@@ -22,6 +22,34 @@ pub(crate) struct Entry {
     pub(crate) origin: usize,
 }
 
+/// What an idempotency key names at a node.
+#[derive(Clone, Debug)]
+pub(crate) enum IdemRecord {
+    /// The logical write applied, to `key`, with this outcome.
+    Applied {
+        /// The record the write was for.
+        key: String,
+        /// Its outcome.
+        committed: Committed,
+    },
+    /// A lookup found nothing and fenced the key: attempts stamped before
+    /// `before` can no longer commit; later attempts replace the fence.
+    Fenced {
+        /// The record the lookup was for.
+        key: String,
+        /// The first attempt stamp the fence lets through.
+        before: u64,
+    },
+}
+
+impl IdemRecord {
+    pub(crate) fn key(&self) -> &str {
+        match self {
+            IdemRecord::Applied { key, .. } | IdemRecord::Fenced { key, .. } => key,
+        }
+    }
+}
+
 /// An entry on its way to a replica.
 #[derive(Clone, Debug)]
 struct Delivery {
@@ -39,7 +67,7 @@ pub(crate) struct Replica {
     /// Versions per key, newest last.
     pub(crate) data: HashMap<String, Vec<Entry>>,
     /// Idempotency records (multi-writer mode keeps them per region).
-    pub(crate) idem: HashMap<String, Committed>,
+    pub(crate) idem: HashMap<String, IdemRecord>,
     inbox: VecDeque<Delivery>,
     /// Highest point this replica is known complete through, per source.
     closed: Vec<Point>,
@@ -102,7 +130,19 @@ pub(crate) struct Model {
     /// Consensus mode: the committed log (what the leaseholder serves).
     pub(crate) log: HashMap<String, Vec<Entry>>,
     /// Consensus mode: idempotency records, committed with their entry.
-    pub(crate) idem: HashMap<String, Committed>,
+    pub(crate) idem: HashMap<String, IdemRecord>,
+    /// Consensus mode: proposals waiting at the leaseholder for a quorum,
+    /// in arrival order; they commit in that order once a quorum is back,
+    /// and are dropped when the lease moves.
+    pub(crate) pending: VecDeque<u64>,
+    /// The last proposal number handed out.
+    pub(crate) proposals: u64,
+    /// Bumped at every lease transfer: a proposal made under an older
+    /// lease never commits.
+    pub(crate) lease_epoch: u64,
+    /// The last attempt stamp handed out (every write attempt gets one when
+    /// it leaves its client; fences compare against them).
+    pub(crate) stamps: u64,
     /// Consensus mode: highest read timestamp served per key.
     tscache: HashMap<String, Point>,
     pub(crate) lease: Lease,
@@ -130,6 +170,10 @@ impl Model {
                 .collect(),
             log: HashMap::new(),
             idem: HashMap::new(),
+            pending: VecDeque::new(),
+            proposals: 0,
+            lease_epoch: 0,
+            stamps: 0,
             tscache: HashMap::new(),
             lease: Lease {
                 holder: p.home,
@@ -282,6 +326,10 @@ impl Model {
 
     fn transfer(&mut self, to: usize, now: Instant, cooperative: bool) {
         let old = self.lease;
+        // What the old holder had proposed without a quorum is lost: the
+        // new leaseholder's log does not have it.
+        self.pending.clear();
+        self.lease_epoch += 1;
         self.previous = (!cooperative).then_some(old);
         // The new lease starts above everything the old one could have served.
         let start = Point::hlc(old.expiry, 0);
@@ -314,7 +362,7 @@ impl Model {
             let Some(d) = replica.inbox.pop_front() else {
                 break;
             };
-            let versions = replica.data.entry(d.key).or_default();
+            let versions = replica.data.entry(d.key.clone()).or_default();
             let newer = versions
                 .last()
                 .is_none_or(|last| (d.entry.point, d.entry.origin) > (last.point, last.origin));
@@ -325,7 +373,16 @@ impl Model {
                 versions.push(d.entry.clone());
             }
             if let Some((k, c)) = d.idem {
-                replica.idem.entry(k).or_insert(c);
+                let record = IdemRecord::Applied {
+                    key: d.key.clone(),
+                    committed: c,
+                };
+                match replica.idem.get(&k) {
+                    Some(IdemRecord::Applied { .. }) => {}
+                    _ => {
+                        replica.idem.insert(k, record);
+                    }
+                }
             }
             let closed = &mut replica.closed[d.from];
             *closed = (*closed).max(d.entry.point);
@@ -461,6 +518,20 @@ impl Model {
 
     pub(crate) fn log_latest(&self, key: &str) -> Option<&Entry> {
         self.log.get(key).and_then(|v| v.last())
+    }
+}
+
+impl Model {
+    /// A stamp for an attempt leaving its client now.
+    pub(crate) fn stamp(&mut self) -> u64 {
+        self.stamps += 1;
+        self.stamps
+    }
+
+    /// A new proposal number.
+    pub(crate) fn proposal(&mut self) -> u64 {
+        self.proposals += 1;
+        self.proposals
     }
 }
 

@@ -1,0 +1,748 @@
+//! The promises quorate makes, each against the failure that breaks it, on
+//! the simulator: a write whose outcome is unknown is never reported as a
+//! failure and applies at most once; a session never reads behind itself;
+//! verification obeys the clock guard; the client's errors say what
+//! happened.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use quorate::chaos::Chaos;
+use quorate::sim::{Sim, SimConfig};
+use quorate::{
+    Backend, Bytes, Client, ClientConfig, Clock, Critical, Error, IdempotencyKey, Precondition,
+    ReadPlan, ReadPolicy, Region, ReplicaRole, Retryability, SessionFloor, SessionToken, Verify,
+    VerifyRegions, Version, WriteOptions, WriteRequest,
+};
+use tokio::time::{sleep, Instant};
+
+fn config() -> SimConfig {
+    let mut c = SimConfig::new(["eu", "us", "ap"]).unwrap();
+    c.jitter = 0.0;
+    c
+}
+
+fn region(name: &str) -> Region {
+    Region::new(name).unwrap()
+}
+
+async fn strong_version(sim: &Sim, from: &str, key: &str) -> Option<Version> {
+    let r = region(from);
+    sim.at(from)
+        .unwrap()
+        .read(&ReadPlan {
+            key,
+            region: &r,
+            role: ReplicaRole::Leader,
+            policy: ReadPolicy::Strong,
+            floor: SessionFloor::default(),
+            deadline: Instant::now() + Duration::from_secs(5),
+        })
+        .await
+        .unwrap()
+        .version()
+}
+
+async fn send(
+    sim: &Sim,
+    gateway: &str,
+    key: &str,
+    idem: &IdempotencyKey,
+) -> Result<quorate::Committed, Error> {
+    let r = region(gateway);
+    let value = Bytes::from_static(b"v");
+    sim.write(&WriteRequest {
+        key,
+        value: &value,
+        precondition: Precondition::IfAbsent,
+        idempotency_key: Some(idem),
+        region: &r,
+        deadline: Instant::now() + Duration::from_secs(10),
+    })
+    .await
+}
+
+/// A client whose request times out keeps travelling: it arrives and commits
+/// later. A lookup that found nothing fences it, so that "not applied"
+/// stays true; a later attempt of the same logical write goes ahead.
+#[tokio::test(start_paused = true)]
+async fn abandoned_attempts_commit_late_unless_a_lookup_fenced_them() {
+    let sim = Sim::new(config()).unwrap();
+    let eu = sim.at("eu").unwrap();
+    // The us gateway is half a second away from the leaseholder in eu.
+    sim.set_link_latency("eu", "us", Duration::from_millis(500))
+        .unwrap();
+
+    let late = IdempotencyKey::new("late-1").unwrap();
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(50), send(&eu, "us", "late", &late)).await;
+    assert!(gave_up.is_err(), "the client stopped waiting");
+    sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        strong_version(&sim, "eu", "late").await,
+        Some(Version(1)),
+        "the abandoned request still committed"
+    );
+
+    let fenced = IdempotencyKey::new("fenced-1").unwrap();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        send(&eu, "us", "fenced", &fenced),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    assert_eq!(
+        eu.lookup(&region("eu"), "fenced", &fenced).await.unwrap(),
+        None,
+        "not applied yet"
+    );
+    sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        strong_version(&sim, "eu", "fenced").await,
+        None,
+        "the fence stopped the attempt that arrived after it"
+    );
+    assert_eq!(
+        eu.lookup(&region("eu"), "fenced", &fenced).await.unwrap(),
+        None
+    );
+    let retried = send(&eu, "eu", "fenced", &fenced).await.unwrap();
+    assert_eq!(retried.version, Version(1), "a later attempt goes ahead");
+    assert_eq!(
+        send(&eu, "eu", "fenced", &fenced).await.unwrap(),
+        retried,
+        "and is applied once"
+    );
+}
+
+/// The leaseholder loses its quorum with a write in flight: the write's
+/// outcome is unknown, and the client says so (naming the key to retry
+/// with) instead of reporting a failure. Once the quorum is back the write
+/// commits; retrying under its key returns that commit, never a second one.
+#[tokio::test(start_paused = true)]
+async fn a_write_whose_outcome_is_unknown_says_so_and_applies_at_most_once() {
+    let sim = Sim::new(config()).unwrap();
+    let client = Client::new(
+        sim.at("eu").unwrap(),
+        ClientConfig {
+            write_deadline: Duration::from_millis(800),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let session = client.session();
+    sim.cut("eu", "us").unwrap();
+    sim.cut("eu", "ap").unwrap();
+    let err = client
+        .write(
+            &session,
+            "order:1",
+            "paid".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_ambiguous(), "{}", err.report());
+    let Error::OutcomeUnknown {
+        idempotency_key, ..
+    } = &err
+    else {
+        panic!("expected OutcomeUnknown, got {}", err.report());
+    };
+    sim.heal();
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        strong_version(&sim, "eu", "order:1").await,
+        Some(Version(1)),
+        "the proposal committed once the quorum was back"
+    );
+    let again = client
+        .write(
+            &session,
+            "order:1",
+            "paid".into(),
+            Precondition::IfAbsent,
+            &WriteOptions {
+                idempotency_key: Some(idempotency_key.clone()),
+                ..WriteOptions::default()
+            },
+        )
+        .await
+        .expect("the retry returns the first commit");
+    assert_eq!(again.version, Version(1));
+    assert_eq!(
+        strong_version(&sim, "eu", "order:1").await,
+        Some(Version(1))
+    );
+}
+
+/// When retries stop, the error keeps the class of what caused them: a
+/// write that never reached the database may be retried.
+#[tokio::test(start_paused = true)]
+async fn giving_up_keeps_the_class_of_the_cause() {
+    let sim = Sim::new(config()).unwrap();
+    let (backend, control) = Chaos::new(sim.at("eu").unwrap());
+    let client = Client::new(
+        backend,
+        ClientConfig {
+            retry_budget_reserve: 0,
+            retry_budget_ratio: 0.0,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    control.fail_writes_before_send(1);
+    let err = client
+        .write(
+            &client.session(),
+            "k",
+            "v".into(),
+            Precondition::Any,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::RetriesExhausted { budget: true, .. }),
+        "{}",
+        err.report()
+    );
+    assert_eq!(
+        err.retryability(),
+        Retryability::Retryable,
+        "{}",
+        err.report()
+    );
+}
+
+/// A write that keeps failing retryably is ended by its deadline, not by a
+/// fixed number of attempts.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_ends_a_write_that_keeps_failing() {
+    let sim = Sim::new(config()).unwrap();
+    let (backend, control) = Chaos::new(sim.at("eu").unwrap());
+    let client = Client::new(backend, ClientConfig::default()).unwrap();
+    control.fail_writes_before_send(1000);
+    let started = Instant::now();
+    let err = client
+        .write(
+            &client.session(),
+            "k",
+            "v".into(),
+            Precondition::Any,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::DeadlineExceeded { .. }),
+        "{}",
+        err.report()
+    );
+    assert!(err.is_retryable());
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "the 5 s deadline, not 8 attempts, ended it: {:?}",
+        started.elapsed()
+    );
+    assert!(control.injected() > 8, "{} attempts", control.injected());
+}
+
+/// A read changes nothing: a read that times out is retryable, never
+/// ambiguous.
+#[tokio::test(start_paused = true)]
+async fn a_read_that_times_out_is_not_ambiguous() {
+    let sim = Sim::new(SimConfig::new(["eu"]).unwrap()).unwrap();
+    let (backend, control) = Chaos::new(sim.at("eu").unwrap());
+    control.set_isolation_timeout(Duration::from_secs(60));
+    control.isolate(&region("eu"));
+    let client = Client::new(backend, ClientConfig::default()).unwrap();
+    let err = client
+        .read(&client.session(), "k", ReadPolicy::Strong)
+        .await
+        .unwrap_err();
+    assert!(!err.is_ambiguous(), "{}", err.report());
+    assert!(err.is_retryable(), "{}", err.report());
+}
+
+/// A session never reads behind itself, however many keys it touched since:
+/// here a strong read saw a newer version than the lagging followers have,
+/// and 16 other keys pushed that key out of the session's token.
+#[tokio::test(start_paused = true)]
+async fn a_strong_read_keeps_protecting_its_key_after_the_token_forgets_it() {
+    let mut c = config();
+    c.replication_lag = Duration::from_secs(5);
+    let sim = Sim::new(c).unwrap();
+    let writer = Client::new(sim.at("eu").unwrap(), ClientConfig::default()).unwrap();
+    let reader = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
+    let w = writer.session();
+    for value in ["1", "2"] {
+        writer
+            .write(
+                &w,
+                "k",
+                value.into(),
+                Precondition::Any,
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap();
+        sleep(Duration::from_secs(6)).await;
+    }
+    writer
+        .write(
+            &w,
+            "k",
+            "3".into(),
+            Precondition::Any,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    for i in 0..16 {
+        writer
+            .write(
+                &w,
+                &format!("other-{i}"),
+                "x".into(),
+                Precondition::Any,
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let session = reader.session();
+    let seen = reader
+        .read(&session, "k", ReadPolicy::Strong)
+        .await
+        .unwrap()
+        .version();
+    assert_eq!(seen, Some(Version(3)));
+    for i in 0..16 {
+        reader
+            .read(&session, &format!("other-{i}"), ReadPolicy::Strong)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        session.token().version_of("k"),
+        None,
+        "evicted from the token"
+    );
+    let again = reader
+        .read(&session, "k", ReadPolicy::Session)
+        .await
+        .unwrap()
+        .version();
+    assert!(again >= seen, "read {again:?} after {seen:?}");
+}
+
+/// Read-your-writes and monotonic reads over thousands of keys in random
+/// orders, with another writer moving the keys on and followers lagging: a
+/// few dozen hot keys come back often (and leave the session's token in
+/// between), among thousands of cold ones. Each session reads (and, every
+/// other session, writes) for a while, then reads under its session policy
+/// for a while, so that what it saw early has long left its token.
+async fn session_never_reads_behind(ops: Vec<(u8, bool, u16)>) -> Result<(), TestCaseError> {
+    let mut c = config();
+    c.replication_lag = Duration::from_secs(3);
+    c.seed = u64::from(ops.len() as u32);
+    let sim = Sim::new(c).unwrap();
+    let other = Client::new(sim.at("eu").unwrap(), ClientConfig::default()).unwrap();
+    let client = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
+    let other_session = other.session();
+    for k in 0..40 {
+        other
+            .write(
+                &other_session,
+                &format!("hot-{k}"),
+                "o".into(),
+                Precondition::Any,
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    sleep(Duration::from_secs(4)).await;
+    let mut session = client.session();
+    // The newest version the current session has seen of each key.
+    let mut seen: HashMap<String, Version> = HashMap::new();
+    for (i, (op, hot, k)) in ops.into_iter().enumerate() {
+        if i % 150 == 0 {
+            session = client.session();
+            seen.clear();
+        }
+        let key = if hot {
+            format!("hot-{}", k % 40)
+        } else {
+            format!("key-{k}")
+        };
+        let floor = seen.get(&key).copied();
+        let writes = (i / 150) % 2 == 1;
+        let checking = i % 150 >= 110;
+        let op = if checking { 19 } else { op % 17 };
+        let observed = match op {
+            0 if writes => Some(
+                client
+                    .write(
+                        &session,
+                        &key,
+                        "s".into(),
+                        Precondition::Any,
+                        &WriteOptions::default(),
+                    )
+                    .await
+                    .unwrap()
+                    .version,
+            ),
+            0..=4 => {
+                other
+                    .write(
+                        &other_session,
+                        &key,
+                        "o".into(),
+                        Precondition::Any,
+                        &WriteOptions::default(),
+                    )
+                    .await
+                    .unwrap();
+                None
+            }
+            5..=16 => client
+                .read(&session, &key, ReadPolicy::Strong)
+                .await
+                .unwrap()
+                .version(),
+            _ => {
+                let v = client
+                    .read(&session, &key, ReadPolicy::Session)
+                    .await
+                    .unwrap()
+                    .version();
+                prop_assert!(
+                    v >= floor,
+                    "session read of {key} saw {v:?} after the session saw {floor:?}"
+                );
+                v
+            }
+        };
+        if let Some(v) = observed {
+            let e = seen.entry(key).or_insert(v);
+            *e = (*e).max(v);
+        }
+        sleep(Duration::from_millis(u64::from(k % 7))).await;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #[test]
+    fn a_session_never_reads_behind_itself(
+        ops in proptest::collection::vec((any::<u8>(), any::<bool>(), 0u16..3000), 200..600)
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(session_never_reads_behind(ops))?;
+    }
+}
+
+/// The read-after-write check reads where the router reads: never through a
+/// gateway whose clock the guard excludes. One such read would carry the
+/// fast clock's timestamp into the leaseholder, and later commits would
+/// land in the future, invisible to strong reads elsewhere.
+#[tokio::test(start_paused = true)]
+async fn verification_never_reads_through_an_excluded_clock() {
+    let sim = Sim::new(config()).unwrap();
+    sim.set_skew("ap", 2_000_000_000).unwrap();
+    let eu_clock = sim.clock("eu").unwrap();
+    let client = Client::new(
+        sim.at("eu").unwrap(),
+        ClientConfig {
+            clock: Arc::new(eu_clock.clone()),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    client.refresh_health().await;
+    assert!(client.clock_excluded(&region("ap")));
+    let session = client.session();
+    let everywhere = WriteOptions {
+        verify: Some(Verify {
+            regions: VerifyRegions::All,
+            policy: ReadPolicy::Strong,
+            deadline: Duration::from_secs(2),
+        }),
+        ..WriteOptions::default()
+    };
+    client
+        .write(
+            &session,
+            "a",
+            "1".into(),
+            Precondition::IfAbsent,
+            &everywhere,
+        )
+        .await
+        .unwrap();
+    let next = client
+        .write(
+            &session,
+            "b",
+            "1".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let max_offset = sim.config().max_offset.as_nanos() as u64;
+    assert!(
+        next.point.wall <= eu_clock.now_nanos() + max_offset,
+        "the next commit is {} ms in the future",
+        (next.point.wall - eu_clock.now_nanos()) / 1_000_000
+    );
+    let elsewhere = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
+    let r = elsewhere
+        .read(&elsewhere.session(), "b", ReadPolicy::Strong)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.version(),
+        Some(next.version),
+        "a strong read elsewhere sees it"
+    );
+}
+
+/// Options are checked before anything is sent: a write must not commit and
+/// then fail on its own verification settings.
+#[tokio::test(start_paused = true)]
+async fn a_verification_naming_an_unknown_region_fails_before_the_write() {
+    let sim = Sim::new(config()).unwrap();
+    let client = Client::new(sim.at("eu").unwrap(), ClientConfig::default()).unwrap();
+    let options = WriteOptions {
+        verify: Some(Verify {
+            regions: VerifyRegions::These(vec![region("nowhere")]),
+            ..Verify::default()
+        }),
+        ..WriteOptions::default()
+    };
+    let err = client
+        .write(
+            &client.session(),
+            "k",
+            "v".into(),
+            Precondition::IfAbsent,
+            &options,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Topology(_)), "{}", err.report());
+    assert_eq!(
+        strong_version(&sim, "eu", "k").await,
+        None,
+        "nothing was written"
+    );
+}
+
+/// An idempotency key names one logical write: reused for another record it
+/// is a typed error, never the other record's outcome.
+#[tokio::test(start_paused = true)]
+async fn an_idempotency_key_reused_for_another_record_is_refused() {
+    let sim = Sim::new(config()).unwrap();
+    let client = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let options = WriteOptions {
+        idempotency_key: Some(IdempotencyKey::new("transfer-7").unwrap()),
+        ..WriteOptions::default()
+    };
+    client
+        .write(&session, "a", "1".into(), Precondition::IfAbsent, &options)
+        .await
+        .unwrap();
+    let err = client
+        .write(&session, "b", "1".into(), Precondition::IfAbsent, &options)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::IdempotencyKeyReused { key, .. } if key == "b"),
+        "{}",
+        err.report()
+    );
+    assert_eq!(session.token().version_of("b"), None);
+    assert_eq!(strong_version(&sim, "eu", "b").await, None);
+    let idem = IdempotencyKey::new("transfer-7").unwrap();
+    let lookup = sim
+        .at("us")
+        .unwrap()
+        .lookup(&region("eu"), "b", &idem)
+        .await;
+    assert!(matches!(lookup, Err(Error::IdempotencyKeyReused { .. })));
+}
+
+/// A token claiming a version the database never had (forged, or from
+/// another database) fails fast, once, without draining the retry budget
+/// that other requests need.
+#[tokio::test(start_paused = true)]
+async fn an_impossible_session_floor_fails_fast() {
+    let sim = Sim::new(config()).unwrap();
+    let (backend, control) = Chaos::new(sim.at("eu").unwrap());
+    let client = Client::new(
+        backend,
+        ClientConfig {
+            retry_budget_reserve: 1,
+            retry_budget_ratio: 0.0,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let mut forged = SessionToken::new(client.scope().clone());
+    forged.advance_key("k", Version(99));
+    let session = client.resume_session(&forged.encode()).unwrap();
+    let err = client
+        .read(&session, "k", ReadPolicy::Strong)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SessionAhead {
+                required: Version(99),
+                found: None,
+                ..
+            }
+        ),
+        "{}",
+        err.report()
+    );
+    assert_eq!(err.retryability(), Retryability::Permanent);
+    // The one retry the budget holds is still there.
+    control.fail_writes_before_send(1);
+    client
+        .write(
+            &client.session(),
+            "other",
+            "v".into(),
+            Precondition::Any,
+            &WriteOptions::default(),
+        )
+        .await
+        .expect("the budget was not drained");
+}
+
+/// Read-modify-write that loses every round says so with its own error,
+/// after as many rounds as asked.
+#[tokio::test(start_paused = true)]
+async fn an_update_that_never_wins_gives_up_with_a_distinct_error() {
+    // Clocks tight enough that the rival's writes rarely make the
+    // updater's reads uncertain.
+    let mut c = config();
+    c.max_offset = Duration::from_millis(1);
+    let sim = Sim::new(c).unwrap();
+    // The updater is far from the leaseholder; a rival next to it writes
+    // while each round's read and write are on their way.
+    sim.set_link_latency("ap", "eu", Duration::from_millis(200))
+        .unwrap();
+    let client = Client::new(sim.at("ap").unwrap(), ClientConfig::default()).unwrap();
+    let rival = Client::new(sim.at("eu").unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let counters = client
+        .collection::<u64, Critical>("counters", &session)
+        .unwrap()
+        .with_update_attempts(3)
+        .unwrap();
+    counters.put("c", &0, Precondition::IfAbsent).await.unwrap();
+    let hammer = tokio::spawn(async move {
+        let s = rival.session();
+        loop {
+            let _ = rival
+                .write(
+                    &s,
+                    "counters/c",
+                    "7".into(),
+                    Precondition::Any,
+                    &WriteOptions::default(),
+                )
+                .await;
+        }
+    });
+    let err = counters
+        .update("c", |n| n.unwrap_or(0) + 1)
+        .await
+        .unwrap_err();
+    hammer.abort();
+    assert!(
+        matches!(err, Error::UpdateContended { attempts: 3, .. }),
+        "{}",
+        err.report()
+    );
+    assert!(err.is_retryable());
+    assert!(matches!(
+        client
+            .collection::<u64, Critical>("counters", &session)
+            .unwrap()
+            .with_update_attempts(0),
+        Err(Error::InvalidInput(_))
+    ));
+}
+
+/// A client outlives the runtime that first used it: its attempts still
+/// time out on the next one.
+#[test]
+fn deadlines_fire_on_every_runtime_a_client_is_used_from() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let (client, control) = first.block_on(async {
+        let sim = Sim::new(SimConfig::new(["eu"]).unwrap()).unwrap();
+        let (backend, control) = Chaos::new(sim.at("eu").unwrap());
+        let client = Client::new(
+            backend,
+            ClientConfig {
+                read_deadline: Duration::from_millis(300),
+                attempt_timeout: Duration::from_millis(100),
+                ..ClientConfig::default()
+            },
+        )
+        .unwrap();
+        control.set_isolation_timeout(Duration::from_secs(3600));
+        control.isolate(&region("eu"));
+        let err = client
+            .read(&client.session(), "k", ReadPolicy::Strong)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::DeadlineExceeded { .. }),
+            "{}",
+            err.report()
+        );
+        (client, control)
+    });
+    drop(first);
+    let second = runtime();
+    second.block_on(async {
+        let bounded = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.read(&client.session(), "k", ReadPolicy::Strong),
+        )
+        .await;
+        let err = bounded
+            .expect("the read ended at its deadline")
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::DeadlineExceeded { .. }),
+            "{}",
+            err.report()
+        );
+    });
+    drop(control);
+}

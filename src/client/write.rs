@@ -22,9 +22,9 @@ pub enum VerifyRegions {
 /// [`Error::NotVisible`] at the deadline.
 ///
 /// The checks are reads like any other: they go through the router and the
-/// clock guard, so the check for a region whose circuit is open or whose
-/// clock the guard distrusts reads where that region's readers are routed
-/// instead, and never asks the excluded region.
+/// clock guard. The check for a region whose circuit is open or whose clock
+/// the guard distrusts when it starts reads where that region's readers are
+/// routed instead; a region is never asked while it is excluded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verify {
     /// Where the next readers are.
@@ -373,8 +373,11 @@ impl<B: Backend> Client<B> {
 
     /// Reads the committed version back where the next reader will read,
     /// through the same router, guard, breakers and attempt timeouts as
-    /// reads: the next reader in a region whose circuit is open or whose
-    /// clock the guard distrusts is routed elsewhere, and so is the check.
+    /// reads. The readers of a region the router excludes when the check
+    /// starts (open circuit, or a clock the guard distrusts) are routed
+    /// elsewhere, and so is its check. A region that fails during the check
+    /// is not swapped for another: it is waited for (never asked while
+    /// excluded) until the deadline.
     async fn verify(
         &self,
         key: &str,
@@ -390,60 +393,67 @@ impl<B: Backend> Client<B> {
         let mut checked = Tried::default();
         for region_index in regions {
             let mut poll = Duration::from_millis(2);
-            let mut tried = Tried::default();
+            let redirected = !self.routable(region_index, leader);
             loop {
-                // Where a reader of this region would read now.
                 let serving = if leader && !inner.capabilities.strong_reads_anywhere {
-                    self.home_index(key)?
+                    Some(self.home_index(key)?)
+                } else if redirected {
+                    // Where this region's readers are routed now.
+                    Some(
+                        inner
+                            .router
+                            .pick(region_index, kind, Tried::default(), |r| {
+                                leader && inner.guard.excluded(r)
+                            }),
+                    )
                 } else {
-                    inner.router.pick(region_index, kind, tried, |r| {
-                        leader && inner.guard.excluded(r)
-                    })
-                };
-                if checked.contains(serving) {
-                    break;
+                    Some(region_index)
                 }
-                let plan = ReadPlan {
-                    key,
-                    region: inner.router.region(serving),
-                    role: if leader {
-                        ReplicaRole::Leader
-                    } else {
-                        ReplicaRole::Follower
-                    },
-                    policy: verify.policy,
-                    floor: SessionFloor::default(),
-                    deadline,
-                };
-                let read = self
-                    .attempt(Instant::now(), serving, kind, leader, deadline, || {
-                        inner.backend.read(&plan)
-                    })
-                    .await;
-                let seen = match read {
-                    Ok(read) => {
-                        // A leader whose clock the guard distrusts proves
-                        // nothing about what others will read.
-                        let trusted = read.freshness.role != ReplicaRole::Leader
-                            || inner
-                                .router
-                                .index_of(&read.freshness.region)
-                                .is_none_or(|r| !inner.guard.excluded(r));
-                        trusted && read.version().is_some_and(|v| v >= committed.version)
-                    }
-                    Err(e) => {
-                        if matches!(e, Error::RegionUnavailable { .. } | Error::Timeout { .. }) {
-                            tried.add(serving);
+                .filter(|&r| self.routable(r, leader));
+                let seen = match serving {
+                    Some(serving) if checked.contains(serving) => break,
+                    Some(serving) => {
+                        let plan = ReadPlan {
+                            key,
+                            region: inner.router.region(serving),
+                            role: if leader {
+                                ReplicaRole::Leader
+                            } else {
+                                ReplicaRole::Follower
+                            },
+                            policy: verify.policy,
+                            floor: SessionFloor::default(),
+                            deadline,
+                        };
+                        let read = self
+                            .attempt(Instant::now(), serving, kind, leader, deadline, || {
+                                inner.backend.read(&plan)
+                            })
+                            .await;
+                        let visible = read.is_ok_and(|read| {
+                            // A leader whose clock the guard distrusts
+                            // proves nothing about what others will read.
+                            let trusted = read.freshness.role != ReplicaRole::Leader
+                                || inner
+                                    .router
+                                    .index_of(&read.freshness.region)
+                                    .is_none_or(|r| !inner.guard.excluded(r));
+                            trusted && read.version().is_some_and(|v| v >= committed.version)
+                        });
+                        if visible {
+                            checked.add(serving);
                         }
-                        false
+                        visible
                     }
+                    // Excluded for now: not asked.
+                    None => false,
                 };
                 if seen {
-                    checked.add(serving);
                     break;
                 }
                 if Instant::now() >= deadline {
-                    return Err(self.not_visible(key, committed, serving, start));
+                    let region = serving.unwrap_or(region_index);
+                    return Err(self.not_visible(key, committed, region, start));
                 }
                 // The last look is at the deadline itself.
                 tokio::time::sleep_until((Instant::now() + poll).min(deadline)).await;

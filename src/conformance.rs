@@ -138,6 +138,12 @@ pub fn cases<B: Backend + Clone>() -> Vec<(&'static str, Case<B>)> {
         ("read_deadline_bounds_waiting", |f| {
             Box::pin(read_deadline_bounds_waiting(f))
         }),
+        ("reads_state_the_point_they_reflect", |f| {
+            Box::pin(reads_state_the_point_they_reflect(f))
+        }),
+        ("reused_idempotency_key_refused", |f| {
+            Box::pin(reused_idempotency_key_refused(f))
+        }),
     ]
 }
 
@@ -643,5 +649,88 @@ pub async fn read_deadline_bounds_waiting<B: Backend + Clone>(f: &Fixture<B>) ->
         waited < deadline + Duration::from_millis(200),
         "the read waited {waited:?} past its {deadline:?} deadline"
     );
+    Ok(())
+}
+
+/// Every read that returns a record states the point it reflects, at or
+/// after the record's commit, in the backend's own freshness (not a
+/// wrapper's): a session that forgets the key keeps covering it through
+/// that point.
+pub async fn reads_state_the_point_they_reflect<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let client = f.client()?;
+    let session = client.session();
+    let key = f.key("points", 0);
+    let c = client
+        .write(
+            &session,
+            &key,
+            "v".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .map_err(fail("write"))?;
+    let backend = client.backend();
+    let topology = backend.topology();
+    for region in topology.regions() {
+        for role in [ReplicaRole::Leader, ReplicaRole::Follower] {
+            let plan = crate::ReadPlan {
+                key: &key,
+                region,
+                role,
+                policy: if role == ReplicaRole::Leader {
+                    ReadPolicy::Strong
+                } else {
+                    ReadPolicy::Session
+                },
+                floor: crate::SessionFloor::default(),
+                deadline: tokio::time::Instant::now() + Duration::from_secs(5),
+            };
+            let r = match backend.read(&plan).await {
+                Ok(r) => r,
+                // A backend may refuse a role a region does not serve.
+                Err(e) if e.retryability() != crate::Retryability::Permanent => continue,
+                Err(e) => return Err(format!("{role:?} read in {region}: {e}")),
+            };
+            if r.version() == Some(c.version) {
+                ensure!(
+                    r.freshness.point.is_some(),
+                    "a {role:?} read in {region} returned the record but no point: {:?}",
+                    r.freshness
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An idempotency key names one logical write of one record: reused for
+/// another record it is refused, and the other record is not written.
+pub async fn reused_idempotency_key_refused<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let client = f.client()?;
+    let session = client.session();
+    let (a, b) = (f.key("reuse", 0), f.key("reuse", 1));
+    let options = WriteOptions {
+        idempotency_key: Some(
+            crate::IdempotencyKey::new(&format!("{a}-once")).map_err(fail("key"))?,
+        ),
+        ..WriteOptions::default()
+    };
+    client
+        .write(&session, &a, "1".into(), Precondition::IfAbsent, &options)
+        .await
+        .map_err(fail("first write"))?;
+    match client
+        .write(&session, &b, "1".into(), Precondition::IfAbsent, &options)
+        .await
+    {
+        Err(Error::IdempotencyKeyReused { .. }) => {}
+        other => return Err(format!("a reused key gave {other:?}")),
+    }
+    let r = client
+        .read(&session, &b, ReadPolicy::Strong)
+        .await
+        .map_err(fail("read"))?;
+    ensure!(r.version().is_none(), "the other record was written");
     Ok(())
 }

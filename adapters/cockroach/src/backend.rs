@@ -29,14 +29,59 @@ pub enum Role {
 }
 
 /// One server.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Endpoint {
     /// Where it runs.
     pub region: Region,
     /// What it is.
     pub role: Role,
     /// A libpq-style connection string (`host=… port=… user=… dbname=…`).
+    /// `Debug` shows it without its password.
     pub connection: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("region", &self.region)
+            .field("role", &self.role)
+            .field("connection", &Redacted(&self.connection))
+            .finish()
+    }
+}
+
+/// A connection string shown without its secrets: host, port, user and
+/// database only.
+struct Redacted<'a>(&'a str);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Ok(config) = tokio_postgres::Config::from_str(self.0) else {
+            return f.write_str("\"<unparsable connection string>\"");
+        };
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        write!(
+            f,
+            "\"host={} port={:?} user={} dbname={}{}\"",
+            hosts.join(","),
+            config.get_ports(),
+            config.get_user().unwrap_or("-"),
+            config.get_dbname().unwrap_or("-"),
+            if config.get_password().is_some() {
+                " password=<redacted>"
+            } else {
+                ""
+            }
+        )
+    }
 }
 
 /// How serializable conflicts are produced (and retried).
@@ -103,6 +148,10 @@ struct Server {
 #[derive(Debug, Default)]
 struct Counters {
     serialization_failures: AtomicU64,
+    /// The last attempt stamp handed out (nanoseconds since the epoch,
+    /// strictly increasing in this process): fences stop the attempts
+    /// stamped before them.
+    last_stamp: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -123,7 +172,17 @@ struct Statements {
     write_if_absent: String,
     write_any: String,
     lookup: String,
+    fence: String,
+    unfence: String,
     current_version: String,
+}
+
+/// What an idempotency key holds, for the record it was used with.
+enum Recorded {
+    Nothing,
+    /// A lookup fenced it: attempts stamped before this cannot commit.
+    Fence(u64),
+    Outcome(Committed),
 }
 
 /// CockroachDB or PostgreSQL with hot standbys as a quorate [`Backend`].
@@ -214,6 +273,8 @@ impl PgBackend {
             write_if_absent: tables.write(config.dialect, Precondition::IfAbsent),
             write_any: tables.write(config.dialect, Precondition::Any),
             lookup: tables.lookup(),
+            fence: tables.fence(),
+            unfence: tables.unfence(),
             current_version: tables.current_version(),
         };
         Ok(PgBackend {
@@ -261,6 +322,33 @@ impl PgBackend {
             .counters
             .serialization_failures
             .load(Ordering::Relaxed)
+    }
+
+    /// A stamp for an attempt or a fence: nanoseconds since the epoch,
+    /// strictly increasing in this process, and above every fence it has
+    /// seen.
+    fn next_stamp(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let last = &self.inner.counters.last_stamp;
+        let mut seen = last.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(seen + 1);
+            match last.compare_exchange_weak(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return next,
+                Err(actual) => seen = actual,
+            }
+        }
+    }
+
+    /// Moves this process's stamps past a fence another process set.
+    fn observe_stamp(&self, fence: u64) {
+        self.inner
+            .counters
+            .last_stamp
+            .fetch_max(fence, Ordering::Relaxed);
     }
 
     fn primary(&self) -> Result<usize, Error> {
@@ -362,6 +450,10 @@ pub(crate) fn classify(e: tokio_postgres::Error, sent_write: bool) -> Error {
 /// `disarm` (the caller gave up: deadline or attempt timeout). A commit that
 /// waits for synchronous standbys would otherwise wait forever. The cancel
 /// token (which copies the connection's settings) is only made when needed.
+///
+/// Cancelling is a courtesy to the server, not what keeps a write exactly
+/// once: the cancel may arrive after the commit, or not at all, and the
+/// statement may still commit. Lookups fence the idempotency key instead.
 struct CancelOnDrop<'a> {
     client: Option<&'a tokio_postgres::Client>,
 }
@@ -375,18 +467,68 @@ impl CancelOnDrop<'_> {
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            let token = client.cancel_token();
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = token.cancel_query(NoTls).await;
-                });
-            }
+            cancel(client.cancel_token());
+        }
+    }
+}
+
+fn cancel(token: tokio_postgres::CancelToken) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(async move {
+            let _ = token.cancel_query(NoTls).await;
+        });
+    }
+}
+
+/// [`CancelOnDrop`] for a statement of an explicit transaction, which
+/// borrows the connection mutably: the token is made up front.
+struct CancelTokenOnDrop(Option<tokio_postgres::CancelToken>);
+
+impl CancelTokenOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelTokenOnDrop {
+    fn drop(&mut self) {
+        if let Some(token) = self.0.take() {
+            cancel(token);
         }
     }
 }
 
 fn version_of(v: Option<i64>) -> Option<Version> {
     v.and_then(|v| u64::try_from(v).ok()).map(Version)
+}
+
+fn versioned(version: Option<i64>, value: Option<Vec<u8>>) -> Option<Versioned<Bytes>> {
+    match (version_of(version), value) {
+        (Some(version), Some(value)) => Some(Versioned {
+            version,
+            value: Bytes::from(value),
+        }),
+        _ => None,
+    }
+}
+
+fn expected_version(precondition: Precondition) -> Result<i64, Error> {
+    match precondition {
+        Precondition::IfVersion(v) => {
+            i64::try_from(v.0).map_err(|_| invalid("version out of range".into()))
+        }
+        _ => Ok(0),
+    }
+}
+
+/// An attempt that a lookup fenced: it applied nothing, and a later attempt
+/// of the same write may go ahead.
+fn fenced() -> Error {
+    Error::backend(
+        Retryability::Retryable,
+        Some("quorate.fenced".into()),
+        "a lookup fenced this attempt of the write: it applied nothing",
+    )
 }
 
 impl Backend for PgBackend {
@@ -419,75 +561,41 @@ impl Backend for PgBackend {
     async fn read(&self, plan: &ReadPlan<'_>) -> Result<Read<Bytes>, Error> {
         let server = self.server(plan.region, plan.role)?;
         let s = &self.inner.servers[server];
+        if self.inner.config.dialect == Dialect::Cockroach {
+            return Box::pin(self.cockroach_read(server, plan)).await;
+        }
         let client = self.connection(server).await?;
-        let standby = s.role == Role::Standby;
-        let statement = if standby {
-            &self.inner.sql.standby_read
-        } else {
-            &self.inner.sql.strong_read
-        };
+        if s.role == Role::Standby {
+            return self.standby_read(server, &client, plan.key).await;
+        }
         let prepared = client
-            .prepare_cached(statement)
+            .prepare_cached(&self.inner.sql.strong_read)
             .await
             .map_err(|e| self.classify(e, false))?;
         let row = client
-            .query_opt(&prepared, &[&plan.key])
+            .query_one(&prepared, &[&plan.key])
             .await
             .map_err(|e| self.classify(e, false))?;
-        let Some(row) = row else {
-            // Only the primary read returns no row for an absent key.
-            return Ok(Read {
-                value: None,
-                freshness: Freshness {
-                    region: s.region.clone(),
-                    role: ReplicaRole::Leader,
-                    point: None,
-                    staleness_bound: Some(Duration::ZERO),
-                },
-            });
-        };
-        let version = version_of(row.get(0));
-        let value = row.get::<_, Option<Vec<u8>>>(1);
-        let point: Option<String> = if row.len() > 2 { row.get(2) } else { None };
-        let point = point.map(|p| self.point(&p)).transpose()?;
-        let staleness = if standby {
-            row.get::<_, Option<f64>>(3)
-                .map(|secs| Duration::from_secs_f64(secs.max(0.0)))
-        } else {
-            Some(Duration::ZERO)
-        };
-        let value = match (version, value) {
-            (Some(version), Some(value)) => Some(Versioned {
-                version,
-                value: Bytes::from(value),
-            }),
-            _ => None,
-        };
+        let point = self.point(&row.get::<_, String>(2))?;
         Ok(Read {
-            value,
+            value: versioned(row.get(0), row.get(1)),
             freshness: Freshness {
                 region: s.region.clone(),
-                role: if standby {
-                    ReplicaRole::Follower
-                } else {
-                    ReplicaRole::Leader
-                },
-                point,
-                staleness_bound: staleness,
+                role: ReplicaRole::Leader,
+                point: Some(point),
+                staleness_bound: Some(Duration::ZERO),
             },
         })
     }
 
     async fn write(&self, request: &WriteRequest<'_>) -> Result<Committed, Error> {
+        // Taken before anything is sent: a lookup that fences this logical
+        // write from now on stops this attempt.
+        let stamp = self.next_stamp();
         let server = self.server(request.region, ReplicaRole::Leader)?;
         let region = self.inner.servers[server].region.clone();
         let client = self.connection(server).await?;
-        let sql = &self.inner.sql;
-        let statement = match request.precondition {
-            Precondition::IfVersion(_) => &sql.write_if_version,
-            Precondition::IfAbsent => &sql.write_if_absent,
-            Precondition::Any => &sql.write_any,
-        };
+        let statement = self.write_statement(request.precondition);
         let prepared = client
             .prepare_cached(statement)
             .await
@@ -500,13 +608,8 @@ impl Backend for PgBackend {
                 &generated
             }
         };
-        let expected: i64 = match request.precondition {
-            Precondition::IfVersion(v) => {
-                i64::try_from(v.0).map_err(|_| invalid("version out of range".into()))?
-            }
-            _ => 0,
-        };
-        let ttl = i64::try_from(self.inner.config.idempotency_ttl.as_secs()).unwrap_or(i64::MAX);
+        let expected = expected_version(request.precondition)?;
+        let ttl = self.ttl_secs();
         let value: &[u8] = request.value;
         let cancel = CancelOnDrop {
             client: Some(&client),
@@ -520,29 +623,43 @@ impl Backend for PgBackend {
             &region_text,
             &ttl,
         ];
-        let outcome = client.query_one(&prepared, &params).await;
+        let (outcome, after) = match self.inner.config.dialect {
+            // The commit point is read after the implicit transaction
+            // committed, in the same round trip.
+            Dialect::Postgres => {
+                let (outcome, after) = tokio::join!(
+                    client.query_one(&prepared, &params),
+                    client.query_one(sql::commit_point(Dialect::Postgres), &[]),
+                );
+                (outcome, Some(after))
+            }
+            Dialect::Cockroach => (client.query_one(&prepared, &params).await, None),
+        };
         cancel.disarm();
         let row = match outcome {
             Ok(row) => row,
-            // The idempotency key is already recorded: an earlier attempt
-            // applied this logical write (this one applied nothing).
+            // The idempotency key holds a row already: an earlier attempt's
+            // outcome, or a fence (this attempt applied nothing).
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
                 // Boxed, like the other paths that do not apply: their
                 // queries would otherwise size (and be moved with) every
-                // write's future. The lookup takes its own connection.
+                // write's future.
                 drop(client);
-                return match Box::pin(self.lookup_on(server, idem)).await? {
-                    Some(done) => Ok(done),
-                    None => Err(self.classify(e, false)),
-                };
+                return Box::pin(self.after_unique_violation(server, request, idem, stamp, e))
+                    .await;
             }
             Err(e) => return Err(self.classify(e, true)),
         };
         if let Some(version) = version_of(row.get(0)) {
-            let point = self.point(&row.get::<_, String>(2))?;
+            let point = match after {
+                Some(after) => after
+                    .map_err(|e| self.classify(e, true))?
+                    .get::<_, String>(0),
+                None => row.get::<_, String>(2),
+            };
             return Ok(Committed {
                 version,
-                point,
+                point: self.point(&point)?,
                 region,
             });
         }
@@ -553,11 +670,51 @@ impl Backend for PgBackend {
     async fn lookup(
         &self,
         region: &Region,
-        _key: &str,
+        key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
         let server = self.server(region, ReplicaRole::Leader)?;
-        self.lookup_on(server, idem).await
+        let client = self.connection(server).await?;
+        let sql = &self.inner.sql;
+        let (fence, lookup) = tokio::join!(
+            client.prepare_cached(&sql.fence),
+            client.prepare_cached(&sql.lookup)
+        );
+        let fence = fence.map_err(|e| self.classify(e, false))?;
+        let lookup = lookup.map_err(|e| self.classify(e, false))?;
+        // Every attempt stamped until now is fenced: one still in flight
+        // either recorded its outcome first (the fence waits for it and
+        // leaves it), or finds the key taken and applies nothing.
+        let stamp = i64::try_from(self.next_stamp()).unwrap_or(i64::MAX);
+        let (idem_text, region_text) = (idem.as_str(), self.inner.servers[server].region.as_str());
+        let ttl = self.ttl_secs();
+        let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&idem_text, &key, &region_text, &ttl, &stamp];
+        let lookup_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&idem_text];
+        // The fence commits like a write: with every synchronous standby
+        // down it waits until cancelled.
+        let cancel = CancelOnDrop {
+            client: Some(&client),
+        };
+        let (fenced, row) = tokio::join!(
+            client.execute(&fence, &fence_params),
+            client.query_opt(&lookup, &lookup_params),
+        );
+        cancel.disarm();
+        fenced.map_err(|e| self.classify(e, false))?;
+        let row = row.map_err(|e| self.classify(e, false))?;
+        match self.recorded_row(server, row, key, idem)? {
+            Recorded::Outcome(done) => {
+                self.ensure_durable(&client).await?;
+                Ok(Some(done))
+            }
+            Recorded::Fence(_) => Ok(None),
+            Recorded::Nothing => Err(Error::backend(
+                Retryability::Retryable,
+                None,
+                "the idempotency key's fence is not visible yet",
+            )),
+        }
     }
 
     async fn probe(&self, region: &Region) -> Result<Probe, Error> {
@@ -581,10 +738,96 @@ impl Backend for PgBackend {
     }
 }
 
-/// CockroachDB's follower reads trail the present by about this much.
+/// CockroachDB's exact-staleness follower reads trail the present by about
+/// this much: bounds tighter than this cannot use them.
 const COCKROACH_FOLLOWER_LAG: Duration = Duration::from_millis(4800);
 
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// CockroachDB refuses `AS OF SYSTEM TIME` at a timestamp ahead of the
+/// gateway's clock (a session point written through a gateway whose clock
+/// runs ahead).
+fn future_timestamp(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| d.message().contains("in the future"))
+}
+
 impl PgBackend {
+    /// A CockroachDB read: the leaseholder for the leader role; for a
+    /// follower, a bounded-staleness read at the session's point
+    /// (`with_min_timestamp`) or within the policy's bound
+    /// (`with_max_staleness`), served by the nearest replica that can, and
+    /// reporting the timestamp CockroachDB read at. A session point ahead
+    /// of the clocks, or an absent record (a follower states no timestamp
+    /// for it), reads at the leaseholder instead.
+    async fn cockroach_read(
+        &self,
+        server: usize,
+        plan: &ReadPlan<'_>,
+    ) -> Result<Read<Bytes>, Error> {
+        let region = self.inner.servers[server].region.clone();
+        let client = self.connection(server).await?;
+        let follower = match plan.role {
+            ReplicaRole::Leader => None,
+            ReplicaRole::Follower => {
+                sql::cockroach_follower(plan.policy, plan.floor.point, now_nanos())
+            }
+        };
+        if let Some((kind, min)) = follower {
+            let statement = self.inner.tables.follower_read(kind);
+            let prepared = client
+                .prepare_cached(&statement)
+                .await
+                .map_err(|e| self.classify(e, false))?;
+            let result = match min {
+                Some(at) => client.query_opt(&prepared, &[&plan.key, &at]).await,
+                None => client.query_opt(&prepared, &[&plan.key]).await,
+            };
+            match result {
+                Ok(Some(row)) => {
+                    let read_at = self.point(&row.get::<_, String>(2))?;
+                    return Ok(Read {
+                        value: versioned(row.get(0), row.get(1)),
+                        freshness: Freshness {
+                            region,
+                            role: ReplicaRole::Follower,
+                            point: Some(read_at),
+                            staleness_bound: Some(Duration::from_nanos(
+                                now_nanos().saturating_sub(read_at.wall),
+                            )),
+                        },
+                    });
+                }
+                Ok(None) => {}
+                Err(e) if future_timestamp(&e) => {}
+                Err(e) => return Err(self.classify(e, false)),
+            }
+        }
+        let prepared = client
+            .prepare_cached(&self.inner.sql.strong_read)
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let row = client
+            .query_one(&prepared, &[&plan.key])
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let point = self.point(&row.get::<_, String>(2))?;
+        Ok(Read {
+            value: versioned(row.get(0), row.get(1)),
+            freshness: Freshness {
+                region,
+                role: ReplicaRole::Leader,
+                point: Some(point),
+                staleness_bound: Some(Duration::ZERO),
+            },
+        })
+    }
+
     async fn cockroach_query(
         &self,
         server: usize,
@@ -595,45 +838,78 @@ impl PgBackend {
     ) -> Result<(Vec<tokio_postgres::Row>, Freshness), Error> {
         let client = self.connection(server).await?;
         let region = self.inner.servers[server].region.clone();
-        let Some(begin) = sql::cockroach_begin(policy, min_point, COCKROACH_FOLLOWER_LAG) else {
-            let rows = client
-                .query(statement, params)
+        let begin = sql::cockroach_begin(policy, min_point, COCKROACH_FOLLOWER_LAG, now_nanos());
+        if let Some(begin) = begin {
+            match self
+                .historical_query(&client, &begin, statement, params)
                 .await
-                .map_err(|e| self.classify(e, false))?;
-            let freshness = Freshness {
-                region,
-                role: ReplicaRole::Leader,
-                point: None,
-                staleness_bound: Some(Duration::ZERO),
-            };
-            return Ok((rows, freshness));
+            {
+                Ok((rows, read_at)) => {
+                    let freshness = Freshness {
+                        region,
+                        role: ReplicaRole::Follower,
+                        point: Some(read_at),
+                        staleness_bound: Some(Duration::from_nanos(
+                            now_nanos().saturating_sub(read_at.wall),
+                        )),
+                    };
+                    return Ok((rows, freshness));
+                }
+                // A session point ahead of this gateway's clock: read at the
+                // present instead, which covers it.
+                Err(e) if future_timestamp(&e) => {}
+                Err(e) => return Err(self.classify(e, false)),
+            }
+        }
+        let (rows, point) = tokio::join!(
+            client.query(statement, params),
+            client.query_one(sql::commit_point(Dialect::Cockroach), &[]),
+        );
+        let rows = rows.map_err(|e| self.classify(e, false))?;
+        let point = self.point(
+            &point
+                .map_err(|e| self.classify(e, false))?
+                .get::<_, String>(0),
+        )?;
+        let freshness = Freshness {
+            region,
+            role: ReplicaRole::Leader,
+            point: Some(point),
+            staleness_bound: Some(Duration::ZERO),
         };
-        client
-            .batch_execute(&begin)
-            .await
-            .map_err(|e| self.classify(e, false))?;
-        let rows = match client.query(statement, params).await {
-            Ok(rows) => rows,
+        Ok((rows, freshness))
+    }
+
+    /// Runs `statement` in a transaction opened by `begin` (`AS OF SYSTEM
+    /// TIME`) and returns its rows with the timestamp it read at.
+    async fn historical_query(
+        &self,
+        client: &deadpool_postgres::Object,
+        begin: &str,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(Vec<tokio_postgres::Row>, Point), tokio_postgres::Error> {
+        client.batch_execute(begin).await?;
+        let (rows, at) = tokio::join!(
+            client.query(statement, params),
+            client.query_one("SELECT cluster_logical_timestamp()::STRING", &[]),
+        );
+        let outcome = match (rows, at) {
+            (Ok(rows), Ok(at)) => Ok((rows, at)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        match outcome {
+            Ok((rows, at)) => {
+                client.batch_execute("COMMIT").await?;
+                let at: String = at.get(0);
+                Ok((rows, sql::parse_hlc(&at).unwrap_or_default()))
+            }
             Err(e) => {
                 // Leave the pooled connection outside any transaction.
                 let _ = client.batch_execute("ROLLBACK").await;
-                return Err(self.classify(e, false));
+                Err(e)
             }
-        };
-        client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| self.classify(e, false))?;
-        let freshness = Freshness {
-            region,
-            role: ReplicaRole::Follower,
-            point: min_point.filter(|_| policy == ReadPolicy::Session),
-            staleness_bound: match policy {
-                ReadPolicy::BoundedStaleness(_) => Some(COCKROACH_FOLLOWER_LAG),
-                _ => None,
-            },
-        };
-        Ok((rows, freshness))
+        }
     }
 
     /// On PostgreSQL with synchronous standbys, a commit whose wait for them
@@ -667,6 +943,153 @@ impl PgBackend {
         }
     }
 
+    fn write_statement(&self, precondition: Precondition) -> &str {
+        let sql = &self.inner.sql;
+        match precondition {
+            Precondition::IfVersion(_) => &sql.write_if_version,
+            Precondition::IfAbsent => &sql.write_if_absent,
+            Precondition::Any => &sql.write_any,
+        }
+    }
+
+    fn ttl_secs(&self) -> i64 {
+        i64::try_from(self.inner.config.idempotency_ttl.as_secs()).unwrap_or(i64::MAX)
+    }
+
+    /// A read at a standby: its replay position and staleness first, then
+    /// the record, in one round trip on one connection, so that the
+    /// reported freshness is never ahead of what the read's snapshot shows.
+    async fn standby_read(
+        &self,
+        server: usize,
+        client: &deadpool_postgres::Object,
+        key: &str,
+    ) -> Result<Read<Bytes>, Error> {
+        let prepared = client
+            .prepare_cached(&self.inner.sql.standby_read)
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        let (status, row) = tokio::join!(
+            client.query_one(self.inner.tables.replay_status(), &[]),
+            client.query_opt(&prepared, &params),
+        );
+        let status = status.map_err(|e| self.classify(e, false))?;
+        let row = row.map_err(|e| self.classify(e, false))?;
+        let point = status
+            .get::<_, Option<String>>(0)
+            .map(|p| self.point(&p))
+            .transpose()?;
+        let staleness = status
+            .get::<_, Option<f64>>(1)
+            .map(|secs| Duration::from_secs_f64(secs.max(0.0)));
+        Ok(Read {
+            value: row.and_then(|r| versioned(r.get(0), r.get(1))),
+            freshness: Freshness {
+                region: self.inner.servers[server].region.clone(),
+                role: ReplicaRole::Follower,
+                point,
+                staleness_bound: staleness,
+            },
+        })
+    }
+
+    /// An attempt's statement was refused because its idempotency key holds
+    /// a row: return the outcome recorded there, or, when it is a fence
+    /// older than this attempt, lift it and write in one transaction.
+    async fn after_unique_violation(
+        &self,
+        server: usize,
+        request: &WriteRequest<'_>,
+        idem: &IdempotencyKey,
+        stamp: u64,
+        refused: tokio_postgres::Error,
+    ) -> Result<Committed, Error> {
+        match self.lookup_on(server, request.key, idem).await? {
+            Recorded::Outcome(done) => Ok(done),
+            Recorded::Fence(before) if stamp < before => {
+                self.observe_stamp(before);
+                Err(fenced())
+            }
+            Recorded::Fence(_) => self.write_over_fence(server, request, idem, stamp).await,
+            // The row that refused the statement is gone (expired): try again.
+            Recorded::Nothing => Err(self.classify(refused, false)),
+        }
+    }
+
+    /// The write of an attempt stamped after the fence its idempotency key
+    /// holds: the fence is lifted and the record written in one
+    /// transaction. An attempt stamped before a newer fence lifts nothing
+    /// and writes nothing.
+    async fn write_over_fence(
+        &self,
+        server: usize,
+        request: &WriteRequest<'_>,
+        idem: &IdempotencyKey,
+        stamp: u64,
+    ) -> Result<Committed, Error> {
+        let region = self.inner.servers[server].region.clone();
+        let mut client = self.connection(server).await?;
+        let cancel = CancelTokenOnDrop(Some(client.cancel_token()));
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let (idem_text, region_text) = (idem.as_str(), region.as_str());
+        let stamp_param = i64::try_from(stamp).unwrap_or(i64::MAX);
+        let lifted = tx
+            .execute(&self.inner.sql.unfence, &[&idem_text, &stamp_param])
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        if lifted == 0 {
+            let _ = tx.rollback().await;
+            drop(cancel);
+            return Err(fenced());
+        }
+        let expected = expected_version(request.precondition)?;
+        let ttl = self.ttl_secs();
+        let value: &[u8] = request.value;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &request.key,
+            &value,
+            &idem_text,
+            &expected,
+            &region_text,
+            &ttl,
+        ];
+        // Nothing commits before COMMIT: errors until then are not
+        // ambiguous.
+        let row = tx
+            .query_one(self.write_statement(request.precondition), &params)
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let Some(version) = version_of(row.get(0)) else {
+            let _ = tx.rollback().await;
+            drop(cancel);
+            drop(client);
+            return self.not_applied(server, request.key, idem).await;
+        };
+        let point = match self.inner.config.dialect {
+            Dialect::Cockroach => Some(row.get::<_, String>(2)),
+            Dialect::Postgres => None,
+        };
+        tx.commit().await.map_err(|e| self.classify(e, true))?;
+        let point = match point {
+            Some(p) => p,
+            None => client
+                .query_one(sql::commit_point(Dialect::Postgres), &[])
+                .await
+                .map_err(|e| self.classify(e, true))?
+                .get(0),
+        };
+        cancel.disarm();
+        Ok(Committed {
+            version,
+            point: self.point(&point)?,
+            region,
+        })
+    }
+
     /// A write whose statement applied nothing: an earlier attempt of this
     /// logical write may have applied it, else the precondition failed
     /// against the current version.
@@ -676,7 +1099,7 @@ impl PgBackend {
         key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Committed, Error> {
-        if let Some(done) = self.lookup_on(server, idem).await? {
+        if let Recorded::Outcome(done) = self.lookup_on(server, key, idem).await? {
             return Ok(done);
         }
         let client = self.connection(server).await?;
@@ -695,11 +1118,14 @@ impl PgBackend {
         })
     }
 
+    /// What an idempotency key holds, read without fencing (for an attempt
+    /// that is itself the newest one), checked against the record it names.
     async fn lookup_on(
         &self,
         server: usize,
+        key: &str,
         idem: &IdempotencyKey,
-    ) -> Result<Option<Committed>, Error> {
+    ) -> Result<Recorded, Error> {
         let client = self.connection(server).await?;
         let statement = client
             .prepare_cached(&self.inner.sql.lookup)
@@ -707,19 +1133,56 @@ impl PgBackend {
             .map_err(|e| self.classify(e, false))?;
         let idem_text = idem.as_str();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&idem_text];
-        let (row, point) = tokio::join!(
-            client.query_opt(&statement, &params),
-            client.query_one(sql::commit_point(self.inner.config.dialect), &[]),
-        );
-        let Some(row) = row.map_err(|e| self.classify(e, false))? else {
-            return Ok(None);
+        let row = client
+            .query_opt(&statement, &params)
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let recorded = self.recorded_row(server, row, key, idem)?;
+        if matches!(recorded, Recorded::Outcome(_)) {
+            self.ensure_durable(&client).await?;
+        }
+        Ok(recorded)
+    }
+
+    /// Decodes an idempotency row. An outcome's point is the commit point
+    /// of the read that found it: at or after the write's commit.
+    fn recorded_row(
+        &self,
+        server: usize,
+        row: Option<tokio_postgres::Row>,
+        key: &str,
+        idem: &IdempotencyKey,
+    ) -> Result<Recorded, Error> {
+        let Some(row) = row else {
+            return Ok(Recorded::Nothing);
         };
-        self.ensure_durable(&client).await?;
-        let point: String = point.map_err(|e| self.classify(e, false))?.get(0);
+        let record_key: String = row.get(2);
+        if record_key != key {
+            return Err(Error::IdempotencyKeyReused {
+                key: key.to_owned(),
+                idempotency_key: idem.clone(),
+            });
+        }
+        let Some(version) = version_of(row.get(0)) else {
+            return Err(Error::backend(
+                Retryability::Permanent,
+                Some("quorate.row".into()),
+                "negative version in an idempotency row",
+            ));
+        };
+        if version.0 == 0 {
+            let before = row
+                .get::<_, Option<i64>>(3)
+                .and_then(|b| u64::try_from(b).ok())
+                .unwrap_or(u64::MAX);
+            return Ok(Recorded::Fence(before));
+        }
         let region: String = row.get(1);
-        Ok(version_of(row.get(0)).map(|version| Committed {
+        Ok(Recorded::Outcome(Committed {
             version,
-            point: self.point(&point).unwrap_or_default(),
+            // Filled in by the caller's commit point query where it matters;
+            // a recorded outcome is at or before the present.
+            point: Point::default(),
             region: Region::new(&region)
                 .unwrap_or_else(|_| self.inner.servers[server].region.clone()),
         }))
@@ -804,5 +1267,51 @@ impl PgBackend {
                 staleness_bound: Some(Duration::ZERO),
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_password() {
+        for connection in [
+            "host=10.0.0.1 port=26257 user=app password=hunter2-secret dbname=bank",
+            "postgresql://app:hunter2-secret@10.0.0.1:26257/bank?sslmode=disable",
+        ] {
+            let config = PgConfig::new(
+                "bank",
+                Dialect::Postgres,
+                vec![Endpoint {
+                    region: Region::new("eu").unwrap(),
+                    role: Role::Primary,
+                    connection: connection.to_owned(),
+                }],
+                "eu",
+            )
+            .unwrap();
+            let backend = PgBackend::new(config.clone()).unwrap();
+            let client =
+                quorate::Client::new(backend.clone(), quorate::ClientConfig::default()).unwrap();
+            for shown in [
+                format!("{:?}", config.endpoints[0]),
+                format!("{config:?}"),
+                format!("{backend:?}"),
+                format!("{client:?}"),
+                format!("{config:#?}"),
+            ] {
+                assert!(!shown.contains("hunter2"), "{shown}");
+            }
+            let endpoint = format!("{:?}", config.endpoints[0]);
+            assert!(endpoint.contains("10.0.0.1"), "{endpoint}");
+            assert!(endpoint.contains("password=<redacted>"), "{endpoint}");
+        }
+        let garbled = Endpoint {
+            region: Region::new("eu").unwrap(),
+            role: Role::Primary,
+            connection: "password=hunter2 port=x".into(),
+        };
+        assert!(!format!("{garbled:?}").contains("hunter2"));
     }
 }

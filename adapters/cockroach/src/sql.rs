@@ -87,8 +87,10 @@ impl Tables {
                 "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, version BIGINT NOT NULL, value {bytes} NOT NULL, written_at TIMESTAMPTZ NOT NULL DEFAULT now())"
             ),
             format!(
-                "CREATE TABLE IF NOT EXISTS {i} (idem_key TEXT PRIMARY KEY, record_key TEXT NOT NULL, version BIGINT NOT NULL, commit_point TEXT, region TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS {i} (idem_key TEXT PRIMARY KEY, record_key TEXT NOT NULL, version BIGINT NOT NULL, commit_point TEXT, region TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL, fenced_before BIGINT)"
             ),
+            // Tables made by earlier releases lack the fence's column.
+            format!("ALTER TABLE {i} ADD COLUMN IF NOT EXISTS fenced_before BIGINT"),
         ]
     }
 
@@ -99,8 +101,6 @@ impl Tables {
 
     /// A linearizable read: the record and the point it reflects.
     /// Parameters: `$1` key. Columns: version, value, point.
-    /// (CockroachDB; PostgreSQL's primary reads need no point, see
-    /// [`Tables::primary_read`].)
     pub fn strong_read(&self, dialect: Dialect) -> String {
         match dialect {
             Dialect::Postgres => self.primary_read(),
@@ -112,30 +112,38 @@ impl Tables {
         }
     }
 
-    /// A read on the PostgreSQL primary: linearizable by itself, so no point
-    /// is fetched (the read costs what a plain `SELECT` costs). Parameters:
-    /// `$1` key. Columns: version, value.
+    /// A read on the PostgreSQL primary, with the WAL insert position taken
+    /// after the statement's snapshot: every transaction the read can see
+    /// committed below it, so a session that advances to it stays covered
+    /// once the key leaves its token. Parameters: `$1` key. Columns:
+    /// version, value, point.
     pub fn primary_read(&self) -> String {
-        format!("SELECT version, value FROM {} WHERE key = $1", self.records)
-    }
-
-    /// A read at a PostgreSQL standby that reports, in the same statement,
-    /// how far the standby has replayed and how old its last replayed
-    /// transaction is. Parameters: `$1` key. Columns: version, value,
-    /// replay LSN, staleness in seconds.
-    pub fn standby_read(&self) -> String {
         format!(
-            "SELECT t.version, t.value, pg_last_wal_replay_lsn()::text, \
-             EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8 \
+            "SELECT t.version, t.value, pg_current_wal_insert_lsn()::text \
              FROM (SELECT 1) AS one LEFT JOIN {} AS t ON t.key = $1",
             self.records
         )
     }
 
+    /// A read at a PostgreSQL standby. It is sent right after
+    /// [`replay_status`] on the same connection, so the standby's freshness
+    /// is measured before this statement takes its snapshot: the snapshot
+    /// shows at least what the reported replay position covers. (Measured in
+    /// the same statement, the position would be taken after the snapshot
+    /// and could claim more than it shows.) Parameters: `$1` key. Columns:
+    /// version, value.
+    pub fn standby_read(&self) -> String {
+        format!("SELECT version, value FROM {} WHERE key = $1", self.records)
+    }
+
     /// A CockroachDB follower read under a policy: `with_min_timestamp` for a
-    /// session (parameter `$2`, the session's HLC as a timestamp),
-    /// `with_max_staleness` for a bound, `follower_read_timestamp()` with no
-    /// bound. Parameters: `$1` key. Columns: version, value, read timestamp.
+    /// session (parameter `$2`, the session's HLC as a timestamp, see
+    /// [`cockroach_follower`]), `with_max_staleness` for a bound,
+    /// `follower_read_timestamp()` with no bound. A single-row read in an
+    /// implicit transaction, as bounded-staleness reads must be; no row when
+    /// the key is absent. Parameters: `$1` key. Columns: version, value,
+    /// and the timestamp CockroachDB read at (`cluster_logical_timestamp()`
+    /// of a historical read is its negotiated read timestamp).
     pub fn follower_read(&self, read: FollowerRead) -> String {
         let aost = match read {
             FollowerRead::AtLeast => "with_min_timestamp($2::TIMESTAMPTZ)".to_owned(),
@@ -145,7 +153,7 @@ impl Tables {
             FollowerRead::Latest => "follower_read_timestamp()".to_owned(),
         };
         format!(
-            "SELECT version, value, crdb_internal.approximate_timestamp(crdb_internal_mvcc_timestamp)::STRING \
+            "SELECT version, value, cluster_logical_timestamp()::STRING \
              FROM {} AS OF SYSTEM TIME {aost} WHERE key = $1",
             self.records
         )
@@ -164,12 +172,12 @@ impl Tables {
     /// primary key rejects the statement as a whole (SQLSTATE 23505) and
     /// nothing is applied; either way the caller then looks the key up.
     ///
-    /// The point is taken inside the statement: CockroachDB's commit
-    /// timestamp, or PostgreSQL's WAL insert position after the write's own
-    /// records. The latter precedes the write's commit record; a session
-    /// token stays correct because it also carries the version of the keys
-    /// it wrote last (which a replica must show) and every earlier write
-    /// committed before this position.
+    /// CockroachDB's point is taken inside the statement: its commit
+    /// timestamp. PostgreSQL's is not (the WAL position inside the statement
+    /// precedes the commit record, and a standby that replayed the data but
+    /// not the commit would pass for fresh): the backend sends
+    /// [`commit_point`] right after the statement, on the same connection,
+    /// and the column is NULL.
     pub fn write(&self, dialect: Dialect, precondition: Precondition) -> String {
         let (t, i) = (&self.records, &self.idempotency);
         let apply = match precondition {
@@ -188,7 +196,7 @@ impl Tables {
             ),
         };
         let point = match dialect {
-            Dialect::Postgres => "pg_current_wal_insert_lsn()::text",
+            Dialect::Postgres => "NULL::text",
             Dialect::Cockroach => "cluster_logical_timestamp()::STRING",
         };
         // `$4` is referenced by every form so that one parameter list fits all.
@@ -200,13 +208,49 @@ impl Tables {
         )
     }
 
-    /// The outcome recorded for an idempotency key. Parameters: `$1`.
-    /// Columns: version, region.
+    /// What an idempotency key holds: an outcome (version > 0) or a fence
+    /// (version 0). Parameters: `$1`. Columns: version, region, record key,
+    /// fenced before.
     pub fn lookup(&self) -> String {
         format!(
-            "SELECT version, region FROM {} WHERE idem_key = $1",
+            "SELECT version, region, record_key, fenced_before FROM {} WHERE idem_key = $1",
             self.idempotency
         )
+    }
+
+    /// Fences an idempotency key that has no outcome: its row's primary key
+    /// makes every attempt stamped before `$5` fail (their insert of the
+    /// same key is refused), so "not applied" stays true; a fence already
+    /// there is moved on, an outcome left alone. Run before
+    /// [`Tables::lookup`] on the same connection: if an attempt holds the
+    /// key uncommitted, this waits for it. Parameters: `$1` idempotency
+    /// key, `$2` record key, `$3` region, `$4` TTL in seconds, `$5` stamp.
+    pub fn fence(&self) -> String {
+        let i = &self.idempotency;
+        format!(
+            "INSERT INTO {i} AS f (idem_key, record_key, version, region, expires_at, fenced_before) \
+             VALUES ($1, $2, 0, $3, now() + $4::BIGINT * INTERVAL '1 second', $5) \
+             ON CONFLICT (idem_key) DO UPDATE SET fenced_before = GREATEST(f.fenced_before, EXCLUDED.fenced_before) \
+             WHERE f.version = 0"
+        )
+    }
+
+    /// Lifts a fence for an attempt stamped after it (in the attempt's own
+    /// transaction, before its write). Parameters: `$1` idempotency key,
+    /// `$2` the attempt's stamp. Affects one row, or none when the fence is
+    /// newer than the attempt.
+    pub fn unfence(&self) -> String {
+        format!(
+            "DELETE FROM {} WHERE idem_key = $1 AND version = 0 AND fenced_before < $2",
+            self.idempotency
+        )
+    }
+
+    /// How far a PostgreSQL standby has replayed, and how old its last
+    /// replayed transaction is. Columns: replay LSN, staleness in seconds.
+    pub fn replay_status(&self) -> &'static str {
+        "SELECT pg_last_wal_replay_lsn()::text, \
+         EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8"
     }
 
     /// The current version of a record. Parameters: `$1` key.
@@ -226,22 +270,56 @@ pub enum FollowerRead {
     Latest,
 }
 
+/// The follower read a CockroachDB point read under `policy` becomes, with
+/// the minimum timestamp for `with_min_timestamp`; `None` reads at the
+/// leaseholder. A session read needs at least the session's point, rounded
+/// up to the microsecond (CockroachDB's `TIMESTAMPTZ` precision) so that it
+/// never reads below it; a session point ahead of this process's clock
+/// (`now`, nanoseconds since the epoch) would be refused as a timestamp in
+/// the future by a gateway with a similar clock, so it reads at the
+/// leaseholder instead, which covers any point. A session with no point
+/// takes the follower read timestamp.
+pub fn cockroach_follower(
+    policy: quorate::ReadPolicy,
+    point: Option<Point>,
+    now: u64,
+) -> Option<(FollowerRead, Option<std::time::SystemTime>)> {
+    match policy {
+        quorate::ReadPolicy::Session => match point {
+            None => Some((FollowerRead::Latest, None)),
+            Some(p) if p.wall >= now => None,
+            Some(p) => {
+                let micros = p.wall / 1_000 + u64::from(p.wall % 1_000 != 0 || p.logical > 0);
+                let at = std::time::UNIX_EPOCH + Duration::from_micros(micros);
+                Some((FollowerRead::AtLeast, Some(at)))
+            }
+        },
+        quorate::ReadPolicy::BoundedStaleness(b) => {
+            Some((FollowerRead::Bounded(b.duration()), None))
+        }
+        _ => None,
+    }
+}
+
 /// How a CockroachDB passthrough read opens its transaction under a policy:
 /// `None` for a strong read (a normal transaction); for a session read, a
 /// historical read at the session's own timestamp (it sees everything the
-/// session saw, and followers can serve it once closed); for a bounded read
-/// of at least `follower_lag`, the follower read timestamp. A bound below the
-/// follower lag reads strongly. The timestamp is formatted from a `Point`,
-/// never from caller text.
+/// session saw, and followers can serve it once closed) unless that point
+/// is ahead of this process's clock (`now`, nanoseconds since the epoch;
+/// such a point reads strongly); for a bounded read of at least
+/// `follower_lag`, the follower read timestamp. A bound below the follower
+/// lag reads strongly. The timestamp is formatted from a `Point`, never
+/// from caller text.
 pub fn cockroach_begin(
     policy: quorate::ReadPolicy,
     min_point: Option<Point>,
     follower_lag: Duration,
+    now: u64,
 ) -> Option<String> {
     match policy {
-        quorate::ReadPolicy::Session => {
-            min_point.map(|p| format!("BEGIN AS OF SYSTEM TIME '{}.{:010}'", p.wall, p.logical))
-        }
+        quorate::ReadPolicy::Session => min_point
+            .filter(|p| p.wall < now)
+            .map(|p| format!("BEGIN AS OF SYSTEM TIME '{}.{:010}'", p.wall, p.logical)),
         quorate::ReadPolicy::BoundedStaleness(b) if b.duration() >= follower_lag => {
             Some("BEGIN AS OF SYSTEM TIME follower_read_timestamp()".to_owned())
         }
@@ -249,13 +327,12 @@ pub fn cockroach_begin(
     }
 }
 
-/// The point a session token records after a write.
+/// The point a session token records after a write: on PostgreSQL, sent
+/// after the write's implicit transaction committed, the WAL insert
+/// position at or after its commit record.
 pub fn commit_point(dialect: Dialect) -> &'static str {
     match dialect {
-        // After the implicit transaction committed: at or after its commit
-        // record.
-        Dialect::Postgres => "SELECT pg_current_wal_lsn()::text",
-        // Inside the transaction: its commit timestamp.
+        Dialect::Postgres => "SELECT pg_current_wal_insert_lsn()::text",
         Dialect::Cockroach => "SELECT cluster_logical_timestamp()::STRING",
     }
 }
@@ -361,7 +438,7 @@ mod tests {
     fn strong_reads() {
         assert_eq!(
             tables().strong_read(Dialect::Postgres),
-            "SELECT version, value FROM records WHERE key = $1"
+            "SELECT t.version, t.value, pg_current_wal_insert_lsn()::text FROM (SELECT 1) AS one LEFT JOIN records AS t ON t.key = $1"
         );
         assert_eq!(
             tables().strong_read(Dialect::Cockroach),
@@ -373,7 +450,7 @@ mod tests {
     fn cockroach_follower_reads() {
         assert_eq!(
             tables().follower_read(FollowerRead::AtLeast),
-            "SELECT version, value, crdb_internal.approximate_timestamp(crdb_internal_mvcc_timestamp)::STRING \
+            "SELECT version, value, cluster_logical_timestamp()::STRING \
              FROM records AS OF SYSTEM TIME with_min_timestamp($2::TIMESTAMPTZ) WHERE key = $1"
         );
         assert!(tables()
@@ -385,11 +462,35 @@ mod tests {
     }
 
     #[test]
-    fn standby_reads_check_replay_in_the_same_statement() {
-        let sql = tables().standby_read();
-        assert!(sql.contains("pg_last_wal_replay_lsn()::text"));
-        assert!(sql.contains("pg_last_xact_replay_timestamp()"));
-        assert!(sql.ends_with("LEFT JOIN records AS t ON t.key = $1"));
+    fn standby_freshness_is_a_statement_of_its_own() {
+        let t = tables();
+        assert!(t.replay_status().contains("pg_last_wal_replay_lsn()::text"));
+        assert!(t
+            .replay_status()
+            .contains("pg_last_xact_replay_timestamp()"));
+        assert_eq!(
+            t.standby_read(),
+            "SELECT version, value FROM records WHERE key = $1",
+            "no replay position taken after the read's snapshot"
+        );
+    }
+
+    #[test]
+    fn fences_hold_the_idempotency_key_and_lift_only_for_later_attempts() {
+        let t = tables();
+        let fence = t.fence();
+        assert!(fence.starts_with("INSERT INTO records_idempotency AS f"));
+        assert!(fence.contains("VALUES ($1, $2, 0, $3"));
+        assert!(
+            fence.ends_with("WHERE f.version = 0"),
+            "an outcome is never overwritten"
+        );
+        assert_eq!(
+            t.unfence(),
+            "DELETE FROM records_idempotency WHERE idem_key = $1 AND version = 0 AND fenced_before < $2"
+        );
+        assert!(t.lookup().contains("record_key, fenced_before"));
+        assert!(t.create(Dialect::Postgres)[2].contains("ADD COLUMN IF NOT EXISTS fenced_before"));
     }
 
     #[test]
@@ -405,7 +506,10 @@ mod tests {
         assert!(update.starts_with("WITH applied AS (UPDATE records"));
         let create = tables().write(Dialect::Postgres, Precondition::IfAbsent);
         assert!(create.contains("ON CONFLICT (key) DO NOTHING RETURNING version"));
-        assert!(create.ends_with("$4::BIGINT, pg_current_wal_insert_lsn()::text"));
+        assert!(
+            create.ends_with("$4::BIGINT, NULL::text"),
+            "PostgreSQL's point is taken after the commit, not inside the statement"
+        );
         assert!(tables()
             .write(Dialect::Cockroach, Precondition::IfAbsent)
             .ends_with("cluster_logical_timestamp()::STRING"));
@@ -443,34 +547,102 @@ mod tests {
     }
 
     #[test]
+    fn cockroach_point_reads_map_policies_onto_follower_reads() {
+        use quorate::ReadPolicy;
+        let now = 1_700_000_001_000_000_000;
+        assert_eq!(cockroach_follower(ReadPolicy::Strong, None, now), None);
+        // A session reads at least its own point, rounded up to the
+        // microsecond.
+        let (kind, at) = cockroach_follower(
+            ReadPolicy::Session,
+            Some(Point::hlc(1_700_000_000_123_456_789, 0)),
+            now,
+        )
+        .unwrap();
+        assert_eq!(kind, FollowerRead::AtLeast);
+        assert_eq!(
+            at.unwrap(),
+            std::time::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_457)
+        );
+        let (_, exact) = cockroach_follower(
+            ReadPolicy::Session,
+            Some(Point::hlc(1_700_000_000_123_457_000, 0)),
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            exact.unwrap(),
+            std::time::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_457),
+            "already on a microsecond"
+        );
+        let (_, logical) = cockroach_follower(
+            ReadPolicy::Session,
+            Some(Point::hlc(1_700_000_000_123_457_000, 3)),
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            logical.unwrap(),
+            std::time::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_458),
+            "a logical tick is above its wall time"
+        );
+        // A point ahead of the clocks reads at the leaseholder.
+        assert_eq!(
+            cockroach_follower(ReadPolicy::Session, Some(Point::hlc(now + 1, 0)), now),
+            None
+        );
+        assert_eq!(
+            cockroach_follower(ReadPolicy::Session, None, now),
+            Some((FollowerRead::Latest, None))
+        );
+        let bound = quorate::Staleness::from_millis(250).unwrap();
+        assert_eq!(
+            cockroach_follower(ReadPolicy::BoundedStaleness(bound), None, now),
+            Some((FollowerRead::Bounded(Duration::from_millis(250)), None))
+        );
+    }
+
+    #[test]
     fn cockroach_passthrough_transactions() {
         let lag = Duration::from_millis(4800);
+        let now = 1_700_000_001_000_000_000;
         assert_eq!(
-            cockroach_begin(quorate::ReadPolicy::Strong, None, lag),
+            cockroach_begin(quorate::ReadPolicy::Strong, None, lag, now),
             None
         );
         assert_eq!(
             cockroach_begin(
                 quorate::ReadPolicy::Session,
                 Some(Point::hlc(1_700_000_000_123_456_789, 2)),
-                lag
+                lag,
+                now
             )
             .as_deref(),
             Some("BEGIN AS OF SYSTEM TIME '1700000000123456789.0000000002'")
         );
         assert_eq!(
-            cockroach_begin(quorate::ReadPolicy::Session, None, lag),
+            cockroach_begin(
+                quorate::ReadPolicy::Session,
+                Some(Point::hlc(now + 5, 0)),
+                lag,
+                now
+            ),
+            None,
+            "a session point ahead of the clock reads strongly"
+        );
+        assert_eq!(
+            cockroach_begin(quorate::ReadPolicy::Session, None, lag, now),
             None
         );
         let bounded = |ms| {
             quorate::ReadPolicy::BoundedStaleness(quorate::Staleness::from_millis(ms).unwrap())
         };
         assert_eq!(
-            cockroach_begin(bounded(10_000), None, lag).as_deref(),
+            cockroach_begin(bounded(10_000), None, lag, now).as_deref(),
             Some("BEGIN AS OF SYSTEM TIME follower_read_timestamp()")
         );
         assert_eq!(
-            cockroach_begin(bounded(1_000), None, lag),
+            cockroach_begin(bounded(1_000), None, lag, now),
             None,
             "too tight for follower reads: strong"
         );

@@ -247,3 +247,331 @@ async fn quorum_commit_with_standbys_stopped() {
         "it failed at its deadline instead of hanging: {waited:?}"
     );
 }
+
+/// Starts both standbys again however the test ends: with both down every
+/// commit on the primary waits.
+struct StandbysBack;
+
+impl Drop for StandbysBack {
+    fn drop(&mut self) {
+        let restarted = std::thread::spawn(|| {
+            tokio::runtime::Runtime::new()
+                .expect("runtime")
+                .block_on(async {
+                    pg_script(&["start-standby", "1"]).await;
+                    pg_script(&["start-standby", "2"]).await;
+                });
+        })
+        .join();
+        if restarted.is_err() {
+            eprintln!("could not restart the standbys; run scripts/pg stop && scripts/pg start");
+        }
+    }
+}
+
+/// With every synchronous standby stopped, commits wait; the client gives up
+/// on them, cancels, and a cancelled commit is visible on the primary. None
+/// of these writes may be reported as failed: each is applied, or its
+/// outcome is unknown, and once the standbys are back a retry under its
+/// idempotency key returns its one commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_stuck_on_stopped_standbys_are_never_reported_failed() {
+    let Some(s) = common::servers() else { return };
+    let _serial = SERIAL.lock().await;
+    let backend = common::backend(&s, "eu").await;
+    let client = Client::new(
+        backend.clone(),
+        ClientConfig {
+            write_deadline: Duration::from_millis(1500),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    // A warm pool: the lookups run on other connections than the writes.
+    let warm: Vec<_> = (0..16)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .read(&client.session(), "warm", ReadPolicy::Strong)
+                    .await
+            })
+        })
+        .collect();
+    for w in warm {
+        w.await.unwrap().unwrap();
+    }
+    let back = StandbysBack;
+    pg_script(&["stop-standby", "1"]).await;
+    pg_script(&["stop-standby", "2"]).await;
+    let writes: Vec<_> = (0..9)
+        .map(|i| {
+            let client = client.clone();
+            let key = common::key(&format!("stuck-{i}"));
+            let idem = IdempotencyKey::new(&format!("{key}-create")).unwrap();
+            tokio::spawn(async move {
+                let options = WriteOptions {
+                    idempotency_key: Some(idem.clone()),
+                    ..WriteOptions::default()
+                };
+                let outcome = client
+                    .write(
+                        &client.session(),
+                        &key,
+                        "1".into(),
+                        Precondition::IfAbsent,
+                        &options,
+                    )
+                    .await;
+                (key, idem, outcome)
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for w in writes {
+        outcomes.push(w.await.unwrap());
+    }
+    drop(back);
+    for (key, idem, outcome) in outcomes {
+        if let Err(e) = &outcome {
+            assert!(
+                e.is_ambiguous(),
+                "{key}: a write that may have applied was reported as {:?}: {}",
+                e.retryability(),
+                e.report()
+            );
+        }
+        // Back with its standbys, the primary acknowledges; the retry under
+        // the same key returns the one commit.
+        let retry = WriteOptions {
+            idempotency_key: Some(idem),
+            ..WriteOptions::default()
+        };
+        let done = client
+            .write(
+                &client.session(),
+                &key,
+                "1".into(),
+                Precondition::IfAbsent,
+                &retry,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {}", e.report()));
+        assert_eq!(done.version.0, 1, "{key}: applied once");
+        if let Ok(first) = outcome {
+            assert_eq!(first.version, done.version, "{key}");
+        }
+    }
+}
+
+/// A session's write stays visible to it after it has touched 100 other
+/// keys, with a standby that replays each commit 2 s late: the session's
+/// point is the write's commit (not a WAL position before it), and reads of
+/// other keys move the point on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_after_touching_100_keys_with_a_delayed_standby() {
+    let Some(s) = common::servers() else { return };
+    let _serial = SERIAL.lock().await;
+    let backend = common::backend(&s, "us").await;
+    let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let setup = client.session();
+    let touched: Vec<String> = (0..100)
+        .map(|i| common::key(&format!("touch-{i}")))
+        .collect();
+    for key in &touched {
+        client
+            .write(
+                &setup,
+                key,
+                "t".into(),
+                Precondition::Any,
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let _reset = DelayGuard(s[1].clone());
+    common::apply_delay(&s[1], Some("2s")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for round in 0..12 {
+        let session = client.session();
+        let order = common::key(&format!("order-{round}"));
+        let created = client
+            .write(
+                &session,
+                &order,
+                "placed".into(),
+                Precondition::IfAbsent,
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap();
+        // Half the rounds touch the keys strongly, half under the session.
+        let policy = if round % 2 == 0 {
+            ReadPolicy::Strong
+        } else {
+            ReadPolicy::Session
+        };
+        for key in &touched {
+            client.read(&session, key, policy).await.unwrap();
+        }
+        assert_eq!(session.token().version_of(&order), None, "evicted");
+        let read = client
+            .read(&session, &order, ReadPolicy::Session)
+            .await
+            .unwrap();
+        assert_eq!(
+            read.version(),
+            Some(created.version),
+            "round {round} ({policy}): the session read its own write as {:?} from {:?}",
+            read.version(),
+            read.freshness
+        );
+    }
+}
+
+/// A lookup that finds no outcome fences the idempotency key: an attempt
+/// still in flight (here, waiting for a row lock) cannot commit afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_fences_an_attempt_still_in_flight() {
+    let Some(s) = common::servers() else { return };
+    let _serial = SERIAL.lock().await;
+    let backend = common::backend(&s, "eu").await;
+    let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let key = common::key("fenced");
+    let c1 = client
+        .write(
+            &client.session(),
+            &key,
+            "1".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    // Another transaction holds the record's row.
+    let (locker, conn) = tokio_postgres::connect(&s[0], tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    locker.batch_execute("BEGIN").await.unwrap();
+    locker
+        .execute(
+            "SELECT 1 FROM quorate_records WHERE key = $1 FOR UPDATE",
+            &[&key],
+        )
+        .await
+        .unwrap();
+    let idem = IdempotencyKey::new(&format!("{key}-update")).unwrap();
+    let attempt = {
+        let (backend, key, idem) = (backend.clone(), key.clone(), idem.clone());
+        tokio::spawn(async move {
+            let eu = Region::new("eu").unwrap();
+            let value = quorate_cockroach::Bytes::from_static(b"2");
+            backend
+                .write(&quorate_cockroach::WriteRequest {
+                    key: &key,
+                    value: &value,
+                    precondition: Precondition::IfVersion(c1.version),
+                    idempotency_key: Some(&idem),
+                    region: &eu,
+                    deadline: Instant::now() + Duration::from_secs(30),
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!attempt.is_finished(), "the attempt waits for the lock");
+    let eu = Region::new("eu").unwrap();
+    assert_eq!(
+        backend.lookup(&eu, &key, &idem).await.unwrap(),
+        None,
+        "nothing applied yet"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    drop(locker);
+    let _ = conn.await;
+    let late = attempt.await.unwrap();
+    assert!(late.is_err(), "the fenced attempt did not commit: {late:?}");
+    let now = client
+        .read(&client.session(), &key, ReadPolicy::Strong)
+        .await
+        .unwrap();
+    assert_eq!(now.version(), Some(c1.version), "the record is unchanged");
+    assert_eq!(backend.lookup(&eu, &key, &idem).await.unwrap(), None);
+    // A new attempt of the same write goes ahead, once.
+    let options = WriteOptions {
+        idempotency_key: Some(idem),
+        ..WriteOptions::default()
+    };
+    let c2 = client
+        .write(
+            &client.session(),
+            &key,
+            "2".into(),
+            Precondition::IfVersion(c1.version),
+            &options,
+        )
+        .await
+        .unwrap();
+    assert_eq!(c2.version, c1.version.next());
+    let again = client
+        .write(
+            &client.session(),
+            &key,
+            "2".into(),
+            Precondition::IfVersion(c1.version),
+            &options,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again.version, c2.version,
+        "the same commit, not a second one"
+    );
+}
+
+/// An idempotency key names one write of one record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reused_for_another_record_is_refused() {
+    let Some(s) = common::servers() else { return };
+    let backend = common::backend(&s, "eu").await;
+    let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let idem = IdempotencyKey::new(&format!("{}-once", common::key("reuse"))).unwrap();
+    let options = WriteOptions {
+        idempotency_key: Some(idem.clone()),
+        ..WriteOptions::default()
+    };
+    let (a, b) = (common::key("reuse-a"), common::key("reuse-b"));
+    client
+        .write(
+            &client.session(),
+            &a,
+            "1".into(),
+            Precondition::IfAbsent,
+            &options,
+        )
+        .await
+        .unwrap();
+    for p in [Precondition::IfAbsent, Precondition::Any] {
+        let err = client
+            .write(&client.session(), &b, "1".into(), p, &options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, quorate_cockroach::Error::IdempotencyKeyReused { key, .. } if key == &b),
+            "{}",
+            err.report()
+        );
+    }
+    let eu = Region::new("eu").unwrap();
+    assert!(matches!(
+        backend.lookup(&eu, &b, &idem).await,
+        Err(quorate_cockroach::Error::IdempotencyKeyReused { .. })
+    ));
+    let r = client
+        .read(&client.session(), &b, ReadPolicy::Strong)
+        .await
+        .unwrap();
+    assert_eq!(r.version(), None, "nothing written to the other record");
+}

@@ -367,10 +367,12 @@ impl DynamoBackend {
             .map_err(Error::from)
     }
 
-    /// The outcome recorded for `idem`, read consistently in `region`.
+    /// The outcome recorded for `idem`, read consistently in `region`; an
+    /// idempotency item of another record than `key` is refused.
     async fn recorded(
         &self,
         client: &aws_sdk_dynamodb::Client,
+        key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
         let out = client
@@ -385,6 +387,13 @@ impl DynamoBackend {
             return Ok(None);
         };
         let f = self.fields(&self.inner.idempotency_table, found);
+        // Fences written by earlier releases name no record.
+        if f.has(item::RECORD_KEY) && f.string(item::RECORD_KEY)? != key {
+            return Err(Error::IdempotencyKeyReused {
+                key: key.to_owned(),
+                idempotency_key: idem.clone(),
+            });
+        }
         if f.has(item::FENCED_BEFORE) {
             return Ok(None);
         }
@@ -448,9 +457,11 @@ where
                 "ThrottlingException"
                 | "ProvisionedThroughputExceededException"
                 | "RequestLimitExceeded"
-                | "TransactionConflictException"
-                | "TransactionInProgressException",
+                | "TransactionConflictException",
             ) => Retryability::Retryable,
+            // A transaction with this attempt's request token is still
+            // running: the attempt may yet commit.
+            Some("TransactionInProgressException") => after_send,
             Some("IdempotentParameterMismatchException") => Retryability::Ambiguous,
             Some("InternalServerError" | "ServiceUnavailable") => after_send,
             _ if service.raw().status().is_server_error() => after_send,
@@ -540,10 +551,15 @@ impl Backend for DynamoBackend {
             None => (None, None),
         };
         let freshness = if consistent {
+            // The item's write time: a session that advances to it keeps
+            // requiring this version once the key leaves its token.
             Freshness {
                 region: plan.region.clone(),
                 role: ReplicaRole::Leader,
-                point: None,
+                point: written_at.map(|w| Point {
+                    wall: w,
+                    logical: 0,
+                }),
                 staleness_bound: Some(Duration::ZERO),
             }
         } else {
@@ -674,7 +690,7 @@ impl Backend for DynamoBackend {
             match (code(0), code(1)) {
                 // This logical write already has an outcome: return it.
                 (_, "ConditionalCheckFailed") => {
-                    return match self.recorded(client, idem).await? {
+                    return match self.recorded(client, request.key, idem).await? {
                         Some(done) => Ok(done),
                         None => Err(classify(e, Op::Write)),
                     };
@@ -682,7 +698,7 @@ impl Backend for DynamoBackend {
                 ("ConditionalCheckFailed", _) => {
                     // An earlier attempt of this logical write may be what
                     // moved the version on.
-                    if let Some(done) = self.recorded(client, idem).await? {
+                    if let Some(done) = self.recorded(client, request.key, idem).await? {
                         return Ok(done);
                     }
                     let current = reasons[0]
@@ -733,11 +749,11 @@ impl Backend for DynamoBackend {
     async fn lookup(
         &self,
         region: &Region,
-        _key: &str,
+        key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
         let client = self.client(region)?;
-        if let Some(done) = self.recorded(client, idem).await? {
+        if let Some(done) = self.recorded(client, key, idem).await? {
             return Ok(Some(done));
         }
         // Nothing recorded yet. Fence the key so that no attempt started
@@ -748,6 +764,7 @@ impl Backend for DynamoBackend {
             .table_name(&self.inner.idempotency_table)
             .item(item::PK, s(idem.as_str()))
             .item(item::FENCED_BEFORE, n(self.next_start()))
+            .item(item::RECORD_KEY, s(key))
             .item(item::EXPIRES_AT, n(self.expires_at()))
             .condition_expression("attribute_not_exists(pk) OR attribute_exists(#f)")
             .expression_attribute_names("#f", item::FENCED_BEFORE)
@@ -757,7 +774,7 @@ impl Backend for DynamoBackend {
             Ok(_) => Ok(None),
             // An attempt recorded its outcome meanwhile.
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
-                self.recorded(client, idem).await
+                self.recorded(client, key, idem).await
             }
             Err(e) => Err(classify(e, Op::Read)),
         }
@@ -884,6 +901,51 @@ mod tests {
         assert_eq!(b.home_region("x"), None, "a home outside the topology");
     }
 
+    /// A home outside the table's regions fails every request that needs a
+    /// home, before anything is sent: a strong read served locally would
+    /// not be linearizable under MREC.
+    #[tokio::test]
+    async fn a_home_outside_the_topology_is_a_typed_error_for_reads_and_writes() {
+        let mut c = config();
+        c.home = Home::By(Arc::new(|_: &str| Region::new("nowhere").unwrap()));
+        let client = quorate::Client::new(
+            DynamoBackend::new(c).unwrap(),
+            quorate::ClientConfig::default(),
+        )
+        .unwrap();
+        let session = client.session();
+        let read = client
+            .read(&session, "k", quorate::ReadPolicy::Strong)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                read,
+                Error::Topology(quorate::TopologyError::NoHomeRegion { .. })
+            ),
+            "{}",
+            read.report()
+        );
+        let write = client
+            .write(
+                &session,
+                "k",
+                "v".into(),
+                Precondition::IfAbsent,
+                &quorate::WriteOptions::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                write,
+                Error::Topology(quorate::TopologyError::NoHomeRegion { .. })
+            ),
+            "{}",
+            write.report()
+        );
+    }
+
     #[test]
     fn request_tokens_fit_dynamodb_and_differ_per_attempt() {
         let idem = IdempotencyKey::new(&"k".repeat(128)).unwrap();
@@ -943,6 +1005,10 @@ mod tests {
                 write("IdempotentParameterMismatchException", 400),
                 Ambiguous
             );
+            // An attempt's own transaction still running: not retryable as
+            // if nothing had been sent.
+            assert_eq!(write("TransactionInProgressException", 400), Ambiguous);
+            assert_eq!(read("TransactionInProgressException", 400), Retryable);
         }
 
         #[test]

@@ -79,6 +79,9 @@ struct Inner {
     client: Spanner,
     reads: crate::directed::Sessions,
     read_write: tokio::sync::Mutex<()>,
+    /// The emulator's address when connected to one (the admin client of
+    /// `create_tables` goes there too).
+    emulator: Option<String>,
 }
 
 impl std::fmt::Debug for SpannerBackend {
@@ -117,7 +120,14 @@ enum Phase {
 /// refusal during a commit is ambiguous.
 fn classify(status: Status, phase: Phase) -> Error {
     let code = status.code();
+    // A database (or instance) that does not exist stays missing: retrying
+    // would spin, not help.
+    let missing = code == Code::NotFound && {
+        let message = status.message().to_ascii_lowercase();
+        message.contains("database not found") || message.contains("instance not found")
+    };
     let retryability = match (code, phase) {
+        _ if missing => Retryability::Permanent,
         (Code::Aborted, _) => Retryability::Retryable,
         (Code::ResourceExhausted, _) => Retryability::Retryable,
         (Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled, Phase::Before) => {
@@ -180,7 +190,11 @@ impl SpannerBackend {
             });
         }
         let topology = Topology::new(specs, &config.local)?;
-        let scope = Scope::new(&config.database)?;
+        let scope = Scope::new(&sql::scope_name(&config.database))?;
+        let emulator = config
+            .emulator_host
+            .clone()
+            .or_else(|| std::env::var("SPANNER_EMULATOR_HOST").ok());
         let client_config = if let Some(host) = &config.emulator_host {
             SpannerClientConfig {
                 environment: gcloud_gax::conn::Environment::Emulator(host.clone()),
@@ -222,6 +236,7 @@ impl SpannerBackend {
                 client,
                 reads,
                 read_write: tokio::sync::Mutex::new(()),
+                emulator,
             }),
         })
     }
@@ -248,10 +263,24 @@ impl SpannerBackend {
         self.inner.reads.close().await
     }
 
-    /// Creates both tables if they do not exist.
+    /// Creates both tables if they do not exist, through the same emulator
+    /// or with the same Application Default Credentials as the backend.
     pub async fn create_tables(&self) -> Result<(), Error> {
         use gcloud_googleapis::spanner::admin::database::v1::UpdateDatabaseDdlRequest;
-        let admin = gcloud_spanner::admin::client::Client::new(Default::default())
+        use gcloud_spanner::admin::AdminClientConfig;
+        let config = match &self.inner.emulator {
+            Some(host) => AdminClientConfig {
+                environment: gcloud_gax::conn::Environment::Emulator(host.clone()),
+                ..AdminClientConfig::default()
+            },
+            // Without an emulator (here nor in SPANNER_EMULATOR_HOST) the
+            // default environment is Google Cloud.
+            None => AdminClientConfig::default()
+                .with_auth()
+                .await
+                .map_err(|e| Error::InvalidInput(format!("Spanner credentials: {e}")))?,
+        };
+        let admin = gcloud_spanner::admin::client::Client::new(config)
             .await
             .map_err(|e| Error::backend(Retryability::Retryable, None, e.to_string()))?;
         let mut op = admin
@@ -273,10 +302,11 @@ impl SpannerBackend {
     }
 
     /// The idempotency row of `idem` within `tx`: its outcome, or whether a
-    /// fence holds its place.
+    /// fence holds its place; a row of another record than `key` is refused.
     async fn recorded(
         &self,
         tx: &mut ReadWriteTransaction,
+        key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Recorded, Error> {
         let mut stmt = Statement::new(&self.inner.sql.lookup);
@@ -288,6 +318,14 @@ impl SpannerBackend {
         let Some(row) = rows.next().await.map_err(|s| classify(s, Phase::Before))? else {
             return Ok(Recorded::Nothing);
         };
+        let record: Option<String> = row.column(4).map_err(row_error)?;
+        // Fences written by earlier releases name no record.
+        if record.is_some_and(|r| r != key) {
+            return Err(Error::IdempotencyKeyReused {
+                key: key.to_owned(),
+                idempotency_key: idem.clone(),
+            });
+        }
         let fenced: Option<bool> = row.column(3).map_err(row_error)?;
         if fenced == Some(true) {
             return Ok(Recorded::Fence);
@@ -418,7 +456,7 @@ impl Backend for SpannerBackend {
             .begin_read_write_transaction()
             .await
             .map_err(|e| client_error(e, Phase::Before))?;
-        let recorded = match self.recorded(&mut tx, idem).await {
+        let recorded = match self.recorded(&mut tx, request.key, idem).await {
             Ok(r) => r,
             Err(e) => {
                 self.rollback(tx).await;
@@ -545,7 +583,7 @@ impl Backend for SpannerBackend {
     async fn lookup(
         &self,
         _region: &Region,
-        _key: &str,
+        key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
         let _serial = if self.inner.config.serialize_read_write {
@@ -559,7 +597,7 @@ impl Backend for SpannerBackend {
             .begin_read_write_transaction()
             .await
             .map_err(|e| client_error(e, Phase::Before))?;
-        match self.recorded(&mut tx, idem).await {
+        match self.recorded(&mut tx, key, idem).await {
             Ok(Recorded::Outcome(done)) => {
                 self.rollback(tx).await;
                 Ok(Some(done))
@@ -576,8 +614,8 @@ impl Backend for SpannerBackend {
                         .unwrap_or(time::Duration::days(1));
                 tx.buffer_write(vec![insert(
                     &self.inner.tables.idempotency,
-                    &["idem_key", "fenced", "expires_at"],
-                    &[&idem.as_str(), &true, &expires],
+                    &["idem_key", "record_key", "fenced", "expires_at"],
+                    &[&idem.as_str(), &key, &true, &expires],
                 )]);
                 match tx.end::<(), Status>(Ok(()), None).await {
                     Ok(_) => Ok(None),
@@ -640,6 +678,26 @@ mod tests {
         assert_eq!(class(Code::NotFound, Phase::Before), Retryable);
         assert_eq!(class(Code::NotFound, Phase::Commit), Ambiguous);
         assert_eq!(class(Code::InvalidArgument, Phase::Before), Permanent);
+        // A missing database is not the emulator's refusal of a concurrent
+        // transaction (also NOT_FOUND): retrying would spin forever.
+        let missing = |message: &str, phase| {
+            classify(Status::new(Code::NotFound, message), phase).retryability()
+        };
+        assert_eq!(
+            missing(
+                "Database not found: projects/p/instances/i/databases/nope",
+                Phase::Before
+            ),
+            Permanent
+        );
+        assert_eq!(
+            missing(
+                "Instance not found: projects/p/instances/nope",
+                Phase::Commit
+            ),
+            Permanent
+        );
+        assert_eq!(missing("Transaction not found", Phase::Before), Retryable);
         assert_eq!(class(Code::PermissionDenied, Phase::Commit), Permanent);
         let e = classify(Status::new(Code::Aborted, "x"), Phase::Commit);
         assert!(matches!(e, Error::Backend { code: Some(c), .. } if c == "Aborted"));

@@ -28,6 +28,23 @@ pub fn database_path(path: &str) -> Result<(), Error> {
     }
 }
 
+/// The session-token scope of a database: its path when that fits a scope
+/// ([`quorate::MAX_SCOPE_LEN`] characters), else its database id with a
+/// stable hash of the whole path, so that tokens of two databases never
+/// share a scope and any valid path has one.
+pub fn scope_name(path: &str) -> String {
+    if path.len() <= quorate::MAX_SCOPE_LEN {
+        return path.to_owned();
+    }
+    let hash = path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let database = path.rsplit('/').next().unwrap_or(path);
+    let room = quorate::MAX_SCOPE_LEN - 1 - 16;
+    let database: String = database.chars().take(room).collect();
+    format!("{database}~{hash:016x}")
+}
+
 /// Checks a key before a write.
 pub fn check_key(key: &str) -> Result<(), Error> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
@@ -103,10 +120,10 @@ impl Tables {
     }
 
     /// An idempotency row. Parameters: `@idem`. Columns: version, region,
-    /// committed_at, fenced.
+    /// committed_at, fenced, record_key.
     pub fn lookup(&self) -> String {
         format!(
-            "SELECT version, region, committed_at, fenced FROM {} WHERE idem_key = @idem",
+            "SELECT version, region, committed_at, fenced, record_key FROM {} WHERE idem_key = @idem",
             self.idempotency
         )
     }
@@ -137,6 +154,39 @@ mod tests {
     }
 
     #[test]
+    fn every_valid_path_has_a_scope_and_long_ones_stay_distinct() {
+        let short = "projects/p/instances/i/databases/d";
+        assert_eq!(scope_name(short), short);
+        let long = |db: &str| {
+            format!(
+                "projects/{}/instances/{}/databases/{db}",
+                "p".repeat(30),
+                "instance-".repeat(7)
+            )
+        };
+        let (a, b) = (long("orders"), long("billing"));
+        assert!(database_path(&a).is_ok() && a.len() > quorate::MAX_SCOPE_LEN);
+        for path in [&a, &b] {
+            let scope = scope_name(path);
+            assert!(quorate::Scope::new(&scope).is_ok(), "{scope}");
+            assert!(
+                scope.starts_with(path.rsplit('/').next().unwrap()),
+                "{scope}"
+            );
+        }
+        assert_ne!(scope_name(&a), scope_name(&b));
+        assert_eq!(scope_name(&a), scope_name(&a.clone()), "stable");
+        let longest = format!(
+            "projects/{}/instances/{}/databases/{}",
+            "p".repeat(64),
+            "i".repeat(64),
+            "d".repeat(64)
+        );
+        assert!(database_path(&longest).is_ok());
+        assert!(quorate::Scope::new(&scope_name(&longest)).is_ok());
+    }
+
+    #[test]
     fn names_are_validated_and_statements_use_parameters() {
         assert!(Tables::new("quorate_records").is_ok());
         for bad in ["", "1abc", "has space", "quote\"", "semi;colon"] {
@@ -152,7 +202,7 @@ mod tests {
         );
         assert_eq!(
             t.lookup(),
-            "SELECT version, region, committed_at, fenced FROM records_idempotency WHERE idem_key = @idem"
+            "SELECT version, region, committed_at, fenced, record_key FROM records_idempotency WHERE idem_key = @idem"
         );
         let ddl = t.create();
         assert!(ddl[0].starts_with("CREATE TABLE IF NOT EXISTS records ("));

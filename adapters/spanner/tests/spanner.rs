@@ -11,7 +11,7 @@ use quorate_spanner::cut_proxy::{Cut, CutProxy};
 use quorate_spanner::gcloud_spanner::statement::Statement;
 use quorate_spanner::gcloud_spanner::value::TimestampBound;
 use quorate_spanner::{
-    Client, ClientConfig, Error, Precondition, ReadPolicy, SpannerBackend, SpannerConfig,
+    Backend, Client, ClientConfig, Error, Precondition, ReadPolicy, SpannerBackend, SpannerConfig,
     WriteOptions,
 };
 
@@ -279,4 +279,148 @@ async fn probes_report_each_regions_server_time() {
     }
     // Probing leaves its session for reuse like any read.
     assert_eq!(backend.close_read_sessions().await, 1);
+}
+
+/// A database that does not exist is a permanent error, not a retryable one
+/// that a start-up loop would retry forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_database_is_a_permanent_error() {
+    let Some((_, db)) = common::emulator() else {
+        return;
+    };
+    let instance = db.rsplit_once("/databases/").unwrap().0;
+    let missing = format!("{instance}/databases/missing-{}", std::process::id());
+    let outcome = async {
+        let backend = SpannerBackend::connect(common::config(&missing, "us-east1")).await?;
+        let client = Client::new(backend, ClientConfig::default())?;
+        client
+            .write(
+                &client.session(),
+                "k",
+                "v".into(),
+                Precondition::IfAbsent,
+                &WriteOptions::default(),
+            )
+            .await
+    };
+    let started = tokio::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(30), outcome)
+        .await
+        .expect("it fails rather than retrying")
+        .unwrap_err();
+    assert_eq!(
+        err.retryability(),
+        quorate_spanner::Retryability::Permanent,
+        "{}",
+        err.report()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "no retries until the deadline: {:?}",
+        started.elapsed()
+    );
+}
+
+/// The schema helper talks to the configured emulator, not to whatever
+/// `SPANNER_EMULATOR_HOST` names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_tables_uses_the_configured_host() {
+    let Some((host, db)) = common::emulator() else {
+        return;
+    };
+    let upstream: SocketAddr = host.parse().expect("SPANNER_EMULATOR_HOST is host:port");
+    let proxy = CutProxy::start(upstream).await.unwrap();
+    let mut config = common::config(&db, "us-east1");
+    config.emulator_host = Some(proxy.addr().to_string());
+    let table = format!("ddl_{}", common::key("t").replace('-', "_"));
+    config.table = table.clone();
+    let backend = SpannerBackend::connect(config).await.unwrap();
+    // The first DDL request through the proxy is lost: it went there.
+    proxy.arm(table.as_bytes(), Cut::Request);
+    let _ = tokio::time::timeout(Duration::from_secs(5), backend.create_tables()).await;
+    assert_eq!(proxy.fired(), 1, "the DDL went through the configured host");
+    backend.create_tables().await.unwrap();
+    let client = Client::new(backend, ClientConfig::default()).unwrap();
+    client
+        .write(
+            &client.session(),
+            "k",
+            "v".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .expect("the table exists");
+}
+
+/// A database path longer than a scope name (Spanner's own limits allow
+/// paths of more than 64 characters) makes a working backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_database_paths_are_accepted() {
+    use gcloud_googleapis::spanner::admin::database::v1::CreateDatabaseRequest;
+    use gcloud_googleapis::spanner::admin::instance::v1::{CreateInstanceRequest, Instance};
+    use quorate_spanner::gcloud_spanner::admin::{client::Client as Admin, AdminClientConfig};
+    let Some(_) = common::emulator() else {
+        return;
+    };
+    let project = format!("projects/{}", "p".repeat(30));
+    let instance = format!("{project}/instances/{}", "i".repeat(40));
+    let long = format!("{instance}/databases/orders");
+    // SPANNER_EMULATOR_HOST names the emulator.
+    let admin = Admin::new(AdminClientConfig::default()).await.unwrap();
+    // Existing ones (from an earlier run) are kept.
+    let _ = admin
+        .instance()
+        .create_instance(
+            CreateInstanceRequest {
+                parent: project.clone(),
+                instance_id: "i".repeat(40),
+                instance: Some(Instance {
+                    name: instance.clone(),
+                    config: "emulator-config".into(),
+                    display_name: "long".into(),
+                    node_count: 1,
+                    ..Instance::default()
+                }),
+            },
+            None,
+        )
+        .await;
+    if let Ok(mut op) = admin
+        .database()
+        .create_database(
+            CreateDatabaseRequest {
+                parent: instance.clone(),
+                create_statement: "CREATE DATABASE orders".into(),
+                ..CreateDatabaseRequest::default()
+            },
+            None,
+        )
+        .await
+    {
+        let _ = op.wait(None).await;
+    }
+    assert!(long.len() > quorate_spanner::MAX_SCOPE_LEN);
+    let backend = SpannerBackend::connect(common::config(&long, "us-east1"))
+        .await
+        .unwrap();
+    assert!(backend.scope().as_str().starts_with("orders~"));
+    backend.create_tables().await.unwrap();
+    let client = Client::new(backend, ClientConfig::default()).unwrap();
+    let session = client.session();
+    let c = client
+        .write(
+            &session,
+            &common::key("long"),
+            "v".into(),
+            Precondition::Any,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let token = client.encode_token(&session);
+    assert_eq!(
+        client.resume_session(&token).unwrap().token().point(),
+        Some(c.point)
+    );
 }

@@ -855,6 +855,31 @@ mod tests {
             let _ = SessionToken::decode(&s, &scope());
         }
 
+        #[cfg(feature = "signed-tokens")]
+        #[test]
+        fn unsigned_or_forged_input_learns_nothing(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400),
+            flip in any::<usize>(),
+        ) {
+            let key = SigningKey::new(b"0123456789abcdef-secret").unwrap();
+            // Random bytes, with the signed flag set or not: never a panic,
+            // never an answer that describes the content.
+            let text = URL_SAFE_NO_PAD.encode(&bytes);
+            let r = SessionToken::decode_signed(&text, &scope(), &key);
+            prop_assert!(matches!(
+                r,
+                Err(TokenError::BadSignature | TokenError::Unsigned | TokenError::Oversize { .. })
+            ), "{r:?}");
+            // A genuine token with one bit flipped anywhere.
+            let mut t = SessionToken::new(scope());
+            t.advance_point(Point::hlc(42, 1));
+            let mut signed = URL_SAFE_NO_PAD.decode(t.encode_signed(&key)).unwrap();
+            let i = flip % signed.len();
+            signed[i] ^= 1 << (flip % 8);
+            let r = SessionToken::decode_signed(&URL_SAFE_NO_PAD.encode(&signed), &scope(), &key);
+            prop_assert!(matches!(r, Err(TokenError::BadSignature | TokenError::Unsigned)), "{r:?}");
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = SessionToken::decode(&URL_SAFE_NO_PAD.encode(&bytes), &scope());

@@ -746,3 +746,155 @@ fn deadlines_fire_on_every_runtime_a_client_is_used_from() {
     });
     drop(control);
 }
+
+/// The leaseholder's clock steps 2 s ahead while a third region is cut off.
+/// Two clocks that disagree with the third unknown: neither is trusted, and
+/// strict operations fail typed instead of trusting either. Once the third
+/// region is back the stepped leaseholder alone is excluded: a strict write
+/// it stamps in the future is acknowledged only when readers' uncertainty
+/// covers it (a naive one is read stale at once), and reads it serves are
+/// refused rather than returned.
+#[tokio::test(start_paused = true)]
+async fn a_clock_that_steps_while_a_region_is_cut_off_is_never_trusted() {
+    let sim = Sim::new(config()).unwrap();
+    let client = Client::new(
+        sim.at("us").unwrap(),
+        ClientConfig {
+            clock: Arc::new(sim.clock("us").unwrap()),
+            write_deadline: Duration::from_secs(2),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let checks = tokio::spawn({
+        let client = client.clone();
+        async move { client.health_checks(Duration::from_millis(250)).await }
+    });
+    let session = client.session();
+    client
+        .write(
+            &session,
+            "s",
+            "0".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    sim.isolate("ap").unwrap();
+    sleep(Duration::from_secs(2)).await;
+    sim.set_skew("eu", 2_000_000_000).unwrap();
+    sleep(Duration::from_secs(1)).await;
+    assert!(client.clock_excluded(&region("eu")), "the stepped clock");
+    assert!(
+        client.clock_excluded(&region("us")),
+        "and the one it disagrees with: no majority says which is right"
+    );
+    // No trusted gateway but the cut-off one: the write may be sent there
+    // and lost, the read fails; neither is refused for good.
+    let err = client
+        .write(
+            &session,
+            "s",
+            "1".into(),
+            Precondition::Any,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_ne!(
+        err.retryability(),
+        Retryability::Permanent,
+        "{}",
+        err.report()
+    );
+    let err = client
+        .read(&session, "s", ReadPolicy::Strong)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{}", err.report());
+
+    sim.heal();
+    sleep(Duration::from_secs(1)).await;
+    assert!(client.clock_excluded(&region("eu")));
+    assert!(!client.clock_excluded(&region("us")));
+    assert!(!client.clock_excluded(&region("ap")));
+
+    // Naively, the leaseholder stamps a write 2 s ahead and a strong read
+    // through another gateway right after it does not see it.
+    let naive = sim.at("us").unwrap();
+    let idem = IdempotencyKey::new("naive-1").unwrap();
+    let written = send(&naive, "us", "n", &idem).await.unwrap();
+    let ap = region("ap");
+    let stale = naive
+        .read(&ReadPlan {
+            key: "n",
+            region: &ap,
+            role: ReplicaRole::Leader,
+            policy: ReadPolicy::Strong,
+            floor: SessionFloor::default(),
+            deadline: Instant::now() + Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+    assert!(
+        stale.version() < Some(written.version),
+        "the hazard is real"
+    );
+
+    // Through quorate, the acknowledgement waits until that read would see
+    // the write or find it uncertain.
+    let started = Instant::now();
+    let c = client
+        .write(
+            &session,
+            "q",
+            "1".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let after = naive
+        .read(&ReadPlan {
+            key: "q",
+            region: &ap,
+            role: ReplicaRole::Leader,
+            policy: ReadPolicy::Strong,
+            floor: SessionFloor::default(),
+            deadline: Instant::now() + Duration::from_secs(5),
+        })
+        .await;
+    match after {
+        Ok(r) => assert_eq!(r.version(), Some(c.version), "never stale"),
+        Err(e) => assert!(matches!(e, Error::Uncertainty { .. }), "{}", e.report()),
+    }
+    // Reads served by the distrusted leaseholder are refused, typed.
+    let reader = Client::new(
+        sim.at("ap").unwrap(),
+        ClientConfig {
+            clock: Arc::new(sim.clock("ap").unwrap()),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    reader.refresh_health().await;
+    let err = reader
+        .read(&reader.session(), "q", ReadPolicy::Strong)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{}", err.report());
+    assert!(
+        err.report()
+            .to_string()
+            .contains("served by a leader whose clock is excluded"),
+        "{}",
+        err.report()
+    );
+    checks.abort();
+}

@@ -108,7 +108,8 @@ impl<B: Backend> Client<B> {
     /// region that does not answer delays only its own next probe. Runs
     /// until dropped; spawn it, or select it against a shutdown signal.
     /// Clock samples count for [`ClientConfig::clock_sample_ttl`], so the
-    /// period must be shorter.
+    /// period must be positive and shorter: any other period returns
+    /// [`Error::InvalidInput`] at once.
     ///
     /// ```
     /// use std::time::Duration;
@@ -126,9 +127,16 @@ impl<B: Backend> Client<B> {
     /// tokio::time::sleep(Duration::from_secs(2)).await;
     /// assert!(client.health().iter().all(|h| h.clock_deviation.is_some()));
     /// checks.abort();
+    /// assert!(client.health_checks(Duration::ZERO).await.is_err());
     /// # Ok(()) }
     /// ```
-    pub async fn health_checks(&self, period: Duration) {
+    pub async fn health_checks(&self, period: Duration) -> Result<(), Error> {
+        if period.is_zero() || period >= self.inner.config.clock_sample_ttl {
+            return Err(Error::InvalidInput(format!(
+                "health check period must be positive and below clock_sample_ttl ({:?}), got {period:?}",
+                self.inner.config.clock_sample_ttl
+            )));
+        }
         let regions: Vec<Region> = self.inner.backend.topology().regions().cloned().collect();
         let loops = regions.iter().map(|region| async move {
             loop {
@@ -140,6 +148,7 @@ impl<B: Backend> Client<B> {
             }
         });
         join_all(loops).await;
+        Ok(())
     }
 
     /// What the client knows of each region now: circuit, latency estimate,

@@ -568,24 +568,7 @@ impl Backend for PgBackend {
         if s.role == Role::Standby {
             return self.standby_read(server, &client, plan.key).await;
         }
-        let prepared = client
-            .prepare_cached(&self.inner.sql.strong_read)
-            .await
-            .map_err(|e| self.classify(e, false))?;
-        let row = client
-            .query_one(&prepared, &[&plan.key])
-            .await
-            .map_err(|e| self.classify(e, false))?;
-        let point = self.point(&row.get::<_, String>(2))?;
-        Ok(Read {
-            value: versioned(row.get(0), row.get(1)),
-            freshness: Freshness {
-                region: s.region.clone(),
-                role: ReplicaRole::Leader,
-                point: Some(point),
-                staleness_bound: Some(Duration::ZERO),
-            },
-        })
+        self.leader_read(server, &client, plan.key).await
     }
 
     async fn write(&self, request: &WriteRequest<'_>) -> Result<Committed, Error> {
@@ -808,19 +791,30 @@ impl PgBackend {
                 Err(e) => return Err(self.classify(e, false)),
             }
         }
+        self.leader_read(server, &client, plan.key).await
+    }
+
+    /// A linearizable read (the primary, or a CockroachDB gateway) and the
+    /// point it reflects.
+    async fn leader_read(
+        &self,
+        server: usize,
+        client: &deadpool_postgres::Object,
+        key: &str,
+    ) -> Result<Read<Bytes>, Error> {
         let prepared = client
             .prepare_cached(&self.inner.sql.strong_read)
             .await
             .map_err(|e| self.classify(e, false))?;
         let row = client
-            .query_one(&prepared, &[&plan.key])
+            .query_one(&prepared, &[&key])
             .await
             .map_err(|e| self.classify(e, false))?;
         let point = self.point(&row.get::<_, String>(2))?;
         Ok(Read {
             value: versioned(row.get(0), row.get(1)),
             freshness: Freshness {
-                region,
+                region: self.inner.servers[server].region.clone(),
                 role: ReplicaRole::Leader,
                 point: Some(point),
                 staleness_bound: Some(Duration::ZERO),

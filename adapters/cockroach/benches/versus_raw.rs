@@ -28,6 +28,7 @@ use quorate_cockroach::paired::{
     adapter_read, header, interleaved, key, levels, op, read_then_update, reads_only, row,
     strong_read,
 };
+use quorate_cockroach::sql::commit_point;
 use quorate_cockroach::{
     Client, ClientConfig, Dialect, Endpoint, PgBackend, PgConfig, Precondition, ReadPolicy, Region,
     ReplicaRole, Tables, Version, WriteOptions,
@@ -160,8 +161,9 @@ async fn main() {
             }
         });
         // quorate's own statements sent by raw tokio-postgres: the same read
-        // and the same write with its idempotency row. What the database
-        // itself costs, without the client and the adapter.
+        // and the same write with its idempotency row, and the commit point
+        // read after it in the same round trip. What the database itself
+        // costs, without the client and the adapter.
         let pool = raw.clone();
         let write_sql = Tables::new("quorate_records")
             .unwrap()
@@ -181,11 +183,19 @@ async fn main() {
                 let value: &[u8] = b"{}";
                 let idem = quorate_cockroach::IdempotencyKey::generate();
                 let ttl: i64 = 86_400;
-                let row = c
-                    .query_one(&st, &[&key, &value, &idem.as_str(), &version, &"eu", &ttl])
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+                    [&key, &value, &idem.as_str(), &version, &"eu", &ttl];
+                let point_st = c
+                    .prepare_cached(commit_point(Dialect::Postgres))
                     .await
                     .unwrap();
-                assert!(row.get::<_, Option<i64>>(0).is_some(), "the write applied");
+                let (row, point) =
+                    tokio::join!(c.query_one(&st, &params), c.query_one(&point_st, &[]),);
+                assert!(
+                    row.unwrap().get::<_, Option<i64>>(0).is_some(),
+                    "the write applied"
+                );
+                std::hint::black_box(point.unwrap().get::<_, String>(0));
             }
         });
         let quorate_update = read_then_update(&client);

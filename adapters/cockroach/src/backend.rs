@@ -579,10 +579,13 @@ impl Backend for PgBackend {
         let region = self.inner.servers[server].region.clone();
         let client = self.connection(server).await?;
         let statement = self.write_statement(request.precondition);
-        let prepared = client
-            .prepare_cached(statement)
-            .await
-            .map_err(|e| self.classify(e, false))?;
+        // Both prepared (cached after the first use), so that the commit
+        // point rides in the same round trip instead of parsing first.
+        let (prepared, commit_point) = tokio::join!(
+            client.prepare_cached(statement),
+            client.prepare_cached(sql::commit_point(Dialect::Postgres)),
+        );
+        let prepared = prepared.map_err(|e| self.classify(e, false))?;
         let generated;
         let idem = match request.idempotency_key {
             Some(k) => k,
@@ -610,9 +613,10 @@ impl Backend for PgBackend {
             // The commit point is read after the implicit transaction
             // committed, in the same round trip.
             Dialect::Postgres => {
+                let commit_point = commit_point.map_err(|e| self.classify(e, false))?;
                 let (outcome, after) = tokio::join!(
                     client.query_one(&prepared, &params),
-                    client.query_one(sql::commit_point(Dialect::Postgres), &[]),
+                    client.query_one(&commit_point, &[]),
                 );
                 (outcome, Some(after))
             }
@@ -959,13 +963,15 @@ impl PgBackend {
         client: &deadpool_postgres::Object,
         key: &str,
     ) -> Result<Read<Bytes>, Error> {
-        let prepared = client
-            .prepare_cached(&self.inner.sql.standby_read)
-            .await
-            .map_err(|e| self.classify(e, false))?;
+        let (status_statement, prepared) = tokio::join!(
+            client.prepare_cached(self.inner.tables.replay_status()),
+            client.prepare_cached(&self.inner.sql.standby_read),
+        );
+        let status_statement = status_statement.map_err(|e| self.classify(e, false))?;
+        let prepared = prepared.map_err(|e| self.classify(e, false))?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
         let (status, row) = tokio::join!(
-            client.query_one(self.inner.tables.replay_status(), &[]),
+            client.query_one(&status_statement, &[]),
             client.query_opt(&prepared, &params),
         );
         let status = status.map_err(|e| self.classify(e, false))?;

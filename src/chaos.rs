@@ -48,6 +48,7 @@ struct Faults {
     isolated: HashMap<Region, ()>,
     drop_write_responses: u32,
     fail_writes_before_send: u32,
+    refuse_lookups: u32,
     skew: HashMap<Region, i64>,
     lag: HashMap<Region, Duration>,
     isolation_timeout: Duration,
@@ -98,6 +99,13 @@ impl ChaosControl {
         self.with(|f| f.fail_writes_before_send = n);
     }
 
+    /// The next `n` idempotency lookups are refused with a permanent error
+    /// (a denied permission, a primary turned read-only) before they reach
+    /// the backend: nothing is learnt of the write they would resolve.
+    pub fn refuse_lookups(&self, n: u32) {
+        self.with(|f| f.refuse_lookups = n);
+    }
+
     /// Probes of `region` report its clock `nanos` ahead (negative: behind).
     pub fn set_clock_skew(&self, region: &Region, nanos: i64) {
         self.with(|f| f.skew.insert(region.clone(), nanos));
@@ -115,6 +123,7 @@ impl ChaosControl {
             f.isolated.clear();
             f.drop_write_responses = 0;
             f.fail_writes_before_send = 0;
+            f.refuse_lookups = 0;
             f.skew.clear();
             f.lag.clear();
         });
@@ -311,6 +320,21 @@ impl<B: Backend> Backend for Chaos<B> {
         idem: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
         self.enter(region).await?;
+        let refused = self.control.with(|f| {
+            let refuse = f.refuse_lookups > 0;
+            if refuse {
+                f.refuse_lookups -= 1;
+                f.injected += 1;
+            }
+            refuse
+        });
+        if refused {
+            return Err(Error::backend(
+                Retryability::Permanent,
+                Some("chaos".into()),
+                "chaos: lookup refused",
+            ));
+        }
         self.inner.lookup(region, key, idem).await
     }
 

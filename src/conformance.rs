@@ -406,6 +406,14 @@ pub async fn exactly_once_after_ambiguous_commit<B: Backend + Clone>(f: &Fixture
         v1.version,
         v2.version
     );
+    // The resolved write's point is its commit's (or later): a session
+    // that records it keeps covering it.
+    ensure!(
+        v2.point >= v1.point,
+        "the resolved write's point {} is below the earlier write's {}",
+        v2.point,
+        v1.point
+    );
     // A caller retrying the same logical write gets the same result.
     let idem = IdempotencyKey::generate();
     let opts = WriteOptions {
@@ -437,6 +445,12 @@ pub async fn exactly_once_after_ambiguous_commit<B: Backend + Clone>(f: &Fixture
         "retry of one logical write gave {} then {}",
         first.version,
         again.version
+    );
+    ensure!(
+        again.point >= first.point,
+        "the retry's point {} is below the commit's {}",
+        again.point,
+        first.point
     );
     let r = client
         .read(&s, &key, ReadPolicy::Strong)
@@ -652,10 +666,10 @@ pub async fn read_deadline_bounds_waiting<B: Backend + Clone>(f: &Fixture<B>) ->
     Ok(())
 }
 
-/// Every read that returns a record states the point it reflects, at or
-/// after the record's commit, in the backend's own freshness (not a
-/// wrapper's): a session that forgets the key keeps covering it through
-/// that point.
+/// Every read that returns a record states the point it reflects (a leader
+/// read's at or after the record's commit), in the backend's own freshness
+/// (not a wrapper's): a session that forgets the key keeps covering it
+/// through that point.
 pub async fn reads_state_the_point_they_reflect<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
     let client = f.client()?;
     let session = client.session();
@@ -696,6 +710,15 @@ pub async fn reads_state_the_point_they_reflect<B: Backend + Clone>(f: &Fixture<
                 ensure!(
                     r.freshness.point.is_some(),
                     "a {role:?} read in {region} returned the record but no point: {:?}",
+                    r.freshness
+                );
+                // A linearizable read reflects everything committed before
+                // it, the write included.
+                ensure!(
+                    r.freshness.role != ReplicaRole::Leader
+                        || r.freshness.point.is_some_and(|p| p >= c.point),
+                    "a leader read in {region} states a point below the write's commit {}: {:?}",
+                    c.point,
                     r.freshness
                 );
             }

@@ -75,7 +75,8 @@ pub enum Error {
         last: Box<Error>,
     },
     /// A committed write did not become visible where it was verified before
-    /// the deadline.
+    /// the deadline. The write applied (once): sending it again is safe only
+    /// with the same idempotency key.
     #[error("{key} {version} not visible in {region} after {waited:?}")]
     NotVisible {
         /// The key written.
@@ -140,7 +141,9 @@ pub enum Error {
         sent: bool,
     },
     /// The operation's deadline passed before it succeeded; every attempt
-    /// failed without effect (or was proven not to have applied).
+    /// failed without effect (or was proven not to have applied), so it is
+    /// retryable. `last` (its source) may be an ambiguous attempt's error
+    /// that a lookup then resolved as not applied.
     #[error("deadline exceeded after {attempts} attempt(s)")]
     DeadlineExceeded {
         /// Attempts made.
@@ -234,14 +237,12 @@ impl Error {
             Error::Timeout { sent: true, .. } => Retryability::Ambiguous,
             Error::Backend { retryability, .. } => *retryability,
             Error::OutcomeUnknown { .. } => Retryability::Ambiguous,
-            // Only the client's own loops make these, after every attempt
-            // failed without effect; one made by hand around an ambiguous
-            // error stays ambiguous.
-            Error::DeadlineExceeded { last, .. } | Error::RetriesExhausted { last, .. } => {
-                match last.retryability() {
-                    Retryability::Ambiguous => Retryability::Ambiguous,
-                    _ => Retryability::Retryable,
-                }
+            // The client ends an operation with these only when every
+            // attempt failed without effect or was proven not applied (a
+            // write with an attempt still unknown ends as OutcomeUnknown),
+            // so they are retryable whatever the last attempt's error was.
+            Error::DeadlineExceeded { .. } | Error::RetriesExhausted { .. } => {
+                Retryability::Retryable
             }
             Error::UpdateContended { .. } => Retryability::Retryable,
             _ => Retryability::Permanent,
@@ -421,6 +422,16 @@ mod tests {
             assert_eq!(e.retryability(), Retryability::Retryable, "{e}");
             assert_eq!(e.code(), Some("40001"), "the code is kept");
         }
+        // The client ends a write this way only after a lookup proved its
+        // ambiguous attempt not applied: retryable, whatever `last` was.
+        let resolved = Error::DeadlineExceeded {
+            attempts: 1,
+            last: Box::new(Error::Timeout {
+                after: Duration::from_secs(1),
+                sent: true,
+            }),
+        };
+        assert_eq!(resolved.retryability(), Retryability::Retryable);
         let unknown = Error::OutcomeUnknown {
             key: "k".into(),
             idempotency_key: IdempotencyKey::new("w-1").unwrap(),

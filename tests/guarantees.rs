@@ -346,8 +346,12 @@ async fn a_strong_read_keeps_protecting_its_key_after_the_token_forgets_it() {
 /// between), among thousands of cold ones. Each session reads (and, every
 /// other session, writes) for a while, then reads under its session policy
 /// for a while, so that what it saw early has long left its token.
-async fn session_never_reads_behind(ops: Vec<(u8, bool, u16)>) -> Result<(), TestCaseError> {
+async fn session_never_reads_behind(
+    replication: quorate::sim::Replication,
+    ops: Vec<(u8, bool, u16)>,
+) -> Result<(), TestCaseError> {
     let mut c = config();
+    c.replication = replication;
     c.replication_lag = Duration::from_secs(3);
     c.seed = u64::from(ops.len() as u32);
     let sim = Sim::new(c).unwrap();
@@ -449,7 +453,21 @@ proptest! {
             .start_paused(true)
             .build()
             .unwrap();
-        rt.block_on(session_never_reads_behind(ops))?;
+        rt.block_on(session_never_reads_behind(quorate::sim::Replication::Consensus, ops))?;
+    }
+
+    /// The same on a multi-writer table (global tables: no cross-key
+    /// watermark, points per item).
+    #[test]
+    fn a_session_never_reads_behind_itself_on_a_multi_writer_table(
+        ops in proptest::collection::vec((any::<u8>(), any::<bool>(), 0u16..3000), 200..600)
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(session_never_reads_behind(quorate::sim::Replication::MultiWriter, ops))?;
     }
 }
 
@@ -762,6 +780,7 @@ async fn a_clock_that_steps_while_a_region_is_cut_off_is_never_trusted() {
         ClientConfig {
             clock: Arc::new(sim.clock("us").unwrap()),
             write_deadline: Duration::from_secs(2),
+            seed: Some(3),
             ..ClientConfig::default()
         },
     )
@@ -874,27 +893,141 @@ async fn a_clock_that_steps_while_a_region_is_cut_off_is_never_trusted() {
         Ok(r) => assert_eq!(r.version(), Some(c.version), "never stale"),
         Err(e) => assert!(matches!(e, Error::Uncertainty { .. }), "{}", e.report()),
     }
-    // Reads served by the distrusted leaseholder are refused, typed.
+    // A strict read of the naive write is refused, typed, rather than
+    // served stale by the distrusted leaseholder.
     let reader = Client::new(
         sim.at("ap").unwrap(),
         ClientConfig {
             clock: Arc::new(sim.clock("ap").unwrap()),
+            seed: Some(7),
             ..ClientConfig::default()
         },
     )
     .unwrap();
     reader.refresh_health().await;
-    let err = reader
-        .read(&reader.session(), "q", ReadPolicy::Strong)
+    assert!(reader.clock_excluded(&region("eu")));
+    let refused = reader
+        .read(&reader.session(), "n", ReadPolicy::Strong)
+        .await
+        .expect_err("a read the distrusted leaseholder served is not returned");
+    assert!(refused.is_retryable(), "{}", refused.report());
+    checks.abort();
+}
+
+/// A lookup that fails permanently (a denied permission, a primary turned
+/// read-only) says nothing about the attempt it would resolve: the write
+/// stays unknown, never a definite failure.
+#[tokio::test(start_paused = true)]
+async fn a_permanent_lookup_error_leaves_the_outcome_unknown() {
+    let sim = Sim::new(config()).unwrap();
+    let (backend, control) = Chaos::new(sim.at("eu").unwrap());
+    // A deadline (60 ms) that leaves no room for a second attempt (a quorum
+    // write takes 42 ms) to come back with the write's recorded outcome.
+    let client = Client::new(
+        backend,
+        ClientConfig {
+            write_deadline: Duration::from_millis(60),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    control.drop_write_responses(1);
+    control.refuse_lookups(1000);
+    let session = client.session();
+    let err = client
+        .write(
+            &session,
+            "k",
+            "v".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
         .await
         .unwrap_err();
-    assert!(err.is_retryable(), "{}", err.report());
-    assert!(
-        err.report()
-            .to_string()
-            .contains("served by a leader whose clock is excluded"),
-        "{}",
-        err.report()
+    let Error::OutcomeUnknown {
+        idempotency_key, ..
+    } = &err
+    else {
+        panic!("expected OutcomeUnknown, got {}", err.report());
+    };
+    assert_eq!(
+        strong_version(&sim, "eu", "k").await,
+        Some(Version(1)),
+        "the write had applied"
     );
-    checks.abort();
+    control.clear();
+    let again = client
+        .write(
+            &session,
+            "k",
+            "v".into(),
+            Precondition::IfAbsent,
+            &WriteOptions {
+                idempotency_key: Some(idempotency_key.clone()),
+                deadline: Some(Duration::from_secs(5)),
+                ..WriteOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.version, Version(1), "applied once");
+}
+
+/// On a multi-writer table each region keeps its own idempotency records.
+/// An attempt to the home region whose outcome is unknown is resolved
+/// there, and while it is unknown the write does not fail over: a retry in
+/// another region would apply it a second time when the first arrives.
+#[tokio::test(start_paused = true)]
+async fn an_unknown_attempt_on_a_multi_writer_table_is_not_retried_elsewhere() {
+    let mut c = SimConfig::new(["eu", "us"]).unwrap();
+    c.replication = quorate::sim::Replication::MultiWriter;
+    c.jitter = 0.0;
+    let sim = Sim::new(c).unwrap();
+    // The home region answers, but 1.5 s late each way.
+    sim.set_link_latency("us", "eu", Duration::from_millis(1500))
+        .unwrap();
+    let client = Client::new(
+        sim.at("us").unwrap(),
+        ClientConfig {
+            home_failover: Some(Duration::ZERO),
+            write_deadline: Duration::from_secs(2),
+            seed: Some(5),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let result = client
+        .write(
+            &client.session(),
+            "order",
+            "processed".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await;
+    assert!(
+        matches!(&result, Err(Error::OutcomeUnknown { .. })),
+        "{result:?}"
+    );
+    // The attempt arrives and applies in eu; nothing applied it in us.
+    sleep(Duration::from_secs(5)).await;
+    let idem = match result {
+        Err(Error::OutcomeUnknown {
+            idempotency_key, ..
+        }) => idempotency_key,
+        _ => unreachable!(),
+    };
+    let us = sim.at("us").unwrap();
+    let in_eu = us.lookup(&region("eu"), "order", &idem).await.unwrap();
+    let in_us = us.lookup(&region("us"), "order", &idem).await.unwrap();
+    assert_eq!(
+        in_eu.as_ref().map(|c| c.region.clone()),
+        Some(region("eu")),
+        "applied in the home region"
+    );
+    assert_eq!(
+        in_us.map(|c| c.region),
+        Some(region("eu")),
+        "and only there: us holds eu's record, replicated"
+    );
 }

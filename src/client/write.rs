@@ -151,10 +151,18 @@ impl<B: Backend> Client<B> {
         // An attempt was sent whose outcome is still unknown: the write now
         // ends with its real outcome or as unknown, never as a failure.
         let mut unresolved = false;
+        // Where writes go to a key's home region (multi-writer tables), each
+        // region keeps its own idempotency records: while an attempt is
+        // unresolved, only its region can tell (or dedupe) it, so later
+        // attempts stay there rather than fail over and apply it twice.
+        let mut pinned: Option<usize> = None;
         loop {
             attempt += 1;
             tracing::Span::current().record("quorate.attempt", attempt);
-            let region_index = self.write_region(key, tried)?;
+            let region_index = match pinned {
+                Some(r) => r,
+                None => self.write_region(key, tried)?,
+            };
             let region = inner.router.region(region_index);
             let request = WriteRequest {
                 key,
@@ -193,22 +201,37 @@ impl<B: Backend> Client<B> {
                         inner.metrics.conflict();
                         return Err(error);
                     }
+                    if matches!(error, Error::IdempotencyKeyReused { .. }) {
+                        return Err(error);
+                    }
                     if unresolved {
                         return Err(self.outcome_unknown(key, idem, attempt, error));
                     }
                     return Err(error);
                 }
                 Retryability::Ambiguous => {
-                    match Box::pin(self.resolve(key, idem, deadline)).await {
+                    match Box::pin(self.resolve(key, idem, region_index, deadline)).await {
                         Ok(Some(committed)) => {
                             self.count_write(&committed);
                             return Ok(committed);
                         }
                         // Not applied, and fenced: no earlier attempt can
                         // commit any more.
-                        Ok(None) => unresolved = false,
-                        Err(e) if e.retryability() == Retryability::Permanent => return Err(e),
-                        Err(_) => unresolved = true,
+                        Ok(None) => {
+                            unresolved = false;
+                            pinned = None;
+                        }
+                        // The key names another record: no attempt of this
+                        // write could have applied.
+                        Err(e @ Error::IdempotencyKeyReused { .. }) => return Err(e),
+                        // Any other failure to resolve leaves the outcome
+                        // unknown, however permanent the lookup's error.
+                        Err(_) => {
+                            unresolved = true;
+                            if !inner.capabilities.writes_anywhere {
+                                pinned = Some(region_index);
+                            }
+                        }
                     }
                 }
                 Retryability::Retryable => {}
@@ -268,14 +291,20 @@ impl<B: Backend> Client<B> {
             }))
     }
 
-    /// Resolves an ambiguous attempt through the idempotency record: `Some`
-    /// when the logical write committed, `None` when it did not (and the
-    /// backend's lookup fenced every earlier attempt). An error when no
-    /// lookup succeeded before the deadline.
+    /// Resolves an ambiguous attempt sent to `sent_to` through the
+    /// idempotency record: `Some` when the logical write committed, `None`
+    /// when it did not (and the backend's lookup fenced every earlier
+    /// attempt). An error when no lookup succeeded before the deadline.
+    ///
+    /// Where writes go to a key's home region (multi-writer tables), a
+    /// region's idempotency record and fence say nothing about another
+    /// region's attempts: the lookup asks the region the attempt was sent
+    /// to, and nowhere else.
     async fn resolve(
         &self,
         key: &str,
         idem: &IdempotencyKey,
+        sent_to: usize,
         deadline: Instant,
     ) -> Result<Option<Committed>, Error> {
         let inner = &*self.inner;
@@ -283,7 +312,11 @@ impl<B: Backend> Client<B> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let region_index = self.write_region(key, tried)?;
+            let region_index = if inner.capabilities.writes_anywhere {
+                self.write_region(key, tried)?
+            } else {
+                sent_to
+            };
             let region = inner.router.region(region_index);
             let result = self
                 .attempt(
@@ -319,14 +352,19 @@ impl<B: Backend> Client<B> {
     /// How long to hold a write's acknowledgement so that a strong read
     /// that starts after it, through any gateway whose clock the guard
     /// trusts, sees the write or finds it uncertain. Needed only when the
-    /// commit timestamp is ahead of true time by more than the readers'
-    /// uncertainty window covers (a leaseholder whose clock runs fast);
-    /// `None` otherwise, and for backends without a clock bound.
+    /// commit timestamp is ahead of true time (this process's clock
+    /// corrected by the regions' median offset, or uncorrected without a
+    /// majority of fresh samples) by more than the readers' uncertainty
+    /// window covers (a leaseholder whose clock runs fast); `None`
+    /// otherwise, and for backends without a clock bound.
     fn commit_wait(&self, committed: &Committed) -> Option<Duration> {
         let inner = &*self.inner;
         let max_offset = inner.capabilities.max_clock_offset?;
         let limit = inner.guard.limit()?;
-        let now = inner.guard.true_time(inner.config.clock.now_nanos())?;
+        let local = inner.config.clock.now_nanos();
+        // Without fresh samples from a majority of regions, this process's
+        // own clock is the estimate.
+        let now = inner.guard.true_time(local).unwrap_or(local);
         // A trusted reader's timestamp is at least `now - limit`, and its
         // uncertainty window reaches `max_offset` above that.
         let covered =

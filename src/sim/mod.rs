@@ -455,12 +455,21 @@ impl Trip {
         } else {
             Duration::from_nanos(own.saturating_sub(closed.wall))
         };
+        // Multi-writer tables have no cross-key watermark (global tables
+        // replicate item by item): a read states the point of the item it
+        // returns, as DynamoDB's `written_at` does, and none for an absent
+        // one. A consensus follower states its closed timestamp.
+        let point = if m.p.multi_writer {
+            entry.as_ref().map(|e| e.point)
+        } else {
+            Some(closed)
+        };
         Read {
             value: entry.map(versioned),
             freshness: Freshness {
                 region: self.region(region),
                 role,
-                point: Some(closed),
+                point,
                 staleness_bound: Some(staleness),
             },
         }

@@ -521,6 +521,19 @@ fn expected_version(precondition: Precondition) -> Result<i64, Error> {
     }
 }
 
+/// An error met after a write committed: whatever its own class, the
+/// caller only knows that the outcome must be looked up.
+fn ambiguous(e: Error) -> Error {
+    match e {
+        Error::Backend { code, source, .. } => Error::Backend {
+            retryability: Retryability::Ambiguous,
+            code,
+            source,
+        },
+        other => Error::backend(Retryability::Ambiguous, None, other.to_string()),
+    }
+}
+
 /// An attempt that a lookup fenced: it applied nothing, and a later attempt
 /// of the same write may go ahead.
 fn fenced() -> Error {
@@ -638,15 +651,18 @@ impl Backend for PgBackend {
             Err(e) => return Err(self.classify(e, true)),
         };
         if let Some(version) = version_of(row.get(0)) {
+            // The write committed: failing to learn its point now leaves the
+            // caller to resolve it (the lookup reads a point of its own),
+            // never a definite failure.
             let point = match after {
                 Some(after) => after
-                    .map_err(|e| self.classify(e, true))?
+                    .map_err(|e| ambiguous(self.classify(e, true)))?
                     .get::<_, String>(0),
                 None => row.get::<_, String>(2),
             };
             return Ok(Committed {
                 version,
-                point: self.point(&point)?,
+                point: self.point(&point).map_err(ambiguous)?,
                 region,
             });
         }
@@ -663,12 +679,15 @@ impl Backend for PgBackend {
         let server = self.server(region, ReplicaRole::Leader)?;
         let client = self.connection(server).await?;
         let sql = &self.inner.sql;
-        let (fence, lookup) = tokio::join!(
+        let dialect = self.inner.config.dialect;
+        let (fence, lookup, point) = tokio::join!(
             client.prepare_cached(&sql.fence),
-            client.prepare_cached(&sql.lookup)
+            client.prepare_cached(&sql.lookup),
+            client.prepare_cached(sql::commit_point(dialect)),
         );
         let fence = fence.map_err(|e| self.classify(e, false))?;
         let lookup = lookup.map_err(|e| self.classify(e, false))?;
+        let point = point.map_err(|e| self.classify(e, false))?;
         // Every attempt stamped until now is fenced: one still in flight
         // either recorded its outcome first (the fence waits for it and
         // leaves it), or finds the key taken and applies nothing.
@@ -683,14 +702,18 @@ impl Backend for PgBackend {
         let cancel = CancelOnDrop {
             client: Some(&client),
         };
-        let (fenced, row) = tokio::join!(
+        // The point is read after the row, so it is at or after the commit
+        // of an outcome found there.
+        let (fenced, row, at) = tokio::join!(
             client.execute(&fence, &fence_params),
             client.query_opt(&lookup, &lookup_params),
+            client.query_one(&point, &[]),
         );
         cancel.disarm();
         fenced.map_err(|e| self.classify(e, false))?;
         let row = row.map_err(|e| self.classify(e, false))?;
-        match self.recorded_row(server, row, key, idem)? {
+        let at = at.map_err(|e| self.classify(e, false))?;
+        match self.recorded_row(server, row, &at, key, idem)? {
             Recorded::Outcome(done) => {
                 self.ensure_durable(&client).await?;
                 Ok(Some(done))
@@ -843,6 +866,7 @@ impl PgBackend {
                 .await
             {
                 Ok((rows, read_at)) => {
+                    let read_at = self.point(&read_at)?;
                     let freshness = Freshness {
                         region,
                         role: ReplicaRole::Follower,
@@ -886,7 +910,7 @@ impl PgBackend {
         begin: &str,
         statement: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<(Vec<tokio_postgres::Row>, Point), tokio_postgres::Error> {
+    ) -> Result<(Vec<tokio_postgres::Row>, String), tokio_postgres::Error> {
         client.batch_execute(begin).await?;
         let (rows, at) = tokio::join!(
             client.query(statement, params),
@@ -899,8 +923,7 @@ impl PgBackend {
         match outcome {
             Ok((rows, at)) => {
                 client.batch_execute("COMMIT").await?;
-                let at: String = at.get(0);
-                Ok((rows, sql::parse_hlc(&at).unwrap_or_default()))
+                Ok((rows, at.get::<_, String>(0)))
             }
             Err(e) => {
                 // Leave the pooled connection outside any transaction.
@@ -1012,8 +1035,13 @@ impl PgBackend {
                 Err(fenced())
             }
             Recorded::Fence(_) => self.write_over_fence(server, request, idem, stamp).await,
-            // The row that refused the statement is gone (expired): try again.
-            Recorded::Nothing => Err(self.classify(refused, false)),
+            // The row that refused the statement is gone (expired): nothing
+            // of this attempt applied; try again.
+            Recorded::Nothing => Err(Error::backend(
+                Retryability::Retryable,
+                refused.code().map(|c| c.code().to_owned()),
+                refused,
+            )),
         }
     }
 
@@ -1074,18 +1102,18 @@ impl PgBackend {
             Dialect::Postgres => None,
         };
         tx.commit().await.map_err(|e| self.classify(e, true))?;
+        cancel.disarm();
         let point = match point {
             Some(p) => p,
             None => client
                 .query_one(sql::commit_point(Dialect::Postgres), &[])
                 .await
-                .map_err(|e| self.classify(e, true))?
+                .map_err(|e| ambiguous(self.classify(e, true)))?
                 .get(0),
         };
-        cancel.disarm();
         Ok(Committed {
             version,
-            point: self.point(&point)?,
+            point: self.point(&point).map_err(ambiguous)?,
             region,
         })
     }
@@ -1127,29 +1155,36 @@ impl PgBackend {
         idem: &IdempotencyKey,
     ) -> Result<Recorded, Error> {
         let client = self.connection(server).await?;
-        let statement = client
-            .prepare_cached(&self.inner.sql.lookup)
-            .await
-            .map_err(|e| self.classify(e, false))?;
+        let (statement, point) = tokio::join!(
+            client.prepare_cached(&self.inner.sql.lookup),
+            client.prepare_cached(sql::commit_point(self.inner.config.dialect)),
+        );
+        let statement = statement.map_err(|e| self.classify(e, false))?;
+        let point = point.map_err(|e| self.classify(e, false))?;
         let idem_text = idem.as_str();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&idem_text];
-        let row = client
-            .query_opt(&statement, &params)
-            .await
-            .map_err(|e| self.classify(e, false))?;
-        let recorded = self.recorded_row(server, row, key, idem)?;
+        let (row, at) = tokio::join!(
+            client.query_opt(&statement, &params),
+            client.query_one(&point, &[]),
+        );
+        let row = row.map_err(|e| self.classify(e, false))?;
+        let at = at.map_err(|e| self.classify(e, false))?;
+        let recorded = self.recorded_row(server, row, &at, key, idem)?;
         if matches!(recorded, Recorded::Outcome(_)) {
             self.ensure_durable(&client).await?;
         }
         Ok(recorded)
     }
 
-    /// Decodes an idempotency row. An outcome's point is the commit point
-    /// of the read that found it: at or after the write's commit.
+    /// Decodes an idempotency row. An outcome's point is `at`, the commit
+    /// point read right after the row on the same connection: at or after
+    /// the write's commit, so the session that records it keeps covering
+    /// the write.
     fn recorded_row(
         &self,
         server: usize,
         row: Option<tokio_postgres::Row>,
+        at: &tokio_postgres::Row,
         key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Recorded, Error> {
@@ -1178,13 +1213,20 @@ impl PgBackend {
             return Ok(Recorded::Fence(before));
         }
         let region: String = row.get(1);
+        let region = Region::new(&region).map_err(|_| {
+            Error::backend(
+                Retryability::Permanent,
+                Some("quorate.row".into()),
+                format!(
+                    "an idempotency row in {} names no valid region",
+                    self.inner.servers[server].region
+                ),
+            )
+        })?;
         Ok(Recorded::Outcome(Committed {
             version,
-            // Filled in by the caller's commit point query where it matters;
-            // a recorded outcome is at or before the present.
-            point: Point::default(),
-            region: Region::new(&region)
-                .unwrap_or_else(|_| self.inner.servers[server].region.clone()),
+            point: self.point(&at.get::<_, String>(0))?,
+            region,
         }))
     }
 

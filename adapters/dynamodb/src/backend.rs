@@ -367,14 +367,15 @@ impl DynamoBackend {
             .map_err(Error::from)
     }
 
-    /// The outcome recorded for `idem`, read consistently in `region`; an
-    /// idempotency item of another record than `key` is refused.
+    /// What `idem` holds, read consistently in `region`: an outcome, a
+    /// fence (with the first attempt start it lets through), or nothing;
+    /// an idempotency item of another record than `key` is refused.
     async fn recorded(
         &self,
         client: &aws_sdk_dynamodb::Client,
         key: &str,
         idem: &IdempotencyKey,
-    ) -> Result<Option<Committed>, Error> {
+    ) -> Result<Recorded, Error> {
         let out = client
             .get_item()
             .table_name(&self.inner.idempotency_table)
@@ -384,7 +385,7 @@ impl DynamoBackend {
             .await
             .map_err(|e| classify(e, Op::Read))?;
         let Some(found) = out.item() else {
-            return Ok(None);
+            return Ok(Recorded::Nothing);
         };
         let f = self.fields(&self.inner.idempotency_table, found);
         // Fences written by earlier releases name no record.
@@ -395,14 +396,14 @@ impl DynamoBackend {
             });
         }
         if f.has(item::FENCED_BEFORE) {
-            return Ok(None);
+            return Ok(Recorded::Fence(f.number(item::FENCED_BEFORE)?));
         }
         let region =
             Region::new(f.string(item::WRITER)?).map_err(|_| item::ItemError::OutOfRange {
                 table: self.inner.idempotency_table.clone(),
                 attribute: item::WRITER,
             })?;
-        Ok(Some(Committed {
+        Ok(Recorded::Outcome(Committed {
             version: f.version()?,
             point: Point {
                 wall: f.number(item::WRITTEN_AT)?,
@@ -411,6 +412,20 @@ impl DynamoBackend {
             region,
         }))
     }
+
+    /// Moves this process's attempt starts past `t` (a fence, or an item's
+    /// write time, set by a process whose clock runs ahead).
+    fn observe_start(&self, t: u64) {
+        self.inner.last_start.fetch_max(t, Ordering::Relaxed);
+    }
+}
+
+/// What an idempotency item holds.
+enum Recorded {
+    Nothing,
+    /// A lookup's fence: attempts started before this cannot record.
+    Fence(u64),
+    Outcome(Committed),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -470,6 +485,16 @@ where
         _ => after_send,
     };
     Error::backend(retryability, code, e)
+}
+
+/// An attempt that a lookup's fence stopped: it applied nothing, and a later
+/// attempt of the same write may go ahead.
+fn fenced() -> Error {
+    Error::backend(
+        Retryability::Retryable,
+        Some("quorate.fenced".into()),
+        "a lookup fenced this attempt of the write: it applied nothing",
+    )
 }
 
 /// A stable 32-hex-digit token for DynamoDB's `ClientRequestToken` (at most
@@ -628,11 +653,17 @@ impl Backend for DynamoBackend {
                 .return_values_on_condition_check_failure(
                     ReturnValuesOnConditionCheckFailure::AllOld,
                 );
+            // An item's write times increase with its versions, so that a
+            // read's point (the item's `written_at`) orders its versions: a
+            // writer whose clock is behind the item's last write retries
+            // with a later start.
             record = match expected {
                 Some(v) => record
-                    .condition_expression("#v = :expected")
+                    .condition_expression("#v = :expected AND #w < :start")
                     .expression_attribute_names("#v", item::VERSION)
-                    .expression_attribute_values(":expected", n(v.0)),
+                    .expression_attribute_names("#w", item::WRITTEN_AT)
+                    .expression_attribute_values(":expected", n(v.0))
+                    .expression_attribute_values(":start", n(start)),
                 None => record.condition_expression("attribute_not_exists(pk)"),
             };
             // The outcome, unless an attempt already recorded one; a fence
@@ -688,23 +719,49 @@ impl Backend for DynamoBackend {
                 .unwrap_or_default();
             let code = |i: usize| reasons.get(i).and_then(|r| r.code()).unwrap_or("None");
             match (code(0), code(1)) {
-                // This logical write already has an outcome: return it.
+                // This logical write already has an outcome (return it), or
+                // a lookup fenced attempts started before this one.
                 (_, "ConditionalCheckFailed") => {
                     return match self.recorded(client, request.key, idem).await? {
-                        Some(done) => Ok(done),
-                        None => Err(classify(e, Op::Write)),
+                        Recorded::Outcome(done) => Ok(done),
+                        Recorded::Fence(before) => {
+                            // This process's clock is behind the fence's:
+                            // the next attempt starts after it.
+                            self.observe_start(before);
+                            Err(fenced())
+                        }
+                        Recorded::Nothing => Err(Error::backend(
+                            Retryability::Retryable,
+                            Some("TransactionCanceledException".into()),
+                            e,
+                        )),
                     };
                 }
                 ("ConditionalCheckFailed", _) => {
                     // An earlier attempt of this logical write may be what
                     // moved the version on.
-                    if let Some(done) = self.recorded(client, request.key, idem).await? {
+                    if let Recorded::Outcome(done) =
+                        self.recorded(client, request.key, idem).await?
+                    {
                         return Ok(done);
                     }
-                    let current = reasons[0]
-                        .item()
-                        .map(|i| self.fields(table, i).version())
-                        .transpose()?;
+                    let old = reasons[0].item().map(|i| self.fields(table, i));
+                    let current = old.as_ref().map(|f| f.version()).transpose()?;
+                    if expected.is_some() && current == expected {
+                        // The version matched: this clock is behind the
+                        // item's last write time. Go again, later.
+                        if let Some(w) = old.as_ref().map(|f| f.number(item::WRITTEN_AT)) {
+                            self.observe_start(w?);
+                        }
+                        if tokio::time::Instant::now() >= request.deadline {
+                            return Err(Error::backend(
+                                Retryability::Retryable,
+                                Some("quorate.clock_behind".into()),
+                                "this clock is behind the item's last write time",
+                            ));
+                        }
+                        continue;
+                    }
                     if request.precondition == Precondition::Any {
                         // Someone wrote in between: go again on the new version.
                         if tokio::time::Instant::now() >= request.deadline {
@@ -753,7 +810,7 @@ impl Backend for DynamoBackend {
         idem: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
         let client = self.client(region)?;
-        if let Some(done) = self.recorded(client, key, idem).await? {
+        if let Recorded::Outcome(done) = self.recorded(client, key, idem).await? {
             return Ok(Some(done));
         }
         // Nothing recorded yet. Fence the key so that no attempt started
@@ -774,7 +831,10 @@ impl Backend for DynamoBackend {
             Ok(_) => Ok(None),
             // An attempt recorded its outcome meanwhile.
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
-                self.recorded(client, key, idem).await
+                match self.recorded(client, key, idem).await? {
+                    Recorded::Outcome(done) => Ok(Some(done)),
+                    _ => Ok(None),
+                }
             }
             Err(e) => Err(classify(e, Op::Read)),
         }

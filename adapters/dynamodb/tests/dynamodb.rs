@@ -593,3 +593,103 @@ async fn writes_fail_over_from_an_unreachable_home_and_fail_back() {
     assert_eq!(back.region, region("eu"), "failback to the home region");
     assert!(back.version > moved.version, "{back:?} after {moved:?}");
 }
+
+/// Processes disagree on the time. A fence left by a lookup in a process
+/// whose clock runs an hour ahead stops this process's attempts only until
+/// it has seen the fence: the retry of the write goes ahead (retryable, then
+/// applied once), instead of failing for an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_from_a_clock_ahead_does_not_block_the_retry() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let backend = common::backend(&endpoint, "eu").await;
+    let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let key = common::key("fenced-ahead");
+    let idem = IdempotencyKey::new(&format!("{key}-create")).unwrap();
+    let hour_ahead = now_nanos() + 3_600_000_000_000;
+    common::sdk(&endpoint, "eu-west-1")
+        .put_item()
+        .table_name(backend.idempotency_table())
+        .item(PK, AttributeValue::S(idem.as_str().to_owned()))
+        .item(
+            quorate_dynamodb::item::FENCED_BEFORE,
+            AttributeValue::N(hour_ahead.to_string()),
+        )
+        .item(
+            quorate_dynamodb::item::RECORD_KEY,
+            AttributeValue::S(key.clone()),
+        )
+        .item(
+            quorate_dynamodb::item::EXPIRES_AT,
+            AttributeValue::N((now_nanos() / 1_000_000_000 + 86_400).to_string()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let options = WriteOptions {
+        idempotency_key: Some(idem),
+        ..WriteOptions::default()
+    };
+    let c = client
+        .write(
+            &client.session(),
+            &key,
+            "1".into(),
+            Precondition::IfAbsent,
+            &options,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.report()));
+    assert_eq!(c.version, Version(1));
+    assert!(
+        c.point.wall > hour_ahead,
+        "the attempt started after the fence"
+    );
+}
+
+/// An item last written by a process whose clock runs ahead: a write from
+/// this process gets a later write time all the same, so an item's write
+/// times (the points its reads state) increase with its versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_times_increase_with_versions_across_clocks() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let backend = common::backend(&endpoint, "eu").await;
+    let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let key = common::key("clock-ahead");
+    let ahead = now_nanos() + 60_000_000_000;
+    common::sdk(&endpoint, "eu-west-1")
+        .put_item()
+        .table_name(backend.table())
+        .item(PK, AttributeValue::S(key.clone()))
+        .item(VERSION, AttributeValue::N("1".into()))
+        .item(VALUE, AttributeValue::B(b"0".to_vec().into()))
+        .item(WRITTEN_AT, AttributeValue::N(ahead.to_string()))
+        .item(WRITER, AttributeValue::S("eu".into()))
+        .send()
+        .await
+        .unwrap();
+    let c = client
+        .write(
+            &client.session(),
+            &key,
+            "1".into(),
+            Precondition::IfVersion(Version(1)),
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.report()));
+    assert_eq!(c.version, Version(2));
+    assert!(
+        c.point.wall > ahead,
+        "version 2 was stamped {} ns before version 1",
+        ahead - c.point.wall
+    );
+    let r = client
+        .read(&client.session(), &key, ReadPolicy::Strong)
+        .await
+        .unwrap();
+    assert_eq!(r.freshness.point, Some(c.point));
+}

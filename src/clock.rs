@@ -453,4 +453,17 @@ mod tests {
         // This process runs 600 ms ahead of every region.
         assert_eq!(g.true_time(10_000_000_000), Some(9_400_000_000));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_staleness_claim_counts_its_own_and_the_source_clock() {
+        let g = guard(3);
+        g.record(0, &at(0));
+        g.record(1, &at(40));
+        g.record(2, &at(-120));
+        // Median 0: eu 0, us 40 ms, ap 120 ms off. A follower in us states
+        // staleness in its own clock against a closed timestamp in the
+        // leader's, which may be the farthest off.
+        assert_eq!(g.staleness_error(1), Duration::from_millis(160));
+        assert_eq!(g.staleness_error(0), Duration::from_millis(120));
+    }
 }

@@ -1031,3 +1031,38 @@ async fn an_unknown_attempt_on_a_multi_writer_table_is_not_retried_elsewhere() {
         "and only there: us holds eu's record, replicated"
     );
 }
+
+/// Each region is probed on its own schedule: a region that does not
+/// answer (its probes hang until they time out) does not leave the others'
+/// clock samples to age out.
+#[tokio::test(start_paused = true)]
+async fn probes_do_not_wait_on_an_unreachable_region() {
+    let sim = Sim::new(config()).unwrap();
+    let client = Client::new(
+        sim.at("eu").unwrap(),
+        ClientConfig {
+            clock: Arc::new(sim.clock("eu").unwrap()),
+            clock_sample_ttl: Duration::from_millis(600),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    sim.isolate("ap").unwrap();
+    let checks = tokio::spawn({
+        let client = client.clone();
+        async move { client.health_checks(Duration::from_millis(250)).await }
+    });
+    sleep(Duration::from_millis(500)).await;
+    for _ in 0..30 {
+        let health = client.health();
+        for h in health.iter().filter(|h| h.region.as_str() != "ap") {
+            assert!(
+                h.clock_deviation.is_some(),
+                "{}'s clock sample aged out while ap's probe hung",
+                h.region
+            );
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    checks.abort();
+}

@@ -218,3 +218,34 @@ async fn bad_input_gets_typed_errors() {
         .await
         .is_ok());
 }
+
+/// A session point ahead of every server (a token from a busier moment, or
+/// of a primary that failed over) reads at the primary through the
+/// passthrough and through point reads: never an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_point_ahead_of_every_server_reads_at_the_primary() {
+    let Some(s) = common::servers() else { return };
+    let backend = common::backend(&s, "us").await;
+    let ahead = quorate_cockroach::Point::lsn(u64::MAX / 2);
+    let (rows, f) = backend
+        .query(
+            &Region::new("us").unwrap(),
+            ReadPolicy::Session,
+            Some(ahead),
+            "SELECT 1::BIGINT",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 1);
+    assert_eq!(f.role, ReplicaRole::Leader);
+    let client = Client::new(backend, ClientConfig::default()).unwrap();
+    let mut token = quorate_cockroach::SessionToken::new(client.scope().clone());
+    token.advance_point(ahead);
+    let session = client.resume_session(&token.encode()).unwrap();
+    let r = client
+        .read(&session, &common::key("ahead"), ReadPolicy::Session)
+        .await
+        .unwrap();
+    assert_eq!(r.freshness.role, ReplicaRole::Leader);
+}

@@ -408,12 +408,21 @@ fn analyse(b: &Builder) -> Report {
         flagged: vec![false; b.ops.len()],
         b,
     };
+    // A logical write (one idempotency key) is invoked when its first
+    // attempt was, whatever attempt reports its version.
+    let mut first_invoke: FastMap<u32, u64> = FastMap::default();
+    for op in &b.ops {
+        if let Some(k) = op.idem {
+            let t = first_invoke.entry(k).or_insert(op.invoke);
+            *t = (*t).min(op.invoke);
+        }
+    }
     let mut by_key: Vec<Vec<usize>> = vec![Vec::new(); b.keys.names.len()];
     for (i, op) in b.ops.iter().enumerate() {
         by_key[op.key as usize].push(i);
     }
     for ops in &by_key {
-        check_key(b, ops, &mut f);
+        check_key(b, ops, &first_invoke, &mut f);
     }
     check_idempotency(b, &mut f);
     let anomalies = Anomaly::ALL
@@ -428,8 +437,30 @@ fn analyse(b: &Builder) -> Report {
     }
 }
 
-fn check_key(b: &Builder, ops: &[usize], f: &mut Findings<'_>) {
+fn promises_order(policy: Option<HistoryPolicy>) -> bool {
+    matches!(policy, Some(HistoryPolicy::Strong | HistoryPolicy::Session))
+}
+
+/// Running maxima of what each process (and each session in each process)
+/// has seen on one key, in program order: an operation of a process follows
+/// every earlier operation of that process even when their times tie.
+#[derive(Default)]
+struct ProgramOrder {
+    /// Per process: the highest version written ok.
+    written: FastMap<u64, u64>,
+    /// Per (session, process): the highest version written ok, and read ok
+    /// under a policy that promises order.
+    session_written: FastMap<(u32, u64), u64>,
+    session_read: FastMap<(u32, u64), u64>,
+}
+
+fn check_key(b: &Builder, ops: &[usize], first_invoke: &FastMap<u32, u64>, f: &mut Findings<'_>) {
     let all = &b.ops;
+    let logical_invoke = |op: &Op| -> u64 {
+        op.idem
+            .and_then(|k| first_invoke.get(&k).copied())
+            .map_or(op.invoke, |t| t.min(op.invoke))
+    };
     let ok_writes: Vec<usize> = ops
         .iter()
         .copied()
@@ -441,40 +472,39 @@ fn check_key(b: &Builder, ops: &[usize], f: &mut Findings<'_>) {
             .map(|&i| (all[i].complete, all[i].version))
             .collect(),
     );
-    // The op that completed each version first, for examples.
-    let mut writer_of: HashMap<u64, Vec<usize>> = HashMap::new();
+    // The ops that produced each version.
+    let mut writer_of: FastMap<u64, Vec<usize>> = FastMap::default();
     for &i in &ok_writes {
         writer_of.entry(all[i].version).or_default().push(i);
     }
-    let earliest_unknown_write = ops
-        .iter()
-        .filter(|&&i| is_write(&all[i]) && all[i].outcome == Outcome::Info)
-        .map(|&i| all[i].invoke)
-        .min();
+    let excused = excused_versions(all, ops, &writer_of, &logical_invoke);
 
-    // Per session on this key: its ok writes and its ok reads.
-    let mut session_writes: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
-    let mut session_reads: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+    // Per session on this key: its ok writes, and its ok reads under a
+    // policy that promises order (bounded and eventual reads promise none).
+    let mut session_writes: FastMap<u32, Vec<(u64, u64)>> = FastMap::default();
+    let mut session_reads: FastMap<u32, Vec<(u64, u64)>> = FastMap::default();
     for &i in ops {
         let op = &all[i];
         if op.outcome != Outcome::Ok {
             continue;
         }
-        let target = if is_write(op) {
-            &mut session_writes
-        } else {
-            &mut session_reads
-        };
-        target
-            .entry(op.session)
-            .or_default()
-            .push((op.complete, op.version));
+        if is_write(op) {
+            session_writes
+                .entry(op.session)
+                .or_default()
+                .push((op.complete, op.version));
+        } else if promises_order(op.policy) {
+            session_reads
+                .entry(op.session)
+                .or_default()
+                .push((op.complete, op.version));
+        }
     }
-    let session_writes: HashMap<u32, PrefixMax> = session_writes
+    let session_writes: FastMap<u32, PrefixMax> = session_writes
         .into_iter()
         .map(|(s, v)| (s, PrefixMax::new(v)))
         .collect();
-    let session_reads: HashMap<u32, PrefixMax> = session_reads
+    let session_reads: FastMap<u32, PrefixMax> = session_reads
         .into_iter()
         .map(|(s, v)| (s, PrefixMax::new(v)))
         .collect();
@@ -483,23 +513,25 @@ fn check_key(b: &Builder, ops: &[usize], f: &mut Findings<'_>) {
         ok_writes
             .iter()
             .copied()
-            .filter(|&w| all[w].version == version && all[w].complete < t)
+            .filter(|&w| all[w].version == version && all[w].complete <= t)
             .min_by_key(|&w| all[w].complete)
     };
 
+    // Operations are in invoke order, and a process's operations in its
+    // program order.
+    let mut program = ProgramOrder::default();
     for &i in ops {
         let op = &all[i];
         if op.outcome != Outcome::Ok {
             continue;
         }
+        let sp = (op.session, op.process);
         if op.kind == OpKind::Read {
             let v = op.version;
-            let strict = matches!(
-                op.policy,
-                Some(HistoryPolicy::Strong | HistoryPolicy::Session)
-            );
             if op.policy == Some(HistoryPolicy::Strong) {
-                let newest = writes_done.before(op.invoke);
+                let by_time = writes_done.before(op.invoke);
+                let by_program = program.written.get(&op.process).copied().unwrap_or(0);
+                let newest = by_time.max(by_program);
                 if newest > v {
                     let w = writer_before(newest, op.invoke);
                     let involved: Vec<usize> = std::iter::once(i).chain(w).collect();
@@ -513,7 +545,7 @@ fn check_key(b: &Builder, ops: &[usize], f: &mut Findings<'_>) {
                     Some(producers) => {
                         let first = producers
                             .iter()
-                            .map(|&w| all[w].invoke)
+                            .map(|&w| logical_invoke(&all[w]))
                             .min()
                             .unwrap_or(u64::MAX);
                         if first > op.complete {
@@ -526,7 +558,8 @@ fn check_key(b: &Builder, ops: &[usize], f: &mut Findings<'_>) {
                         }
                     }
                     None => {
-                        if earliest_unknown_write.is_none_or(|t| t > op.complete) {
+                        let explained = excused.get(&v).is_some_and(|&t| t <= op.complete);
+                        if !explained {
                             f.add(Anomaly::FutureRead, &[i], || {
                                 format!("read saw version {v}, which no write produced")
                             });
@@ -534,23 +567,27 @@ fn check_key(b: &Builder, ops: &[usize], f: &mut Findings<'_>) {
                     }
                 }
             }
-            if strict {
-                if let Some(own) = session_writes.get(&op.session) {
-                    let written = own.before(op.invoke);
-                    if written > v {
-                        f.add(Anomaly::ReadYourWrites, &[i], || {
-                            format!("session read saw version {v} after the session had written version {written}")
-                        });
-                    }
+            if promises_order(op.policy) {
+                let own = session_writes
+                    .get(&op.session)
+                    .map_or(0, |w| w.before(op.invoke));
+                let written = own.max(program.session_written.get(&sp).copied().unwrap_or(0));
+                if written > v {
+                    f.add(Anomaly::ReadYourWrites, &[i], || {
+                        format!("session read saw version {v} after the session had written version {written}")
+                    });
                 }
-                if let Some(seen) = session_reads.get(&op.session) {
-                    let earlier = seen.before(op.invoke);
-                    if earlier > v {
-                        f.add(Anomaly::MonotonicReads, &[i], || {
-                            format!("session read saw version {v} after the session had read version {earlier}")
-                        });
-                    }
+                let seen = session_reads
+                    .get(&op.session)
+                    .map_or(0, |r| r.before(op.invoke));
+                let earlier = seen.max(program.session_read.get(&sp).copied().unwrap_or(0));
+                if earlier > v {
+                    f.add(Anomaly::MonotonicReads, &[i], || {
+                        format!("session read saw version {v} after the session had read version {earlier}")
+                    });
                 }
+                let r = program.session_read.entry(sp).or_default();
+                *r = (*r).max(v);
             }
             if let Some(HistoryPolicy::Bounded(ms)) = op.policy {
                 let horizon = op.invoke.checked_sub(ms.saturating_mul(1_000_000));
@@ -565,8 +602,11 @@ fn check_key(b: &Builder, ops: &[usize], f: &mut Findings<'_>) {
                     }
                 }
             }
-        } else if let Some(own) = session_writes.get(&op.session) {
-            let earlier = own.before(op.invoke);
+        } else if is_write(op) {
+            let own = session_writes
+                .get(&op.session)
+                .map_or(0, |w| w.before(op.invoke));
+            let earlier = own.max(program.session_written.get(&sp).copied().unwrap_or(0));
             if earlier > op.version {
                 f.add(Anomaly::MonotonicWrites, &[i], || {
                     format!(
@@ -575,12 +615,18 @@ fn check_key(b: &Builder, ops: &[usize], f: &mut Findings<'_>) {
                     )
                 });
             }
+            let w = program.session_written.entry(sp).or_default();
+            *w = (*w).max(op.version);
+            let w = program.written.entry(op.process).or_default();
+            *w = (*w).max(op.version);
         }
     }
 
     // Lost updates: two logical writes winning on one expected version, or
     // two logical writes given one version. A retry (same idempotency key)
-    // returning its original result is one logical write.
+    // returning its original result is one logical write. (Versions given
+    // twice — a multi-writer split brain — are reported here; a read of such
+    // a version is explained by either write.)
     let logical = |i: usize| -> (bool, u64) {
         match all[i].idem {
             Some(k) => (true, u64::from(k)),
@@ -626,26 +672,112 @@ fn check_key(b: &Builder, ops: &[usize], f: &mut Findings<'_>) {
     }
 }
 
+/// Versions reads saw that no ok write produced, each matched with one
+/// write whose outcome is unknown (`info`, or never completed) that could
+/// have produced it: a conditional one only the version after the one it
+/// expected, an unconditional one any version. A write may have applied or
+/// not, but once: it explains at most one version. Returns, per explained
+/// version, when its explaining write was (logically) invoked.
+fn excused_versions(
+    all: &[Op],
+    ops: &[usize],
+    writer_of: &FastMap<u64, Vec<usize>>,
+    logical_invoke: &impl Fn(&Op) -> u64,
+) -> FastMap<u64, u64> {
+    // Unexplained versions, with the first completion of a read of each.
+    let mut wanted: FastMap<u64, u64> = FastMap::default();
+    for &i in ops {
+        let op = &all[i];
+        if op.kind == OpKind::Read
+            && op.outcome == Outcome::Ok
+            && op.version > 0
+            && !writer_of.contains_key(&op.version)
+        {
+            let t = wanted.entry(op.version).or_insert(op.complete);
+            *t = (*t).min(op.complete);
+        }
+    }
+    let mut out = FastMap::default();
+    if wanted.is_empty() {
+        return out;
+    }
+    let mut unknown: Vec<(u64, Option<u64>)> = ops
+        .iter()
+        .map(|&i| &all[i])
+        .filter(|op| is_write(op) && op.outcome == Outcome::Info)
+        .map(|op| {
+            let produces = match op.kind {
+                OpKind::Cas => op.expect.map(|e| e + 1),
+                _ => None,
+            };
+            (logical_invoke(op), produces)
+        })
+        .collect();
+    unknown.sort_unstable();
+    let mut versions: Vec<(u64, u64)> = wanted.into_iter().map(|(v, t)| (t, v)).collect();
+    versions.sort_unstable();
+    let mut used = vec![false; unknown.len()];
+    for (read_at, v) in versions {
+        // The write must have been invoked before the read completed: a
+        // conditional one that produces exactly this version first, else an
+        // unconditional one.
+        let exact = unknown
+            .iter()
+            .enumerate()
+            .position(|(j, &(t, p))| !used[j] && t <= read_at && p == Some(v));
+        let any = || {
+            unknown
+                .iter()
+                .enumerate()
+                .position(|(j, &(t, p))| !used[j] && t <= read_at && p.is_none())
+        };
+        if let Some(j) = exact.or_else(any) {
+            used[j] = true;
+            out.insert(v, unknown[j].0);
+        }
+    }
+    out
+}
+
+/// One `ok` result of an idempotency key: key, version, region, operation.
+type Applied = (u32, u64, Option<u32>, usize);
+
 fn check_idempotency(b: &Builder, f: &mut Findings<'_>) {
-    let mut applied: HashMap<u32, Vec<(u32, u64, usize)>> = HashMap::new();
+    let mut applied: HashMap<u32, Vec<Applied>> = HashMap::new();
     for (i, op) in b.ops.iter().enumerate() {
         if let (Some(k), Outcome::Ok, true) = (op.idem, op.outcome, is_write(op)) {
-            applied.entry(k).or_default().push((op.key, op.version, i));
+            applied
+                .entry(k)
+                .or_default()
+                .push((op.key, op.version, op.region, i));
         }
     }
     let mut keys: Vec<_> = applied.into_iter().filter(|(_, v)| v.len() > 1).collect();
     keys.sort_unstable_by_key(|(k, _)| *k);
     for (k, mut results) in keys {
-        results.sort_unstable_by_key(|&(_, _, i)| b.ops[i].complete);
-        let (key0, v0, first) = results[0];
-        let mut seen = vec![(key0, v0)];
-        for &(key, v, i) in &results[1..] {
-            if !seen.contains(&(key, v)) {
-                seen.push((key, v));
+        results.sort_unstable_by_key(|&(.., i)| b.ops[i].complete);
+        let (_, v0, r0, first) = results[0];
+        let mut seen: Vec<(u32, u64, Option<u32>)> = vec![(results[0].0, v0, r0)];
+        for &(key, v, region, i) in &results[1..] {
+            // The same result again is a retry returning the original
+            // outcome; another version, or the same version committed in
+            // another region (a retry applied anew where the first attempt
+            // had not been seen), is a second application.
+            let again = seen.iter().any(|&(sk, sv, sr)| {
+                sk == key && sv == v && (sr == region || sr.is_none() || region.is_none())
+            });
+            if !again {
+                seen.push((key, v, region));
+                let name = |r: Option<u32>| {
+                    r.map(|r| format!(" in {}", b.regions.names[r as usize]))
+                        .unwrap_or_default()
+                };
                 f.add(Anomaly::DuplicateApplication, &[i, first], || {
                     format!(
-                        "idempotency key {} applied as version {v0} and again as version {v}",
-                        b.idems.names[k as usize]
+                        "idempotency key {} applied as version {v0}{} and again as version {v}{}",
+                        b.idems.names[k as usize],
+                        name(r0),
+                        name(region)
                     )
                 });
             }

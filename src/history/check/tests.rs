@@ -198,12 +198,21 @@ fn monotonic_reads() {
     let h = H::default()
         .write(1, "k", "w", "a", 0, 10, "ok", 1)
         .write(1, "k", "w", "b", 11, 12, "ok", 2)
-        .read(2, "k", "eventual", "s", 20, 30, 2);
+        .read(2, "k", "session", "s", 20, 30, 2);
     only(
         &h.read(3, "k", "session", "s", 40, 50, 1).check(),
         Anomaly::MonotonicReads,
         1,
     );
+    // Bounded and eventual reads promise no order: a later session read
+    // may see less than they did.
+    for relaxed in ["eventual", "bounded:1000"] {
+        let h = H::default()
+            .write(1, "k", "w", "a", 0, 10, "ok", 1)
+            .write(1, "k", "w", "b", 11, 12, "ok", 2)
+            .read(2, "k", relaxed, "s", 20, 30, 2);
+        clean(&h.read(3, "k", "session", "s", 40, 50, 1).check());
+    }
     let h = H::default()
         .write(1, "k", "w", "a", 0, 10, "ok", 1)
         .write(1, "k", "w", "b", 11, 12, "ok", 2)
@@ -404,4 +413,122 @@ fn examples_carry_the_events_involved() {
     assert_eq!(ex.events[0].op, OpKind::Read);
     assert_eq!(ex.events[3].version, Some(2));
     assert!(r.flagged[2] && !r.flagged[0]);
+}
+
+#[test]
+fn a_logical_write_is_invoked_when_its_first_attempt_was() {
+    // The first attempt's outcome is unknown; its retry under the same key
+    // reports version 1 later. A read of version 1 between the two is not
+    // a read of the future.
+    let h = H::default()
+        .write(1, "k", "w", "order-1", 0, 10, "info", 0)
+        .read(2, "k", "strong", "r", 20, 30, 1)
+        .write(3, "k", "w", "order-1", 100, 110, "ok", 1);
+    clean(&h.check());
+    // Without the first attempt, it is.
+    let h = H::default()
+        .read(2, "k", "strong", "r", 20, 30, 1)
+        .write(3, "k", "w", "order-1", 100, 110, "ok", 1);
+    only(&h.check(), Anomaly::FutureRead, 1);
+}
+
+#[test]
+fn one_key_applied_in_two_regions_is_applied_twice() {
+    let line = |p: u64, kind: &str, region: &str, t: u64| {
+        let tail = if kind == "ok" {
+            format!(r#","version":1,"region":"{region}""#)
+        } else {
+            r#","idem":"charge-7""#.to_owned()
+        };
+        format!(r#"{{"process":{p},"type":"{kind}","op":"write","key":"order"{tail},"time":{t}}}"#)
+    };
+    // Split brain: each region applied the same logical write as its own
+    // version 1.
+    let twice = H::default()
+        .line(line(1, "invoke", "", 0))
+        .line(line(1, "ok", "eu", 10))
+        .line(line(2, "invoke", "", 20))
+        .line(line(2, "ok", "us", 30));
+    let report = twice.check();
+    assert_eq!(
+        report.count(Anomaly::DuplicateApplication),
+        1,
+        "{}",
+        report.render()
+    );
+    // A retry that returns the original outcome names the original region.
+    let retry = H::default()
+        .line(line(1, "invoke", "", 0))
+        .line(line(1, "ok", "eu", 10))
+        .line(line(2, "invoke", "", 20))
+        .line(line(2, "ok", "eu", 30));
+    clean(&retry.check());
+}
+
+#[test]
+fn program_order_decides_when_times_tie() {
+    // One process: a write completes at 10 and the next read is invoked at
+    // 10 (a paused clock). The read follows the write.
+    let h = H::default()
+        .write(1, "k", "s", "a", 0, 5, "ok", 1)
+        .write(1, "k", "s", "b", 5, 10, "ok", 2)
+        .read(1, "k", "session", "s", 10, 20, 1);
+    only(&h.check(), Anomaly::ReadYourWrites, 1);
+    let h = H::default()
+        .write(1, "k", "s", "a", 0, 5, "ok", 1)
+        .write(1, "k", "s", "b", 5, 10, "ok", 2)
+        .read(1, "k", "strong", "s", 10, 20, 1);
+    let report = h.check();
+    assert_eq!(report.count(Anomaly::StaleRead), 1, "{}", report.render());
+    let h = H::default()
+        .write(1, "k", "s", "a", 0, 5, "ok", 1)
+        .read(1, "k", "session", "s", 5, 10, 1)
+        .read(1, "k", "session", "s", 10, 20, 0);
+    let report = h.check();
+    assert_eq!(
+        report.count(Anomaly::MonotonicReads),
+        1,
+        "{}",
+        report.render()
+    );
+    // Another process whose times tie is concurrent: no order.
+    let h = H::default()
+        .write(1, "k", "s", "a", 0, 5, "ok", 1)
+        .write(1, "k", "s", "b", 5, 10, "ok", 2)
+        .read(2, "k", "strong", "t", 10, 20, 1);
+    clean(&h.check());
+}
+
+#[test]
+fn an_unknown_write_explains_at_most_one_version() {
+    // A conditional write on version 1 whose outcome is unknown may have
+    // produced version 2, not also version 3.
+    let h = H::default()
+        .write(1, "k", "w", "a", 0, 10, "ok", 1)
+        .cas(2, "k", 1, "b", 20, 30, "info", 0)
+        .read(3, "k", "strong", "r", 40, 50, 2);
+    clean(&h.check());
+    let h = H::default()
+        .write(1, "k", "w", "a", 0, 10, "ok", 1)
+        .cas(2, "k", 1, "b", 20, 30, "info", 0)
+        .read(3, "k", "strong", "r", 40, 50, 2)
+        .read(4, "k", "strong", "r2", 60, 70, 3);
+    only(&h.check(), Anomaly::FutureRead, 1);
+    // Nor version 5: it expected version 1.
+    let h = H::default()
+        .write(1, "k", "w", "a", 0, 10, "ok", 1)
+        .cas(2, "k", 1, "b", 20, 30, "info", 0)
+        .read(3, "k", "strong", "r", 40, 50, 5);
+    only(&h.check(), Anomaly::FutureRead, 1);
+    // An unconditional write explains any one version, once.
+    let h = H::default()
+        .write(2, "k", "w", "b", 20, 30, "info", 0)
+        .read(3, "k", "strong", "r", 40, 50, 4)
+        .read(4, "k", "strong", "r2", 60, 70, 4);
+    clean(&h.check());
+    let h = H::default()
+        .write(2, "k", "w", "b", 20, 30, "info", 0)
+        .read(3, "k", "strong", "r", 40, 50, 4)
+        .read(4, "k", "strong", "r2", 60, 70, 6);
+    only(&h.check(), Anomaly::FutureRead, 1);
 }

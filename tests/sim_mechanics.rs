@@ -298,3 +298,44 @@ fn bad_configuration_is_rejected() {
     c.jitter = f64::NAN;
     assert!(Sim::new(c).is_err());
 }
+
+/// When the home region takes its lease back after an isolation, the new
+/// lease starts above what the old holder served, as a floor for writes,
+/// not by moving the home's clock to the old lease's expiry: commits right
+/// after stay at the present.
+#[tokio::test(start_paused = true)]
+async fn a_lease_returned_after_isolation_does_not_push_commits_into_the_future() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let eu = sim.at("eu").unwrap();
+    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sim.isolate("eu").unwrap();
+    sleep(Duration::from_secs(4)).await;
+    assert_ne!(sim.leaseholder().as_str(), "eu", "the lease moved away");
+    sim.heal();
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(sim.leaseholder().as_str(), "eu", "and came back");
+    let c = write(&eu, "eu", "k", "1", Precondition::Any).await.unwrap();
+    let now = quorate::Clock::now_nanos(&sim.clock("eu").unwrap());
+    assert!(
+        c.point.wall <= now + 100_000_000,
+        "committed {} ms in the future",
+        (c.point.wall - now) / 1_000_000
+    );
+}
+
+/// A one-way cut: a request arrives and applies, its answer is lost.
+#[tokio::test(start_paused = true)]
+async fn a_one_way_cut_loses_answers_not_requests() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let us = sim.at("us").unwrap();
+    sim.cut_one_way("eu", "us").unwrap();
+    assert!(sim.link_cut("eu", "us").unwrap());
+    assert!(!sim.link_cut("us", "eu").unwrap());
+    let lost = write(&us, "us", "k", "1", Precondition::IfAbsent).await;
+    assert!(lost.as_ref().is_err_and(Error::is_ambiguous), "{lost:?}");
+    sim.heal_one_way("eu", "us").unwrap();
+    let r = read(&us, "eu", "k", ReplicaRole::Leader).await.unwrap();
+    assert_eq!(r.version(), Some(quorate::Version(1)), "the write applied");
+}

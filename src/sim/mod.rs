@@ -242,6 +242,41 @@ impl Sim {
         Ok(())
     }
 
+    /// Cuts the link from `from` to `to` only: requests one way arrive, their
+    /// answers are lost (an asymmetric partition).
+    pub fn cut_one_way(&self, from: &str, to: &str) -> Result<(), Error> {
+        let (a, b) = (self.named(from)?, self.named(to)?);
+        let now = Instant::now();
+        if a != b {
+            self.model().links[a][b].cut_since.get_or_insert(now);
+        }
+        Ok(())
+    }
+
+    /// Restores the link from `from` to `to` (one way), delivering what
+    /// waited behind it; other cuts stay.
+    pub fn heal_one_way(&self, from: &str, to: &str) -> Result<(), Error> {
+        let (a, b) = (self.named(from)?, self.named(to)?);
+        let now = Instant::now();
+        let mut m = self.model();
+        m.links[a][b].cut_since = None;
+        m.reschedule(now);
+        Ok(())
+    }
+
+    /// Restores the link between two regions, both ways; other cuts stay.
+    pub fn heal_link(&self, a: &str, b: &str) -> Result<(), Error> {
+        self.heal_one_way(a, b)?;
+        self.heal_one_way(b, a)
+    }
+
+    /// Whether the link from `from` to `to` is cut, without touching the
+    /// model (observing does not perturb a run).
+    pub fn link_cut(&self, from: &str, to: &str) -> Result<bool, Error> {
+        let (a, b) = (self.named(from)?, self.named(to)?);
+        Ok(self.model().links[a][b].cut_since.is_some())
+    }
+
     /// Restores every link.
     pub fn heal(&self) {
         let now = Instant::now();

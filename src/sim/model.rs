@@ -145,6 +145,9 @@ pub(crate) struct Model {
     pub(crate) stamps: u64,
     /// Consensus mode: highest read timestamp served per key.
     tscache: HashMap<String, Point>,
+    /// Consensus mode: the current lease's start; no write commits at or
+    /// below it.
+    lease_start: Point,
     pub(crate) lease: Lease,
     /// The holder before the last transfer, while it may still believe in
     /// its lease.
@@ -175,6 +178,7 @@ impl Model {
             lease_epoch: 0,
             stamps: 0,
             tscache: HashMap::new(),
+            lease_start: Point::default(),
             lease: Lease {
                 holder: p.home,
                 expiry: 0,
@@ -214,10 +218,15 @@ impl Model {
         c.hlc = c.hlc.max(remote).max(phys);
     }
 
+    /// Whether a message from `from` reaches `to` (links may be cut one
+    /// way only: a request arrives, its answer is lost).
     pub(crate) fn reachable(&self, from: usize, to: usize) -> bool {
-        from == to
-            || (self.links[from][to].cut_since.is_none()
-                && self.links[to][from].cut_since.is_none())
+        from == to || self.links[from][to].cut_since.is_none()
+    }
+
+    /// Whether messages pass both ways (a round trip).
+    pub(crate) fn connected(&self, a: usize, b: usize) -> bool {
+        self.reachable(a, b) && self.reachable(b, a)
     }
 
     /// One-way latency from `from` to `to`, with jitter.
@@ -247,7 +256,7 @@ impl Model {
         let n = self.p.regions;
         let needed = n / 2; // followers needed besides the leader
         let mut rtts: Vec<Duration> = (0..n)
-            .filter(|&r| r != leader && self.reachable(leader, r))
+            .filter(|&r| r != leader && self.connected(leader, r))
             .map(|r| self.base_latency(leader, r) + self.base_latency(r, leader))
             .collect();
         if rtts.len() < needed {
@@ -331,9 +340,20 @@ impl Model {
         self.pending.clear();
         self.lease_epoch += 1;
         self.previous = (!cooperative).then_some(old);
-        // The new lease starts above everything the old one could have served.
-        let start = Point::hlc(old.expiry, 0);
-        self.hlc_update(to, start, now);
+        // The new lease starts above everything the old one could have
+        // served, as CockroachDB's does: a cooperative transfer at the old
+        // holder's clock (it stops serving then), an expiration-based one at
+        // the old lease's expiry (which the new holder's clock has passed by
+        // `max_offset` before it may take over). The start is a floor for
+        // writes — the new holder's timestamp cache — not a jump of its
+        // clock: later commits stay at the present.
+        let start = if cooperative {
+            let c = &self.clocks[old.holder];
+            c.hlc.max(Point::hlc(self.wall(old.holder, now), 0))
+        } else {
+            Point::hlc(old.expiry, 0)
+        };
+        self.lease_start = self.lease_start.max(start);
         self.lease = Lease {
             holder: to,
             expiry: self.wall(to, now) + nanos(self.p.lease_duration),
@@ -345,7 +365,7 @@ impl Model {
     pub(crate) fn stale_holder(&self, gateway: usize, now: Instant) -> Option<usize> {
         let prev = self.previous?;
         (prev.holder != self.lease.holder
-            && self.reachable(gateway, prev.holder)
+            && self.connected(gateway, prev.holder)
             && self.wall(prev.holder, now) < prev.expiry)
             .then_some(prev.holder)
     }
@@ -513,7 +533,7 @@ impl Model {
             .and_then(|v| v.last())
             .map(|e| e.point)
             .unwrap_or_default();
-        cache.max(last).successor()
+        cache.max(last).max(self.lease_start).successor()
     }
 
     pub(crate) fn log_latest(&self, key: &str) -> Option<&Entry> {

@@ -92,11 +92,21 @@ pub(crate) struct ClockGuard {
     limit: Option<Duration>,
     warning: Duration,
     ttl: Duration,
+    /// Whether fresh samples from a majority were ever at hand (the client
+    /// probes), and whether they are now.
+    ever_quorum: std::sync::atomic::AtomicBool,
+    quorum: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
+    /// The region's clock minus this process's, as measured.
     offset: f64,
+    /// This process's clock minus the monotonic timeline when it was
+    /// measured: offsets taken at different times compare only once
+    /// brought to one frame (see [`aligned`]), so that a step of this
+    /// process's clock moves no other region's estimate.
+    frame: i128,
     error: Duration,
     at: Instant,
 }
@@ -105,6 +115,9 @@ struct Sample {
 struct State {
     samples: Vec<Option<Sample>>,
     excluded: Vec<bool>,
+    /// Per region, the largest recent lead over the median, and until when
+    /// timestamps it stamped may still carry it.
+    ahead: Vec<(Duration, Instant)>,
 }
 
 pub(crate) fn nanos(d: Duration) -> u64 {
@@ -124,6 +137,7 @@ impl ClockGuard {
             state: std::sync::Mutex::new(State {
                 samples: vec![None; regions],
                 excluded: vec![false; regions],
+                ahead: vec![(Duration::ZERO, Instant::now()); regions],
             }),
             excluded: (0..regions)
                 .map(|_| std::sync::atomic::AtomicBool::new(false))
@@ -133,6 +147,8 @@ impl ClockGuard {
             limit,
             warning,
             ttl,
+            ever_quorum: std::sync::atomic::AtomicBool::new(false),
+            quorum: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -144,31 +160,72 @@ impl ClockGuard {
         nanos(at.saturating_duration_since(self.epoch))
     }
 
-    /// Folds a sample into the region's estimate (exponential smoothing of
-    /// fresh samples; a sample with a tighter error bound weighs more).
-    /// Returns the region's deviation afterwards.
-    pub(crate) fn record(&self, region: usize, sample: &OffsetSample) -> Duration {
+    /// This process's clock minus the monotonic timeline, when the clock
+    /// reads `local` now.
+    fn frame(&self, local: u64, now: Instant) -> i128 {
+        i128::from(local) - i128::from(self.since_epoch(now))
+    }
+
+    /// Folds a sample, received when this process's clock read `received`,
+    /// into the region's estimate (exponential smoothing of fresh samples; a
+    /// sample with a tighter error bound weighs more). Returns the region's
+    /// deviation afterwards.
+    pub(crate) fn record(&self, region: usize, sample: &OffsetSample, received: u64) -> Duration {
         let now = Instant::now();
+        let frame = self.frame(received, now);
         let mut state = self.lock();
         let fresh = |s: &Sample| now.saturating_duration_since(s.at) <= self.ttl;
         let new = sample.offset_nanos as f64;
-        state.samples[region] = Some(match state.samples[region].filter(fresh) {
+        let previous = state.samples[region].filter(fresh).map(|old| Sample {
+            offset: old.offset + (old.frame - frame) as f64,
+            frame,
+            ..old
+        });
+        state.samples[region] = Some(match previous {
             None => Sample {
                 offset: new,
+                frame,
                 error: sample.error,
                 at: now,
             },
+            // A clock that stepped: farther from the estimate than both
+            // errors and the limit allow. Taken as it is, not smoothed in
+            // over several probes.
+            Some(old)
+                if (new - old.offset).abs()
+                    > (old.error + sample.error + self.limit.unwrap_or_default()).as_nanos()
+                        as f64 =>
+            {
+                Sample {
+                    offset: new,
+                    frame,
+                    error: sample.error,
+                    at: now,
+                }
+            }
             Some(old) => {
                 let weight = if sample.error <= old.error { 0.6 } else { 0.3 };
                 Sample {
                     offset: old.offset + weight * (new - old.offset),
+                    frame,
                     error: old.error.min(sample.error) + (sample.error / 4),
                     at: now,
                 }
             }
         });
         self.recompute(&mut state, now);
-        deviation(&state.samples, region).unwrap_or_default()
+        let d = deviation(&aligned(&state.samples), region).unwrap_or_default();
+        // Timestamps taken while a clock ran ahead stay ahead after it is
+        // back (a hybrid-logical clock, or an item's write time, does not go
+        // back) until real time catches up with them: remember the offset
+        // that long, and the samples' lifetime besides.
+        if let Some((median, _)) = median(&aligned(&state.samples)) {
+            let ahead = Duration::from_nanos((new - median).max(0.0) as u64);
+            if ahead > state.ahead[region].0 || now >= state.ahead[region].1 {
+                state.ahead[region] = (ahead, now + ahead + self.ttl);
+            }
+        }
+        d
     }
 
     /// The region could not be probed: its clock is unknown from now on.
@@ -194,9 +251,15 @@ impl ClockGuard {
                 }
             }
         }
+        let quorum = state.samples.iter().flatten().count() * 2 > state.samples.len();
+        self.quorum
+            .store(quorum, std::sync::atomic::Ordering::Relaxed);
+        if quorum {
+            self.ever_quorum
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(limit) = self.limit {
-            let fresh: Vec<(usize, Sample)> = state
-                .samples
+            let fresh: Vec<(usize, Sample)> = aligned(&state.samples)
                 .iter()
                 .enumerate()
                 .filter_map(|(i, s)| s.map(|s| (i, s)))
@@ -243,21 +306,41 @@ impl ClockGuard {
     /// estimate's error; `None` without a fresh sample.
     pub(crate) fn deviation(&self, region: usize) -> Option<Duration> {
         self.refresh();
-        deviation(&self.lock().samples, region)
+        deviation(&aligned(&self.lock().samples), region)
     }
 
     /// What a staleness claim measured in `region` may be off by: the
     /// region's own deviation plus the largest of any region's (a
-    /// follower's closed timestamp is in its leader's or writer's clock).
-    pub(crate) fn staleness_error(&self, region: usize) -> Duration {
+    /// follower's closed timestamp is in its leader's or writer's clock),
+    /// or the largest lead a region's clock had over the others lately, as
+    /// long as timestamps it stamped then may still be ahead.
+    /// `None` when the clocks cannot be verified: the client has probed
+    /// (it had fresh samples from a majority of regions) but has lost that
+    /// evidence — a clock that stepped meanwhile, in a region cut off with
+    /// this process, looks right from inside it.
+    pub(crate) fn staleness_error(&self, region: usize) -> Option<Duration> {
         self.refresh();
         let state = self.lock();
-        let own = deviation(&state.samples, region).unwrap_or_default();
-        let source = (0..state.samples.len())
-            .filter_map(|r| deviation(&state.samples, r))
+        if self.ever_quorum.load(std::sync::atomic::Ordering::Relaxed)
+            && !self.quorum.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return None;
+        }
+        let samples = aligned(&state.samples);
+        let own = deviation(&samples, region).unwrap_or_default();
+        let now = Instant::now();
+        let source = (0..samples.len())
+            .filter_map(|r| deviation(&samples, r))
+            .chain(
+                state
+                    .ahead
+                    .iter()
+                    .filter(|(_, until)| now < *until)
+                    .map(|(lead, _)| *lead),
+            )
             .max()
             .unwrap_or_default();
-        own + source
+        Some(own + source)
     }
 
     /// Whether the region's clock is too far off to trust for timestamps.
@@ -287,8 +370,13 @@ impl ClockGuard {
         if state.samples.iter().flatten().count() * 2 <= state.samples.len() {
             return None;
         }
-        let (median, error) = median(&state.samples)?;
-        let t = local as f64 + median - error.as_nanos() as f64;
+        let samples = aligned(&state.samples);
+        let (median, error) = median(&samples)?;
+        // The median is in the newest sample's frame; `local` may be in
+        // another (this process's clock stepped since).
+        let reference = samples.iter().flatten().next().map_or(0, |s| s.frame);
+        let shift = (reference - self.frame(local, Instant::now())) as f64;
+        let t = local as f64 + median + shift - error.as_nanos() as f64;
         Some(t.max(0.0) as u64)
     }
 
@@ -298,8 +386,32 @@ impl ClockGuard {
     }
 }
 
-/// The median offset of the fresh samples, with the larger error of the
-/// samples it came from.
+/// The samples with their offsets brought to the newest sample's frame:
+/// each offset as it would have been measured by this process's clock as it
+/// reads now, had it not stepped since.
+fn aligned(samples: &[Option<Sample>]) -> Vec<Option<Sample>> {
+    let Some(reference) = samples
+        .iter()
+        .flatten()
+        .max_by_key(|s| s.at)
+        .map(|s| s.frame)
+    else {
+        return samples.to_vec();
+    };
+    samples
+        .iter()
+        .map(|s| {
+            s.map(|s| Sample {
+                offset: s.offset + (s.frame - reference) as f64,
+                frame: reference,
+                ..s
+            })
+        })
+        .collect()
+}
+
+/// The median offset of the fresh samples (in one frame), with the larger
+/// error of the samples it came from.
 fn median(samples: &[Option<Sample>]) -> Option<(f64, Duration)> {
     let mut known: Vec<(f64, Duration)> = samples
         .iter()
@@ -347,6 +459,7 @@ mod tests {
                     (1_000_000_000 + offset) as u64,
                     1_000_000_000,
                 ),
+                1_000_000_000,
             );
         }
         assert!(!guard.excluded(0));
@@ -376,13 +489,53 @@ mod tests {
         assert_eq!(odd.rtt, Duration::ZERO);
     }
 
-    fn at(offset_ms: i64) -> OffsetSample {
-        let base: i64 = 1_000_000_000_000;
-        OffsetSample::new(
-            base as u64,
-            (base + offset_ms * 1_000_000) as u64,
-            base as u64,
-        )
+    /// This process's clock in the tests: it follows the monotonic clock
+    /// from a fixed start.
+    fn local(g: &ClockGuard) -> u64 {
+        1_000_000_000_000 + g.since_epoch(Instant::now())
+    }
+
+    /// Records a round trip of zero length to a server `offset_ms` ahead.
+    fn record(g: &ClockGuard, region: usize, offset_ms: i64) {
+        record_stepped(g, region, offset_ms, 0);
+    }
+
+    /// The same, measured by this process's clock `step_ms` off the
+    /// timeline it followed.
+    fn record_stepped(g: &ClockGuard, region: usize, offset_ms: i64, step_ms: i64) {
+        let now = (local(g) as i64 + step_ms * 1_000_000) as u64;
+        let server = (now as i64 + offset_ms * 1_000_000) as u64;
+        g.record(region, &OffsetSample::new(now, server, now), now);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_of_this_process_clock_moves_no_other_region() {
+        // eu, us and ap agree. Then eu's clock steps 1.5 s back and this
+        // process's clock, which follows eu's, with it: measured from here
+        // eu looks right, and us and ap would look 1.5 s ahead if probed.
+        let g = guard(3);
+        for r in 0..3 {
+            record(&g, r, 0);
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+        record_stepped(&g, 0, 0, -1500);
+        // Before us and ap are probed again, their samples still count, and
+        // still say what they measured: eu is the clock that moved.
+        assert!(g.excluded(0), "the stepped clock is the odd one out");
+        assert!(!g.excluded(1) && !g.excluded(2));
+        assert_eq!(g.deviation(0), Some(Duration::from_millis(1500)));
+        assert!(
+            g.staleness_error(0) >= Some(Duration::from_millis(3000)),
+            "a staleness claim measured in eu's clock: {:?}",
+            g.staleness_error(0)
+        );
+        // Probed again from the stepped clock, they agree with their
+        // earlier samples (no step of their own).
+        record_stepped(&g, 1, 1500, -1500);
+        record_stepped(&g, 2, 1500, -1500);
+        assert!(g.excluded(0));
+        assert!(!g.excluded(1) && !g.excluded(2));
+        assert_eq!(g.deviation(1), Some(Duration::ZERO));
     }
 
     fn guard(regions: usize) -> ClockGuard {
@@ -400,10 +553,10 @@ mod tests {
         // clock steps 1.5 s back.
         let g = guard(3);
         for r in 0..3 {
-            g.record(r, &at(0));
+            record(&g, r, 0);
         }
         g.forget(2);
-        g.record(1, &at(-1500));
+        record(&g, 1, -1500);
         assert!(g.excluded(1), "the stepped clock is excluded");
         assert!(
             g.excluded(0),
@@ -411,32 +564,32 @@ mod tests {
         );
         assert_eq!(g.deviation(2), None, "the cut-off region is unknown");
         // ap is back: two against one.
-        g.record(2, &at(0));
+        record(&g, 2, 0);
         assert!(!g.excluded(0));
         assert!(g.excluded(1));
         // Seen from inside us once it is cut off: its own clock agrees with
         // it, but one region is no majority, so it stays excluded.
         g.forget(0);
         g.forget(2);
-        g.record(1, &at(0));
+        record(&g, 1, 0);
         assert!(g.excluded(1), "no verdict without a majority");
     }
 
     #[tokio::test(start_paused = true)]
     async fn samples_expire_and_exclusion_needs_fresh_evidence_to_lift() {
         let g = guard(3);
-        g.record(0, &at(0));
-        g.record(1, &at(0));
-        g.record(2, &at(900));
+        record(&g, 0, 0);
+        record(&g, 1, 0);
+        record(&g, 2, 900);
         assert!(g.excluded(2));
         tokio::time::advance(Duration::from_secs(2)).await;
-        g.record(0, &at(0));
-        g.record(1, &at(0));
+        record(&g, 0, 0);
+        record(&g, 1, 0);
         tokio::time::advance(Duration::from_millis(1500)).await;
         // ap's sample is stale now: unknown, and still excluded.
         assert_eq!(g.deviation(2), None);
         assert!(g.excluded(2), "excluded until a fresh sample clears it");
-        g.record(2, &at(10));
+        record(&g, 2, 10);
         assert!(!g.excluded(2), "a fresh sample in range readmits it");
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(g.deviation(0), None, "every sample aged out");
@@ -448,22 +601,65 @@ mod tests {
     async fn true_time_follows_the_median() {
         let g = guard(3);
         for r in 0..3 {
-            g.record(r, &at(-600));
+            record(&g, r, -600);
         }
         // This process runs 600 ms ahead of every region.
-        assert_eq!(g.true_time(10_000_000_000), Some(9_400_000_000));
+        let now = local(&g);
+        assert_eq!(g.true_time(now), Some(now - 600_000_000));
+        // Its clock steps 600 ms back: the samples taken before say the
+        // regions are 600 ms behind the clock as it read then, so true time
+        // is what the clock reads now.
+        let stepped = now - 600_000_000;
+        assert_eq!(g.true_time(stepped), Some(stepped));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_staleness_claim_counts_its_own_and_the_source_clock() {
         let g = guard(3);
-        g.record(0, &at(0));
-        g.record(1, &at(40));
-        g.record(2, &at(-120));
+        record(&g, 0, 0);
+        record(&g, 1, 40);
+        record(&g, 2, -120);
         // Median 0: eu 0, us 40 ms, ap 120 ms off. A follower in us states
         // staleness in its own clock against a closed timestamp in the
         // leader's, which may be the farthest off.
-        assert_eq!(g.staleness_error(1), Duration::from_millis(160));
-        assert_eq!(g.staleness_error(0), Duration::from_millis(120));
+        assert_eq!(g.staleness_error(1), Some(Duration::from_millis(160)));
+        assert_eq!(g.staleness_error(0), Some(Duration::from_millis(120)));
+        // Cut off from the others, the clocks cannot be verified any more.
+        g.forget(0);
+        g.forget(2);
+        assert_eq!(g.staleness_error(1), None);
+        // A client that never probed relies on clock_uncertainty alone.
+        assert_eq!(guard(3).staleness_error(1), Some(Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_is_taken_at_once_and_a_lead_is_remembered() {
+        let g = guard(3);
+        for r in 0..3 {
+            record(&g, r, 0);
+        }
+        record(&g, 0, 1500);
+        assert!(g.excluded(0), "one sample of a step is enough");
+        assert_eq!(g.deviation(0), Some(Duration::from_millis(1500)));
+        // The clock is back; timestamps it stamped while ahead are not yet.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        for r in 0..3 {
+            record(&g, r, 0);
+        }
+        assert!(!g.excluded(0));
+        assert_eq!(
+            g.staleness_error(1),
+            Some(Duration::from_millis(1500)),
+            "the lead still counts"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for r in 0..3 {
+            record(&g, r, 0);
+        }
+        assert_eq!(
+            g.staleness_error(1),
+            Some(Duration::ZERO),
+            "and then no more"
+        );
     }
 }

@@ -1066,3 +1066,60 @@ async fn probes_do_not_wait_on_an_unreachable_region() {
     }
     checks.abort();
 }
+
+/// A region cut off with this client whose clock steps back (2.5 s): from inside,
+/// the replica's clock and the client's agree, and the replica's staleness
+/// claim is off by the step. Having lost the evidence that verified the
+/// clocks, the client does not accept the claim: a bounded read is not
+/// served there (it fails here, with no other region reachable) rather than
+/// served beyond its bound.
+#[tokio::test(start_paused = true)]
+async fn a_bounded_read_does_not_trust_clocks_it_can_no_longer_verify() {
+    let sim = Sim::new(config()).unwrap();
+    let client = Client::new(
+        sim.at("ap").unwrap(),
+        ClientConfig {
+            clock: Arc::new(sim.clock("ap").unwrap()),
+            seed: Some(9),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let checks = tokio::spawn({
+        let client = client.clone();
+        async move { client.health_checks(Duration::from_millis(250)).await }
+    });
+    let writer = Client::new(sim.at("eu").unwrap(), ClientConfig::default()).unwrap();
+    writer
+        .write(
+            &writer.session(),
+            "k",
+            "1".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    sleep(Duration::from_secs(1)).await;
+    sim.isolate("ap").unwrap();
+    sleep(Duration::from_millis(1500)).await;
+    // Stepped back far enough that the lagging replica's claim looks fresh.
+    sim.set_skew("ap", -2_500_000_000).unwrap();
+    let v2 = writer
+        .write(
+            &writer.session(),
+            "k",
+            "2".into(),
+            Precondition::Any,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(1500)).await;
+    let bound = ReadPolicy::BoundedStaleness(quorate::Staleness::from_millis(1000).unwrap());
+    match client.read(&client.session(), "k", bound).await {
+        Ok(r) => assert_eq!(r.version(), Some(v2.version), "{:?}", r.freshness),
+        Err(e) => assert!(e.is_retryable(), "{}", e.report()),
+    }
+    checks.abort();
+}

@@ -57,7 +57,7 @@ impl<B: Backend> Client<B> {
             .success(index, Kind::FollowerRead, Instant::now() - sent_at);
         let sample = crate::clock::OffsetSample::new(sent, probe.server_time_nanos, received);
         let was_excluded = inner.guard.excluded(index);
-        let deviation = inner.guard.record(index, &sample);
+        let deviation = inner.guard.record(index, &sample, received);
         inner
             .metrics
             .clock_offset(index, sample.offset_nanos as f64 / 1e9);

@@ -321,16 +321,20 @@ impl<B: Backend> Client<B> {
             ReadPolicy::BoundedStaleness(_) if inner.guard.excluded(region) => {
                 Check::Escalate("replica's clock is excluded")
             }
-            ReadPolicy::BoundedStaleness(bound) => match f.staleness_bound {
-                Some(s)
-                    if s + inner.config.clock_uncertainty + inner.guard.staleness_error(region)
-                        <= bound.duration() =>
-                {
-                    Check::Accept
+            ReadPolicy::BoundedStaleness(bound) => {
+                match (f.staleness_bound, inner.guard.staleness_error(region)) {
+                    (Some(s), Some(error))
+                        if s + inner.config.clock_uncertainty + error <= bound.duration() =>
+                    {
+                        Check::Accept
+                    }
+                    (Some(_), Some(_)) => Check::Escalate("replica beyond the staleness bound"),
+                    (None, _) => Check::Escalate("replica states no staleness bound"),
+                    (Some(_), None) => {
+                        Check::Escalate("the clocks behind the staleness bound cannot be verified")
+                    }
                 }
-                Some(_) => Check::Escalate("replica beyond the staleness bound"),
-                None => Check::Escalate("replica states no staleness bound"),
-            },
+            }
         }
     }
 

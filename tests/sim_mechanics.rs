@@ -105,7 +105,11 @@ async fn clock_skew_within_max_offset_is_uncertain_not_stale() {
 
 #[tokio::test(start_paused = true)]
 async fn clock_skew_beyond_max_offset_gives_stale_strong_reads() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    // In a database that trusts every clock (CockroachDB would stop the
+    // skewed node: see a_node_whose_clock_strays_beyond_max_offset_stops).
+    let mut c = config(Replication::Consensus);
+    c.enforce_max_offset = false;
+    let sim = Sim::new(c).unwrap();
     sim.set_skew("ap", 600_000_000).unwrap();
     let ap = sim.at("ap").unwrap();
     let us = sim.at("us").unwrap();
@@ -157,7 +161,11 @@ async fn quorum_loss_stalls_writes_and_the_lease_moves() {
 
 #[tokio::test(start_paused = true)]
 async fn a_deposed_leaseholder_with_a_slow_clock_serves_stale_reads() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    // In a database that trusts every clock (CockroachDB would stop the
+    // skewed node: see a_node_whose_clock_strays_beyond_max_offset_stops).
+    let mut c = config(Replication::Consensus);
+    c.enforce_max_offset = false;
+    let sim = Sim::new(c).unwrap();
     let eu = sim.at("eu").unwrap();
     write(&eu, "eu", "k", "1", Precondition::IfAbsent)
         .await
@@ -338,4 +346,130 @@ async fn a_one_way_cut_loses_answers_not_requests() {
     sim.heal_one_way("eu", "us").unwrap();
     let r = read(&us, "eu", "k", ReplicaRole::Leader).await.unwrap();
     assert_eq!(r.version(), Some(quorate::Version(1)), "the write applied");
+}
+
+/// One log: an old leaseholder's entry held behind a cut reaches a replica
+/// after the new leaseholder's later entries, and takes its place in
+/// version order instead of becoming the replica's latest.
+#[tokio::test(start_paused = true)]
+async fn a_late_entry_of_an_old_leaseholder_is_applied_in_log_order() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let eu = sim.at("eu").unwrap();
+    write(&eu, "eu", "k", "1", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(500)).await;
+    // Replication from eu to us stops; eu commits v2 with ap's help.
+    sim.cut_one_way("eu", "us").unwrap();
+    write(&eu, "eu", "k", "2", Precondition::Any).await.unwrap();
+    // eu is isolated; the lease moves and v3 commits under the new holder.
+    sim.isolate("eu").unwrap();
+    sleep(Duration::from_secs(4)).await;
+    let holder = sim.leaseholder();
+    assert_ne!(holder.as_str(), "eu");
+    let at_holder = sim.at(holder.as_str()).unwrap();
+    let v3 = write(&at_holder, holder.as_str(), "k", "3", Precondition::Any)
+        .await
+        .unwrap();
+    assert_eq!(v3.version.0, 3);
+    // Everything heals; eu's v2 reaches us after v3 did.
+    sim.heal();
+    sleep(Duration::from_secs(2)).await;
+    let us = sim.at("us").unwrap();
+    let r = read(&us, "us", "k", ReplicaRole::Follower).await.unwrap();
+    assert_eq!(r.version(), Some(v3.version), "the replica's latest is v3");
+}
+
+/// A replica's closed point never covers an entry it has not applied, even
+/// when the entry comes from a leaseholder that has since lost its lease.
+#[tokio::test(start_paused = true)]
+async fn a_closed_point_stops_below_entries_still_on_their_way() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let eu = sim.at("eu").unwrap();
+    sim.cut_one_way("eu", "us").unwrap();
+    let stuck = write(&eu, "eu", "k", "1", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sim.isolate("eu").unwrap();
+    sleep(Duration::from_secs(6)).await;
+    assert_ne!(sim.leaseholder().as_str(), "eu", "the lease moved");
+    let us = sim.at("us").unwrap();
+    let r = read(&us, "us", "k", ReplicaRole::Follower).await.unwrap();
+    assert_eq!(r.version(), None, "v1 is still on its way to us");
+    let closed = r.freshness.point.unwrap();
+    assert!(
+        closed < stuck.point,
+        "us claims completeness through {closed} past the undelivered {}",
+        stuck.point
+    );
+}
+
+/// CockroachDB's clock check: a node whose clock is more than 0.8 ×
+/// `max_offset` from the nodes it talks to stops — it serves nothing, its
+/// own region's clients included — and stays stopped while cut off; back
+/// within bounds, it serves again. Off, the database trusts every clock.
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_clock_strays_beyond_max_offset_stops() {
+    for enforce in [true, false] {
+        let mut c = config(Replication::Consensus);
+        c.enforce_max_offset = enforce;
+        let sim = Sim::new(c).unwrap();
+        let ap = sim.at("ap").unwrap();
+        write(&ap, "ap", "k", "0", Precondition::IfAbsent)
+            .await
+            .unwrap();
+        sim.set_skew("ap", 600_000_000).unwrap();
+        let refused = read(&ap, "ap", "k", ReplicaRole::Leader).await;
+        if enforce {
+            assert!(
+                matches!(refused, Err(Error::RegionUnavailable { .. })),
+                "{refused:?}"
+            );
+            // Cut off, it measures nothing and stays stopped.
+            sim.isolate("ap").unwrap();
+            assert!(read(&ap, "ap", "k", ReplicaRole::Follower).await.is_err());
+            sim.heal();
+            sim.set_skew("ap", 100_000_000).unwrap();
+            assert!(
+                read(&ap, "ap", "k", ReplicaRole::Leader).await.is_ok(),
+                "back"
+            );
+        } else {
+            assert!(refused.is_ok(), "{refused:?}");
+        }
+    }
+}
+
+/// A node stopped over its clock joins the cluster again before it serves:
+/// the leaseholders answering its first requests carry their clocks, so its
+/// timestamps start above what its peers wrote while it was out — even
+/// when they were the ones whose clocks ran ahead.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_node_reads_above_what_was_written_while_it_was_stopped() {
+    let mut c = config(Replication::Consensus);
+    c.home = Region::new("ap").unwrap();
+    let sim = Sim::new(c).unwrap();
+    let (eu, us) = (sim.at("eu").unwrap(), sim.at("us").unwrap());
+    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    // Two clocks of three jump ahead together: the one right clock is the
+    // odd one out and stops.
+    sim.set_skew("us", 1_500_000_000).unwrap();
+    sim.set_skew("ap", 1_500_000_000).unwrap();
+    assert!(read(&eu, "eu", "k", ReplicaRole::Leader).await.is_err());
+    let second = write(&us, "us", "k", "1", Precondition::Any).await.unwrap();
+    // ap steps back: eu and ap agree again, eu restarts and serves.
+    sim.set_skew("ap", 0).unwrap();
+    let after = read(&eu, "eu", "k", ReplicaRole::Leader)
+        .await
+        .expect("eu serves again");
+    let seen = after.value.as_ref().map(|v| v.version);
+    assert_eq!(
+        seen,
+        Some(second.version),
+        "eu read at {:?} below the write at {}",
+        after.freshness.point,
+        second.point
+    );
 }

@@ -8,7 +8,7 @@ use crate::error::Error;
 
 /// The usage line.
 pub const USAGE: &str =
-    "usage: drill [--json | --markdown] [--scenario NAME] [--seed N] [--history FILE] [--report FILE.html]";
+    "usage: drill [--json | --markdown] [--scenario NAME] [--seed N] [--history FILE] [--report FILE.html]\n       drill --nemesis SEEDS [--seed FIRST] [--expect-every-anomaly] [--json] [--history FILE] [--report FILE.html]";
 
 /// Parsed arguments.
 #[derive(Debug, Default)]
@@ -26,6 +26,12 @@ pub struct Args {
     pub report: Option<PathBuf>,
     /// `--help` was asked for.
     pub help: bool,
+    /// Run this many randomized fault schedules (from `--seed`) instead of
+    /// the scenarios.
+    pub nemesis: Option<u64>,
+    /// With `--nemesis`: also fail unless every anomaly the checker knows
+    /// showed in some naive run (the schedules can expose each of them).
+    pub expect_every_anomaly: bool,
 }
 
 /// Parses the arguments (without the program name).
@@ -49,6 +55,17 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String
             }
             "--history" => parsed.history = Some(PathBuf::from(value("--history")?)),
             "--report" => parsed.report = Some(PathBuf::from(value("--report")?)),
+            "--expect-every-anomaly" => parsed.expect_every_anomaly = true,
+            "--nemesis" => {
+                let v = value("--nemesis")?;
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--nemesis takes a number of seeds, got {v:?}"))?;
+                if n == 0 || n > 1_000_000 {
+                    return Err(format!("--nemesis takes 1 to 1000000 seeds, got {n}"));
+                }
+                parsed.nemesis = Some(n);
+            }
             "-h" | "--help" => parsed.help = true,
             other => return Err(format!("unexpected argument {other:?}")),
         }
@@ -87,6 +104,9 @@ pub fn main(
             return 2;
         }
     };
+    if let Some(seeds) = args.nemesis {
+        return nemesis(&args, seeds, out, err);
+    }
     let results = match run_all(&args.options) {
         Ok(r) => r,
         Err(Error::InvalidInput(e)) => {
@@ -124,6 +144,91 @@ pub fn main(
         write!(out, "{}", render_table(&results))
     };
     if verdict(&results) {
+        0
+    } else {
+        1
+    }
+}
+
+/// `drill --nemesis SEEDS`: 0 when no strict run shows an anomaly.
+fn nemesis(args: &Args, seeds: u64, out: &mut impl Write, err: &mut impl Write) -> u8 {
+    if args.options.scenario.is_some() || args.markdown {
+        let _ = writeln!(
+            err,
+            "drill: --nemesis runs its own schedules (no --scenario, --markdown)"
+        );
+        return 2;
+    }
+    let mut kept = Vec::new();
+    let mut failed_write = None;
+    let summary = super::nemesis::run_seeds(args.options.seed, seeds, |seed, result| {
+        if let Some(base) = &args.history {
+            let path = history_path(base, &format!("nemesis-{seed}"), result.config.label());
+            let written = std::fs::File::create(&path)
+                .map(std::io::BufWriter::new)
+                .and_then(|f| crate::history::write_jsonl(f, result.events.iter()));
+            if let Err(e) = written {
+                failed_write.get_or_insert(format!("cannot write {}: {e}", path.display()));
+            }
+        }
+        if args.report.is_some() {
+            kept.push(super::RunResult {
+                scenario: result.scenario,
+                config: result.config,
+                about: result.about,
+                report: result.report.clone(),
+                succeeded: result.succeeded,
+                failed: result.failed,
+                p50: result.p50,
+                p99: result.p99,
+                events: result.events.clone(),
+                windows: result.windows.clone(),
+                duration: result.duration,
+            });
+        }
+    });
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(err, "drill: {e}");
+            return 1;
+        }
+    };
+    if let Some(e) = failed_write {
+        let _ = writeln!(err, "drill: {e}");
+        return 2;
+    }
+    if let Some(path) = &args.report {
+        if let Err(e) = std::fs::write(path, html_report(&kept)) {
+            let _ = writeln!(err, "drill: cannot write {}: {e}", path.display());
+            return 2;
+        }
+    }
+    if args.json {
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            #[serde(flatten)]
+            summary: &'a super::nemesis::NemesisSummary,
+            ok: bool,
+        }
+        let json = Json {
+            summary: &summary,
+            ok: summary.ok(),
+        };
+        let _ = writeln!(out, "{}", serde_json::to_string(&json).unwrap_or_default());
+    } else {
+        let _ = write!(out, "{}", summary.render());
+    }
+    let unseen = summary.unseen_by_naive();
+    if args.expect_every_anomaly && !unseen.is_empty() {
+        let _ = writeln!(
+            err,
+            "drill: no naive run showed {} (--expect-every-anomaly)",
+            unseen.join(", ")
+        );
+        return 1;
+    }
+    if summary.ok() {
         0
     } else {
         1

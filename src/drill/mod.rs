@@ -15,6 +15,7 @@
 mod actor;
 pub mod cli;
 pub mod naive;
+pub mod nemesis;
 mod report;
 mod scenarios;
 
@@ -231,29 +232,86 @@ async fn run_on_virtual_time(
     })
 }
 
-/// Applies each fault at its start and lifts it at its end.
+/// Applies each fault at its start and lifts it at its end. Overlapping
+/// faults compose: a link stays cut while any window cuts it (lifting one
+/// cut does not heal another), skews and latencies add up, and a replica
+/// lags by the largest stall that covers it.
 async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
-    let mut steps: Vec<(Duration, bool, Fault)> = Vec::new();
-    for w in &windows {
-        steps.push((w.from, true, w.fault));
-        steps.push((w.until, false, w.fault));
-    }
-    steps.sort_by_key(|(at, on, _)| (*at, *on));
-    for (at, on, fault) in steps {
+    let regions: Vec<String> = sim
+        .config()
+        .regions
+        .iter()
+        .map(|r| r.as_str().to_owned())
+        .collect();
+    let default_lag = sim.config().replication_lag;
+    let mut times: Vec<Duration> = windows.iter().flat_map(|w| [w.from, w.until]).collect();
+    times.sort();
+    times.dedup();
+    let mut cut: std::collections::BTreeSet<(String, String)> = std::collections::BTreeSet::new();
+    for at in times {
         tokio::time::sleep_until(start + at).await;
-        let applied = match (fault, on) {
-            (Fault::Isolate(r), true) => sim.isolate(r),
-            (Fault::Cut(a, b), true) => sim.cut(a, b),
-            (Fault::Isolate(_) | Fault::Cut(..), false) => {
-                sim.heal();
-                Ok(())
+        let active: Vec<Fault> = windows
+            .iter()
+            .filter(|w| w.from <= at && at < w.until)
+            .map(|w| w.fault)
+            .collect();
+        let mut links = std::collections::BTreeSet::new();
+        let mut skew: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+        let mut latency: std::collections::BTreeMap<(&str, &str), u64> =
+            std::collections::BTreeMap::new();
+        let mut lag: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        for fault in &active {
+            match *fault {
+                Fault::Isolate(r) => {
+                    for o in regions.iter().filter(|o| o.as_str() != r) {
+                        links.insert((r.to_owned(), o.clone()));
+                        links.insert((o.clone(), r.to_owned()));
+                    }
+                }
+                Fault::Cut(a, b) => {
+                    links.insert((a.to_owned(), b.to_owned()));
+                    links.insert((b.to_owned(), a.to_owned()));
+                }
+                Fault::OneWay(a, b) => {
+                    links.insert((a.to_owned(), b.to_owned()));
+                }
+                Fault::Skew(r, ms) => *skew.entry(r).or_default() += ms,
+                Fault::Latency(a, b, ms) => {
+                    let pair = if a <= b { (a, b) } else { (b, a) };
+                    *latency.entry(pair).or_default() += ms;
+                }
+                Fault::Lag(r, ms) => {
+                    let l = lag.entry(r).or_default();
+                    *l = (*l).max(ms);
+                }
             }
-            (Fault::Skew(r, ms), on) => sim.set_skew(r, if on { ms * 1_000_000 } else { 0 }),
-            (Fault::Latency(a, b, ms), on) => {
-                sim.set_link_latency(a, b, Duration::from_millis(if on { ms } else { 0 }))
+        }
+        let mut results = Vec::new();
+        for (a, b) in links.difference(&cut) {
+            results.push(sim.cut_one_way(a, b));
+        }
+        for (a, b) in cut.difference(&links) {
+            results.push(sim.heal_one_way(a, b));
+        }
+        cut = links;
+        for r in &regions {
+            let ms = skew.get(r.as_str()).copied().unwrap_or(0);
+            results.push(sim.set_skew(r, ms * 1_000_000));
+            let stall = lag.get(r.as_str()).map(|&ms| Duration::from_millis(ms));
+            results.push(sim.set_replication_lag(r, stall.unwrap_or(default_lag).max(default_lag)));
+        }
+        for (i, a) in regions.iter().enumerate() {
+            for b in &regions[i + 1..] {
+                let pair = if a <= b {
+                    (a.as_str(), b.as_str())
+                } else {
+                    (b.as_str(), a.as_str())
+                };
+                let ms = latency.get(&pair).copied().unwrap_or(0);
+                results.push(sim.set_link_latency(a, b, Duration::from_millis(ms)));
             }
-        };
-        if let Err(e) = applied {
+        }
+        for e in results.into_iter().filter_map(Result::err) {
             tracing::error!(error = %e, "drill fault could not be applied");
         }
     }

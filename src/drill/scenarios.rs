@@ -19,6 +19,10 @@ use crate::sim::{Replication, SimConfig};
 
 pub(crate) type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+pub(crate) const EU: &str = "eu-west";
+pub(crate) const US: &str = "us-east";
+pub(crate) const AP: &str = "ap-south";
+
 /// A fault applied during a window of the run.
 #[derive(Clone, Copy, Debug)]
 pub enum Fault {
@@ -30,6 +34,12 @@ pub enum Fault {
     Skew(&'static str, i64),
     /// Add one-way latency (milliseconds) between two regions.
     Latency(&'static str, &'static str, u64),
+    /// Cut the link from the first region to the second only: requests
+    /// arrive, answers are lost.
+    OneWay(&'static str, &'static str),
+    /// A region's replica applies what it receives this many milliseconds
+    /// late (a stalled replica).
+    Lag(&'static str, u64),
 }
 
 impl Fault {
@@ -40,6 +50,8 @@ impl Fault {
             Fault::Cut(a, b) => format!("{a} x {b} cut"),
             Fault::Skew(r, ms) => format!("{r} clock {ms:+} ms"),
             Fault::Latency(a, b, ms) => format!("{a} <-> {b} +{ms} ms"),
+            Fault::OneWay(a, b) => format!("{a} -> {b} cut"),
+            Fault::Lag(r, ms) => format!("{r} replica {ms} ms behind"),
         }
     }
 }
@@ -76,10 +88,6 @@ pub struct Scenario {
     pub(crate) workload: fn(&Stage) -> Vec<Task>,
 }
 
-const EU: &str = "eu-west";
-const US: &str = "us-east";
-const AP: &str = "ap-south";
-
 fn s(secs: f64) -> Duration {
     Duration::from_secs_f64(secs)
 }
@@ -92,7 +100,7 @@ fn window(from: f64, until: f64, fault: Fault) -> Window {
     }
 }
 
-fn three_regions(seed: u64, home: &str) -> SimConfig {
+pub(crate) fn three_regions(seed: u64, home: &str) -> SimConfig {
     let mut c = SimConfig::new([EU, US, AP]).expect("valid regions");
     c.home = crate::Region::new(home).expect("valid region");
     c.seed = seed;
@@ -133,7 +141,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "clock-skew-600ms",
             about: Anomaly::StaleRead,
-            story: "ap-south's clock runs 300 ms, then 600 ms ahead (max_offset 500 ms) while it writes records that us-east consumes",
+            story: "ap-south's clock runs 300 ms, then 600 ms ahead (max_offset 500 ms) while it writes records that us-east consumes; the database trusts every clock (CockroachDB would stop ap-south's node beyond 0.8 x max_offset)",
             naive: "writes through the local gateway and reads strongly, trusting every node's clock",
             mechanism: "the clock guard stops using ap-south's gateway for timestamps once its offset strays, and read-after-write checks through every healthy gateway carry the commit timestamp to the readers' gateways",
             duration: s(15.0),
@@ -147,6 +155,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 c.link_latency = Duration::from_millis(5);
                 c.local_latency = Duration::from_micros(500);
                 c.replication_lag = Duration::from_millis(20);
+                c.enforce_max_offset = false;
                 c
             },
             workload: |stage| {
@@ -206,7 +215,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "skew-isolate-conflicting-writes",
             about: Anomaly::MonotonicReads,
-            story: "ap-south holds the lease with its clock 1.5 s behind, is isolated while both sides write the same records, then heals; users move between eu-west and ap-south",
+            story: "ap-south holds the lease with its clock 1.5 s behind, is isolated while both sides write the same records, then heals; users move between eu-west and ap-south; the database trusts every clock (CockroachDB would stop ap-south's node beyond 0.8 x max_offset)",
             naive: "reads the local replica wherever the user lands, with no session carried between services",
             mechanism: "session tokens travel with the user, so a replica behind the session is never read; the clock guard keeps the deposed, skewed leaseholder out of strong reads; only quorum commits succeed",
             duration: s(12.0),
@@ -215,7 +224,11 @@ pub fn scenarios() -> Vec<Scenario> {
                 window(2.0, 8.0, Fault::Isolate(AP)),
             ],
             naive_reads: NaiveReads::LocalReplica,
-            system: |seed| three_regions(seed, AP),
+            system: |seed| {
+                let mut c = three_regions(seed, AP);
+                c.enforce_max_offset = false;
+                c
+            },
             workload: |stage| {
                 let mut tasks = Vec::new();
                 for region in [EU, EU, AP, AP] {
@@ -233,16 +246,16 @@ pub fn scenarios() -> Vec<Scenario> {
     ]
 }
 
-fn pause(rng: &mut SplitMix64, (lo, hi): (u64, u64)) -> Duration {
+pub(crate) fn pause(rng: &mut SplitMix64, (lo, hi): (u64, u64)) -> Duration {
     Duration::from_millis(lo + rng.below(hi - lo + 1))
 }
 
-fn rng_for(stage: &Stage, salt: u64) -> SplitMix64 {
+pub(crate) fn rng_for(stage: &Stage, salt: u64) -> SplitMix64 {
     SplitMix64::new(stage.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ salt)
 }
 
 /// Reads a record and writes the next version conditionally, again and again.
-fn updater(stage: &Stage, regions: &[&str], keys: u64, think: (u64, u64)) -> Task {
+pub(crate) fn updater(stage: &Stage, regions: &[&str], keys: u64, think: (u64, u64)) -> Task {
     let mut actor = Actor::new(stage, regions);
     let mut rng = rng_for(stage, 0x11 + stage.recorder.process());
     Box::pin(async move {
@@ -257,7 +270,7 @@ fn updater(stage: &Stage, regions: &[&str], keys: u64, think: (u64, u64)) -> Tas
 }
 
 /// Reads critical records strongly.
-fn reader(stage: &Stage, regions: &[&str], keys: u64, think: (u64, u64)) -> Task {
+pub(crate) fn reader(stage: &Stage, regions: &[&str], keys: u64, think: (u64, u64)) -> Task {
     let mut actor = Actor::new(stage, regions);
     let mut rng = rng_for(stage, 0x22 + stage.recorder.process());
     Box::pin(async move {
@@ -272,7 +285,7 @@ fn reader(stage: &Stage, regions: &[&str], keys: u64, think: (u64, u64)) -> Task
 }
 
 /// A user whose requests land in each of `regions` in turn, in one session.
-fn roamer(stage: &Stage, regions: &[&str], keys: u64) -> Task {
+pub(crate) fn roamer(stage: &Stage, regions: &[&str], keys: u64) -> Task {
     let mut actor = Actor::new(stage, regions);
     let mut rng = rng_for(stage, 0x33 + stage.recorder.process());
     Box::pin(async move {

@@ -17,10 +17,15 @@
 //! - **Clocks.** Each node's clock is virtual time plus a skew. A strong read
 //!   takes its timestamp from the gateway's clock; a value within
 //!   `max_offset` above it is uncertain (a retryable error), and a value
-//!   further above is invisible: a clock skewed beyond `max_offset` yields
-//!   stale reads, as in CockroachDB. A leaseholder cut off from the quorum
+//!   further above is invisible. A leaseholder cut off from the quorum
 //!   keeps serving reads while its own clock says its lease is valid; a
-//!   successor takes over when its clock says the lease expired.
+//!   successor takes over when its clock says the lease expired. As
+//!   CockroachDB does, a node more than 0.8 × `max_offset` away from more
+//!   than half of the nodes it talks to stops (it serves nothing, holds no
+//!   lease, counts for no quorum) until its clock is back; with
+//!   `SimConfig::enforce_max_offset` off, the simulator models a database
+//!   that trusts every clock, where a clock skewed beyond `max_offset`
+//!   yields stale reads and two leases can overlap.
 //! - **Multi-writer mode** (DynamoDB global tables, eventual). Every region
 //!   accepts writes and checks preconditions against its own replica;
 //!   replication is asynchronous with last-writer-wins by timestamp.
@@ -76,6 +81,12 @@ pub struct SimConfig {
     pub close_lag: Duration,
     /// The clock offset the database tolerates (CockroachDB `max_offset`).
     pub max_offset: Duration,
+    /// Whether the database enforces it, as CockroachDB does (consensus
+    /// mode): a node more than 0.8 × `max_offset` away from more than half
+    /// of the nodes it talks to shuts itself down — it serves nothing,
+    /// holds no lease and counts for no quorum — until its clock is back.
+    /// Off, the simulator models a database that trusts every clock.
+    pub enforce_max_offset: bool,
     /// The lease's duration.
     pub lease_duration: Duration,
     /// How long a request over a cut link waits before it fails.
@@ -108,6 +119,7 @@ impl SimConfig {
             replication_lag: Duration::from_millis(50),
             close_lag: Duration::from_millis(100),
             max_offset: Duration::from_millis(500),
+            enforce_max_offset: true,
             lease_duration: Duration::from_secs(2),
             request_timeout: Duration::from_secs(1),
             jitter: 0.1,
@@ -166,6 +178,7 @@ impl Sim {
             replication_lag: config.replication_lag,
             close_lag: config.close_lag,
             max_offset: config.max_offset,
+            enforce_max_offset: config.enforce_max_offset,
             lease_duration: config.lease_duration,
             jitter: config.jitter,
         };
@@ -227,6 +240,7 @@ impl Sim {
                 m.links[o][r].cut_since.get_or_insert(now);
             }
         }
+        m.measure_clocks();
         Ok(())
     }
 
@@ -238,6 +252,7 @@ impl Sim {
         if a != b {
             m.links[a][b].cut_since.get_or_insert(now);
             m.links[b][a].cut_since.get_or_insert(now);
+            m.measure_clocks();
         }
         Ok(())
     }
@@ -248,7 +263,9 @@ impl Sim {
         let (a, b) = (self.named(from)?, self.named(to)?);
         let now = Instant::now();
         if a != b {
-            self.model().links[a][b].cut_since.get_or_insert(now);
+            let mut m = self.model();
+            m.links[a][b].cut_since.get_or_insert(now);
+            m.measure_clocks();
         }
         Ok(())
     }
@@ -261,6 +278,7 @@ impl Sim {
         let mut m = self.model();
         m.links[a][b].cut_since = None;
         m.reschedule(now);
+        m.measure_clocks();
         Ok(())
     }
 
@@ -287,6 +305,7 @@ impl Sim {
             }
         }
         m.reschedule(now);
+        m.measure_clocks();
     }
 
     /// Adds one-way latency on the link between two regions (both directions).
@@ -301,7 +320,9 @@ impl Sim {
     /// Sets a region's clock skew in nanoseconds (positive: ahead).
     pub fn set_skew(&self, region: &str, skew_nanos: i64) -> Result<(), Error> {
         let r = self.named(region)?;
-        self.model().clocks[r].skew_nanos = skew_nanos;
+        let mut m = self.model();
+        m.clocks[r].skew_nanos = skew_nanos;
+        m.measure_clocks();
         Ok(())
     }
 
@@ -401,6 +422,14 @@ impl Trip {
         }
         if !latency.is_zero() {
             sleep(latency).await;
+        }
+        // A node that stopped over its clock serves nothing, its own
+        // region's clients included.
+        if self.model().clock_fenced(to) {
+            return Err(Error::RegionUnavailable {
+                region: self.region(to),
+                reason: "node stopped: clock offset beyond max_offset",
+            });
         }
         Ok(())
     }

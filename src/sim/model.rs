@@ -113,6 +113,7 @@ pub(crate) struct Params {
     pub(crate) replication_lag: Duration,
     pub(crate) close_lag: Duration,
     pub(crate) max_offset: Duration,
+    pub(crate) enforce_max_offset: bool,
     pub(crate) lease_duration: Duration,
     pub(crate) jitter: f64,
 }
@@ -143,6 +144,8 @@ pub(crate) struct Model {
     /// The last attempt stamp handed out (every write attempt gets one when
     /// it leaves its client; fences compare against them).
     pub(crate) stamps: u64,
+    /// Nodes stopped over their clocks (see [`Model::clock_fenced`]).
+    fenced: Vec<bool>,
     /// Consensus mode: highest read timestamp served per key.
     tscache: HashMap<String, Point>,
     /// Consensus mode: the current lease's start; no write commits at or
@@ -177,6 +180,7 @@ impl Model {
             proposals: 0,
             lease_epoch: 0,
             stamps: 0,
+            fenced: vec![false; n],
             tscache: HashMap::new(),
             lease_start: Point::default(),
             lease: Lease {
@@ -229,6 +233,58 @@ impl Model {
         self.reachable(a, b) && self.reachable(b, a)
     }
 
+    /// Whether `node` has shut itself down over its clock (consensus mode,
+    /// when enforced): CockroachDB measures its offset to every node it
+    /// talks to and stops a node whose clock is more than 0.8 × `max_offset`
+    /// away from more than half of them. A stopped node stays stopped until
+    /// it measures its clock back within bounds (an operator restarts it);
+    /// a node that talks to nobody measures nothing and stays as it was.
+    ///
+    /// A restarted node joins the cluster before it serves: its first
+    /// requests (its liveness heartbeat, the system ranges it reads) are
+    /// answered by leaseholders whose answers carry their hybrid-logical
+    /// clocks, so its own starts above every peer it reaches — above the
+    /// timestamps written while its clock was out, however far ahead the
+    /// others ran.
+    pub(crate) fn clock_fenced(&mut self, node: usize) -> bool {
+        if self.p.multi_writer || !self.p.enforce_max_offset {
+            return false;
+        }
+        let limit = (nanos(self.p.max_offset) as f64 * 0.8) as u64;
+        let own = self.clocks[node].skew_nanos;
+        let (mut out, mut peers) = (0, 0);
+        for other in (0..self.p.regions).filter(|&o| o != node && self.connected(node, o)) {
+            peers += 1;
+            if own.abs_diff(self.clocks[other].skew_nanos) > limit {
+                out += 1;
+            }
+        }
+        if peers > 0 {
+            let fenced = out * 2 > peers;
+            if self.fenced[node] && !fenced {
+                let joined = (0..self.p.regions)
+                    .filter(|&o| o != node && self.connected(node, o))
+                    .map(|o| self.clocks[o].hlc)
+                    .max()
+                    .unwrap_or_default();
+                let c = &mut self.clocks[node];
+                c.hlc = c.hlc.max(joined);
+            }
+            self.fenced[node] = fenced;
+        }
+        self.fenced[node]
+    }
+
+    /// Every node measures its clock against the peers it reaches, as it
+    /// does continuously: called whenever a clock or a link changes, so
+    /// that a fence is decided when the offset appears, not when the node
+    /// is next asked for something.
+    pub(crate) fn measure_clocks(&mut self) {
+        for node in 0..self.p.regions {
+            self.clock_fenced(node);
+        }
+    }
+
     /// One-way latency from `from` to `to`, with jitter.
     pub(crate) fn latency(&mut self, from: usize, to: usize) -> Duration {
         let base = if from == to {
@@ -255,10 +311,16 @@ impl Model {
     pub(crate) fn quorum_rtt(&mut self, leader: usize) -> Option<Duration> {
         let n = self.p.regions;
         let needed = n / 2; // followers needed besides the leader
-        let mut rtts: Vec<Duration> = (0..n)
+        let followers: Vec<usize> = (0..n)
             .filter(|&r| r != leader && self.connected(leader, r))
-            .map(|r| self.base_latency(leader, r) + self.base_latency(r, leader))
             .collect();
+        let mut rtts: Vec<Duration> = Vec::with_capacity(followers.len());
+        for r in followers {
+            // A node stopped over its clock acknowledges nothing.
+            if !self.clock_fenced(r) {
+                rtts.push(self.base_latency(leader, r) + self.base_latency(r, leader));
+            }
+        }
         if rtts.len() < needed {
             return None;
         }
@@ -287,7 +349,8 @@ impl Model {
             return;
         }
         let holder = self.lease.holder;
-        let quorum = |m: &mut Model, r: usize| m.quorum_rtt(r).is_some();
+        // A node stopped over its clock neither holds nor takes a lease.
+        let quorum = |m: &mut Model, r: usize| !m.clock_fenced(r) && m.quorum_rtt(r).is_some();
         if quorum(self, holder) {
             self.lease.expiry = self.wall(holder, now) + nanos(self.p.lease_duration);
             if holder != self.p.home && quorum(self, self.p.home) {
@@ -362,10 +425,11 @@ impl Model {
 
     /// Whether a deposed holder still serves reads by its own clock, and is
     /// reachable from `gateway`.
-    pub(crate) fn stale_holder(&self, gateway: usize, now: Instant) -> Option<usize> {
+    pub(crate) fn stale_holder(&mut self, gateway: usize, now: Instant) -> Option<usize> {
         let prev = self.previous?;
         (prev.holder != self.lease.holder
             && self.connected(gateway, prev.holder)
+            && !self.clock_fenced(prev.holder)
             && self.wall(prev.holder, now) < prev.expiry)
             .then_some(prev.holder)
     }
@@ -383,14 +447,25 @@ impl Model {
                 break;
             };
             let versions = replica.data.entry(d.key.clone()).or_default();
-            let newer = versions
-                .last()
-                .is_none_or(|last| (d.entry.point, d.entry.origin) > (last.point, last.origin));
-            if newer {
-                versions.push(d.entry.clone());
-            } else if !multi_writer {
-                // Consensus-mode entries arrive in commit order.
-                versions.push(d.entry.clone());
+            if multi_writer {
+                // Last writer wins, by timestamp then region.
+                let newer = versions
+                    .last()
+                    .is_none_or(|last| (d.entry.point, d.entry.origin) > (last.point, last.origin));
+                if newer {
+                    versions.push(d.entry.clone());
+                }
+            } else {
+                // One log: an entry takes its place in version order, however
+                // late it arrives (an old leaseholder's entry held behind a
+                // cut comes after the new leaseholder's), and once.
+                let at = versions.partition_point(|e| e.version < d.entry.version);
+                if versions
+                    .get(at)
+                    .is_none_or(|e| e.version != d.entry.version)
+                {
+                    versions.insert(at, d.entry.clone());
+                }
             }
             if let Some((k, c)) = d.idem {
                 let record = IdemRecord::Applied {
@@ -473,13 +548,31 @@ impl Model {
     /// source has sent that has had time to arrive, capped below anything
     /// still queued.
     pub(crate) fn closed_point(&mut self, region: usize, now: Instant) -> Point {
+        // Consensus mode has one log: a replica is complete only through
+        // the entries it has applied, whichever holder sent those still on
+        // their way (a closed timestamp is valid only up to the replica's
+        // applied position, as in CockroachDB). Without this, a new
+        // leaseholder's closed timestamps would cover entries of the old
+        // one still stuck behind a cut.
+        let applied_through = if self.p.multi_writer {
+            None
+        } else {
+            self.replicas[region]
+                .inbox
+                .iter()
+                .map(|d| d.entry.point)
+                .min()
+                .map(predecessor)
+        };
+        let cap = |p: Point| applied_through.map_or(p, |a| p.min(a));
         let sources: Vec<usize> = if self.p.multi_writer {
             (0..self.p.regions).filter(|&s| s != region).collect()
         } else if self.lease.holder == region {
-            // The leaseholder is complete through now.
-            return self.clocks[region]
+            // The leaseholder is complete through now, once it has applied
+            // what it was sent.
+            return cap(self.clocks[region]
                 .hlc
-                .max(Point::hlc(self.wall(region, now), 0));
+                .max(Point::hlc(self.wall(region, now), 0)));
         } else {
             vec![self.lease.holder]
         };
@@ -502,7 +595,7 @@ impl Model {
             *kept = (*kept).max(from_source);
             closed = Some(closed.map_or(*kept, |c: Point| c.min(*kept)));
         }
-        closed.unwrap_or(self.clocks[region].hlc)
+        cap(closed.unwrap_or(self.clocks[region].hlc))
     }
 
     /// The committed log entry visible to a read at `read` (consensus mode),
@@ -552,6 +645,14 @@ impl Model {
     pub(crate) fn proposal(&mut self) -> u64 {
         self.proposals += 1;
         self.proposals
+    }
+}
+
+/// The point just below `p`.
+fn predecessor(p: Point) -> Point {
+    match p.logical.checked_sub(1) {
+        Some(l) => Point::hlc(p.wall, l),
+        None => Point::hlc(p.wall.saturating_sub(1), u32::MAX),
     }
 }
 

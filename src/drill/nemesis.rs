@@ -1,0 +1,423 @@
+//! Randomized fault schedules: per seed, a system, a schedule of
+//! overlapping faults and a workload, run once with the naive client and
+//! once with the strict one, and both histories checked.
+//!
+//! The faults are drawn from what region-failure drills inject: isolation,
+//! cuts between two regions, one-way cuts (requests arrive, answers are
+//! lost: ambiguous commits), latency spikes, clock skew and steps within
+//! and beyond `max_offset`, and stalled replicas. The workload mixes
+//! read-modify-write updaters (strong read, conditional idempotent write),
+//! strong readers, users whose session travels between services in several
+//! regions as an encoded token (session reads and writes), and background
+//! readers under a staleness bound. A quarter of the systems are
+//! multi-writer tables (global tables).
+//!
+//! Nothing here decides an outcome: a schedule is a seed's random draw, and
+//! anomalies come from the simulator's mechanics and the client.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::sleep;
+
+use super::actor::{Actor, Stage};
+use super::naive::NaiveReads;
+use super::scenarios::{
+    pause, reader, rng_for, roamer, three_regions, updater, Fault, Scenario, Task, Window, AP, EU,
+    US,
+};
+use super::{run, Configuration};
+use crate::error::Error;
+use crate::history::{Anomaly, HistoryPolicy, ANOMALIES};
+use crate::policy::{ReadPolicy, Staleness};
+use crate::random::SplitMix64;
+use crate::record::Precondition;
+use crate::sim::{Replication, SimConfig};
+
+const REGIONS: [&str; 3] = [EU, US, AP];
+
+/// How long a schedule's workload runs.
+pub const DURATION: Duration = Duration::from_secs(12);
+
+/// Every random choice of one seed, drawn in one fixed order.
+struct Plan {
+    multi_writer: bool,
+    home: &'static str,
+    keys: u64,
+    updaters: Vec<&'static str>,
+    readers: Vec<&'static str>,
+    roamers: Vec<Vec<&'static str>>,
+    bounded: Vec<&'static str>,
+    settlers: Vec<&'static str>,
+    windows: Vec<Window>,
+}
+
+fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
+    items[rng.below(items.len() as u64) as usize]
+}
+
+fn two(rng: &mut SplitMix64) -> (&'static str, &'static str) {
+    let a = pick(rng, &REGIONS);
+    let others: Vec<&'static str> = REGIONS.iter().copied().filter(|r| *r != a).collect();
+    (a, pick(rng, &others))
+}
+
+impl Plan {
+    fn of(seed: u64) -> Plan {
+        let mut rng = SplitMix64::new(seed ^ 0x6e65_6d65_7369_7321);
+        let multi_writer = rng.below(4) == 0;
+        let home = pick(&mut rng, &REGIONS);
+        let keys = 2 + rng.below(4);
+        let some = |rng: &mut SplitMix64, lo: u64, hi: u64| -> Vec<&'static str> {
+            (0..lo + rng.below(hi - lo + 1))
+                .map(|_| pick(rng, &REGIONS))
+                .collect()
+        };
+        let updaters = some(&mut rng, 2, 3);
+        let readers = some(&mut rng, 1, 2);
+        let roamers = (0..1 + rng.below(2))
+            .map(|_| {
+                let (a, b) = two(&mut rng);
+                if rng.below(2) == 0 {
+                    vec![a, b]
+                } else {
+                    let c = REGIONS
+                        .iter()
+                        .copied()
+                        .find(|r| *r != a && *r != b)
+                        .unwrap_or(a);
+                    vec![a, b, c]
+                }
+            })
+            .collect();
+        let bounded = some(&mut rng, 0, 1);
+        let settlers = some(&mut rng, 0, 2);
+        let faults = 2 + rng.below(5);
+        let windows = (0..faults)
+            .map(|_| {
+                let fault = match rng.below(6) {
+                    0 => Fault::Isolate(pick(&mut rng, &REGIONS)),
+                    1 => {
+                        let (a, b) = two(&mut rng);
+                        Fault::Cut(a, b)
+                    }
+                    2 => {
+                        let (a, b) = two(&mut rng);
+                        Fault::OneWay(a, b)
+                    }
+                    3 => {
+                        let (a, b) = two(&mut rng);
+                        Fault::Latency(a, b, 50 + rng.below(351))
+                    }
+                    4 => Fault::Skew(
+                        pick(&mut rng, &REGIONS),
+                        pick(&mut rng, &[-1500, -600, -300, -100, 100, 300, 600, 1500]),
+                    ),
+                    _ => Fault::Lag(pick(&mut rng, &REGIONS), 200 + rng.below(2801)),
+                };
+                let from = 500 + rng.below(8500);
+                let until = from + 300 + rng.below(3700);
+                Window {
+                    from: Duration::from_millis(from),
+                    until: Duration::from_millis(until.min(11_500)),
+                    fault,
+                }
+            })
+            .collect();
+        Plan {
+            multi_writer,
+            home,
+            keys,
+            updaters,
+            readers,
+            roamers,
+            bounded,
+            settlers,
+            windows,
+        }
+    }
+}
+
+fn system(seed: u64) -> SimConfig {
+    let plan = Plan::of(seed);
+    let mut c = three_regions(seed, plan.home);
+    if plan.multi_writer {
+        c.replication = Replication::MultiWriter;
+    }
+    c
+}
+
+/// Reads under a staleness bound (a background job): the naive client
+/// reads the local replica, the history records the bound it promised.
+fn bounded_reader(stage: &Stage, region: &str, keys: u64) -> Task {
+    let mut actor = Actor::new(stage, &[region]);
+    let mut rng = rng_for(stage, 0x99 + stage.recorder.process());
+    let bound = Staleness::from_millis(1_000).map(ReadPolicy::BoundedStaleness);
+    Box::pin(async move {
+        let Ok(policy) = bound else { return };
+        while actor.running() {
+            let key = format!("acct:{}", rng.below(keys));
+            actor
+                .read(0, &key, policy, HistoryPolicy::Bounded(1_000))
+                .await;
+            sleep(pause(&mut rng, (60, 140))).await;
+        }
+    })
+}
+
+/// A user whose session travels between services in `regions`: it reads
+/// under its session and now and then writes what it read on.
+fn session_writer(stage: &Stage, regions: &[&str], keys: u64) -> Task {
+    let mut actor = Actor::new(stage, regions);
+    let mut rng = rng_for(stage, 0x77 + stage.recorder.process());
+    Box::pin(async move {
+        let mut turn = 0;
+        let mut n = 0u64;
+        while actor.running() {
+            let key = format!("acct:{}", rng.below(keys));
+            let seen = actor
+                .read(turn, &key, ReadPolicy::Session, HistoryPolicy::Session)
+                .await;
+            turn += 1;
+            if rng.below(3) == 0 {
+                if let Some(seen) = seen {
+                    n += 1;
+                    let precondition = match seen.version {
+                        Some(v) => Precondition::IfVersion(v),
+                        None => Precondition::IfAbsent,
+                    };
+                    actor
+                        .write(turn, &key, &format!("session-{n}"), precondition, None)
+                        .await;
+                    turn += 1;
+                }
+            }
+            sleep(pause(&mut rng, (60, 140))).await;
+        }
+    })
+}
+
+/// A worker that settles records: it reads one strongly and moves it on,
+/// naming the state transition after the version it saw
+/// (`settle-<key>-<version>`), so that workers in two regions that see the
+/// same version perform the same transition — once, if the client keeps
+/// its promises.
+fn settler(stage: &Stage, region: &str, keys: u64) -> Task {
+    let mut actor = Actor::new(stage, &[region]);
+    let mut rng = rng_for(stage, 0x88 + stage.recorder.process());
+    Box::pin(async move {
+        while actor.running() {
+            let key = format!("acct:{}", rng.below(keys));
+            let seen = actor
+                .read(0, &key, ReadPolicy::Strong, HistoryPolicy::Strong)
+                .await;
+            if let Some(v) = seen.and_then(|s| s.version) {
+                actor
+                    .write(
+                        0,
+                        &key,
+                        "settled",
+                        Precondition::IfVersion(v),
+                        Some(format!("settle-{key}-{}", v.0)),
+                    )
+                    .await;
+            }
+            sleep(pause(&mut rng, (100, 300))).await;
+        }
+    })
+}
+
+fn workload(stage: &Stage) -> Vec<Task> {
+    let plan = Plan::of(stage.seed);
+    let mut tasks = Vec::new();
+    for r in &plan.updaters {
+        tasks.push(updater(stage, &[r], plan.keys, (60, 200)));
+    }
+    for r in &plan.readers {
+        tasks.push(reader(stage, &[r], plan.keys, (40, 120)));
+    }
+    for (i, regions) in plan.roamers.iter().enumerate() {
+        if i % 2 == 0 {
+            tasks.push(session_writer(stage, regions, plan.keys));
+        } else {
+            tasks.push(roamer(stage, regions, plan.keys));
+        }
+    }
+    for r in &plan.bounded {
+        tasks.push(bounded_reader(stage, r, plan.keys));
+    }
+    for r in &plan.settlers {
+        tasks.push(settler(stage, r, plan.keys));
+    }
+    tasks
+}
+
+/// The schedule of `seed` as a drill scenario.
+pub fn scenario(seed: u64) -> Scenario {
+    let plan = Plan::of(seed);
+    Scenario {
+        name: "nemesis",
+        about: Anomaly::StaleRead,
+        story: "a random schedule of overlapping faults over a random workload",
+        naive: "reads the local replica, sticks to one region, retries blindly",
+        mechanism: "quorate's defaults",
+        duration: DURATION,
+        windows: plan.windows,
+        naive_reads: NaiveReads::LocalReplica,
+        system,
+        workload,
+    }
+}
+
+/// A description of the schedule of `seed`: the system and each fault.
+pub fn describe(seed: u64) -> String {
+    let plan = Plan::of(seed);
+    let mut s = format!(
+        "seed {seed}: {} table, home {}, {} keys; faults:",
+        if plan.multi_writer {
+            "multi-writer"
+        } else {
+            "consensus"
+        },
+        plan.home,
+        plan.keys
+    );
+    for w in &plan.windows {
+        s.push_str(&format!(
+            " [{:.1}-{:.1} s {}]",
+            w.from.as_secs_f64(),
+            w.until.as_secs_f64(),
+            w.fault.label()
+        ));
+    }
+    s
+}
+
+/// What a range of seeds showed.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct NemesisSummary {
+    /// The first seed.
+    pub from: u64,
+    /// How many seeds ran (each twice: naive and strict).
+    pub seeds: u64,
+    /// Per anomaly: how many strict runs showed it.
+    pub strict: BTreeMap<&'static str, u64>,
+    /// Per anomaly: how many naive runs showed it.
+    pub naive: BTreeMap<&'static str, u64>,
+    /// The seeds whose strict run showed an anomaly, with its counts.
+    pub failures: Vec<(u64, BTreeMap<&'static str, u64>)>,
+    /// Operations recorded over every run.
+    pub ops: u64,
+    /// The anomalies no naive run showed.
+    pub unseen_by_naive: Vec<&'static str>,
+}
+
+impl NemesisSummary {
+    /// Whether every strict run was clean.
+    pub fn ok(&self) -> bool {
+        self.seeds > 0 && self.failures.is_empty()
+    }
+
+    /// The anomalies no naive run showed.
+    pub fn unseen_by_naive(&self) -> Vec<&'static str> {
+        ANOMALIES
+            .iter()
+            .copied()
+            .filter(|a| self.naive.get(a).copied().unwrap_or(0) == 0)
+            .collect()
+    }
+
+    /// A table: per anomaly, the strict and naive runs that showed it, then
+    /// each failing seed with the command that replays it.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "nemesis: seeds {}..{} ({} runs, {} operations)",
+            self.from,
+            self.from + self.seeds,
+            self.seeds * 2,
+            self.ops
+        );
+        let _ = writeln!(
+            s,
+            "{:<24} {:>12} {:>12}",
+            "anomaly", "strict runs", "naive runs"
+        );
+        for a in ANOMALIES {
+            let _ = writeln!(
+                s,
+                "{:<24} {:>12} {:>12}",
+                a,
+                self.strict.get(a).copied().unwrap_or(0),
+                self.naive.get(a).copied().unwrap_or(0)
+            );
+        }
+        if self.failures.is_empty() {
+            let _ = writeln!(s, "\nPASS: no strict run showed an anomaly");
+        } else {
+            let _ = writeln!(
+                s,
+                "\nFAIL: {} strict run(s) showed anomalies",
+                self.failures.len()
+            );
+            for (seed, counts) in &self.failures {
+                let shown: Vec<String> = counts
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(a, n)| format!("{a}={n}"))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "  seed {seed}: {}\n    {}\n    replay: cargo run --release --example drill -- --nemesis 1 --seed {seed} --history h.jsonl --report r.html",
+                    shown.join(" "),
+                    describe(*seed)
+                );
+            }
+        }
+        s
+    }
+}
+
+/// Runs seeds `from..from + seeds`, each naive then strict; `each` sees
+/// every run (to save its history or report).
+pub fn run_seeds(
+    from: u64,
+    seeds: u64,
+    mut each: impl FnMut(u64, &super::RunResult),
+) -> Result<NemesisSummary, Error> {
+    let mut summary = NemesisSummary {
+        from,
+        seeds,
+        ..NemesisSummary::default()
+    };
+    for seed in from..from.saturating_add(seeds) {
+        let scenario = scenario(seed);
+        for config in [Configuration::Naive, Configuration::Strict] {
+            let result = run(&scenario, config, seed)?;
+            summary.ops += result.report.ops;
+            let counts = match config {
+                Configuration::Naive => &mut summary.naive,
+                Configuration::Strict => &mut summary.strict,
+            };
+            for (a, n) in &result.report.anomalies {
+                if *n > 0 {
+                    *counts.entry(a).or_default() += 1;
+                }
+            }
+            if config == Configuration::Strict && result.report.total() > 0 {
+                summary
+                    .failures
+                    .push((seed, result.report.anomalies.clone()));
+            }
+            each(seed, &result);
+        }
+    }
+    for a in ANOMALIES {
+        summary.strict.entry(a).or_default();
+        summary.naive.entry(a).or_default();
+    }
+    summary.unseen_by_naive = summary.unseen_by_naive();
+    Ok(summary)
+}

@@ -62,18 +62,28 @@ struct Rtt {
     srtt: f64,
     rttvar: f64,
     known: bool,
+    /// Attempts timed out since the last sample: each doubles the next
+    /// timeout (Karn's backoff, RFC 6298 §5.5), so that latency that grew
+    /// past the timeout is measured again instead of timing out for ever.
+    backoff: u8,
 }
+
+/// The most doublings a timeout gets (64 × the estimate; the cap applies
+/// anyway).
+const MAX_BACKOFF: u8 = 6;
 
 impl Rtt {
     fn sample(&mut self, nanos: f64) {
         if self.known {
             self.rttvar += 0.25 * ((self.srtt - nanos).abs() - self.rttvar);
             self.srtt += 0.125 * (nanos - self.srtt);
+            self.backoff = 0;
         } else {
             *self = Rtt {
                 srtt: nanos,
                 rttvar: nanos / 2.0,
                 known: true,
+                backoff: 0,
             };
         }
     }
@@ -196,6 +206,7 @@ impl Router {
             if r.known {
                 sum.srtt += r.srtt;
                 sum.rttvar += r.rttvar;
+                sum.backoff = sum.backoff.max(r.backoff);
                 n += 1.0;
             }
         }
@@ -334,8 +345,17 @@ impl Router {
         self.lock()[region].down_since.map(|t| Instant::now() - t)
     }
 
+    /// An attempt of `kind` in `region` timed out: the next one waits twice
+    /// as long (until an attempt completes and is measured).
+    pub(crate) fn timed_out(&self, region: usize, kind: Kind) {
+        let mut rtts = self.rtts(shard::current());
+        let rtt = &mut rtts[region].0[kind as usize];
+        rtt.backoff = (rtt.backoff + 1).min(MAX_BACKOFF);
+    }
+
     /// How long to wait for an attempt of `kind` in `region` before giving
-    /// up on it: the smoothed latency plus four mean deviations, within
+    /// up on it: the smoothed latency plus four mean deviations, doubled
+    /// for each attempt that timed out since the last measurement, within
     /// `[floor, cap]`; `cap` until the region has been measured.
     pub(crate) fn attempt_timeout(
         &self,
@@ -350,7 +370,8 @@ impl Router {
         }
         // At least three smoothed round trips: a steady but loaded region
         // has little variation and must not time out on its next hiccup.
-        let nanos = (rtt.srtt + 4.0 * rtt.rttvar).max(3.0 * rtt.srtt).max(0.0);
+        let nanos = (rtt.srtt + 4.0 * rtt.rttvar).max(3.0 * rtt.srtt).max(0.0)
+            * f64::from(1u32 << rtt.backoff);
         Duration::from_nanos(nanos.min(u64::MAX as f64) as u64).clamp(floor, cap.max(floor))
     }
 

@@ -374,3 +374,52 @@ async fn the_chaos_wrapper_skews_what_probes_report() {
         "readmitted after the skew is gone"
     );
 }
+
+/// Latency that grows past the adaptive timeout on the commit path (the
+/// only quorum left is across a slow link) makes writes slower, not
+/// ambiguous: a timed-out write attempt doubles the next timeout (Karn's
+/// backoff) and is resolved in the same region, and the leaseholder, which
+/// still answers everything, is not ejected for it.
+#[tokio::test(start_paused = true)]
+async fn a_slower_commit_path_slows_writes_without_ejecting_the_leader() {
+    let sim = sim(Replication::Consensus);
+    let client = Client::new(sim.at("eu").unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let write = |i: usize| {
+        let (client, session) = (&client, &session);
+        async move {
+            let started = Instant::now();
+            let r = client
+                .write(
+                    session,
+                    "k",
+                    format!("{i}").into(),
+                    Precondition::Any,
+                    &WriteOptions::default(),
+                )
+                .await;
+            (r, started.elapsed())
+        }
+    };
+    for i in 0..5 {
+        write(i).await.0.unwrap();
+    }
+    sim.set_link_latency("eu", "us", Duration::from_millis(150))
+        .unwrap();
+    sim.isolate("ap").unwrap();
+    let mut took = Vec::new();
+    for i in 5..12 {
+        let (r, elapsed) = write(i).await;
+        r.unwrap_or_else(|e| panic!("write {i}: {}", e.report()));
+        took.push(elapsed);
+        assert_eq!(
+            client.health()[0].circuit,
+            Circuit::Closed,
+            "the leaseholder answers: its circuit stays closed"
+        );
+    }
+    // Once the timeout has backed off, a write takes one slow commit.
+    for t in &took[2..] {
+        assert!(*t < Duration::from_millis(600), "{took:?}");
+    }
+}

@@ -431,14 +431,26 @@ impl<B: Backend> Client<B> {
             // A read changes nothing: none of its errors is ambiguous.
             Some(Err(e)) if !write => Err(e.for_read()),
             Some(Err(e)) => Err(e),
-            None => Err(Error::Timeout {
-                after: ends - started,
-                sent: write,
-            }),
+            None => {
+                inner.router.timed_out(region, kind);
+                Err(Error::Timeout {
+                    after: ends - started,
+                    sent: write,
+                })
+            }
         };
         match &result {
+            // Unreachable, a read that timed out, or silence for the longest
+            // attempt there is: the region is left at once. A write (or a
+            // lookup, which fences through the same path) waits on a quorum
+            // beyond the region: outliving its adaptive timeout says the
+            // commit path is slow, not that the region is gone. It counts
+            // as a soft failure (and its next timeout is doubled), so that a
+            // latency spike between the other regions does not eject the
+            // one that leads; a region that stopped answering altogether
+            // soon gathers the consecutive failures that eject it.
             Err(e @ (Error::RegionUnavailable { .. } | Error::Timeout { .. })) => {
-                if inner.router.failure(region, true) {
+                if inner.router.failure(region, self.region_failed(e, kind)) {
                     inner
                         .metrics
                         .ejection(inner.router.region(region), e.reason());
@@ -459,6 +471,21 @@ impl<B: Backend> Client<B> {
             _ => inner.router.success(region, kind, Instant::now() - started),
         }
         result
+    }
+}
+
+impl<B: Backend> Client<B> {
+    /// Whether `error`, from an attempt of `kind`, says the region failed
+    /// (it is left: its circuit opens, and the operation tries elsewhere)
+    /// rather than that it was slow this time.
+    fn region_failed(&self, error: &Error, kind: Kind) -> bool {
+        match error {
+            Error::RegionUnavailable { .. } => true,
+            Error::Timeout { after, .. } => {
+                kind != Kind::Write || *after >= self.inner.config.attempt_timeout
+            }
+            _ => false,
+        }
     }
 }
 

@@ -185,10 +185,11 @@ impl<B: Backend> Client<B> {
                 }
                 Err(e) => e,
             };
-            if matches!(
-                error,
-                Error::RegionUnavailable { .. } | Error::Timeout { .. }
-            ) {
+            // A region that failed is not asked again by this write; one
+            // that was only slow is, with a longer timeout (a write that
+            // outlived its adaptive timeout waited on the quorum behind the
+            // region, which another gateway reaches no faster).
+            if self.region_failed(&error, Kind::Write) {
                 tried.add(region_index);
             }
             match error.retryability() {
@@ -318,11 +319,13 @@ impl<B: Backend> Client<B> {
                 sent_to
             };
             let region = inner.router.region(region_index);
+            // Timed as a write: a lookup that finds nothing commits a fence
+            // through the same path as the write it resolves.
             let result = self
                 .attempt(
                     Instant::now(),
                     region_index,
-                    Kind::LeaderRead,
+                    Kind::Write,
                     true,
                     deadline,
                     || inner.backend.lookup(region, key, idem),
@@ -336,7 +339,7 @@ impl<B: Backend> Client<B> {
                 }
                 Err(e) if e.retryability() == Retryability::Permanent => return Err(e),
                 Err(e) => {
-                    if matches!(e, Error::RegionUnavailable { .. } | Error::Timeout { .. }) {
+                    if self.region_failed(&e, Kind::Write) {
                         tried.add(region_index);
                     }
                     let wake = Instant::now() + self.jitter(attempt);

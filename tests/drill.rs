@@ -1,6 +1,6 @@
 //! The drills and both command lines, run as a user would.
 
-use quorate::drill::{self, cli, Configuration, DrillOptions};
+use quorate::drill::{self, cli, Configuration, DrillOptions, Mechanism, Variant};
 use quorate::history::Anomaly;
 
 fn run_cli(args: &[&str]) -> (u8, String, String) {
@@ -53,6 +53,8 @@ fn every_drill_passes_with_ten_runs_in_the_documented_shape() {
             "availability",
             "p50_ms",
             "p99_ms",
+            "without",
+            "enforce_max_offset",
         ] {
             assert!(keys.contains(&k), "{k} missing in {run}");
         }
@@ -94,6 +96,7 @@ fn a_seed_reproduces_a_run_exactly() {
     let options = DrillOptions {
         scenario: Some("partition-global-tables".into()),
         seed: 11,
+        ..DrillOptions::default()
     };
     let a = drill::run_all(&options).unwrap();
     let b = drill::run_all(&options).unwrap();
@@ -284,4 +287,150 @@ fn seeds_the_nemesis_once_caught_stay_clean() {
             run.report.render()
         );
     }
+}
+
+fn scenario(name: &str) -> drill::Scenario {
+    drill::scenarios()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no scenario {name}"))
+}
+
+fn strict_without(name: &str, without: &[Mechanism], seed: u64) -> drill::RunResult {
+    let variant = Variant {
+        without: without.to_vec(),
+        ..Variant::default()
+    };
+    drill::run_variant(&scenario(name), Configuration::Strict, seed, &variant).unwrap()
+}
+
+/// What each scenario's text credits is what keeps its strict run clean:
+/// with it switched off, the strict run shows the anomaly (on one of the
+/// first six seeds at least; on most, every one).
+#[test]
+fn each_credited_mechanism_is_what_keeps_the_strict_run_clean() {
+    use Mechanism::*;
+    let cases: &[(&str, &[Mechanism], &str)] = &[
+        ("isolation-latency", &[StrongReads], "stale-read"),
+        ("clock-skew-600ms", &[ClockGuard, Verify], "stale-read"),
+        ("partition-global-tables", &[StrongReads], "stale-read"),
+        (
+            "partition-global-tables",
+            &[StrongReads, HomeWrites],
+            "duplicate-application",
+        ),
+        ("partial-partition-skew-250ms", &[StrongReads], "stale-read"),
+        (
+            "skew-isolate-conflicting-writes",
+            &[SessionTokens],
+            "monotonic-reads",
+        ),
+        (
+            "skew-isolate-conflicting-writes",
+            &[ClockGuard],
+            "stale-read",
+        ),
+        (
+            "skew-isolate-conflicting-writes",
+            &[StrongReads],
+            "stale-read",
+        ),
+    ];
+    for (name, without, anomaly) in cases {
+        let caught = (1..=6).find(|&seed| {
+            let run = strict_without(name, without, seed);
+            run.report.anomalies.get(anomaly).copied().unwrap_or(0) > 0
+        });
+        assert!(
+            caught.is_some(),
+            "{name} without {without:?}: no strict run showed {anomaly}"
+        );
+    }
+}
+
+/// Where a scenario credits two mechanisms that each suffice, either one
+/// alone keeps the strict run clean (and both off do not: see above).
+#[test]
+fn redundant_mechanisms_each_suffice() {
+    use Mechanism::*;
+    let cases: &[(&str, Mechanism)] = &[
+        ("clock-skew-600ms", ClockGuard),
+        ("clock-skew-600ms", Verify),
+        ("partition-global-tables", HomeWrites),
+    ];
+    for (name, off) in cases {
+        for seed in 1..=3 {
+            let run = strict_without(name, &[*off], seed);
+            assert_eq!(
+                run.report.total(),
+                0,
+                "{name} without {off} alone, seed {seed}:\n{}",
+                run.report.render()
+            );
+        }
+    }
+}
+
+/// CockroachDB itself refuses the two scenarios whose clocks stray beyond
+/// `max_offset`: the node stops at 0.8 x max_offset. Then the naive
+/// producer of `clock-skew-600ms` reads nothing stale (its writes through
+/// the stopped node fail instead), the naive users of
+/// `skew-isolate-conflicting-writes` lose about half their operations, and
+/// the strict client stays clean and more available than the naive one.
+#[test]
+fn the_skewed_scenarios_on_a_database_that_enforces_max_offset() {
+    let variant = Variant {
+        enforce_max_offset: true,
+        ..Variant::default()
+    };
+    for (name, naive_availability_below) in [
+        ("clock-skew-600ms", 0.9),
+        ("skew-isolate-conflicting-writes", 0.6),
+    ] {
+        let s = scenario(name);
+        for seed in 1..=3 {
+            let naive = drill::run_variant(&s, Configuration::Naive, seed, &variant).unwrap();
+            if name == "clock-skew-600ms" {
+                assert_eq!(
+                    naive
+                        .report
+                        .anomalies
+                        .get("stale-read")
+                        .copied()
+                        .unwrap_or(0),
+                    0,
+                    "{}",
+                    naive.report.render()
+                );
+            }
+            assert!(
+                naive.failed > 0 && naive.availability() < naive_availability_below,
+                "{name}: naive availability {}",
+                naive.availability()
+            );
+            let strict = drill::run_variant(&s, Configuration::Strict, seed, &variant).unwrap();
+            assert_eq!(
+                strict.report.total(),
+                0,
+                "{name}: {}",
+                strict.report.render()
+            );
+            assert!(strict.availability() > naive.availability(), "{name}");
+        }
+    }
+}
+
+#[test]
+fn the_drill_names_its_variant_and_rejects_unknown_mechanisms() {
+    let (code, out, _) = run_cli(&[
+        "--scenario",
+        "isolation-latency",
+        "--without",
+        "strong-reads",
+    ]);
+    assert_eq!(code, 1, "the strict run fails without strong reads:\n{out}");
+    assert!(out.contains("strict runs without strong-reads"), "{out}");
+    let (code, _, err) = run_cli(&["--without", "clocks"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown mechanism \"clocks\""), "{err}");
 }

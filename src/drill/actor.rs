@@ -37,6 +37,8 @@ pub(crate) struct Stage {
     pub(crate) stats: Arc<Mutex<Stats>>,
     pub(crate) seed: u64,
     pub(crate) strict: Arc<Mutex<Vec<Client<Sim>>>>,
+    /// Mechanisms the strict actors go without.
+    pub(crate) without: Vec<super::Mechanism>,
 }
 
 impl Stage {
@@ -50,6 +52,9 @@ impl Stage {
             region_ejection: Duration::from_secs(3),
             read_deadline: Duration::from_secs(3),
             write_deadline: Duration::from_secs(4),
+            home_failover: self
+                .without(super::Mechanism::HomeWrites)
+                .then_some(Duration::ZERO),
             ..ClientConfig::default()
         };
         let client = Client::new(backend, config).expect("valid drill configuration");
@@ -62,6 +67,11 @@ impl Stage {
 
     pub(crate) fn running(&self) -> bool {
         Instant::now() < self.end
+    }
+
+    /// Whether the strict actors go without `mechanism`.
+    pub(crate) fn without(&self, mechanism: super::Mechanism) -> bool {
+        self.without.contains(&mechanism)
     }
 }
 
@@ -77,7 +87,10 @@ pub(crate) struct Actor {
     process: u64,
     name: String,
     drivers: Vec<Driver>,
-    session: Option<Session>,
+    /// The session each service holds for this user (strict drivers).
+    sessions: Vec<Option<Session>>,
+    /// The service the user's last operation went to.
+    current: usize,
     writes: u64,
 }
 
@@ -102,16 +115,20 @@ impl Actor {
                 Configuration::Strict => Driver::Strict(stage.strict_client(r, process)),
             })
             .collect::<Vec<_>>();
-        let session = match drivers.first() {
-            Some(Driver::Strict(c)) => Some(c.session()),
-            _ => None,
-        };
+        let sessions = drivers
+            .iter()
+            .map(|d| match d {
+                Driver::Strict(c) => Some(c.session()),
+                Driver::Naive(_) => None,
+            })
+            .collect();
         Actor {
             stage: stage.clone(),
             process,
             name: format!("s{process}"),
             drivers,
-            session,
+            sessions,
+            current: 0,
             writes: 0,
         }
     }
@@ -131,14 +148,19 @@ impl Actor {
     }
 
     /// Carries the session token to the service in region `turn` as a
-    /// header would (encode, then resume there).
+    /// header would (encode, then resume there). Without session tokens,
+    /// that service continues the session it held.
     fn hand_over(&mut self, turn: usize) {
-        if let (Some(session), Some(Driver::Strict(client))) =
-            (&self.session, self.drivers.get(turn))
+        let from = std::mem::replace(&mut self.current, turn);
+        if from == turn || self.stage.without(super::Mechanism::SessionTokens) {
+            return;
+        }
+        if let (Some(Some(session)), Some(Driver::Strict(client))) =
+            (self.sessions.get(from), self.drivers.get(turn))
         {
             let header = client.encode_token(session);
             if let Ok(resumed) = client.resume_session(&header) {
-                self.session = Some(resumed);
+                self.sessions[turn] = Some(resumed);
             }
         }
     }
@@ -163,7 +185,15 @@ impl Actor {
             .recorder
             .invoke_read(self.process, &self.name, key, history_policy);
         let started = Instant::now();
-        let result = match (&self.drivers[turn], &self.session) {
+        // Without strong reads, critical records are read as a session
+        // read would: the history keeps the intent.
+        let policy = match policy {
+            ReadPolicy::Strong if self.stage.without(super::Mechanism::StrongReads) => {
+                ReadPolicy::Session
+            }
+            other => other,
+        };
+        let result = match (&self.drivers[turn], &self.sessions[turn]) {
             (Driver::Naive(c), _) => c.read(key).await,
             (Driver::Strict(c), Some(s)) => c.read(s, key, policy).await,
             (Driver::Strict(c), None) => c.read(&c.session(), key, policy).await,
@@ -217,15 +247,16 @@ impl Actor {
             .invoke_write(self.process, &self.name, key, expect, Some(&idem));
         let started = Instant::now();
         let value = Bytes::from(value.to_owned());
-        let result = match (&self.drivers[turn], &self.session) {
+        let verify = (!self.stage.without(super::Mechanism::Verify)).then_some(Verify {
+            regions: VerifyRegions::Healthy,
+            policy: ReadPolicy::Strong,
+            deadline: Duration::from_secs(1),
+        });
+        let result = match (&self.drivers[turn], &self.sessions[turn]) {
             (Driver::Naive(c), _) => c.write(key, value, precondition).await,
             (Driver::Strict(c), session) => {
                 let options = WriteOptions {
-                    verify: Some(Verify {
-                        regions: VerifyRegions::Healthy,
-                        policy: ReadPolicy::Strong,
-                        deadline: Duration::from_secs(1),
-                    }),
+                    verify,
                     idempotency_key: IdempotencyKey::new(&idem).ok(),
                     deadline: None,
                 };

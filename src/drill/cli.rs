@@ -8,7 +8,7 @@ use crate::error::Error;
 
 /// The usage line.
 pub const USAGE: &str =
-    "usage: drill [--json | --markdown] [--scenario NAME] [--seed N] [--history FILE] [--report FILE.html]\n       drill --nemesis SEEDS [--seed FIRST] [--expect-every-anomaly] [--json] [--history FILE] [--report FILE.html]";
+    "usage: drill [--json | --markdown] [--scenario NAME] [--seed N] [--without MECHANISMS] [--enforce-max-offset] [--history FILE] [--report FILE.html]\n       drill --nemesis SEEDS [--seed FIRST] [--without MECHANISMS] [--enforce-max-offset] [--expect-every-anomaly] [--json] [--history FILE] [--report FILE.html]\n  MECHANISMS: comma-separated, of strong-reads, clock-guard, verify, session-tokens, home-writes (the strict runs go without them)";
 
 /// Parsed arguments.
 #[derive(Debug, Default)]
@@ -56,6 +56,19 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String
             "--history" => parsed.history = Some(PathBuf::from(value("--history")?)),
             "--report" => parsed.report = Some(PathBuf::from(value("--report")?)),
             "--expect-every-anomaly" => parsed.expect_every_anomaly = true,
+            "--enforce-max-offset" => parsed.options.variant.enforce_max_offset = true,
+            "--without" => {
+                let v = value("--without")?;
+                for name in v.split(',') {
+                    let m: super::Mechanism = name.parse().map_err(|e: Error| match e {
+                        Error::InvalidInput(m) => format!("--without: {m}"),
+                        other => format!("--without: {other}"),
+                    })?;
+                    if !parsed.options.variant.without.contains(&m) {
+                        parsed.options.variant.without.push(m);
+                    }
+                }
+            }
             "--nemesis" => {
                 let v = value("--nemesis")?;
                 let n: u64 = v
@@ -161,7 +174,8 @@ fn nemesis(args: &Args, seeds: u64, out: &mut impl Write, err: &mut impl Write) 
     }
     let mut kept = Vec::new();
     let mut failed_write = None;
-    let summary = super::nemesis::run_seeds(args.options.seed, seeds, |seed, result| {
+    let variant = &args.options.variant;
+    let summary = super::nemesis::run_seeds(args.options.seed, seeds, variant, |seed, result| {
         if let Some(base) = &args.history {
             let path = history_path(base, &format!("nemesis-{seed}"), result.config.label());
             let written = std::fs::File::create(&path)
@@ -184,6 +198,7 @@ fn nemesis(args: &Args, seeds: u64, out: &mut impl Write, err: &mut impl Write) 
                 events: result.events.clone(),
                 windows: result.windows.clone(),
                 duration: result.duration,
+                variant: result.variant.clone(),
             });
         }
     });

@@ -50,6 +50,111 @@ impl Configuration {
     }
 }
 
+/// A mechanism of the strict configuration that a run can switch off, to
+/// show that it is what keeps the strict run clean: with it off, the strict
+/// run of the scenario that credits it shows the anomaly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mechanism {
+    /// Strong reads (served by the leaseholder, or the home region of a
+    /// global table). Off, the strict actors read critical records with
+    /// `Session` reads — the nearest replica that has caught up with what
+    /// the session saw — and the history keeps the strong intent.
+    StrongReads,
+    /// The clock guard's evidence. Off, strict clients never probe: no
+    /// clock is ever excluded from assigning timestamps, and staleness
+    /// claims are trusted as stated.
+    ClockGuard,
+    /// Read-after-write checks. Off, a write is acknowledged once it
+    /// commits, with no `Verify`.
+    Verify,
+    /// Session tokens carried between services. Off, each service a user
+    /// reaches continues its own session instead of the user's.
+    SessionTokens,
+    /// Writes that stay in a key's home region (global tables). Off, a
+    /// write fails over to a reachable region as soon as the home region is
+    /// down (`ClientConfig::home_failover` of zero).
+    HomeWrites,
+}
+
+impl Mechanism {
+    /// Every mechanism, in order.
+    pub const ALL: [Mechanism; 5] = [
+        Mechanism::StrongReads,
+        Mechanism::ClockGuard,
+        Mechanism::Verify,
+        Mechanism::SessionTokens,
+        Mechanism::HomeWrites,
+    ];
+
+    /// `strong-reads`, `clock-guard`, `verify`, `session-tokens` or
+    /// `home-writes`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::StrongReads => "strong-reads",
+            Mechanism::ClockGuard => "clock-guard",
+            Mechanism::Verify => "verify",
+            Mechanism::SessionTokens => "session-tokens",
+            Mechanism::HomeWrites => "home-writes",
+        }
+    }
+}
+
+impl std::fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Mechanism {
+    type Err = Error;
+
+    /// ```
+    /// use quorate::drill::Mechanism;
+    /// assert_eq!("clock-guard".parse::<Mechanism>().unwrap(), Mechanism::ClockGuard);
+    /// assert!("clocks".parse::<Mechanism>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Mechanism, Error> {
+        Mechanism::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Mechanism::ALL.iter().map(|m| m.name()).collect();
+                Error::InvalidInput(format!(
+                    "unknown mechanism {s:?}; expected one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// How a run departs from its scenario as written (by default, not at
+/// all).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Variant {
+    /// Mechanisms the strict run goes without.
+    pub without: Vec<Mechanism>,
+    /// The database runs CockroachDB's own clock check
+    /// ([`SimConfig::enforce_max_offset`](crate::sim::SimConfig::enforce_max_offset))
+    /// even in the scenarios that model one trusting every clock: what
+    /// really happens to them on CockroachDB.
+    pub enforce_max_offset: bool,
+}
+
+impl Variant {
+    /// The variant in words, for tables: empty for the scenario as written.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.without.is_empty() {
+            let names: Vec<&str> = self.without.iter().map(|m| m.name()).collect();
+            parts.push(format!("strict runs without {}", names.join(", ")));
+        }
+        if self.enforce_max_offset {
+            parts.push("the database stops nodes beyond 0.8 x max_offset".to_owned());
+        }
+        parts.join("; ")
+    }
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct DrillOptions {
@@ -57,6 +162,8 @@ pub struct DrillOptions {
     pub scenario: Option<String>,
     /// The seed of every random choice.
     pub seed: u64,
+    /// How the runs depart from the scenarios (not at all by default).
+    pub variant: Variant,
 }
 
 impl Default for DrillOptions {
@@ -64,6 +171,7 @@ impl Default for DrillOptions {
         DrillOptions {
             scenario: None,
             seed: 1,
+            variant: Variant::default(),
         }
     }
 }
@@ -93,6 +201,9 @@ pub struct RunResult {
     pub windows: Vec<Window>,
     /// How long the workload ran.
     pub duration: Duration,
+    /// How the run departed from its scenario (naive runs have no
+    /// mechanisms to go without).
+    pub variant: Variant,
 }
 
 impl RunResult {
@@ -141,7 +252,12 @@ pub fn run_all(options: &DrillOptions) -> Result<Vec<RunResult>, Error> {
     let mut results = Vec::new();
     for scenario in selected {
         for config in [Configuration::Naive, Configuration::Strict] {
-            results.push(run(scenario, config, options.seed)?);
+            results.push(run_variant(
+                scenario,
+                config,
+                options.seed,
+                &options.variant,
+            )?);
         }
     }
     Ok(results)
@@ -149,20 +265,41 @@ pub fn run_all(options: &DrillOptions) -> Result<Vec<RunResult>, Error> {
 
 /// Runs one scenario under one configuration.
 pub fn run(scenario: &Scenario, config: Configuration, seed: u64) -> Result<RunResult, Error> {
+    run_variant(scenario, config, seed, &Variant::default())
+}
+
+/// Runs one scenario under one configuration, departing from it as
+/// `variant` says.
+pub fn run_variant(
+    scenario: &Scenario,
+    config: Configuration,
+    seed: u64,
+    variant: &Variant,
+) -> Result<RunResult, Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .map_err(|e| Error::InvalidInput(format!("cannot start a runtime: {e}")))?;
-    runtime.block_on(run_on_virtual_time(scenario, config, seed))
+    runtime.block_on(run_on_virtual_time(scenario, config, seed, variant))
 }
 
 async fn run_on_virtual_time(
     scenario: &Scenario,
     config: Configuration,
     seed: u64,
+    variant: &Variant,
 ) -> Result<RunResult, Error> {
-    let sim = Sim::new((scenario.system)(seed))?;
+    let variant = Variant {
+        without: match config {
+            Configuration::Strict => variant.without.clone(),
+            Configuration::Naive => Vec::new(),
+        },
+        enforce_max_offset: variant.enforce_max_offset,
+    };
+    let mut system = (scenario.system)(seed);
+    system.enforce_max_offset |= variant.enforce_max_offset;
+    let sim = Sim::new(system)?;
     let recorder = Recorder::new();
     let start = Instant::now();
     let stage = Stage {
@@ -175,18 +312,23 @@ async fn run_on_virtual_time(
         stats: Arc::new(Mutex::new(Stats::default())),
         seed,
         strict: Arc::new(Mutex::new(Vec::new())),
+        without: variant.without.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();
     for task in (scenario.workload)(&stage) {
         tasks.spawn(task);
     }
     // Strict clients probe every region every 250 ms, each region on its
-    // own schedule.
-    let clients = stage
-        .strict
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    // own schedule (unless the clock guard is off: then they never probe).
+    let clients = if stage.without(Mechanism::ClockGuard) {
+        Vec::new()
+    } else {
+        stage
+            .strict
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    };
     for client in clients {
         let end = stage.end;
         tasks.spawn(async move {
@@ -229,6 +371,7 @@ async fn run_on_virtual_time(
         events,
         windows: scenario.windows.clone(),
         duration: scenario.duration,
+        variant,
     })
 }
 

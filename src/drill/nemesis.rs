@@ -26,7 +26,7 @@ use super::scenarios::{
     pause, reader, rng_for, roamer, three_regions, updater, Fault, Scenario, Task, Window, AP, EU,
     US,
 };
-use super::{run, Configuration};
+use super::{run_variant, Configuration, Variant};
 use crate::error::Error;
 use crate::history::{Anomaly, HistoryPolicy, ANOMALIES};
 use crate::policy::{ReadPolicy, Staleness};
@@ -42,6 +42,9 @@ pub const DURATION: Duration = Duration::from_secs(12);
 /// Every random choice of one seed, drawn in one fixed order.
 struct Plan {
     multi_writer: bool,
+    /// A consensus database that trusts every clock (no `max_offset`
+    /// enforcement): the client's own clock guard is all there is.
+    trusts_clocks: bool,
     home: &'static str,
     keys: u64,
     updaters: Vec<&'static str>,
@@ -66,6 +69,10 @@ impl Plan {
     fn of(seed: u64) -> Plan {
         let mut rng = SplitMix64::new(seed ^ 0x6e65_6d65_7369_7321);
         let multi_writer = rng.below(4) == 0;
+        // Drawn from a stream of its own, so that adding it left every
+        // other choice of a seed as it was.
+        let trusts_clocks =
+            !multi_writer && SplitMix64::new(seed ^ 0x7472_7573_7473_2121).below(4) == 0;
         let home = pick(&mut rng, &REGIONS);
         let keys = 2 + rng.below(4);
         let some = |rng: &mut SplitMix64, lo: u64, hi: u64| -> Vec<&'static str> {
@@ -126,6 +133,7 @@ impl Plan {
             .collect();
         Plan {
             multi_writer,
+            trusts_clocks,
             home,
             keys,
             updaters,
@@ -144,6 +152,7 @@ fn system(seed: u64) -> SimConfig {
     if plan.multi_writer {
         c.replication = Replication::MultiWriter;
     }
+    c.enforce_max_offset = !plan.trusts_clocks;
     c
 }
 
@@ -276,6 +285,8 @@ pub fn describe(seed: u64) -> String {
         "seed {seed}: {} table, home {}, {} keys; faults:",
         if plan.multi_writer {
             "multi-writer"
+        } else if plan.trusts_clocks {
+            "consensus (trusting every clock)"
         } else {
             "consensus"
         },
@@ -310,6 +321,11 @@ pub struct NemesisSummary {
     pub ops: u64,
     /// The anomalies no naive run showed.
     pub unseen_by_naive: Vec<&'static str>,
+    /// How the runs departed from the schedules (empty: not at all).
+    pub variant: String,
+    /// The same as command-line arguments, for replay commands.
+    #[serde(skip)]
+    replay_args: String,
 }
 
 impl NemesisSummary {
@@ -334,11 +350,16 @@ impl NemesisSummary {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "nemesis: seeds {}..{} ({} runs, {} operations)",
+            "nemesis: seeds {}..{} ({} runs, {} operations){}",
             self.from,
             self.from + self.seeds,
             self.seeds * 2,
-            self.ops
+            self.ops,
+            if self.variant.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", self.variant)
+            }
         );
         let _ = writeln!(
             s,
@@ -368,9 +389,10 @@ impl NemesisSummary {
                     .filter(|(_, n)| **n > 0)
                     .map(|(a, n)| format!("{a}={n}"))
                     .collect();
+                let variant = &self.replay_args;
                 let _ = writeln!(
                     s,
-                    "  seed {seed}: {}\n    {}\n    replay: cargo run --release --example drill -- --nemesis 1 --seed {seed} --history h.jsonl --report r.html",
+                    "  seed {seed}: {}\n    {}\n    replay: cargo run --release --example drill -- --nemesis 1 --seed {seed}{variant} --history h.jsonl --report r.html",
                     shown.join(" "),
                     describe(*seed)
                 );
@@ -380,22 +402,34 @@ impl NemesisSummary {
     }
 }
 
-/// Runs seeds `from..from + seeds`, each naive then strict; `each` sees
-/// every run (to save its history or report).
+/// Runs seeds `from..from + seeds`, each naive then strict, departing from
+/// the schedules as `variant` says; `each` sees every run (to save its
+/// history or report).
 pub fn run_seeds(
     from: u64,
     seeds: u64,
+    variant: &Variant,
     mut each: impl FnMut(u64, &super::RunResult),
 ) -> Result<NemesisSummary, Error> {
+    let mut replay_args = String::new();
+    if !variant.without.is_empty() {
+        let names: Vec<&str> = variant.without.iter().map(|m| m.name()).collect();
+        replay_args.push_str(&format!(" --without {}", names.join(",")));
+    }
+    if variant.enforce_max_offset {
+        replay_args.push_str(" --enforce-max-offset");
+    }
     let mut summary = NemesisSummary {
         from,
         seeds,
+        variant: variant.describe(),
+        replay_args,
         ..NemesisSummary::default()
     };
     for seed in from..from.saturating_add(seeds) {
         let scenario = scenario(seed);
         for config in [Configuration::Naive, Configuration::Strict] {
-            let result = run(&scenario, config, seed)?;
+            let result = run_variant(&scenario, config, seed, variant)?;
             summary.ops += result.report.ops;
             let counts = match config {
                 Configuration::Naive => &mut summary.naive,

@@ -62,6 +62,14 @@ pub fn render_table(results: &[RunResult]) -> String {
             verdict_text(r)
         );
     }
+    if let Some(variant) = results
+        .iter()
+        .map(|r| r.variant.describe())
+        .filter(|d| !d.is_empty())
+        .max_by_key(|d| d.len())
+    {
+        let _ = writeln!(s, "\n{variant}");
+    }
     let _ = writeln!(
         s,
         "\n{}",
@@ -137,6 +145,8 @@ pub fn to_json(results: &[RunResult]) -> serde_json::Value {
                 "availability": r.availability(),
                 "p50_ms": ms(r.p50),
                 "p99_ms": ms(r.p99),
+                "without": r.variant.without.iter().map(|m| m.name()).collect::<Vec<_>>(),
+                "enforce_max_offset": r.variant.enforce_max_offset,
             })
         })
         .collect();

@@ -45,6 +45,9 @@ struct Plan {
     /// A consensus database that trusts every clock (no `max_offset`
     /// enforcement): the client's own clock guard is all there is.
     trusts_clocks: bool,
+    /// Users whose sessions range over many records (more than a session
+    /// token names), each travelling between the regions listed.
+    browsers: Vec<Vec<&'static str>>,
     home: &'static str,
     keys: u64,
     updaters: Vec<&'static str>,
@@ -73,6 +76,13 @@ impl Plan {
         // other choice of a seed as it was.
         let trusts_clocks =
             !multi_writer && SplitMix64::new(seed ^ 0x7472_7573_7473_2121).below(4) == 0;
+        let mut own = SplitMix64::new(seed ^ 0x6272_6f77_7365_7273);
+        let browsers = (0..own.below(3))
+            .map(|_| {
+                let (a, b) = two(&mut own);
+                vec![a, b]
+            })
+            .collect();
         let home = pick(&mut rng, &REGIONS);
         let keys = 2 + rng.below(4);
         let some = |rng: &mut SplitMix64, lo: u64, hi: u64| -> Vec<&'static str> {
@@ -134,6 +144,7 @@ impl Plan {
         Plan {
             multi_writer,
             trusts_clocks,
+            browsers,
             home,
             keys,
             updaters,
@@ -206,6 +217,48 @@ fn session_writer(stage: &Stage, regions: &[&str], keys: u64) -> Task {
     })
 }
 
+/// How many records a browser ranges over: more than a session token
+/// names (16), so that keys leave the token and only the session's point
+/// covers them.
+const BROWSED: u64 = 40;
+
+/// A user who ranges over many records in one session, travelling between
+/// services in `regions`: it reads them under its session (now and then
+/// strongly) and writes some, unconditionally or on top of what it read.
+/// Its session must keep covering what it wrote and saw once the keys have
+/// left the token.
+fn browser(stage: &Stage, regions: &[&str]) -> Task {
+    let mut actor = Actor::new(stage, regions);
+    let mut rng = rng_for(stage, 0xaa + stage.recorder.process());
+    Box::pin(async move {
+        let mut turn = 0;
+        let mut n = 0u64;
+        while actor.running() {
+            let key = format!("item:{}", rng.below(BROWSED));
+            match rng.below(6) {
+                0 => {
+                    n += 1;
+                    actor
+                        .write(turn, &key, &format!("browse-{n}"), Precondition::Any, None)
+                        .await;
+                }
+                1 => {
+                    actor
+                        .read(turn, &key, ReadPolicy::Strong, HistoryPolicy::Strong)
+                        .await;
+                }
+                _ => {
+                    actor
+                        .read(turn, &key, ReadPolicy::Session, HistoryPolicy::Session)
+                        .await;
+                }
+            }
+            turn += 1;
+            sleep(pause(&mut rng, (20, 80))).await;
+        }
+    })
+}
+
 /// A worker that settles records: it reads one strongly and moves it on,
 /// naming the state transition after the version it saw
 /// (`settle-<key>-<version>`), so that workers in two regions that see the
@@ -258,6 +311,9 @@ fn workload(stage: &Stage) -> Vec<Task> {
     for r in &plan.settlers {
         tasks.push(settler(stage, r, plan.keys));
     }
+    for regions in &plan.browsers {
+        tasks.push(browser(stage, regions));
+    }
     tasks
 }
 
@@ -281,8 +337,13 @@ pub fn scenario(seed: u64) -> Scenario {
 /// A description of the schedule of `seed`: the system and each fault.
 pub fn describe(seed: u64) -> String {
     let plan = Plan::of(seed);
+    let browsers = match plan.browsers.len() {
+        0 => String::new(),
+        1 => ", 1 browser".to_owned(),
+        n => format!(", {n} browsers"),
+    };
     let mut s = format!(
-        "seed {seed}: {} table, home {}, {} keys; faults:",
+        "seed {seed}: {} table, home {}, {} keys{browsers}; faults:",
         if plan.multi_writer {
             "multi-writer"
         } else if plan.trusts_clocks {

@@ -48,6 +48,9 @@ struct Plan {
     /// Users whose sessions range over many records (more than a session
     /// token names), each travelling between the regions listed.
     browsers: Vec<Vec<&'static str>>,
+    /// Users who sweep many records strongly, then again under their
+    /// session elsewhere.
+    auditors: Vec<Vec<&'static str>>,
     home: &'static str,
     keys: u64,
     updaters: Vec<&'static str>,
@@ -77,7 +80,13 @@ impl Plan {
         let trusts_clocks =
             !multi_writer && SplitMix64::new(seed ^ 0x7472_7573_7473_2121).below(4) == 0;
         let mut own = SplitMix64::new(seed ^ 0x6272_6f77_7365_7273);
-        let browsers = (0..own.below(3))
+        let browsers = (0..1 + own.below(2))
+            .map(|_| {
+                let (a, b) = two(&mut own);
+                vec![a, b]
+            })
+            .collect();
+        let auditors = (0..own.below(2))
             .map(|_| {
                 let (a, b) = two(&mut own);
                 vec![a, b]
@@ -145,6 +154,7 @@ impl Plan {
             multi_writer,
             trusts_clocks,
             browsers,
+            auditors,
             home,
             keys,
             updaters,
@@ -236,7 +246,7 @@ fn browser(stage: &Stage, regions: &[&str]) -> Task {
         while actor.running() {
             let key = format!("item:{}", rng.below(BROWSED));
             match rng.below(6) {
-                0 => {
+                0 | 3 => {
                     n += 1;
                     actor
                         .write(turn, &key, &format!("browse-{n}"), Precondition::Any, None)
@@ -255,6 +265,34 @@ fn browser(stage: &Stage, regions: &[&str]) -> Task {
             }
             turn += 1;
             sleep(pause(&mut rng, (20, 80))).await;
+        }
+    })
+}
+
+/// A user who sweeps a run of records strongly in one region, then reads
+/// the same run under its session in another: what a strong read saw, the
+/// session must not read behind later, though the keys have left the token.
+fn auditor(stage: &Stage, regions: &[&str]) -> Task {
+    let mut actor = Actor::new(stage, regions);
+    let mut rng = rng_for(stage, 0xbb + stage.recorder.process());
+    Box::pin(async move {
+        while actor.running() {
+            let start = rng.below(BROWSED);
+            let run: Vec<String> = (0..24)
+                .map(|i| format!("item:{}", (start + i) % BROWSED))
+                .collect();
+            for key in &run {
+                actor
+                    .read(0, key, ReadPolicy::Strong, HistoryPolicy::Strong)
+                    .await;
+                sleep(pause(&mut rng, (5, 20))).await;
+            }
+            for key in &run {
+                actor
+                    .read(1, key, ReadPolicy::Session, HistoryPolicy::Session)
+                    .await;
+                sleep(pause(&mut rng, (5, 20))).await;
+            }
         }
     })
 }
@@ -313,6 +351,9 @@ fn workload(stage: &Stage) -> Vec<Task> {
     }
     for regions in &plan.browsers {
         tasks.push(browser(stage, regions));
+    }
+    for regions in &plan.auditors {
+        tasks.push(auditor(stage, regions));
     }
     tasks
 }

@@ -361,9 +361,10 @@ impl ClockGuard {
     }
 
     /// A lower bound on true time (nanoseconds since the epoch) when this
-    /// process's clock reads `local`: the local clock corrected by the
-    /// median offset of the regions, less its error. `None` without fresh
-    /// samples from a majority of the regions.
+    /// process's clock reads `local`, which must have been read just now:
+    /// the local clock corrected by the median offset of the regions, less
+    /// its error. `None` without fresh samples from a majority of the
+    /// regions.
     pub(crate) fn true_time(&self, local: u64) -> Option<u64> {
         self.refresh();
         let state = self.lock();

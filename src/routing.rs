@@ -8,7 +8,7 @@
 //! preferred region (the local one) goes first when its circuit admits
 //! requests; the others follow by measured latency.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -62,10 +62,6 @@ struct Rtt {
     srtt: f64,
     rttvar: f64,
     known: bool,
-    /// Attempts timed out since the last sample: each doubles the next
-    /// timeout (Karn's backoff, RFC 6298 §5.5), so that latency that grew
-    /// past the timeout is measured again instead of timing out for ever.
-    backoff: u8,
 }
 
 /// The most doublings a timeout gets (64 × the estimate; the cap applies
@@ -77,13 +73,11 @@ impl Rtt {
         if self.known {
             self.rttvar += 0.25 * ((self.srtt - nanos).abs() - self.rttvar);
             self.srtt += 0.125 * (nanos - self.srtt);
-            self.backoff = 0;
         } else {
             *self = Rtt {
                 srtt: nanos,
                 rttvar: nanos / 2.0,
                 known: true,
-                backoff: 0,
             };
         }
     }
@@ -135,6 +129,12 @@ pub(crate) struct Router {
     /// cores on every request. Each shard estimates the same latencies from
     /// the attempts its threads made.
     rtt: [Padded<Mutex<Rtts>>; SHARDS],
+    /// Per region and kind, attempts timed out since one completed: each
+    /// doubles the next timeout (Karn's backoff, RFC 6298 §5.5), so that
+    /// latency that grew past the timeout is measured again instead of
+    /// timing out for ever. Shared by every thread (a success anywhere
+    /// resets it); written only when it changes.
+    backoff: Vec<[AtomicU8; 3]>,
 }
 
 /// A set of region indexes already tried by one operation.
@@ -182,6 +182,9 @@ impl Router {
                     (0..n).map(|_| Padded([Rtt::default(); 3])).collect(),
                 ))
             }),
+            backoff: (0..n)
+                .map(|_| std::array::from_fn(|_| AtomicU8::new(0)))
+                .collect(),
         }
     }
 
@@ -206,7 +209,6 @@ impl Router {
             if r.known {
                 sum.srtt += r.srtt;
                 sum.rttvar += r.rttvar;
-                sum.backoff = sum.backoff.max(r.backoff);
                 n += 1.0;
             }
         }
@@ -297,6 +299,10 @@ impl Router {
     /// Records a successful attempt and its latency; closes the circuit.
     pub(crate) fn success(&self, region: usize, kind: Kind, latency: Duration) {
         self.rtts(shard::current())[region].0[kind as usize].sample(latency.as_secs_f64() * 1e9);
+        let backoff = &self.backoff[region][kind as usize];
+        if backoff.load(Ordering::Relaxed) != 0 {
+            backoff.store(0, Ordering::Relaxed);
+        }
         // A failure racing with this success may be ordered either way.
         if !self.clean[region].load(Ordering::Acquire) {
             let mut health = self.lock();
@@ -348,9 +354,11 @@ impl Router {
     /// An attempt of `kind` in `region` timed out: the next one waits twice
     /// as long (until an attempt completes and is measured).
     pub(crate) fn timed_out(&self, region: usize, kind: Kind) {
-        let mut rtts = self.rtts(shard::current());
-        let rtt = &mut rtts[region].0[kind as usize];
-        rtt.backoff = (rtt.backoff + 1).min(MAX_BACKOFF);
+        let _ = self.backoff[region][kind as usize].fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |b| (b < MAX_BACKOFF).then_some(b + 1),
+        );
     }
 
     /// How long to wait for an attempt of `kind` in `region` before giving
@@ -370,8 +378,11 @@ impl Router {
         }
         // At least three smoothed round trips: a steady but loaded region
         // has little variation and must not time out on its next hiccup.
-        let nanos = (rtt.srtt + 4.0 * rtt.rttvar).max(3.0 * rtt.srtt).max(0.0)
-            * f64::from(1u32 << rtt.backoff);
+        let backoff = self.backoff[region][kind as usize]
+            .load(Ordering::Relaxed)
+            .min(MAX_BACKOFF);
+        let nanos =
+            (rtt.srtt + 4.0 * rtt.rttvar).max(3.0 * rtt.srtt).max(0.0) * f64::from(1u32 << backoff);
         Duration::from_nanos(nanos.min(u64::MAX as f64) as u64).clamp(floor, cap.max(floor))
     }
 

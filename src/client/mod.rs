@@ -432,7 +432,11 @@ impl<B: Backend> Client<B> {
             Some(Err(e)) if !write => Err(e.for_read()),
             Some(Err(e)) => Err(e),
             None => {
-                inner.router.timed_out(region, kind);
+                // The region's own timeout fired (not the operation's
+                // deadline, which says nothing of the region): back off.
+                if ends == started + limit {
+                    inner.router.timed_out(region, kind);
+                }
                 Err(Error::Timeout {
                     after: ends - started,
                     sent: write,

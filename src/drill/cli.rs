@@ -83,6 +83,15 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String
             other => return Err(format!("unexpected argument {other:?}")),
         }
     }
+    if let Some(n) = parsed.nemesis {
+        if parsed.options.seed.checked_add(n).is_none() {
+            return Err(format!(
+                "--seed {} with --nemesis {n} runs past the last seed ({})",
+                parsed.options.seed,
+                u64::MAX
+            ));
+        }
+    }
     Ok(parsed)
 }
 

@@ -62,7 +62,9 @@ pub enum Mechanism {
     StrongReads,
     /// The clock guard's evidence. Off, strict clients never probe: no
     /// clock is ever excluded from assigning timestamps, and staleness
-    /// claims are trusted as stated.
+    /// claims are trusted as stated (the probes' other uses go too:
+    /// replica-lag reports, and circuits closed by a probe rather than by
+    /// a trial request).
     ClockGuard,
     /// Read-after-write checks. Off, a write is acknowledged once it
     /// commits, with no `Verify`.

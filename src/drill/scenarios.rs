@@ -168,7 +168,7 @@ pub fn scenarios() -> Vec<Scenario> {
             about: Anomaly::DuplicateApplication,
             story: "a global table (asynchronous multi-writer replication) is partitioned while customers edit orders in eu-west and workers in both regions move them from pending to processed",
             naive: "eventually consistent reads of the local replica, writes to the local region",
-            mechanism: "strong reads come from the key's home region, so a worker cut off from it stops instead of reading stale orders (--without strong-reads: stale reads and lost updates); writes go to the home region as conditional, idempotent writes, so a transition already made is refused there. Either one keeps an order from being processed twice (--without strong-reads,home-writes: duplicate application)",
+            mechanism: "strong reads come from the key's home region, so a worker cut off from it stops instead of reading stale orders (--without strong-reads: stale reads); writes go to the home region as conditional, idempotent writes, so a transition already made is refused there. Either one keeps an order from being processed twice (--without strong-reads,home-writes: duplicate application; either one off alone: none)",
             duration: s(12.0),
             windows: vec![window(3.0, 9.0, Fault::Cut(EU, US))],
             naive_reads: NaiveReads::LocalReplica,
@@ -193,7 +193,7 @@ pub fn scenarios() -> Vec<Scenario> {
             about: Anomaly::StaleRead,
             story: "eu-west and ap-south lose their link (us-east still reaches both) while ap-south's clock runs 250 ms ahead",
             naive: "forces local reads and keeps its connections in ap-south",
-            mechanism: "strong reads never come from the cut-off replica (--without strong-reads: stale reads), and a 250 ms skew is within max_offset, so reads timestamped that close to a write are uncertain and retried, not stale (--without clock-guard: still clean); for availability, non-sticky routing leaves ap-south's gateway, which cannot reach the leaseholder, for us-east after one attempt timeout",
+            mechanism: "strong reads never come from the cut-off replica (--without strong-reads: stale reads), and a 250 ms skew is within max_offset, so reads timestamped that close to a write are uncertain and retried, not stale (--without clock-guard: still clean); for availability, non-sticky routing leaves ap-south's gateway, which cannot reach the leaseholder, for us-east: a read after one attempt timeout, a write once the gateway's circuit opens",
             duration: s(13.0),
             windows: vec![
                 window(2.0, 11.0, Fault::Cut(EU, AP)),
@@ -217,7 +217,7 @@ pub fn scenarios() -> Vec<Scenario> {
             about: Anomaly::MonotonicReads,
             story: "ap-south holds the lease with its clock 1.5 s behind, is isolated while both sides write the same records, then heals; users move between eu-west and ap-south; the database trusts every clock (CockroachDB would stop ap-south's node beyond 0.8 x max_offset)",
             naive: "reads the local replica wherever the user lands, with no session carried between services",
-            mechanism: "session tokens travel with the user, so a replica behind the session is never read (--without session-tokens: monotonic-reads violations); the clock guard keeps the deposed leaseholder, whose clock is behind, out of strong reads (--without clock-guard: stale reads); only quorum commits succeed. On a database that stops the skewed node, as CockroachDB does (--enforce-max-offset), the naive client's operations through ap-south fail (about half of them) and the strict run stays clean",
+            mechanism: "session tokens travel with the user, so a replica behind the session is never read (--without session-tokens: monotonic-reads violations); the clock guard keeps the deposed leaseholder, whose clock is behind, out of strong reads (--without clock-guard: stale reads); only quorum commits succeed. On a database that stops the skewed node, as CockroachDB does (--enforce-max-offset), the naive client's operations through ap-south fail (about half of all it does) and the strict run stays clean",
             duration: s(12.0),
             windows: vec![
                 window(1.0, 10.0, Fault::Skew(AP, -1500)),

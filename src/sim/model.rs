@@ -262,8 +262,9 @@ impl Model {
         if peers > 0 {
             let fenced = out * 2 > peers;
             if self.fenced[node] && !fenced {
+                // Only peers that serve answer it.
                 let joined = (0..self.p.regions)
-                    .filter(|&o| o != node && self.connected(node, o))
+                    .filter(|&o| o != node && !self.fenced[o] && self.connected(node, o))
                     .map(|o| self.clocks[o].hlc)
                     .max()
                     .unwrap_or_default();

@@ -540,6 +540,39 @@ mod tests {
     }
 
     #[test]
+    fn a_timeout_backs_off_for_every_thread_until_one_completes() {
+        let r = router();
+        let (floor, cap) = (Duration::from_millis(10), Duration::from_secs(10));
+        for _ in 0..50 {
+            r.success(0, Kind::Write, Duration::from_millis(80));
+        }
+        let base = r.attempt_timeout(0, Kind::Write, floor, cap);
+        r.timed_out(0, Kind::Write);
+        r.timed_out(0, Kind::Write);
+        assert_eq!(r.attempt_timeout(0, Kind::Write, floor, cap), base * 4);
+        // Another thread (another shard of estimates) sees the backoff.
+        let elsewhere = std::thread::scope(|s| {
+            s.spawn(|| r.attempt_timeout(0, Kind::Write, floor, cap))
+                .join()
+                .unwrap()
+        });
+        assert!(elsewhere >= base * 4, "{elsewhere:?} < {:?}", base * 4);
+        // An attempt that completes on another thread ends it for all.
+        std::thread::scope(|s| {
+            s.spawn(|| r.success(0, Kind::Write, Duration::from_millis(80)));
+        });
+        assert_eq!(r.attempt_timeout(0, Kind::Write, floor, cap), base);
+        // Doubling stops at 64 times the estimate (and the cap applies).
+        for _ in 0..20 {
+            r.timed_out(0, Kind::Write);
+        }
+        assert_eq!(
+            r.attempt_timeout(0, Kind::Write, floor, cap),
+            cap.min(base * 64)
+        );
+    }
+
+    #[test]
     fn attempt_timeouts_follow_latency_and_its_variation() {
         let r = router();
         let (floor, cap) = (Duration::from_millis(100), Duration::from_secs(1));

@@ -476,9 +476,7 @@ impl<B: Backend> Client<B> {
         }
         result
     }
-}
 
-impl<B: Backend> Client<B> {
     /// Whether `error`, from an attempt of `kind`, says the region failed
     /// (it is left: its circuit opens, and the operation tries elsewhere)
     /// rather than that it was slow this time.

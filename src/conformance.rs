@@ -53,6 +53,48 @@ pub fn server_env<const N: usize>(
 /// The outcome of one case: `Err` says what did not hold.
 pub type CaseResult = Result<(), String>;
 
+/// The future a [`HoldFollowers`] hook returns.
+pub type HoldFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A way to make the follower replicas of a region stop applying what they
+/// receive (`true`) and go on again (`false`), the way the server itself
+/// lags: PostgreSQL's `pg_wal_replay_pause()`, a paused replicator, a
+/// stalled simulated replica. With it, [`follower_freshness_claims_hold`]
+/// checks the backend's freshness claims while its followers really are
+/// behind.
+#[derive(Clone)]
+pub struct HoldFollowers(
+    pub std::sync::Arc<dyn Fn(crate::Region, bool) -> HoldFuture + Send + Sync>,
+);
+
+impl HoldFollowers {
+    /// A hook from a function of the region and whether to hold it.
+    pub fn new<F, Fut>(f: F) -> HoldFollowers
+    where
+        F: Fn(crate::Region, bool) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        HoldFollowers(std::sync::Arc::new(move |region, hold| {
+            Box::pin(f(region, hold))
+        }))
+    }
+
+    async fn set(&self, region: &crate::Region, hold: bool) -> CaseResult {
+        (self.0)(region.clone(), hold).await.map_err(|e| {
+            format!(
+                "{} the followers of {region}: {e}",
+                if hold { "holding" } else { "releasing" }
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for HoldFollowers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HoldFollowers(..)")
+    }
+}
+
 /// What the cases run against.
 #[derive(Clone, Debug)]
 pub struct Fixture<B> {
@@ -62,6 +104,8 @@ pub struct Fixture<B> {
     pub config: ClientConfig,
     /// Prefix of every key the cases write.
     pub prefix: String,
+    /// How to hold a region's followers back, when the server allows it.
+    pub hold_followers: Option<HoldFollowers>,
 }
 
 impl<B: Backend + Clone> Fixture<B> {
@@ -75,7 +119,14 @@ impl<B: Backend + Clone> Fixture<B> {
                 "conf-{:012x}",
                 crate::random::process_entropy() & 0xffff_ffff_ffff
             ),
+            hold_followers: None,
         }
+    }
+
+    /// The fixture with a way to hold followers back.
+    pub fn with_hold_followers(mut self, hold: HoldFollowers) -> Fixture<B> {
+        self.hold_followers = Some(hold);
+        self
     }
 
     fn key(&self, case: &str, n: u32) -> String {
@@ -143,6 +194,9 @@ pub fn cases<B: Backend + Clone>() -> Vec<(&'static str, Case<B>)> {
         }),
         ("reused_idempotency_key_refused", |f| {
             Box::pin(reused_idempotency_key_refused(f))
+        }),
+        ("follower_freshness_claims_hold", |f| {
+            Box::pin(follower_freshness_claims_hold(f))
         }),
     ]
 }
@@ -756,4 +810,206 @@ pub async fn reused_idempotency_key_refused<B: Backend + Clone>(f: &Fixture<B>) 
         .map_err(fail("read"))?;
     ensure!(r.version().is_none(), "the other record was written");
     Ok(())
+}
+
+/// One acknowledged write of the claims case.
+#[derive(Clone, Copy, Debug)]
+struct Acked {
+    version: Version,
+    point: crate::Point,
+    at: Instant,
+}
+
+/// What a read returned, judged against the writes acknowledged before it
+/// started: a leader read sees all of them; a stated point covers every
+/// write committed at or below it; a stated staleness bound covers every
+/// write acknowledged more than the bound before the read began.
+fn judge_claims(read: &crate::Read<bytes::Bytes>, started: Instant, acked: &[Acked]) -> CaseResult {
+    let seen = read.version();
+    let fresh = &read.freshness;
+    let missed = |w: &Acked| seen.is_none_or(|v| v < w.version);
+    if fresh.role == ReplicaRole::Leader {
+        if let Some(w) = acked.iter().rev().find(|w| missed(w)) {
+            return Err(format!(
+                "a leader read in {} returned {seen:?}, below {} acknowledged before it began ({fresh:?})",
+                fresh.region, w.version
+            ));
+        }
+    }
+    if let Some(point) = fresh.point {
+        if let Some(w) = acked.iter().rev().find(|w| w.point <= point && missed(w)) {
+            return Err(format!(
+                "a read in {} claims point {point} but returned {seen:?}, missing {} committed at {} ({fresh:?})",
+                fresh.region, w.version, w.point
+            ));
+        }
+    }
+    if let Some(bound) = fresh.staleness_bound {
+        let horizon = started.checked_sub(bound);
+        if let Some(w) = acked
+            .iter()
+            .rev()
+            .find(|w| horizon.is_some_and(|h| w.at < h) && missed(w))
+        {
+            return Err(format!(
+                "a read in {} claims to be at most {bound:?} behind but returned {seen:?}, missing {} acknowledged {:?} before it began ({fresh:?})",
+                fresh.region,
+                w.version,
+                started.saturating_duration_since(w.at)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A backend's own freshness claims are true (no wrapper states them):
+/// every follower and leader read in every region, while a record is
+/// rewritten, returns at least what its stated point and staleness bound
+/// promise against the writes acknowledged before it began. When the
+/// fixture can hold followers back, the writes happen while they are held,
+/// and some follower must then be seen behind (the claims are tested on
+/// stale replicas, not only on caught-up ones).
+pub async fn follower_freshness_claims_hold<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let client = f.client()?;
+    let session = client.session();
+    let backend = client.backend();
+    let regions: Vec<crate::Region> = backend.topology().regions().cloned().collect();
+    let key = f.key("claims", 0);
+    let bounded = ReadPolicy::BoundedStaleness(
+        Staleness::new(Duration::from_secs(3600)).map_err(|e| e.to_string())?,
+    );
+    let mut acked: Vec<Acked> = Vec::new();
+    let mut stats = ClaimStats::default();
+    let mut expect = Precondition::IfAbsent;
+    let write = |n: u32, expect: Precondition| {
+        let (client, session, key) = (&client, &session, &key);
+        async move {
+            let c = client
+                .write(
+                    session,
+                    key,
+                    n.to_string().into(),
+                    expect,
+                    &WriteOptions::default(),
+                )
+                .await
+                .map_err(fail("write"))?;
+            Ok::<_, String>(Acked {
+                version: c.version,
+                point: c.point,
+                at: Instant::now(),
+            })
+        }
+    };
+    let first = write(0, expect).await?;
+    acked.push(first);
+    expect = Precondition::IfVersion(first.version);
+    // Followers first catch up with the record, so a held one has it.
+    let caught_up = Instant::now() + Duration::from_secs(10);
+    while !claims_round(backend, &regions, &key, &acked, bounded, &mut stats).await?
+        && Instant::now() < caught_up
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = if let Some(hold) = &f.hold_followers {
+        for region in &regions {
+            hold.set(region, true).await?;
+        }
+        // What was on its way before the hold may still land.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Some(hold)
+    } else {
+        None
+    };
+    let behind_before = stats.behind;
+    let outcome = async {
+        for n in 1..=3 {
+            let w = write(n, expect).await?;
+            acked.push(w);
+            expect = Precondition::IfVersion(w.version);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            claims_round(backend, &regions, &key, &acked, bounded, &mut stats).await?;
+        }
+        Ok::<_, String>(())
+    }
+    .await;
+    if let Some(hold) = held {
+        for region in &regions {
+            hold.set(region, false).await?;
+        }
+    }
+    outcome?;
+    let held_behind = stats.behind - behind_before;
+    let caught_up = Instant::now() + Duration::from_secs(10);
+    while !claims_round(backend, &regions, &key, &acked, bounded, &mut stats).await?
+        && Instant::now() < caught_up
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        stats.follower_records > 0,
+        "no follower read returned the record: the claims were never tested"
+    );
+    ensure!(
+        held.is_none() || held_behind > 0,
+        "the followers were held, yet every follower read was current ({stats:?})"
+    );
+    Ok(())
+}
+
+/// What the claims case saw.
+#[derive(Debug, Default)]
+struct ClaimStats {
+    /// Follower reads that returned the record.
+    follower_records: u32,
+    /// Follower reads behind the newest acknowledged write.
+    behind: u32,
+}
+
+/// One follower read per region and policy, and one leader read per
+/// region, each judged; true when every follower read served was current.
+async fn claims_round<B: Backend>(
+    backend: &B,
+    regions: &[crate::Region],
+    key: &str,
+    acked: &[Acked],
+    bounded: ReadPolicy,
+    stats: &mut ClaimStats,
+) -> Result<bool, String> {
+    let newest = acked.last().map(|w| w.version);
+    let mut current = true;
+    for region in regions {
+        for (role, policy) in [
+            (ReplicaRole::Follower, ReadPolicy::Session),
+            (ReplicaRole::Follower, bounded),
+            (ReplicaRole::Leader, ReadPolicy::Strong),
+        ] {
+            let started = Instant::now();
+            let plan = crate::ReadPlan {
+                key,
+                region,
+                role,
+                policy,
+                floor: crate::SessionFloor::default(),
+                deadline: started + Duration::from_secs(5),
+            };
+            let read = match backend.read(&plan).await {
+                Ok(r) => r,
+                // A region may not serve a role, or be briefly unreachable.
+                Err(e) if e.retryability() != crate::Retryability::Permanent => continue,
+                Err(e) => return Err(format!("{role:?} {policy} read in {region}: {e}")),
+            };
+            judge_claims(&read, started, acked)?;
+            if read.freshness.role == ReplicaRole::Follower {
+                if read.version().is_some() {
+                    stats.follower_records += 1;
+                }
+                if read.version() < newest {
+                    stats.behind += 1;
+                    current = false;
+                }
+            }
+        }
+    }
+    Ok(current)
 }

@@ -2,8 +2,12 @@
 //! both replication modes.
 
 use quorate::chaos::Chaos;
-use quorate::conformance::{run_all, Fixture};
+use quorate::conformance::{follower_freshness_claims_hold, run_all, Fixture, HoldFollowers};
 use quorate::sim::{Replication, Sim, SimConfig};
+use quorate::{
+    Backend, Bytes, Capabilities, Committed, Error, IdempotencyKey, Point, Probe, Read, ReadPlan,
+    Region, ReplicaRole, Scope, Topology, WriteRequest,
+};
 
 fn assert_all_pass(report: Vec<(&'static str, Result<(), String>)>) {
     assert_eq!(report.len(), quorate::conformance::cases::<Sim>().len());
@@ -21,22 +25,151 @@ fn sim(replication: Replication, seed: u64) -> Sim {
     Sim::new(config).unwrap()
 }
 
+/// Holds a region's followers by stalling its simulated replica.
+fn stall(sim: &Sim) -> HoldFollowers {
+    let sim = sim.clone();
+    HoldFollowers::new(move |region: Region, hold| {
+        let sim = sim.clone();
+        async move {
+            let r = region.as_str();
+            if hold {
+                sim.stall_replica(r)
+            } else {
+                sim.resume_replica(r)
+            }
+            .map_err(|e| e.to_string())
+        }
+    })
+}
+
+fn fixture(backend: Sim) -> Fixture<Sim> {
+    let hold = stall(&backend);
+    Fixture::new(backend).with_hold_followers(hold)
+}
+
 #[tokio::test(start_paused = true)]
 async fn consensus_mode_from_a_follower_region() {
     let backend = sim(Replication::Consensus, 1).at("us-east").unwrap();
-    assert_all_pass(run_all(&Fixture::new(backend)).await);
+    assert_all_pass(run_all(&fixture(backend)).await);
 }
 
 #[tokio::test(start_paused = true)]
 async fn consensus_mode_from_the_home_region() {
     let backend = sim(Replication::Consensus, 2).at("eu-west").unwrap();
-    assert_all_pass(run_all(&Fixture::new(backend)).await);
+    assert_all_pass(run_all(&fixture(backend)).await);
 }
 
 #[tokio::test(start_paused = true)]
 async fn multi_writer_mode() {
     let backend = sim(Replication::MultiWriter, 3).at("ap-south").unwrap();
-    assert_all_pass(run_all(&Fixture::new(backend)).await);
+    assert_all_pass(run_all(&fixture(backend)).await);
+}
+
+/// A false freshness claim a backend might make about its follower reads.
+#[derive(Clone, Copy, Debug)]
+enum Lie {
+    /// Claims to be current (a zero staleness bound).
+    Current,
+    /// Claims a point far ahead of what it applied.
+    Point,
+    /// Claims to be the leader.
+    Leader,
+}
+
+/// The simulator, reporting one false claim on every follower read.
+#[derive(Clone)]
+struct Boasting {
+    inner: Sim,
+    lie: Lie,
+}
+
+impl Backend for Boasting {
+    fn scope(&self) -> &Scope {
+        self.inner.scope()
+    }
+
+    fn topology(&self) -> &Topology {
+        self.inner.topology()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn home_region(&self, key: &str) -> Option<&Region> {
+        self.inner.home_region(key)
+    }
+
+    async fn read(&self, plan: &ReadPlan<'_>) -> Result<Read<Bytes>, Error> {
+        let mut read = self.inner.read(plan).await?;
+        if read.freshness.role == ReplicaRole::Follower {
+            let f = &mut read.freshness;
+            match self.lie {
+                Lie::Current => f.staleness_bound = Some(std::time::Duration::ZERO),
+                Lie::Point => f.point = Some(Point::hlc(u64::MAX / 2, 0)),
+                Lie::Leader => f.role = ReplicaRole::Leader,
+            }
+        }
+        Ok(read)
+    }
+
+    async fn write(&self, request: &WriteRequest<'_>) -> Result<Committed, Error> {
+        self.inner.write(request).await
+    }
+
+    async fn lookup(
+        &self,
+        region: &Region,
+        key: &str,
+        idempotency_key: &IdempotencyKey,
+    ) -> Result<Option<Committed>, Error> {
+        self.inner.lookup(region, key, idempotency_key).await
+    }
+
+    async fn probe(&self, region: &Region) -> Result<Probe, Error> {
+        self.inner.probe(region).await
+    }
+}
+
+/// The claims case judges the backend's own freshness: each false claim
+/// fails it while the followers are held, in both replication modes, and
+/// the honest simulator passes the same run.
+#[tokio::test(start_paused = true)]
+async fn false_freshness_claims_fail_the_suite() {
+    for (seed, replication) in [(6, Replication::Consensus), (7, Replication::MultiWriter)] {
+        let base = sim(replication, seed).at("us-east").unwrap();
+        let honest = fixture(base.clone());
+        assert_eq!(follower_freshness_claims_hold(&honest).await, Ok(()));
+        for lie in [Lie::Current, Lie::Point, Lie::Leader] {
+            let liar = Boasting {
+                inner: base.clone(),
+                lie,
+            };
+            let fixture = Fixture::new(liar).with_hold_followers(stall(&base));
+            let verdict = follower_freshness_claims_hold(&fixture).await;
+            assert!(
+                verdict.is_err(),
+                "{replication:?}: a backend claiming {lie:?} passed"
+            );
+            println!("{replication:?} {lie:?}: {}", verdict.unwrap_err());
+        }
+    }
+}
+
+/// Without a way to hold followers, the case still judges every claim but
+/// cannot insist on a lagging follower; with one that holds nothing, it
+/// fails (the hold must take effect).
+#[tokio::test(start_paused = true)]
+async fn a_hold_that_holds_nothing_fails_the_case() {
+    let base = sim(Replication::Consensus, 8).at("us-east").unwrap();
+    assert_eq!(
+        follower_freshness_claims_hold(&Fixture::new(base.clone())).await,
+        Ok(())
+    );
+    let idle = HoldFollowers::new(|_, _| async { Ok(()) });
+    let verdict =
+        follower_freshness_claims_hold(&Fixture::new(base).with_hold_followers(idle)).await;
+    assert!(verdict.is_err(), "an idle hold passed");
 }
 
 #[tokio::test(start_paused = true)]

@@ -334,6 +334,23 @@ impl Sim {
         Ok(())
     }
 
+    /// Stops `region`'s replica applying what it receives, as a paused
+    /// replay does (PostgreSQL's `pg_wal_replay_pause()`, a follower whose
+    /// apply loop is stuck): it keeps receiving, and its closed point stays
+    /// below what waits unapplied. Its node still serves and votes.
+    pub fn stall_replica(&self, region: &str) -> Result<(), Error> {
+        let r = self.named(region)?;
+        self.model().stalled[r] = true;
+        Ok(())
+    }
+
+    /// Lets a stalled replica apply again, everything that arrived first.
+    pub fn resume_replica(&self, region: &str) -> Result<(), Error> {
+        let r = self.named(region)?;
+        self.model().stalled[r] = false;
+        Ok(())
+    }
+
     /// The region holding the lease now (consensus mode).
     pub fn leaseholder(&self) -> Region {
         let mut m = self.model();
@@ -514,6 +531,14 @@ impl Trip {
         let closed = m.closed_point(region, now);
         let own = m.wall(region, now);
         let entry = m.replicas[region].latest(key).cloned();
+        // A consistent read of a multi-writer table is current only in the
+        // key's home region, where every write goes; elsewhere it is as
+        // stale as that region's replica, and says so.
+        let role = if role == ReplicaRole::Leader && region != m.p.home {
+            ReplicaRole::Follower
+        } else {
+            role
+        };
         let staleness = if role == ReplicaRole::Leader {
             Duration::ZERO
         } else {

@@ -146,6 +146,9 @@ pub(crate) struct Model {
     pub(crate) stamps: u64,
     /// Nodes stopped over their clocks (see [`Model::clock_fenced`]).
     fenced: Vec<bool>,
+    /// Replicas that receive but do not apply (a paused replay): what
+    /// arrives waits in their inbox, which caps their closed point.
+    pub(crate) stalled: Vec<bool>,
     /// Consensus mode: highest read timestamp served per key.
     tscache: HashMap<String, Point>,
     /// Consensus mode: the current lease's start; no write commits at or
@@ -181,6 +184,7 @@ impl Model {
             lease_epoch: 0,
             stamps: 0,
             fenced: vec![false; n],
+            stalled: vec![false; n],
             tscache: HashMap::new(),
             lease_start: Point::default(),
             lease: Lease {
@@ -437,6 +441,9 @@ impl Model {
 
     /// Delivers everything due at `region`.
     pub(crate) fn apply_due(&mut self, region: usize, now: Instant) {
+        if self.stalled[region] {
+            return;
+        }
         let multi_writer = self.p.multi_writer;
         let replica = &mut self.replicas[region];
         while replica

@@ -575,3 +575,61 @@ async fn an_idempotency_key_reused_for_another_record_is_refused() {
         .unwrap();
     assert_eq!(r.version(), None, "nothing written to the other record");
 }
+
+/// Resumes replay on the standbys however the test ends.
+struct ReplayGuard(Vec<String>);
+
+impl Drop for ReplayGuard {
+    fn drop(&mut self) {
+        let standbys = self.0.clone();
+        let resumed = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .expect("runtime")
+                .block_on(async {
+                    for s in &standbys {
+                        common::exec(s, "SELECT pg_wal_replay_resume()").await;
+                    }
+                })
+        })
+        .join();
+        if resumed.is_err() {
+            eprintln!("could not resume replay; run scripts/pg stop && scripts/pg start");
+        }
+    }
+}
+
+/// The adapter's own freshness claims (a standby's replay LSN and its
+/// replay-lag bound) are true while the standbys' replay is paused and the
+/// record moves on at the primary: the conformance case judges every read
+/// against the writes acknowledged before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freshness_claims_hold_with_replay_paused() {
+    let Some(s) = common::servers() else { return };
+    let _serial = SERIAL.lock().await;
+    let backend = common::backend(&s, "us").await;
+    let _resume = ReplayGuard(vec![s[1].clone(), s[2].clone()]);
+    let standbys = std::sync::Arc::new([
+        ("us".to_owned(), s[1].clone()),
+        ("ap".to_owned(), s[2].clone()),
+    ]);
+    let hold = quorate_cockroach::conformance::HoldFollowers::new(move |region: Region, hold| {
+        let standby = standbys
+            .iter()
+            .find(|(r, _)| r == region.as_str())
+            .map(|(_, c)| c.clone());
+        async move {
+            if let Some(standby) = standby {
+                let sql = if hold {
+                    "SELECT pg_wal_replay_pause()"
+                } else {
+                    "SELECT pg_wal_replay_resume()"
+                };
+                common::exec(&standby, sql).await;
+            }
+            Ok(())
+        }
+    });
+    let fixture = quorate_cockroach::conformance::Fixture::new(backend).with_hold_followers(hold);
+    let verdict = quorate_cockroach::conformance::follower_freshness_claims_hold(&fixture).await;
+    assert_eq!(verdict, Ok(()));
+}

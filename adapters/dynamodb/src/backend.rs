@@ -575,7 +575,15 @@ impl Backend for DynamoBackend {
             }
             None => (None, None),
         };
-        let freshness = if consistent {
+        // A strongly consistent read is current only where every write of
+        // the key is made: any region of an MRSC table, the key's home
+        // region of an MREC one. Elsewhere in MREC it reads that region's
+        // replica, which may not have the home's newest write yet, and
+        // states a follower's freshness.
+        let current = consistent
+            && (self.inner.mode == Mode::Strong
+                || self.home_region(plan.key).is_none_or(|h| h == plan.region));
+        let freshness = if current {
             // The item's write time: a session that advances to it keeps
             // requiring this version once the key leaves its token.
             Freshness {

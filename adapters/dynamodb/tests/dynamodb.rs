@@ -31,6 +31,7 @@ async fn conformance_suite() {
     let backend = common::backend(&endpoint, "us").await;
     let fixture = Fixture::new(backend);
     let replicator = Replicator::start(&endpoint, &fixture.prefix, Duration::from_millis(200));
+    let fixture = fixture.with_hold_followers(replicator.hold_followers());
     let report = run_all(&fixture).await;
     for (name, result) in &report {
         println!("{name}: {result:?}");

@@ -175,6 +175,17 @@ impl Replicator {
         self.control.paused.store(false, Ordering::SeqCst);
     }
 
+    /// A conformance hook holding the followers back by pausing the
+    /// replicator (it replicates every region, so a hold of any region
+    /// holds all of them).
+    pub fn hold_followers(&self) -> quorate_dynamodb::conformance::HoldFollowers {
+        let control = self.control.clone();
+        quorate_dynamodb::conformance::HoldFollowers::new(move |_region, hold| {
+            control.paused.store(hold, Ordering::SeqCst);
+            async { Ok(()) }
+        })
+    }
+
     /// Changes the lag.
     pub fn set_lag(&self, lag: Duration) {
         self.control

@@ -453,3 +453,42 @@ fn the_drill_names_its_variant_and_rejects_unknown_mechanisms() {
     assert_eq!(code, 2);
     assert!(err.contains("unknown mechanism \"clocks\""), "{err}");
 }
+
+/// The schedules crash nodes and move leases: some seeds draw each, a
+/// strict run through both stays clean, and the schedule's description
+/// names them.
+#[test]
+fn schedules_crash_nodes_and_move_leases() {
+    use drill::Fault;
+    let has = |seed: u64, f: fn(&Fault) -> bool| {
+        drill::nemesis::scenario(seed)
+            .windows
+            .iter()
+            .any(|w| f(&w.fault))
+    };
+    let crash = |f: &Fault| matches!(f, Fault::Crash(_));
+    let lease = |f: &Fault| matches!(f, Fault::LeaseTo(_));
+    let crashing = (1..100).filter(|&s| has(s, crash)).count();
+    let leasing = (1..100).filter(|&s| has(s, lease)).count();
+    assert!(
+        (15..60).contains(&crashing),
+        "{crashing} of 99 seeds crash a node"
+    );
+    assert!(
+        (10..50).contains(&leasing),
+        "{leasing} of 99 seeds move the lease"
+    );
+    let seed = (1..200)
+        .find(|&s| has(s, crash) && has(s, lease))
+        .expect("a seed with both");
+    let described = drill::nemesis::describe(seed);
+    assert!(described.contains("node down"), "{described}");
+    assert!(described.contains("lease to"), "{described}");
+    let run = drill::run(&drill::nemesis::scenario(seed), Configuration::Strict, seed).unwrap();
+    assert_eq!(
+        run.report.total(),
+        0,
+        "{described}\n{}",
+        run.report.render()
+    );
+}

@@ -473,3 +473,259 @@ async fn a_restarted_node_reads_above_what_was_written_while_it_was_stopped() {
         second.point
     );
 }
+
+/// A crashed node refuses its own region's clients at once; the region's
+/// clients still reach the other regions' gateways.
+#[tokio::test(start_paused = true)]
+async fn a_crashed_node_serves_nothing_but_its_clients_reach_other_regions() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let us = sim.at("us").unwrap();
+    write(&us, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sim.crash("us").unwrap();
+    assert!(sim.crashed("us").unwrap());
+    let started = Instant::now();
+    match read(&us, "us", "k", ReplicaRole::Follower).await {
+        Err(Error::RegionUnavailable { reason, .. }) => assert_eq!(reason, "node down"),
+        other => panic!("a crashed gateway answered: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "refused, not timed out"
+    );
+    let r = read(&us, "ap", "k", ReplicaRole::Leader).await.unwrap();
+    assert_eq!(r.version(), Some(quorate::Version::FIRST));
+    write(&us, "ap", "k", "1", Precondition::Any).await.unwrap();
+}
+
+/// A crashed leaseholder's lease runs out: writes stall until another node
+/// may take the lease (expiry plus `max_offset` on its clock), then commit
+/// there; after the restart the lease goes back to its preferred region.
+#[tokio::test(start_paused = true)]
+async fn a_crashed_leaseholder_loses_its_lease_and_takes_it_back_after_restart() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let us = sim.at("us").unwrap();
+    write(&us, "us", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    assert_eq!(sim.leaseholder().as_str(), "eu");
+    sim.crash("eu").unwrap();
+    sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        sim.leaseholder().as_str(),
+        "eu",
+        "the lease is still valid on the crashed holder's clock"
+    );
+    sleep(Duration::from_millis(1500)).await;
+    assert_ne!(sim.leaseholder().as_str(), "eu", "another node took it");
+    let c = write(&us, "us", "k", "1", Precondition::Any).await.unwrap();
+    assert_ne!(c.region.as_str(), "eu");
+    sim.restart("eu").unwrap();
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        sim.leaseholder().as_str(),
+        "eu",
+        "back to the preferred region"
+    );
+    let r = read(&us, "eu", "k", ReplicaRole::Leader).await.unwrap();
+    assert_eq!(
+        r.version(),
+        Some(c.version),
+        "the restarted leaseholder caught up"
+    );
+}
+
+/// What a crashed leaseholder proposed without reaching a quorum is lost
+/// with it: the write never commits, even after the restart.
+#[tokio::test(start_paused = true)]
+async fn a_proposal_pending_at_a_crashed_leaseholder_is_lost() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let eu = sim.at("eu").unwrap();
+    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sim.cut("eu", "us").unwrap();
+    sim.cut("eu", "ap").unwrap();
+    let pending = {
+        let eu = eu.clone();
+        tokio::spawn(async move { write(&eu, "eu", "k", "lost", Precondition::Any).await })
+    };
+    sleep(Duration::from_millis(50)).await;
+    sim.crash("eu").unwrap();
+    sim.heal();
+    let outcome = pending.await.unwrap();
+    assert!(outcome.is_err(), "{outcome:?}");
+    sleep(Duration::from_secs(4)).await;
+    sim.restart("eu").unwrap();
+    sleep(Duration::from_secs(1)).await;
+    let us = sim.at("us").unwrap();
+    let r = read(&us, "us", "k", ReplicaRole::Leader).await.unwrap();
+    assert_eq!(
+        r.version(),
+        Some(quorate::Version::FIRST),
+        "the lost proposal never committed"
+    );
+}
+
+/// A restarted node joins its peers' clocks before it serves: however far
+/// behind its own clock, what it commits lands above what was written
+/// while it was down.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_node_starts_above_its_peers_clocks() {
+    let sim = Sim::new(config(Replication::MultiWriter)).unwrap();
+    let eu = sim.at("eu").unwrap();
+    sim.crash("us").unwrap();
+    sim.set_skew("eu", 300_000_000).unwrap();
+    let before = write(&eu, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sim.restart("us").unwrap();
+    let us = sim.at("us").unwrap();
+    let other = write(&us, "us", "j", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    assert!(
+        other.point > before.point,
+        "the restarted node committed at {} below {} written while it was down",
+        other.point,
+        before.point
+    );
+    sleep(Duration::from_millis(500)).await;
+    let r = read(&us, "us", "k", ReplicaRole::Follower).await.unwrap();
+    assert_eq!(r.version(), Some(before.version), "and it caught up");
+}
+
+/// A lease preference moves the lease cooperatively at once; the new
+/// lease starts above what the old holder served, so a write right after
+/// commits above a read the old holder answered.
+#[tokio::test(start_paused = true)]
+async fn a_lease_preference_moves_the_lease_above_what_the_old_holder_served() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let us = sim.at("us").unwrap();
+    write(&us, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sim.set_skew("eu", 200_000_000).unwrap();
+    let served = read(&us, "eu", "k", ReplicaRole::Leader).await.unwrap();
+    sim.prefer_lease("us").unwrap();
+    assert_eq!(sim.leaseholder().as_str(), "us");
+    let c = write(&us, "us", "k", "1", Precondition::Any).await.unwrap();
+    assert_eq!(c.region.as_str(), "us");
+    let point = served.freshness.point.unwrap();
+    assert!(
+        c.point > point,
+        "{} not above the old holder's read at {point}",
+        c.point
+    );
+    sim.prefer_lease("eu").unwrap();
+    assert_eq!(sim.leaseholder().as_str(), "eu");
+}
+
+/// A stalled replica receives but does not apply: it serves its old
+/// version with a point below the new write, and catches up once resumed.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_replica_keeps_its_point_below_what_waits() {
+    for replication in [Replication::Consensus, Replication::MultiWriter] {
+        let sim = Sim::new(config(replication)).unwrap();
+        let eu = sim.at("eu").unwrap();
+        let v1 = write(&eu, "eu", "k", "0", Precondition::IfAbsent)
+            .await
+            .unwrap();
+        sleep(Duration::from_millis(500)).await;
+        sim.stall_replica("us").unwrap();
+        let v2 = write(&eu, "eu", "k", "1", Precondition::Any).await.unwrap();
+        sleep(Duration::from_secs(2)).await;
+        let r = read(&eu, "us", "k", ReplicaRole::Follower).await.unwrap();
+        assert_eq!(r.version(), Some(v1.version), "{replication:?}");
+        assert!(
+            r.freshness.point.is_some_and(|p| p < v2.point),
+            "{replication:?}: a stalled replica claims {:?}, past the write at {}",
+            r.freshness,
+            v2.point
+        );
+        sim.resume_replica("us").unwrap();
+        let r = read(&eu, "us", "k", ReplicaRole::Follower).await.unwrap();
+        assert_eq!(r.version(), Some(v2.version), "{replication:?}");
+    }
+}
+
+/// Observing the lease does not change the run: the same seed gives the
+/// same outcomes whether or not a test looks at the leaseholder meanwhile.
+#[tokio::test(start_paused = true)]
+async fn observing_the_lease_does_not_change_the_run() {
+    async fn run(observe: bool) -> Vec<String> {
+        let mut c = config(Replication::Consensus);
+        c.jitter = 0.3;
+        c.seed = 11;
+        let sim = Sim::new(c).unwrap();
+        let us = sim.at("us").unwrap();
+        let mut out = Vec::new();
+        for i in 0..12 {
+            if i == 3 {
+                sim.isolate("eu").unwrap();
+            }
+            if i == 8 {
+                sim.heal();
+            }
+            if observe {
+                sim.leaseholder();
+            }
+            let w = write(&us, "us", "k", &i.to_string(), Precondition::Any).await;
+            out.push(format!("{:?}", w.map(|c| (c.version, c.point, c.region))));
+            sleep(Duration::from_millis(400)).await;
+        }
+        out
+    }
+    assert_eq!(run(false).await, run(true).await);
+}
+
+/// A node stopped over its clock serves nothing, but the clients of its
+/// region are not nodes: answers from other regions' gateways reach them.
+#[tokio::test(start_paused = true)]
+async fn clients_of_a_stopped_node_are_answered_by_other_regions() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let us = sim.at("us").unwrap();
+    write(&us, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sim.set_skew("us", 2_000_000_000).unwrap();
+    assert!(
+        read(&us, "us", "k", ReplicaRole::Leader).await.is_err(),
+        "the stopped node served"
+    );
+    let r = read(&us, "eu", "k", ReplicaRole::Leader).await.unwrap();
+    assert_eq!(r.version(), Some(quorate::Version::FIRST));
+}
+
+/// A leaseholder that stops over its clock while proposals wait at it for
+/// a quorum commits none of them: it serves nothing, and the lease moves.
+#[tokio::test(start_paused = true)]
+async fn a_leaseholder_stopped_over_its_clock_commits_nothing_waiting_at_it() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let eu = sim.at("eu").unwrap();
+    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sim.cut("eu", "us").unwrap();
+    sim.cut("eu", "ap").unwrap();
+    let pending = {
+        let eu = eu.clone();
+        tokio::spawn(async move { write(&eu, "eu", "k", "stopped", Precondition::Any).await })
+    };
+    sleep(Duration::from_millis(50)).await;
+    // Cut off, it measures nothing; once healed it finds itself 2 s away
+    // from both peers and stops.
+    sim.set_skew("eu", 2_000_000_000).unwrap();
+    sim.heal();
+    let outcome = pending.await.unwrap();
+    assert!(outcome.is_err(), "{outcome:?}");
+    sleep(Duration::from_secs(5)).await;
+    let us = sim.at("us").unwrap();
+    let r = read(&us, "us", "k", ReplicaRole::Leader).await.unwrap();
+    assert_eq!(
+        r.version(),
+        Some(quorate::Version::FIRST),
+        "a stopped node committed"
+    );
+}

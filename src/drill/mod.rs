@@ -379,8 +379,10 @@ async fn run_on_virtual_time(
 
 /// Applies each fault at its start and lifts it at its end. Overlapping
 /// faults compose: a link stays cut while any window cuts it (lifting one
-/// cut does not heal another), skews and latencies add up, and a replica
-/// lags by the largest stall that covers it.
+/// cut does not heal another), skews and latencies add up, a replica lags
+/// by the largest stall that covers it, a node stays down while any window
+/// crashes it, and the lease preference is the newest lease window's (the
+/// home region's outside them).
 async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
     let regions: Vec<String> = sim
         .config()
@@ -393,13 +395,19 @@ async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
     times.sort();
     times.dedup();
     let mut cut: std::collections::BTreeSet<(String, String)> = std::collections::BTreeSet::new();
+    let mut down: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let home = sim.config().home.as_str().to_owned();
+    let mut preferred = home.clone();
     for at in times {
         tokio::time::sleep_until(start + at).await;
-        let active: Vec<Fault> = windows
+        let mut in_force: Vec<&Window> = windows
             .iter()
             .filter(|w| w.from <= at && at < w.until)
-            .map(|w| w.fault)
             .collect();
+        in_force.sort_by_key(|w| w.from);
+        let active: Vec<Fault> = in_force.iter().map(|w| w.fault).collect();
+        let mut crashed = std::collections::BTreeSet::new();
+        let mut lease_to = home.as_str();
         let mut links = std::collections::BTreeSet::new();
         let mut skew: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
         let mut latency: std::collections::BTreeMap<(&str, &str), u64> =
@@ -429,9 +437,24 @@ async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
                     let l = lag.entry(r).or_default();
                     *l = (*l).max(ms);
                 }
+                Fault::Crash(r) => {
+                    crashed.insert(r);
+                }
+                Fault::LeaseTo(r) => lease_to = r,
             }
         }
         let mut results = Vec::new();
+        for r in crashed.difference(&down) {
+            results.push(sim.crash(r));
+        }
+        for r in down.difference(&crashed) {
+            results.push(sim.restart(r));
+        }
+        down = crashed;
+        if lease_to != preferred {
+            results.push(sim.prefer_lease(lease_to));
+            preferred = lease_to.to_owned();
+        }
         for (a, b) in links.difference(&cut) {
             results.push(sim.cut_one_way(a, b));
         }

@@ -5,7 +5,8 @@
 //! The faults are drawn from what region-failure drills inject: isolation,
 //! cuts between two regions, one-way cuts (requests arrive, answers are
 //! lost: ambiguous commits), latency spikes, clock skew and steps within
-//! and beyond `max_offset`, and stalled replicas. The workload mixes
+//! and beyond `max_offset`, stalled replicas, node crashes and restarts,
+//! and lease moves. The workload mixes
 //! read-modify-write updaters (strong read, conditional idempotent write),
 //! strong readers, users whose session travels between services in several
 //! regions as an encoded token (session reads and writes), and background
@@ -133,7 +134,7 @@ impl Plan {
         let bounded = some(&mut rng, 0, 1);
         let settlers = some(&mut rng, 0, 2);
         let faults = 2 + rng.below(5);
-        let windows = (0..faults)
+        let mut windows: Vec<Window> = (0..faults)
             .map(|_| {
                 let fault = match rng.below(6) {
                     0 => Fault::Isolate(pick(&mut rng, &REGIONS)),
@@ -164,6 +165,30 @@ impl Plan {
                 }
             })
             .collect();
+        // Crashes and lease moves come from a stream of their own, so that
+        // adding them left every other choice of a seed as it was.
+        let mut ops = SplitMix64::new(seed ^ 0x6372_6173_6865_7321);
+        let timed = |ops: &mut SplitMix64, fault: Fault, shortest: u64, spread: u64| {
+            let from = 500 + ops.below(8500);
+            let until = from + shortest + ops.below(spread);
+            Window {
+                from: Duration::from_millis(from),
+                until: Duration::from_millis(until.min(11_500)),
+                fault,
+            }
+        };
+        if current && ops.below(3) == 0 {
+            let fault = Fault::Crash(pick(&mut ops, &REGIONS));
+            let w = timed(&mut ops, fault, 500, 3001);
+            windows.push(w);
+        }
+        if current && !multi_writer && ops.below(3) == 0 {
+            let elsewhere: Vec<&'static str> =
+                REGIONS.iter().copied().filter(|r| *r != home).collect();
+            let fault = Fault::LeaseTo(pick(&mut ops, &elsewhere));
+            let w = timed(&mut ops, fault, 1000, 5001);
+            windows.push(w);
+        }
         Plan {
             multi_writer,
             trusts_clocks,
@@ -388,11 +413,12 @@ fn workload_of(stage: &Stage, plan: Plan) -> Vec<Task> {
 
 /// The schedule of `seed` as a drill scenario.
 pub fn scenario(seed: u64) -> Scenario {
-    // The faults are drawn the same way in both: only the system and the
-    // workload grew.
+    // The system, the workload and the faults grew since the first
+    // schedules: crashes and lease moves come on top of the first faults.
     Scenario {
         system,
         workload,
+        windows: Plan::of(seed).windows,
         ..first_scenario(seed)
     }
 }

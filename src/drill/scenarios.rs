@@ -40,6 +40,12 @@ pub enum Fault {
     /// A region's replica applies what it receives this many milliseconds
     /// late (a stalled replica).
     Lag(&'static str, u64),
+    /// A region's node crashes, and restarts when the window ends.
+    Crash(&'static str),
+    /// The lease preference moves to a region (consensus mode), as an
+    /// operator's zone configuration does; it returns home when the window
+    /// ends. The newest such window in force wins.
+    LeaseTo(&'static str),
 }
 
 impl Fault {
@@ -52,6 +58,8 @@ impl Fault {
             Fault::Latency(a, b, ms) => format!("{a} <-> {b} +{ms} ms"),
             Fault::OneWay(a, b) => format!("{a} -> {b} cut"),
             Fault::Lag(r, ms) => format!("{r} replica {ms} ms behind"),
+            Fault::Crash(r) => format!("{r} node down"),
+            Fault::LeaseTo(r) => format!("lease to {r}"),
         }
     }
 }

@@ -340,7 +340,11 @@ impl Sim {
     /// below what waits unapplied. Its node still serves and votes.
     pub fn stall_replica(&self, region: &str) -> Result<(), Error> {
         let r = self.named(region)?;
-        self.model().stalled[r] = true;
+        let mut m = self.model();
+        // What arrived before the stall was applied (the model applies
+        // lazily, when a replica is next asked).
+        m.apply_due(r, Instant::now());
+        m.stalled[r] = true;
         Ok(())
     }
 
@@ -351,11 +355,52 @@ impl Sim {
         Ok(())
     }
 
-    /// The region holding the lease now (consensus mode).
+    /// The region holding the lease now (consensus mode). Read-only: the
+    /// lease is judged on a copy of the model, so observing it does not
+    /// change when the run's own requests see the lease move.
     pub fn leaseholder(&self) -> Region {
-        let mut m = self.model();
+        let mut m = self.model().clone();
         m.update_lease(Instant::now());
         self.region(m.lease.holder)
+    }
+
+    /// Crashes `region`'s node: it serves nothing (its own region's clients
+    /// go elsewhere), votes for nothing and applies nothing until
+    /// [`Sim::restart`]. A leaseholder's lease runs out on its clock and
+    /// another node takes over after the expiry and `max_offset`; what it
+    /// had proposed without a quorum is lost. Its log is durable: what was
+    /// sent to it while down is applied after the restart.
+    pub fn crash(&self, region: &str) -> Result<(), Error> {
+        let r = self.named(region)?;
+        self.model().crash(r, Instant::now());
+        Ok(())
+    }
+
+    /// Restarts a crashed node: it joins its peers' hybrid-logical clocks
+    /// before serving, then catches up.
+    pub fn restart(&self, region: &str) -> Result<(), Error> {
+        let r = self.named(region)?;
+        self.model().restart(r, Instant::now());
+        Ok(())
+    }
+
+    /// Whether `region`'s node is crashed (read-only).
+    pub fn crashed(&self, region: &str) -> Result<bool, Error> {
+        let r = self.named(region)?;
+        Ok(self.model().crashed[r].is_some())
+    }
+
+    /// Moves the lease preference to `region` (consensus mode), as an
+    /// operator's zone configuration does: the holder transfers the lease
+    /// cooperatively as soon as both reach a quorum and each other, and a
+    /// lease that expires goes there first. The new lease starts above
+    /// everything the old holder could have served.
+    pub fn prefer_lease(&self, region: &str) -> Result<(), Error> {
+        let r = self.named(region)?;
+        let mut m = self.model();
+        m.preferred = r;
+        m.update_lease(Instant::now());
+        Ok(())
     }
 
     /// A clock reading `region`'s node clock (virtual time plus skew).
@@ -423,12 +468,44 @@ impl Trip {
         self.shared.config.regions[index].clone()
     }
 
-    /// Travels from `from` to `to`: waits one latency, or the request
-    /// timeout and fails when the link is cut (the request is lost).
+    /// A request from node `from` to node `to`: waits one latency, or the
+    /// request timeout and fails when the link is cut or `from` crashed
+    /// (the request is lost); fails when `to` does not serve.
     async fn hop(&self, from: usize, to: usize) -> Result<(), Error> {
+        self.link(from, to, true, true).await
+    }
+
+    /// The client's request to its gateway `to`.
+    async fn hop_in(&self, to: usize) -> Result<(), Error> {
+        self.link(self.origin, to, false, true).await
+    }
+
+    /// The gateway's answer to the client: lost when the link is cut or the
+    /// gateway crashed.
+    async fn hop_out(&self, from: usize) -> Result<(), Error> {
+        match self.link(from, self.origin, true, false).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::Timeout {
+                after: self.shared.config.request_timeout,
+                sent: true,
+            }),
+        }
+    }
+
+    /// One message: `from_node` and `to_node` say which ends are database
+    /// nodes (the other end is the client, which neither crashes nor stops
+    /// over its clock).
+    async fn link(
+        &self,
+        from: usize,
+        to: usize,
+        from_node: bool,
+        to_node: bool,
+    ) -> Result<(), Error> {
         let (reachable, latency) = {
             let mut m = self.model();
-            (m.reachable(from, to), m.latency(from, to))
+            let sender_up = !from_node || m.crashed[from].is_none();
+            (sender_up && m.reachable(from, to), m.latency(from, to))
         };
         if !reachable {
             sleep(self.shared.config.request_timeout).await;
@@ -440,9 +517,19 @@ impl Trip {
         if !latency.is_zero() {
             sleep(latency).await;
         }
-        // A node that stopped over its clock serves nothing, its own
-        // region's clients included.
-        if self.model().clock_fenced(to) {
+        if !to_node {
+            return Ok(());
+        }
+        // A crashed node refuses connections; a node that stopped over its
+        // clock serves nothing. Its own region's clients included.
+        let mut m = self.model();
+        if m.crashed[to].is_some() {
+            return Err(Error::RegionUnavailable {
+                region: self.region(to),
+                reason: "node down",
+            });
+        }
+        if m.clock_fenced(to) {
             return Err(Error::RegionUnavailable {
                 region: self.region(to),
                 reason: "node stopped: clock offset beyond max_offset",
@@ -468,14 +555,14 @@ impl Trip {
         key: String,
         role: ReplicaRole,
     ) -> Result<Read<Bytes>, Error> {
-        self.hop(self.origin, gateway).await?;
+        self.hop_in(gateway).await?;
         let multi_writer = self.shared.config.replication == Replication::MultiWriter;
         let read = if role == ReplicaRole::Leader && !multi_writer {
             self.read_leader(gateway, &key).await?
         } else {
             self.read_replica(gateway, &key, role)
         };
-        self.hop_back(gateway, self.origin).await?;
+        self.hop_out(gateway).await?;
         Ok(read)
     }
 
@@ -567,17 +654,15 @@ impl Trip {
     async fn write(self, gateway: usize, req: WriteTrip) -> Result<Committed, Error> {
         // A request that never arrives may, for all the client knows, have
         // committed: report it as sent.
-        self.hop(self.origin, gateway)
-            .await
-            .map_err(|_| Error::Timeout {
-                after: self.shared.config.request_timeout,
-                sent: true,
-            })?;
+        self.hop_in(gateway).await.map_err(|_| Error::Timeout {
+            after: self.shared.config.request_timeout,
+            sent: true,
+        })?;
         let committed = match self.shared.config.replication {
             Replication::Consensus => self.write_consensus(gateway, &req).await?,
             Replication::MultiWriter => self.write_multi(gateway, &req)?,
         };
-        self.hop_back(gateway, self.origin).await?;
+        self.hop_out(gateway).await?;
         Ok(committed)
     }
 
@@ -604,7 +689,7 @@ impl Trip {
                 if m.lease_epoch != epoch || m.lease.holder != leader {
                     return None;
                 }
-                if m.pending.front() == Some(&proposal) {
+                if m.pending.front() == Some(&proposal) && m.in_service(leader) {
                     if let Some(rtt) = m.quorum_rtt(leader) {
                         m.pending.pop_front();
                         return Some((apply(&mut m, now), rtt));
@@ -797,7 +882,7 @@ impl Trip {
         key: String,
         idem: IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
-        self.hop(self.origin, gateway).await?;
+        self.hop_in(gateway).await?;
         let found = match self.shared.config.replication {
             Replication::MultiWriter => {
                 let now = Instant::now();
@@ -839,12 +924,12 @@ impl Trip {
                 found?
             }
         };
-        self.hop_back(gateway, self.origin).await?;
+        self.hop_out(gateway).await?;
         Ok(found)
     }
 
     async fn probe(self, target: usize) -> Result<(u64, Duration), Error> {
-        self.hop(self.origin, target).await?;
+        self.hop_in(target).await?;
         let (server_time_nanos, lag) = {
             let now = Instant::now();
             let mut m = self.model();
@@ -853,7 +938,7 @@ impl Trip {
             let own = m.wall(target, now);
             (own, Duration::from_nanos(own.saturating_sub(closed.wall)))
         };
-        self.hop_back(target, self.origin).await?;
+        self.hop_out(target).await?;
         Ok((server_time_nanos, lag))
     }
 }

@@ -62,7 +62,7 @@ struct Delivery {
 }
 
 /// A region's copy of the data, fed by replication.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Replica {
     /// Versions per key, newest last.
     pub(crate) data: HashMap<String, Vec<Entry>>,
@@ -119,7 +119,7 @@ pub(crate) struct Params {
 }
 
 /// The whole simulated system.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Model {
     pub(crate) p: Params,
     start: Instant,
@@ -149,6 +149,13 @@ pub(crate) struct Model {
     /// Replicas that receive but do not apply (a paused replay): what
     /// arrives waits in their inbox, which caps their closed point.
     pub(crate) stalled: Vec<bool>,
+    /// Nodes crashed, since when: they serve, vote and apply nothing, and
+    /// what is sent to them waits for their restart (their Raft log is
+    /// durable; a peer sends again what they missed).
+    pub(crate) crashed: Vec<Option<Instant>>,
+    /// Consensus mode: where the lease should be (CockroachDB's lease
+    /// preference): the home region until an operator moves it.
+    pub(crate) preferred: usize,
     /// Consensus mode: highest read timestamp served per key.
     tscache: HashMap<String, Point>,
     /// Consensus mode: the current lease's start; no write commits at or
@@ -185,6 +192,8 @@ impl Model {
             stamps: 0,
             fenced: vec![false; n],
             stalled: vec![false; n],
+            crashed: vec![None; n],
+            preferred: p.home,
             tscache: HashMap::new(),
             lease_start: Point::default(),
             lease: Lease {
@@ -254,10 +263,13 @@ impl Model {
         if self.p.multi_writer || !self.p.enforce_max_offset {
             return false;
         }
+        if self.crashed[node].is_some() {
+            return self.fenced[node];
+        }
         let limit = (nanos(self.p.max_offset) as f64 * 0.8) as u64;
         let own = self.clocks[node].skew_nanos;
         let (mut out, mut peers) = (0, 0);
-        for other in (0..self.p.regions).filter(|&o| o != node && self.connected(node, o)) {
+        for other in (0..self.p.regions).filter(|&o| o != node && self.talks_to(node, o)) {
             peers += 1;
             if own.abs_diff(self.clocks[other].skew_nanos) > limit {
                 out += 1;
@@ -266,18 +278,63 @@ impl Model {
         if peers > 0 {
             let fenced = out * 2 > peers;
             if self.fenced[node] && !fenced {
-                // Only peers that serve answer it.
-                let joined = (0..self.p.regions)
-                    .filter(|&o| o != node && !self.fenced[o] && self.connected(node, o))
-                    .map(|o| self.clocks[o].hlc)
-                    .max()
-                    .unwrap_or_default();
-                let c = &mut self.clocks[node];
-                c.hlc = c.hlc.max(joined);
+                self.join_peers(node);
             }
             self.fenced[node] = fenced;
         }
         self.fenced[node]
+    }
+
+    /// Whether `a` and `b` exchange messages both ways and both are up.
+    pub(crate) fn talks_to(&self, a: usize, b: usize) -> bool {
+        self.crashed[a].is_none() && self.crashed[b].is_none() && self.connected(a, b)
+    }
+
+    /// Whether `node` serves: neither crashed nor stopped over its clock.
+    pub(crate) fn in_service(&mut self, node: usize) -> bool {
+        self.crashed[node].is_none() && !self.clock_fenced(node)
+    }
+
+    /// A node coming back into service joins the cluster before it serves:
+    /// its first requests (its liveness heartbeat, the system ranges it
+    /// reads) are answered by leaseholders whose answers carry their
+    /// hybrid-logical clocks, so its own starts above every serving peer it
+    /// reaches.
+    fn join_peers(&mut self, node: usize) {
+        let joined = (0..self.p.regions)
+            .filter(|&o| o != node && !self.fenced[o] && self.talks_to(node, o))
+            .map(|o| self.clocks[o].hlc)
+            .max()
+            .unwrap_or_default();
+        let c = &mut self.clocks[node];
+        c.hlc = c.hlc.max(joined);
+    }
+
+    /// Crashes `node`: it stops at once. What its leaseholder proposed and
+    /// had not committed is lost with it.
+    pub(crate) fn crash(&mut self, node: usize, now: Instant) {
+        if self.crashed[node].is_some() {
+            return;
+        }
+        // What arrived before the crash was applied (the model applies
+        // lazily, when a replica is next asked).
+        self.apply_due(node, now);
+        self.crashed[node] = Some(now);
+        if !self.p.multi_writer && self.lease.holder == node {
+            self.pending.clear();
+        }
+        self.measure_clocks();
+    }
+
+    /// Restarts a crashed node: it joins its peers' clocks, then applies
+    /// what was sent to it meanwhile.
+    pub(crate) fn restart(&mut self, node: usize, now: Instant) {
+        if self.crashed[node].take().is_none() {
+            return;
+        }
+        self.join_peers(node);
+        self.reschedule(now);
+        self.measure_clocks();
     }
 
     /// Every node measures its clock against the peers it reaches, as it
@@ -322,7 +379,7 @@ impl Model {
         let mut rtts: Vec<Duration> = Vec::with_capacity(followers.len());
         for r in followers {
             // A node stopped over its clock acknowledges nothing.
-            if !self.clock_fenced(r) {
+            if self.in_service(r) {
                 rtts.push(self.base_latency(leader, r) + self.base_latency(r, leader));
             }
         }
@@ -355,11 +412,12 @@ impl Model {
         }
         let holder = self.lease.holder;
         // A node stopped over its clock neither holds nor takes a lease.
-        let quorum = |m: &mut Model, r: usize| !m.clock_fenced(r) && m.quorum_rtt(r).is_some();
+        let quorum = |m: &mut Model, r: usize| m.in_service(r) && m.quorum_rtt(r).is_some();
+        let preferred = self.preferred;
         if quorum(self, holder) {
             self.lease.expiry = self.wall(holder, now) + nanos(self.p.lease_duration);
-            if holder != self.p.home && quorum(self, self.p.home) {
-                self.transfer(self.p.home, now, true);
+            if holder != preferred && quorum(self, preferred) && self.connected(holder, preferred) {
+                self.transfer(preferred, now, true);
             }
             return;
         }
@@ -368,7 +426,7 @@ impl Model {
             let renewed = self.wall(holder, lost) + nanos(self.p.lease_duration);
             self.lease.expiry = self.lease.expiry.max(renewed);
         }
-        let candidates = std::iter::once(self.p.home).chain(0..self.p.regions);
+        let candidates = std::iter::once(preferred).chain(0..self.p.regions);
         for r in candidates.collect::<Vec<_>>() {
             if r != holder
                 && quorum(self, r)
@@ -383,16 +441,18 @@ impl Model {
     /// When `holder` lost its quorum: the cut that left it with fewer
     /// reachable followers than a majority needs.
     fn quorum_lost_at(&self, holder: usize) -> Option<Instant> {
+        let earliest = |times: &[Option<Instant>]| times.iter().flatten().min().copied();
+        if let Some(down) = self.crashed[holder] {
+            return Some(down);
+        }
         let mut cuts: Vec<Instant> = (0..self.p.regions)
             .filter(|&r| r != holder)
             .filter_map(|r| {
-                match (
+                earliest(&[
                     self.links[holder][r].cut_since,
                     self.links[r][holder].cut_since,
-                ) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                    self.crashed[r],
+                ])
             })
             .collect();
         cuts.sort();
@@ -434,14 +494,14 @@ impl Model {
         let prev = self.previous?;
         (prev.holder != self.lease.holder
             && self.connected(gateway, prev.holder)
-            && !self.clock_fenced(prev.holder)
+            && self.in_service(prev.holder)
             && self.wall(prev.holder, now) < prev.expiry)
             .then_some(prev.holder)
     }
 
     /// Delivers everything due at `region`.
     pub(crate) fn apply_due(&mut self, region: usize, now: Instant) {
-        if self.stalled[region] {
+        if self.stalled[region] || self.crashed[region].is_some() {
             return;
         }
         let multi_writer = self.p.multi_writer;

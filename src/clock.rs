@@ -53,6 +53,25 @@ impl OffsetSample {
         }
     }
 
+    /// A sample from the server's clock reading and this process's clock
+    /// when the answer came, with the round trip timed on the monotonic
+    /// clock: the request is taken to have reached the server half the
+    /// round trip before the answer, in the clock's frame as it reads at
+    /// the answer. Unlike [`OffsetSample::new`], a step of this process's
+    /// clock while the probe was out does not put the sample in a frame it
+    /// was not measured in.
+    pub fn timed(server: u64, received: u64, rtt: Duration) -> OffsetSample {
+        let rtt_nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX);
+        let midpoint = i128::from(received) - i128::from(rtt_nanos / 2);
+        let offset = (i128::from(server) - midpoint)
+            .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+        OffsetSample {
+            offset_nanos: offset,
+            error: rtt / 2,
+            rtt,
+        }
+    }
+
     /// The largest offset consistent with this sample: |offset| + error.
     pub fn max_abs_offset(&self) -> Duration {
         Duration::from_nanos(self.offset_nanos.unsigned_abs()) + self.error
@@ -313,12 +332,17 @@ impl ClockGuard {
     /// region's own deviation plus the largest of any region's (a
     /// follower's closed timestamp is in its leader's or writer's clock),
     /// or the largest lead a region's clock had over the others lately, as
-    /// long as timestamps it stamped then may still be ahead.
+    /// long as timestamps it stamped then may still be ahead; plus this
+    /// process's own clock error — its distance from the regions' median,
+    /// and how far it stepped since the newest sample, reading `local` now —
+    /// since a claim may be measured by it (an item's age on a table
+    /// without a watermark: the adapter subtracts the item's write time
+    /// from this process's clock) and no sample has seen a step yet.
     /// `None` when the clocks cannot be verified: the client has probed
     /// (it had fresh samples from a majority of regions) but has lost that
     /// evidence — a clock that stepped meanwhile, in a region cut off with
     /// this process, looks right from inside it.
-    pub(crate) fn staleness_error(&self, region: usize) -> Option<Duration> {
+    pub(crate) fn staleness_error(&self, region: usize, local: u64) -> Option<Duration> {
         self.refresh();
         let state = self.lock();
         if self.ever_quorum.load(std::sync::atomic::Ordering::Relaxed)
@@ -329,6 +353,15 @@ impl ClockGuard {
         let samples = aligned(&state.samples);
         let own = deviation(&samples, region).unwrap_or_default();
         let now = Instant::now();
+        let stepped = samples
+            .iter()
+            .flatten()
+            .max_by_key(|s| s.at)
+            .map_or(0, |s| s.frame.abs_diff(self.frame(local, now)));
+        let stepped = Duration::from_nanos(u64::try_from(stepped).unwrap_or(u64::MAX));
+        let process = median(&samples).map_or(Duration::ZERO, |(m, e)| {
+            Duration::from_nanos(m.abs().min(u64::MAX as f64) as u64) + e
+        });
         let source = (0..samples.len())
             .filter_map(|r| deviation(&samples, r))
             .chain(
@@ -340,7 +373,7 @@ impl ClockGuard {
             )
             .max()
             .unwrap_or_default();
-        Some(own + source)
+        Some(own + source + process + stepped)
     }
 
     /// Whether the region's clock is too far off to trust for timestamps.
@@ -526,9 +559,9 @@ mod tests {
         assert!(!g.excluded(1) && !g.excluded(2));
         assert_eq!(g.deviation(0), Some(Duration::from_millis(1500)));
         assert!(
-            g.staleness_error(0) >= Some(Duration::from_millis(3000)),
+            g.staleness_error(0, local(&g)) >= Some(Duration::from_millis(3000)),
             "a staleness claim measured in eu's clock: {:?}",
-            g.staleness_error(0)
+            g.staleness_error(0, local(&g))
         );
         // Probed again from the stepped clock, they agree with their
         // earlier samples (no step of their own).
@@ -623,14 +656,49 @@ mod tests {
         // Median 0: eu 0, us 40 ms, ap 120 ms off. A follower in us states
         // staleness in its own clock against a closed timestamp in the
         // leader's, which may be the farthest off.
-        assert_eq!(g.staleness_error(1), Some(Duration::from_millis(160)));
-        assert_eq!(g.staleness_error(0), Some(Duration::from_millis(120)));
+        assert_eq!(
+            g.staleness_error(1, local(&g)),
+            Some(Duration::from_millis(160))
+        );
+        assert_eq!(
+            g.staleness_error(0, local(&g)),
+            Some(Duration::from_millis(120))
+        );
         // Cut off from the others, the clocks cannot be verified any more.
         g.forget(0);
         g.forget(2);
-        assert_eq!(g.staleness_error(1), None);
+        assert_eq!(g.staleness_error(1, local(&g)), None);
         // A client that never probed relies on clock_uncertainty alone.
-        assert_eq!(guard(3).staleness_error(1), Some(Duration::ZERO));
+        assert_eq!(
+            {
+                let g = guard(3);
+                g.staleness_error(1, local(&g))
+            },
+            Some(Duration::ZERO)
+        );
+    }
+
+    /// A claim measured by this process's clock (or a node sharing it) is
+    /// off by any step of that clock since the newest sample: no sample
+    /// has seen it, yet it counts.
+    #[tokio::test(start_paused = true)]
+    async fn a_step_of_this_process_clock_since_the_last_sample_widens_claims() {
+        let g = guard(3);
+        for r in 0..3 {
+            record(&g, r, 0);
+        }
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(g.staleness_error(0, local(&g)), Some(Duration::ZERO));
+        let back = local(&g) - 1_500_000_000;
+        assert_eq!(
+            g.staleness_error(0, back),
+            Some(Duration::from_millis(1500))
+        );
+        let ahead = local(&g) + 200_000_000;
+        assert_eq!(
+            g.staleness_error(2, ahead),
+            Some(Duration::from_millis(200))
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -649,7 +717,7 @@ mod tests {
         }
         assert!(!g.excluded(0));
         assert_eq!(
-            g.staleness_error(1),
+            g.staleness_error(1, local(&g)),
             Some(Duration::from_millis(1500)),
             "the lead still counts"
         );
@@ -658,7 +726,7 @@ mod tests {
             record(&g, r, 0);
         }
         assert_eq!(
-            g.staleness_error(1),
+            g.staleness_error(1, local(&g)),
             Some(Duration::ZERO),
             "and then no more"
         );

@@ -1131,3 +1131,49 @@ async fn a_bounded_read_does_not_trust_clocks_it_can_no_longer_verify() {
     }
     checks.abort();
 }
+
+/// This process's clock steps 1.5 s back while its probes of the far
+/// regions are out (each takes a third of a second). Their answers are measured
+/// in the frame they arrive in: the other regions' clocks are 1.5 s ahead
+/// of this process's now, so its own region — whose node shares its clock
+/// — is the odd one out, and a bounded read measured by that clock is not
+/// trusted. (A probe timed by wall clock put its send time and its answer
+/// in two frames: a sample 1.5 s off, with no error to show for it.)
+#[tokio::test(start_paused = true)]
+async fn a_probe_out_while_this_clock_steps_is_measured_in_the_frame_it_ends_in() {
+    let mut c = config();
+    c.enforce_max_offset = false;
+    let sim = Sim::new(c).unwrap();
+    sim.set_link_latency("us", "eu", Duration::from_millis(150))
+        .unwrap();
+    sim.set_link_latency("us", "ap", Duration::from_millis(150))
+        .unwrap();
+    let client = Client::new(
+        sim.at("us").unwrap(),
+        ClientConfig {
+            clock: Arc::new(sim.clock("us").unwrap()),
+            attempt_timeout: Duration::from_secs(3),
+            seed: Some(5),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let checks = tokio::spawn({
+        let client = client.clone();
+        async move { client.health_checks(Duration::from_millis(100)).await }
+    });
+    sleep(Duration::from_millis(2600)).await;
+    assert!(!client.clock_excluded(&region("us")));
+    sim.set_skew("us", -1_500_000_000).unwrap();
+    // This region's own probe comes back at once; answers from eu and ap
+    // in the next third of a second left before the step.
+    sleep(Duration::from_millis(150)).await;
+    for _ in 0..20 {
+        sleep(Duration::from_millis(50)).await;
+        assert!(
+            client.clock_excluded(&region("us")),
+            "a probe straddling the step hid it"
+        );
+    }
+    checks.abort();
+}

@@ -331,7 +331,16 @@ async fn bounded_reads_skip_replicas_measured_beyond_their_bound() {
     seed_key(&sim, "k").await;
     sim.set_replication_lag("us", Duration::from_secs(20))
         .unwrap();
-    let client = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
+    // The client's clock is its region's: the simulator's time is virtual,
+    // and a bounded read counts this process's clock error.
+    let client = Client::new(
+        sim.at("us").unwrap(),
+        ClientConfig {
+            clock: std::sync::Arc::new(sim.clock("us").unwrap()),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
     // Let the lag show in the replica's closed timestamp, then probe it.
     sleep(Duration::from_secs(2)).await;
     client.refresh_health().await;

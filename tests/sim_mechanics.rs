@@ -729,3 +729,64 @@ async fn a_leaseholder_stopped_over_its_clock_commits_nothing_waiting_at_it() {
         "a stopped node committed"
     );
 }
+
+/// Global tables replicate item by item: an item written later may reach
+/// another region first, a replica states no lag of its own, and a read
+/// states the age of the item it returns (by the client's clock), nothing
+/// for an absent one.
+#[tokio::test(start_paused = true)]
+async fn global_table_items_replicate_independently_without_a_watermark() {
+    let mut overtaken = 0;
+    for seed in 0..20 {
+        let mut c = config(Replication::MultiWriter);
+        c.seed = seed;
+        c.replication_lag = Duration::from_millis(400);
+        let sim = Sim::new(c).unwrap();
+        let eu = sim.at("eu").unwrap();
+        write(&eu, "eu", "first", "1", Precondition::IfAbsent)
+            .await
+            .unwrap();
+        write(&eu, "eu", "second", "1", Precondition::IfAbsent)
+            .await
+            .unwrap();
+        let mut first_seen = None;
+        let mut second_seen = None;
+        for step in 0..100u32 {
+            let a = read(&eu, "us", "first", ReplicaRole::Follower)
+                .await
+                .unwrap();
+            let b = read(&eu, "us", "second", ReplicaRole::Follower)
+                .await
+                .unwrap();
+            if a.version().is_some() {
+                first_seen.get_or_insert(step);
+            } else {
+                assert_eq!(a.freshness.staleness_bound, None, "an absent item");
+                assert_eq!(a.freshness.point, None);
+            }
+            if let Some(bound) = b.freshness.staleness_bound {
+                assert!(b.version().is_some());
+                let written = b.freshness.point.unwrap().wall;
+                let now = quorate::Clock::now_nanos(&sim.clock("eu").unwrap());
+                assert!(bound.as_nanos() as u64 >= now.saturating_sub(written) - 50_000_000);
+                second_seen.get_or_insert(step);
+            }
+            if first_seen.is_some() && second_seen.is_some() {
+                break;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        let (Some(f), Some(s)) = (first_seen, second_seen) else {
+            panic!("seed {seed}: never replicated");
+        };
+        if s < f {
+            overtaken += 1;
+        }
+        let probe = eu.probe(&Region::new("us").unwrap()).await.unwrap();
+        assert_eq!(probe.replica_lag, None, "no watermark, no lag figure");
+    }
+    assert!(
+        overtaken > 0,
+        "in twenty runs the later item never arrived first"
+    );
+}

@@ -30,9 +30,8 @@ impl<B: Backend> Client<B> {
             .router
             .index_of(region)
             .ok_or_else(|| Error::Topology(crate::TopologyError::UnknownRegion(region.clone())))?;
-        let sent = inner.config.clock.now_nanos();
         let sent_at = Instant::now();
-        let deadline = Instant::now() + inner.config.attempt_timeout;
+        let deadline = sent_at + inner.config.attempt_timeout;
         let probe = match inner
             .deadlines
             .run(deadline, inner.backend.probe(region))
@@ -52,10 +51,12 @@ impl<B: Backend> Client<B> {
             }
         };
         let received = inner.config.clock.now_nanos();
-        inner
-            .router
-            .success(index, Kind::FollowerRead, Instant::now() - sent_at);
-        let sample = crate::clock::OffsetSample::new(sent, probe.server_time_nanos, received);
+        let rtt = Instant::now() - sent_at;
+        inner.router.success(index, Kind::FollowerRead, rtt);
+        // Timed on the monotonic clock and placed in the frame the answer
+        // came in: a step of this process's clock while the probe was out
+        // does not skew the sample.
+        let sample = crate::clock::OffsetSample::timed(probe.server_time_nanos, received, rtt);
         let was_excluded = inner.guard.excluded(index);
         let deviation = inner.guard.record(index, &sample, received);
         inner

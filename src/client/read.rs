@@ -322,7 +322,11 @@ impl<B: Backend> Client<B> {
                 Check::Escalate("replica's clock is excluded")
             }
             ReadPolicy::BoundedStaleness(bound) => {
-                match (f.staleness_bound, inner.guard.staleness_error(region)) {
+                let local = inner.config.clock.now_nanos();
+                match (
+                    f.staleness_bound,
+                    inner.guard.staleness_error(region, local),
+                ) {
                     (Some(s), Some(error))
                         if s + inner.config.clock_uncertainty + error <= bound.duration() =>
                     {

@@ -28,10 +28,16 @@
 //!   yields stale reads and two leases can overlap.
 //! - **Multi-writer mode** (DynamoDB global tables, eventual). Every region
 //!   accepts writes and checks preconditions against its own replica;
-//!   replication is asynchronous with last-writer-wins by timestamp.
+//!   replication is asynchronous, item by item in no order across items,
+//!   with last-writer-wins by timestamp and no cross-key watermark.
+//! - **Faults.** Cut links (both ways or one way), extra latency, skewed
+//!   and stepped clocks, replication lag, stalled replicas, crashed and
+//!   restarted nodes, and lease preferences moved by an operator.
 //!
 //! Time is tokio's: run drills on a paused runtime and they are deterministic
-//! by seed and take no wall time.
+//! by seed and take no wall time. A client over the simulator takes its
+//! clock from its region ([`Sim::clock`] in `ClientConfig::clock`): the
+//! system clock does not follow virtual time.
 
 mod model;
 
@@ -615,8 +621,14 @@ impl Trip {
         let now = Instant::now();
         let mut m = self.model();
         m.apply_due(region, now);
-        let closed = m.closed_point(region, now);
-        let own = m.wall(region, now);
+        // A consensus follower measures its lag by its own clock; an item's
+        // age on a multi-writer table is measured by the client's, as the
+        // DynamoDB adapter does (the client's clock is its region's).
+        let own = if m.p.multi_writer {
+            m.wall(self.origin, now)
+        } else {
+            m.wall(region, now)
+        };
         let entry = m.replicas[region].latest(key).cloned();
         // A consistent read of a multi-writer table is current only in the
         // key's home region, where every write goes; elsewhere it is as
@@ -626,19 +638,23 @@ impl Trip {
         } else {
             role
         };
-        let staleness = if role == ReplicaRole::Leader {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(own.saturating_sub(closed.wall))
-        };
         // Multi-writer tables have no cross-key watermark (global tables
-        // replicate item by item): a read states the point of the item it
-        // returns, as DynamoDB's `written_at` does, and none for an absent
-        // one. A consensus follower states its closed timestamp.
-        let point = if m.p.multi_writer {
-            entry.as_ref().map(|e| e.point)
+        // replicate item by item, in no order across items): a read states
+        // the point of the item it returns, as DynamoDB's `written_at` does,
+        // and is at most as stale as that item is old; an absent item
+        // states neither. A consensus follower states its closed timestamp.
+        let (point, staleness) = if role == ReplicaRole::Leader {
+            (entry.as_ref().map(|e| e.point), Some(Duration::ZERO))
+        } else if m.p.multi_writer {
+            let point = entry.as_ref().map(|e| e.point);
+            let age = point.map(|p| Duration::from_nanos(own.saturating_sub(p.wall)));
+            (point, age)
         } else {
-            Some(closed)
+            let closed = m.closed_point(region, now);
+            (
+                Some(closed),
+                Some(Duration::from_nanos(own.saturating_sub(closed.wall))),
+            )
         };
         Read {
             value: entry.map(versioned),
@@ -646,7 +662,7 @@ impl Trip {
                 region: self.region(region),
                 role,
                 point,
-                staleness_bound: Some(staleness),
+                staleness_bound: staleness,
             },
         }
     }
@@ -928,15 +944,20 @@ impl Trip {
         Ok(found)
     }
 
-    async fn probe(self, target: usize) -> Result<(u64, Duration), Error> {
+    async fn probe(self, target: usize) -> Result<(u64, Option<Duration>), Error> {
         self.hop_in(target).await?;
         let (server_time_nanos, lag) = {
             let now = Instant::now();
             let mut m = self.model();
             m.apply_due(target, now);
-            let closed = m.closed_point(target, now);
             let own = m.wall(target, now);
-            (own, Duration::from_nanos(own.saturating_sub(closed.wall)))
+            // Without a cross-key watermark a replica cannot say how far
+            // behind it is (DynamoDB reports no such figure per request).
+            let lag = (!m.p.multi_writer).then(|| {
+                let closed = m.closed_point(target, now);
+                Duration::from_nanos(own.saturating_sub(closed.wall))
+            });
+            (own, lag)
         };
         self.hop_out(target).await?;
         Ok((server_time_nanos, lag))
@@ -1078,7 +1099,7 @@ impl Backend for Sim {
         Ok(Probe {
             region: region.clone(),
             server_time_nanos,
-            replica_lag: Some(lag),
+            replica_lag: lag,
         })
     }
 }

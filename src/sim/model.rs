@@ -506,14 +506,34 @@ impl Model {
         }
         let multi_writer = self.p.multi_writer;
         let replica = &mut self.replicas[region];
-        while replica
-            .inbox
-            .front()
-            .is_some_and(|d| d.ready_at.is_some_and(|t| t <= now))
-        {
-            let Some(d) = replica.inbox.pop_front() else {
-                break;
-            };
+        // Multi-writer tables replicate item by item, each on its own
+        // schedule: whatever has arrived applies, in arrival order, past
+        // anything still on its way. One log arrives in order.
+        let due: Vec<Delivery> = if multi_writer {
+            let mut due = Vec::new();
+            let mut waiting = VecDeque::with_capacity(replica.inbox.len());
+            for d in replica.inbox.drain(..) {
+                if d.ready_at.is_some_and(|t| t <= now) {
+                    due.push(d);
+                } else {
+                    waiting.push_back(d);
+                }
+            }
+            replica.inbox = waiting;
+            due.sort_by_key(|d| d.ready_at);
+            due
+        } else {
+            let mut due = Vec::new();
+            while replica
+                .inbox
+                .front()
+                .is_some_and(|d| d.ready_at.is_some_and(|t| t <= now))
+            {
+                due.extend(replica.inbox.pop_front());
+            }
+            due
+        };
+        for d in due {
             let versions = replica.data.entry(d.key.clone()).or_default();
             if multi_writer {
                 // Last writer wins, by timestamp then region.
@@ -565,10 +585,14 @@ impl Model {
             if r == from {
                 continue;
             }
-            let ready_at = self
-                .reachable(from, r)
-                .then(|| now + self.base_latency(from, r) + self.lag[r]);
+            let ready_at = if self.reachable(from, r) {
+                Some(now + self.delivery_delay(from, r))
+            } else {
+                None
+            };
             let ready_at = match (ready_at, self.replicas[r].inbox.back().map(|d| d.ready_at)) {
+                // Items of a multi-writer table travel independently.
+                (t, _) if self.p.multi_writer => t,
                 (Some(t), Some(Some(prev))) => Some(t.max(prev)),
                 (Some(_), Some(None)) => None,
                 (t, _) => t,
@@ -583,6 +607,20 @@ impl Model {
         }
     }
 
+    /// How long an entry sent now from `from` takes to apply at `to`: the
+    /// link's latency and the replica's lag; in multi-writer mode each item
+    /// also waits a random share of that lag, so that items overtake one
+    /// another (global tables replicate item by item, in no order across
+    /// items).
+    fn delivery_delay(&mut self, from: usize, to: usize) -> Duration {
+        let base = self.base_latency(from, to) + self.lag[to];
+        if self.p.multi_writer {
+            base + self.lag[to].mul_f64(self.rng.unit())
+        } else {
+            base
+        }
+    }
+
     /// After a link heals: schedule what waited behind it.
     pub(crate) fn reschedule(&mut self, now: Instant) {
         for r in 0..self.p.regions {
@@ -594,11 +632,13 @@ impl Model {
                 };
                 let ready = match ready {
                     Some(t) => Some(t),
-                    None if self.reachable(from, r) => {
-                        Some(now + self.base_latency(from, r) + self.lag[r])
-                    }
+                    None if self.reachable(from, r) => Some(now + self.delivery_delay(from, r)),
                     None => None,
                 };
+                if self.p.multi_writer {
+                    self.replicas[r].inbox[i].ready_at = ready;
+                    continue;
+                }
                 let ready = match (ready, prev) {
                     (Some(t), Some(p)) => Some(t.max(p)),
                     (t, _) => t,
@@ -612,9 +652,10 @@ impl Model {
         }
     }
 
-    /// The point through which `region`'s replica is complete: what each
-    /// source has sent that has had time to arrive, capped below anything
-    /// still queued.
+    /// The point through which `region`'s replica is complete (consensus
+    /// mode: multi-writer tables have no such watermark): what the
+    /// leaseholder has sent that has had time to arrive, capped below
+    /// anything still queued.
     pub(crate) fn closed_point(&mut self, region: usize, now: Instant) -> Point {
         // Consensus mode has one log: a replica is complete only through
         // the entries it has applied, whichever holder sent those still on
@@ -622,20 +663,14 @@ impl Model {
         // applied position, as in CockroachDB). Without this, a new
         // leaseholder's closed timestamps would cover entries of the old
         // one still stuck behind a cut.
-        let applied_through = if self.p.multi_writer {
-            None
-        } else {
-            self.replicas[region]
-                .inbox
-                .iter()
-                .map(|d| d.entry.point)
-                .min()
-                .map(predecessor)
-        };
+        let applied_through = self.replicas[region]
+            .inbox
+            .iter()
+            .map(|d| d.entry.point)
+            .min()
+            .map(predecessor);
         let cap = |p: Point| applied_through.map_or(p, |a| p.min(a));
-        let sources: Vec<usize> = if self.p.multi_writer {
-            (0..self.p.regions).filter(|&s| s != region).collect()
-        } else if self.lease.holder == region {
+        let sources: Vec<usize> = if self.lease.holder == region {
             // The leaseholder is complete through now, once it has applied
             // what it was sent.
             return cap(self.clocks[region]

@@ -532,3 +532,41 @@ fn an_unknown_write_explains_at_most_one_version() {
         .read(4, "k", "strong", "r2", 60, 70, 6);
     only(&h.check(), Anomaly::FutureRead, 1);
 }
+
+/// A last-writer-wins table can acknowledge a write below a version
+/// acknowledged before the write was even sent: versions out of commit
+/// order, one of the two lost when the table settles. Concurrent writes,
+/// and a retry whose first attempt came first, are not.
+#[test]
+fn versions_out_of_commit_order_are_lost_updates() {
+    let behind = H::default()
+        .write(1, "k", "s", "a", 0, 10, "ok", 7)
+        .write(2, "k", "t", "b", 20, 30, "ok", 6);
+    only(&behind.check(), Anomaly::LostUpdate, 1);
+    let cas_behind = H::default()
+        .cas(1, "k", 6, "a", 0, 10, "ok", 7)
+        .cas(2, "k", 5, "b", 20, 30, "ok", 6);
+    only(&cas_behind.check(), Anomaly::LostUpdate, 1);
+    // Concurrent: either order is a commit order.
+    clean(
+        &H::default()
+            .write(1, "k", "s", "a", 0, 10, "ok", 7)
+            .write(2, "k", "t", "b", 5, 30, "ok", 6)
+            .check(),
+    );
+    // The retry's first attempt was sent before v7 was acknowledged.
+    clean(
+        &H::default()
+            .write(1, "k", "s", "a", 0, 4, "info", 0)
+            .write(2, "k", "t", "c", 5, 10, "ok", 7)
+            .write(1, "k", "s", "a", 20, 30, "ok", 6)
+            .check(),
+    );
+    // In commit order: fine.
+    clean(
+        &H::default()
+            .write(1, "k", "s", "a", 0, 10, "ok", 6)
+            .write(2, "k", "t", "b", 20, 30, "ok", 7)
+            .check(),
+    );
+}

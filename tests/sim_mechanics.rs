@@ -790,3 +790,36 @@ async fn global_table_items_replicate_independently_without_a_watermark() {
         "in twenty runs the later item never arrived first"
     );
 }
+
+/// Spanner's commit wait: the leaseholder timestamps a write at its
+/// clock's latest possible time and answers only once its earliest
+/// possible time has passed it (about 2ε later), so a strong read through
+/// any gateway right after sees it — with the writing gateway's clock
+/// 300 ms ahead, where CockroachDB's scheme reports an uncertain value
+/// (`clock_skew_within_max_offset_is_uncertain_not_stale`).
+#[tokio::test(start_paused = true)]
+async fn commit_wait_acknowledges_after_the_uncertainty_and_reads_are_never_uncertain() {
+    let mut c = config(Replication::Consensus);
+    c.commit_wait = Some(Duration::from_millis(100));
+    let sim = Sim::new(c).unwrap();
+    sim.set_skew("ap", 300_000_000).unwrap();
+    let ap = sim.at("ap").unwrap();
+    let us = sim.at("us").unwrap();
+    let started = Instant::now();
+    let c = write(&ap, "ap", "k", "1", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    // ap → eu and back (20 ms each way, 1 ms locally), the quorum round
+    // inside the 200 ms commit wait.
+    assert!(
+        took >= Duration::from_millis(240),
+        "acknowledged after {took:?}"
+    );
+    let r = read(&us, "us", "k", ReplicaRole::Leader).await.unwrap();
+    assert_eq!(r.version(), Some(c.version));
+    assert!(r.freshness.point.unwrap() >= c.point);
+    // The commit was timestamped at the leaseholder, not the skewed gateway.
+    let eu_now = quorate::Clock::now_nanos(&sim.clock("eu").unwrap());
+    assert!(c.point.wall <= eu_now, "{} after {eu_now}", c.point);
+}

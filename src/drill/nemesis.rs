@@ -46,6 +46,9 @@ struct Plan {
     /// A consensus database that trusts every clock (no `max_offset`
     /// enforcement): the client's own clock guard is all there is.
     trusts_clocks: bool,
+    /// A consensus database with Spanner's commit wait (ε = 10 ms) instead
+    /// of CockroachDB's uncertainty restarts.
+    commit_wait: bool,
     /// Users whose sessions range over many records (more than a session
     /// token names), each travelling between the regions listed.
     browsers: Vec<Vec<&'static str>>,
@@ -92,6 +95,10 @@ impl Plan {
         // other choice of a seed as it was.
         let trusts_clocks =
             current && !multi_writer && SplitMix64::new(seed ^ 0x7472_7573_7473_2121).below(4) == 0;
+        let commit_wait = current
+            && !multi_writer
+            && !trusts_clocks
+            && SplitMix64::new(seed ^ 0x7370_616e_6e65_7221).below(3) == 0;
         let mut own = SplitMix64::new(seed ^ 0x6272_6f77_7365_7273);
         let browsers = (0..1 + own.below(2))
             .map(|_| {
@@ -192,6 +199,7 @@ impl Plan {
         Plan {
             multi_writer,
             trusts_clocks,
+            commit_wait,
             browsers,
             auditors,
             home,
@@ -220,6 +228,9 @@ fn system_of(plan: Plan, seed: u64) -> SimConfig {
         c.replication = Replication::MultiWriter;
     }
     c.enforce_max_offset = !plan.trusts_clocks;
+    if plan.commit_wait {
+        c.commit_wait = Some(Duration::from_millis(10));
+    }
     c
 }
 
@@ -457,6 +468,8 @@ pub fn describe(seed: u64) -> String {
             "multi-writer"
         } else if plan.trusts_clocks {
             "consensus (trusting every clock)"
+        } else if plan.commit_wait {
+            "consensus (commit wait)"
         } else {
             "consensus"
         },

@@ -93,6 +93,15 @@ pub struct SimConfig {
     /// holds no lease and counts for no quorum — until its clock is back.
     /// Off, the simulator models a database that trusts every clock.
     pub enforce_max_offset: bool,
+    /// Spanner's commit wait, with this clock uncertainty ε (TrueTime's),
+    /// in consensus mode: the leaseholder timestamps a commit at its
+    /// clock's latest possible time (now + ε) and acknowledges it only once
+    /// its clock's earliest possible time (now − ε) has passed it; a strong
+    /// read is timestamped at the leaseholder's latest possible time and is
+    /// never uncertain. `None` (the default): CockroachDB's scheme, where
+    /// the gateway timestamps and readers restart on values within
+    /// `max_offset` above their timestamp.
+    pub commit_wait: Option<Duration>,
     /// The lease's duration.
     pub lease_duration: Duration,
     /// How long a request over a cut link waits before it fails.
@@ -126,6 +135,7 @@ impl SimConfig {
             close_lag: Duration::from_millis(100),
             max_offset: Duration::from_millis(500),
             enforce_max_offset: true,
+            commit_wait: None,
             lease_duration: Duration::from_secs(2),
             request_timeout: Duration::from_secs(1),
             jitter: 0.1,
@@ -185,6 +195,9 @@ impl Sim {
             close_lag: config.close_lag,
             max_offset: config.max_offset,
             enforce_max_offset: config.enforce_max_offset,
+            commit_wait: config
+                .commit_wait
+                .filter(|_| config.replication == Replication::Consensus),
             lease_duration: config.lease_duration,
             jitter: config.jitter,
         };
@@ -585,8 +598,14 @@ impl Trip {
         };
         self.hop(gateway, target).await?;
         let now = Instant::now();
-        let (result, served_clock) = {
+        let (result, served_clock, read_point) = {
             let mut m = self.model();
+            // Spanner timestamps a strong read at the leader, at TrueTime's
+            // latest possible now; CockroachDB at the gateway.
+            let read_point = match m.p.commit_wait {
+                Some(epsilon) if !stale => m.tt_latest(target, now, epsilon),
+                _ => read_point,
+            };
             m.hlc_update(target, read_point, now);
             let served_clock = m.clocks[target].hlc;
             let result = if stale {
@@ -596,7 +615,7 @@ impl Trip {
             } else {
                 m.read_log(key, read_point)
             };
-            (result, served_clock)
+            (result, served_clock, read_point)
         };
         self.hop_back(target, gateway).await?;
         self.model()
@@ -770,6 +789,15 @@ impl Trip {
                 return Err(e);
             }
         };
+        // Commit wait runs alongside the quorum round: the leader answers
+        // once both are over.
+        let wait = {
+            let m = self.model();
+            m.p.commit_wait.map_or(Duration::ZERO, |epsilon| {
+                m.commit_wait(leader, Instant::now(), committed.point, epsilon)
+            })
+        };
+        let rtt = rtt.max(wait);
         if !rtt.is_zero() {
             sleep(rtt).await;
         }
@@ -800,11 +828,18 @@ impl Trip {
                 current,
             });
         }
-        m.hlc_update(leader, proposed, now);
-        let point = m
-            .hlc_now(leader, now)
-            .max(proposed)
-            .max(m.write_floor(&req.key));
+        let point = match m.p.commit_wait {
+            // Spanner: the leader timestamps at TrueTime's latest now.
+            Some(epsilon) => m
+                .tt_latest(leader, now, epsilon)
+                .max(m.write_floor(&req.key)),
+            None => {
+                m.hlc_update(leader, proposed, now);
+                m.hlc_now(leader, now)
+                    .max(proposed)
+                    .max(m.write_floor(&req.key))
+            }
+        };
         m.hlc_update(leader, point, now);
         let (entry, committed, idem) = self.next_version(req, current, point, gateway, leader);
         if let Some((k, c)) = &idem {

@@ -114,6 +114,7 @@ pub(crate) struct Params {
     pub(crate) close_lag: Duration,
     pub(crate) max_offset: Duration,
     pub(crate) enforce_max_offset: bool,
+    pub(crate) commit_wait: Option<Duration>,
     pub(crate) lease_duration: Duration,
     pub(crate) jitter: f64,
 }
@@ -704,7 +705,13 @@ impl Model {
     /// The committed log entry visible to a read at `read` (consensus mode),
     /// or the uncertain entry that makes the read ambiguous.
     pub(crate) fn read_log(&mut self, key: &str, read: Point) -> Result<Option<Entry>, Point> {
-        let limit = Point::hlc(read.wall.saturating_add(nanos(self.p.max_offset)), u32::MAX);
+        // With commit wait nothing is uncertain: every write acknowledged
+        // before the read began is below its timestamp (as long as clocks
+        // keep within ε).
+        let limit = match self.p.commit_wait {
+            Some(_) => read,
+            None => Point::hlc(read.wall.saturating_add(nanos(self.p.max_offset)), u32::MAX),
+        };
         let cache = self.tscache.entry(key.to_owned()).or_default();
         *cache = (*cache).max(read);
         let Some(versions) = self.log.get(key) else {
@@ -718,6 +725,28 @@ impl Model {
             return Err(uncertain.point);
         }
         Ok(versions.iter().rev().find(|e| e.point <= read).cloned())
+    }
+
+    /// TrueTime's latest possible now on `node`: its clock plus ε, kept
+    /// above its hybrid-logical clock (commit-wait mode).
+    pub(crate) fn tt_latest(&mut self, node: usize, now: Instant, epsilon: Duration) -> Point {
+        let latest = Point::hlc(self.wall(node, now).saturating_add(nanos(epsilon)), 0);
+        let at = self.hlc_now(node, now).max(latest);
+        self.hlc_update(node, at, now);
+        at
+    }
+
+    /// How long `node` must still wait, from `now`, before its clock's
+    /// earliest possible time passes `point` (Spanner's commit wait).
+    pub(crate) fn commit_wait(
+        &self,
+        node: usize,
+        now: Instant,
+        point: Point,
+        epsilon: Duration,
+    ) -> Duration {
+        let earliest = self.wall(node, now).saturating_sub(nanos(epsilon));
+        Duration::from_nanos((point.wall + 1).saturating_sub(earliest))
     }
 
     /// The lowest timestamp a new write of `key` may take at the leaseholder.

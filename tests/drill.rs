@@ -454,11 +454,11 @@ fn the_drill_names_its_variant_and_rejects_unknown_mechanisms() {
     assert!(err.contains("unknown mechanism \"clocks\""), "{err}");
 }
 
-/// The schedules crash nodes and move leases: some seeds draw each, a
-/// strict run through both stays clean, and the schedule's description
-/// names them.
+/// The schedules crash nodes, move leases and let clocks drift: some seeds
+/// draw each, a strict run through them stays clean, and the schedule's
+/// description names them.
 #[test]
-fn schedules_crash_nodes_and_move_leases() {
+fn schedules_crash_nodes_move_leases_and_drift_clocks() {
     use drill::Fault;
     let has = |seed: u64, f: fn(&Fault) -> bool| {
         drill::nemesis::scenario(seed)
@@ -470,6 +470,12 @@ fn schedules_crash_nodes_and_move_leases() {
     let lease = |f: &Fault| matches!(f, Fault::LeaseTo(_));
     let crashing = (1..100).filter(|&s| has(s, crash)).count();
     let leasing = (1..100).filter(|&s| has(s, lease)).count();
+    let drift = |f: &Fault| matches!(f, Fault::Drift(..));
+    let drifting = (1..100).filter(|&s| has(s, drift)).count();
+    assert!(
+        (10..45).contains(&drifting),
+        "{drifting} of 99 seeds drift a clock"
+    );
     assert!(
         (15..60).contains(&crashing),
         "{crashing} of 99 seeds crash a node"
@@ -478,12 +484,13 @@ fn schedules_crash_nodes_and_move_leases() {
         (10..50).contains(&leasing),
         "{leasing} of 99 seeds move the lease"
     );
-    let seed = (1..200)
-        .find(|&s| has(s, crash) && has(s, lease))
-        .expect("a seed with both");
+    let seed = (1..400)
+        .find(|&s| has(s, crash) && has(s, lease) && has(s, drift))
+        .expect("a seed with all three");
     let described = drill::nemesis::describe(seed);
     assert!(described.contains("node down"), "{described}");
     assert!(described.contains("lease to"), "{described}");
+    assert!(described.contains("clock drifts"), "{described}");
     let run = drill::run(&drill::nemesis::scenario(seed), Configuration::Strict, seed).unwrap();
     assert_eq!(
         run.report.total(),

@@ -823,3 +823,36 @@ async fn commit_wait_acknowledges_after_the_uncertainty_and_reads_are_never_unce
     let eu_now = quorate::Clock::now_nanos(&sim.clock("eu").unwrap());
     assert!(c.point.wall <= eu_now, "{} after {eu_now}", c.point);
 }
+
+/// A clock can drift as well as step: it gains steadily, and the node
+/// stops once it has drifted past 0.8 × `max_offset` from its peers; a step
+/// back (NTP correcting it) brings it back into service.
+#[tokio::test(start_paused = true)]
+async fn a_drifting_clock_stops_its_node_once_it_has_drifted_too_far() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let us = sim.at("us").unwrap();
+    write(&us, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    let true_now = || quorate::Clock::now_nanos(&sim.clock("eu").unwrap());
+    let us_now = || quorate::Clock::now_nanos(&sim.clock("us").unwrap());
+    sim.set_drift("us", 200_000).unwrap();
+    sleep(Duration::from_secs(1)).await;
+    let gained = us_now() as i64 - true_now() as i64;
+    assert!((199_000_000..=201_000_000).contains(&gained), "{gained}");
+    read(&us, "us", "k", ReplicaRole::Leader)
+        .await
+        .expect("200 ms off: still serving");
+    sleep(Duration::from_millis(1500)).await;
+    match read(&us, "us", "k", ReplicaRole::Leader).await {
+        Err(Error::RegionUnavailable { reason, .. }) => {
+            assert!(reason.contains("clock"), "{reason}")
+        }
+        other => panic!("a node 500 ms off served: {other:?}"),
+    }
+    sim.set_drift("us", 0).unwrap();
+    sim.set_skew("us", 0).unwrap();
+    read(&us, "us", "k", ReplicaRole::Leader)
+        .await
+        .expect("stepped back, serving again");
+}

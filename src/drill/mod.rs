@@ -381,7 +381,8 @@ async fn run_on_virtual_time(
 /// faults compose: a link stays cut while any window cuts it (lifting one
 /// cut does not heal another), skews and latencies add up, a replica lags
 /// by the largest stall that covers it, a node stays down while any window
-/// crashes it, and the lease preference is the newest lease window's (the
+/// crashes it, drift rates add up (a clock is stepped back when its last
+/// drift ends), and the lease preference is the newest lease window's (the
 /// home region's outside them).
 async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
     let regions: Vec<String> = sim
@@ -396,6 +397,8 @@ async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
     times.dedup();
     let mut cut: std::collections::BTreeSet<(String, String)> = std::collections::BTreeSet::new();
     let mut down: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let mut stepped: std::collections::BTreeMap<String, (i64, i64)> =
+        std::collections::BTreeMap::new();
     let home = sim.config().home.as_str().to_owned();
     let mut preferred = home.clone();
     for at in times {
@@ -413,6 +416,7 @@ async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
         let mut latency: std::collections::BTreeMap<(&str, &str), u64> =
             std::collections::BTreeMap::new();
         let mut lag: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        let mut drift: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
         for fault in &active {
             match *fault {
                 Fault::Isolate(r) => {
@@ -440,6 +444,7 @@ async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
                 Fault::Crash(r) => {
                     crashed.insert(r);
                 }
+                Fault::Drift(r, ppm) => *drift.entry(r).or_default() += ppm,
                 Fault::LeaseTo(r) => lease_to = r,
             }
         }
@@ -464,7 +469,17 @@ async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
         cut = links;
         for r in &regions {
             let ms = skew.get(r.as_str()).copied().unwrap_or(0);
-            results.push(sim.set_skew(r, ms * 1_000_000));
+            let ppm = drift.get(r.as_str()).copied().unwrap_or(0);
+            let (was_ms, was_ppm) = stepped.get(r).copied().unwrap_or((0, 0));
+            // A step when the skews change, or when a drift ends (NTP
+            // steps the clock back): either corrects what it drifted.
+            if ms != was_ms || (was_ppm != 0 && ppm == 0) {
+                results.push(sim.set_skew(r, ms * 1_000_000));
+            }
+            if ppm != was_ppm {
+                results.push(sim.set_drift(r, ppm));
+            }
+            stepped.insert(r.clone(), (ms, ppm));
             let stall = lag.get(r.as_str()).map(|&ms| Duration::from_millis(ms));
             results.push(sim.set_replication_lag(r, stall.unwrap_or(default_lag).max(default_lag)));
         }

@@ -5,8 +5,8 @@
 //! The faults are drawn from what region-failure drills inject: isolation,
 //! cuts between two regions, one-way cuts (requests arrive, answers are
 //! lost: ambiguous commits), latency spikes, clock skew and steps within
-//! and beyond `max_offset`, stalled replicas, node crashes and restarts,
-//! and lease moves. The workload mixes
+//! and beyond `max_offset`, drifting clocks, stalled replicas, node
+//! crashes and restarts, and lease moves. The workload mixes
 //! read-modify-write updaters (strong read, conditional idempotent write),
 //! strong readers, users whose session travels between services in several
 //! regions as an encoded token (session reads and writes), and background
@@ -187,6 +187,16 @@ impl Plan {
         if current && ops.below(3) == 0 {
             let fault = Fault::Crash(pick(&mut ops, &REGIONS));
             let w = timed(&mut ops, fault, 500, 3001);
+            windows.push(w);
+        }
+        let mut drifts = SplitMix64::new(seed ^ 0x6472_6966_7473_2121);
+        if current && drifts.below(4) == 0 {
+            let ppm = pick(
+                &mut drifts,
+                &[-300_000, -150_000, -50_000, 50_000, 150_000, 300_000],
+            );
+            let fault = Fault::Drift(pick(&mut drifts, &REGIONS), ppm);
+            let w = timed(&mut drifts, fault, 1000, 4001);
             windows.push(w);
         }
         if current && !multi_writer && ops.below(3) == 0 {

@@ -42,6 +42,9 @@ pub enum Fault {
     Lag(&'static str, u64),
     /// A region's node crashes, and restarts when the window ends.
     Crash(&'static str),
+    /// A region's clock drifts by this many parts per million (positive:
+    /// gains); when the window ends it is stepped back (NTP corrects it).
+    Drift(&'static str, i64),
     /// The lease preference moves to a region (consensus mode), as an
     /// operator's zone configuration does; it returns home when the window
     /// ends. The newest such window in force wins.
@@ -59,6 +62,7 @@ impl Fault {
             Fault::OneWay(a, b) => format!("{a} -> {b} cut"),
             Fault::Lag(r, ms) => format!("{r} replica {ms} ms behind"),
             Fault::Crash(r) => format!("{r} node down"),
+            Fault::Drift(r, ppm) => format!("{r} clock drifts {:+} ms/s", ppm / 1000),
             Fault::LeaseTo(r) => format!("lease to {r}"),
         }
     }

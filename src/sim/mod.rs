@@ -336,11 +336,26 @@ impl Sim {
         Ok(())
     }
 
-    /// Sets a region's clock skew in nanoseconds (positive: ahead).
+    /// Steps a region's clock to `skew_nanos` off true time (positive:
+    /// ahead), as an operator or NTP stepping it does: what it had drifted
+    /// is corrected with the step; it goes on drifting at its rate.
     pub fn set_skew(&self, region: &str, skew_nanos: i64) -> Result<(), Error> {
         let r = self.named(region)?;
         let mut m = self.model();
-        m.clocks[r].skew_nanos = skew_nanos;
+        m.clocks[r].step(skew_nanos, Instant::now());
+        m.measure_clocks();
+        Ok(())
+    }
+
+    /// Makes a region's clock gain (positive) or lose `ppm` parts per
+    /// million from now on, keeping what it drifted so far (an oscillator
+    /// off its frequency with nothing correcting it; 100,000 ppm gains
+    /// 100 ms a second). A node that drifts past 0.8 × `max_offset` from
+    /// its peers stops when it next measures, as with a step.
+    pub fn set_drift(&self, region: &str, ppm: i64) -> Result<(), Error> {
+        let r = self.named(region)?;
+        let mut m = self.model();
+        m.clocks[r].set_drift(ppm, Instant::now());
         m.measure_clocks();
         Ok(())
     }

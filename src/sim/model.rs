@@ -82,8 +82,42 @@ impl Replica {
 /// A node's clock: true (virtual) time plus a skew, and its HLC.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct NodeClock {
+    /// The offset set by a step (an operator, NTP stepping the clock).
     pub(crate) skew_nanos: i64,
+    /// How fast the clock gains (positive) or loses, in parts per million.
+    pub(crate) drift_ppm: i64,
+    /// What it gained or lost by drifting, until `drift_since`.
+    pub(crate) drifted_nanos: i64,
+    pub(crate) drift_since: Option<Instant>,
     pub(crate) hlc: Point,
+}
+
+impl NodeClock {
+    /// The clock's offset from true time at `at`.
+    pub(crate) fn offset(&self, at: Instant) -> i64 {
+        let running = self.drift_since.map_or(0, |since| {
+            let elapsed = at.saturating_duration_since(since).as_nanos() as i128;
+            (elapsed * i128::from(self.drift_ppm) / 1_000_000) as i64
+        });
+        self.skew_nanos
+            .saturating_add(self.drifted_nanos)
+            .saturating_add(running)
+    }
+
+    /// Steps the clock to `skew_nanos` off true time: what it drifted is
+    /// corrected with it; it goes on drifting at its rate.
+    pub(crate) fn step(&mut self, skew_nanos: i64, at: Instant) {
+        self.skew_nanos = skew_nanos;
+        self.drifted_nanos = 0;
+        self.drift_since = Some(at);
+    }
+
+    /// Drifts at `ppm` from `at` on, keeping what it drifted so far.
+    pub(crate) fn set_drift(&mut self, ppm: i64, at: Instant) {
+        self.drifted_nanos = self.offset(at) - self.skew_nanos;
+        self.drift_ppm = ppm;
+        self.drift_since = Some(at);
+    }
 }
 
 /// One directed link between regions.
@@ -213,7 +247,7 @@ impl Model {
     pub(crate) fn wall(&self, node: usize, at: Instant) -> u64 {
         let t = self.epoch_nanos as i128
             + (at - self.start).as_nanos() as i128
-            + i128::from(self.clocks[node].skew_nanos);
+            + i128::from(self.clocks[node].offset(at));
         t.clamp(0, i128::from(u64::MAX)) as u64
     }
 
@@ -268,11 +302,12 @@ impl Model {
             return self.fenced[node];
         }
         let limit = (nanos(self.p.max_offset) as f64 * 0.8) as u64;
-        let own = self.clocks[node].skew_nanos;
+        let now = Instant::now();
+        let own = self.clocks[node].offset(now);
         let (mut out, mut peers) = (0, 0);
         for other in (0..self.p.regions).filter(|&o| o != node && self.talks_to(node, o)) {
             peers += 1;
-            if own.abs_diff(self.clocks[other].skew_nanos) > limit {
+            if own.abs_diff(self.clocks[other].offset(now)) > limit {
                 out += 1;
             }
         }

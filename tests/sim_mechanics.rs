@@ -856,3 +856,34 @@ async fn a_drifting_clock_stops_its_node_once_it_has_drifted_too_far() {
         .await
         .expect("stepped back, serving again");
 }
+
+/// Two nodes whose clocks are further apart than `max_offset`, each still
+/// close enough to the third to keep serving, refuse each other's
+/// connections: a request from one to the other fails at once with a
+/// typed, retryable error (never an unknown outcome), and the same write
+/// through the third region's gateway commits.
+#[tokio::test(start_paused = true)]
+async fn nodes_beyond_max_offset_of_each_other_refuse_each_others_requests() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let ap = sim.at("ap").unwrap();
+    write(&ap, "ap", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sim.prefer_lease("us").unwrap();
+    sim.set_skew("us", 390_000_000).unwrap();
+    sim.set_skew("ap", -390_000_000).unwrap();
+    let started = Instant::now();
+    match write(&ap, "ap", "k", "1", Precondition::Any).await {
+        Err(e @ Error::RegionUnavailable { reason, .. }) => {
+            assert!(reason.contains("max_offset"), "{reason}");
+            assert!(e.is_retryable(), "{e:?}");
+        }
+        other => panic!("expected a refused connection, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_millis(100));
+    let c = write(&ap, "eu", "k", "1", Precondition::Any).await.unwrap();
+    assert_eq!(c.region.as_str(), "us", "committed at the leaseholder");
+    // With offsets back within bounds the connection is accepted again.
+    sim.set_skew("ap", 0).unwrap();
+    write(&ap, "ap", "k", "2", Precondition::Any).await.unwrap();
+}

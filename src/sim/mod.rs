@@ -454,6 +454,10 @@ impl Sim {
     }
 }
 
+/// Why a node refuses a connection from another whose clock is beyond
+/// `max_offset` from its own.
+const REFUSED_OFFSET: &str = "remote clock offset beyond max_offset";
+
 /// How often a proposal waiting at the leaseholder for a quorum looks again.
 const PROPOSAL_POLL: Duration = Duration::from_millis(5);
 
@@ -561,6 +565,15 @@ impl Trip {
             return Err(Error::RegionUnavailable {
                 region: self.region(to),
                 reason: "node down",
+            });
+        }
+        // Between nodes, a connection whose clocks are beyond `max_offset`
+        // is refused: the request fails at once, retryably, and another
+        // gateway may carry it.
+        if from_node && !m.within_max_offset(from, to, Instant::now()) {
+            return Err(Error::RegionUnavailable {
+                region: self.region(to),
+                reason: REFUSED_OFFSET,
             });
         }
         if m.clock_fenced(to) {
@@ -760,12 +773,17 @@ impl Trip {
             m.update_lease(now);
             (m.lease.holder, m.hlc_now(gateway, now))
         };
-        self.hop(gateway, leader)
-            .await
-            .map_err(|_| Error::Timeout {
+        self.hop(gateway, leader).await.map_err(|e| match e {
+            // Refused before it was sent: the write cannot have applied.
+            e @ Error::RegionUnavailable {
+                reason: REFUSED_OFFSET,
+                ..
+            } => e,
+            _ => Error::Timeout {
                 after: self.shared.config.request_timeout,
                 sent: true,
-            })?;
+            },
+        })?;
         let still_leader = {
             let mut m = self.model();
             m.update_lease(Instant::now());

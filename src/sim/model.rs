@@ -326,6 +326,20 @@ impl Model {
         self.crashed[a].is_none() && self.crashed[b].is_none() && self.connected(a, b)
     }
 
+    /// Whether two nodes' clocks are close enough for their RPC connection
+    /// (consensus mode, when enforced): CockroachDB refuses a connection
+    /// whose heartbeat measures the remote clock beyond `max_offset`, and
+    /// the requests and Raft messages it would carry with it.
+    pub(crate) fn within_max_offset(&self, a: usize, b: usize, now: Instant) -> bool {
+        if a == b || self.p.multi_writer || !self.p.enforce_max_offset {
+            return true;
+        }
+        let d = self.clocks[a]
+            .offset(now)
+            .abs_diff(self.clocks[b].offset(now));
+        d <= nanos(self.p.max_offset)
+    }
+
     /// Whether `node` serves: neither crashed nor stopped over its clock.
     pub(crate) fn in_service(&mut self, node: usize) -> bool {
         self.crashed[node].is_none() && !self.clock_fenced(node)
@@ -409,8 +423,11 @@ impl Model {
     pub(crate) fn quorum_rtt(&mut self, leader: usize) -> Option<Duration> {
         let n = self.p.regions;
         let needed = n / 2; // followers needed besides the leader
+        let now = Instant::now();
         let followers: Vec<usize> = (0..n)
-            .filter(|&r| r != leader && self.connected(leader, r))
+            .filter(|&r| {
+                r != leader && self.connected(leader, r) && self.within_max_offset(leader, r, now)
+            })
             .collect();
         let mut rtts: Vec<Duration> = Vec::with_capacity(followers.len());
         for r in followers {

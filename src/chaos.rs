@@ -88,22 +88,23 @@ impl ChaosControl {
         self.with(|f| f.isolation_timeout = timeout);
     }
 
-    /// The next `n` writes commit but their answers are lost: the client
-    /// sees an ambiguous timeout.
+    /// `n` more writes commit but their answers are lost: the client sees
+    /// an ambiguous timeout. Counts add up: two calls of 1 lose two answers.
     pub fn drop_write_responses(&self, n: u32) {
-        self.with(|f| f.drop_write_responses = n);
+        self.with(|f| f.drop_write_responses = f.drop_write_responses.saturating_add(n));
     }
 
-    /// The next `n` writes fail before they are sent (retryable).
+    /// `n` more writes fail before they are sent (retryable); counts add up.
     pub fn fail_writes_before_send(&self, n: u32) {
-        self.with(|f| f.fail_writes_before_send = n);
+        self.with(|f| f.fail_writes_before_send = f.fail_writes_before_send.saturating_add(n));
     }
 
-    /// The next `n` idempotency lookups are refused with a permanent error
+    /// `n` more idempotency lookups are refused with a permanent error
     /// (a denied permission, a primary turned read-only) before they reach
     /// the backend: nothing is learnt of the write they would resolve.
+    /// Counts add up.
     pub fn refuse_lookups(&self, n: u32) {
-        self.with(|f| f.refuse_lookups = n);
+        self.with(|f| f.refuse_lookups = f.refuse_lookups.saturating_add(n));
     }
 
     /// Probes of `region` report its clock `nanos` ahead (negative: behind).
@@ -111,7 +112,10 @@ impl ChaosControl {
         self.with(|f| f.skew.insert(region.clone(), nanos));
     }
 
-    /// Followers in `region` serve what had committed `lag` ago.
+    /// Followers in `region` serve what had committed `lag` ago — of the
+    /// writes made through a wrapper sharing this control (see
+    /// [`Chaos::with_control`]: wrap every client's backend with one
+    /// control so that each sees the others' writes lag).
     pub fn set_replica_lag(&self, region: &Region, lag: Duration) {
         self.with(|f| f.lag.insert(region.clone(), lag));
     }
@@ -143,6 +147,16 @@ pub struct Chaos<B> {
 }
 
 impl<B: Backend> Chaos<B> {
+    /// Wraps `inner` under an existing control: every wrapper sharing it
+    /// shares its faults and the writes the lag emulation replays, as
+    /// several services over one database share its faults.
+    pub fn with_control(inner: B, control: &ChaosControl) -> Chaos<B> {
+        Chaos {
+            inner,
+            control: control.clone(),
+        }
+    }
+
     /// Wraps `inner`; faults start cleared.
     pub fn new(inner: B) -> (Chaos<B>, ChaosControl) {
         let control = ChaosControl {

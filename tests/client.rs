@@ -329,3 +329,115 @@ fn client_futures_hold_the_backend_request_once() {
         "write: {write} B over a {backend_write} B request"
     );
 }
+
+/// The naive client runs over any backend: here the simulator wrapped in
+/// chaos, whose lost answers it retries blindly into a second version.
+#[tokio::test(start_paused = true)]
+async fn the_naive_client_runs_over_any_backend() {
+    use quorate::drill::naive::{NaiveClient, NaiveReads};
+    let (backend, control) = Chaos::new(sim().at("us").unwrap());
+    let naive = NaiveClient::new(backend, NaiveReads::LocalGateway);
+    naive
+        .write("k", "0".into(), Precondition::IfAbsent)
+        .await
+        .unwrap();
+    control.drop_write_responses(1);
+    let c = naive
+        .write("k", "1".into(), Precondition::Any)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.version.0, 3,
+        "the lost answer's write applied, then the retry"
+    );
+    assert_eq!(naive.read("k").await.unwrap().version(), Some(c.version));
+}
+
+/// Wrappers sharing one control share its faults and the writes its lag
+/// replays: a write through one service lags for the other. Fault counts
+/// add up.
+#[tokio::test(start_paused = true)]
+async fn chaos_wrappers_sharing_a_control_share_faults_and_writes() {
+    let sim = sim();
+    let (eu, control) = Chaos::new(sim.at("eu").unwrap());
+    let us = Chaos::with_control(sim.at("us").unwrap(), &control);
+    let writer = Client::new(eu, ClientConfig::default()).unwrap();
+    let reader = Client::new(us, ClientConfig::default()).unwrap();
+    let session = writer.session();
+    let options = WriteOptions::default();
+    writer
+        .write(&session, "k", "0".into(), Precondition::IfAbsent, &options)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    control.set_replica_lag(
+        &quorate::Region::new("us").unwrap(),
+        Duration::from_secs(600),
+    );
+    let plan_region = quorate::Region::new("us").unwrap();
+    let stale = quorate::Backend::read(
+        reader.backend(),
+        &quorate::ReadPlan {
+            key: "k",
+            region: &plan_region,
+            role: ReplicaRole::Follower,
+            policy: ReadPolicy::Session,
+            floor: quorate::SessionFloor::default(),
+            deadline: tokio::time::Instant::now() + Duration::from_secs(5),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(stale.version(), None, "the other service's write lags here");
+    control.set_replica_lag(&plan_region, Duration::ZERO);
+    let before = control.injected();
+    control.drop_write_responses(1);
+    control.drop_write_responses(1);
+    for i in 0..2 {
+        writer
+            .write(
+                &session,
+                "k",
+                format!("{i}").into(),
+                Precondition::Any,
+                &options,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(control.injected() - before, 2, "two lost answers, not one");
+}
+
+/// A recorded process may move between sessions; each operation is
+/// recorded in the session it ran in.
+#[tokio::test(start_paused = true)]
+async fn a_recorded_process_moves_between_sessions() {
+    use quorate::history::{RecordedClient, Recorder};
+    let client = Client::new(sim().at("us").unwrap(), ClientConfig::default()).unwrap();
+    let recorder = Recorder::new();
+    let mut worker =
+        RecordedClient::new(client.clone(), client.session(), "alice", recorder.clone());
+    worker
+        .write(
+            "a",
+            "1".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    worker.switch_session(client.session(), "bob");
+    worker.read("a", ReadPolicy::Session).await.unwrap();
+    let sessions: Vec<Option<String>> = recorder.events().into_iter().map(|e| e.session).collect();
+    let named = |n: &str| Some(n.to_owned());
+    assert_eq!(
+        sessions,
+        [named("alice"), named("alice"), named("bob"), named("bob")]
+    );
+    assert_eq!(
+        quorate::history::check_events(&recorder.events())
+            .unwrap()
+            .total(),
+        0
+    );
+}

@@ -887,3 +887,32 @@ async fn nodes_beyond_max_offset_of_each_other_refuse_each_others_requests() {
     sim.set_skew("ap", 0).unwrap();
     write(&ap, "ap", "k", "2", Precondition::Any).await.unwrap();
 }
+
+/// Faults compose through the API: added latencies and steps stack, and
+/// taking one back leaves the other.
+#[tokio::test(start_paused = true)]
+async fn added_latencies_and_steps_stack() {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let us = sim.at("us").unwrap();
+    write(&us, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    let round_trip = || async {
+        let started = Instant::now();
+        read(&us, "eu", "k", ReplicaRole::Follower).await.unwrap();
+        started.elapsed()
+    };
+    let base = round_trip().await;
+    sim.add_link_latency("us", "eu", Duration::from_millis(100))
+        .unwrap();
+    sim.add_link_latency("eu", "us", Duration::from_millis(50))
+        .unwrap();
+    assert_eq!(round_trip().await, base + Duration::from_millis(300));
+    sim.remove_link_latency("us", "eu", Duration::from_millis(100))
+        .unwrap();
+    assert_eq!(round_trip().await, base + Duration::from_millis(100));
+    let now = |r: &str| quorate::Clock::now_nanos(&sim.clock(r).unwrap()) as i64;
+    sim.add_skew("ap", 200_000_000).unwrap();
+    sim.add_skew("ap", -50_000_000).unwrap();
+    assert_eq!(now("ap") - now("eu"), 150_000_000);
+}

@@ -26,19 +26,21 @@ pub enum NaiveReads {
     LocalGateway,
 }
 
-/// A client pinned to one region with no consistency checks.
+/// A client pinned to one region with no consistency checks, over any
+/// backend (the simulator, a chaos-wrapped one, a real database's
+/// adapter).
 #[derive(Clone, Debug)]
-pub struct NaiveClient {
-    backend: Sim,
+pub struct NaiveClient<B = Sim> {
+    backend: B,
     region: Region,
     reads: NaiveReads,
     attempts: u32,
     timeout: Duration,
 }
 
-impl NaiveClient {
+impl<B: Backend> NaiveClient<B> {
     /// A client in `backend`'s local region that always uses it.
-    pub fn new(backend: Sim, reads: NaiveReads) -> NaiveClient {
+    pub fn new(backend: B, reads: NaiveReads) -> NaiveClient<B> {
         NaiveClient {
             region: backend.topology().local().clone(),
             backend,

@@ -153,8 +153,9 @@ impl Recorder {
     }
 }
 
-/// A [`Client`] whose every operation is recorded, as one process in one
-/// session.
+/// A [`Client`] whose every operation is recorded, as one process; the
+/// process works in one session at a time and may move to another (a
+/// worker serving one user's request, then another's).
 #[derive(Debug)]
 pub struct RecordedClient<B> {
     client: Client<B>,
@@ -190,6 +191,14 @@ impl<B: Backend> RecordedClient<B> {
     /// The session.
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// Goes on in `session`, named `name` in the history: later operations
+    /// of this process belong to it (the checker orders them by this
+    /// process's program order within each session).
+    pub fn switch_session(&mut self, session: Session, name: &str) {
+        self.session = session;
+        self.name = name.to_owned();
     }
 
     /// [`Client::read`], recorded.

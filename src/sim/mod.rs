@@ -336,6 +336,38 @@ impl Sim {
         Ok(())
     }
 
+    /// Adds `extra` to the link's latency, on top of what other faults
+    /// added (both directions); [`Sim::remove_link_latency`] takes it back.
+    pub fn add_link_latency(&self, a: &str, b: &str, extra: Duration) -> Result<(), Error> {
+        let (a, b) = (self.named(a)?, self.named(b)?);
+        let mut m = self.model();
+        for (x, y) in [(a, b), (b, a)] {
+            m.links[x][y].extra = m.links[x][y].extra.saturating_add(extra);
+        }
+        Ok(())
+    }
+
+    /// Takes back latency added with [`Sim::add_link_latency`].
+    pub fn remove_link_latency(&self, a: &str, b: &str, extra: Duration) -> Result<(), Error> {
+        let (a, b) = (self.named(a)?, self.named(b)?);
+        let mut m = self.model();
+        for (x, y) in [(a, b), (b, a)] {
+            m.links[x][y].extra = m.links[x][y].extra.saturating_sub(extra);
+        }
+        Ok(())
+    }
+
+    /// Steps a region's clock by `delta_nanos` more, on top of its present
+    /// offset (other faults' steps and what it drifted stay).
+    pub fn add_skew(&self, region: &str, delta_nanos: i64) -> Result<(), Error> {
+        let r = self.named(region)?;
+        let mut m = self.model();
+        let c = &mut m.clocks[r];
+        c.skew_nanos = c.skew_nanos.saturating_add(delta_nanos);
+        m.measure_clocks();
+        Ok(())
+    }
+
     /// Steps a region's clock to `skew_nanos` off true time (positive:
     /// ahead), as an operator or NTP stepping it does: what it had drifted
     /// is corrected with the step; it goes on drifting at its rate.

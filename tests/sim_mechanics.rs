@@ -916,3 +916,93 @@ async fn added_latencies_and_steps_stack() {
     sim.add_skew("ap", -50_000_000).unwrap();
     assert_eq!(now("ap") - now("eu"), 150_000_000);
 }
+
+/// A key of each of three ranges, whose leases start in eu, us and ap.
+fn keys_by_leaseholder(sim: &Sim) -> [String; 3] {
+    let mut found: [Option<String>; 3] = [None, None, None];
+    for i in 0..200 {
+        let key = format!("key-{i}");
+        let slot = match sim.leaseholder_of(&key).as_str() {
+            "eu" => 0,
+            "us" => 1,
+            _ => 2,
+        };
+        found[slot].get_or_insert(key);
+    }
+    found.map(|k| k.expect("a key in every range"))
+}
+
+/// Each range has its own lease: isolating one leaseholder moves only the
+/// ranges it held (after expiry and `max_offset`), and writes to the other
+/// ranges go on without waiting for it.
+#[tokio::test(start_paused = true)]
+async fn ranges_have_their_own_leases_and_fail_over_on_their_own() {
+    let mut c = config(Replication::Consensus);
+    c.ranges = 3;
+    let sim = Sim::new(c).unwrap();
+    let [at_eu, at_us, at_ap] = keys_by_leaseholder(&sim);
+    let eu = sim.at("eu").unwrap();
+    for key in [&at_eu, &at_us, &at_ap] {
+        write(&eu, "eu", key, "0", Precondition::IfAbsent)
+            .await
+            .unwrap();
+    }
+    sim.isolate("us").unwrap();
+    let started = Instant::now();
+    write(&eu, "eu", &at_ap, "1", Precondition::Any)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "ap's range did not wait"
+    );
+    sleep(Duration::from_secs(3)).await;
+    assert_eq!(sim.leaseholder_of(&at_eu).as_str(), "eu");
+    assert_eq!(sim.leaseholder_of(&at_ap).as_str(), "ap");
+    assert_ne!(
+        sim.leaseholder_of(&at_us).as_str(),
+        "us",
+        "us's range moved"
+    );
+    let c = write(&eu, "eu", &at_us, "1", Precondition::Any)
+        .await
+        .unwrap();
+    assert_ne!(c.region.as_str(), "us");
+    sim.heal();
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(sim.leaseholder_of(&at_us).as_str(), "us", "and came back");
+}
+
+/// Each range has its own log and closed timestamps: an entry of one range
+/// held behind a cut holds back that range's closed point at a follower,
+/// not another range's.
+#[tokio::test(start_paused = true)]
+async fn a_range_held_back_does_not_hold_back_another() {
+    let mut c = config(Replication::Consensus);
+    c.ranges = 3;
+    let sim = Sim::new(c).unwrap();
+    let [at_eu, at_us, _] = keys_by_leaseholder(&sim);
+    let ap = sim.at("ap").unwrap();
+    sim.cut_one_way("eu", "ap").unwrap();
+    let held = write(&ap, "us", &at_eu, "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    let flowing = write(&ap, "us", &at_us, "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sleep(Duration::from_secs(1)).await;
+    let r = read(&ap, "ap", &at_us, ReplicaRole::Follower)
+        .await
+        .unwrap();
+    assert_eq!(r.version(), Some(flowing.version));
+    assert!(
+        r.freshness.point.unwrap() >= flowing.point,
+        "{:?}",
+        r.freshness
+    );
+    let r = read(&ap, "ap", &at_eu, ReplicaRole::Follower)
+        .await
+        .unwrap();
+    assert_eq!(r.version(), None, "eu's entry is held behind the cut");
+    assert!(r.freshness.point.unwrap() < held.point, "{:?}", r.freshness);
+}

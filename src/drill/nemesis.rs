@@ -49,6 +49,8 @@ struct Plan {
     /// A consensus database with Spanner's commit wait (ε = 10 ms) instead
     /// of CockroachDB's uncertainty restarts.
     commit_wait: bool,
+    /// How many ranges (each with its own lease) a consensus keyspace has.
+    ranges: usize,
     /// Users whose sessions range over many records (more than a session
     /// token names), each travelling between the regions listed.
     browsers: Vec<Vec<&'static str>>,
@@ -99,6 +101,11 @@ impl Plan {
             && !multi_writer
             && !trusts_clocks
             && SplitMix64::new(seed ^ 0x7370_616e_6e65_7221).below(3) == 0;
+        let ranges = if current && !multi_writer {
+            1 + SplitMix64::new(seed ^ 0x7261_6e67_6573_2121).below(3) as usize
+        } else {
+            1
+        };
         let mut own = SplitMix64::new(seed ^ 0x6272_6f77_7365_7273);
         let browsers = (0..1 + own.below(2))
             .map(|_| {
@@ -210,6 +217,7 @@ impl Plan {
             multi_writer,
             trusts_clocks,
             commit_wait,
+            ranges,
             browsers,
             auditors,
             home,
@@ -241,6 +249,7 @@ fn system_of(plan: Plan, seed: u64) -> SimConfig {
     if plan.commit_wait {
         c.commit_wait = Some(Duration::from_millis(10));
     }
+    c.ranges = plan.ranges;
     c
 }
 
@@ -473,7 +482,7 @@ pub fn describe(seed: u64) -> String {
         n => format!(", {n} browsers"),
     };
     let mut s = format!(
-        "seed {seed}: {} table, home {}, {} keys{browsers}; faults:",
+        "seed {seed}: {} table{}, home {}, {} keys{browsers}; faults:",
         if plan.multi_writer {
             "multi-writer"
         } else if plan.trusts_clocks {
@@ -482,6 +491,11 @@ pub fn describe(seed: u64) -> String {
             "consensus (commit wait)"
         } else {
             "consensus"
+        },
+        if plan.ranges > 1 {
+            format!(" in {} ranges", plan.ranges)
+        } else {
+            String::new()
         },
         plan.home,
         plan.keys

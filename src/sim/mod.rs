@@ -6,8 +6,10 @@
 //! - **Regions and links.** Each region has one node. Requests travel over
 //!   links with a base latency (plus jitter and per-link extra latency); a
 //!   cut link drops requests, which then time out.
-//! - **Consensus mode** (CockroachDB / Spanner-like). One lease over the
-//!   keyspace, held by the home region while it reaches a quorum. A write is
+//! - **Consensus mode** (CockroachDB / Spanner-like). The keyspace is one
+//!   range or several (`SimConfig::ranges`), each with its own lease, log
+//!   and closed timestamps; a lease is held by its preferred region while
+//!   it reaches a quorum. A write is
 //!   sent to any region's gateway, which assigns its hybrid-logical timestamp
 //!   and forwards it to the leaseholder; the leaseholder checks the
 //!   precondition and the idempotency record, places the write above its
@@ -102,6 +104,12 @@ pub struct SimConfig {
     /// the gateway timestamps and readers restart on values within
     /// `max_offset` above their timestamp.
     pub commit_wait: Option<Duration>,
+    /// How many ranges the keyspace is split into, by a hash of the key
+    /// (consensus mode; default 1). Each range has its own lease, log and
+    /// closed timestamps, and fails over on its own; range i's lease
+    /// prefers the i-th region from home on, as lease rebalancing spreads
+    /// leases.
+    pub ranges: usize,
     /// The lease's duration.
     pub lease_duration: Duration,
     /// How long a request over a cut link waits before it fails.
@@ -136,6 +144,7 @@ impl SimConfig {
             max_offset: Duration::from_millis(500),
             enforce_max_offset: true,
             commit_wait: None,
+            ranges: 1,
             lease_duration: Duration::from_secs(2),
             request_timeout: Duration::from_secs(1),
             jitter: 0.1,
@@ -148,6 +157,9 @@ impl SimConfig {
         let topology = Topology::from_names(names.iter().copied(), self.home.as_str())?;
         if !(0.0..=10.0).contains(&self.jitter) || self.jitter.is_nan() {
             return Err(Error::InvalidInput("sim jitter must be in [0, 10]".into()));
+        }
+        if !(1..=64).contains(&self.ranges) {
+            return Err(Error::InvalidInput("sim ranges must be in [1, 64]".into()));
         }
         if self.request_timeout.is_zero() || self.lease_duration.is_zero() {
             return Err(Error::InvalidInput(
@@ -200,6 +212,7 @@ impl Sim {
                 .filter(|_| config.replication == Replication::Consensus),
             lease_duration: config.lease_duration,
             jitter: config.jitter,
+            ranges: config.ranges,
         };
         let model = Model::new(params, config.seed, SIM_EPOCH_NANOS);
         Ok(Sim {
@@ -421,13 +434,23 @@ impl Sim {
         Ok(())
     }
 
-    /// The region holding the lease now (consensus mode). Read-only: the
-    /// lease is judged on a copy of the model, so observing it does not
-    /// change when the run's own requests see the lease move.
+    /// The region holding the first range's lease now (consensus mode; with
+    /// one range, the lease over every key). Read-only: the lease is judged
+    /// on a copy of the model, so observing it does not change when the
+    /// run's own requests see the lease move.
     pub fn leaseholder(&self) -> Region {
         let mut m = self.model().clone();
-        m.update_lease(Instant::now());
-        self.region(m.lease.holder)
+        m.update_lease(0, Instant::now());
+        self.region(m.ranges[0].lease.holder)
+    }
+
+    /// The region holding the lease of `key`'s range now (read-only, as
+    /// [`Sim::leaseholder`]).
+    pub fn leaseholder_of(&self, key: &str) -> Region {
+        let mut m = self.model().clone();
+        let range = m.range_of(key);
+        m.update_lease(range, Instant::now());
+        self.region(m.ranges[range].lease.holder)
     }
 
     /// Crashes `region`'s node: it serves nothing (its own region's clients
@@ -464,8 +487,21 @@ impl Sim {
     pub fn prefer_lease(&self, region: &str) -> Result<(), Error> {
         let r = self.named(region)?;
         let mut m = self.model();
-        m.preferred = r;
-        m.update_lease(Instant::now());
+        let now = Instant::now();
+        for range in 0..m.ranges.len() {
+            m.ranges[range].preferred = r;
+            m.update_lease(range, now);
+        }
+        Ok(())
+    }
+
+    /// Moves the lease preference of `key`'s range only.
+    pub fn prefer_lease_of(&self, key: &str, region: &str) -> Result<(), Error> {
+        let r = self.named(region)?;
+        let mut m = self.model();
+        let range = m.range_of(key);
+        m.ranges[range].preferred = r;
+        m.update_lease(range, Instant::now());
         Ok(())
     }
 
@@ -649,11 +685,12 @@ impl Trip {
         let now = Instant::now();
         let (target, read_point, stale) = {
             let mut m = self.model();
-            m.update_lease(now);
+            let range = m.range_of(key);
+            m.update_lease(range, now);
             let read_point = m.hlc_now(gateway, now);
-            match m.stale_holder(gateway, now) {
+            match m.stale_holder(range, gateway, now) {
                 Some(old) => (old, read_point, true),
-                None => (m.lease.holder, read_point, false),
+                None => (m.ranges[range].lease.holder, read_point, false),
             }
         };
         self.hop(gateway, target).await?;
@@ -729,7 +766,8 @@ impl Trip {
             let age = point.map(|p| Duration::from_nanos(own.saturating_sub(p.wall)));
             (point, age)
         } else {
-            let closed = m.closed_point(region, now);
+            let range = m.range_of(key);
+            let closed = m.closed_point(region, range, now);
             (
                 Some(closed),
                 Some(Duration::from_nanos(own.saturating_sub(closed.wall))),
@@ -768,29 +806,30 @@ impl Trip {
     async fn at_leader<T>(
         &self,
         leader: usize,
+        range: usize,
         mut apply: impl FnMut(&mut Model, Instant) -> T,
     ) -> Option<(T, Duration)> {
         let (proposal, epoch) = {
             let mut m = self.model();
             let p = m.proposal();
-            m.pending.push_back(p);
-            (p, m.lease_epoch)
+            m.ranges[range].pending.push_back(p);
+            (p, m.ranges[range].epoch)
         };
         loop {
             {
                 let now = Instant::now();
                 let mut m = self.model();
-                m.update_lease(now);
-                if m.lease_epoch != epoch || m.lease.holder != leader {
+                m.update_lease(range, now);
+                if m.ranges[range].epoch != epoch || m.ranges[range].lease.holder != leader {
                     return None;
                 }
-                if m.pending.front() == Some(&proposal) && m.in_service(leader) {
+                if m.ranges[range].pending.front() == Some(&proposal) && m.in_service(leader) {
                     if let Some(rtt) = m.quorum_rtt(leader) {
-                        m.pending.pop_front();
+                        m.ranges[range].pending.pop_front();
                         return Some((apply(&mut m, now), rtt));
                     }
                 }
-                if !m.pending.contains(&proposal) {
+                if !m.ranges[range].pending.contains(&proposal) {
                     return None;
                 }
             }
@@ -800,10 +839,11 @@ impl Trip {
 
     async fn write_consensus(&self, gateway: usize, req: &WriteTrip) -> Result<Committed, Error> {
         let now = Instant::now();
-        let (leader, proposed) = {
+        let (leader, proposed, range) = {
             let mut m = self.model();
-            m.update_lease(now);
-            (m.lease.holder, m.hlc_now(gateway, now))
+            let range = m.range_of(&req.key);
+            m.update_lease(range, now);
+            (m.ranges[range].lease.holder, m.hlc_now(gateway, now), range)
         };
         self.hop(gateway, leader).await.map_err(|e| match e {
             // Refused before it was sent: the write cannot have applied.
@@ -818,8 +858,8 @@ impl Trip {
         })?;
         let still_leader = {
             let mut m = self.model();
-            m.update_lease(Instant::now());
-            m.lease.holder == leader
+            m.update_lease(range, Instant::now());
+            m.ranges[range].lease.holder == leader
         };
         if !still_leader {
             self.hop_back(leader, gateway).await?;
@@ -832,7 +872,7 @@ impl Trip {
         // it): cut off from a majority, it stays pending and commits when
         // the quorum is back, unless the lease moved first.
         let applied = self
-            .at_leader(leader, |m, now| {
+            .at_leader(leader, range, |m, now| {
                 self.apply_consensus(m, now, req, leader, gateway, proposed)
             })
             .await;
@@ -1008,10 +1048,11 @@ impl Trip {
                 fence(&mut m.replicas[gateway].idem, &key, &idem, before)?
             }
             Replication::Consensus => {
-                let leader = {
+                let (leader, range) = {
                     let mut m = self.model();
-                    m.update_lease(Instant::now());
-                    m.lease.holder
+                    let range = m.range_of(&key);
+                    m.update_lease(range, Instant::now());
+                    (m.ranges[range].lease.holder, range)
                 };
                 self.hop(gateway, leader).await?;
                 // Reading the record is not enough while an attempt may
@@ -1019,7 +1060,7 @@ impl Trip {
                 // outcome) through the log, in line with the proposals
                 // before it.
                 let decided = self
-                    .at_leader(leader, |m, _| {
+                    .at_leader(leader, range, |m, _| {
                         let before = m.stamps + 1;
                         fence(&mut m.idem, &key, &idem, before)
                     })
@@ -1053,8 +1094,12 @@ impl Trip {
             let own = m.wall(target, now);
             // Without a cross-key watermark a replica cannot say how far
             // behind it is (DynamoDB reports no such figure per request).
+            // The region's furthest-behind range.
             let lag = (!m.p.multi_writer).then(|| {
-                let closed = m.closed_point(target, now);
+                let closed = (0..m.ranges.len())
+                    .map(|range| m.closed_point(target, range, now))
+                    .min()
+                    .unwrap_or_default();
                 Duration::from_nanos(own.saturating_sub(closed.wall))
             });
             (own, lag)

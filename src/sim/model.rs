@@ -151,6 +151,30 @@ pub(crate) struct Params {
     pub(crate) commit_wait: Option<Duration>,
     pub(crate) lease_duration: Duration,
     pub(crate) jitter: f64,
+    /// How many ranges the keyspace is split into (consensus mode).
+    pub(crate) ranges: usize,
+}
+
+/// One range of the keyspace (consensus mode): its lease, and the
+/// proposals waiting at its leaseholder. Ranges move and fail over
+/// independently, as CockroachDB's do.
+#[derive(Clone, Debug)]
+pub(crate) struct Range {
+    pub(crate) lease: Lease,
+    /// The holder before the last transfer, while it may still believe in
+    /// its lease.
+    pub(crate) previous: Option<Lease>,
+    /// The current lease's start; no write commits at or below it.
+    lease_start: Point,
+    /// Proposals waiting at the leaseholder for a quorum, in arrival
+    /// order; they commit in that order once a quorum is back, and are
+    /// dropped when the lease moves.
+    pub(crate) pending: VecDeque<u64>,
+    /// Bumped at every lease transfer: a proposal made under an older lease
+    /// never commits.
+    pub(crate) epoch: u64,
+    /// Where the lease should be (CockroachDB's lease preference).
+    pub(crate) preferred: usize,
 }
 
 /// The whole simulated system.
@@ -167,15 +191,8 @@ pub(crate) struct Model {
     pub(crate) log: HashMap<String, Vec<Entry>>,
     /// Consensus mode: idempotency records, committed with their entry.
     pub(crate) idem: HashMap<String, IdemRecord>,
-    /// Consensus mode: proposals waiting at the leaseholder for a quorum,
-    /// in arrival order; they commit in that order once a quorum is back,
-    /// and are dropped when the lease moves.
-    pub(crate) pending: VecDeque<u64>,
     /// The last proposal number handed out.
     pub(crate) proposals: u64,
-    /// Bumped at every lease transfer: a proposal made under an older
-    /// lease never commits.
-    pub(crate) lease_epoch: u64,
     /// The last attempt stamp handed out (every write attempt gets one when
     /// it leaves its client; fences compare against them).
     pub(crate) stamps: u64,
@@ -188,18 +205,10 @@ pub(crate) struct Model {
     /// what is sent to them waits for their restart (their Raft log is
     /// durable; a peer sends again what they missed).
     pub(crate) crashed: Vec<Option<Instant>>,
-    /// Consensus mode: where the lease should be (CockroachDB's lease
-    /// preference): the home region until an operator moves it.
-    pub(crate) preferred: usize,
     /// Consensus mode: highest read timestamp served per key.
     tscache: HashMap<String, Point>,
-    /// Consensus mode: the current lease's start; no write commits at or
-    /// below it.
-    lease_start: Point,
-    pub(crate) lease: Lease,
-    /// The holder before the last transfer, while it may still believe in
-    /// its lease.
-    pub(crate) previous: Option<Lease>,
+    /// Consensus mode: the ranges, each with its lease.
+    pub(crate) ranges: Vec<Range>,
     pub(crate) rng: SplitMix64,
 }
 
@@ -215,32 +224,46 @@ impl Model {
             lag: vec![p.replication_lag; n],
             replicas: (0..n)
                 .map(|_| Replica {
-                    closed: vec![Point::default(); n],
+                    closed: vec![Point::default(); n * p.ranges.max(1)],
                     ..Replica::default()
                 })
                 .collect(),
             log: HashMap::new(),
             idem: HashMap::new(),
-            pending: VecDeque::new(),
             proposals: 0,
-            lease_epoch: 0,
             stamps: 0,
             fenced: vec![false; n],
             stalled: vec![false; n],
             crashed: vec![None; n],
-            preferred: p.home,
             tscache: HashMap::new(),
-            lease_start: Point::default(),
-            lease: Lease {
-                holder: p.home,
-                expiry: 0,
-            },
-            previous: None,
+            // Leases spread over the regions from home on, as lease
+            // rebalancing spreads them.
+            ranges: (0..p.ranges.max(1))
+                .map(|i| {
+                    let holder = (p.home + i) % n.max(1);
+                    Range {
+                        lease: Lease { holder, expiry: 0 },
+                        previous: None,
+                        lease_start: Point::default(),
+                        pending: VecDeque::new(),
+                        epoch: 0,
+                        preferred: holder,
+                    }
+                })
+                .collect(),
             rng: SplitMix64::new(seed),
             p,
         };
-        m.lease.expiry = m.wall(m.p.home, start) + nanos(m.p.lease_duration);
+        for r in 0..m.ranges.len() {
+            let holder = m.ranges[r].lease.holder;
+            m.ranges[r].lease.expiry = m.wall(holder, start) + nanos(m.p.lease_duration);
+        }
         m
+    }
+
+    /// The range holding `key`: by a hash of the key (one range: all).
+    pub(crate) fn range_of(&self, key: &str) -> usize {
+        range_index(key, self.ranges.len())
     }
 
     /// A node's physical clock at true time `at`.
@@ -370,8 +393,10 @@ impl Model {
         // lazily, when a replica is next asked).
         self.apply_due(node, now);
         self.crashed[node] = Some(now);
-        if !self.p.multi_writer && self.lease.holder == node {
-            self.pending.clear();
+        if !self.p.multi_writer {
+            for range in self.ranges.iter_mut().filter(|r| r.lease.holder == node) {
+                range.pending.clear();
+            }
         }
         self.measure_clocks();
     }
@@ -459,33 +484,34 @@ impl Model {
     /// it reaches a quorum again. The old holder keeps serving reads while
     /// its own clock says its lease is valid: with clocks skewed beyond
     /// `max_offset` the two overlap.
-    pub(crate) fn update_lease(&mut self, now: Instant) {
+    pub(crate) fn update_lease(&mut self, range: usize, now: Instant) {
         if self.p.multi_writer {
             return;
         }
-        let holder = self.lease.holder;
+        let holder = self.ranges[range].lease.holder;
         // A node stopped over its clock neither holds nor takes a lease.
         let quorum = |m: &mut Model, r: usize| m.in_service(r) && m.quorum_rtt(r).is_some();
-        let preferred = self.preferred;
+        let preferred = self.ranges[range].preferred;
         if quorum(self, holder) {
-            self.lease.expiry = self.wall(holder, now) + nanos(self.p.lease_duration);
+            self.ranges[range].lease.expiry = self.wall(holder, now) + nanos(self.p.lease_duration);
             if holder != preferred && quorum(self, preferred) && self.connected(holder, preferred) {
-                self.transfer(preferred, now, true);
+                self.transfer(range, preferred, now, true);
             }
             return;
         }
         // The holder renewed its lease continuously until it lost its quorum.
         if let Some(lost) = self.quorum_lost_at(holder) {
             let renewed = self.wall(holder, lost) + nanos(self.p.lease_duration);
-            self.lease.expiry = self.lease.expiry.max(renewed);
+            let lease = &mut self.ranges[range].lease;
+            lease.expiry = lease.expiry.max(renewed);
         }
         let candidates = std::iter::once(preferred).chain(0..self.p.regions);
         for r in candidates.collect::<Vec<_>>() {
             if r != holder
                 && quorum(self, r)
-                && self.wall(r, now) > self.lease.expiry + nanos(self.p.max_offset)
+                && self.wall(r, now) > self.ranges[range].lease.expiry + nanos(self.p.max_offset)
             {
-                self.transfer(r, now, false);
+                self.transfer(range, r, now, false);
                 return;
             }
         }
@@ -514,13 +540,14 @@ impl Model {
         cuts.get(spare).copied()
     }
 
-    fn transfer(&mut self, to: usize, now: Instant, cooperative: bool) {
-        let old = self.lease;
+    fn transfer(&mut self, range: usize, to: usize, now: Instant, cooperative: bool) {
+        let old = self.ranges[range].lease;
         // What the old holder had proposed without a quorum is lost: the
         // new leaseholder's log does not have it.
-        self.pending.clear();
-        self.lease_epoch += 1;
-        self.previous = (!cooperative).then_some(old);
+        let r = &mut self.ranges[range];
+        r.pending.clear();
+        r.epoch += 1;
+        r.previous = (!cooperative).then_some(old);
         // The new lease starts above everything the old one could have
         // served, as CockroachDB's does: a cooperative transfer at the old
         // holder's clock (it stops serving then), an expiration-based one at
@@ -534,18 +561,22 @@ impl Model {
         } else {
             Point::hlc(old.expiry, 0)
         };
-        self.lease_start = self.lease_start.max(start);
-        self.lease = Lease {
-            holder: to,
-            expiry: self.wall(to, now) + nanos(self.p.lease_duration),
-        };
+        let expiry = self.wall(to, now) + nanos(self.p.lease_duration);
+        let r = &mut self.ranges[range];
+        r.lease_start = r.lease_start.max(start);
+        r.lease = Lease { holder: to, expiry };
     }
 
     /// Whether a deposed holder still serves reads by its own clock, and is
     /// reachable from `gateway`.
-    pub(crate) fn stale_holder(&mut self, gateway: usize, now: Instant) -> Option<usize> {
-        let prev = self.previous?;
-        (prev.holder != self.lease.holder
+    pub(crate) fn stale_holder(
+        &mut self,
+        range: usize,
+        gateway: usize,
+        now: Instant,
+    ) -> Option<usize> {
+        let prev = self.ranges[range].previous?;
+        (prev.holder != self.ranges[range].lease.holder
             && self.connected(gateway, prev.holder)
             && self.in_service(prev.holder)
             && self.wall(prev.holder, now) < prev.expiry)
@@ -558,6 +589,7 @@ impl Model {
             return;
         }
         let multi_writer = self.p.multi_writer;
+        let (ranges, n) = (self.ranges.len(), self.p.regions);
         let replica = &mut self.replicas[region];
         // Multi-writer tables replicate item by item, each on its own
         // schedule: whatever has arrived applies, in arrival order, past
@@ -576,14 +608,21 @@ impl Model {
             due.sort_by_key(|d| d.ready_at);
             due
         } else {
+            // Each range's log arrives in order: an entry applies once it
+            // has arrived and nothing of its range before it waits.
             let mut due = Vec::new();
-            while replica
-                .inbox
-                .front()
-                .is_some_and(|d| d.ready_at.is_some_and(|t| t <= now))
-            {
-                due.extend(replica.inbox.pop_front());
+            let mut blocked = vec![false; ranges];
+            let mut waiting = VecDeque::with_capacity(replica.inbox.len());
+            for d in replica.inbox.drain(..) {
+                let r = range_index(&d.key, ranges);
+                if !blocked[r] && d.ready_at.is_some_and(|t| t <= now) {
+                    due.push(d);
+                } else {
+                    blocked[r] = true;
+                    waiting.push_back(d);
+                }
             }
+            replica.inbox = waiting;
             due
         };
         for d in due {
@@ -620,7 +659,7 @@ impl Model {
                     }
                 }
             }
-            let closed = &mut replica.closed[d.from];
+            let closed = &mut replica.closed[range_index(&d.key, ranges) * n + d.from];
             *closed = (*closed).max(d.entry.point);
         }
     }
@@ -643,8 +682,16 @@ impl Model {
             } else {
                 None
             };
-            let ready_at = match (ready_at, self.replicas[r].inbox.back().map(|d| d.ready_at)) {
-                // Items of a multi-writer table travel independently.
+            let range = self.range_of(key);
+            let previous = self.replicas[r]
+                .inbox
+                .iter()
+                .rev()
+                .find(|d| self.range_of(&d.key) == range)
+                .map(|d| d.ready_at);
+            let ready_at = match (ready_at, previous) {
+                // Items of a multi-writer table travel independently; a
+                // range's log, in order behind its own earlier entries.
                 (t, _) if self.p.multi_writer => t,
                 (Some(t), Some(Some(prev))) => Some(t.max(prev)),
                 (Some(_), Some(None)) => None,
@@ -676,13 +723,18 @@ impl Model {
 
     /// After a link heals: schedule what waited behind it.
     pub(crate) fn reschedule(&mut self, now: Instant) {
+        let ranges = self.ranges.len();
         for r in 0..self.p.regions {
-            let mut prev: Option<Instant> = None;
+            let mut prev: Vec<Option<Instant>> = vec![None; ranges];
+            let mut blocked = vec![false; ranges];
             for i in 0..self.replicas[r].inbox.len() {
-                let (from, ready) = {
+                let (from, ready, range) = {
                     let d = &self.replicas[r].inbox[i];
-                    (d.from, d.ready_at)
+                    (d.from, d.ready_at, range_index(&d.key, ranges))
                 };
+                if !self.p.multi_writer && blocked[range] {
+                    continue;
+                }
                 let ready = match ready {
                     Some(t) => Some(t),
                     None if self.reachable(from, r) => Some(now + self.delivery_delay(from, r)),
@@ -692,14 +744,14 @@ impl Model {
                     self.replicas[r].inbox[i].ready_at = ready;
                     continue;
                 }
-                let ready = match (ready, prev) {
+                let ready = match (ready, prev[range]) {
                     (Some(t), Some(p)) => Some(t.max(p)),
                     (t, _) => t,
                 };
                 self.replicas[r].inbox[i].ready_at = ready;
                 match ready {
-                    Some(t) => prev = Some(t),
-                    None => break,
+                    Some(t) => prev[range] = Some(t),
+                    None => blocked[range] = true,
                 }
             }
         }
@@ -709,29 +761,34 @@ impl Model {
     /// mode: multi-writer tables have no such watermark): what the
     /// leaseholder has sent that has had time to arrive, capped below
     /// anything still queued.
-    pub(crate) fn closed_point(&mut self, region: usize, now: Instant) -> Point {
+    pub(crate) fn closed_point(&mut self, region: usize, range: usize, now: Instant) -> Point {
         // Consensus mode has one log: a replica is complete only through
         // the entries it has applied, whichever holder sent those still on
         // their way (a closed timestamp is valid only up to the replica's
         // applied position, as in CockroachDB). Without this, a new
         // leaseholder's closed timestamps would cover entries of the old
         // one still stuck behind a cut.
+        // Each range has its own log and closed timestamps: only its own
+        // entries still on their way hold its closed point back.
         let applied_through = self.replicas[region]
             .inbox
             .iter()
+            .filter(|d| self.range_of(&d.key) == range)
             .map(|d| d.entry.point)
             .min()
             .map(predecessor);
         let cap = |p: Point| applied_through.map_or(p, |a| p.min(a));
-        let sources: Vec<usize> = if self.lease.holder == region {
+        let holder = self.ranges[range].lease.holder;
+        let sources: Vec<usize> = if holder == region {
             // The leaseholder is complete through now, once it has applied
             // what it was sent.
             return cap(self.clocks[region]
                 .hlc
                 .max(Point::hlc(self.wall(region, now), 0)));
         } else {
-            vec![self.lease.holder]
+            vec![holder]
         };
+        let n = self.p.regions;
         let mut closed: Option<Point> = None;
         for s in sources {
             let link = self.links[s][region]
@@ -744,10 +801,14 @@ impl Model {
                 .unwrap_or(self.start)
                 .max(self.start);
             let mut from_source = Point::hlc(self.wall(s, sent), 0);
-            if let Some(d) = self.replicas[region].inbox.iter().find(|d| d.from == s) {
+            if let Some(d) = self.replicas[region]
+                .inbox
+                .iter()
+                .find(|d| d.from == s && self.range_of(&d.key) == range)
+            {
                 from_source = from_source.min(Point::hlc(d.entry.point.wall.saturating_sub(1), 0));
             }
-            let kept = &mut self.replicas[region].closed[s];
+            let kept = &mut self.replicas[region].closed[range * n + s];
             *kept = (*kept).max(from_source);
             closed = Some(closed.map_or(*kept, |c: Point| c.min(*kept)));
         }
@@ -810,7 +871,8 @@ impl Model {
             .and_then(|v| v.last())
             .map(|e| e.point)
             .unwrap_or_default();
-        cache.max(last).max(self.lease_start).successor()
+        let range = &self.ranges[self.range_of(key)];
+        cache.max(last).max(range.lease_start).successor()
     }
 
     pub(crate) fn log_latest(&self, key: &str) -> Option<&Entry> {
@@ -830,6 +892,17 @@ impl Model {
         self.proposals += 1;
         self.proposals
     }
+}
+
+/// The range of `key` among `ranges`, by a hash of the key.
+fn range_index(key: &str, ranges: usize) -> usize {
+    if ranges <= 1 {
+        return 0;
+    }
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (h % ranges as u64) as usize
 }
 
 /// The point just below `p`.

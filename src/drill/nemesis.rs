@@ -114,7 +114,7 @@ impl Plan {
             })
             .filter(|_| current)
             .collect();
-        let auditors = (0..own.below(2))
+        let auditors = (0..1 + own.below(2))
             .map(|_| {
                 let (a, b) = two(&mut own);
                 vec![a, b]

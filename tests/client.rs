@@ -441,3 +441,41 @@ async fn a_recorded_process_moves_between_sessions() {
         0
     );
 }
+
+/// A multi-writer table may home each key by its hash: the client writes
+/// each key in its own home, and a consistent read is current there only.
+#[tokio::test(start_paused = true)]
+async fn hashed_homes_send_each_key_to_its_own_home() {
+    use quorate::Backend;
+    let mut c = SimConfig::new(["eu", "us", "ap"]).unwrap();
+    c.replication = Replication::MultiWriter;
+    c.hashed_homes = true;
+    let sim = Sim::new(c).unwrap();
+    let backend = sim.at("us").unwrap();
+    let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let mut homes = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let key = format!("order-{i}");
+        let home = backend.home_region(&key).unwrap().clone();
+        homes.insert(home.as_str().to_owned());
+        let c = client
+            .write(
+                &session,
+                &key,
+                "1".into(),
+                Precondition::IfAbsent,
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(c.region, home, "{key} written in its home");
+        let r = client
+            .read(&session, &key, ReadPolicy::Strong)
+            .await
+            .unwrap();
+        assert_eq!(r.freshness.region, home);
+        assert_eq!(r.freshness.role, ReplicaRole::Leader);
+    }
+    assert_eq!(homes.len(), 3, "homes spread over every region: {homes:?}");
+}

@@ -51,6 +51,8 @@ struct Plan {
     commit_wait: bool,
     /// How many ranges (each with its own lease) a consensus keyspace has.
     ranges: usize,
+    /// A multi-writer table homing each key by its hash.
+    hashed_homes: bool,
     /// Users whose sessions range over many records (more than a session
     /// token names), each travelling between the regions listed.
     browsers: Vec<Vec<&'static str>>,
@@ -106,6 +108,8 @@ impl Plan {
         } else {
             1
         };
+        let hashed_homes =
+            current && multi_writer && SplitMix64::new(seed ^ 0x686f_6d65_7321_2121).below(2) == 0;
         let mut own = SplitMix64::new(seed ^ 0x6272_6f77_7365_7273);
         let browsers = (0..1 + own.below(2))
             .map(|_| {
@@ -218,6 +222,7 @@ impl Plan {
             trusts_clocks,
             commit_wait,
             ranges,
+            hashed_homes,
             browsers,
             auditors,
             home,
@@ -250,6 +255,7 @@ fn system_of(plan: Plan, seed: u64) -> SimConfig {
         c.commit_wait = Some(Duration::from_millis(10));
     }
     c.ranges = plan.ranges;
+    c.hashed_homes = plan.hashed_homes;
     c
 }
 
@@ -483,7 +489,9 @@ pub fn describe(seed: u64) -> String {
     };
     let mut s = format!(
         "seed {seed}: {} table{}, home {}, {} keys{browsers}; faults:",
-        if plan.multi_writer {
+        if plan.multi_writer && plan.hashed_homes {
+            "multi-writer (homes by key)"
+        } else if plan.multi_writer {
             "multi-writer"
         } else if plan.trusts_clocks {
             "consensus (trusting every clock)"

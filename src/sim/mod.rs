@@ -110,6 +110,10 @@ pub struct SimConfig {
     /// prefers the i-th region from home on, as lease rebalancing spreads
     /// leases.
     pub ranges: usize,
+    /// Multi-writer mode: each key's home region by a hash of the key
+    /// (as `quorate-dynamodb`'s `Home::Hashed`), instead of `home` for
+    /// every key.
+    pub hashed_homes: bool,
     /// The lease's duration.
     pub lease_duration: Duration,
     /// How long a request over a cut link waits before it fails.
@@ -145,6 +149,7 @@ impl SimConfig {
             enforce_max_offset: true,
             commit_wait: None,
             ranges: 1,
+            hashed_homes: false,
             lease_duration: Duration::from_secs(2),
             request_timeout: Duration::from_secs(1),
             jitter: 0.1,
@@ -213,6 +218,7 @@ impl Sim {
             lease_duration: config.lease_duration,
             jitter: config.jitter,
             ranges: config.ranges,
+            hashed_homes: config.hashed_homes,
         };
         let model = Model::new(params, config.seed, SIM_EPOCH_NANOS);
         Ok(Sim {
@@ -749,7 +755,7 @@ impl Trip {
         // A consistent read of a multi-writer table is current only in the
         // key's home region, where every write goes; elsewhere it is as
         // stale as that region's replica, and says so.
-        let role = if role == ReplicaRole::Leader && region != m.p.home {
+        let role = if role == ReplicaRole::Leader && region != m.home_of(key) {
             ReplicaRole::Follower
         } else {
             role
@@ -1206,9 +1212,15 @@ impl Backend for Sim {
         }
     }
 
-    fn home_region(&self, _key: &str) -> Option<&Region> {
-        (self.shared.config.replication == Replication::MultiWriter)
-            .then_some(&self.shared.config.home)
+    fn home_region(&self, key: &str) -> Option<&Region> {
+        if self.shared.config.replication != Replication::MultiWriter {
+            return None;
+        }
+        if !self.shared.config.hashed_homes {
+            return Some(&self.shared.config.home);
+        }
+        let home = model::range_index(key, self.shared.config.regions.len());
+        self.shared.config.regions.get(home)
     }
 
     async fn read(&self, plan: &ReadPlan<'_>) -> Result<Read<Bytes>, Error> {

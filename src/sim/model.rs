@@ -153,6 +153,8 @@ pub(crate) struct Params {
     pub(crate) jitter: f64,
     /// How many ranges the keyspace is split into (consensus mode).
     pub(crate) ranges: usize,
+    /// Multi-writer mode: homes by key hash.
+    pub(crate) hashed_homes: bool,
 }
 
 /// One range of the keyspace (consensus mode): its lease, and the
@@ -264,6 +266,15 @@ impl Model {
     /// The range holding `key`: by a hash of the key (one range: all).
     pub(crate) fn range_of(&self, key: &str) -> usize {
         range_index(key, self.ranges.len())
+    }
+
+    /// The home region of `key` (multi-writer mode).
+    pub(crate) fn home_of(&self, key: &str) -> usize {
+        if self.p.hashed_homes {
+            range_index(key, self.p.regions)
+        } else {
+            self.p.home
+        }
     }
 
     /// A node's physical clock at true time `at`.
@@ -894,8 +905,9 @@ impl Model {
     }
 }
 
-/// The range of `key` among `ranges`, by a hash of the key.
-fn range_index(key: &str, ranges: usize) -> usize {
+/// The range of `key` among `ranges` (or its home among regions), by a
+/// hash of the key.
+pub(crate) fn range_index(key: &str, ranges: usize) -> usize {
     if ranges <= 1 {
         return 0;
     }

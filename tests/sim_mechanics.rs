@@ -540,18 +540,7 @@ async fn a_crashed_leaseholder_loses_its_lease_and_takes_it_back_after_restart()
 /// with it: the write never commits, even after the restart.
 #[tokio::test(start_paused = true)]
 async fn a_proposal_pending_at_a_crashed_leaseholder_is_lost() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
-    let eu = sim.at("eu").unwrap();
-    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
-    sim.cut("eu", "us").unwrap();
-    sim.cut("eu", "ap").unwrap();
-    let pending = {
-        let eu = eu.clone();
-        tokio::spawn(async move { write(&eu, "eu", "k", "lost", Precondition::Any).await })
-    };
-    sleep(Duration::from_millis(50)).await;
+    let (sim, pending) = a_write_waiting_at_a_cut_off_leaseholder().await;
     sim.crash("eu").unwrap();
     sim.heal();
     let outcome = pending.await.unwrap();
@@ -559,13 +548,32 @@ async fn a_proposal_pending_at_a_crashed_leaseholder_is_lost() {
     sleep(Duration::from_secs(4)).await;
     sim.restart("eu").unwrap();
     sleep(Duration::from_secs(1)).await;
+    assert_only_the_first_version(&sim, "the lost proposal never committed").await;
+}
+
+/// A consensus system whose leaseholder eu holds "k" at its first version,
+/// cut off from both peers with a second write of "k" waiting at it for a
+/// quorum.
+async fn a_write_waiting_at_a_cut_off_leaseholder(
+) -> (Sim, tokio::task::JoinHandle<Result<Committed, Error>>) {
+    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+    let eu = sim.at("eu").unwrap();
+    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sim.cut("eu", "us").unwrap();
+    sim.cut("eu", "ap").unwrap();
+    let pending =
+        tokio::spawn(async move { write(&eu, "eu", "k", "waiting", Precondition::Any).await });
+    sleep(Duration::from_millis(50)).await;
+    (sim, pending)
+}
+
+/// "k" read strongly through us is still at its first version.
+async fn assert_only_the_first_version(sim: &Sim, why: &str) {
     let us = sim.at("us").unwrap();
     let r = read(&us, "us", "k", ReplicaRole::Leader).await.unwrap();
-    assert_eq!(
-        r.version(),
-        Some(quorate::Version::FIRST),
-        "the lost proposal never committed"
-    );
+    assert_eq!(r.version(), Some(quorate::Version::FIRST), "{why}");
 }
 
 /// A restarted node joins its peers' clocks before it serves: however far
@@ -702,18 +710,7 @@ async fn clients_of_a_stopped_node_are_answered_by_other_regions() {
 /// a quorum commits none of them: it serves nothing, and the lease moves.
 #[tokio::test(start_paused = true)]
 async fn a_leaseholder_stopped_over_its_clock_commits_nothing_waiting_at_it() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
-    let eu = sim.at("eu").unwrap();
-    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
-    sim.cut("eu", "us").unwrap();
-    sim.cut("eu", "ap").unwrap();
-    let pending = {
-        let eu = eu.clone();
-        tokio::spawn(async move { write(&eu, "eu", "k", "stopped", Precondition::Any).await })
-    };
-    sleep(Duration::from_millis(50)).await;
+    let (sim, pending) = a_write_waiting_at_a_cut_off_leaseholder().await;
     // Cut off, it measures nothing; once healed it finds itself 2 s away
     // from both peers and stops.
     sim.set_skew("eu", 2_000_000_000).unwrap();
@@ -721,13 +718,7 @@ async fn a_leaseholder_stopped_over_its_clock_commits_nothing_waiting_at_it() {
     let outcome = pending.await.unwrap();
     assert!(outcome.is_err(), "{outcome:?}");
     sleep(Duration::from_secs(5)).await;
-    let us = sim.at("us").unwrap();
-    let r = read(&us, "us", "k", ReplicaRole::Leader).await.unwrap();
-    assert_eq!(
-        r.version(),
-        Some(quorate::Version::FIRST),
-        "a stopped node committed"
-    );
+    assert_only_the_first_version(&sim, "a stopped node committed").await;
 }
 
 /// Global tables replicate item by item: an item written later may reach

@@ -457,7 +457,12 @@ async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
         }
         down = crashed;
         if lease_to != preferred {
-            results.push(sim.prefer_lease(lease_to));
+            if lease_to == home {
+                // The window ended: each range's own preference again.
+                sim.default_lease_preferences();
+            } else {
+                results.push(sim.prefer_lease(lease_to));
+            }
             preferred = lease_to.to_owned();
         }
         for (a, b) in links.difference(&cut) {

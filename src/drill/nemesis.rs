@@ -5,7 +5,7 @@
 //! The faults are drawn from what region-failure drills inject: isolation,
 //! cuts between two regions, one-way cuts (requests arrive, answers are
 //! lost: ambiguous commits), latency spikes, clock skew and steps within
-//! and beyond `max_offset`, drifting clocks, stalled replicas, node
+//! and beyond `max_offset`, drifting clocks, replicas that apply late, node
 //! crashes and restarts, and lease moves. The workload mixes
 //! read-modify-write updaters (strong read, conditional idempotent write),
 //! strong readers, users whose session travels between services in several

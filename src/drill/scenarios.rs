@@ -38,7 +38,7 @@ pub enum Fault {
     /// arrive, answers are lost.
     OneWay(&'static str, &'static str),
     /// A region's replica applies what it receives this many milliseconds
-    /// late (a stalled replica).
+    /// late (a lagging replica).
     Lag(&'static str, u64),
     /// A region's node crashes, and restarts when the window ends.
     Crash(&'static str),

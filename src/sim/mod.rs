@@ -501,6 +501,12 @@ impl Sim {
         Ok(())
     }
 
+    /// Puts every range's lease preference back where it started (range i
+    /// in the i-th region from home on), undoing [`Sim::prefer_lease`].
+    pub fn default_lease_preferences(&self) {
+        self.model().default_lease_preferences(Instant::now());
+    }
+
     /// Moves the lease preference of `key`'s range only.
     pub fn prefer_lease_of(&self, key: &str, region: &str) -> Result<(), Error> {
         let r = self.named(region)?;
@@ -705,8 +711,14 @@ impl Trip {
             let mut m = self.model();
             // Spanner timestamps a strong read at the leader, at TrueTime's
             // latest possible now; CockroachDB at the gateway.
+            // Leases are disjoint in time: a new holder reads above
+            // everything its predecessors could have committed, whatever
+            // its own clock says.
             let read_point = match m.p.commit_wait {
-                Some(epsilon) if !stale => m.tt_latest(target, now, epsilon),
+                Some(epsilon) if !stale => {
+                    let range = m.range_of(key);
+                    m.tt_latest(target, now, epsilon).max(m.lease_start(range))
+                }
                 _ => read_point,
             };
             m.hlc_update(target, read_point, now);

@@ -263,6 +263,16 @@ impl Model {
         m
     }
 
+    /// Every range's lease preference back to where it started: range i in
+    /// the i-th region from home on.
+    pub(crate) fn default_lease_preferences(&mut self, now: Instant) {
+        let n = self.p.regions.max(1);
+        for i in 0..self.ranges.len() {
+            self.ranges[i].preferred = (self.p.home + i) % n;
+            self.update_lease(i, now);
+        }
+    }
+
     /// The range holding `key`: by a hash of the key (one range: all).
     pub(crate) fn range_of(&self, key: &str) -> usize {
         range_index(key, self.ranges.len())
@@ -418,7 +428,11 @@ impl Model {
         if self.crashed[node].take().is_none() {
             return;
         }
-        self.join_peers(node);
+        // A CockroachDB node's first requests carry its peers' HLCs; a
+        // global table's region has no such clock to join.
+        if !self.p.multi_writer {
+            self.join_peers(node);
+        }
         self.reschedule(now);
         self.measure_clocks();
     }
@@ -505,7 +519,11 @@ impl Model {
         let preferred = self.ranges[range].preferred;
         if quorum(self, holder) {
             self.ranges[range].lease.expiry = self.wall(holder, now) + nanos(self.p.lease_duration);
-            if holder != preferred && quorum(self, preferred) && self.connected(holder, preferred) {
+            if holder != preferred
+                && quorum(self, preferred)
+                && self.connected(holder, preferred)
+                && self.within_max_offset(holder, preferred, now)
+            {
                 self.transfer(range, preferred, now, true);
             }
             return;
@@ -849,6 +867,12 @@ impl Model {
             return Err(uncertain.point);
         }
         Ok(versions.iter().rev().find(|e| e.point <= read).cloned())
+    }
+
+    /// Where `range`'s current lease starts: everything its earlier holders
+    /// could have committed or served is at or below it.
+    pub(crate) fn lease_start(&self, range: usize) -> Point {
+        self.ranges[range].lease_start
     }
 
     /// TrueTime's latest possible now on `node`: its clock plus ε, kept

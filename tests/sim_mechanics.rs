@@ -753,6 +753,7 @@ async fn observing_the_lease_does_not_change_the_run() {
             }
             if observe {
                 sim.leaseholder();
+                sim.inspect();
             }
             let w = write(&us, "us", "k", &i.to_string(), Precondition::Any).await;
             out.push(format!("{:?}", w.map(|c| (c.version, c.point, c.region))));
@@ -1077,4 +1078,33 @@ async fn a_range_held_back_does_not_hold_back_another() {
         .unwrap();
     assert_eq!(r.version(), None, "eu's entry is held behind the cut");
     assert!(r.freshness.point.unwrap() < held.point, "{:?}", r.freshness);
+}
+
+/// The system's state can be read without touching it: leases, clocks,
+/// fences, crashes, stalls and closed points.
+#[tokio::test(start_paused = true)]
+async fn the_system_can_be_inspected() {
+    let mut c = config(Replication::Consensus);
+    c.ranges = 2;
+    let sim = Sim::new(c).unwrap();
+    let eu = sim.at("eu").unwrap();
+    let w = write(&eu, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sleep(Duration::from_secs(1)).await;
+    sim.crash("ap").unwrap();
+    sim.stall_replica("us").unwrap();
+    sim.set_skew("eu", 100_000_000).unwrap();
+    let view = sim.inspect();
+    assert_eq!(view.ranges.len(), 2);
+    assert_eq!(view.ranges[0].leaseholder.as_str(), "eu");
+    assert_eq!(view.ranges[1].leaseholder.as_str(), "us");
+    let node = |r: &str| view.nodes.iter().find(|n| n.region.as_str() == r).unwrap();
+    assert_eq!(node("eu").clock_offset_nanos, 100_000_000);
+    assert!(node("ap").crashed && !node("eu").crashed);
+    assert!(node("us").stalled);
+    assert!(node("eu").hlc >= w.point);
+    assert_eq!(node("us").closed.len(), 2);
+    assert!(node("us").closed.iter().all(|p| p.wall > 0));
+    assert_eq!(sim.inspect(), view, "looking twice sees the same");
 }

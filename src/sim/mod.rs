@@ -450,6 +450,47 @@ impl Sim {
         self.region(m.ranges[0].lease.holder)
     }
 
+    /// Leases, clocks, fences and closed points as they are now, judged on
+    /// a copy of the model: looking does not change the run.
+    pub fn inspect(&self) -> SimView {
+        let mut m = self.model().clone();
+        let now = Instant::now();
+        let consensus = !m.p.multi_writer;
+        let ranges = if consensus { m.ranges.len() } else { 0 };
+        for range in 0..ranges {
+            m.update_lease(range, now);
+        }
+        let nodes = (0..m.p.regions)
+            .map(|node| {
+                m.apply_due(node, now);
+                NodeView {
+                    region: self.region(node),
+                    clock_offset_nanos: m.clocks[node].offset(now),
+                    hlc: m.clocks[node].hlc,
+                    stopped_over_clock: m.clock_fenced(node),
+                    crashed: m.crashed[node].is_some(),
+                    stalled: m.stalled[node],
+                    closed: (0..ranges)
+                        .map(|range| m.closed_point(node, range, now))
+                        .collect(),
+                }
+            })
+            .collect();
+        let ranges = (0..ranges)
+            .map(|range| {
+                let r = &m.ranges[range];
+                RangeView {
+                    leaseholder: self.region(r.lease.holder),
+                    preferred: self.region(r.preferred),
+                    lease_expiry_nanos: r.lease.expiry,
+                    lease_start: m.lease_start(range),
+                    pending: r.pending.len(),
+                }
+            })
+            .collect();
+        SimView { nodes, ranges }
+    }
+
     /// The region holding the lease of `key`'s range now (read-only, as
     /// [`Sim::leaseholder`]).
     pub fn leaseholder_of(&self, key: &str) -> Region {
@@ -1271,6 +1312,56 @@ impl Backend for Sim {
             replica_lag: lag,
         })
     }
+}
+
+/// What a region's node looks like at one moment (see [`Sim::inspect`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeView {
+    /// The region.
+    pub region: Region,
+    /// How far its clock is from true time, in nanoseconds (steps and
+    /// drift together; positive: ahead).
+    pub clock_offset_nanos: i64,
+    /// Its hybrid-logical clock (consensus mode).
+    pub hlc: crate::Point,
+    /// Stopped over its clock (consensus mode, when `max_offset` is
+    /// enforced).
+    pub stopped_over_clock: bool,
+    /// Crashed.
+    pub crashed: bool,
+    /// Its replica receives but does not apply.
+    pub stalled: bool,
+    /// Per range, the point through which its replica is complete
+    /// (consensus mode; empty for multi-writer tables, which have none).
+    pub closed: Vec<crate::Point>,
+}
+
+/// What a range looks like at one moment (consensus mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RangeView {
+    /// The region holding its lease.
+    pub leaseholder: Region,
+    /// Where its lease should be.
+    pub preferred: Region,
+    /// When the lease expires, on the holder's clock (nanoseconds since
+    /// the Unix epoch).
+    pub lease_expiry_nanos: u64,
+    /// Where the current lease starts.
+    pub lease_start: crate::Point,
+    /// Proposals waiting at the leaseholder for a quorum.
+    pub pending: usize,
+}
+
+/// A read-only picture of the simulated system (see [`Sim::inspect`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SimView {
+    /// Each region's node, in configuration order.
+    pub nodes: Vec<NodeView>,
+    /// Each range (consensus mode; empty for multi-writer tables).
+    pub ranges: Vec<RangeView>,
 }
 
 /// A simulated node's clock, usable as a client's [`Clock`] so that a

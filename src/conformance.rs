@@ -951,6 +951,10 @@ pub async fn follower_freshness_claims_hold<B: Backend + Clone>(f: &Fixture<B>) 
         "no follower read returned the record: the claims were never tested"
     );
     ensure!(
+        stats.leader > 0,
+        "no read was served as a leader read: the leader rule was never tested"
+    );
+    ensure!(
         held.is_none() || held_behind > 0,
         "the followers were held, yet every follower read was current ({stats:?})"
     );
@@ -964,6 +968,8 @@ struct ClaimStats {
     follower_records: u32,
     /// Follower reads behind the newest acknowledged write.
     behind: u32,
+    /// Reads served as leader reads, judged by the leader rule.
+    leader: u32,
 }
 
 /// One follower read per region and policy, and one leader read per
@@ -1000,6 +1006,9 @@ async fn claims_round<B: Backend>(
                 Err(e) => return Err(format!("{role:?} {policy} read in {region}: {e}")),
             };
             judge_claims(&read, started, acked)?;
+            if read.freshness.role == ReplicaRole::Leader {
+                stats.leader += 1;
+            }
             if read.freshness.role == ReplicaRole::Follower {
                 if read.version().is_some() {
                     stats.follower_records += 1;

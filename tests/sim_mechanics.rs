@@ -1108,3 +1108,59 @@ async fn the_system_can_be_inspected() {
     assert!(node("us").closed.iter().all(|p| p.wall > 0));
     assert_eq!(sim.inspect(), view, "looking twice sees the same");
 }
+
+/// A client's clock may differ from its region's node: on a global table
+/// an item's age is measured by the client's own clock, as the DynamoDB
+/// adapter measures it by the application host's.
+#[tokio::test(start_paused = true)]
+async fn a_client_clock_independent_of_its_region() {
+    let sim = Sim::new(config(Replication::MultiWriter)).unwrap();
+    let eu = sim.at("eu").unwrap();
+    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sleep(Duration::from_secs(1)).await;
+    let node = sim.at("us").unwrap();
+    let ahead = node.with_client_clock(2_000_000_000);
+    let node_now = quorate::Clock::now_nanos(&node.client_clock());
+    let client_now = quorate::Clock::now_nanos(&ahead.client_clock());
+    assert_eq!(client_now - node_now, 2_000_000_000);
+    assert_eq!(
+        node_now,
+        quorate::Clock::now_nanos(&sim.clock("us").unwrap())
+    );
+    let by_node = read(&node, "us", "k", ReplicaRole::Follower).await.unwrap();
+    let by_client = read(&ahead, "us", "k", ReplicaRole::Follower)
+        .await
+        .unwrap();
+    let age = |r: &Read<Bytes>| r.freshness.staleness_bound.unwrap();
+    assert!(
+        age(&by_node) < Duration::from_millis(1100),
+        "{:?}",
+        age(&by_node)
+    );
+    assert!(
+        age(&by_client) >= Duration::from_secs(3),
+        "{:?}",
+        age(&by_client)
+    );
+    // Lag stacks like latency.
+    sim.add_replication_lag("us", Duration::from_secs(5))
+        .unwrap();
+    sim.add_replication_lag("us", Duration::from_secs(5))
+        .unwrap();
+    sim.remove_replication_lag("us", Duration::from_secs(5))
+        .unwrap();
+    write(&eu, "eu", "k", "1", Precondition::Any).await.unwrap();
+    sleep(Duration::from_secs(4)).await;
+    let r = read(&node, "us", "k", ReplicaRole::Follower).await.unwrap();
+    assert_eq!(
+        r.version(),
+        Some(quorate::Version::FIRST),
+        "5 s of lag remain"
+    );
+    // An item waits the lag and up to as much again (item by item).
+    sleep(Duration::from_secs(7)).await;
+    let r = read(&node, "us", "k", ReplicaRole::Follower).await.unwrap();
+    assert_eq!(r.version().map(|v| v.0), Some(2));
+}

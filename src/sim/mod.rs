@@ -194,6 +194,9 @@ pub struct Sim {
     shared: Arc<Shared>,
     origin: usize,
     topology: Topology,
+    /// This handle's clients' clock, off true time by this much; `None`:
+    /// their region's node clock.
+    client_skew: Option<i64>,
 }
 
 impl Sim {
@@ -222,6 +225,7 @@ impl Sim {
         };
         let model = Model::new(params, config.seed, SIM_EPOCH_NANOS);
         Ok(Sim {
+            client_skew: None,
             origin: home,
             topology: topology.clone(),
             shared: Arc::new(Shared {
@@ -240,6 +244,7 @@ impl Sim {
             shared: self.shared.clone(),
             origin,
             topology: self.shared.topology.with_local(&region)?,
+            client_skew: self.client_skew,
         })
     }
 
@@ -440,6 +445,23 @@ impl Sim {
         Ok(())
     }
 
+    /// Adds `extra` to how late `region`'s replica applies, on top of
+    /// other faults' lag; [`Sim::remove_replication_lag`] takes it back.
+    pub fn add_replication_lag(&self, region: &str, extra: Duration) -> Result<(), Error> {
+        let r = self.named(region)?;
+        let mut m = self.model();
+        m.lag[r] = m.lag[r].saturating_add(extra);
+        Ok(())
+    }
+
+    /// Takes back lag added with [`Sim::add_replication_lag`].
+    pub fn remove_replication_lag(&self, region: &str, extra: Duration) -> Result<(), Error> {
+        let r = self.named(region)?;
+        let mut m = self.model();
+        m.lag[r] = m.lag[r].saturating_sub(extra);
+        Ok(())
+    }
+
     /// The region holding the first range's lease now (consensus mode; with
     /// one range, the lease over every key). Read-only: the lease is judged
     /// on a copy of the model, so observing it does not change when the
@@ -563,7 +585,32 @@ impl Sim {
         Ok(SimClock {
             shared: self.shared.clone(),
             node: self.named(region)?,
+            skew: None,
         })
+    }
+
+    /// This handle with its clients on a clock of their own, `skew_nanos`
+    /// off true time (positive: ahead), independent of their region's
+    /// node: an application host whose clock differs from the database
+    /// node's. It is the clock [`Sim::client_clock`] reads and the one an
+    /// item's age is measured by on multi-writer tables (as the DynamoDB
+    /// adapter measures it by the application's clock).
+    pub fn with_client_clock(&self, skew_nanos: i64) -> Sim {
+        Sim {
+            client_skew: Some(skew_nanos),
+            ..self.clone()
+        }
+    }
+
+    /// The clock of this handle's clients: their own
+    /// ([`Sim::with_client_clock`]) or their region's node clock. Give it to
+    /// `ClientConfig::clock`.
+    pub fn client_clock(&self) -> SimClock {
+        SimClock {
+            shared: self.shared.clone(),
+            node: self.origin,
+            skew: self.client_skew,
+        }
     }
 
     /// A request leaving this handle's clients.
@@ -571,6 +618,7 @@ impl Sim {
         Trip {
             shared: Arc::clone(&self.shared),
             origin: self.origin,
+            client_skew: self.client_skew,
         }
     }
 }
@@ -601,6 +649,7 @@ struct WriteTrip {
 struct Trip {
     shared: Arc<Shared>,
     origin: usize,
+    client_skew: Option<i64>,
 }
 
 /// Runs `trip` as a task of its own and waits for its answer; dropping the
@@ -799,10 +848,10 @@ impl Trip {
         // A consensus follower measures its lag by its own clock; an item's
         // age on a multi-writer table is measured by the client's, as the
         // DynamoDB adapter does (the client's clock is its region's).
-        let own = if m.p.multi_writer {
-            m.wall(self.origin, now)
-        } else {
-            m.wall(region, now)
+        let own = match (m.p.multi_writer, self.client_skew) {
+            (true, Some(skew)) => m.true_wall(now, skew),
+            (true, None) => m.wall(self.origin, now),
+            (false, _) => m.wall(region, now),
         };
         let entry = m.replicas[region].latest(key).cloned();
         // A consistent read of a multi-writer table is current only in the
@@ -1370,11 +1419,16 @@ pub struct SimView {
 pub struct SimClock {
     shared: Arc<Shared>,
     node: usize,
+    /// A client's own clock: true time plus this; `None`: the node's.
+    skew: Option<i64>,
 }
 
 impl Clock for SimClock {
     fn now_nanos(&self) -> u64 {
         let m = self.shared.model.lock().unwrap_or_else(|e| e.into_inner());
-        m.wall(self.node, Instant::now())
+        match self.skew {
+            Some(skew) => m.true_wall(Instant::now(), skew),
+            None => m.wall(self.node, Instant::now()),
+        }
     }
 }

@@ -287,6 +287,14 @@ impl Model {
         }
     }
 
+    /// True time at `at` plus `skew_nanos` (a clock that is no node's).
+    pub(crate) fn true_wall(&self, at: Instant, skew_nanos: i64) -> u64 {
+        let t = self.epoch_nanos as i128
+            + (at - self.start).as_nanos() as i128
+            + i128::from(skew_nanos);
+        t.clamp(0, i128::from(u64::MAX)) as u64
+    }
+
     /// A node's physical clock at true time `at`.
     pub(crate) fn wall(&self, node: usize, at: Instant) -> u64 {
         let t = self.epoch_nanos as i128

@@ -38,6 +38,17 @@ async fn write(
     .await
 }
 
+/// A system with "k" at its first version, written through `through`, and
+/// a handle whose clients are in `at`.
+async fn with_k(replication: Replication, at: &str, through: &str) -> (Sim, Sim) {
+    let sim = Sim::new(config(replication)).unwrap();
+    let handle = sim.at(at).unwrap();
+    write(&handle, through, "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    (sim, handle)
+}
+
 async fn read(b: &Sim, region: &str, key: &str, role: ReplicaRole) -> Result<Read<Bytes>, Error> {
     let region = Region::new(region).unwrap();
     b.read(&ReadPlan {
@@ -313,11 +324,7 @@ fn bad_configuration_is_rejected() {
 /// after stay at the present.
 #[tokio::test(start_paused = true)]
 async fn a_lease_returned_after_isolation_does_not_push_commits_into_the_future() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
-    let eu = sim.at("eu").unwrap();
-    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
+    let (sim, eu) = with_k(Replication::Consensus, "eu", "eu").await;
     sim.isolate("eu").unwrap();
     sleep(Duration::from_secs(4)).await;
     assert_ne!(sim.leaseholder().as_str(), "eu", "the lease moved away");
@@ -478,11 +485,7 @@ async fn a_restarted_node_reads_above_what_was_written_while_it_was_stopped() {
 /// clients still reach the other regions' gateways.
 #[tokio::test(start_paused = true)]
 async fn a_crashed_node_serves_nothing_but_its_clients_reach_other_regions() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
-    let us = sim.at("us").unwrap();
-    write(&us, "eu", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
+    let (sim, us) = with_k(Replication::Consensus, "us", "eu").await;
     sim.crash("us").unwrap();
     assert!(sim.crashed("us").unwrap());
     let started = Instant::now();
@@ -504,11 +507,7 @@ async fn a_crashed_node_serves_nothing_but_its_clients_reach_other_regions() {
 /// there; after the restart the lease goes back to its preferred region.
 #[tokio::test(start_paused = true)]
 async fn a_crashed_leaseholder_loses_its_lease_and_takes_it_back_after_restart() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
-    let us = sim.at("us").unwrap();
-    write(&us, "us", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
+    let (sim, us) = with_k(Replication::Consensus, "us", "us").await;
     assert_eq!(sim.leaseholder().as_str(), "eu");
     sim.crash("eu").unwrap();
     sleep(Duration::from_millis(1500)).await;
@@ -556,11 +555,7 @@ async fn a_proposal_pending_at_a_crashed_leaseholder_is_lost() {
 /// quorum.
 async fn a_write_waiting_at_a_cut_off_leaseholder(
 ) -> (Sim, tokio::task::JoinHandle<Result<Committed, Error>>) {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
-    let eu = sim.at("eu").unwrap();
-    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
+    let (sim, eu) = with_k(Replication::Consensus, "eu", "eu").await;
     sim.cut("eu", "us").unwrap();
     sim.cut("eu", "ap").unwrap();
     let pending =
@@ -576,14 +571,9 @@ async fn assert_only_the_first_version(sim: &Sim, why: &str) {
     assert_eq!(r.version(), Some(quorate::Version::FIRST), "{why}");
 }
 
-/// A restarted CockroachDB node joins its peers' clocks before it serves:
-/// a strong read through it is timestamped above what a fast-clocked peer
-/// wrote while it was down (no uncertainty restart), and it catches up.
-/// A global table's region has no such clock: restarted, it stamps by its
-/// own clock, below the fast peer's writes.
-#[tokio::test(start_paused = true)]
-async fn a_restarted_node_starts_above_its_peers_clocks() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
+/// us crashes; eu, its clock 300 ms ahead, writes "k"; us restarts.
+async fn restarted_after_a_fast_peer_wrote(replication: Replication) -> (Sim, Committed) {
+    let sim = Sim::new(config(replication)).unwrap();
     let eu = sim.at("eu").unwrap();
     sim.crash("us").unwrap();
     sim.set_skew("eu", 300_000_000).unwrap();
@@ -591,6 +581,17 @@ async fn a_restarted_node_starts_above_its_peers_clocks() {
         .await
         .unwrap();
     sim.restart("us").unwrap();
+    (sim, before)
+}
+
+/// A restarted CockroachDB node joins its peers' clocks before it serves:
+/// a strong read through it is timestamped above what a fast-clocked peer
+/// wrote while it was down (no uncertainty restart), and it catches up.
+/// A global table's region has no such clock: restarted, it stamps by its
+/// own clock, below the fast peer's writes.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_node_starts_above_its_peers_clocks() {
+    let (sim, before) = restarted_after_a_fast_peer_wrote(Replication::Consensus).await;
     let us = sim.at("us").unwrap();
     let r = read(&us, "us", "k", ReplicaRole::Leader)
         .await
@@ -600,14 +601,7 @@ async fn a_restarted_node_starts_above_its_peers_clocks() {
     let r = read(&us, "us", "k", ReplicaRole::Follower).await.unwrap();
     assert_eq!(r.version(), Some(before.version), "and it caught up");
 
-    let sim = Sim::new(config(Replication::MultiWriter)).unwrap();
-    let eu = sim.at("eu").unwrap();
-    sim.crash("us").unwrap();
-    sim.set_skew("eu", 300_000_000).unwrap();
-    let before = write(&eu, "eu", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
-    sim.restart("us").unwrap();
+    let (sim, before) = restarted_after_a_fast_peer_wrote(Replication::MultiWriter).await;
     let us = sim.at("us").unwrap();
     let other = write(&us, "us", "j", "0", Precondition::IfAbsent)
         .await
@@ -643,11 +637,7 @@ async fn commit_wait_reads_at_a_new_leaseholder_start_above_the_old_lease() {
 /// once their clocks agree again, it moves.
 #[tokio::test(start_paused = true)]
 async fn a_lease_does_not_move_between_nodes_beyond_max_offset_of_each_other() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
-    let eu = sim.at("eu").unwrap();
-    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
+    let (sim, _eu) = with_k(Replication::Consensus, "eu", "eu").await;
     sim.prefer_lease("ap").unwrap();
     assert_eq!(sim.leaseholder().as_str(), "ap");
     sim.set_skew("us", 390_000_000).unwrap();
@@ -684,11 +674,7 @@ async fn lease_preferences_go_back_to_each_range_s_own() {
 /// commits above a read the old holder answered.
 #[tokio::test(start_paused = true)]
 async fn a_lease_preference_moves_the_lease_above_what_the_old_holder_served() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
-    let us = sim.at("us").unwrap();
-    write(&us, "eu", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
+    let (sim, us) = with_k(Replication::Consensus, "us", "eu").await;
     sim.set_skew("eu", 200_000_000).unwrap();
     let served = read(&us, "eu", "k", ReplicaRole::Leader).await.unwrap();
     sim.prefer_lease("us").unwrap();
@@ -768,11 +754,7 @@ async fn observing_the_lease_does_not_change_the_run() {
 /// region are not nodes: answers from other regions' gateways reach them.
 #[tokio::test(start_paused = true)]
 async fn clients_of_a_stopped_node_are_answered_by_other_regions() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
-    let us = sim.at("us").unwrap();
-    write(&us, "eu", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
+    let (sim, us) = with_k(Replication::Consensus, "us", "eu").await;
     sim.set_skew("us", 2_000_000_000).unwrap();
     assert!(
         read(&us, "us", "k", ReplicaRole::Leader).await.is_err(),
@@ -902,11 +884,7 @@ async fn commit_wait_acknowledges_after_the_uncertainty_and_reads_are_never_unce
 /// back (NTP correcting it) brings it back into service.
 #[tokio::test(start_paused = true)]
 async fn a_drifting_clock_stops_its_node_once_it_has_drifted_too_far() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
-    let us = sim.at("us").unwrap();
-    write(&us, "eu", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
+    let (sim, us) = with_k(Replication::Consensus, "us", "eu").await;
     let true_now = || quorate::Clock::now_nanos(&sim.clock("eu").unwrap());
     let us_now = || quorate::Clock::now_nanos(&sim.clock("us").unwrap());
     sim.set_drift("us", 200_000).unwrap();
@@ -937,11 +915,7 @@ async fn a_drifting_clock_stops_its_node_once_it_has_drifted_too_far() {
 /// through the third region's gateway commits.
 #[tokio::test(start_paused = true)]
 async fn nodes_beyond_max_offset_of_each_other_refuse_each_others_requests() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
-    let ap = sim.at("ap").unwrap();
-    write(&ap, "ap", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
+    let (sim, ap) = with_k(Replication::Consensus, "ap", "ap").await;
     sim.prefer_lease("us").unwrap();
     sim.set_skew("us", 390_000_000).unwrap();
     sim.set_skew("ap", -390_000_000).unwrap();
@@ -965,11 +939,7 @@ async fn nodes_beyond_max_offset_of_each_other_refuse_each_others_requests() {
 /// taking one back leaves the other.
 #[tokio::test(start_paused = true)]
 async fn added_latencies_and_steps_stack() {
-    let sim = Sim::new(config(Replication::Consensus)).unwrap();
-    let us = sim.at("us").unwrap();
-    write(&us, "eu", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
+    let (sim, us) = with_k(Replication::Consensus, "us", "eu").await;
     let round_trip = || async {
         let started = Instant::now();
         read(&us, "eu", "k", ReplicaRole::Follower).await.unwrap();
@@ -1114,11 +1084,7 @@ async fn the_system_can_be_inspected() {
 /// adapter measures it by the application host's.
 #[tokio::test(start_paused = true)]
 async fn a_client_clock_independent_of_its_region() {
-    let sim = Sim::new(config(Replication::MultiWriter)).unwrap();
-    let eu = sim.at("eu").unwrap();
-    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
-        .await
-        .unwrap();
+    let (sim, eu) = with_k(Replication::MultiWriter, "eu", "eu").await;
     sleep(Duration::from_secs(1)).await;
     let node = sim.at("us").unwrap();
     let ahead = node.with_client_clock(2_000_000_000);

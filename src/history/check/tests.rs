@@ -570,3 +570,41 @@ fn versions_out_of_commit_order_are_lost_updates() {
             .check(),
     );
 }
+
+/// One process moving between sessions: its program order still decides
+/// what each session has written and read, session by session. A read in
+/// the session that wrote, tied in time, is behind its write; the same
+/// read in the session the process moved to is not bound by it.
+#[test]
+fn a_process_moving_between_sessions_keeps_each_session_s_order() {
+    let base = || {
+        H::default()
+            .write(1, "k", "alice", "a", 0, 5, "ok", 1)
+            .write(1, "k", "alice", "b", 5, 10, "ok", 2)
+    };
+    only(
+        &base().read(1, "k", "session", "alice", 10, 20, 1).check(),
+        Anomaly::ReadYourWrites,
+        1,
+    );
+    clean(&base().read(1, "k", "session", "bob", 10, 20, 1).check());
+    // Back in the first session, its earlier read still counts.
+    let h = H::default()
+        .write(1, "k", "alice", "a", 0, 5, "ok", 1)
+        .read(1, "k", "session", "alice", 5, 10, 1)
+        .read(1, "k", "session", "bob", 10, 10, 0)
+        .read(1, "k", "session", "alice", 10, 20, 0);
+    let report = h.check();
+    assert_eq!(
+        report.count(Anomaly::ReadYourWrites),
+        1,
+        "{}",
+        report.render()
+    );
+    assert_eq!(
+        report.count(Anomaly::MonotonicReads),
+        1,
+        "{}",
+        report.render()
+    );
+}

@@ -458,7 +458,7 @@ fn the_drill_names_its_variant_and_rejects_unknown_mechanisms() {
 /// draw each, a strict run through them stays clean, and the schedule's
 /// description names them.
 #[test]
-fn schedules_crash_nodes_move_leases_and_drift_clocks() {
+fn schedules_crash_nodes_move_leases_drift_clocks_and_stall_replicas() {
     use drill::Fault;
     let has = |seed: u64, f: fn(&Fault) -> bool| {
         drill::nemesis::scenario(seed)
@@ -476,6 +476,12 @@ fn schedules_crash_nodes_move_leases_and_drift_clocks() {
         (10..45).contains(&drifting),
         "{drifting} of 99 seeds drift a clock"
     );
+    let stall = |f: &Fault| matches!(f, Fault::Stall(_));
+    let stalling = (1..100).filter(|&s| has(s, stall)).count();
+    assert!(
+        (10..45).contains(&stalling),
+        "{stalling} of 99 seeds stall a replica"
+    );
     assert!(
         (15..60).contains(&crashing),
         "{crashing} of 99 seeds crash a node"
@@ -484,13 +490,14 @@ fn schedules_crash_nodes_move_leases_and_drift_clocks() {
         (10..50).contains(&leasing),
         "{leasing} of 99 seeds move the lease"
     );
-    let seed = (1..400)
-        .find(|&s| has(s, crash) && has(s, lease) && has(s, drift))
-        .expect("a seed with all three");
+    let seed = (1..2000)
+        .find(|&s| has(s, crash) && has(s, lease) && has(s, drift) && has(s, stall))
+        .expect("a seed with all four");
     let described = drill::nemesis::describe(seed);
     assert!(described.contains("node down"), "{described}");
     assert!(described.contains("lease to"), "{described}");
     assert!(described.contains("clock drifts"), "{described}");
+    assert!(described.contains("replica stalled"), "{described}");
     let run = drill::run(&drill::nemesis::scenario(seed), Configuration::Strict, seed).unwrap();
     assert_eq!(
         run.report.total(),

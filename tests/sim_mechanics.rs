@@ -958,6 +958,12 @@ async fn added_latencies_and_steps_stack() {
     sim.add_skew("ap", 200_000_000).unwrap();
     sim.add_skew("ap", -50_000_000).unwrap();
     assert_eq!(now("ap") - now("eu"), 150_000_000);
+    sim.add_drift("us", 100_000).unwrap();
+    sim.add_drift("us", 100_000).unwrap();
+    sim.add_drift("us", -50_000).unwrap();
+    let before = now("us") - now("eu");
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(now("us") - now("eu") - before, 150_000_000, "rates add up");
 }
 
 /// A key of each of three ranges, whose leases start in eu, us and ap.

@@ -5,8 +5,8 @@
 //! The faults are drawn from what region-failure drills inject: isolation,
 //! cuts between two regions, one-way cuts (requests arrive, answers are
 //! lost: ambiguous commits), latency spikes, clock skew and steps within
-//! and beyond `max_offset`, drifting clocks, replicas that apply late, node
-//! crashes and restarts, and lease moves. The workload mixes
+//! and beyond `max_offset`, drifting clocks, replicas that apply late or
+//! stall, node crashes and restarts, and lease moves. The workload mixes
 //! read-modify-write updaters (strong read, conditional idempotent write),
 //! strong readers, users whose session travels between services in several
 //! regions as an encoded token (session reads and writes), and background
@@ -198,6 +198,12 @@ impl Plan {
         if current && ops.below(3) == 0 {
             let fault = Fault::Crash(pick(&mut ops, &REGIONS));
             let w = timed(&mut ops, fault, 500, 3001);
+            windows.push(w);
+        }
+        let mut stalls = SplitMix64::new(seed ^ 0x7374_616c_6c73_2121);
+        if current && stalls.below(4) == 0 {
+            let fault = Fault::Stall(pick(&mut stalls, &REGIONS));
+            let w = timed(&mut stalls, fault, 500, 3501);
             windows.push(w);
         }
         let mut drifts = SplitMix64::new(seed ^ 0x6472_6966_7473_2121);

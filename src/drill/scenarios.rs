@@ -42,6 +42,9 @@ pub enum Fault {
     Lag(&'static str, u64),
     /// A region's node crashes, and restarts when the window ends.
     Crash(&'static str),
+    /// A region's replica stops applying what it receives (a paused
+    /// replay) and catches up when the window ends.
+    Stall(&'static str),
     /// A region's clock drifts by this many parts per million (positive:
     /// gains); when the window ends it is stepped back (NTP corrects it).
     Drift(&'static str, i64),
@@ -62,6 +65,7 @@ impl Fault {
             Fault::OneWay(a, b) => format!("{a} -> {b} cut"),
             Fault::Lag(r, ms) => format!("{r} replica {ms} ms behind"),
             Fault::Crash(r) => format!("{r} node down"),
+            Fault::Stall(r) => format!("{r} replica stalled"),
             Fault::Drift(r, ppm) => format!("{r} clock drifts {:+} ms/s", ppm / 1000),
             Fault::LeaseTo(r) => format!("lease to {r}"),
         }

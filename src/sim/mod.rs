@@ -403,6 +403,17 @@ impl Sim {
         Ok(())
     }
 
+    /// Adds `ppm` to a region's drift rate, on top of other faults'
+    /// (keeping what it drifted so far); a negative `ppm` takes it back.
+    pub fn add_drift(&self, region: &str, ppm: i64) -> Result<(), Error> {
+        let r = self.named(region)?;
+        let mut m = self.model();
+        let rate = m.clocks[r].drift_ppm.saturating_add(ppm);
+        m.clocks[r].set_drift(rate, Instant::now());
+        m.measure_clocks();
+        Ok(())
+    }
+
     /// Makes a region's clock gain (positive) or lose `ppm` parts per
     /// million from now on, keeping what it drifted so far (an oscillator
     /// off its frequency with nothing correcting it; 100,000 ppm gains

@@ -647,19 +647,25 @@ impl Model {
         } else {
             // Each range's log arrives in order: an entry applies once it
             // has arrived and nothing of its range before it waits.
+            // The scan stops once every range waits, so with nothing due it
+            // looks at one entry per range, not the whole inbox.
             let mut due = Vec::new();
             let mut blocked = vec![false; ranges];
-            let mut waiting = VecDeque::with_capacity(replica.inbox.len());
-            for d in replica.inbox.drain(..) {
+            let mut waiting_ranges = 0;
+            let mut i = 0;
+            while i < replica.inbox.len() && waiting_ranges < ranges {
+                let d = &replica.inbox[i];
                 let r = range_index(&d.key, ranges);
                 if !blocked[r] && d.ready_at.is_some_and(|t| t <= now) {
-                    due.push(d);
+                    due.extend(replica.inbox.remove(i));
                 } else {
-                    blocked[r] = true;
-                    waiting.push_back(d);
+                    if !blocked[r] {
+                        blocked[r] = true;
+                        waiting_ranges += 1;
+                    }
+                    i += 1;
                 }
             }
-            replica.inbox = waiting;
             due
         };
         for d in due {

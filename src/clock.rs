@@ -112,9 +112,8 @@ pub(crate) struct ClockGuard {
     warning: Duration,
     ttl: Duration,
     /// Whether fresh samples from a majority were ever at hand (the client
-    /// probes), and whether they are now.
+    /// probes).
     ever_quorum: std::sync::atomic::AtomicBool,
-    quorum: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -167,7 +166,6 @@ impl ClockGuard {
             warning,
             ttl,
             ever_quorum: std::sync::atomic::AtomicBool::new(false),
-            quorum: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -271,8 +269,6 @@ impl ClockGuard {
             }
         }
         let quorum = state.samples.iter().flatten().count() * 2 > state.samples.len();
-        self.quorum
-            .store(quorum, std::sync::atomic::Ordering::Relaxed);
         if quorum {
             self.ever_quorum
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -339,14 +335,20 @@ impl ClockGuard {
     /// without a watermark: the adapter subtracts the item's write time
     /// from this process's clock) and no sample has seen a step yet.
     /// `None` when the clocks cannot be verified: the client has probed
-    /// (it had fresh samples from a majority of regions) but has lost that
-    /// evidence — a clock that stepped meanwhile, in a region cut off with
-    /// this process, looks right from inside it.
+    /// (it had fresh samples from a majority of regions) but lacks a fresh
+    /// sample of some region now — a clock that stepped meanwhile, in a
+    /// region cut off with this process, looks right from inside it, and a
+    /// leader this process cannot reach may still replicate here.
     pub(crate) fn staleness_error(&self, region: usize, local: u64) -> Option<Duration> {
         self.refresh();
         let state = self.lock();
+        // Any region may have stamped the timestamps a claim is measured
+        // against (the leaseholder behind a follower's closed timestamp,
+        // the writer of an item): one whose clock is unknown now may have
+        // stepped unseen, and replication from it can still arrive where
+        // its probes do not.
         if self.ever_quorum.load(std::sync::atomic::Ordering::Relaxed)
-            && !self.quorum.load(std::sync::atomic::Ordering::Relaxed)
+            && state.samples.iter().any(Option::is_none)
         {
             return None;
         }

@@ -1177,3 +1177,87 @@ async fn a_probe_out_while_this_clock_steps_is_measured_in_the_frame_it_ends_in(
     }
     checks.abort();
 }
+
+/// The leader's clock steps ahead while this process cannot reach it, yet
+/// its closed timestamps still reach the follower here (the link is cut
+/// one way: probes to the leader are lost, replication from it arrives).
+/// The follower's staleness is then measured against timestamps from a
+/// clock no sample has seen: a bounded read must not be served by it on
+/// the strength of the other regions' clocks alone.
+#[tokio::test(start_paused = true)]
+async fn a_bounded_read_does_not_trust_a_leader_clock_it_cannot_probe() {
+    let mut c = config();
+    c.enforce_max_offset = false;
+    let sim = Sim::new(c).unwrap();
+    let client = Client::new(
+        sim.at("us").unwrap(),
+        ClientConfig {
+            clock: Arc::new(sim.clock("us").unwrap()),
+            seed: Some(11),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let checks = tokio::spawn({
+        let client = client.clone();
+        async move { client.health_checks(Duration::from_millis(250)).await }
+    });
+    // A writer next to the leader, recording when each version was acked.
+    let acked: Arc<std::sync::Mutex<Vec<(Instant, Version)>>> = Arc::default();
+    let writer = tokio::spawn({
+        let sim = sim.clone();
+        let acked = acked.clone();
+        async move {
+            let eu = region("eu");
+            let value = Bytes::from_static(b"v");
+            for _ in 0..200 {
+                if let Ok(c) = sim
+                    .write(&WriteRequest {
+                        key: "k",
+                        value: &value,
+                        precondition: Precondition::Any,
+                        idempotency_key: None,
+                        region: &eu,
+                        deadline: Instant::now() + Duration::from_secs(1),
+                    })
+                    .await
+                {
+                    acked.lock().unwrap().push((Instant::now(), c.version));
+                }
+                sleep(Duration::from_millis(40)).await;
+            }
+        }
+    });
+    // The follower here runs 1.5 s behind: beyond the bound, and it says so.
+    sim.set_replication_lag("us", Duration::from_millis(1500))
+        .unwrap();
+    sleep(Duration::from_secs(3)).await;
+    sim.cut_one_way("us", "eu").unwrap();
+    sim.set_skew("eu", 2_000_000_000).unwrap();
+    let bound = Duration::from_millis(1000);
+    let policy = ReadPolicy::BoundedStaleness(quorate::Staleness::new(bound).unwrap());
+    let mut served = 0;
+    for _ in 0..60 {
+        let started = Instant::now();
+        if let Ok(r) = client.read(&client.session(), "k", policy).await {
+            served += 1;
+            let due = acked
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(at, _)| *at + bound < started)
+                .map(|(_, v)| *v)
+                .max();
+            assert!(
+                r.version() >= due,
+                "read {:?} ({:?}) behind {due:?}, acked over {bound:?} before it began",
+                r.version(),
+                r.freshness
+            );
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served > 0, "no bounded read was served");
+    writer.abort();
+    checks.abort();
+}

@@ -111,6 +111,7 @@ pub(crate) struct ClockGuard {
     limit: Option<Duration>,
     warning: Duration,
     ttl: Duration,
+    longest_bound: Duration,
     /// Whether fresh samples from a majority were ever at hand (the client
     /// probes).
     ever_quorum: std::sync::atomic::AtomicBool,
@@ -133,9 +134,17 @@ struct Sample {
 struct State {
     samples: Vec<Option<Sample>>,
     excluded: Vec<bool>,
-    /// Per region, the largest recent lead over the median, and until when
-    /// timestamps it stamped may still carry it.
-    ahead: Vec<(Duration, Instant)>,
+    /// Per region, the leads over the median it was seen with lately, each
+    /// with when timestamps it stamped then stop carrying it (no entry
+    /// both smaller and shorter-lived than another is kept).
+    ahead: Vec<Vec<(Duration, Instant)>>,
+    /// Per region, whether it lost its sample (a failed probe, or one that
+    /// aged out) and has not been sampled since.
+    blind: Vec<bool>,
+    /// Per region, when it was sampled again after it was blind: what it
+    /// stamped meanwhile, by a clock nothing measured, may still be on its
+    /// way to a replica or carried forward by later timestamps.
+    rejoined: Vec<Option<Instant>>,
 }
 
 pub(crate) fn nanos(d: Duration) -> u64 {
@@ -144,18 +153,22 @@ pub(crate) fn nanos(d: Duration) -> u64 {
 
 impl ClockGuard {
     /// `limit`: the deviation beyond which a region is excluded (`None`:
-    /// never); `ttl`: how long a sample counts.
+    /// never); `ttl`: how long a sample counts; `longest_bound`: the
+    /// largest staleness bound a claim is judged against.
     pub(crate) fn new(
         regions: usize,
         limit: Option<Duration>,
         warning: Duration,
         ttl: Duration,
+        longest_bound: Duration,
     ) -> ClockGuard {
         ClockGuard {
             state: std::sync::Mutex::new(State {
                 samples: vec![None; regions],
                 excluded: vec![false; regions],
-                ahead: vec![(Duration::ZERO, Instant::now()); regions],
+                ahead: vec![Vec::new(); regions],
+                blind: vec![false; regions],
+                rejoined: vec![None; regions],
             }),
             excluded: (0..regions)
                 .map(|_| std::sync::atomic::AtomicBool::new(false))
@@ -165,6 +178,7 @@ impl ClockGuard {
             limit,
             warning,
             ttl,
+            longest_bound,
             ever_quorum: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -191,6 +205,9 @@ impl ClockGuard {
         let now = Instant::now();
         let frame = self.frame(received, now);
         let mut state = self.lock();
+        if std::mem::take(&mut state.blind[region]) {
+            state.rejoined[region] = Some(now);
+        }
         let fresh = |s: &Sample| now.saturating_duration_since(s.at) <= self.ttl;
         let new = sample.offset_nanos as f64;
         let previous = state.samples[region].filter(fresh).map(|old| Sample {
@@ -235,11 +252,28 @@ impl ClockGuard {
         // Timestamps taken while a clock ran ahead stay ahead after it is
         // back (a hybrid-logical clock, or an item's write time, does not go
         // back) until real time catches up with them: remember the offset
-        // that long, and the samples' lifetime besides.
-        if let Some((median, _)) = median(&aligned(&state.samples)) {
-            let ahead = Duration::from_nanos((new - median).max(0.0) as u64);
-            if ahead > state.ahead[region].0 || now >= state.ahead[region].1 {
-                state.ahead[region] = (ahead, now + ahead + self.ttl);
+        // that long after it was last seen, and the samples' lifetime
+        // besides.
+        let samples = aligned(&state.samples);
+        if let Some((median, _)) = median(&samples) {
+            // With an even count of clocks the median splits the
+            // difference between the middle two, and half a lead would go
+            // unseen: measure it from the lower of them.
+            let known: Vec<f64> = samples.iter().flatten().map(|s| s.offset).collect();
+            let reference = if known.len().is_multiple_of(2) {
+                let mut sorted = known;
+                sorted.sort_by(f64::total_cmp);
+                sorted[sorted.len() / 2 - 1]
+            } else {
+                median
+            };
+            let lead = Duration::from_nanos((new - reference).max(0.0) as u64);
+            let until = now + lead + self.ttl;
+            let leads = &mut state.ahead[region];
+            leads.retain(|&(_, u)| u + self.longest_bound > now);
+            if !lead.is_zero() && !leads.iter().any(|&(l, u)| l >= lead && u >= until) {
+                leads.retain(|&(l, u)| !(l <= lead && u <= until));
+                leads.push((lead, until));
             }
         }
         d
@@ -250,6 +284,7 @@ impl ClockGuard {
         let now = Instant::now();
         let mut state = self.lock();
         if state.samples[region].take().is_some() {
+            state.blind[region] = true;
             self.recompute(&mut state, now);
         }
     }
@@ -258,11 +293,12 @@ impl ClockGuard {
     /// median, so every region's standing may change).
     fn recompute(&self, state: &mut State, now: Instant) {
         let mut valid_until = u64::MAX;
-        for slot in state.samples.iter_mut() {
+        for (slot, blind) in state.samples.iter_mut().zip(state.blind.iter_mut()) {
             if let Some(s) = slot {
                 let expires = s.at + self.ttl;
                 if expires < now {
                     *slot = None;
+                    *blind = true;
                 } else {
                     valid_until = valid_until.min(self.since_epoch(expires));
                 }
@@ -328,7 +364,9 @@ impl ClockGuard {
     /// region's own deviation plus the largest of any region's (a
     /// follower's closed timestamp is in its leader's or writer's clock),
     /// or the largest lead a region's clock had over the others lately, as
-    /// long as timestamps it stamped then may still be ahead; plus this
+    /// long as timestamps it stamped then may still be ahead (until real
+    /// time catches up with them, the samples' lifetime and `bound` after
+    /// the lead was last seen); plus this
     /// process's own clock error — its distance from the regions' median,
     /// and how far it stepped since the newest sample, reading `local` now —
     /// since a claim may be measured by it (an item's age on a table
@@ -338,8 +376,16 @@ impl ClockGuard {
     /// (it had fresh samples from a majority of regions) but lacks a fresh
     /// sample of some region now — a clock that stepped meanwhile, in a
     /// region cut off with this process, looks right from inside it, and a
-    /// leader this process cannot reach may still replicate here.
-    pub(crate) fn staleness_error(&self, region: usize, local: u64) -> Option<Duration> {
+    /// leader this process cannot reach may still replicate here — or a
+    /// region was sampled again after it lost its sample less than the
+    /// samples' lifetime plus `bound` ago (a lead it had unseen that lasted
+    /// longer than the samples' lifetime is beyond what this detects).
+    pub(crate) fn staleness_error(
+        &self,
+        region: usize,
+        local: u64,
+        bound: Duration,
+    ) -> Option<Duration> {
         self.refresh();
         let state = self.lock();
         // Any region may have stamped the timestamps a claim is measured
@@ -352,9 +398,22 @@ impl ClockGuard {
         {
             return None;
         }
+        // A region sampled again after it was blind: what it stamped while
+        // unseen may still reach a replica, or live on in timestamps
+        // stamped after it (a hybrid-logical clock, an item's write time),
+        // and a claim under `bound` may rest on it. Trusted again once the
+        // samples' lifetime and the bound have passed.
+        let now = Instant::now();
+        if state
+            .rejoined
+            .iter()
+            .flatten()
+            .any(|&at| now < at + self.ttl + bound)
+        {
+            return None;
+        }
         let samples = aligned(&state.samples);
         let own = deviation(&samples, region).unwrap_or_default();
-        let now = Instant::now();
         let stepped = samples
             .iter()
             .flatten()
@@ -370,7 +429,8 @@ impl ClockGuard {
                 state
                     .ahead
                     .iter()
-                    .filter(|(_, until)| now < *until)
+                    .flatten()
+                    .filter(|(_, until)| now < *until + bound)
                     .map(|(lead, _)| *lead),
             )
             .max()
@@ -486,6 +546,7 @@ mod tests {
             Some(Duration::from_millis(250)),
             Duration::from_millis(100),
             Duration::from_secs(3),
+            crate::DEFAULT_MAX_STALENESS,
         );
         for (region, offset) in [(0, ms(-600)), (1, ms(-600)), (2, 0)] {
             guard.record(
@@ -507,6 +568,7 @@ mod tests {
             Some(Duration::from_millis(1)),
             Duration::ZERO,
             Duration::from_secs(3),
+            crate::DEFAULT_MAX_STALENESS,
         );
         assert!(!unprobed.excluded(0));
     }
@@ -561,9 +623,9 @@ mod tests {
         assert!(!g.excluded(1) && !g.excluded(2));
         assert_eq!(g.deviation(0), Some(Duration::from_millis(1500)));
         assert!(
-            g.staleness_error(0, local(&g)) >= Some(Duration::from_millis(3000)),
+            g.staleness_error(0, local(&g), Duration::ZERO) >= Some(Duration::from_millis(3000)),
             "a staleness claim measured in eu's clock: {:?}",
-            g.staleness_error(0, local(&g))
+            g.staleness_error(0, local(&g), Duration::ZERO)
         );
         // Probed again from the stepped clock, they agree with their
         // earlier samples (no step of their own).
@@ -580,6 +642,7 @@ mod tests {
             Some(Duration::from_millis(250)),
             Duration::from_millis(100),
             Duration::from_secs(3),
+            crate::DEFAULT_MAX_STALENESS,
         )
     }
 
@@ -659,25 +722,62 @@ mod tests {
         // staleness in its own clock against a closed timestamp in the
         // leader's, which may be the farthest off.
         assert_eq!(
-            g.staleness_error(1, local(&g)),
+            g.staleness_error(1, local(&g), Duration::ZERO),
             Some(Duration::from_millis(160))
         );
         assert_eq!(
-            g.staleness_error(0, local(&g)),
+            g.staleness_error(0, local(&g), Duration::ZERO),
             Some(Duration::from_millis(120))
         );
         // Cut off from the others, the clocks cannot be verified any more.
         g.forget(0);
         g.forget(2);
-        assert_eq!(g.staleness_error(1, local(&g)), None);
+        assert_eq!(g.staleness_error(1, local(&g), Duration::ZERO), None);
         // A client that never probed relies on clock_uncertainty alone.
         assert_eq!(
             {
                 let g = guard(3);
-                g.staleness_error(1, local(&g))
+                g.staleness_error(1, local(&g), Duration::ZERO)
             },
             Some(Duration::ZERO)
         );
+    }
+
+    /// A region that lost its sample and is sampled again may have stamped
+    /// timestamps ahead while unseen: claims wait out the samples' lifetime
+    /// and the bound before they count again.
+    #[tokio::test(start_paused = true)]
+    async fn a_region_seen_again_is_trusted_for_claims_only_after_a_while() {
+        let g = guard(3);
+        for r in 0..3 {
+            record(&g, r, 0);
+        }
+        let bound = Duration::from_secs(1);
+        assert_eq!(g.staleness_error(1, local(&g), bound), Some(Duration::ZERO));
+        g.forget(0);
+        assert_eq!(g.staleness_error(1, local(&g), bound), None, "eu unknown");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        record(&g, 0, 0);
+        record(&g, 1, 0);
+        record(&g, 2, 0);
+        assert_eq!(g.staleness_error(1, local(&g), bound), None, "eu just back");
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_millis(1300)).await;
+            for r in 0..3 {
+                record(&g, r, 0);
+            }
+        }
+        assert_eq!(g.staleness_error(1, local(&g), bound), None);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(g.staleness_error(1, local(&g), bound), Some(Duration::ZERO));
+        // A sample that ages out makes its region blind as well.
+        tokio::time::advance(Duration::from_millis(3100)).await;
+        for r in 1..3 {
+            record(&g, r, 0);
+        }
+        assert_eq!(g.staleness_error(1, local(&g), bound), None, "eu aged out");
+        record(&g, 0, 0);
+        assert_eq!(g.staleness_error(1, local(&g), bound), None, "eu just back");
     }
 
     /// A claim measured by this process's clock (or a node sharing it) is
@@ -690,16 +790,79 @@ mod tests {
             record(&g, r, 0);
         }
         tokio::time::advance(Duration::from_millis(300)).await;
-        assert_eq!(g.staleness_error(0, local(&g)), Some(Duration::ZERO));
+        assert_eq!(
+            g.staleness_error(0, local(&g), Duration::ZERO),
+            Some(Duration::ZERO)
+        );
         let back = local(&g) - 1_500_000_000;
         assert_eq!(
-            g.staleness_error(0, back),
+            g.staleness_error(0, back, Duration::ZERO),
             Some(Duration::from_millis(1500))
         );
         let ahead = local(&g) + 200_000_000;
         assert_eq!(
-            g.staleness_error(2, ahead),
+            g.staleness_error(2, ahead, Duration::ZERO),
             Some(Duration::from_millis(200))
+        );
+    }
+
+    /// A lead counts from when it was last seen, not first: a clock that
+    /// stays ahead for longer than the samples' lifetime keeps stamping
+    /// ahead all along.
+    #[tokio::test(start_paused = true)]
+    async fn a_lead_counts_from_when_it_was_last_seen() {
+        let g = guard(3);
+        for _ in 0..9 {
+            record(&g, 0, 1500);
+            record(&g, 1, 0);
+            record(&g, 2, 0);
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        // Back in line at 4.5 s; last seen ahead at 4 s.
+        for _ in 0..9 {
+            for r in 0..3 {
+                record(&g, r, 0);
+            }
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        // 9 s: within 4 s + 1.5 s lead + 3 s lifetime + 1 s bound.
+        assert_eq!(
+            g.staleness_error(1, local(&g), Duration::from_secs(1)),
+            Some(Duration::from_millis(1500))
+        );
+        tokio::time::advance(Duration::from_millis(600)).await;
+        for r in 0..3 {
+            record(&g, r, 0);
+        }
+        assert_eq!(
+            g.staleness_error(1, local(&g), Duration::from_secs(1)),
+            Some(Duration::ZERO)
+        );
+    }
+
+    /// Two clocks a lead apart, the third unknown: either may be right, so
+    /// the lead is measured from the slower, not from their midpoint.
+    #[tokio::test(start_paused = true)]
+    async fn a_lead_between_two_clocks_is_measured_from_the_slower() {
+        let g = guard(3);
+        for r in 0..3 {
+            record(&g, r, 0);
+        }
+        g.forget(2);
+        record(&g, 1, 0);
+        record(&g, 0, 900);
+        // Back in line, and the third seen again.
+        for _ in 0..5 {
+            for r in 0..3 {
+                record(&g, r, 0);
+            }
+            tokio::time::advance(Duration::from_millis(850)).await;
+        }
+        // 4.25 s on: past the wait after the third was seen again, within
+        // 0.9 s lead + 3 s lifetime + 1 s bound of the lead.
+        assert_eq!(
+            g.staleness_error(1, local(&g), Duration::from_secs(1)),
+            Some(Duration::from_millis(900))
         );
     }
 
@@ -719,16 +882,18 @@ mod tests {
         }
         assert!(!g.excluded(0));
         assert_eq!(
-            g.staleness_error(1, local(&g)),
+            g.staleness_error(1, local(&g), Duration::ZERO),
             Some(Duration::from_millis(1500)),
             "the lead still counts"
         );
-        tokio::time::advance(Duration::from_secs(5)).await;
-        for r in 0..3 {
-            record(&g, r, 0);
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            for r in 0..3 {
+                record(&g, r, 0);
+            }
         }
         assert_eq!(
-            g.staleness_error(1, local(&g)),
+            g.staleness_error(1, local(&g), Duration::ZERO),
             Some(Duration::ZERO),
             "and then no more"
         );

@@ -1136,3 +1136,45 @@ async fn a_client_clock_independent_of_its_region() {
     let r = read(&node, "us", "k", ReplicaRole::Follower).await.unwrap();
     assert_eq!(r.version().map(|v| v.0), Some(2));
 }
+
+/// A point ahead of the clock that measures a follower's staleness (its
+/// stamping clock ran ahead) proves no bound: the follower states none
+/// until its clock has passed the point.
+#[tokio::test(start_paused = true)]
+async fn a_point_ahead_of_the_measuring_clock_states_no_staleness_bound() {
+    // An item stamped by a writer 2 s ahead, read where the clock is right.
+    let mut c = config(Replication::MultiWriter);
+    c.enforce_max_offset = false;
+    let sim = Sim::new(c).unwrap();
+    sim.set_skew("eu", 2_000_000_000).unwrap();
+    let eu = sim.at("eu").unwrap();
+    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(500)).await;
+    let us = sim.at("us").unwrap();
+    let r = read(&us, "us", "k", ReplicaRole::Follower).await.unwrap();
+    assert!(r.version().is_some());
+    assert_eq!(r.freshness.staleness_bound, None, "{:?}", r.freshness);
+    sleep(Duration::from_secs(2)).await;
+    let r = read(&us, "us", "k", ReplicaRole::Follower).await.unwrap();
+    assert!(r.freshness.staleness_bound.is_some(), "{:?}", r.freshness);
+
+    // A consensus follower whose clock runs behind its leader's closed
+    // timestamps.
+    let mut c = config(Replication::Consensus);
+    c.enforce_max_offset = false;
+    let sim = Sim::new(c).unwrap();
+    let eu = sim.at("eu").unwrap();
+    write(&eu, "eu", "k", "0", Precondition::IfAbsent)
+        .await
+        .unwrap();
+    sleep(Duration::from_secs(1)).await;
+    sim.set_skew("us", -1_500_000_000).unwrap();
+    let us = sim.at("us").unwrap();
+    let r = read(&us, "us", "k", ReplicaRole::Follower).await.unwrap();
+    assert_eq!(r.freshness.staleness_bound, None, "{:?}", r.freshness);
+    sim.set_skew("us", 0).unwrap();
+    let r = read(&us, "us", "k", ReplicaRole::Follower).await.unwrap();
+    assert!(r.freshness.staleness_bound.is_some(), "{:?}", r.freshness);
+}

@@ -269,6 +269,7 @@ impl<B: Backend> Client<B> {
                         .map(|m| m.mul_f64(config.clock_exclusion)),
                     config.clock_warning,
                     config.clock_sample_ttl,
+                    backend.capabilities().max_staleness,
                 ),
                 rng: Mutex::new(rng),
                 backend,

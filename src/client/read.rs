@@ -325,7 +325,7 @@ impl<B: Backend> Client<B> {
                 let local = inner.config.clock.now_nanos();
                 match (
                     f.staleness_bound,
-                    inner.guard.staleness_error(region, local),
+                    inner.guard.staleness_error(region, local, bound.duration()),
                 ) {
                     (Some(s), Some(error))
                         if s + inner.config.clock_uncertainty + error <= bound.duration() =>

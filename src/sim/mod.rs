@@ -52,7 +52,7 @@ use tokio::time::{sleep, Instant};
 use crate::backend::{Backend, Capabilities, IdempotencyKey, Probe, ReadPlan, WriteRequest};
 use crate::clock::Clock;
 use crate::error::Error;
-use crate::record::{Committed, Freshness, Read, ReplicaRole, Versioned};
+use crate::record::{Committed, Freshness, Point, Read, ReplicaRole, Versioned};
 use crate::session::Scope;
 use crate::topology::{Region, Topology};
 use model::{Entry, IdemRecord, Model, Params};
@@ -882,15 +882,11 @@ impl Trip {
             (entry.as_ref().map(|e| e.point), Some(Duration::ZERO))
         } else if m.p.multi_writer {
             let point = entry.as_ref().map(|e| e.point);
-            let age = point.map(|p| Duration::from_nanos(own.saturating_sub(p.wall)));
-            (point, age)
+            (point, point.and_then(|p| age(own, p)))
         } else {
             let range = m.range_of(key);
             let closed = m.closed_point(region, range, now);
-            (
-                Some(closed),
-                Some(Duration::from_nanos(own.saturating_sub(closed.wall))),
-            )
+            (Some(closed), age(own, closed))
         };
         Read {
             value: entry.map(versioned),
@@ -1269,6 +1265,14 @@ fn check_idem(
 /// A lookup's decision at the node that orders writes: the outcome if the
 /// logical write applied, else a fence that stops every attempt stamped
 /// before `before` (a later fence moves it on).
+/// How old a point is by the clock that reads `own` now; `None` when the
+/// point is ahead of that clock: the clock that stamped it ran ahead by an
+/// amount nothing here measures, and a bound taken from it would be short
+/// by as much.
+fn age(own: u64, point: Point) -> Option<Duration> {
+    own.checked_sub(point.wall).map(Duration::from_nanos)
+}
+
 fn fence(
     records: &mut std::collections::HashMap<String, IdemRecord>,
     key: &str,

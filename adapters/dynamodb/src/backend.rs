@@ -599,7 +599,9 @@ impl Backend for DynamoBackend {
             // The item reflects every write of it up to `written_at`, so it
             // is at most `now - written_at` behind (by the writer's clock;
             // the client adds the clock error). An absent item proves
-            // nothing.
+            // nothing, and neither does one written ahead of this clock:
+            // its writer's clock ran ahead by more than anything here
+            // measures.
             Freshness {
                 region: plan.region.clone(),
                 role: ReplicaRole::Follower,
@@ -607,11 +609,11 @@ impl Backend for DynamoBackend {
                     wall: w,
                     logical: 0,
                 }),
-                staleness_bound: written_at.map(|w| {
+                staleness_bound: written_at.and_then(|w| {
                     let now = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_nanos() as u64);
-                    Duration::from_nanos(now.saturating_sub(w))
+                    now.checked_sub(w).map(Duration::from_nanos)
                 }),
             }
         };

@@ -694,3 +694,58 @@ async fn write_times_increase_with_versions_across_clocks() {
         .unwrap();
     assert_eq!(r.freshness.point, Some(c.point));
 }
+
+/// A replica's item written ahead of this process's clock (its writer's
+/// clock ran ahead): its age proves nothing, so the replica states no
+/// staleness bound, and a bounded read goes home instead of taking it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_written_ahead_of_this_clock_proves_no_staleness_bound() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let backend = common::backend(&endpoint, "us").await;
+    let key = common::key("written-ahead");
+    let ahead = now_nanos() + 30_000_000_000;
+    for aws in ["eu-west-1", "us-east-1"] {
+        common::sdk(&endpoint, aws)
+            .put_item()
+            .table_name(backend.table())
+            .item(PK, AttributeValue::S(key.clone()))
+            .item(VERSION, AttributeValue::N("1".into()))
+            .item(VALUE, AttributeValue::B(b"0".to_vec().into()))
+            .item(WRITTEN_AT, AttributeValue::N(ahead.to_string()))
+            .item(WRITER, AttributeValue::S("eu".into()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let us = region("us");
+    let read = backend
+        .read(&ReadPlan {
+            key: &key,
+            region: &us,
+            role: ReplicaRole::Follower,
+            policy: ReadPolicy::BoundedStaleness(
+                quorate_dynamodb::Staleness::from_millis(60_000).unwrap(),
+            ),
+            floor: Default::default(),
+            deadline: tokio::time::Instant::now() + Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+    assert_eq!(read.version(), Some(Version(1)));
+    assert_eq!(read.freshness.staleness_bound, None, "{:?}", read.freshness);
+    let client = Client::new(backend, ClientConfig::default()).unwrap();
+    let r = client
+        .read(
+            &client.session(),
+            &key,
+            ReadPolicy::BoundedStaleness(quorate_dynamodb::Staleness::from_millis(60_000).unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.freshness.region, r.freshness.role),
+        (region("eu"), ReplicaRole::Leader)
+    );
+}

@@ -9,13 +9,14 @@ use tokio::time::Instant;
 
 use super::naive::{NaiveClient, NaiveReads};
 use super::Configuration;
-use crate::backend::IdempotencyKey;
+use crate::backend::{Backend, IdempotencyKey, ReadPlan, WriteRequest};
 use crate::client::{Client, ClientConfig, Verify, VerifyRegions, WriteOptions};
 use crate::history::{HistoryPolicy, Recorder};
 use crate::policy::ReadPolicy;
-use crate::record::{Committed, Precondition, Version};
-use crate::session::Session;
+use crate::record::{Committed, Precondition, ReplicaRole, Version};
+use crate::session::{Session, SessionFloor};
 use crate::sim::Sim;
+use crate::topology::Region;
 
 /// Outcome counts and latencies of one run.
 #[derive(Debug, Default)]
@@ -75,9 +76,28 @@ impl Stage {
     }
 }
 
+/// How long a direct request waits for its answer.
+const DIRECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A direct request, given up on after [`DIRECT_TIMEOUT`] with its outcome
+/// unknown.
+async fn timed<T>(
+    request: impl std::future::Future<Output = Result<T, crate::Error>>,
+) -> Result<T, crate::Error> {
+    tokio::time::timeout(DIRECT_TIMEOUT, request)
+        .await
+        .unwrap_or(Err(crate::Error::Timeout {
+            after: DIRECT_TIMEOUT,
+            sent: true,
+        }))
+}
+
 enum Driver {
     Naive(NaiveClient),
     Strict(Client<Sim>),
+    /// Straight to the database through one region's gateway: a service
+    /// that does not use quorate, the same in both configurations.
+    Direct(Sim, Region),
 }
 
 /// One process of the history: a user or service in one or more regions,
@@ -119,7 +139,7 @@ impl Actor {
             .iter()
             .map(|d| match d {
                 Driver::Strict(c) => Some(c.session()),
-                Driver::Naive(_) => None,
+                Driver::Naive(_) | Driver::Direct(..) => None,
             })
             .collect();
         Actor {
@@ -128,6 +148,24 @@ impl Actor {
             name: format!("s{process}"),
             drivers,
             sessions,
+            current: 0,
+            writes: 0,
+        }
+    }
+
+    /// An actor that writes straight to the database through `region`'s
+    /// gateway, in both configurations, as a service that does not use
+    /// quorate does: one attempt per write, with an idempotency key.
+    pub(crate) fn direct(stage: &Stage, region: &str) -> Actor {
+        let process = stage.recorder.process();
+        let sim = stage.sim.at(region).expect("scenario regions exist");
+        let region = Region::new(region).expect("scenario regions are valid");
+        Actor {
+            stage: stage.clone(),
+            process,
+            name: format!("s{process}"),
+            drivers: vec![Driver::Direct(sim, region)],
+            sessions: vec![None],
             current: 0,
             writes: 0,
         }
@@ -197,6 +235,17 @@ impl Actor {
             (Driver::Naive(c), _) => c.read(key).await,
             (Driver::Strict(c), Some(s)) => c.read(s, key, policy).await,
             (Driver::Strict(c), None) => c.read(&c.session(), key, policy).await,
+            (Driver::Direct(sim, region), _) => {
+                timed(sim.read(&ReadPlan {
+                    key,
+                    region,
+                    role: ReplicaRole::Leader,
+                    policy: ReadPolicy::Strong,
+                    floor: SessionFloor::default(),
+                    deadline: Instant::now() + DIRECT_TIMEOUT,
+                }))
+                .await
+            }
         };
         let outcome = result.as_ref().ok().map(|r| {
             (
@@ -254,6 +303,22 @@ impl Actor {
         });
         let result = match (&self.drivers[turn], &self.sessions[turn]) {
             (Driver::Naive(c), _) => c.write(key, value, precondition).await,
+            // The request's own timeout, as any driver has: the simulator
+            // leaves deadlines to its callers.
+            (Driver::Direct(sim, region), _) => match IdempotencyKey::new(&idem) {
+                Ok(idem) => {
+                    timed(sim.write(&WriteRequest {
+                        key,
+                        value: &value,
+                        precondition,
+                        idempotency_key: Some(&idem),
+                        region,
+                        deadline: Instant::now() + DIRECT_TIMEOUT,
+                    }))
+                    .await
+                }
+                Err(e) => Err(e),
+            },
             (Driver::Strict(c), session) => {
                 let options = WriteOptions {
                     verify,

@@ -67,6 +67,11 @@ struct Plan {
     bounded: Vec<&'static str>,
     settlers: Vec<&'static str>,
     windows: Vec<Window>,
+    /// The region a clock drill centres on, if the seed is one.
+    clock_focus: Option<&'static str>,
+    /// Services that write straight to the database, not through quorate
+    /// (in both configurations), each through its region's gateway.
+    direct: Vec<&'static str>,
 }
 
 fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
@@ -223,6 +228,35 @@ impl Plan {
             let w = timed(&mut ops, fault, 1000, 5001);
             windows.push(w);
         }
+        let mut bounded = bounded;
+        // A clock drill's faults replace the others: the steps it takes
+        // are narrow, and other faults would drown them.
+        let mut clock_windows = Vec::new();
+        let drill = if current {
+            clock_faults(seed, home, &mut clock_windows, &mut bounded)
+        } else {
+            None
+        };
+        if drill.is_some() {
+            windows = clock_windows;
+        }
+        let clock_focus = drill.map(|(focus, _)| focus);
+        // A clock drill on a consensus table has a service writing next to
+        // the home that does not use quorate: its writes keep landing
+        // through a leaseholder whose clock the strict clients distrust,
+        // as another team's would, and the strict readers must not read
+        // behind them. (On a multi-writer table such writes would lose
+        // the strict clients' updates, which no client can prevent.)
+        let direct = if clock_focus.is_some() && !multi_writer {
+            vec![home]
+        } else {
+            Vec::new()
+        };
+        // A clock drill may run on a database that trusts every clock,
+        // which lets a stepped clock keep serving and replicating: only
+        // the client's guard stands in the way.
+        let trusts_clocks = trusts_clocks || drill.is_some_and(|(_, trusting)| trusting);
+        let commit_wait = commit_wait && !trusts_clocks;
         Plan {
             multi_writer,
             trusts_clocks,
@@ -239,8 +273,91 @@ impl Plan {
             bounded,
             settlers,
             windows,
+            clock_focus,
+            direct,
         }
     }
+}
+
+/// One seed in four is a clock drill instead, from a stream of its own,
+/// centred on one region (the focus): its replica runs behind while its
+/// clock (the clock of the clients there with it) steps, in half of them
+/// its link to another region is slow all along (so that probes straddle
+/// the steps), and background readers there read under a staleness bound,
+/// which only the clock guard keeps honest. In two of three, when the home
+/// region is another, the home's clock also steps ahead while requests
+/// from the focus to it are lost, its replication still arriving. Returns
+/// the focus and whether the database should trust every clock (always
+/// with the home's step, which a database enforcing `max_offset` would
+/// stop; otherwise half the time).
+fn clock_faults(
+    seed: u64,
+    home: &'static str,
+    windows: &mut Vec<Window>,
+    bounded: &mut Vec<&'static str>,
+) -> Option<(&'static str, bool)> {
+    let mut rng = SplitMix64::new(seed ^ 0x636c_6f63_6b73_2121);
+    if rng.below(4) != 0 {
+        return None;
+    }
+    let focus = pick(&mut rng, &REGIONS);
+    let mut trusting = rng.below(2) == 0;
+    let others: Vec<&'static str> = REGIONS.iter().copied().filter(|r| *r != focus).collect();
+    let ms = Duration::from_millis;
+    let from = 1000 + rng.below(3000);
+    let until = (from + 4000 + rng.below(4000)).min(11_500);
+    let lag = 1200 + rng.below(1301);
+    windows.push(Window {
+        from: ms(from),
+        until: ms(until),
+        fault: Fault::Lag(focus, lag),
+    });
+    // Slow enough for a probe to straddle a step, not so slow that the
+    // probes' own error hides the steps.
+    if rng.below(2) == 0 {
+        windows.push(Window {
+            from: ms(0),
+            until: ms(11_500),
+            fault: Fault::Latency(focus, pick(&mut rng, &others), 40 + rng.below(81)),
+        });
+    }
+    const STEPS: [i64; 8] = [-1500, -1200, -900, -600, 600, 900, 1200, 1500];
+    // One or two steps, the second after the first is undone: each lasts
+    // long enough for a probe to see it (a glitch shorter than the probe
+    // period leaves a lead on a trusting database's hybrid-logical clocks
+    // that no sample of a clock shows).
+    let mut at = from + rng.below(until - from - 500);
+    for _ in 0..1 + rng.below(2) {
+        if at + 300 > 11_500 {
+            break;
+        }
+        let end = (at + 300 + rng.below(3000)).min(11_500);
+        windows.push(Window {
+            from: ms(at),
+            until: ms(end),
+            fault: Fault::Skew(focus, pick(&mut rng, &STEPS)),
+        });
+        at = end + 200 + rng.below(2000);
+    }
+    if focus != home && rng.below(3) != 0 {
+        trusting = true;
+        let at = from + rng.below(until - from - 500);
+        let end = (at + lag + 500 + rng.below(2500)).min(11_500);
+        windows.push(Window {
+            from: ms(at),
+            until: ms(end),
+            fault: Fault::OneWay(focus, home),
+        });
+        windows.push(Window {
+            from: ms(at + rng.below(300)),
+            until: ms(end),
+            fault: Fault::Skew(home, pick(&mut rng, &STEPS[4..])),
+        });
+    }
+    for _ in 0..2 + rng.below(2) {
+        bounded.push(focus);
+    }
+    Some((focus, trusting))
 }
 
 fn system(seed: u64) -> SimConfig {
@@ -268,13 +385,18 @@ fn system_of(plan: Plan, seed: u64) -> SimConfig {
 /// Reads under a staleness bound (a background job): the naive client
 /// reads the local replica, the history records the bound it promised.
 fn bounded_reader(stage: &Stage, region: &str, keys: u64) -> Task {
+    bounded_reader_of(stage, region, "acct", keys)
+}
+
+/// The same over the records named `prefix:N`.
+fn bounded_reader_of(stage: &Stage, region: &str, prefix: &'static str, keys: u64) -> Task {
     let mut actor = Actor::new(stage, &[region]);
     let mut rng = rng_for(stage, 0x99 + stage.recorder.process());
     let bound = Staleness::from_millis(1_000).map(ReadPolicy::BoundedStaleness);
     Box::pin(async move {
         let Ok(policy) = bound else { return };
         while actor.running() {
-            let key = format!("acct:{}", rng.below(keys));
+            let key = format!("{prefix}:{}", rng.below(keys));
             actor
                 .read(0, &key, policy, HistoryPolicy::Bounded(1_000))
                 .await;
@@ -415,6 +537,30 @@ fn settler(stage: &Stage, region: &str, keys: u64) -> Task {
     })
 }
 
+/// A service that writes straight to the database through `region`'s
+/// gateway, not through quorate, blindly and often, to records of its own
+/// (`feed:N`) that background jobs read under a staleness bound. (No strong
+/// reader reads them: on a database that trusts every clock, a clock
+/// running ahead raises every node's hybrid-logical clock, and a leader
+/// whose own clock is right then stamps such writes beyond a reader's
+/// uncertainty; only the writer's commit wait, which quorate's writes
+/// have, keeps a strong read from missing them.)
+fn direct_writer(stage: &Stage, region: &str, keys: u64) -> Task {
+    let mut actor = Actor::direct(stage, region);
+    let mut rng = rng_for(stage, 0xcc + stage.recorder.process());
+    Box::pin(async move {
+        let mut n = 0u64;
+        while actor.running() {
+            n += 1;
+            let key = format!("feed:{}", rng.below(keys));
+            actor
+                .write(0, &key, &format!("direct-{n}"), Precondition::Any, None)
+                .await;
+            sleep(pause(&mut rng, (30, 90))).await;
+        }
+    })
+}
+
 fn workload(stage: &Stage) -> Vec<Task> {
     workload_of(stage, Plan::of(stage.seed))
 }
@@ -449,6 +595,15 @@ fn workload_of(stage: &Stage, plan: Plan) -> Vec<Task> {
     }
     for regions in &plan.auditors {
         tasks.push(auditor(stage, regions));
+    }
+    for r in &plan.direct {
+        tasks.push(direct_writer(stage, r, plan.keys));
+        // Its records are read in the drill's focus under the bound.
+        if let Some(focus) = plan.clock_focus {
+            for _ in 0..4 {
+                tasks.push(bounded_reader_of(stage, focus, "feed", plan.keys));
+            }
+        }
     }
     tasks
 }
@@ -493,10 +648,18 @@ pub fn describe(seed: u64) -> String {
         1 => ", 1 browser".to_owned(),
         n => format!(", {n} browsers"),
     };
+    let clocks = match plan.clock_focus {
+        Some(r) => format!(", clock drill in {r}"),
+        None => String::new(),
+    };
     let mut s = format!(
-        "seed {seed}: {} table{}, home {}, {} keys{browsers}; faults:",
-        if plan.multi_writer && plan.hashed_homes {
+        "seed {seed}: {} table{}, home {}, {} keys{browsers}{clocks}; faults:",
+        if plan.multi_writer && plan.hashed_homes && plan.trusts_clocks {
+            "multi-writer (homes by key, trusting every clock)"
+        } else if plan.multi_writer && plan.hashed_homes {
             "multi-writer (homes by key)"
+        } else if plan.multi_writer && plan.trusts_clocks {
+            "multi-writer (trusting every clock)"
         } else if plan.multi_writer {
             "multi-writer"
         } else if plan.trusts_clocks {

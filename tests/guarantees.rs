@@ -28,6 +28,29 @@ fn region(name: &str) -> Region {
     Region::new(name).unwrap()
 }
 
+/// A client in `region`, by its node's clock, probing every region every
+/// 250 ms until the returned task is aborted.
+fn probing(
+    sim: &Sim,
+    region: &str,
+    seed: u64,
+) -> (Client<Sim>, tokio::task::JoinHandle<Result<(), Error>>) {
+    let client = Client::new(
+        sim.at(region).unwrap(),
+        ClientConfig {
+            clock: Arc::new(sim.clock(region).unwrap()),
+            seed: Some(seed),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let checks = tokio::spawn({
+        let client = client.clone();
+        async move { client.health_checks(Duration::from_millis(250)).await }
+    });
+    (client, checks)
+}
+
 async fn strong_version(sim: &Sim, from: &str, key: &str) -> Option<Version> {
     let r = region(from);
     sim.at(from)
@@ -1084,19 +1107,7 @@ async fn probes_do_not_wait_on_an_unreachable_region() {
 #[tokio::test(start_paused = true)]
 async fn a_bounded_read_does_not_trust_clocks_it_can_no_longer_verify() {
     let sim = Sim::new(config()).unwrap();
-    let client = Client::new(
-        sim.at("ap").unwrap(),
-        ClientConfig {
-            clock: Arc::new(sim.clock("ap").unwrap()),
-            seed: Some(9),
-            ..ClientConfig::default()
-        },
-    )
-    .unwrap();
-    let checks = tokio::spawn({
-        let client = client.clone();
-        async move { client.health_checks(Duration::from_millis(250)).await }
-    });
+    let (client, checks) = probing(&sim, "ap", 9);
     let writer = Client::new(sim.at("eu").unwrap(), ClientConfig::default()).unwrap();
     writer
         .write(
@@ -1218,19 +1229,7 @@ async fn bounded_reads_while_the_leader_steps_unseen(
     let mut c = config();
     c.enforce_max_offset = false;
     let sim = Sim::new(c).unwrap();
-    let client = Client::new(
-        sim.at("us").unwrap(),
-        ClientConfig {
-            clock: Arc::new(sim.clock("us").unwrap()),
-            seed: Some(11),
-            ..ClientConfig::default()
-        },
-    )
-    .unwrap();
-    let checks = tokio::spawn({
-        let client = client.clone();
-        async move { client.health_checks(Duration::from_millis(250)).await }
-    });
+    let (client, checks) = probing(&sim, "us", 11);
     // A writer next to the leader, recording when each version was acked.
     let acked: Arc<std::sync::Mutex<Vec<(Instant, Version)>>> = Arc::default();
     let writer = tokio::spawn({

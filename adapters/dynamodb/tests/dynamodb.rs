@@ -376,6 +376,28 @@ async fn concurrent_conditional_writes_in_two_regions_conflict_instead_of_mergin
     );
 }
 
+/// Writes version 1 of `key` straight into the table in `aws_region`, as
+/// written by eu at `written_at`.
+async fn put_version_one(
+    endpoint: &str,
+    aws_region: &str,
+    table: &str,
+    key: &str,
+    written_at: u64,
+) {
+    common::sdk(endpoint, aws_region)
+        .put_item()
+        .table_name(table)
+        .item(PK, AttributeValue::S(key.to_owned()))
+        .item(VERSION, AttributeValue::N("1".into()))
+        .item(VALUE, AttributeValue::B(b"0".to_vec().into()))
+        .item(WRITTEN_AT, AttributeValue::N(written_at.to_string()))
+        .item(WRITER, AttributeValue::S("eu".into()))
+        .send()
+        .await
+        .unwrap();
+}
+
 fn now_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -661,17 +683,7 @@ async fn write_times_increase_with_versions_across_clocks() {
     let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
     let key = common::key("clock-ahead");
     let ahead = now_nanos() + 60_000_000_000;
-    common::sdk(&endpoint, "eu-west-1")
-        .put_item()
-        .table_name(backend.table())
-        .item(PK, AttributeValue::S(key.clone()))
-        .item(VERSION, AttributeValue::N("1".into()))
-        .item(VALUE, AttributeValue::B(b"0".to_vec().into()))
-        .item(WRITTEN_AT, AttributeValue::N(ahead.to_string()))
-        .item(WRITER, AttributeValue::S("eu".into()))
-        .send()
-        .await
-        .unwrap();
+    put_version_one(&endpoint, "eu-west-1", backend.table(), &key, ahead).await;
     let c = client
         .write(
             &client.session(),
@@ -707,17 +719,7 @@ async fn an_item_written_ahead_of_this_clock_proves_no_staleness_bound() {
     let key = common::key("written-ahead");
     let ahead = now_nanos() + 30_000_000_000;
     for aws in ["eu-west-1", "us-east-1"] {
-        common::sdk(&endpoint, aws)
-            .put_item()
-            .table_name(backend.table())
-            .item(PK, AttributeValue::S(key.clone()))
-            .item(VERSION, AttributeValue::N("1".into()))
-            .item(VALUE, AttributeValue::B(b"0".to_vec().into()))
-            .item(WRITTEN_AT, AttributeValue::N(ahead.to_string()))
-            .item(WRITER, AttributeValue::S("eu".into()))
-            .send()
-            .await
-            .unwrap();
+        put_version_one(&endpoint, aws, backend.table(), &key, ahead).await;
     }
     let us = region("us");
     let read = backend

@@ -147,6 +147,15 @@ struct State {
     rejoined: Vec<Option<Instant>>,
 }
 
+/// How many leads a region keeps before they merge into one.
+const MAX_LEADS: usize = 16;
+
+/// `at` plus `d`, or `None` beyond what an `Instant` holds (never, in
+/// effect).
+fn after(at: Instant, d: Duration) -> Option<Instant> {
+    at.checked_add(d)
+}
+
 pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -205,10 +214,13 @@ impl ClockGuard {
         let now = Instant::now();
         let frame = self.frame(received, now);
         let mut state = self.lock();
-        if std::mem::take(&mut state.blind[region]) {
+        let fresh = |s: &Sample| now.saturating_duration_since(s.at) <= self.ttl;
+        // Blind since its sample went (a failed probe, or a sample that
+        // aged out, whether or not a recomputation noticed yet).
+        let aged_out = state.samples[region].is_some_and(|s| !fresh(&s));
+        if std::mem::take(&mut state.blind[region]) || aged_out {
             state.rejoined[region] = Some(now);
         }
-        let fresh = |s: &Sample| now.saturating_duration_since(s.at) <= self.ttl;
         let new = sample.offset_nanos as f64;
         let previous = state.samples[region].filter(fresh).map(|old| Sample {
             offset: old.offset + (old.frame - frame) as f64,
@@ -270,10 +282,21 @@ impl ClockGuard {
             let lead = Duration::from_nanos((new - reference).max(0.0) as u64);
             let until = now + lead + self.ttl;
             let leads = &mut state.ahead[region];
-            leads.retain(|&(_, u)| u + self.longest_bound > now);
+            leads.retain(|&(_, u)| after(u, self.longest_bound).is_none_or(|t| t > now));
             if !lead.is_zero() && !leads.iter().any(|&(l, u)| l >= lead && u >= until) {
                 leads.retain(|&(l, u)| !(l <= lead && u <= until));
                 leads.push((lead, until));
+            }
+            // A lead that shrinks more slowly than time passes leaves one
+            // entry per sample: past a few, they merge into one that covers
+            // them all (larger and longer-lived than any, never less).
+            if leads.len() > MAX_LEADS {
+                let merged = leads
+                    .iter()
+                    .fold((Duration::ZERO, now), |(l, u), &(l2, u2)| {
+                        (l.max(l2), u.max(u2))
+                    });
+                *leads = vec![merged];
             }
         }
         d
@@ -386,6 +409,11 @@ impl ClockGuard {
         local: u64,
         bound: Duration,
     ) -> Option<Duration> {
+        // Leads are kept as long as the largest bound a claim may be judged
+        // against; a larger one cannot be judged.
+        if bound > self.longest_bound {
+            return None;
+        }
         self.refresh();
         let state = self.lock();
         // Any region may have stamped the timestamps a claim is measured
@@ -408,7 +436,7 @@ impl ClockGuard {
             .rejoined
             .iter()
             .flatten()
-            .any(|&at| now < at + self.ttl + bound)
+            .any(|&at| after(at, self.ttl.saturating_add(bound)).is_none_or(|t| now < t))
         {
             return None;
         }
@@ -430,7 +458,7 @@ impl ClockGuard {
                     .ahead
                     .iter()
                     .flatten()
-                    .filter(|(_, until)| now < *until + bound)
+                    .filter(|(_, until)| after(*until, bound).is_none_or(|t| now < t))
                     .map(|(lead, _)| *lead),
             )
             .max()
@@ -838,6 +866,44 @@ mod tests {
             g.staleness_error(1, local(&g), Duration::from_secs(1)),
             Some(Duration::ZERO)
         );
+    }
+
+    /// A sample that aged out counts as lost even when its region's next
+    /// sample comes before anything noticed; a bound beyond the largest
+    /// the guard keeps leads for cannot be judged, and none panics; leads
+    /// that keep shrinking merge instead of piling up.
+    #[tokio::test(start_paused = true)]
+    async fn aged_out_samples_huge_bounds_and_many_leads() {
+        let g = guard(3);
+        for r in 0..3 {
+            record(&g, r, 0);
+        }
+        tokio::time::advance(Duration::from_secs(4)).await;
+        for r in 0..3 {
+            record(&g, r, 0);
+        }
+        let bound = Duration::from_secs(1);
+        assert_eq!(
+            g.staleness_error(1, local(&g), bound),
+            None,
+            "every region just back"
+        );
+        assert_eq!(g.staleness_error(1, local(&g), Duration::MAX), None);
+        assert_eq!(
+            g.staleness_error(1, local(&g), crate::DEFAULT_MAX_STALENESS + bound),
+            None
+        );
+        for i in 0..100 {
+            record(&g, 0, 1000 - i);
+            record(&g, 1, 0);
+            record(&g, 2, 0);
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        let leads = g.lock().ahead[0].len();
+        assert!(leads <= MAX_LEADS, "{leads} leads kept");
+        assert!(g.lock().ahead[0]
+            .iter()
+            .any(|&(l, _)| l >= Duration::from_millis(999)));
     }
 
     /// Two clocks a lead apart, the third unknown: either may be right, so

@@ -1262,9 +1262,6 @@ fn check_idem(
     }
 }
 
-/// A lookup's decision at the node that orders writes: the outcome if the
-/// logical write applied, else a fence that stops every attempt stamped
-/// before `before` (a later fence moves it on).
 /// How old a point is by the clock that reads `own` now; `None` when the
 /// point is ahead of that clock: the clock that stamped it ran ahead by an
 /// amount nothing here measures, and a bound taken from it would be short
@@ -1273,6 +1270,9 @@ fn age(own: u64, point: Point) -> Option<Duration> {
     own.checked_sub(point.wall).map(Duration::from_nanos)
 }
 
+/// A lookup's decision at the node that orders writes: the outcome if the
+/// logical write applied, else a fence that stops every attempt stamped
+/// before `before` (a later fence moves it on).
 fn fence(
     records: &mut std::collections::HashMap<String, IdemRecord>,
     key: &str,

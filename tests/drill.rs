@@ -276,8 +276,8 @@ fn nemesis_schedules_keep_the_strict_client_clean() {
 /// Every seed the randomized schedules ever caught a strict anomaly on,
 /// replayed as it was drawn then: each stays clean (each one found a
 /// mechanism the simulator or the client lacked; see the CHANGELOG). A
-/// replay depends on the client's timing, which later changes may move:
-/// each mechanism found also has a test of its own (in
+/// seed replays exactly, but a change to the client's timing changes what
+/// the replay does: each mechanism found also has a test of its own (in
 /// `tests/sim_mechanics.rs`, `tests/guarantees.rs` and `src/clock.rs`).
 #[test]
 fn seeds_the_nemesis_once_caught_stay_clean() {
@@ -523,6 +523,24 @@ fn clock_drills_and_the_seeds_they_caught() {
             "{}\n{}",
             drill::nemesis::describe(seed),
             run.report.render()
+        );
+    }
+}
+
+/// A seed replays exactly: the same seed gives the same history, event for
+/// event, naive and strict, including the clients' health checks that stop
+/// at the end of the run.
+#[test]
+fn a_seed_replays_exactly() {
+    let seed = 12;
+    let scenario = drill::nemesis::scenario(seed);
+    for config in [Configuration::Naive, Configuration::Strict] {
+        let first = drill::run(&scenario, config, seed).unwrap();
+        let again = drill::run(&scenario, config, seed).unwrap();
+        assert!(first.events.len() > 1000, "{}", first.events.len());
+        assert!(
+            first.events == again.events,
+            "{config:?}: two runs of seed {seed} differ"
         );
     }
 }

@@ -334,13 +334,16 @@ async fn run_on_virtual_time(
     for client in clients {
         let end = stage.end;
         tasks.spawn(async move {
+            // Biased: an unbiased select polls its branches in a random
+            // order, and a seed must replay exactly.
             tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(end) => {}
                 checks = client.health_checks(Duration::from_millis(250)) => {
                     if let Err(e) = checks {
                         tracing::error!(error = %e, "drill health checks could not run");
                     }
                 }
-                _ = tokio::time::sleep_until(end) => {}
             }
         });
     }

@@ -528,11 +528,13 @@ fn clock_drills_and_the_seeds_they_caught() {
 }
 
 /// A seed replays exactly: the same seed gives the same history, event for
-/// event, naive and strict, including the clients' health checks that stop
-/// at the end of the run.
+/// event, naive and strict, including a node that pauses and the clients'
+/// health checks that stop at the end of the run.
 #[test]
 fn a_seed_replays_exactly() {
     let seed = 12;
+    let described = drill::nemesis::describe(seed);
+    assert!(described.contains("node paused"), "{described}");
     let scenario = drill::nemesis::scenario(seed);
     for config in [Configuration::Naive, Configuration::Strict] {
         let first = drill::run(&scenario, config, seed).unwrap();

@@ -1178,3 +1178,90 @@ async fn a_point_ahead_of_the_measuring_clock_states_no_staleness_bound() {
     let r = read(&us, "us", "k", ReplicaRole::Follower).await.unwrap();
     assert!(r.freshness.staleness_bound.is_some(), "{:?}", r.freshness);
 }
+
+/// A write through us, sent while us is paused, with idempotency key
+/// "held": the client gives up on it after 300 ms, and the request stays
+/// held at the gateway. Returns the system, the request and the key.
+async fn a_write_held_at_a_paused_gateway() -> (Sim, Sim, IdempotencyKey) {
+    let (sim, us) = with_k(Replication::Consensus, "us", "eu").await;
+    sim.pause("us").unwrap();
+    assert!(sim.paused("us").unwrap() && !sim.crashed("us").unwrap());
+    let idem = IdempotencyKey::new("held").unwrap();
+    let region = Region::new("us").unwrap();
+    let value = Bytes::from_static(b"late");
+    let request = WriteRequest {
+        key: "k",
+        value: &value,
+        precondition: Precondition::IfVersion(quorate::Version::FIRST),
+        idempotency_key: Some(&idem),
+        region: &region,
+        deadline: Instant::now() + Duration::from_secs(10),
+    };
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), us.write(&request)).await;
+    assert!(gave_up.is_err(), "a paused gateway answered: {gave_up:?}");
+    (sim, us, idem)
+}
+
+/// A paused node refuses nothing and loses nothing: a write sent through it
+/// waits, unanswered, while its client gives up; when the node resumes the
+/// write goes on and commits (a late commit), and reads through it are
+/// answered again.
+#[tokio::test(start_paused = true)]
+async fn a_paused_gateway_commits_what_it_held_once_it_resumes() {
+    let (sim, us, _) = a_write_held_at_a_paused_gateway().await;
+    assert!(sim.inspect().nodes.iter().any(|n| n.paused));
+    sleep(Duration::from_secs(2)).await;
+    let r = read(&us, "eu", "k", ReplicaRole::Leader).await.unwrap();
+    assert_eq!(
+        r.version(),
+        Some(quorate::Version::FIRST),
+        "held while paused"
+    );
+    sim.resume("us").unwrap();
+    assert!(!sim.paused("us").unwrap());
+    sleep(Duration::from_millis(500)).await;
+    let r = read(&us, "us", "k", ReplicaRole::Leader).await.unwrap();
+    assert_eq!(
+        r.version(),
+        Some(quorate::Version::FIRST.next()),
+        "the held write committed after its client gave up"
+    );
+}
+
+/// A lookup through another gateway fences the idempotency key: the write
+/// a paused gateway still holds cannot commit when it resumes. (Without
+/// the fence the lookup's "not applied" would be overtaken by the late
+/// commit, and a caller told the write failed would see it land.)
+#[tokio::test(start_paused = true)]
+async fn a_lookup_elsewhere_fences_what_a_paused_gateway_holds() {
+    let (sim, us, idem) = a_write_held_at_a_paused_gateway().await;
+    let ap = Region::new("ap").unwrap();
+    assert_eq!(us.lookup(&ap, "k", &idem).await.unwrap(), None);
+    sim.resume("us").unwrap();
+    sleep(Duration::from_secs(1)).await;
+    assert_only_the_first_version(&sim, "the fenced attempt never committed").await;
+}
+
+/// A paused leaseholder renews nothing: its lease runs out as a crashed
+/// one's does and another node takes it. What was sent to it waits,
+/// neither refused nor lost: when it resumes it takes its preferred lease
+/// back and the write it held commits then, after the write made
+/// meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_paused_leaseholder_loses_its_lease_and_serves_what_it_held_when_it_resumes() {
+    let (sim, us) = with_k(Replication::Consensus, "us", "us").await;
+    sim.pause("eu").unwrap();
+    let held = {
+        let us = us.clone();
+        tokio::spawn(async move { write(&us, "us", "k", "held", Precondition::Any).await })
+    };
+    sleep(Duration::from_secs(3)).await;
+    assert_ne!(sim.leaseholder().as_str(), "eu", "another node took it");
+    assert!(!held.is_finished(), "held, neither refused nor lost");
+    let c = write(&us, "us", "k", "1", Precondition::Any).await.unwrap();
+    assert_ne!(c.region.as_str(), "eu");
+    sim.resume("eu").unwrap();
+    let late = held.await.unwrap().unwrap();
+    assert_eq!(late.region.as_str(), "eu", "the lease went back");
+    assert_eq!(late.version, c.version.next(), "committed after the other");
+}

@@ -45,9 +45,9 @@ pub(crate) struct Stage {
 impl Stage {
     /// A strict client for `region`, kept so the runner can refresh its
     /// health in the background.
-    fn strict_client(&self, region: &str, salt: u64) -> Client<Sim> {
+    fn strict_client(&self, region: &str, salt: u64, attempts: Option<u32>) -> Client<Sim> {
         let backend = self.sim.at(region).expect("scenario regions exist");
-        let config = ClientConfig {
+        let mut config = ClientConfig {
             seed: Some(self.seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             clock: Arc::new(self.sim.clock(region).expect("scenario regions exist")),
             region_ejection: Duration::from_secs(3),
@@ -58,6 +58,7 @@ impl Stage {
                 .then_some(Duration::ZERO),
             ..ClientConfig::default()
         };
+        config.retry.max_attempts = attempts;
         let client = Client::new(backend, config).expect("valid drill configuration");
         self.strict
             .lock()
@@ -124,6 +125,13 @@ impl Actor {
     /// An actor in `regions` (it uses them in turn, one per operation, with
     /// one session).
     pub(crate) fn new(stage: &Stage, regions: &[&str]) -> Actor {
+        Actor::with_attempts(stage, regions, None)
+    }
+
+    /// An actor whose strict client makes at most `attempts` attempts per
+    /// operation (`None`: as many as the deadline allows), as a service
+    /// that leaves retries to its own callers does.
+    pub(crate) fn with_attempts(stage: &Stage, regions: &[&str], attempts: Option<u32>) -> Actor {
         let process = stage.recorder.process();
         let drivers = regions
             .iter()
@@ -132,7 +140,7 @@ impl Actor {
                     stage.sim.at(r).expect("scenario regions exist"),
                     stage.naive_reads,
                 )),
-                Configuration::Strict => Driver::Strict(stage.strict_client(r, process)),
+                Configuration::Strict => Driver::Strict(stage.strict_client(r, process, attempts)),
             })
             .collect::<Vec<_>>();
         let sessions = drivers

@@ -384,7 +384,7 @@ async fn run_on_virtual_time(
 /// faults compose: a link stays cut while any window cuts it (lifting one
 /// cut does not heal another), skews and latencies add up, a replica lags
 /// by the largest lag that covers it, a replica stays stalled and a node
-/// down while any window stalls or crashes it, drift rates add up (a clock is stepped back when its last
+/// down or paused while any window stalls, crashes or pauses it, drift rates add up (a clock is stepped back when its last
 /// drift ends), and the lease preference is the newest lease window's (the
 /// home region's outside them).
 async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
@@ -400,7 +400,8 @@ async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
     times.dedup();
     let mut cut: std::collections::BTreeSet<(String, String)> = std::collections::BTreeSet::new();
     let mut down: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
-    let mut paused: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let mut halted: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let mut frozen: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
     let mut stepped: std::collections::BTreeMap<String, (i64, i64)> =
         std::collections::BTreeMap::new();
     let home = sim.config().home.as_str().to_owned();
@@ -415,6 +416,7 @@ async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
         let active: Vec<Fault> = in_force.iter().map(|w| w.fault).collect();
         let mut crashed = std::collections::BTreeSet::new();
         let mut stalled = std::collections::BTreeSet::new();
+        let mut paused = std::collections::BTreeSet::new();
         let mut lease_to = home.as_str();
         let mut links = std::collections::BTreeSet::new();
         let mut skew: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
@@ -452,6 +454,9 @@ async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
                 Fault::Stall(r) => {
                     stalled.insert(r);
                 }
+                Fault::Pause(r) => {
+                    paused.insert(r);
+                }
                 Fault::Drift(r, ppm) => *drift.entry(r).or_default() += ppm,
                 Fault::LeaseTo(r) => lease_to = r,
             }
@@ -464,13 +469,20 @@ async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
             results.push(sim.restart(r));
         }
         down = crashed;
-        for r in stalled.difference(&paused) {
+        for r in stalled.difference(&halted) {
             results.push(sim.stall_replica(r));
         }
-        for r in paused.difference(&stalled) {
+        for r in halted.difference(&stalled) {
             results.push(sim.resume_replica(r));
         }
-        paused = stalled;
+        halted = stalled;
+        for r in paused.difference(&frozen) {
+            results.push(sim.pause(r));
+        }
+        for r in frozen.difference(&paused) {
+            results.push(sim.resume(r));
+        }
+        frozen = paused;
         if lease_to != preferred {
             if lease_to == home {
                 // The window ended: each range's own preference again.

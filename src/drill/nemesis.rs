@@ -6,11 +6,13 @@
 //! cuts between two regions, one-way cuts (requests arrive, answers are
 //! lost: ambiguous commits), latency spikes, clock skew and steps within
 //! and beyond `max_offset`, drifting clocks, replicas that apply late or
-//! stall, node crashes and restarts, and lease moves. The workload mixes
-//! read-modify-write updaters (strong read, conditional idempotent write),
-//! strong readers, users whose session travels between services in several
-//! regions as an encoded token (session reads and writes), and background
-//! readers under a staleness bound. A quarter of the systems are
+//! stall, node crashes and restarts, node pauses, and lease moves. The
+//! workload mixes read-modify-write updaters (strong read, conditional
+//! idempotent write), strong readers, users whose session travels between
+//! services in several regions as an encoded token (session reads and
+//! writes), background readers under a staleness bound, and one-shot
+//! writers (one attempt per write, as a handler that leaves retries to its
+//! caller). A quarter of the systems are
 //! multi-writer tables (global tables).
 //!
 //! Nothing here decides an outcome: a schedule is a seed's random draw, and
@@ -72,6 +74,9 @@ struct Plan {
     /// Services that write straight to the database, not through quorate
     /// (in both configurations), each through its region's gateway.
     direct: Vec<&'static str>,
+    /// Writers whose client makes one attempt per operation: a handler
+    /// that reports a definite failure to its caller, who moves on.
+    one_shot: Vec<&'static str>,
 }
 
 fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
@@ -221,6 +226,16 @@ impl Plan {
             let w = timed(&mut drifts, fault, 1000, 4001);
             windows.push(w);
         }
+        // Pauses come from a stream of their own, so that adding them left
+        // every other choice of a seed as it was.
+        let mut pauses = SplitMix64::new(seed ^ 0x7061_7573_6573_2121);
+        let mut paused = None;
+        if current && pauses.below(3) == 0 {
+            let region = pick(&mut pauses, &REGIONS);
+            let w = timed(&mut pauses, Fault::Pause(region), 500, 3501);
+            windows.push(w);
+            paused = Some(region);
+        }
         if current && !multi_writer && ops.below(3) == 0 {
             let elsewhere: Vec<&'static str> =
                 REGIONS.iter().copied().filter(|r| *r != home).collect();
@@ -257,6 +272,16 @@ impl Plan {
         // the client's guard stands in the way.
         let trusts_clocks = trusts_clocks || drill.is_some_and(|(_, trusting)| trusting);
         let commit_wait = commit_wait && !trusts_clocks;
+        let mut shots = SplitMix64::new(seed ^ 0x6f6e_6573_686f_7421);
+        let mut one_shot: Vec<&'static str> = (0..shots.below(3))
+            .map(|_| pick(&mut shots, &REGIONS))
+            .filter(|_| current)
+            .collect();
+        // Where a node pauses, requests wait in it while their clients
+        // move on: two more one-shot writers there.
+        if let Some(r) = paused.filter(|_| drill.is_none()) {
+            one_shot.extend([r, r]);
+        }
         Plan {
             multi_writer,
             trusts_clocks,
@@ -275,6 +300,7 @@ impl Plan {
             windows,
             clock_focus,
             direct,
+            one_shot,
         }
     }
 }
@@ -561,6 +587,27 @@ fn direct_writer(stage: &Stage, region: &str, keys: u64) -> Task {
     })
 }
 
+/// A writer whose strict client makes one attempt per operation, as a
+/// request handler that leaves retries to its caller: it overwrites
+/// records blindly (a status, a heartbeat) and, told that a write did not
+/// apply, moves on to the next with a new idempotency key. A write it was
+/// told had not applied must never land later.
+fn one_shot_writer(stage: &Stage, region: &str, keys: u64) -> Task {
+    let mut actor = Actor::with_attempts(stage, &[region], Some(1));
+    let mut rng = rng_for(stage, 0xdd + stage.recorder.process());
+    Box::pin(async move {
+        let mut n = 0u64;
+        while actor.running() {
+            let key = format!("acct:{}", rng.below(keys));
+            n += 1;
+            actor
+                .write(0, &key, &format!("one-shot-{n}"), Precondition::Any, None)
+                .await;
+            sleep(pause(&mut rng, (40, 120))).await;
+        }
+    })
+}
+
 fn workload(stage: &Stage) -> Vec<Task> {
     workload_of(stage, Plan::of(stage.seed))
 }
@@ -595,6 +642,9 @@ fn workload_of(stage: &Stage, plan: Plan) -> Vec<Task> {
     }
     for regions in &plan.auditors {
         tasks.push(auditor(stage, regions));
+    }
+    for r in &plan.one_shot {
+        tasks.push(one_shot_writer(stage, r, plan.keys));
     }
     for r in &plan.direct {
         tasks.push(direct_writer(stage, r, plan.keys));

@@ -42,6 +42,10 @@ pub enum Fault {
     Lag(&'static str, u64),
     /// A region's node crashes, and restarts when the window ends.
     Crash(&'static str),
+    /// A region's node pauses (a stopped process, a long garbage
+    /// collection) and resumes when the window ends: what was sent to it
+    /// or through it waits, then goes on.
+    Pause(&'static str),
     /// A region's replica stops applying what it receives (a paused
     /// replay) and catches up when the window ends.
     Stall(&'static str),
@@ -65,6 +69,7 @@ impl Fault {
             Fault::OneWay(a, b) => format!("{a} -> {b} cut"),
             Fault::Lag(r, ms) => format!("{r} replica {ms} ms behind"),
             Fault::Crash(r) => format!("{r} node down"),
+            Fault::Pause(r) => format!("{r} node paused"),
             Fault::Stall(r) => format!("{r} replica stalled"),
             Fault::Drift(r, ppm) => format!("{r} clock drifts {:+} ms/s", ppm / 1000),
             Fault::LeaseTo(r) => format!("lease to {r}"),

@@ -34,7 +34,8 @@
 //!   with last-writer-wins by timestamp and no cross-key watermark.
 //! - **Faults.** Cut links (both ways or one way), extra latency, skewed
 //!   and stepped clocks, replication lag, stalled replicas, crashed and
-//!   restarted nodes, and lease preferences moved by an operator.
+//!   restarted nodes, paused and resumed nodes (what was sent to them
+//!   waits and goes on), and lease preferences moved by an operator.
 //!
 //! Time is tokio's: run drills on a paused runtime and they are deterministic
 //! by seed and take no wall time. A client over the simulator takes its
@@ -183,6 +184,9 @@ struct Shared {
     config: SimConfig,
     topology: Topology,
     model: Mutex<Model>,
+    /// Notified whenever a paused node resumes, waking what waits for it
+    /// (in the order it began to wait, so that a seed replays exactly).
+    resumed: tokio::sync::Notify,
 }
 
 /// A handle on the simulated system as seen from one region's clients.
@@ -232,6 +236,7 @@ impl Sim {
                 config,
                 topology,
                 model: Mutex::new(model),
+                resumed: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -502,6 +507,7 @@ impl Sim {
                     hlc: m.clocks[node].hlc,
                     stopped_over_clock: m.clock_fenced(node),
                     crashed: m.crashed[node].is_some(),
+                    paused: m.paused[node].is_some(),
                     stalled: m.stalled[node],
                     closed: (0..ranges)
                         .map(|range| m.closed_point(node, range, now))
@@ -551,6 +557,36 @@ impl Sim {
         let r = self.named(region)?;
         self.model().restart(r, Instant::now());
         Ok(())
+    }
+
+    /// Pauses `region`'s node, as a stopped process, a long garbage
+    /// collection or a frozen virtual machine pauses it, until
+    /// [`Sim::resume`]: it serves, votes, applies and renews nothing, like
+    /// a crashed node, but it refuses no connection and loses nothing.
+    /// Requests sent to it wait, unanswered, and so do the requests it
+    /// was about to forward: when it resumes they go on, long after their
+    /// clients gave up on them (late commits). A leaseholder's lease runs
+    /// out meanwhile on the others' clocks, and what it had proposed is
+    /// dropped if another node took the lease over.
+    pub fn pause(&self, region: &str) -> Result<(), Error> {
+        let r = self.named(region)?;
+        self.model().pause(r, Instant::now());
+        Ok(())
+    }
+
+    /// Resumes a paused node where it stopped.
+    pub fn resume(&self, region: &str) -> Result<(), Error> {
+        let r = self.named(region)?;
+        if self.model().resume(r) {
+            self.shared.resumed.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Whether `region`'s node is paused (read-only).
+    pub fn paused(&self, region: &str) -> Result<bool, Error> {
+        let r = self.named(region)?;
+        Ok(self.model().paused[r].is_some())
     }
 
     /// Whether `region`'s node is crashed (read-only).
@@ -721,6 +757,11 @@ impl Trip {
         from_node: bool,
         to_node: bool,
     ) -> Result<(), Error> {
+        // A paused node sends nothing until it resumes: what it was about
+        // to forward waits with it.
+        if from_node {
+            self.while_paused(from).await;
+        }
         let (reachable, latency) = {
             let mut m = self.model();
             let sender_up = !from_node || m.crashed[from].is_none();
@@ -739,6 +780,9 @@ impl Trip {
         if !to_node {
             return Ok(());
         }
+        // A paused node takes what arrives only once it resumes; the
+        // connection stays open meanwhile.
+        self.while_paused(to).await;
         // A crashed node refuses connections; a node that stopped over its
         // clock serves nothing. Its own region's clients included.
         let mut m = self.model();
@@ -764,6 +808,21 @@ impl Trip {
             });
         }
         Ok(())
+    }
+
+    /// Waits while `node` is paused.
+    async fn while_paused(&self, node: usize) {
+        loop {
+            let resumed = self.shared.resumed.notified();
+            tokio::pin!(resumed);
+            // Registered before the check, so that a resume in between is
+            // not missed.
+            resumed.as_mut().enable();
+            if self.model().paused[node].is_none() {
+                return;
+            }
+            resumed.await;
+        }
     }
 
     /// The way back: a cut link loses the answer.
@@ -1394,6 +1453,8 @@ pub struct NodeView {
     pub stopped_over_clock: bool,
     /// Crashed.
     pub crashed: bool,
+    /// Paused ([`Sim::pause`]).
+    pub paused: bool,
     /// Its replica receives but does not apply.
     pub stalled: bool,
     /// Per range, the point through which its replica is complete

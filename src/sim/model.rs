@@ -207,6 +207,12 @@ pub(crate) struct Model {
     /// what is sent to them waits for their restart (their Raft log is
     /// durable; a peer sends again what they missed).
     pub(crate) crashed: Vec<Option<Instant>>,
+    /// Nodes paused, since when (a stopped process, a long garbage
+    /// collection, a frozen virtual machine): like a crashed node they
+    /// serve, vote, apply and renew nothing, but nothing is lost and no
+    /// connection is refused — what is sent to them, and what they were
+    /// about to send, waits and goes on when they resume.
+    pub(crate) paused: Vec<Option<Instant>>,
     /// Consensus mode: highest read timestamp served per key.
     tscache: HashMap<String, Point>,
     /// Consensus mode: the ranges, each with its lease.
@@ -237,6 +243,7 @@ impl Model {
             fenced: vec![false; n],
             stalled: vec![false; n],
             crashed: vec![None; n],
+            paused: vec![None; n],
             tscache: HashMap::new(),
             // Leases spread over the regions from home on, as lease
             // rebalancing spreads them.
@@ -350,7 +357,7 @@ impl Model {
         if self.p.multi_writer || !self.p.enforce_max_offset {
             return false;
         }
-        if self.crashed[node].is_some() {
+        if self.down_since(node).is_some() {
             return self.fenced[node];
         }
         let limit = (nanos(self.p.max_offset) as f64 * 0.8) as u64;
@@ -375,7 +382,7 @@ impl Model {
 
     /// Whether `a` and `b` exchange messages both ways and both are up.
     pub(crate) fn talks_to(&self, a: usize, b: usize) -> bool {
-        self.crashed[a].is_none() && self.crashed[b].is_none() && self.connected(a, b)
+        self.down_since(a).is_none() && self.down_since(b).is_none() && self.connected(a, b)
     }
 
     /// Whether two nodes' clocks are close enough for their RPC connection
@@ -392,9 +399,41 @@ impl Model {
         d <= nanos(self.p.max_offset)
     }
 
-    /// Whether `node` serves: neither crashed nor stopped over its clock.
+    /// Whether `node` serves: neither crashed, paused nor stopped over its
+    /// clock.
     pub(crate) fn in_service(&mut self, node: usize) -> bool {
-        self.crashed[node].is_none() && !self.clock_fenced(node)
+        self.down_since(node).is_none() && !self.clock_fenced(node)
+    }
+
+    /// Since when `node` has been crashed or paused (the earlier of the
+    /// two), if it is.
+    pub(crate) fn down_since(&self, node: usize) -> Option<Instant> {
+        match (self.crashed[node], self.paused[node]) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Pauses `node`: it stops at once, losing nothing. What its replica
+    /// had received by then is applied (the model applies lazily).
+    pub(crate) fn pause(&mut self, node: usize, now: Instant) {
+        if self.paused[node].is_some() {
+            return;
+        }
+        self.apply_due(node, now);
+        self.paused[node] = Some(now);
+        self.measure_clocks();
+    }
+
+    /// Resumes a paused node where it stopped: its clock ran on meanwhile
+    /// (it is the operating system's), its hybrid-logical clock did not
+    /// move, and what waited for it goes on.
+    pub(crate) fn resume(&mut self, node: usize) -> bool {
+        if self.paused[node].take().is_none() {
+            return false;
+        }
+        self.measure_clocks();
+        true
     }
 
     /// A node coming back into service joins the cluster before it serves:
@@ -558,7 +597,7 @@ impl Model {
     /// reachable followers than a majority needs.
     fn quorum_lost_at(&self, holder: usize) -> Option<Instant> {
         let earliest = |times: &[Option<Instant>]| times.iter().flatten().min().copied();
-        if let Some(down) = self.crashed[holder] {
+        if let Some(down) = self.down_since(holder) {
             return Some(down);
         }
         let mut cuts: Vec<Instant> = (0..self.p.regions)
@@ -567,7 +606,7 @@ impl Model {
                 earliest(&[
                     self.links[holder][r].cut_since,
                     self.links[r][holder].cut_since,
-                    self.crashed[r],
+                    self.down_since(r),
                 ])
             })
             .collect();
@@ -622,7 +661,7 @@ impl Model {
 
     /// Delivers everything due at `region`.
     pub(crate) fn apply_due(&mut self, region: usize, now: Instant) {
-        if self.stalled[region] || self.crashed[region].is_some() {
+        if self.stalled[region] || self.down_since(region).is_some() {
             return;
         }
         let multi_writer = self.p.multi_writer;

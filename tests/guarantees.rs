@@ -536,6 +536,20 @@ async fn verification_never_reads_through_an_excluded_clock() {
         )
         .await
         .unwrap();
+    // Nothing read through ap: the leaseholder's clock is where eu's is.
+    // (Once it is pushed, the client's commit wait still keeps the next
+    // commit from being acknowledged in the future, at the cost of the
+    // push itself in waiting.)
+    let max_offset = sim.config().max_offset.as_nanos() as u64;
+    let leaseholder = sim.leaseholder();
+    let view = sim.inspect();
+    let holder = view.nodes.iter().find(|n| n.region == leaseholder).unwrap();
+    assert!(
+        holder.hlc.wall <= eu_clock.now_nanos() + max_offset,
+        "the leaseholder's clock was pushed {} ms ahead",
+        (holder.hlc.wall - eu_clock.now_nanos()) / 1_000_000
+    );
+    let before_next = tokio::time::Instant::now();
     let next = client
         .write(
             &session,
@@ -546,7 +560,11 @@ async fn verification_never_reads_through_an_excluded_clock() {
         )
         .await
         .unwrap();
-    let max_offset = sim.config().max_offset.as_nanos() as u64;
+    assert!(
+        before_next.elapsed() < Duration::from_millis(500),
+        "the next write waited {:?}",
+        before_next.elapsed()
+    );
     assert!(
         next.point.wall <= eu_clock.now_nanos() + max_offset,
         "the next commit is {} ms in the future",

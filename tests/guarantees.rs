@@ -1321,3 +1321,55 @@ async fn bounded_reads_while_the_leader_steps_unseen(
     writer.abort();
     checks.abort();
 }
+
+/// A strong read served by a leaseholder whose clock the guard excludes is
+/// refused, whoever wrote through it. On a database that trusts every
+/// clock, a leaseholder 2 s ahead stamps a commit (here another service's,
+/// without quorate's commit wait) 2 s in the future; a gateway whose
+/// hybrid-logical clock has not heard from it since reads at true time and
+/// would miss the commit by more than its uncertainty. The read fails,
+/// typed, instead of returning the version before it.
+#[tokio::test(start_paused = true)]
+async fn a_strong_read_served_by_an_excluded_leaseholder_is_refused() {
+    let mut c = config();
+    c.enforce_max_offset = false;
+    let sim = Sim::new(c).unwrap();
+    let first = IdempotencyKey::new("first").unwrap();
+    send(&sim, "eu", "k", &first).await.unwrap();
+    sim.set_skew("eu", 2_000_000_000).unwrap();
+    let us = Client::new(
+        sim.at("us").unwrap(),
+        ClientConfig {
+            clock: Arc::new(sim.clock("us").unwrap()),
+            seed: Some(5),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    us.refresh_health().await;
+    assert!(us.clock_excluded(&region("eu")));
+    // Another service writes through ap's gateway: committed at eu's clock.
+    let value = Bytes::from_static(b"2");
+    let later = sim
+        .at("ap")
+        .unwrap()
+        .write(&WriteRequest {
+            key: "k",
+            value: &value,
+            precondition: Precondition::Any,
+            idempotency_key: None,
+            region: &region("ap"),
+            deadline: Instant::now() + Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+    assert!(later.point.wall > sim.clock("us").unwrap().now_nanos() + 1_000_000_000);
+    match us.read(&us.session(), "k", ReadPolicy::Strong).await {
+        Ok(read) => assert_eq!(
+            read.version(),
+            Some(later.version),
+            "a strong read returned the version before a completed write"
+        ),
+        Err(e) => assert!(e.is_retryable(), "{e}"),
+    }
+}

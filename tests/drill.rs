@@ -546,3 +546,28 @@ fn a_seed_replays_exactly() {
         );
     }
 }
+
+/// About one seed in nine is a quiet-reader drill, of both kinds, and its
+/// strict runs are clean.
+#[test]
+fn quiet_reader_drills() {
+    let described: Vec<(u64, String)> = (1..300)
+        .map(|s| (s, drill::nemesis::describe(s)))
+        .filter(|(_, d)| d.contains("quiet-reader drill"))
+        .collect();
+    assert!((15..60).contains(&described.len()), "{}", described.len());
+    for kind in ["fast leaseholder", "fast gateway"] {
+        let (seed, d) = described
+            .iter()
+            .find(|(_, d)| d.contains(kind))
+            .unwrap_or_else(|| panic!("no {kind} drill"));
+        assert!(d.contains("trusting every clock"), "{d}");
+        let run = drill::run(
+            &drill::nemesis::scenario(*seed),
+            Configuration::Strict,
+            *seed,
+        )
+        .unwrap();
+        assert_eq!(run.report.total(), 0, "{d}\n{}", run.report.render());
+    }
+}

@@ -113,6 +113,8 @@ pub(crate) struct Actor {
     /// The service the user's last operation went to.
     current: usize,
     writes: u64,
+    /// Where the strict client checks its writes (read-after-write).
+    verify_regions: VerifyRegions,
 }
 
 /// A successful read as an actor sees it.
@@ -158,7 +160,15 @@ impl Actor {
             sessions,
             current: 0,
             writes: 0,
+            verify_regions: VerifyRegions::Healthy,
         }
+    }
+
+    /// Checks the strict client's writes in `regions` instead of every
+    /// healthy region.
+    pub(crate) fn verifying(mut self, regions: VerifyRegions) -> Actor {
+        self.verify_regions = regions;
+        self
     }
 
     /// An actor that writes straight to the database through `region`'s
@@ -176,6 +186,7 @@ impl Actor {
             sessions: vec![None],
             current: 0,
             writes: 0,
+            verify_regions: VerifyRegions::Healthy,
         }
     }
 
@@ -304,8 +315,8 @@ impl Actor {
             .invoke_write(self.process, &self.name, key, expect, Some(&idem));
         let started = Instant::now();
         let value = Bytes::from(value.to_owned());
-        let verify = (!self.stage.without(super::Mechanism::Verify)).then_some(Verify {
-            regions: VerifyRegions::Healthy,
+        let verify = (!self.stage.without(super::Mechanism::Verify)).then(|| Verify {
+            regions: self.verify_regions.clone(),
             policy: ReadPolicy::Strong,
             deadline: Duration::from_secs(1),
         });

@@ -30,6 +30,7 @@ use super::scenarios::{
     US,
 };
 use super::{run_variant, Configuration, Variant};
+use crate::client::VerifyRegions;
 use crate::error::Error;
 use crate::history::{Anomaly, HistoryPolicy, ANOMALIES};
 use crate::policy::{ReadPolicy, Staleness};
@@ -77,6 +78,58 @@ struct Plan {
     /// Writers whose client makes one attempt per operation: a handler
     /// that reports a definite failure to its caller, who moves on.
     one_shot: Vec<&'static str>,
+    /// A quiet-reader drill, if the seed is one: its workload replaces the
+    /// schedule's.
+    quiet: Option<Quiet>,
+}
+
+/// A quiet-reader drill: strong readers in a region that has no other
+/// traffic, so that its gateway's hybrid-logical clock hears from the
+/// leaseholder only through them, while a clock runs ahead elsewhere on a
+/// database that trusts every clock. A busy gateway's clock keeps up with
+/// a fast leaseholder's (every answer carries it); a quiet one's does not,
+/// and its strong reads are timestamped below what the leaseholder stamps
+/// meanwhile. What keeps them from missing completed writes is the
+/// client: commit wait, the refusal of a strong read served by a
+/// leaseholder whose clock is excluded, and read-after-write checks that
+/// never read through an excluded gateway.
+#[derive(Clone, Copy, Debug)]
+struct Quiet {
+    /// The region whose only traffic is the quiet readers.
+    reader: &'static str,
+    /// The region the writers are in.
+    busy: &'static str,
+    kind: QuietKind,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum QuietKind {
+    /// The leaseholder's clock is `skew` ms ahead from `from` to `until`
+    /// (ms into the run): quorate's blind writers write all along, and a
+    /// service without quorate writes only while the step has more than
+    /// `skew` ms to run (later, its stamps would still be ahead once the
+    /// clock is back, beyond what any reader's client can see).
+    FastLeader { from: u64, until: u64, skew: u64 },
+    /// The busy region's clock is `skew` ms ahead from `from` on: its
+    /// updaters check their writes where their local readers read, which
+    /// must not be through their own gateway; a service without quorate
+    /// writes through the home once the clients have had time to see the
+    /// step and the stamps their requests carried before that have been
+    /// overtaken by true time.
+    FastGateway { from: u64, skew: u64 },
+}
+
+impl Quiet {
+    fn label(&self) -> String {
+        let kind = match self.kind {
+            QuietKind::FastLeader { .. } => "fast leaseholder",
+            QuietKind::FastGateway { .. } => "fast gateway",
+        };
+        format!(
+            "quiet-reader drill ({kind}), readers in {}, writers in {}",
+            self.reader, self.busy
+        )
+    }
 }
 
 fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
@@ -256,6 +309,18 @@ impl Plan {
             windows = clock_windows;
         }
         let clock_focus = drill.map(|(focus, _)| focus);
+        // A quiet-reader drill, from a stream of its own, on consensus
+        // tables that are not clock drills: its faults and workload
+        // replace the schedule's.
+        let mut quiet_windows = Vec::new();
+        let quiet = if current && drill.is_none() && !multi_writer {
+            quiet_faults(seed, home, &mut quiet_windows)
+        } else {
+            None
+        };
+        if quiet.is_some() {
+            windows = quiet_windows;
+        }
         // A clock drill on a consensus table has a service writing next to
         // the home that does not use quorate: its writes keep landing
         // through a leaseholder whose clock the strict clients distrust,
@@ -270,8 +335,11 @@ impl Plan {
         // A clock drill may run on a database that trusts every clock,
         // which lets a stepped clock keep serving and replicating: only
         // the client's guard stands in the way.
-        let trusts_clocks = trusts_clocks || drill.is_some_and(|(_, trusting)| trusting);
+        let trusts_clocks =
+            trusts_clocks || drill.is_some_and(|(_, trusting)| trusting) || quiet.is_some();
         let commit_wait = commit_wait && !trusts_clocks;
+        // One range: the leaseholder the drill steps holds every key.
+        let ranges = if quiet.is_some() { 1 } else { ranges };
         let mut shots = SplitMix64::new(seed ^ 0x6f6e_6573_686f_7421);
         // Not in clock drills, whose steps are narrow and whose load is
         // their own.
@@ -303,6 +371,7 @@ impl Plan {
             clock_focus,
             direct,
             one_shot,
+            quiet,
         }
     }
 }
@@ -386,6 +455,53 @@ fn clock_faults(
         bounded.push(focus);
     }
     Some((focus, trusting))
+}
+
+/// One seed in five of the rest is a quiet-reader drill, from a stream of
+/// its own (see [`Quiet`]): the quiet region and the busy one are the two
+/// that are not the home, a clock steps 900 to 1,500 ms ahead, and, when
+/// the busy region's clock is the fast one, its link to the quiet region
+/// is slower, so that its clients route around their own gateway through
+/// the home's and the quiet gateway stays quiet.
+fn quiet_faults(seed: u64, home: &'static str, windows: &mut Vec<Window>) -> Option<Quiet> {
+    let mut rng = SplitMix64::new(seed ^ 0x7175_6965_7421_2121);
+    if rng.below(5) != 0 {
+        return None;
+    }
+    let others: Vec<&'static str> = REGIONS.iter().copied().filter(|r| *r != home).collect();
+    let reader = pick(&mut rng, &others);
+    let busy = others
+        .iter()
+        .copied()
+        .find(|r| *r != reader)
+        .unwrap_or(home);
+    let skew = pick(&mut rng, &[900u64, 1200, 1500]);
+    let ms = Duration::from_millis;
+    let kind = if rng.below(2) == 0 {
+        let from = 1500 + rng.below(3000);
+        let until = (from + skew + 1500 + rng.below(2500)).min(11_000);
+        windows.push(Window {
+            from: ms(from),
+            until: ms(until),
+            fault: Fault::Skew(home, skew as i64),
+        });
+        QuietKind::FastLeader { from, until, skew }
+    } else {
+        let from = 1000 + rng.below(2000);
+        let until = (from + 3000 + rng.below(4000)).min(11_500);
+        windows.push(Window {
+            from: ms(from),
+            until: ms(until),
+            fault: Fault::Skew(busy, skew as i64),
+        });
+        windows.push(Window {
+            from: ms(0),
+            until: ms(11_500),
+            fault: Fault::Latency(busy, reader, 60),
+        });
+        QuietKind::FastGateway { from, skew }
+    };
+    Some(Quiet { reader, busy, kind })
 }
 
 fn system(seed: u64) -> SimConfig {
@@ -574,11 +690,23 @@ fn settler(stage: &Stage, region: &str, keys: u64) -> Task {
 /// uncertainty; only the writer's commit wait, which quorate's writes
 /// have, keeps a strong read from missing them.)
 fn direct_writer(stage: &Stage, region: &str, keys: u64) -> Task {
+    direct_writer_during(stage, region, keys, (Duration::ZERO, DURATION))
+}
+
+/// The same, writing only from `from` to `until` into the run.
+fn direct_writer_during(
+    stage: &Stage,
+    region: &str,
+    keys: u64,
+    (from, until): (Duration, Duration),
+) -> Task {
     let mut actor = Actor::direct(stage, region);
     let mut rng = rng_for(stage, 0xcc + stage.recorder.process());
+    let (start, end) = (stage.start + from, stage.start + until);
     Box::pin(async move {
+        tokio::time::sleep_until(start).await;
         let mut n = 0u64;
-        while actor.running() {
+        while actor.running() && tokio::time::Instant::now() < end {
             n += 1;
             let key = format!("feed:{}", rng.below(keys));
             actor
@@ -595,7 +723,13 @@ fn direct_writer(stage: &Stage, region: &str, keys: u64) -> Task {
 /// apply, moves on to the next with a new idempotency key. A write it was
 /// told had not applied must never land later.
 fn one_shot_writer(stage: &Stage, region: &str, keys: u64) -> Task {
-    let mut actor = Actor::with_attempts(stage, &[region], Some(1));
+    blind_writer(stage, region, keys, Some(1))
+}
+
+/// A writer that overwrites records blindly, its client making at most
+/// `attempts` attempts per write (`None`: as many as its deadline allows).
+fn blind_writer(stage: &Stage, region: &str, keys: u64, attempts: Option<u32>) -> Task {
+    let mut actor = Actor::with_attempts(stage, &[region], attempts);
     let mut rng = rng_for(stage, 0xdd + stage.recorder.process());
     Box::pin(async move {
         let mut n = 0u64;
@@ -603,9 +737,88 @@ fn one_shot_writer(stage: &Stage, region: &str, keys: u64) -> Task {
             let key = format!("acct:{}", rng.below(keys));
             n += 1;
             actor
-                .write(0, &key, &format!("one-shot-{n}"), Precondition::Any, None)
+                .write(0, &key, &format!("blind-{n}"), Precondition::Any, None)
                 .await;
             sleep(pause(&mut rng, (40, 120))).await;
+        }
+    })
+}
+
+/// A strict user in the quiet region who reads a record strongly now and
+/// then, alternating between the records quorate's writers write
+/// (`acct:N`) and those the service without quorate writes (`feed:N`).
+fn quiet_reader(stage: &Stage, region: &str, keys: u64) -> Task {
+    let mut actor = Actor::new(stage, &[region]);
+    let mut rng = rng_for(stage, 0xee + stage.recorder.process());
+    Box::pin(async move {
+        let mut turn = 0u64;
+        while actor.running() {
+            let prefix = if turn.is_multiple_of(2) { "acct" } else { "feed" };
+            turn += 1;
+            let key = format!("{prefix}:{}", rng.below(keys));
+            actor
+                .read(0, &key, ReadPolicy::Strong, HistoryPolicy::Strong)
+                .await;
+            sleep(pause(&mut rng, (900, 1200))).await;
+        }
+    })
+}
+
+/// A quiet-reader drill's workload (see [`Quiet`]).
+fn quiet_workload(stage: &Stage, home: &'static str, keys: u64, quiet: Quiet) -> Vec<Task> {
+    let mut tasks = Vec::new();
+    let ms = Duration::from_millis;
+    match quiet.kind {
+        QuietKind::FastLeader { from, until, skew } => {
+            for _ in 0..2 {
+                tasks.push(blind_writer(stage, quiet.busy, keys, None));
+            }
+            let stop = until.saturating_sub(skew + 300);
+            tasks.push(direct_writer_during(
+                stage,
+                quiet.busy,
+                keys,
+                (ms(from + 200), ms(stop)),
+            ));
+        }
+        QuietKind::FastGateway { from, skew } => {
+            for _ in 0..2 {
+                tasks.push(updater_verifying(
+                    stage,
+                    quiet.busy,
+                    keys,
+                    VerifyRegions::Local,
+                ));
+            }
+            // Until the clients have seen the step (a probe period and a
+            // majority of samples), their requests through the fast gateway
+            // push the leaseholder's clock ahead, and its stamps stay ahead
+            // for as long again: no client can prevent that, and a service
+            // without commit wait writing then would be missed.
+            tasks.push(direct_writer_during(
+                stage,
+                home,
+                keys,
+                (ms(from + skew + 1200), DURATION),
+            ));
+        }
+    }
+    tasks.push(quiet_reader(stage, quiet.reader, keys));
+    tasks
+}
+
+/// An updater (strong read, conditional write) whose writes are checked in
+/// `regions`.
+fn updater_verifying(stage: &Stage, region: &str, keys: u64, regions: VerifyRegions) -> Task {
+    let mut actor = Actor::new(stage, &[region]).verifying(regions);
+    let mut rng = rng_for(stage, 0x11 + stage.recorder.process());
+    Box::pin(async move {
+        let mut n = 0u64;
+        while actor.running() {
+            let key = format!("acct:{}", rng.below(keys));
+            n += 1;
+            actor.update(&key, &format!("update-{n}")).await;
+            sleep(pause(&mut rng, (60, 200))).await;
         }
     })
 }
@@ -619,6 +832,9 @@ fn first_workload(stage: &Stage) -> Vec<Task> {
 }
 
 fn workload_of(stage: &Stage, plan: Plan) -> Vec<Task> {
+    if let Some(quiet) = plan.quiet {
+        return quiet_workload(stage, plan.home, plan.keys, quiet);
+    }
     let mut tasks = Vec::new();
     for r in &plan.updaters {
         tasks.push(updater(stage, &[r], plan.keys, (60, 200)));
@@ -700,9 +916,10 @@ pub fn describe(seed: u64) -> String {
         1 => ", 1 browser".to_owned(),
         n => format!(", {n} browsers"),
     };
-    let clocks = match plan.clock_focus {
-        Some(r) => format!(", clock drill in {r}"),
-        None => String::new(),
+    let clocks = match (plan.clock_focus, plan.quiet) {
+        (Some(r), _) => format!(", clock drill in {r}"),
+        (None, Some(q)) => format!(", {}", q.label()),
+        (None, None) => String::new(),
     };
     let mut s = format!(
         "seed {seed}: {} table{}, home {}, {} keys{browsers}{clocks}; faults:",

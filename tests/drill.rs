@@ -532,9 +532,9 @@ fn clock_drills_and_the_seeds_they_caught() {
 /// health checks that stop at the end of the run.
 #[test]
 fn a_seed_replays_exactly() {
-    let seed = 12;
-    let described = drill::nemesis::describe(seed);
-    assert!(described.contains("node paused"), "{described}");
+    let seed = (1..100)
+        .find(|&s| drill::nemesis::describe(s).contains("node paused"))
+        .expect("some seed pauses a node");
     let scenario = drill::nemesis::scenario(seed);
     for config in [Configuration::Naive, Configuration::Strict] {
         let first = drill::run(&scenario, config, seed).unwrap();

@@ -634,7 +634,12 @@ pub async fn not_visible_deadline<B: Backend + Clone>(f: &Fixture<B>) -> CaseRes
     let s = client.session();
     let key = f.key("not-visible", 0);
     let local = client.backend().topology().local().clone();
-    control.set_replica_lag(&local, Duration::from_secs(3600));
+    // Every region's replicas lag: a check redirected away from a local
+    // region the router left (a slow first write on a loaded server) must
+    // find the version missing as well.
+    for region in client.backend().topology().regions() {
+        control.set_replica_lag(region, Duration::from_secs(3600));
+    }
     // Create first so the lagging replica has a version older than the next.
     let c = client
         .write(

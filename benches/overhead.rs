@@ -127,7 +127,7 @@ fn direct_conditional_write(b: Bencher) {
             let idem = IdempotencyKey::generate();
             let request = WriteRequest {
                 key: "bench",
-                value: &value,
+                mutation: quorate::Mutation::Put(&value),
                 precondition: Precondition::IfVersion(s.version.get()),
                 idempotency_key: Some(&idem),
                 region: &s.region,

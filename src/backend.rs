@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::policy::ReadPolicy;
-use crate::record::{Committed, Precondition, Read, ReplicaRole};
+use crate::record::{Committed, Mutation, Precondition, Read, ReplicaRole};
 use crate::session::{Scope, SessionFloor};
 use crate::topology::{Region, Topology};
 
@@ -119,8 +119,8 @@ pub struct ReadPlan<'a> {
 pub struct WriteRequest<'a> {
     /// The key.
     pub key: &'a str,
-    /// The new value.
-    pub value: &'a Bytes,
+    /// The new value, or a delete.
+    pub mutation: Mutation<'a>,
     /// When the write applies.
     pub precondition: Precondition,
     /// The logical write this attempt belongs to. A backend stores it in the
@@ -194,8 +194,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Reads one key under a resolved plan.
     fn read(&self, plan: &ReadPlan<'_>) -> impl Future<Output = Result<Read<Bytes>, Error>> + Send;
 
-    /// Writes one key if its precondition holds. A failed precondition is
-    /// [`Error::Conflict`] carrying the current version.
+    /// Writes one key if its precondition holds: stores a value or deletes
+    /// the record ([`Mutation`]), either way as a new version of the key —
+    /// a delete leaves a tombstone that reads report
+    /// ([`Read::deleted`](crate::Read::deleted)) and that a later write
+    /// continues from. A failed precondition is [`Error::Conflict`]
+    /// carrying the current version (`None` when absent or deleted).
     fn write(
         &self,
         request: &WriteRequest<'_>,

@@ -39,6 +39,10 @@ use crate::record::{Committed, Freshness, Point, Read, ReplicaRole, Version, Ver
 use crate::session::Scope;
 use crate::topology::{Region, Topology};
 
+/// A committed write the lag emulation remembers: when, its version, its
+/// value (`None` for a delete) and its point.
+type Remembered = (Instant, Version, Option<Bytes>, Point);
+
 /// How many committed writes per key the lag emulation remembers.
 const REMEMBERED_WRITES: usize = 32;
 
@@ -53,7 +57,7 @@ struct Faults {
     lag: HashMap<Region, Duration>,
     isolation_timeout: Duration,
     /// Writes seen per key: (when, version, value, point).
-    writes: HashMap<String, VecDeque<(Instant, Version, Bytes, Point)>>,
+    writes: HashMap<String, VecDeque<Remembered>>,
     injected: u64,
 }
 
@@ -223,7 +227,7 @@ impl<B: Backend> Chaos<B> {
             let Some(writes) = f.writes.get(plan.key) else {
                 return read;
             };
-            let observed = read.version();
+            let observed = read.observed();
             // The newest write old enough to have reached the lagging replica.
             let visible = writes
                 .iter()
@@ -232,20 +236,22 @@ impl<B: Backend> Chaos<B> {
             let first_is_create = writes
                 .front()
                 .is_some_and(|(_, v, ..)| *v == Version::FIRST);
-            let (value, point) = match visible {
+            let (value, deleted, point) = match visible {
                 Some((_, v, bytes, p)) if observed.is_none_or(|o| *v < o) => (
-                    Some(Versioned {
+                    bytes.as_ref().map(|bytes| Versioned {
                         version: *v,
                         value: bytes.clone(),
                     }),
+                    bytes.is_none().then_some(*v),
                     Some(*p),
                 ),
-                None if first_is_create && observed.is_some() => (None, None),
+                None if first_is_create && observed.is_some() => (None, None, None),
                 _ => return read,
             };
             f.injected += 1;
             Read {
                 value,
+                deleted,
                 freshness: Freshness {
                     region: read.freshness.region,
                     role: ReplicaRole::Follower,
@@ -304,7 +310,7 @@ impl<B: Backend> Backend for Chaos<B> {
                 log.push_back((
                     Instant::now(),
                     committed.version,
-                    request.value.clone(),
+                    request.mutation.value().cloned(),
                     committed.point,
                 ));
                 if log.len() > REMEMBERED_WRITES {

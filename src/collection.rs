@@ -234,6 +234,20 @@ where
             .await
     }
 
+    /// Deletes `key` if `precondition` holds (see [`Client::delete`]): the
+    /// delete is a version of its own, and a record put later with
+    /// `IfAbsent` continues from it.
+    pub async fn delete(&self, key: &str, precondition: Precondition) -> Result<Committed, Error> {
+        self.client
+            .delete(
+                &self.session,
+                &self.full_key(key),
+                precondition,
+                &self.write,
+            )
+            .await
+    }
+
     /// Read-modify-write: reads `key` strongly, computes the new value from
     /// the old one, and writes it only if nobody committed in between; on a
     /// conflict it reads again and retries, at most
@@ -288,7 +302,11 @@ where
 }
 
 fn decode<T: DeserializeOwned>(read: Read<bytes::Bytes>) -> Result<Read<T>, Error> {
-    let Read { value, freshness } = read;
+    let Read {
+        value,
+        deleted,
+        freshness,
+    } = read;
     let value = match value {
         Some(v) => Some(crate::Versioned {
             version: v.version,
@@ -296,7 +314,11 @@ fn decode<T: DeserializeOwned>(read: Read<bytes::Bytes>) -> Result<Read<T>, Erro
         }),
         None => None,
     };
-    Ok(Read { value, freshness })
+    Ok(Read {
+        value,
+        deleted,
+        freshness,
+    })
 }
 
 /// The class of a name in a [`PolicyBook`].

@@ -198,6 +198,9 @@ pub fn cases<B: Backend + Clone>() -> Vec<(&'static str, Case<B>)> {
         ("follower_freshness_claims_hold", |f| {
             Box::pin(follower_freshness_claims_hold(f))
         }),
+        ("deletes_leave_tombstones_that_recreation_continues", |f| {
+            Box::pin(deletes_leave_tombstones_that_recreation_continues(f))
+        }),
     ]
 }
 
@@ -814,6 +817,162 @@ pub async fn reused_idempotency_key_refused<B: Backend + Clone>(f: &Fixture<B>) 
         .await
         .map_err(fail("read"))?;
     ensure!(r.version().is_none(), "the other record was written");
+    Ok(())
+}
+
+/// A delete is a version of its record: conditional (a delete on another
+/// version conflicts, naming the current one), idempotent (the same
+/// logical delete again returns its first outcome, and a lookup of its key
+/// finds it), visible to strong and session reads as a tombstone at its
+/// version, never the base of an `IfVersion` write, and continued from
+/// when the record is written again with `IfAbsent`. Deleting a record
+/// that never existed leaves a tombstone too.
+pub async fn deletes_leave_tombstones_that_recreation_continues<B: Backend + Clone>(
+    f: &Fixture<B>,
+) -> CaseResult {
+    let client = f.client()?;
+    let session = client.session();
+    let key = f.key("delete", 0);
+    let plain = WriteOptions::default();
+    let first = client
+        .write(&session, &key, "a".into(), Precondition::IfAbsent, &plain)
+        .await
+        .map_err(fail("write"))?;
+    match client
+        .delete(
+            &session,
+            &key,
+            Precondition::IfVersion(first.version.next()),
+            &plain,
+        )
+        .await
+    {
+        Err(Error::Conflict { current, .. }) => ensure!(
+            current == Some(first.version),
+            "a refused delete named {current:?}, not {}",
+            first.version
+        ),
+        other => return Err(format!("a delete on another version gave {other:?}")),
+    }
+    let idem = IdempotencyKey::new(&format!("{key}-delete")).map_err(fail("key"))?;
+    let once = WriteOptions {
+        idempotency_key: Some(idem.clone()),
+        ..WriteOptions::default()
+    };
+    let deleted = client
+        .delete(
+            &session,
+            &key,
+            Precondition::IfVersion(first.version),
+            &once,
+        )
+        .await
+        .map_err(fail("delete"))?;
+    ensure!(
+        deleted.version > first.version,
+        "the delete's version {} is not after {}",
+        deleted.version,
+        first.version
+    );
+    let again = client
+        .delete(
+            &session,
+            &key,
+            Precondition::IfVersion(first.version),
+            &once,
+        )
+        .await
+        .map_err(fail("the same delete again"))?;
+    ensure!(
+        again.version == deleted.version,
+        "the same logical delete applied twice: {} then {}",
+        deleted.version,
+        again.version
+    );
+    // Asked where the delete committed: a multi-writer table keeps its
+    // idempotency records in the key's home region.
+    let found = client
+        .backend()
+        .lookup(&deleted.region, &key, &idem)
+        .await
+        .map_err(fail("lookup"))?;
+    ensure!(
+        found.as_ref().map(|c| c.version) == Some(deleted.version),
+        "the delete's idempotency key holds {found:?}"
+    );
+    let elsewhere = f.client()?.session();
+    for (who, s, policy) in [
+        ("the session", &session, ReadPolicy::Session),
+        ("the session", &session, ReadPolicy::Strong),
+        ("another session", &elsewhere, ReadPolicy::Strong),
+    ] {
+        let r = client
+            .read(s, &key, policy)
+            .await
+            .map_err(fail("read after the delete"))?;
+        ensure!(
+            r.value.is_none() && r.deleted == Some(deleted.version),
+            "{who}'s {policy} read after the delete saw {:?} (deleted: {:?})",
+            r.version(),
+            r.deleted
+        );
+    }
+    for stale in [first.version, deleted.version] {
+        match client
+            .write(
+                &session,
+                &key,
+                "b".into(),
+                Precondition::IfVersion(stale),
+                &plain,
+            )
+            .await
+        {
+            Err(Error::Conflict { current: None, .. }) => {}
+            other => {
+                return Err(format!(
+                    "IfVersion({stale}) of a deleted record gave {other:?}"
+                ))
+            }
+        }
+    }
+    let recreated = client
+        .write(&session, &key, "c".into(), Precondition::IfAbsent, &plain)
+        .await
+        .map_err(fail("re-create"))?;
+    ensure!(
+        recreated.version > deleted.version,
+        "the re-created record restarted at {} after the delete's {}",
+        recreated.version,
+        deleted.version
+    );
+    let r = client
+        .read(&session, &key, ReadPolicy::Strong)
+        .await
+        .map_err(fail("read after re-creating"))?;
+    ensure!(
+        r.version() == Some(recreated.version)
+            && r.deleted.is_none()
+            && r.value.as_ref().is_some_and(|v| v.value == "c".as_bytes()),
+        "the re-created record reads as {:?} (deleted: {:?})",
+        r.version(),
+        r.deleted
+    );
+    let never = f.key("delete", 1);
+    let tombstone = client
+        .delete(&session, &never, Precondition::Any, &plain)
+        .await
+        .map_err(fail("delete of an absent record"))?;
+    let r = client
+        .read(&session, &never, ReadPolicy::Strong)
+        .await
+        .map_err(fail("read of the tombstone"))?;
+    ensure!(
+        r.value.is_none() && r.deleted == Some(tombstone.version),
+        "an absent record deleted reads as {:?} (deleted: {:?})",
+        r.version(),
+        r.deleted
+    );
     Ok(())
 }
 

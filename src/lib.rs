@@ -81,7 +81,7 @@ pub use error::{BoxError, Error, Retryability};
 pub use observe::names as metric_names;
 pub use policy::{PolicyError, ReadPolicy, Staleness, StrictRead, DEFAULT_MAX_STALENESS};
 pub use record::{
-    Committed, Freshness, Point, Precondition, Read, ReplicaRole, Version, Versioned,
+    Committed, Freshness, Mutation, Point, Precondition, Read, ReplicaRole, Version, Versioned,
 };
 pub use retry::{RetryBudget, RetryPolicy};
 pub use routing::Circuit;

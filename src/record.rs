@@ -97,6 +97,9 @@ pub struct Versioned<T> {
 ///
 /// Writes of critical records should be conditional: a write based on what
 /// was read succeeds only if nobody else committed in between.
+///
+/// A deleted record counts as absent: `IfAbsent` admits it (the new record
+/// continues the version of the delete) and no `IfVersion` does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Precondition {
     /// Apply whatever the current version is (last writer wins).
@@ -128,10 +131,37 @@ impl Precondition {
     }
 }
 
+/// What a write does to its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation<'a> {
+    /// Stores this value.
+    Put(&'a bytes::Bytes),
+    /// Deletes the record. The delete is a version of its own (a
+    /// tombstone), so that a record re-created later continues the
+    /// version sequence instead of restarting at 1, and preconditions and
+    /// sessions stay sound; deleting an absent record also leaves one.
+    Delete,
+}
+
+impl<'a> Mutation<'a> {
+    /// Whether this is a delete.
+    pub fn is_delete(self) -> bool {
+        matches!(self, Mutation::Delete)
+    }
+
+    /// The value stored (`None` for a delete).
+    pub fn value(self) -> Option<&'a bytes::Bytes> {
+        match self {
+            Mutation::Put(v) => Some(v),
+            Mutation::Delete => None,
+        }
+    }
+}
+
 /// The outcome of a successful write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed {
-    /// The version the write created.
+    /// The version the write created (for a delete, its tombstone's).
     pub version: Version,
     /// Where in the commit order it landed (session tokens advance to it).
     pub point: Point,
@@ -181,14 +211,26 @@ pub struct Freshness {
 pub struct Read<T> {
     /// The record, or `None` if the key has none.
     pub value: Option<Versioned<T>>,
+    /// When the key has no record because a delete removed it, the version
+    /// of that delete (its tombstone): a record re-created later continues
+    /// from it, and a session that saw the delete is not behind a replica
+    /// that shows it.
+    pub deleted: Option<Version>,
     /// Where and how fresh it was served.
     pub freshness: Freshness,
 }
 
 impl<T> Read<T> {
-    /// The version observed (`None` when absent).
+    /// The version of the record read (`None` when absent, deleted or not).
     pub fn version(&self) -> Option<Version> {
         self.value.as_ref().map(|v| v.version)
+    }
+
+    /// The version of the key's state the read observed: its record's, or
+    /// its tombstone's when a delete removed it (`None` when the key never
+    /// had a record).
+    pub fn observed(&self) -> Option<Version> {
+        self.version().or(self.deleted)
     }
 
     /// Maps the record's value, keeping version and freshness.
@@ -198,6 +240,7 @@ impl<T> Read<T> {
                 version: v.version,
                 value: f(v.value),
             }),
+            deleted: self.deleted,
             freshness: self.freshness,
         }
     }

@@ -303,7 +303,7 @@ fn client_futures_hold_the_backend_request_once() {
     let value: bytes::Bytes = "v".into();
     let request = WriteRequest {
         key: "k",
-        value: &value,
+        mutation: quorate::Mutation::Put(&value),
         precondition: Precondition::Any,
         idempotency_key: None,
         region: &region,

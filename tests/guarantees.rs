@@ -78,7 +78,7 @@ async fn send(
     let value = Bytes::from_static(b"v");
     sim.write(&WriteRequest {
         key,
-        value: &value,
+        mutation: quorate::Mutation::Put(&value),
         precondition: Precondition::IfAbsent,
         idempotency_key: Some(idem),
         region: &r,
@@ -1260,7 +1260,7 @@ async fn bounded_reads_while_the_leader_steps_unseen(
                 if let Ok(c) = sim
                     .write(&WriteRequest {
                         key: "k",
-                        value: &value,
+                        mutation: quorate::Mutation::Put(&value),
                         precondition: Precondition::Any,
                         idempotency_key: None,
                         region: &eu,
@@ -1355,7 +1355,7 @@ async fn a_strong_read_served_by_an_excluded_leaseholder_is_refused() {
         .unwrap()
         .write(&WriteRequest {
             key: "k",
-            value: &value,
+            mutation: quorate::Mutation::Put(&value),
             precondition: Precondition::Any,
             idempotency_key: None,
             region: &region("ap"),
@@ -1372,4 +1372,83 @@ async fn a_strong_read_served_by_an_excluded_leaseholder_is_refused() {
         ),
         Err(e) => assert!(e.is_retryable(), "{e}"),
     }
+}
+
+/// A session that deleted a record reads it deleted: never the record from
+/// a replica that has not applied the delete, neither while the key is in
+/// its token nor once it has left it (the session's point covers the
+/// delete), and without taking the tombstone for a missing version.
+#[tokio::test(start_paused = true)]
+async fn a_session_never_reads_back_what_it_deleted() {
+    let sim = Sim::new(config()).unwrap();
+    let client = Client::new(
+        sim.at("us").unwrap(),
+        ClientConfig {
+            clock: Arc::new(sim.clock("us").unwrap()),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let session = client.session();
+    let plain = WriteOptions::default();
+    let created = client
+        .write(&session, "k", "1".into(), Precondition::IfAbsent, &plain)
+        .await
+        .unwrap();
+    sleep(Duration::from_secs(1)).await;
+    sim.stall_replica("us").unwrap();
+    let deleted = client
+        .delete(
+            &session,
+            "k",
+            Precondition::IfVersion(created.version),
+            &plain,
+        )
+        .await
+        .unwrap();
+    let follower = |key: &'static str| {
+        let sim = sim.at("us").unwrap();
+        async move {
+            let us = region("us");
+            sim.read(&ReadPlan {
+                key,
+                region: &us,
+                role: ReplicaRole::Follower,
+                policy: ReadPolicy::Session,
+                floor: SessionFloor::default(),
+                deadline: Instant::now() + Duration::from_secs(1),
+            })
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        follower("k").await.version(),
+        Some(created.version),
+        "the local replica has not applied the delete"
+    );
+    let r = client
+        .read(&session, "k", ReadPolicy::Session)
+        .await
+        .unwrap();
+    assert_eq!((r.version(), r.deleted), (None, Some(deleted.version)));
+    for i in 0..20 {
+        client
+            .write(
+                &session,
+                &format!("other-{i}"),
+                "x".into(),
+                Precondition::Any,
+                &plain,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(session.token().version_of("k"), None, "k left the token");
+    assert_eq!(follower("k").await.version(), Some(created.version));
+    let r = client
+        .read(&session, "k", ReadPolicy::Session)
+        .await
+        .unwrap();
+    assert_eq!((r.version(), r.deleted), (None, Some(deleted.version)));
 }

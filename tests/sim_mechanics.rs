@@ -29,7 +29,7 @@ async fn write(
     let idem = IdempotencyKey::generate();
     b.write(&WriteRequest {
         key,
-        value: &value,
+        mutation: quorate::Mutation::Put(&value),
         precondition: p,
         idempotency_key: Some(&idem),
         region: &region,
@@ -248,6 +248,88 @@ async fn multi_writer_partition_accepts_conflicting_writes_and_last_writer_wins(
     );
 }
 
+/// A delete replicates as a tombstone and takes part in last-writer-wins
+/// like a write: a delete in one region and a later write in the other
+/// settle on the write, an earlier write and a later delete on the delete.
+#[tokio::test(start_paused = true)]
+async fn multi_writer_deletes_are_tombstones_that_last_writer_wins() {
+    for delete_last in [false, true] {
+        let sim = Sim::new(config(Replication::MultiWriter)).unwrap();
+        let eu = sim.at("eu").unwrap();
+        let us = sim.at("us").unwrap();
+        let v1 = write(&eu, "eu", "order", "pending", Precondition::IfAbsent)
+            .await
+            .unwrap();
+        sleep(Duration::from_secs(1)).await;
+        sim.cut("eu", "us").unwrap();
+        let region = Region::new(if delete_last { "eu" } else { "us" }).unwrap();
+        let delete = || async {
+            let idem = IdempotencyKey::generate();
+            let b = if delete_last { &eu } else { &us };
+            b.write(&WriteRequest {
+                key: "order",
+                mutation: quorate::Mutation::Delete,
+                precondition: Precondition::IfVersion(v1.version),
+                idempotency_key: Some(&idem),
+                region: &region,
+                deadline: Instant::now() + Duration::from_secs(10),
+            })
+            .await
+            .unwrap()
+        };
+        let writer = if delete_last {
+            ("us", &us)
+        } else {
+            ("eu", &eu)
+        };
+        let (first, second) = if delete_last {
+            let w = write(
+                writer.1,
+                writer.0,
+                "order",
+                "shipped",
+                Precondition::IfVersion(v1.version),
+            )
+            .await
+            .unwrap();
+            sleep(Duration::from_millis(10)).await;
+            (w, delete().await)
+        } else {
+            let d = delete().await;
+            sleep(Duration::from_millis(10)).await;
+            let w = write(
+                writer.1,
+                writer.0,
+                "order",
+                "shipped",
+                Precondition::IfVersion(v1.version),
+            )
+            .await
+            .unwrap();
+            (d, w)
+        };
+        assert_eq!(first.version, second.version, "both accepted on version 1");
+        sim.heal();
+        sleep(Duration::from_secs(1)).await;
+        for (name, b) in [("eu", &eu), ("us", &us)] {
+            let r = read(b, name, "order", ReplicaRole::Leader).await.unwrap();
+            if delete_last {
+                assert_eq!(
+                    (r.version(), r.deleted),
+                    (None, Some(second.version)),
+                    "{name}"
+                );
+            } else {
+                assert_eq!(
+                    r.value.map(|v| v.value),
+                    Some(Bytes::from_static(b"shipped")),
+                    "{name}: the later write won over the delete"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn idempotent_writes_return_their_first_outcome() {
     let sim = Sim::new(config(Replication::Consensus)).unwrap();
@@ -257,7 +339,7 @@ async fn idempotent_writes_return_their_first_outcome() {
     let value = Bytes::from_static(b"x");
     let req = WriteRequest {
         key: "k",
-        value: &value,
+        mutation: quorate::Mutation::Put(&value),
         precondition: Precondition::IfAbsent,
         idempotency_key: Some(&idem),
         region: &region,
@@ -1191,7 +1273,7 @@ async fn a_write_held_at_a_paused_gateway() -> (Sim, Sim, IdempotencyKey) {
     let value = Bytes::from_static(b"late");
     let request = WriteRequest {
         key: "k",
-        value: &value,
+        mutation: quorate::Mutation::Put(&value),
         precondition: Precondition::IfVersion(quorate::Version::FIRST),
         idempotency_key: Some(&idem),
         region: &region,

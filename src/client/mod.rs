@@ -21,7 +21,7 @@ use crate::error::{Error, Retryability};
 use crate::observe::Metrics;
 use crate::policy::ReadPolicy;
 use crate::random::SplitMix64;
-use crate::record::{Committed, Precondition, Read, ReplicaRole};
+use crate::record::{Committed, Mutation, Precondition, Read, ReplicaRole};
 use crate::retry::{RetryBudget, RetryPolicy};
 use crate::routing::{BreakerConfig, Circuit, Kind, Router, Tried};
 use crate::session::{Scope, Session, SessionFloor, SessionToken};

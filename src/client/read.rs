@@ -226,7 +226,7 @@ impl<B: Backend> Client<B> {
                             // The point the read reflects covers the version
                             // it saw: once the key leaves the session's token,
                             // the session point still holds it.
-                            session.observe_of(h, read.version(), read.freshness.point);
+                            session.observe_of(h, read.observed(), read.freshness.point);
                         }
                         record_read(&read, attempt);
                         return Ok(read);
@@ -245,7 +245,7 @@ impl<B: Backend> Client<B> {
                             let error = Error::SessionAhead {
                                 key: key.to_owned(),
                                 required,
-                                found: read.version(),
+                                found: read.observed(),
                             };
                             tracing::Span::current().record("quorate.outcome", error.reason());
                             return Err(error);
@@ -290,7 +290,7 @@ impl<B: Backend> Client<B> {
         let inner = &*self.inner;
         let f = &read.freshness;
         if let Some(min) = floor.version {
-            if read.version().is_none_or(|v| v < min) {
+            if read.observed().is_none_or(|v| v < min) {
                 return if f.role == ReplicaRole::Leader {
                     Check::Behind { required: min }
                 } else {

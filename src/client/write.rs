@@ -86,9 +86,47 @@ impl<B: Backend> Client<B> {
         precondition: Precondition,
         options: &WriteOptions,
     ) -> Result<Committed, Error> {
+        self.mutate(session, key, Mutation::Put(&value), precondition, options)
+            .await
+    }
+
+    /// Deletes `key` if `precondition` holds, in `session`, with the same
+    /// guarantees as [`Client::write`]: one idempotency key across
+    /// retries, ambiguity resolved, the session advanced, an optional
+    /// read-after-write check.
+    ///
+    /// The delete is a version of the key (a tombstone): reads report it
+    /// in [`Read::deleted`](crate::Read::deleted), `IfVersion` of the
+    /// deleted version no longer holds, and a record written later with
+    /// `IfAbsent` continues from it. Deleting an absent record also
+    /// succeeds, as a new tombstone.
+    pub async fn delete(
+        &self,
+        session: &Session,
+        key: &str,
+        precondition: Precondition,
+        options: &WriteOptions,
+    ) -> Result<Committed, Error> {
+        self.mutate(session, key, Mutation::Delete, precondition, options)
+            .await
+    }
+
+    async fn mutate(
+        &self,
+        session: &Session,
+        key: &str,
+        mutation: Mutation<'_>,
+        precondition: Precondition,
+        options: &WriteOptions,
+    ) -> Result<Committed, Error> {
+        let operation = if mutation.is_delete() {
+            "delete"
+        } else {
+            "write"
+        };
         let span = tracing::debug_span!(
             "quorate.write",
-            db.operation.name = "write",
+            db.operation.name = operation,
             quorate.region = Empty,
             quorate.attempt = Empty,
             quorate.outcome = Empty,
@@ -101,7 +139,7 @@ impl<B: Backend> Client<B> {
                 Some(v) => Some(self.verify_regions(v)?),
                 None => None,
             };
-            let committed = self.write_inner(key, &value, precondition, options).await;
+            let committed = self.write_inner(key, mutation, precondition, options).await;
             let committed = match committed {
                 Ok(c) => c,
                 Err(e) => {
@@ -129,7 +167,7 @@ impl<B: Backend> Client<B> {
     async fn write_inner(
         &self,
         key: &str,
-        value: &Bytes,
+        mutation: Mutation<'_>,
         precondition: Precondition,
         options: &WriteOptions,
     ) -> Result<Committed, Error> {
@@ -166,7 +204,7 @@ impl<B: Backend> Client<B> {
             let region = inner.router.region(region_index);
             let request = WriteRequest {
                 key,
-                value,
+                mutation,
                 precondition,
                 idempotency_key: Some(idem),
                 region,
@@ -479,7 +517,7 @@ impl<B: Backend> Client<B> {
                                     .router
                                     .index_of(&read.freshness.region)
                                     .is_none_or(|r| !inner.guard.excluded(r));
-                            trusted && read.version().is_some_and(|v| v >= committed.version)
+                            trusted && read.observed().is_some_and(|v| v >= committed.version)
                         });
                         if visible {
                             checked.add(serving);

@@ -268,7 +268,7 @@ impl Actor {
         };
         let outcome = result.as_ref().ok().map(|r| {
             (
-                r.version().map_or(0, |v| v.0),
+                r.observed().map_or(0, |v| v.0),
                 Some(r.freshness.region.as_str()),
             )
         });
@@ -305,30 +305,61 @@ impl Actor {
         precondition: Precondition,
         idem: Option<String>,
     ) -> Option<Committed> {
+        self.mutate(turn, key, Some(value), precondition, idem)
+            .await
+    }
+
+    /// Deletes `key` in the region at `turn`, as [`Actor::write`] writes.
+    pub(crate) async fn delete(
+        &mut self,
+        turn: usize,
+        key: &str,
+        precondition: Precondition,
+    ) -> Option<Committed> {
+        self.mutate(turn, key, None, precondition, None).await
+    }
+
+    async fn mutate(
+        &mut self,
+        turn: usize,
+        key: &str,
+        value: Option<&str>,
+        precondition: Precondition,
+        idem: Option<String>,
+    ) -> Option<Committed> {
         let turn = turn % self.drivers.len();
         self.hand_over(turn);
         self.writes += 1;
         let idem = idem.unwrap_or_else(|| format!("{}-w{}", self.name, self.writes));
         let expect = precondition.expected();
-        self.stage
-            .recorder
-            .invoke_write(self.process, &self.name, key, expect, Some(&idem));
+        let recorder = &self.stage.recorder;
+        match value {
+            Some(_) => recorder.invoke_write(self.process, &self.name, key, expect, Some(&idem)),
+            None => recorder.invoke_delete(self.process, &self.name, key, expect, Some(&idem)),
+        }
         let started = Instant::now();
-        let value = Bytes::from(value.to_owned());
+        let value = value.map(|v| Bytes::from(v.to_owned()));
+        let mutation = match &value {
+            Some(v) => crate::Mutation::Put(v),
+            None => crate::Mutation::Delete,
+        };
         let verify = (!self.stage.without(super::Mechanism::Verify)).then(|| Verify {
             regions: self.verify_regions.clone(),
             policy: ReadPolicy::Strong,
             deadline: Duration::from_secs(1),
         });
         let result = match (&self.drivers[turn], &self.sessions[turn]) {
-            (Driver::Naive(c), _) => c.write(key, value, precondition).await,
+            (Driver::Naive(c), _) => match value.clone() {
+                Some(v) => c.write(key, v, precondition).await,
+                None => c.delete(key, precondition).await,
+            },
             // The request's own timeout, as any driver has: the simulator
             // leaves deadlines to its callers.
             (Driver::Direct(sim, region), _) => match IdempotencyKey::new(&idem) {
                 Ok(idem) => {
                     timed(sim.write(&WriteRequest {
                         key,
-                        value: &value,
+                        mutation,
                         precondition,
                         idempotency_key: Some(&idem),
                         region,
@@ -352,16 +383,25 @@ impl Actor {
                         &own
                     }
                 };
-                c.write(session, key, value, precondition, &options).await
+                match value.clone() {
+                    Some(v) => c.write(session, key, v, precondition, &options).await,
+                    None => c.delete(session, key, precondition, &options).await,
+                }
             }
         };
-        self.stage.recorder.complete_write(
-            self.process,
-            &self.name,
-            key,
-            expect.is_some(),
-            &result,
-        );
+        match value {
+            Some(_) => self.stage.recorder.complete_write(
+                self.process,
+                &self.name,
+                key,
+                expect.is_some(),
+                &result,
+            ),
+            None => self
+                .stage
+                .recorder
+                .complete_delete(self.process, &self.name, key, &result),
+        }
         self.finish(started, result.is_ok());
         result.ok()
     }

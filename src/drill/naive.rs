@@ -95,11 +95,28 @@ impl<B: Backend> NaiveClient<B> {
         value: Bytes,
         precondition: Precondition,
     ) -> Result<Committed, Error> {
+        self.mutate(key, crate::Mutation::Put(&value), precondition)
+            .await
+    }
+
+    /// Deletes through the sticky region, retrying as blindly as
+    /// [`NaiveClient::write`].
+    pub async fn delete(&self, key: &str, precondition: Precondition) -> Result<Committed, Error> {
+        self.mutate(key, crate::Mutation::Delete, precondition)
+            .await
+    }
+
+    async fn mutate(
+        &self,
+        key: &str,
+        mutation: crate::Mutation<'_>,
+        precondition: Precondition,
+    ) -> Result<Committed, Error> {
         let mut last = None;
         for _ in 0..self.attempts {
             let request = WriteRequest {
                 key,
-                value: &value,
+                mutation,
                 precondition,
                 idempotency_key: None,
                 region: &self.region,

@@ -554,6 +554,8 @@ fn bounded_reader_of(stage: &Stage, region: &str, prefix: &'static str, keys: u6
 fn session_writer(stage: &Stage, regions: &[&str], keys: u64) -> Task {
     let mut actor = Actor::new(stage, regions);
     let mut rng = rng_for(stage, 0x77 + stage.recorder.process());
+    // Which writes are deletes: a stream of its own.
+    let mut deletes = rng_for(stage, 0xde1e_7e00 + stage.recorder.process());
     Box::pin(async move {
         let mut turn = 0;
         let mut n = 0u64;
@@ -566,13 +568,22 @@ fn session_writer(stage: &Stage, regions: &[&str], keys: u64) -> Task {
             if rng.below(3) == 0 {
                 if let Some(seen) = seen {
                     n += 1;
-                    let precondition = match seen.version {
-                        Some(v) => Precondition::IfVersion(v),
-                        None => Precondition::IfAbsent,
-                    };
-                    actor
-                        .write(turn, &key, &format!("session-{n}"), precondition, None)
-                        .await;
+                    match seen.version {
+                        // Now and then the record is closed: deleted on
+                        // top of what was read.
+                        Some(v) if deletes.below(4) == 0 => {
+                            actor.delete(turn, &key, Precondition::IfVersion(v)).await;
+                        }
+                        version => {
+                            let precondition = match version {
+                                Some(v) => Precondition::IfVersion(v),
+                                None => Precondition::IfAbsent,
+                            };
+                            actor
+                                .write(turn, &key, &format!("session-{n}"), precondition, None)
+                                .await;
+                        }
+                    }
                     turn += 1;
                 }
             }
@@ -594,12 +605,17 @@ const BROWSED: u64 = 40;
 fn browser(stage: &Stage, regions: &[&str]) -> Task {
     let mut actor = Actor::new(stage, regions);
     let mut rng = rng_for(stage, 0xaa + stage.recorder.process());
+    // Which writes are deletes: a stream of its own.
+    let mut deletes = rng_for(stage, 0xde1e_7e00 + stage.recorder.process());
     Box::pin(async move {
         let mut turn = 0;
         let mut n = 0u64;
         while actor.running() {
             let key = format!("item:{}", rng.below(BROWSED));
             match rng.below(6) {
+                0 | 3 if deletes.below(4) == 0 => {
+                    actor.delete(turn, &key, Precondition::Any).await;
+                }
                 0 | 3 => {
                     n += 1;
                     actor

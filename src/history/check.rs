@@ -364,7 +364,18 @@ impl Findings<'_> {
 }
 
 fn is_write(op: &Op) -> bool {
-    matches!(op.kind, OpKind::Write | OpKind::Cas)
+    matches!(op.kind, OpKind::Write | OpKind::Cas | OpKind::Delete)
+}
+
+/// The version a conditional write was based on, when the history says:
+/// the one it expected, unless it expected the key absent on a key that
+/// has deletes (absent then means "at some tombstone", and a write after
+/// a delete continues from the tombstone's version).
+fn expected_base(op: &Op, key_has_deletes: bool) -> Option<u64> {
+    match op.expect {
+        Some(0) if key_has_deletes => None,
+        e => e,
+    }
 }
 
 /// Reads a JSON Lines history and checks it against every rule.
@@ -477,7 +488,8 @@ fn check_key(b: &Builder, ops: &[usize], first_invoke: &FastMap<u32, u64>, f: &m
     for &i in &ok_writes {
         writer_of.entry(all[i].version).or_default().push(i);
     }
-    let excused = excused_versions(all, ops, &writer_of, &logical_invoke);
+    let has_deletes = ops.iter().any(|&i| all[i].kind == OpKind::Delete);
+    let excused = excused_versions(all, ops, &writer_of, &logical_invoke, has_deletes);
 
     // Per session on this key: its ok writes, and its ok reads under a
     // policy that promises order (bounded and eventual reads promise none).
@@ -636,10 +648,13 @@ fn check_key(b: &Builder, ops: &[usize], first_invoke: &FastMap<u32, u64>, f: &m
     let mut reported: HashSet<(usize, usize)> = HashSet::new();
     let mut groups: HashMap<(u8, u64), Vec<usize>> = HashMap::new();
     for &i in &ok_writes {
-        if all[i].kind == OpKind::Cas {
-            if let Some(e) = all[i].expect {
-                groups.entry((0, e)).or_default().push(i);
-            }
+        // A conditional write (a cas, or a delete with `expect`) won on the
+        // version it was based on: the one it expected, or, expecting the
+        // key absent after deletes, the tombstone it was written on.
+        if all[i].expect.is_some() {
+            let base = expected_base(&all[i], has_deletes)
+                .unwrap_or_else(|| all[i].version.saturating_sub(1));
+            groups.entry((0, base)).or_default().push(i);
         }
         groups.entry((1, all[i].version)).or_default().push(i);
     }
@@ -717,6 +732,7 @@ fn excused_versions(
     ops: &[usize],
     writer_of: &FastMap<u64, Vec<usize>>,
     logical_invoke: &impl Fn(&Op) -> u64,
+    has_deletes: bool,
 ) -> FastMap<u64, u64> {
     // Unexplained versions, with the first completion of a read of each.
     let mut wanted: FastMap<u64, u64> = FastMap::default();
@@ -740,10 +756,7 @@ fn excused_versions(
         .map(|&i| &all[i])
         .filter(|op| is_write(op) && op.outcome == Outcome::Info)
         .map(|op| {
-            let produces = match op.kind {
-                OpKind::Cas => op.expect.map(|e| e + 1),
-                _ => None,
-            };
+            let produces = expected_base(op, has_deletes).map(|e| e + 1);
             (logical_invoke(op), produces)
         })
         .collect();

@@ -10,6 +10,10 @@
 //! {"process":2,"type":"ok","op":"read","key":"acct:7","session":"s2","version":3,"region":"eu-west","time":1420}
 //! ```
 //!
+//! A `delete` is a write that leaves a tombstone: its `ok` carries the
+//! tombstone's version, a read of the deleted key observes that version,
+//! and its invoke carries `expect` when it is conditional.
+//!
 //! A process has at most one operation in flight; a completion (`ok`,
 //! `fail`, `info`) closes that process's open `invoke`. `time` is in
 //! nanoseconds of one monotonic clock; `a` precedes `b` when `a`'s completion
@@ -49,6 +53,9 @@ pub enum OpKind {
     Write,
     /// A conditional write; the invoke carries `expect` (0 = must be absent).
     Cas,
+    /// A delete, which writes a tombstone version; conditional when the
+    /// invoke carries `expect`.
+    Delete,
 }
 
 /// The policy a read was invoked with, as histories name it.
@@ -309,10 +316,12 @@ fn validate(e: &ParsedEvent<'_>) -> Result<(), String> {
         (EventType::Ok, OpKind::Read) if e.version.is_none() => {
             Err("an ok read needs \"version\" (0 = absent)".into())
         }
-        (EventType::Ok, OpKind::Write | OpKind::Cas) if e.version.is_none_or(|v| v == 0) => {
+        (EventType::Ok, OpKind::Write | OpKind::Cas | OpKind::Delete)
+            if e.version.is_none_or(|v| v == 0) =>
+        {
             Err("an ok write needs a positive \"version\"".into())
         }
-        (EventType::Invoke, OpKind::Write | OpKind::Cas) if e.policy.is_some() => {
+        (EventType::Invoke, OpKind::Write | OpKind::Cas | OpKind::Delete) if e.policy.is_some() => {
             Err("only a read invoke carries \"policy\"".into())
         }
         _ => Ok(()),

@@ -118,6 +118,22 @@ impl Recorder {
         self.record(e);
     }
 
+    /// Records a delete's invoke, conditional when `expect` is set.
+    pub fn invoke_delete(
+        &self,
+        process: u64,
+        session: &str,
+        key: &str,
+        expect: Option<u64>,
+        idem: Option<&str>,
+    ) {
+        let mut e = Event::new(process, EventType::Invoke, OpKind::Delete, key, 0);
+        e.session = Some(session.to_owned());
+        e.expect = expect;
+        e.idem = idem.map(str::to_owned);
+        self.record(e);
+    }
+
     /// Records a write's completion from its result: `ok` with the version,
     /// `fail` when it definitely did not apply, `info` when it may have.
     pub fn complete_write(
@@ -129,6 +145,29 @@ impl Recorder {
         result: &Result<Committed, Error>,
     ) {
         let op = if cas { OpKind::Cas } else { OpKind::Write };
+        self.complete(process, session, key, op, result);
+    }
+
+    /// Records a delete's completion from its result, as
+    /// [`Recorder::complete_write`] does.
+    pub fn complete_delete(
+        &self,
+        process: u64,
+        session: &str,
+        key: &str,
+        result: &Result<Committed, Error>,
+    ) {
+        self.complete(process, session, key, OpKind::Delete, result);
+    }
+
+    fn complete(
+        &self,
+        process: u64,
+        session: &str,
+        key: &str,
+        op: OpKind,
+        result: &Result<Committed, Error>,
+    ) {
         let (kind, version, region) = match result {
             Ok(c) => (
                 EventType::Ok,
@@ -208,7 +247,7 @@ impl<B: Backend> RecordedClient<B> {
         let result = self.client.read(&self.session, key, policy).await;
         let outcome = result.as_ref().ok().map(|r| {
             (
-                r.version().map_or(0, |v| v.0),
+                r.observed().map_or(0, |v| v.0),
                 Some(r.freshness.region.as_str()),
             )
         });
@@ -240,6 +279,30 @@ impl<B: Backend> RecordedClient<B> {
             .await;
         self.recorder
             .complete_write(self.process, &self.name, key, expect.is_some(), &result);
+        result
+    }
+
+    /// [`Client::delete`], recorded.
+    pub async fn delete(
+        &self,
+        key: &str,
+        precondition: Precondition,
+        options: &WriteOptions,
+    ) -> Result<Committed, Error> {
+        let mut options = options.clone();
+        let idem = options
+            .idempotency_key
+            .get_or_insert_with(crate::IdempotencyKey::generate)
+            .clone();
+        let expect = precondition.expected();
+        self.recorder
+            .invoke_delete(self.process, &self.name, key, expect, Some(idem.as_str()));
+        let result = self
+            .client
+            .delete(&self.session, key, precondition, &options)
+            .await;
+        self.recorder
+            .complete_delete(self.process, &self.name, key, &result);
         result
     }
 }

@@ -681,7 +681,8 @@ const PROPOSAL_POLL: Duration = Duration::from_millis(5);
 /// whether or not the client still waits for it.
 struct WriteTrip {
     key: String,
-    value: Bytes,
+    /// The value, or `None` for a delete.
+    value: Option<Bytes>,
     precondition: crate::Precondition,
     idem: Option<IdempotencyKey>,
     /// When it left its client, in the order of every attempt's departure.
@@ -900,8 +901,10 @@ impl Trip {
             read: read_point,
             value,
         })?;
+        let (value, deleted) = record_of(entry);
         Ok(Read {
-            value: entry.map(versioned),
+            value,
+            deleted,
             freshness: Freshness {
                 region: self.region(target),
                 role: ReplicaRole::Leader,
@@ -947,8 +950,10 @@ impl Trip {
             let closed = m.closed_point(region, range, now);
             (Some(closed), age(own, closed))
         };
+        let (value, deleted) = record_of(entry);
         Read {
-            value: entry.map(versioned),
+            value,
+            deleted,
             freshness: Freshness {
                 region: self.region(region),
                 role,
@@ -1100,7 +1105,9 @@ impl Trip {
         if let Some(done) = check_idem(m.idem.get_mut_or_none(req.idem.as_ref()), req)? {
             return Ok(done);
         }
-        let current = m.log_latest(&req.key).map(|e| e.version);
+        let latest = m.log_latest(&req.key);
+        let last = latest.map(|e| e.version);
+        let current = Entry::live(latest);
         if !req.precondition.admits(current) {
             return Err(Error::Conflict {
                 key: req.key.clone(),
@@ -1120,7 +1127,7 @@ impl Trip {
             }
         };
         m.hlc_update(leader, point, now);
-        let (entry, committed, idem) = self.next_version(req, current, point, gateway, leader);
+        let (entry, committed, idem) = self.next_version(req, last, point, gateway, leader);
         if let Some((k, c)) = &idem {
             m.idem.insert(
                 k.clone(),
@@ -1143,19 +1150,19 @@ impl Trip {
         Ok(committed)
     }
 
-    /// The entry a write creates on top of `current`, its outcome, and its
-    /// idempotency record.
+    /// The entry a write creates on top of the key's `last` version (a
+    /// tombstone's included), its outcome, and its idempotency record.
     fn next_version(
         &self,
         req: &WriteTrip,
-        current: Option<crate::Version>,
+        last: Option<crate::Version>,
         point: crate::Point,
         origin: usize,
         committer: usize,
     ) -> (Entry, Committed, Option<(String, Committed)>) {
         let entry = Entry {
             point,
-            version: current.map_or(crate::Version::FIRST, |v| v.next()),
+            version: last.map_or(crate::Version::FIRST, |v| v.next()),
             value: req.value.clone(),
             origin,
         };
@@ -1179,7 +1186,9 @@ impl Trip {
         if let Some(done) = check_idem(idem, req)? {
             return Ok(done);
         }
-        let current = m.replicas[region].latest(&req.key).map(|e| e.version);
+        let latest = m.replicas[region].latest(&req.key);
+        let last = latest.map(|e| e.version);
+        let current = Entry::live(latest);
         if !req.precondition.admits(current) {
             return Err(Error::Conflict {
                 key: req.key.clone(),
@@ -1187,7 +1196,7 @@ impl Trip {
             });
         }
         let point = m.hlc_now(region, now);
-        let (entry, committed, idem) = self.next_version(req, current, point, region, region);
+        let (entry, committed, idem) = self.next_version(req, last, point, region, region);
         if let Some((k, c)) = &idem {
             m.replicas[region].idem.insert(
                 k.clone(),
@@ -1361,10 +1370,20 @@ fn fence(
     }
 }
 
-fn versioned(e: Entry) -> Versioned<Bytes> {
-    Versioned {
-        version: e.version,
-        value: e.value,
+/// A read's record and tombstone from the newest entry it sees.
+fn record_of(e: Option<Entry>) -> (Option<Versioned<Bytes>>, Option<crate::Version>) {
+    match e {
+        Some(Entry {
+            version,
+            value: Some(value),
+            ..
+        }) => (Some(Versioned { version, value }), None),
+        Some(Entry {
+            version,
+            value: None,
+            ..
+        }) => (None, Some(version)),
+        None => (None, None),
     }
 }
 
@@ -1408,7 +1427,7 @@ impl Backend for Sim {
         let gateway = self.index(req.region)?;
         let trip = WriteTrip {
             key: req.key.to_owned(),
-            value: req.value.clone(),
+            value: req.mutation.value().cloned(),
             precondition: req.precondition,
             idem: req.idempotency_key.cloned(),
             stamp: self.model().stamp(),

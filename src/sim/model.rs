@@ -17,7 +17,8 @@ use crate::record::{Committed, Point, Version};
 pub(crate) struct Entry {
     pub(crate) point: Point,
     pub(crate) version: Version,
-    pub(crate) value: Bytes,
+    /// The value, or `None` for a delete's tombstone.
+    pub(crate) value: Option<Bytes>,
     /// The region whose node assigned the timestamp (LWW tie-break).
     pub(crate) origin: usize,
 }
@@ -965,6 +966,14 @@ impl Model {
 
     pub(crate) fn log_latest(&self, key: &str) -> Option<&Entry> {
         self.log.get(key).and_then(|v| v.last())
+    }
+}
+
+impl Entry {
+    /// The version a precondition sees: the record's, `None` when the
+    /// newest entry is a delete's tombstone (a deleted record is absent).
+    pub(crate) fn live(entry: Option<&Entry>) -> Option<Version> {
+        entry.filter(|e| e.value.is_some()).map(|e| e.version)
     }
 }
 

@@ -165,9 +165,11 @@ async fn main() {
         // read after it in the same round trip. What the database itself
         // costs, without the client and the adapter.
         let pool = raw.clone();
-        let write_sql = Tables::new("quorate_records")
-            .unwrap()
-            .write(Dialect::Postgres, Precondition::IfVersion(Version(1)));
+        let write_sql = Tables::new("quorate_records").unwrap().write(
+            Dialect::Postgres,
+            Precondition::IfVersion(Version(1)),
+            false,
+        );
         let raw_idempotent = op(move |t, _| {
             let (pool, write_sql) = (pool.clone(), write_sql.clone());
             async move {

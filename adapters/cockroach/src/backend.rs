@@ -171,6 +171,9 @@ struct Statements {
     write_if_version: String,
     write_if_absent: String,
     write_any: String,
+    delete_if_version: String,
+    delete_if_absent: String,
+    delete_any: String,
     lookup: String,
     fence: String,
     unfence: String,
@@ -269,9 +272,20 @@ impl PgBackend {
         let sql = Statements {
             strong_read: tables.strong_read(config.dialect),
             standby_read: tables.standby_read(),
-            write_if_version: tables.write(config.dialect, Precondition::IfVersion(Version(1))),
-            write_if_absent: tables.write(config.dialect, Precondition::IfAbsent),
-            write_any: tables.write(config.dialect, Precondition::Any),
+            write_if_version: tables.write(
+                config.dialect,
+                Precondition::IfVersion(Version(1)),
+                false,
+            ),
+            write_if_absent: tables.write(config.dialect, Precondition::IfAbsent, false),
+            write_any: tables.write(config.dialect, Precondition::Any, false),
+            delete_if_version: tables.write(
+                config.dialect,
+                Precondition::IfVersion(Version(1)),
+                true,
+            ),
+            delete_if_absent: tables.write(config.dialect, Precondition::IfAbsent, true),
+            delete_any: tables.write(config.dialect, Precondition::Any, true),
             lookup: tables.lookup(),
             fence: tables.fence(),
             unfence: tables.unfence(),
@@ -502,13 +516,22 @@ fn version_of(v: Option<i64>) -> Option<Version> {
     v.and_then(|v| u64::try_from(v).ok()).map(Version)
 }
 
-fn versioned(version: Option<i64>, value: Option<Vec<u8>>) -> Option<Versioned<Bytes>> {
-    match (version_of(version), value) {
-        (Some(version), Some(value)) => Some(Versioned {
-            version,
-            value: Bytes::from(value),
-        }),
-        _ => None,
+/// A row's record, or its tombstone's version when it was deleted.
+fn record_of(
+    version: Option<i64>,
+    value: Option<Vec<u8>>,
+    deleted: Option<bool>,
+) -> (Option<Versioned<Bytes>>, Option<Version>) {
+    match (version_of(version), value, deleted) {
+        (Some(version), _, Some(true)) => (None, Some(version)),
+        (Some(version), Some(value), _) => (
+            Some(Versioned {
+                version,
+                value: Bytes::from(value),
+            }),
+            None,
+        ),
+        _ => (None, None),
     }
 }
 
@@ -591,7 +614,7 @@ impl Backend for PgBackend {
         let server = self.server(request.region, ReplicaRole::Leader)?;
         let region = self.inner.servers[server].region.clone();
         let client = self.connection(server).await?;
-        let statement = self.write_statement(request.precondition);
+        let statement = self.write_statement(request);
         // Both prepared (cached after the first use), so that the commit
         // point rides in the same round trip instead of parsing first.
         let (prepared, commit_point) = tokio::join!(
@@ -609,7 +632,8 @@ impl Backend for PgBackend {
         };
         let expected = expected_version(request.precondition)?;
         let ttl = self.ttl_secs();
-        let value: &[u8] = request.value;
+        // A delete stores an empty value with its tombstone.
+        let value: &[u8] = request.mutation.value().map_or(&[], |v| &v[..]);
         let cancel = CancelOnDrop {
             client: Some(&client),
         };
@@ -801,8 +825,10 @@ impl PgBackend {
             match result {
                 Ok(Some(row)) => {
                     let read_at = self.point(&row.get::<_, String>(2))?;
+                    let (value, deleted) = record_of(row.get(0), row.get(1), row.get(3));
                     return Ok(Read {
-                        value: versioned(row.get(0), row.get(1)),
+                        value,
+                        deleted,
                         freshness: Freshness {
                             region,
                             role: ReplicaRole::Follower,
@@ -838,8 +864,10 @@ impl PgBackend {
             .await
             .map_err(|e| self.classify(e, false))?;
         let point = self.point(&row.get::<_, String>(2))?;
+        let (value, deleted) = record_of(row.get(0), row.get(1), row.get(3));
         Ok(Read {
-            value: versioned(row.get(0), row.get(1)),
+            value,
+            deleted,
             freshness: Freshness {
                 region: self.inner.servers[server].region.clone(),
                 role: ReplicaRole::Leader,
@@ -964,12 +992,15 @@ impl PgBackend {
         }
     }
 
-    fn write_statement(&self, precondition: Precondition) -> &str {
+    fn write_statement(&self, request: &WriteRequest<'_>) -> &str {
         let sql = &self.inner.sql;
-        match precondition {
-            Precondition::IfVersion(_) => &sql.write_if_version,
-            Precondition::IfAbsent => &sql.write_if_absent,
-            Precondition::Any => &sql.write_any,
+        match (request.precondition, request.mutation.is_delete()) {
+            (Precondition::IfVersion(_), false) => &sql.write_if_version,
+            (Precondition::IfAbsent, false) => &sql.write_if_absent,
+            (Precondition::Any, false) => &sql.write_any,
+            (Precondition::IfVersion(_), true) => &sql.delete_if_version,
+            (Precondition::IfAbsent, true) => &sql.delete_if_absent,
+            (Precondition::Any, true) => &sql.delete_any,
         }
     }
 
@@ -1006,8 +1037,13 @@ impl PgBackend {
         let staleness = status
             .get::<_, Option<f64>>(1)
             .map(|secs| Duration::from_secs_f64(secs.max(0.0)));
+        let (value, deleted) = match row {
+            Some(r) => record_of(r.get(0), r.get(1), r.get(2)),
+            None => (None, None),
+        };
         Ok(Read {
-            value: row.and_then(|r| versioned(r.get(0), r.get(1))),
+            value,
+            deleted,
             freshness: Freshness {
                 region: self.inner.servers[server].region.clone(),
                 role: ReplicaRole::Follower,
@@ -1076,7 +1112,8 @@ impl PgBackend {
         }
         let expected = expected_version(request.precondition)?;
         let ttl = self.ttl_secs();
-        let value: &[u8] = request.value;
+        // A delete stores an empty value with its tombstone.
+        let value: &[u8] = request.mutation.value().map_or(&[], |v| &v[..]);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
             &request.key,
             &value,
@@ -1088,7 +1125,7 @@ impl PgBackend {
         // Nothing commits before COMMIT: errors until then are not
         // ambiguous.
         let row = tx
-            .query_one(self.write_statement(request.precondition), &params)
+            .query_one(self.write_statement(request), &params)
             .await
             .map_err(|e| self.classify(e, false))?;
         let Some(version) = version_of(row.get(0)) else {

@@ -58,7 +58,9 @@ impl fmt::Display for Ident {
 /// The records table and its idempotency table (`<table>_idempotency`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tables {
-    /// Records: `key TEXT PRIMARY KEY, version BIGINT, value BYTEA, written_at`.
+    /// Records: `key TEXT PRIMARY KEY, version BIGINT, value BYTEA,
+    /// written_at, deleted BOOLEAN` (a deleted record stays as a tombstone
+    /// row, so that its version sequence goes on when it is re-created).
     pub records: Ident,
     /// Idempotency records, kept until `expires_at`.
     pub idempotency: Ident,
@@ -84,8 +86,10 @@ impl Tables {
         };
         vec![
             format!(
-                "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, version BIGINT NOT NULL, value {bytes} NOT NULL, written_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, version BIGINT NOT NULL, value {bytes} NOT NULL, written_at TIMESTAMPTZ NOT NULL DEFAULT now(), deleted BOOLEAN NOT NULL DEFAULT false)"
             ),
+            // Tables made by earlier releases lack the tombstone's column.
+            format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS deleted BOOLEAN NOT NULL DEFAULT false"),
             format!(
                 "CREATE TABLE IF NOT EXISTS {i} (idem_key TEXT PRIMARY KEY, record_key TEXT NOT NULL, version BIGINT NOT NULL, commit_point TEXT, region TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL, fenced_before BIGINT)"
             ),
@@ -100,12 +104,12 @@ impl Tables {
     }
 
     /// A linearizable read: the record and the point it reflects.
-    /// Parameters: `$1` key. Columns: version, value, point.
+    /// Parameters: `$1` key. Columns: version, value, point, deleted.
     pub fn strong_read(&self, dialect: Dialect) -> String {
         match dialect {
             Dialect::Postgres => self.primary_read(),
             Dialect::Cockroach => format!(
-                "SELECT t.version, t.value, cluster_logical_timestamp()::STRING FROM (SELECT 1) AS one \
+                "SELECT t.version, t.value, cluster_logical_timestamp()::STRING, t.deleted FROM (SELECT 1) AS one \
                  LEFT JOIN {} AS t ON t.key = $1",
                 self.records
             ),
@@ -116,10 +120,10 @@ impl Tables {
     /// after the statement's snapshot: every transaction the read can see
     /// committed below it, so a session that advances to it stays covered
     /// once the key leaves its token. Parameters: `$1` key. Columns:
-    /// version, value, point.
+    /// version, value, point, deleted.
     pub fn primary_read(&self) -> String {
         format!(
-            "SELECT t.version, t.value, pg_current_wal_insert_lsn()::text \
+            "SELECT t.version, t.value, pg_current_wal_insert_lsn()::text, t.deleted \
              FROM (SELECT 1) AS one LEFT JOIN {} AS t ON t.key = $1",
             self.records
         )
@@ -131,9 +135,12 @@ impl Tables {
     /// shows at least what the reported replay position covers. (Measured in
     /// the same statement, the position would be taken after the snapshot
     /// and could claim more than it shows.) Parameters: `$1` key. Columns:
-    /// version, value.
+    /// version, value, deleted.
     pub fn standby_read(&self) -> String {
-        format!("SELECT version, value FROM {} WHERE key = $1", self.records)
+        format!(
+            "SELECT version, value, deleted FROM {} WHERE key = $1",
+            self.records
+        )
     }
 
     /// A CockroachDB follower read under a policy: `with_min_timestamp` for a
@@ -142,8 +149,8 @@ impl Tables {
     /// `follower_read_timestamp()` with no bound. A single-row read in an
     /// implicit transaction, as bounded-staleness reads must be; no row when
     /// the key is absent. Parameters: `$1` key. Columns: version, value,
-    /// and the timestamp CockroachDB read at (`cluster_logical_timestamp()`
-    /// of a historical read is its negotiated read timestamp).
+    /// the timestamp CockroachDB read at (`cluster_logical_timestamp()`
+    /// of a historical read is its negotiated read timestamp), deleted.
     pub fn follower_read(&self, read: FollowerRead) -> String {
         let aost = match read {
             FollowerRead::AtLeast => "with_min_timestamp($2::TIMESTAMPTZ)".to_owned(),
@@ -153,14 +160,17 @@ impl Tables {
             FollowerRead::Latest => "follower_read_timestamp()".to_owned(),
         };
         format!(
-            "SELECT version, value, cluster_logical_timestamp()::STRING \
+            "SELECT version, value, cluster_logical_timestamp()::STRING, deleted \
              FROM {} AS OF SYSTEM TIME {aost} WHERE key = $1",
             self.records
         )
     }
 
     /// The conditional write with its idempotency record, in one statement
-    /// (one implicit transaction). Parameters: `$1` key, `$2` value, `$3`
+    /// (one implicit transaction); with `delete`, the record becomes a
+    /// tombstone (its next version, `deleted`, an empty value), which
+    /// `IfAbsent` admits and `IfVersion` never does. Parameters: `$1` key,
+    /// `$2` value (empty for a delete), `$3`
     /// idempotency key, `$4` expected version (`IfVersion` only), `$5`
     /// region, `$6` idempotency TTL in seconds. Columns: the version
     /// written (NULL when the precondition failed), the expected version,
@@ -178,22 +188,21 @@ impl Tables {
     /// not the commit would pass for fresh): the backend sends
     /// [`commit_point`] right after the statement, on the same connection,
     /// and the column is NULL.
-    pub fn write(&self, dialect: Dialect, precondition: Precondition) -> String {
+    pub fn write(&self, dialect: Dialect, precondition: Precondition, delete: bool) -> String {
         let (t, i) = (&self.records, &self.idempotency);
+        let set =
+            format!("value = $2, version = t.version + 1, written_at = now(), deleted = {delete}");
+        let insert = format!(
+            "INSERT INTO {t} AS t (key, value, version, written_at, deleted) \
+             VALUES ($1, $2, 1, now(), {delete}) ON CONFLICT (key) DO UPDATE SET {set}"
+        );
         let apply = match precondition {
             Precondition::IfVersion(_) => format!(
-                "UPDATE {t} SET value = $2, version = version + 1, written_at = now() \
-                 WHERE key = $1 AND version = $4 RETURNING version"
+                "UPDATE {t} AS t SET {set} \
+                 WHERE t.key = $1 AND t.version = $4 AND NOT t.deleted RETURNING t.version"
             ),
-            Precondition::IfAbsent => format!(
-                "INSERT INTO {t} (key, value, version, written_at) VALUES ($1, $2, 1, now()) \
-                 ON CONFLICT (key) DO NOTHING RETURNING version"
-            ),
-            Precondition::Any => format!(
-                "INSERT INTO {t} AS t (key, value, version, written_at) VALUES ($1, $2, 1, now()) \
-                 ON CONFLICT (key) DO UPDATE \
-                 SET value = EXCLUDED.value, version = t.version + 1, written_at = now() RETURNING version"
-            ),
+            Precondition::IfAbsent => format!("{insert} WHERE t.deleted RETURNING t.version"),
+            Precondition::Any => format!("{insert} RETURNING t.version"),
         };
         let point = match dialect {
             Dialect::Postgres => "NULL::text",
@@ -253,9 +262,13 @@ impl Tables {
          EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8"
     }
 
-    /// The current version of a record. Parameters: `$1` key.
+    /// The current version of a record (none when it was deleted).
+    /// Parameters: `$1` key.
     pub fn current_version(&self) -> String {
-        format!("SELECT version FROM {} WHERE key = $1", self.records)
+        format!(
+            "SELECT version FROM {} WHERE key = $1 AND NOT deleted",
+            self.records
+        )
     }
 }
 
@@ -438,11 +451,11 @@ mod tests {
     fn strong_reads() {
         assert_eq!(
             tables().strong_read(Dialect::Postgres),
-            "SELECT t.version, t.value, pg_current_wal_insert_lsn()::text FROM (SELECT 1) AS one LEFT JOIN records AS t ON t.key = $1"
+            "SELECT t.version, t.value, pg_current_wal_insert_lsn()::text, t.deleted FROM (SELECT 1) AS one LEFT JOIN records AS t ON t.key = $1"
         );
         assert_eq!(
             tables().strong_read(Dialect::Cockroach),
-            "SELECT t.version, t.value, cluster_logical_timestamp()::STRING FROM (SELECT 1) AS one LEFT JOIN records AS t ON t.key = $1"
+            "SELECT t.version, t.value, cluster_logical_timestamp()::STRING, t.deleted FROM (SELECT 1) AS one LEFT JOIN records AS t ON t.key = $1"
         );
     }
 
@@ -450,7 +463,7 @@ mod tests {
     fn cockroach_follower_reads() {
         assert_eq!(
             tables().follower_read(FollowerRead::AtLeast),
-            "SELECT version, value, cluster_logical_timestamp()::STRING \
+            "SELECT version, value, cluster_logical_timestamp()::STRING, deleted \
              FROM records AS OF SYSTEM TIME with_min_timestamp($2::TIMESTAMPTZ) WHERE key = $1"
         );
         assert!(tables()
@@ -470,7 +483,7 @@ mod tests {
             .contains("pg_last_xact_replay_timestamp()"));
         assert_eq!(
             t.standby_read(),
-            "SELECT version, value FROM records WHERE key = $1",
+            "SELECT version, value, deleted FROM records WHERE key = $1",
             "no replay position taken after the read's snapshot"
         );
     }
@@ -490,7 +503,10 @@ mod tests {
             "DELETE FROM records_idempotency WHERE idem_key = $1 AND version = 0 AND fenced_before < $2"
         );
         assert!(t.lookup().contains("record_key, fenced_before"));
-        assert!(t.create(Dialect::Postgres)[2].contains("ADD COLUMN IF NOT EXISTS fenced_before"));
+        let create = t.create(Dialect::Postgres);
+        assert!(create[0].contains("deleted BOOLEAN NOT NULL DEFAULT false"));
+        assert!(create[1].contains("ADD COLUMN IF NOT EXISTS deleted"));
+        assert!(create[3].contains("ADD COLUMN IF NOT EXISTS fenced_before"));
     }
 
     #[test]
@@ -498,24 +514,38 @@ mod tests {
         let update = tables().write(
             Dialect::Postgres,
             Precondition::IfVersion(quorate::Version(3)),
+            false,
         );
-        assert!(update.contains("UPDATE records SET value = $2, version = version + 1, written_at = now() WHERE key = $1 AND version = $4 RETURNING version"));
+        assert!(update.contains("UPDATE records AS t SET value = $2, version = t.version + 1, written_at = now(), deleted = false WHERE t.key = $1 AND t.version = $4 AND NOT t.deleted RETURNING t.version"));
         assert!(update.contains(
             "INSERT INTO records_idempotency (idem_key, record_key, version, region, expires_at)"
         ));
         assert!(update.starts_with("WITH applied AS (UPDATE records"));
-        let create = tables().write(Dialect::Postgres, Precondition::IfAbsent);
-        assert!(create.contains("ON CONFLICT (key) DO NOTHING RETURNING version"));
+        let create = tables().write(Dialect::Postgres, Precondition::IfAbsent, false);
+        assert!(
+            create.contains("ON CONFLICT (key) DO UPDATE SET value = $2, version = t.version + 1, written_at = now(), deleted = false WHERE t.deleted RETURNING t.version"),
+            "an absent record may be a tombstone, and its version goes on: {create}"
+        );
         assert!(
             create.ends_with("$4::BIGINT, NULL::text"),
             "PostgreSQL's point is taken after the commit, not inside the statement"
         );
         assert!(tables()
-            .write(Dialect::Cockroach, Precondition::IfAbsent)
+            .write(Dialect::Cockroach, Precondition::IfAbsent, false)
             .ends_with("cluster_logical_timestamp()::STRING"));
-        let blind = tables().write(Dialect::Postgres, Precondition::Any);
-        assert!(blind.contains("DO UPDATE SET value = EXCLUDED.value, version = t.version + 1"));
-        for sql in [update, create, blind] {
+        let blind = tables().write(Dialect::Postgres, Precondition::Any, false);
+        assert!(blind.contains("DO UPDATE SET value = $2, version = t.version + 1"));
+        let delete = tables().write(
+            Dialect::Postgres,
+            Precondition::IfVersion(quorate::Version(3)),
+            true,
+        );
+        assert!(
+            delete.contains("deleted = true WHERE t.key = $1 AND t.version = $4 AND NOT t.deleted")
+        );
+        let tombstone = tables().write(Dialect::Postgres, Precondition::Any, true);
+        assert!(tombstone.contains("VALUES ($1, $2, 1, now(), true)"));
+        for sql in [update, create, blind, delete, tombstone] {
             let without_unit = sql.replace("INTERVAL '1 second'", "");
             assert!(!without_unit.contains('\''), "no literal values: {sql}");
         }

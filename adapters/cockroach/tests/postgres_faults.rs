@@ -471,7 +471,7 @@ async fn a_lookup_fences_an_attempt_still_in_flight() {
             backend
                 .write(&quorate_cockroach::WriteRequest {
                     key: &key,
-                    value: &value,
+                    mutation: quorate::Mutation::Put(&value),
                     precondition: Precondition::IfVersion(c1.version),
                     idempotency_key: Some(&idem),
                     region: &eu,

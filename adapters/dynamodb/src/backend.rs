@@ -346,25 +346,28 @@ impl DynamoBackend {
     }
 
     /// The current version of `key` in `region`, read consistently.
-    async fn current_version(
+    /// What the item of `key` is now, read consistently in the client's
+    /// region: absent, a live record's version, or a tombstone's.
+    async fn current_base(
         &self,
         client: &aws_sdk_dynamodb::Client,
         key: &str,
-    ) -> Result<Option<Version>, Error> {
+    ) -> Result<Base, Error> {
         let out = client
             .get_item()
             .table_name(&self.inner.config.table)
             .key(item::PK, s(key))
             .consistent_read(true)
-            .projection_expression("#v")
+            .projection_expression("#v, #d")
             .expression_attribute_names("#v", item::VERSION)
+            .expression_attribute_names("#d", item::DELETED)
             .send()
             .await
             .map_err(|e| classify(e, Op::Read))?;
-        out.item()
-            .map(|i| self.fields(&self.inner.config.table, i).version())
-            .transpose()
-            .map_err(Error::from)
+        match out.item() {
+            Some(i) => Base::of(&self.fields(&self.inner.config.table, i)).map_err(Error::from),
+            None => Ok(Base::Absent),
+        }
     }
 
     /// What `idem` holds, read consistently in `region`: an outcome, a
@@ -417,6 +420,44 @@ impl DynamoBackend {
     /// write time, set by a process whose clock runs ahead).
     fn observe_start(&self, t: u64) {
         self.inner.last_start.fetch_max(t, Ordering::Relaxed);
+    }
+}
+
+/// The state of an item a write is conditioned on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Base {
+    /// No item.
+    Absent,
+    /// A record at this version.
+    Live(Version),
+    /// A delete's tombstone at this version.
+    Tombstone(Version),
+}
+
+impl Base {
+    fn of(f: &item::Fields<'_>) -> Result<Base, item::ItemError> {
+        let version = f.version()?;
+        Ok(if f.deleted()? {
+            Base::Tombstone(version)
+        } else {
+            Base::Live(version)
+        })
+    }
+
+    /// The newest version, a tombstone's included.
+    fn last(self) -> Option<Version> {
+        match self {
+            Base::Absent => None,
+            Base::Live(v) | Base::Tombstone(v) => Some(v),
+        }
+    }
+
+    /// The version a precondition sees (a deleted record is absent).
+    fn live(self) -> Option<Version> {
+        match self {
+            Base::Live(v) => Some(v),
+            _ => None,
+        }
     }
 }
 
@@ -564,16 +605,22 @@ impl Backend for DynamoBackend {
             .send()
             .await
             .map_err(|e| classify(e, Op::Read))?;
-        let (value, written_at) = match out.item() {
+        let (value, deleted, written_at) = match out.item() {
             Some(found) => {
                 let f = self.fields(&self.inner.config.table, found);
-                let versioned = Versioned {
-                    version: f.version()?,
-                    value: f.binary(item::VALUE)?,
-                };
-                (Some(versioned), Some(f.number(item::WRITTEN_AT)?))
+                let version = f.version()?;
+                let written_at = Some(f.number(item::WRITTEN_AT)?);
+                if f.deleted()? {
+                    (None, Some(version), written_at)
+                } else {
+                    let versioned = Versioned {
+                        version,
+                        value: f.binary(item::VALUE)?,
+                    };
+                    (Some(versioned), None, written_at)
+                }
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         // A strongly consistent read is current only where every write of
         // the key is made: any region of an MRSC table, the key's home
@@ -617,11 +664,16 @@ impl Backend for DynamoBackend {
                 }),
             }
         };
-        Ok(Read { value, freshness })
+        Ok(Read {
+            value,
+            deleted,
+            freshness,
+        })
     }
 
     async fn write(&self, request: &WriteRequest<'_>) -> Result<Committed, Error> {
-        item::check_record(request.key, request.value)?;
+        let value = request.mutation.value();
+        item::check_record(request.key, value.map_or(&[][..], |v| &v[..]))?;
         if let Home::By(f) = &self.inner.config.home {
             // A home outside the table's regions is a configuration error,
             // not a reason to write wherever the request happens to be.
@@ -640,41 +692,56 @@ impl Backend for DynamoBackend {
                 &generated
             }
         };
+        // The state the write is conditioned on. `Any` writes over whatever
+        // is there, still conditionally, so that the new version is known;
+        // `IfAbsent` first assumes no item, and learns of a tombstone from
+        // the refusal.
+        let mut base = match request.precondition {
+            Precondition::IfVersion(v) => Base::Live(v),
+            Precondition::IfAbsent => Base::Absent,
+            Precondition::Any => self.current_base(client, request.key).await?,
+        };
         loop {
-            // `Any` writes over whatever version is there, still
-            // conditionally, so that the new version is known.
-            let expected = match request.precondition {
-                Precondition::IfVersion(v) => Some(v),
-                Precondition::IfAbsent => None,
-                Precondition::Any => self.current_version(client, request.key).await?,
-            };
-            let version = expected.map_or(Version::FIRST, |v| v.next());
+            let version = base.last().map_or(Version::FIRST, |v| v.next());
             let start = self.next_start();
             let mut record = Put::builder()
                 .table_name(table)
                 .item(item::PK, s(request.key))
                 .item(item::VERSION, n(version.0))
-                .item(
-                    item::VALUE,
-                    AttributeValue::B(request.value.to_vec().into()),
-                )
                 .item(item::WRITTEN_AT, n(start))
                 .item(item::WRITER, s(request.region.as_str()))
                 .return_values_on_condition_check_failure(
                     ReturnValuesOnConditionCheckFailure::AllOld,
                 );
+            record = match value {
+                Some(v) => record.item(item::VALUE, AttributeValue::B(v.to_vec().into())),
+                // A delete leaves a tombstone: the item with its version
+                // and no value.
+                None => record.item(item::DELETED, AttributeValue::Bool(true)),
+            };
             // An item's write times increase with its versions, so that a
             // read's point (the item's `written_at`) orders its versions: a
             // writer whose clock is behind the item's last write retries
             // with a later start.
-            record = match expected {
-                Some(v) => record
-                    .condition_expression("#v = :expected AND #w < :start")
+            record = match base {
+                Base::Absent => record.condition_expression("attribute_not_exists(pk)"),
+                Base::Live(v) => record
+                    .condition_expression(
+                        "#v = :expected AND #w < :start AND attribute_not_exists(#d)",
+                    )
                     .expression_attribute_names("#v", item::VERSION)
                     .expression_attribute_names("#w", item::WRITTEN_AT)
+                    .expression_attribute_names("#d", item::DELETED)
                     .expression_attribute_values(":expected", n(v.0))
                     .expression_attribute_values(":start", n(start)),
-                None => record.condition_expression("attribute_not_exists(pk)"),
+                Base::Tombstone(v) => record
+                    .condition_expression("#v = :expected AND #w < :start AND #d = :deleted")
+                    .expression_attribute_names("#v", item::VERSION)
+                    .expression_attribute_names("#w", item::WRITTEN_AT)
+                    .expression_attribute_names("#d", item::DELETED)
+                    .expression_attribute_values(":expected", n(v.0))
+                    .expression_attribute_values(":start", n(start))
+                    .expression_attribute_values(":deleted", AttributeValue::Bool(true)),
             };
             // The outcome, unless an attempt already recorded one; a fence
             // left by an ambiguity lookup stops only attempts started
@@ -756,9 +823,13 @@ impl Backend for DynamoBackend {
                         return Ok(done);
                     }
                     let old = reasons[0].item().map(|i| self.fields(table, i));
-                    let current = old.as_ref().map(|f| f.version()).transpose()?;
-                    if expected.is_some() && current == expected {
-                        // The version matched: this clock is behind the
+                    let found = match &old {
+                        Some(f) => Base::of(f)?,
+                        None => Base::Absent,
+                    };
+                    let current = found.live();
+                    if found == base {
+                        // The state matched: this clock is behind the
                         // item's last write time. Go again, later.
                         if let Some(w) = old.as_ref().map(|f| f.number(item::WRITTEN_AT)) {
                             self.observe_start(w?);
@@ -772,20 +843,22 @@ impl Backend for DynamoBackend {
                         }
                         continue;
                     }
-                    if request.precondition == Precondition::Any {
-                        // Someone wrote in between: go again on the new version.
-                        if tokio::time::Instant::now() >= request.deadline {
-                            return Err(Error::Conflict {
-                                key: request.key.to_owned(),
-                                current,
-                            });
-                        }
-                        continue;
+                    let again = match request.precondition {
+                        // Someone wrote in between: go again on what is
+                        // there now.
+                        Precondition::Any => true,
+                        // Absent, but as a tombstone: go again on it.
+                        Precondition::IfAbsent => current.is_none(),
+                        Precondition::IfVersion(_) => false,
+                    };
+                    if !again || tokio::time::Instant::now() >= request.deadline {
+                        return Err(Error::Conflict {
+                            key: request.key.to_owned(),
+                            current,
+                        });
                     }
-                    return Err(Error::Conflict {
-                        key: request.key.to_owned(),
-                        current,
-                    });
+                    base = found;
+                    continue;
                 }
                 (a, b) => {
                     let retryable = [a, b].iter().all(|c| {

@@ -11,8 +11,12 @@ use quorate::{Error, Version};
 pub const PK: &str = "pk";
 /// The record's version (a number, 1 for a new record).
 pub const VERSION: &str = "version";
-/// The record's value (binary).
+/// The record's value (binary); absent from a delete's tombstone.
 pub const VALUE: &str = "value";
+/// `true` on a delete's tombstone: the item stays, with the delete's
+/// version and no value, so that a record re-created later continues the
+/// version sequence.
+pub const DELETED: &str = "deleted";
 /// When the record was written: nanoseconds since the Unix epoch by the
 /// writing client's clock (a number). Bounded-staleness reads and the test
 /// replicator's last-writer-wins use it.
@@ -52,7 +56,7 @@ pub enum ItemError {
         table: String,
         /// The attribute.
         attribute: &'static str,
-        /// The type quorate writes: `N`, `S` or `B`.
+        /// The type quorate writes: `N`, `S`, `B` or `BOOL`.
         expected: &'static str,
     },
     /// A number attribute that does not fit (or a version of 0).
@@ -198,6 +202,16 @@ impl Fields<'_> {
         }
     }
 
+    /// Whether the item is a delete's tombstone (`deleted` is `true`; absent
+    /// or `false` on a live record).
+    pub fn deleted(&self) -> Result<bool, ItemError> {
+        match self.item.get(DELETED) {
+            None => Ok(false),
+            Some(AttributeValue::Bool(b)) => Ok(*b),
+            Some(_) => Err(self.wrong(DELETED, "BOOL")),
+        }
+    }
+
     pub fn version(&self) -> Result<Version, ItemError> {
         match self.number(VERSION)? {
             0 => Err(ItemError::OutOfRange {
@@ -305,8 +319,10 @@ mod tests {
             for a in [VERSION, VALUE, WRITTEN_AT, WRITER] {
                 item.insert(a.into(), value.clone());
             }
+            item.insert(DELETED.into(), value.clone());
             let f = fields(&item);
-            let _ = (f.version(), f.binary(VALUE), f.number(WRITTEN_AT), f.string(WRITER));
+            let _ = (f.version(), f.binary(VALUE), f.number(WRITTEN_AT), f.string(WRITER), f.deleted());
+            prop_assert_eq!(f.deleted().is_ok(), pick == 3);
             if let Ok(v) = f.version() {
                 prop_assert!(v.0 >= 1);
             }

@@ -404,18 +404,28 @@ impl Backend for SpannerBackend {
             .read(&self.inner.sql.read, plan.key, bound, plan.region)
             .await
             .map_err(|s| classify(s, Phase::Before))?;
-        let value = match read.row {
-            Some((version, value)) => Some(Versioned {
-                version: Version(u64::try_from(version).map_err(|_| {
+        let (value, deleted) = match read.row {
+            Some((version, value, deleted)) => {
+                let version = Version(u64::try_from(version).map_err(|_| {
                     Error::backend(
                         Retryability::Permanent,
                         Some("quorate.row".into()),
                         "negative version",
                     )
-                })?),
-                value: Bytes::from(value),
-            }),
-            None => None,
+                })?);
+                if deleted {
+                    (None, Some(version))
+                } else {
+                    (
+                        Some(Versioned {
+                            version,
+                            value: Bytes::from(value),
+                        }),
+                        None,
+                    )
+                }
+            }
+            None => (None, None),
         };
         let staleness = match plan.role {
             ReplicaRole::Leader => Some(Duration::ZERO),
@@ -425,6 +435,7 @@ impl Backend for SpannerBackend {
         };
         Ok(Read {
             value,
+            deleted,
             freshness: Freshness {
                 region: plan.region.clone(),
                 role: plan.role,
@@ -481,20 +492,27 @@ impl Backend for SpannerBackend {
             }
         }
         .await;
-        let current = match current {
-            Ok(Some(row)) => match row.column::<i64>(0) {
-                Ok(v) => Some(Version(u64::try_from(v).unwrap_or(0))),
-                Err(e) => {
+        // The newest version (a tombstone's included) and whether the
+        // record is live: a deleted record is absent to preconditions, and
+        // its next version continues from the tombstone.
+        let (last, deleted) = match current {
+            Ok(Some(row)) => match (row.column::<i64>(0), row.column::<Option<bool>>(1)) {
+                (Ok(v), Ok(d)) => (
+                    Some(Version(u64::try_from(v).unwrap_or(0))),
+                    d.unwrap_or(false),
+                ),
+                (Err(e), _) | (_, Err(e)) => {
                     self.rollback(tx).await;
                     return Err(row_error(e));
                 }
             },
-            Ok(None) => None,
+            Ok(None) => (None, false),
             Err(s) => {
                 self.rollback(tx).await;
                 return Err(classify(s, Phase::Before));
             }
         };
+        let current = last.filter(|_| !deleted);
         let holds = match request.precondition {
             Precondition::IfVersion(v) => current == Some(v),
             Precondition::IfAbsent => current.is_none(),
@@ -507,18 +525,23 @@ impl Backend for SpannerBackend {
                 current,
             });
         }
-        let version = current.map_or(Version::FIRST, |v| v.next());
+        let version = last.map_or(Version::FIRST, |v| v.next());
         let v = i64::try_from(version.0)
             .map_err(|_| Error::InvalidInput("version out of range".into()))?;
-        let value: Vec<u8> = request.value.to_vec();
+        // A delete keeps the row as a tombstone with an empty value.
+        let value: Vec<u8> = request
+            .mutation
+            .value()
+            .map_or_else(Vec::new, |v| v.to_vec());
+        let delete = request.mutation.is_delete();
         let expires = time::OffsetDateTime::now_utc()
             + time::Duration::try_from(self.inner.config.idempotency_ttl)
                 .unwrap_or(time::Duration::days(1));
         let mutations = {
             let record = insert_or_update(
                 &tables.records,
-                &["key", "version", "value", "written_at"],
-                &[&request.key, &v, &value, &CommitTimestamp::new()],
+                &["key", "version", "value", "written_at", "deleted"],
+                &[&request.key, &v, &value, &CommitTimestamp::new(), &delete],
             );
             let columns = [
                 "idem_key",

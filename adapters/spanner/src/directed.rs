@@ -120,11 +120,11 @@ pub(crate) fn read_request(
     }
 }
 
-/// A decoded point read: the row's version and value, and the read
-/// timestamp.
+/// A decoded point read: the row's version, value and whether it is a
+/// delete's tombstone, and the read timestamp.
 #[derive(Debug, PartialEq)]
 pub(crate) struct PointRead {
-    pub row: Option<(i64, Vec<u8>)>,
+    pub row: Option<(i64, Vec<u8>, bool)>,
     pub read_at: Option<Point>,
 }
 
@@ -132,8 +132,9 @@ fn malformed(what: &str) -> Status {
     Status::new(Code::Internal, format!("unexpected result: {what}"))
 }
 
-/// Decodes a `SELECT version, value` result (INT64 arrives as a decimal
-/// string, BYTES as base64).
+/// Decodes a `SELECT version, value, deleted` result (INT64 arrives as a
+/// decimal string, BYTES as base64, a BOOL as a bool or, when NULL, as a
+/// null: not deleted).
 pub(crate) fn decode(result: ResultSet) -> Result<PointRead, Status> {
     use base64::Engine;
     let read_at = result
@@ -161,7 +162,12 @@ pub(crate) fn decode(result: ResultSet) -> Result<PointRead, Status> {
                     .map_err(|_| malformed("value"))?,
                 _ => return Err(malformed("value")),
             };
-            Some((version, value))
+            let deleted = match values.next().and_then(|v| v.kind) {
+                Some(Kind::BoolValue(b)) => b,
+                Some(Kind::NullValue(_)) => false,
+                _ => return Err(malformed("deleted")),
+            };
+            Some((version, value, deleted))
         }
     };
     Ok(PointRead { row, read_at })
@@ -458,11 +464,22 @@ mod tests {
             vec![vec![
                 Kind::StringValue("3".into()),
                 Kind::StringValue("aGk=".into()),
+                Kind::NullValue(0),
             ]],
             Some((2, 5)),
         ))
         .unwrap();
-        assert_eq!(ok.row, Some((3, b"hi".to_vec())));
+        assert_eq!(ok.row, Some((3, b"hi".to_vec(), false)));
+        let tombstone = decode(result(
+            vec![vec![
+                Kind::StringValue("4".into()),
+                Kind::StringValue("".into()),
+                Kind::BoolValue(true),
+            ]],
+            None,
+        ))
+        .unwrap();
+        assert_eq!(tombstone.row, Some((4, Vec::new(), true)));
         assert_eq!(ok.read_at.unwrap().wall, 2_000_000_005);
         let empty = decode(result(vec![], Some((1, 0)))).unwrap();
         assert_eq!(empty.row, None);
@@ -477,6 +494,15 @@ mod tests {
                 Kind::StringValue("%%%".into()),
             ],
             vec![Kind::StringValue("3".into())],
+            vec![
+                Kind::StringValue("3".into()),
+                Kind::StringValue("aGk=".into()),
+            ],
+            vec![
+                Kind::StringValue("3".into()),
+                Kind::StringValue("aGk=".into()),
+                Kind::StringValue("true".into()),
+            ],
         ] {
             assert!(decode(result(vec![bad.clone()], None)).is_err(), "{bad:?}");
         }

@@ -94,9 +94,12 @@ impl Tables {
         vec![
             format!(
                 "CREATE TABLE IF NOT EXISTS {t} (key STRING(MAX) NOT NULL, version INT64 NOT NULL, \
-                 value BYTES(MAX) NOT NULL, written_at TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp=true)) \
-                 PRIMARY KEY (key)"
+                 value BYTES(MAX) NOT NULL, written_at TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp=true), \
+                 deleted BOOL) PRIMARY KEY (key)"
             ),
+            // Tables made by earlier releases lack the tombstone's column
+            // (NULL: not deleted).
+            format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS deleted BOOL"),
             format!(
                 "CREATE TABLE IF NOT EXISTS {i} (idem_key STRING(MAX) NOT NULL, record_key STRING(MAX), \
                  version INT64, region STRING(MAX), committed_at TIMESTAMP OPTIONS (allow_commit_timestamp=true), \
@@ -106,17 +109,22 @@ impl Tables {
         ]
     }
 
-    /// A point read. Parameters: `@key`. Columns: version, value.
+    /// A point read. Parameters: `@key`. Columns: version, value, deleted
+    /// (a delete's tombstone keeps the row, with an empty value).
     pub fn read(&self) -> String {
         format!(
-            "SELECT version, value FROM {} WHERE key = @key",
+            "SELECT version, value, deleted FROM {} WHERE key = @key",
             self.records
         )
     }
 
-    /// The current version. Parameters: `@key`. Columns: version.
+    /// The newest version, a tombstone's included. Parameters: `@key`.
+    /// Columns: version, deleted.
     pub fn current_version(&self) -> String {
-        format!("SELECT version FROM {} WHERE key = @key", self.records)
+        format!(
+            "SELECT version, deleted FROM {} WHERE key = @key",
+            self.records
+        )
     }
 
     /// An idempotency row. Parameters: `@idem`. Columns: version, region,
@@ -198,7 +206,7 @@ mod tests {
         let t = Tables::new("records").unwrap();
         assert_eq!(
             t.read(),
-            "SELECT version, value FROM records WHERE key = @key"
+            "SELECT version, value, deleted FROM records WHERE key = @key"
         );
         assert_eq!(
             t.lookup(),
@@ -206,7 +214,12 @@ mod tests {
         );
         let ddl = t.create();
         assert!(ddl[0].starts_with("CREATE TABLE IF NOT EXISTS records ("));
-        assert!(ddl[1].contains("ROW DELETION POLICY (OLDER_THAN(expires_at, INTERVAL 0 DAY))"));
+        assert!(ddl[0].contains("deleted BOOL)"));
+        assert_eq!(
+            ddl[1],
+            "ALTER TABLE records ADD COLUMN IF NOT EXISTS deleted BOOL"
+        );
+        assert!(ddl[2].contains("ROW DELETION POLICY (OLDER_THAN(expires_at, INTERVAL 0 DAY))"));
         assert!(check_key("").is_err() && check_key(&"k".repeat(8193)).is_err());
         assert!(check_key("k").is_ok());
     }

@@ -73,6 +73,26 @@ impl H {
         self.line(format!(r#"{{"process":{p},"type":"invoke","op":"cas","key":"{key}","expect":{expect}{idem},"time":{t0}}}"#))
             .line(format!(r#"{{"process":{p},"type":"{outcome}","op":"cas","key":"{key}"{v},"time":{t1}}}"#))
     }
+    fn delete(
+        self,
+        p: u64,
+        key: &str,
+        expect: Option<u64>,
+        idem: &str,
+        t0: u64,
+        t1: u64,
+        outcome: &str,
+        version: u64,
+    ) -> Self {
+        let v = if outcome == "ok" {
+            format!(r#","version":{version}"#)
+        } else {
+            String::new()
+        };
+        let expect = expect.map_or(String::new(), |e| format!(r#","expect":{e}"#));
+        self.line(format!(r#"{{"process":{p},"type":"invoke","op":"delete","key":"{key}"{expect},"idem":"{idem}","time":{t0}}}"#))
+            .line(format!(r#"{{"process":{p},"type":"{outcome}","op":"delete","key":"{key}"{v},"time":{t1}}}"#))
+    }
     fn check(&self) -> Report {
         check(self.0.join("\n").as_bytes()).expect("valid history")
     }
@@ -607,4 +627,71 @@ fn a_process_moving_between_sessions_keeps_each_session_s_order() {
         "{}",
         report.render()
     );
+}
+
+/// A delete is a write of a tombstone version: reads of the deleted key
+/// observe that version, a read behind it is stale, a conditional delete
+/// competes with conditional writes, and a record re-created after a
+/// delete (expecting it absent again) is not a second win on "absent".
+#[test]
+fn deletes_are_versions() {
+    // Created, deleted, re-created: two writes expecting the key absent,
+    // each after its own absence.
+    let recreated = H::default()
+        .cas(1, "k", 0, "a", 0, 10, "ok", 1)
+        .delete(1, "k", Some(1), "d", 20, 30, "ok", 2)
+        .read(2, "k", "strong", "r", 40, 50, 2)
+        .cas(1, "k", 0, "b", 60, 70, "ok", 3)
+        .read(2, "k", "strong", "r", 80, 90, 3);
+    clean(&recreated.check());
+    // Without the delete, the second create is a lost update.
+    let twice = H::default()
+        .cas(1, "k", 0, "a", 0, 10, "ok", 1)
+        .cas(2, "k", 0, "b", 60, 70, "ok", 3);
+    only(&twice.check(), Anomaly::LostUpdate, 1);
+    // Two creates on the same tombstone both winning is one too (both
+    // given version 3).
+    let both = H::default()
+        .cas(1, "k", 0, "a", 0, 10, "ok", 1)
+        .delete(1, "k", Some(1), "d", 20, 30, "ok", 2)
+        .cas(1, "k", 0, "b", 60, 70, "ok", 3)
+        .cas(2, "k", 0, "c", 60, 75, "ok", 3);
+    only(&both.check(), Anomaly::LostUpdate, 1);
+    // A conditional delete and a conditional write won on one version.
+    let raced = H::default()
+        .cas(1, "k", 0, "a", 0, 10, "ok", 1)
+        .delete(2, "k", Some(1), "d", 20, 30, "ok", 2)
+        .cas(3, "k", 1, "c", 20, 35, "ok", 3);
+    only(&raced.check(), Anomaly::LostUpdate, 1);
+    // A strong read after the delete completed that still sees the record.
+    let stale = H::default()
+        .cas(1, "k", 0, "a", 0, 10, "ok", 1)
+        .delete(1, "k", None, "d", 20, 30, "ok", 2)
+        .read(2, "k", "strong", "r", 40, 50, 1);
+    only(&stale.check(), Anomaly::StaleRead, 1);
+    // A session that deleted the record reading it again.
+    let own = H::default()
+        .cas(1, "k", 0, "a", 0, 10, "ok", 1)
+        .line(r#"{"process":1,"type":"invoke","op":"delete","key":"k","session":"s","idem":"d","time":20}"#.into())
+        .line(r#"{"process":1,"type":"ok","op":"delete","key":"k","session":"s","version":2,"time":30}"#.into())
+        .read(1, "k", "session", "s", 40, 50, 1);
+    only(&own.check(), Anomaly::ReadYourWrites, 1);
+    // A delete whose outcome is unknown explains one version, once.
+    let unknown = H::default()
+        .cas(1, "k", 0, "a", 0, 10, "ok", 1)
+        .delete(2, "k", Some(1), "d", 20, 30, "info", 0)
+        .read(3, "k", "strong", "r", 40, 50, 2);
+    clean(&unknown.check());
+    let unexplained = H::default()
+        .cas(1, "k", 0, "a", 0, 10, "ok", 1)
+        .delete(2, "k", Some(1), "d", 20, 30, "info", 0)
+        .read(3, "k", "strong", "r", 40, 50, 3);
+    only(&unexplained.check(), Anomaly::FutureRead, 1);
+    // An ok delete names its tombstone's version.
+    let malformed = r#"{"process":1,"type":"invoke","op":"delete","key":"k","time":1}
+{"process":1,"type":"ok","op":"delete","key":"k","time":2}"#;
+    assert!(matches!(
+        check(malformed.as_bytes()),
+        Err(HistoryError::Malformed { line: 2, .. })
+    ));
 }

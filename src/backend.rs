@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::policy::ReadPolicy;
-use crate::record::{Committed, Mutation, Precondition, Read, ReplicaRole};
+use crate::record::{Committed, Mutation, Point, Precondition, Read, ReplicaRole, Version};
 use crate::session::{Scope, SessionFloor};
 use crate::topology::{Region, Topology};
 
@@ -133,6 +133,133 @@ pub struct WriteRequest<'a> {
     pub deadline: Instant,
 }
 
+/// What a multi-record write does to one of its records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxAction<'a> {
+    /// Stores a value or deletes the record, as a new version of it.
+    Write(Mutation<'a>),
+    /// Writes nothing: the record's precondition must hold for the whole
+    /// write to apply (a condition check on a record the write depends on).
+    Check,
+}
+
+/// One record of a multi-record write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxOp<'a> {
+    /// The record's key.
+    pub key: &'a str,
+    /// What happens to it.
+    pub action: TxAction<'a>,
+    /// When it may happen; every record's must hold, or nothing applies.
+    pub precondition: Precondition,
+}
+
+impl<'a> TxOp<'a> {
+    /// Stores `value` at `key` if `precondition` holds.
+    pub fn put(key: &'a str, value: &'a Bytes, precondition: Precondition) -> TxOp<'a> {
+        TxOp {
+            key,
+            action: TxAction::Write(Mutation::Put(value)),
+            precondition,
+        }
+    }
+
+    /// Deletes `key` if `precondition` holds.
+    pub fn delete(key: &'a str, precondition: Precondition) -> TxOp<'a> {
+        TxOp {
+            key,
+            action: TxAction::Write(Mutation::Delete),
+            precondition,
+        }
+    }
+
+    /// Writes nothing to `key`, but the write applies only if
+    /// `precondition` holds for it.
+    pub fn check(key: &'a str, precondition: Precondition) -> TxOp<'a> {
+        TxOp {
+            key,
+            action: TxAction::Check,
+            precondition,
+        }
+    }
+
+    /// Whether the record is written (not only checked).
+    pub fn writes(&self) -> bool {
+        matches!(self.action, TxAction::Write(_))
+    }
+}
+
+/// The most records one multi-record write may name (DynamoDB's
+/// `TransactWriteItems` limit, which every backend keeps).
+pub const MAX_TRANSACTION_RECORDS: usize = 100;
+
+/// The most value bytes one multi-record write may carry (DynamoDB's 4 MB
+/// transaction limit, which every backend keeps).
+pub const MAX_TRANSACTION_BYTES: usize = 4 * 1024 * 1024;
+
+/// A multi-record write resolved by the client: all of its records apply,
+/// atomically, or none does.
+#[derive(Clone, Debug)]
+pub struct TransactRequest<'a> {
+    /// The records, each named once, at least one of them written.
+    pub ops: &'a [TxOp<'a>],
+    /// The logical write this attempt belongs to. A backend records its
+    /// outcome (every written record's version) in the same transaction and,
+    /// when it already holds one, returns it instead of applying again.
+    pub idempotency_key: Option<&'a IdempotencyKey>,
+    /// The region whose gateway receives the write.
+    pub region: &'a Region,
+    /// The caller's deadline.
+    pub deadline: Instant,
+}
+
+impl TransactRequest<'_> {
+    /// The keys of the records, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.ops.iter().map(|op| op.key)
+    }
+}
+
+/// The outcome of a committed multi-record write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transacted {
+    /// Where in the commit order the whole write landed (session tokens
+    /// advance to it).
+    pub point: Point,
+    /// The region whose leader committed it.
+    pub region: Region,
+    /// The version each written record got, in the request's order
+    /// (records only checked are not listed).
+    pub versions: Vec<(String, Version)>,
+}
+
+impl Transacted {
+    /// The version `key` got, if the write wrote it.
+    pub fn version_of(&self, key: &str) -> Option<Version> {
+        self.versions
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// The name an idempotency record of a multi-record write is bound to in
+/// place of a record key: `txn:` and a 64-bit hash of its keys, in order,
+/// so that reusing the key for a write of other records is refused.
+pub fn transaction_binding<'a>(keys: impl IntoIterator<Item = &'a str>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |b: u8| h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    for key in keys {
+        for b in (key.len() as u64).to_le_bytes() {
+            mix(b);
+        }
+        for b in key.bytes() {
+            mix(b);
+        }
+    }
+    format!("txn:{h:016x}")
+}
+
 /// What a region reports about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Probe {
@@ -214,6 +341,26 @@ pub trait Backend: Send + Sync + 'static {
         key: &str,
         idempotency_key: &IdempotencyKey,
     ) -> impl Future<Output = Result<Option<Committed>, Error>> + Send;
+
+    /// Writes several records atomically: every written record's new
+    /// version and every record's precondition, or nothing. A failed
+    /// precondition is [`Error::Conflict`] naming the first record whose
+    /// precondition failed and its current version. The idempotency record
+    /// is bound to [`transaction_binding`] of the request's keys.
+    fn transact(
+        &self,
+        request: &TransactRequest<'_>,
+    ) -> impl Future<Output = Result<Transacted, Error>> + Send;
+
+    /// [`Backend::lookup`] for a multi-record write whose records are
+    /// `keys` (in the request's order): its outcome, or `None` once it can
+    /// no longer commit.
+    fn lookup_transaction(
+        &self,
+        region: &Region,
+        keys: &[&str],
+        idempotency_key: &IdempotencyKey,
+    ) -> impl Future<Output = Result<Option<Transacted>, Error>> + Send;
 
     /// Asks a region for its clock and replica lag.
     fn probe(&self, region: &Region) -> impl Future<Output = Result<Probe, Error>> + Send;

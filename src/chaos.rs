@@ -61,6 +61,20 @@ struct Faults {
     injected: u64,
 }
 
+impl Faults {
+    /// Remembers a committed write of `key` (a delete without a value) for
+    /// the lag emulation, unless a newer one is known.
+    fn remember(&mut self, key: &str, version: Version, value: Option<&Bytes>, point: Point) {
+        let log = self.writes.entry(key.to_owned()).or_default();
+        if log.back().is_none_or(|(_, v, ..)| *v < version) {
+            log.push_back((Instant::now(), version, value.cloned(), point));
+            if log.len() > REMEMBERED_WRITES {
+                log.pop_front();
+            }
+        }
+    }
+}
+
 /// Controls the faults of one [`Chaos`] wrapper. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ChaosControl {
@@ -215,6 +229,65 @@ impl<B: Backend> Chaos<B> {
         Ok(())
     }
 
+    /// A write that fails before it is sent, when one is due.
+    fn before_send(&self) -> Result<(), Error> {
+        let fail = self.control.with(|f| {
+            let fail = f.fail_writes_before_send > 0;
+            if fail {
+                f.fail_writes_before_send -= 1;
+                f.injected += 1;
+            }
+            fail
+        });
+        if fail {
+            return Err(Error::backend(
+                Retryability::Retryable,
+                Some("chaos".into()),
+                "injected failure before send",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A committed write whose answer is lost, when one is due.
+    fn after_commit(&self) -> Result<(), Error> {
+        let drop = self.control.with(|f| {
+            let drop = f.drop_write_responses > 0;
+            if drop {
+                f.drop_write_responses -= 1;
+                f.injected += 1;
+            }
+            drop
+        });
+        if drop {
+            return Err(Error::Timeout {
+                after: Duration::ZERO,
+                sent: true,
+            });
+        }
+        Ok(())
+    }
+
+    /// A lookup refused, when one is due.
+    fn before_lookup(&self) -> Result<(), Error> {
+        let refused = self.control.with(|f| {
+            let refuse = f.refuse_lookups > 0;
+            if refuse {
+                f.refuse_lookups -= 1;
+                f.injected += 1;
+            }
+            refuse
+        });
+        if refused {
+            return Err(Error::backend(
+                Retryability::Permanent,
+                Some("chaos".into()),
+                "chaos: lookup refused",
+            ));
+        }
+        Ok(())
+    }
+
     fn lagged(&self, plan: &ReadPlan<'_>, read: Read<Bytes>) -> Read<Bytes> {
         if plan.role != ReplicaRole::Follower {
             return read;
@@ -287,49 +360,18 @@ impl<B: Backend> Backend for Chaos<B> {
     }
 
     async fn write(&self, request: &WriteRequest<'_>) -> Result<Committed, Error> {
-        let fail = self.control.with(|f| {
-            let fail = f.fail_writes_before_send > 0;
-            if fail {
-                f.fail_writes_before_send -= 1;
-                f.injected += 1;
-            }
-            fail
-        });
-        if fail {
-            return Err(Error::backend(
-                Retryability::Retryable,
-                Some("chaos".into()),
-                "injected failure before send",
-            ));
-        }
+        self.before_send()?;
         self.enter(request.region).await?;
         let committed = self.inner.write(request).await?;
-        let drop = self.control.with(|f| {
-            let log = f.writes.entry(request.key.to_owned()).or_default();
-            if log.back().is_none_or(|(_, v, ..)| *v < committed.version) {
-                log.push_back((
-                    Instant::now(),
-                    committed.version,
-                    request.mutation.value().cloned(),
-                    committed.point,
-                ));
-                if log.len() > REMEMBERED_WRITES {
-                    log.pop_front();
-                }
-            }
-            let drop = f.drop_write_responses > 0;
-            if drop {
-                f.drop_write_responses -= 1;
-                f.injected += 1;
-            }
-            drop
+        self.control.with(|f| {
+            f.remember(
+                request.key,
+                committed.version,
+                request.mutation.value(),
+                committed.point,
+            )
         });
-        if drop {
-            return Err(Error::Timeout {
-                after: Duration::ZERO,
-                sent: true,
-            });
-        }
+        self.after_commit()?;
         Ok(committed)
     }
 
@@ -340,22 +382,39 @@ impl<B: Backend> Backend for Chaos<B> {
         idem: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
         self.enter(region).await?;
-        let refused = self.control.with(|f| {
-            let refuse = f.refuse_lookups > 0;
-            if refuse {
-                f.refuse_lookups -= 1;
-                f.injected += 1;
-            }
-            refuse
-        });
-        if refused {
-            return Err(Error::backend(
-                Retryability::Permanent,
-                Some("chaos".into()),
-                "chaos: lookup refused",
-            ));
-        }
+        self.before_lookup()?;
         self.inner.lookup(region, key, idem).await
+    }
+
+    async fn transact(
+        &self,
+        request: &crate::TransactRequest<'_>,
+    ) -> Result<crate::Transacted, Error> {
+        self.before_send()?;
+        self.enter(request.region).await?;
+        let done = self.inner.transact(request).await?;
+        self.control.with(|f| {
+            for op in request.ops {
+                if let (crate::TxAction::Write(m), Some(version)) =
+                    (op.action, done.version_of(op.key))
+                {
+                    f.remember(op.key, version, m.value(), done.point);
+                }
+            }
+        });
+        self.after_commit()?;
+        Ok(done)
+    }
+
+    async fn lookup_transaction(
+        &self,
+        region: &Region,
+        keys: &[&str],
+        idem: &IdempotencyKey,
+    ) -> Result<Option<crate::Transacted>, Error> {
+        self.enter(region).await?;
+        self.before_lookup()?;
+        self.inner.lookup_transaction(region, keys, idem).await
     }
 
     async fn probe(&self, region: &Region) -> Result<Probe, Error> {

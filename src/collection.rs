@@ -248,6 +248,41 @@ where
             .await
     }
 
+    /// Adds a put of `value` at `key` to a multi-record write (see
+    /// [`Client::transaction`]).
+    pub fn put_in(
+        &self,
+        transaction: &mut crate::Transaction<B>,
+        key: &str,
+        value: &T,
+        precondition: Precondition,
+    ) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(value)?;
+        transaction.put(self.full_key(key), bytes.into(), precondition);
+        Ok(())
+    }
+
+    /// Adds a delete of `key` to a multi-record write.
+    pub fn delete_in(
+        &self,
+        transaction: &mut crate::Transaction<B>,
+        key: &str,
+        precondition: Precondition,
+    ) {
+        transaction.delete(self.full_key(key), precondition);
+    }
+
+    /// Adds a condition on `key` to a multi-record write: it writes nothing
+    /// there, but applies only if `precondition` holds.
+    pub fn check_in(
+        &self,
+        transaction: &mut crate::Transaction<B>,
+        key: &str,
+        precondition: Precondition,
+    ) {
+        transaction.check(self.full_key(key), precondition);
+    }
+
     /// Read-modify-write: reads `key` strongly, computes the new value from
     /// the old one, and writes it only if nobody committed in between; on a
     /// conflict it reads again and retries, at most

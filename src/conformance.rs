@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::{Backend, IdempotencyKey};
+use crate::backend::{Backend, IdempotencyKey, TxOp};
 use crate::chaos::Chaos;
 use crate::client::{Client, ClientConfig, Verify, VerifyRegions, WriteOptions};
 use crate::error::Error;
@@ -153,7 +153,7 @@ macro_rules! ensure {
 }
 
 fn fail(context: &str) -> impl FnOnce(Error) -> String + '_ {
-    move |e| format!("{context}: {e}")
+    move |e| format!("{context}: {}", e.report())
 }
 
 /// A case of the suite.
@@ -201,6 +201,13 @@ pub fn cases<B: Backend + Clone>() -> Vec<(&'static str, Case<B>)> {
         ("deletes_leave_tombstones_that_recreation_continues", |f| {
             Box::pin(deletes_leave_tombstones_that_recreation_continues(f))
         }),
+        ("multi_record_writes_apply_all_or_nothing", |f| {
+            Box::pin(multi_record_writes_apply_all_or_nothing(f))
+        }),
+        (
+            "multi_record_write_exactly_once_after_ambiguous_commit",
+            |f| Box::pin(multi_record_write_exactly_once_after_ambiguous_commit(f)),
+        ),
     ]
 }
 
@@ -972,6 +979,251 @@ pub async fn deletes_leave_tombstones_that_recreation_continues<B: Backend + Clo
         "an absent record deleted reads as {:?} (deleted: {:?})",
         r.version(),
         r.deleted
+    );
+    Ok(())
+}
+
+/// Strong reads of `keys` in a fresh session: each one's observed
+/// version (`None`: never written).
+async fn strong_versions<B: Backend + Clone>(
+    f: &Fixture<B>,
+    keys: &[&str],
+) -> Result<Vec<Option<Version>>, String> {
+    let client = f.client()?;
+    let session = client.session();
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let r = client
+            .read(&session, key, ReadPolicy::Strong)
+            .await
+            .map_err(fail("strong read"))?;
+        out.push(r.observed());
+    }
+    Ok(out)
+}
+
+/// A multi-record write applies every record or none: a transfer moves
+/// both records; one whose second record's precondition fails (or whose
+/// condition check fails) conflicts naming that record and its current
+/// version, and changes nothing; puts, deletes and checks mix; the writing
+/// session reads its writes; the same logical write again returns its
+/// first outcome, and a lookup of its key finds every version; its key
+/// reused for other records is refused.
+pub async fn multi_record_writes_apply_all_or_nothing<B: Backend + Clone>(
+    f: &Fixture<B>,
+) -> CaseResult {
+    let (client, control) = f.chaos_client()?;
+    control.set_replica_lag(client.backend().topology().local(), Duration::from_secs(30));
+    let session = client.session();
+    let (a, b, c) = (f.key("tx", 0), f.key("tx", 1), f.key("tx", 2));
+    let plain = WriteOptions::default();
+    let (hundred, zero) = (bytes::Bytes::from("100"), bytes::Bytes::from("0"));
+    let opened = client
+        .transact(
+            &session,
+            &[
+                TxOp::put(&a, &hundred, Precondition::IfAbsent),
+                TxOp::put(&b, &zero, Precondition::IfAbsent),
+            ],
+            &plain,
+        )
+        .await
+        .map_err(fail("open both"))?;
+    let (va, vb) = (opened.version_of(&a), opened.version_of(&b));
+    ensure!(
+        va.is_some() && vb.is_some() && opened.versions.len() == 2,
+        "the write reported {:?}",
+        opened.versions
+    );
+    for (key, version) in [(&a, va), (&b, vb)] {
+        for policy in [ReadPolicy::Session, ReadPolicy::Strong] {
+            let r = client
+                .read(&session, key, policy)
+                .await
+                .map_err(fail("read own write"))?;
+            ensure!(
+                r.version() == version,
+                "the session's {policy} read of {key} saw {:?}, wrote {version:?}",
+                r.version()
+            );
+        }
+    }
+    let (seventy, thirty) = (bytes::Bytes::from("70"), bytes::Bytes::from("30"));
+    let stale = vb.map(Version::next).unwrap_or(Version(99));
+    match client
+        .transact(
+            &session,
+            &[
+                TxOp::put(
+                    &a,
+                    &seventy,
+                    Precondition::IfVersion(va.unwrap_or(Version(1))),
+                ),
+                TxOp::put(&b, &thirty, Precondition::IfVersion(stale)),
+            ],
+            &plain,
+        )
+        .await
+    {
+        Err(Error::Conflict { key, current }) => ensure!(
+            key == b && current == vb,
+            "the conflict named {key} at {current:?}, not {b} at {vb:?}"
+        ),
+        other => return Err(format!("a transfer on a stale version gave {other:?}")),
+    }
+    ensure!(
+        strong_versions(f, &[&a, &b]).await? == vec![va, vb],
+        "a refused multi-record write applied in part"
+    );
+    match client
+        .transact(
+            &session,
+            &[
+                TxOp::put(
+                    &a,
+                    &seventy,
+                    Precondition::IfVersion(va.unwrap_or(Version(1))),
+                ),
+                TxOp::check(&c, Precondition::IfVersion(Version(1))),
+            ],
+            &plain,
+        )
+        .await
+    {
+        Err(Error::Conflict { key, current: None }) if key == c => {}
+        other => return Err(format!("a failing condition check gave {other:?}")),
+    }
+    ensure!(
+        strong_versions(f, &[&a]).await? == vec![va],
+        "a write whose condition check failed applied"
+    );
+    let idem = IdempotencyKey::new(&format!("{a}-transfer")).map_err(fail("key"))?;
+    let once = WriteOptions {
+        idempotency_key: Some(idem.clone()),
+        ..WriteOptions::default()
+    };
+    let ops = [
+        TxOp::delete(&a, Precondition::IfVersion(va.unwrap_or(Version(1)))),
+        TxOp::put(
+            &b,
+            &thirty,
+            Precondition::IfVersion(vb.unwrap_or(Version(1))),
+        ),
+        TxOp::check(&c, Precondition::IfAbsent),
+    ];
+    let moved = client
+        .transact(&session, &ops, &once)
+        .await
+        .map_err(fail("delete, put and check"))?;
+    ensure!(
+        moved.versions.len() == 2 && moved.version_of(&c).is_none(),
+        "the write reported {:?}",
+        moved.versions
+    );
+    let again = client
+        .transact(&session, &ops, &once)
+        .await
+        .map_err(fail("the same write again"))?;
+    ensure!(
+        again.versions == moved.versions,
+        "the same logical write applied twice: {:?} then {:?}",
+        moved.versions,
+        again.versions
+    );
+    let keys = [a.as_str(), b.as_str(), c.as_str()];
+    let found = client
+        .backend()
+        .lookup_transaction(&moved.region, &keys, &idem)
+        .await
+        .map_err(fail("lookup"))?;
+    ensure!(
+        found.as_ref().map(|t| &t.versions) == Some(&moved.versions),
+        "its idempotency key holds {found:?}"
+    );
+    ensure!(
+        strong_versions(f, &[&a, &b, &c]).await?
+            == vec![moved.version_of(&a), moved.version_of(&b), None],
+        "after the write the records are not at its versions"
+    );
+    let r = client
+        .read(&session, &a, ReadPolicy::Session)
+        .await
+        .map_err(fail("read the deleted record"))?;
+    ensure!(
+        r.value.is_none() && r.deleted == moved.version_of(&a),
+        "the session read its deleted record as {:?} (deleted: {:?})",
+        r.version(),
+        r.deleted
+    );
+    match client
+        .transact(
+            &session,
+            &[
+                TxOp::put(&c, &zero, Precondition::IfAbsent),
+                TxOp::put(&b, &zero, Precondition::Any),
+            ],
+            &once,
+        )
+        .await
+    {
+        Err(Error::IdempotencyKeyReused { .. }) => {}
+        other => return Err(format!("a reused key gave {other:?}")),
+    }
+    ensure!(
+        strong_versions(f, &[&c]).await? == vec![None],
+        "a write under a reused key applied"
+    );
+    Ok(())
+}
+
+/// A multi-record write whose commit answer is lost is resolved through
+/// its idempotency record: it applies once, every record once.
+pub async fn multi_record_write_exactly_once_after_ambiguous_commit<B: Backend + Clone>(
+    f: &Fixture<B>,
+) -> CaseResult {
+    let (client, control) = f.chaos_client()?;
+    let session = client.session();
+    let (a, b) = (f.key("tx-ambiguous", 0), f.key("tx-ambiguous", 1));
+    let one = bytes::Bytes::from("1");
+    let first = client
+        .transact(
+            &session,
+            &[
+                TxOp::put(&a, &one, Precondition::IfAbsent),
+                TxOp::put(&b, &one, Precondition::IfAbsent),
+            ],
+            &WriteOptions::default(),
+        )
+        .await
+        .map_err(fail("create"))?;
+    control.drop_write_responses(1);
+    let two = bytes::Bytes::from("2");
+    let ops: Vec<TxOp<'_>> = [&a, &b]
+        .iter()
+        .map(|k| {
+            TxOp::put(
+                k,
+                &two,
+                Precondition::IfVersion(first.version_of(k).unwrap_or(Version(1))),
+            )
+        })
+        .collect();
+    let second = client
+        .transact(&session, &ops, &WriteOptions::default())
+        .await
+        .map_err(fail("ambiguous write"))?;
+    ensure!(control.injected() >= 1, "no fault was injected");
+    for key in [&a, &b] {
+        ensure!(
+            second.version_of(key) == first.version_of(key).map(Version::next),
+            "{key}: {:?} then {:?}: not applied exactly once",
+            first.version_of(key),
+            second.version_of(key)
+        );
+    }
+    ensure!(
+        strong_versions(f, &[&a, &b]).await? == vec![second.version_of(&a), second.version_of(&b)],
+        "after the ambiguous write the records are not at its versions"
     );
     Ok(())
 }

@@ -204,6 +204,10 @@ pub enum Error {
     /// Invalid input that has no more specific variant (configuration, keys).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The backend cannot do what was asked (a multi-record write on a
+    /// table that refuses transactions, say); the text names it and why.
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// A value could not be encoded or decoded.
     #[error("a value could not be serialized or deserialized")]
     Serialization(#[from] serde_json::Error),
@@ -279,6 +283,7 @@ impl Error {
             Error::Policy(_) => "policy",
             Error::Topology(_) => "topology",
             Error::InvalidInput(_) => "invalid_input",
+            Error::Unsupported(_) => "unsupported",
             Error::Serialization(_) => "serialization",
             Error::Backend { .. } => "backend",
         }

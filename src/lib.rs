@@ -69,9 +69,13 @@ pub mod sim;
 mod topology;
 
 pub use backend::{
-    Backend, Capabilities, IdempotencyKey, Probe, ReadPlan, WriteRequest, MAX_IDEMPOTENCY_KEY,
+    transaction_binding, Backend, Capabilities, IdempotencyKey, Probe, ReadPlan, TransactRequest,
+    Transacted, TxAction, TxOp, WriteRequest, MAX_IDEMPOTENCY_KEY, MAX_TRANSACTION_BYTES,
+    MAX_TRANSACTION_RECORDS,
 };
-pub use client::{Client, ClientConfig, Hedge, RegionHealth, Verify, VerifyRegions, WriteOptions};
+pub use client::{
+    Client, ClientConfig, Hedge, RegionHealth, Transaction, Verify, VerifyRegions, WriteOptions,
+};
 pub use clock::{Clock, OffsetSample, SystemClock};
 pub use collection::{
     Class, Collection, Critical, DataClass, Peripheral, PolicyBook, PolicyEntry,

@@ -6,8 +6,8 @@ use std::time::Duration;
 use quorate::chaos::Chaos;
 use quorate::sim::{Replication, Sim, SimConfig};
 use quorate::{
-    Client, ClientConfig, Critical, Error, Peripheral, PolicyBook, Precondition, ReadPolicy,
-    ReplicaRole, RetryPolicy, Staleness, StrictRead, WriteOptions,
+    Backend, Client, ClientConfig, Critical, Error, Peripheral, PolicyBook, Precondition,
+    ReadPolicy, ReplicaRole, RetryPolicy, Staleness, StrictRead, WriteOptions,
 };
 
 fn sim() -> Sim {
@@ -478,4 +478,90 @@ async fn hashed_homes_send_each_key_to_its_own_home() {
         assert_eq!(r.freshness.role, ReplicaRole::Leader);
     }
     assert_eq!(homes.len(), 3, "homes spread over every region: {homes:?}");
+}
+
+/// A multi-record write of a bad shape is refused, typed, before anything
+/// is sent: no record, too many, a record named twice, nothing written,
+/// too many bytes, and, where writes go to each key's home, records of two
+/// homes. Nothing of any of them applies.
+#[tokio::test(start_paused = true)]
+async fn multi_record_writes_of_bad_shapes_are_refused_before_sending() {
+    let sim = sim();
+    let client = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let v = quorate::Bytes::from_static(b"v");
+    let big = quorate::Bytes::from(vec![0u8; quorate::MAX_TRANSACTION_BYTES / 2 + 1]);
+    let keys: Vec<String> = (0..=quorate::MAX_TRANSACTION_RECORDS)
+        .map(|i| format!("k{i}"))
+        .collect();
+    let too_many: Vec<quorate::TxOp<'_>> = keys
+        .iter()
+        .map(|k| quorate::TxOp::put(k, &v, Precondition::Any))
+        .collect();
+    let cases: Vec<(&str, Vec<quorate::TxOp<'_>>)> = vec![
+        ("no record", vec![]),
+        ("too many records", too_many),
+        (
+            "a record twice",
+            vec![
+                quorate::TxOp::put("a", &v, Precondition::Any),
+                quorate::TxOp::delete("a", Precondition::Any),
+            ],
+        ),
+        (
+            "only checks",
+            vec![quorate::TxOp::check("a", Precondition::IfAbsent)],
+        ),
+        (
+            "too many bytes",
+            vec![
+                quorate::TxOp::put("a", &big, Precondition::Any),
+                quorate::TxOp::put("b", &big, Precondition::Any),
+            ],
+        ),
+        (
+            "an empty key",
+            vec![quorate::TxOp::put("", &v, Precondition::Any)],
+        ),
+    ];
+    for (what, ops) in cases {
+        match client
+            .transact(&session, &ops, &WriteOptions::default())
+            .await
+        {
+            Err(Error::InvalidInput(_)) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    for key in ["a", "b", "k0", "k100"] {
+        let r = client
+            .read(&session, key, ReadPolicy::Strong)
+            .await
+            .unwrap();
+        assert_eq!(r.observed(), None, "{key} was written");
+    }
+
+    // Two homes on a table whose writes go to each key's home.
+    let mut config = SimConfig::new(["eu", "us", "ap"]).unwrap();
+    config.replication = Replication::MultiWriter;
+    config.hashed_homes = true;
+    let global = Sim::new(config).unwrap();
+    let client = Client::new(global.at("us").unwrap(), ClientConfig::default()).unwrap();
+    let home = |k: &str| client.backend().home_region(k).unwrap().clone();
+    let first = "order:1".to_owned();
+    let other = (0..100)
+        .map(|i| format!("stock:{i}"))
+        .find(|k| home(k) != home(&first))
+        .unwrap();
+    let ops = [
+        quorate::TxOp::put(&first, &v, Precondition::Any),
+        quorate::TxOp::put(&other, &v, Precondition::Any),
+    ];
+    match client
+        .transact(&client.session(), &ops, &WriteOptions::default())
+        .await
+    {
+        Err(Error::InvalidInput(why)) => assert!(why.contains("one home"), "{why}"),
+        other => panic!("two homes: {other:?}"),
+    }
 }

@@ -6,7 +6,7 @@ use quorate::conformance::{follower_freshness_claims_hold, run_all, Fixture, Hol
 use quorate::sim::{Replication, Sim, SimConfig};
 use quorate::{
     Backend, Bytes, Capabilities, Committed, Error, IdempotencyKey, Point, Probe, Read, ReadPlan,
-    Region, ReplicaRole, Scope, Topology, WriteRequest,
+    Region, ReplicaRole, Scope, Topology, TransactRequest, Transacted, WriteRequest,
 };
 
 fn assert_all_pass(report: Vec<(&'static str, Result<(), String>)>) {
@@ -124,6 +124,21 @@ impl Backend for Boasting {
         idempotency_key: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
         self.inner.lookup(region, key, idempotency_key).await
+    }
+
+    async fn transact(&self, request: &TransactRequest<'_>) -> Result<Transacted, Error> {
+        self.inner.transact(request).await
+    }
+
+    async fn lookup_transaction(
+        &self,
+        region: &Region,
+        keys: &[&str],
+        idempotency_key: &IdempotencyKey,
+    ) -> Result<Option<Transacted>, Error> {
+        self.inner
+            .lookup_transaction(region, keys, idempotency_key)
+            .await
     }
 
     async fn probe(&self, region: &Region) -> Result<Probe, Error> {

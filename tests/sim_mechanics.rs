@@ -1347,3 +1347,133 @@ async fn a_paused_leaseholder_loses_its_lease_and_serves_what_it_held_when_it_re
     assert_eq!(late.region.as_str(), "eu", "the lease went back");
     assert_eq!(late.version, c.version.next(), "committed after the other");
 }
+
+/// A multi-record write through `gateway` of the records in `keys`, each
+/// put unconditionally, with idempotency key `idem`.
+async fn transact(
+    b: &Sim,
+    gateway: &str,
+    keys: &[&str],
+    idem: &IdempotencyKey,
+) -> Result<quorate::Transacted, Error> {
+    let region = Region::new(gateway).unwrap();
+    let value = Bytes::from_static(b"tx");
+    let ops: Vec<quorate::TxOp<'_>> = keys
+        .iter()
+        .map(|k| quorate::TxOp::put(k, &value, Precondition::Any))
+        .collect();
+    b.transact(&quorate::TransactRequest {
+        ops: &ops,
+        idempotency_key: Some(idem),
+        region: &region,
+        deadline: Instant::now() + Duration::from_secs(30),
+    })
+    .await
+}
+
+/// Strong versions of `keys` read through ap.
+async fn strong_versions(sim: &Sim, keys: &[&str]) -> Vec<Option<quorate::Version>> {
+    let ap = sim.at("ap").unwrap();
+    let mut out = Vec::new();
+    for k in keys {
+        out.push(
+            read(&ap, "ap", k, ReplicaRole::Leader)
+                .await
+                .unwrap()
+                .observed(),
+        );
+    }
+    out
+}
+
+/// A write over two ranges commits in both or in neither, as a two-phase
+/// commit does: while the coordinator (the first range's leaseholder)
+/// cannot reach the second range's, it waits, and neither record shows it;
+/// once the link heals it commits both, at one timestamp. When the second
+/// range's lease moves meanwhile, the write is dropped from both.
+#[tokio::test(start_paused = true)]
+async fn a_write_over_two_ranges_commits_in_both_or_neither() {
+    for lease_moves in [false, true] {
+        let mut c = config(Replication::Consensus);
+        c.ranges = 3;
+        let sim = Sim::new(c).unwrap();
+        let [at_eu, at_us, _] = keys_by_leaseholder(&sim);
+        let keys = [at_eu.as_str(), at_us.as_str()];
+        let eu = sim.at("eu").unwrap();
+        let first = transact(&eu, "eu", &keys, &IdempotencyKey::generate())
+            .await
+            .unwrap();
+        assert_eq!(first.versions.len(), 2);
+        assert_eq!(
+            strong_versions(&sim, &keys).await,
+            vec![Some(quorate::Version::FIRST); 2]
+        );
+        sim.cut("eu", "us").unwrap();
+        let pending = {
+            let eu = eu.clone();
+            let keys = [at_eu.clone(), at_us.clone()];
+            tokio::spawn(async move {
+                let keys = [keys[0].as_str(), keys[1].as_str()];
+                transact(&eu, "eu", &keys, &IdempotencyKey::generate()).await
+            })
+        };
+        sleep(Duration::from_millis(500)).await;
+        assert!(!pending.is_finished(), "waits for the other range");
+        assert_eq!(
+            strong_versions(&sim, &keys).await,
+            vec![Some(quorate::Version::FIRST); 2],
+            "nothing of it shows while it waits"
+        );
+        if lease_moves {
+            sim.prefer_lease_of(&at_us, "ap").unwrap();
+            sleep(Duration::from_millis(100)).await;
+            assert_eq!(sim.leaseholder_of(&at_us).as_str(), "ap");
+        }
+        sim.heal();
+        let outcome = pending.await.unwrap();
+        sleep(Duration::from_millis(500)).await;
+        let now = strong_versions(&sim, &keys).await;
+        if lease_moves {
+            assert!(outcome.is_err(), "{outcome:?}");
+            assert_eq!(
+                now,
+                vec![Some(quorate::Version::FIRST); 2],
+                "dropped from both"
+            );
+        } else {
+            let done = outcome.unwrap();
+            assert_eq!(now, vec![Some(quorate::Version(2)); 2], "committed in both");
+            assert!(done.point > first.point);
+        }
+    }
+}
+
+/// A multi-record write held at a paused gateway, and fenced meanwhile by a
+/// lookup through another, applies nothing when it goes on: no record of
+/// it, in either range.
+#[tokio::test(start_paused = true)]
+async fn a_fenced_multi_record_write_applies_nothing_when_it_arrives_late() {
+    let mut c = config(Replication::Consensus);
+    c.ranges = 3;
+    let sim = Sim::new(c).unwrap();
+    let [at_eu, at_us, _] = keys_by_leaseholder(&sim);
+    let keys = [at_eu.as_str(), at_us.as_str()];
+    let ap = sim.at("ap").unwrap();
+    sim.pause("ap").unwrap();
+    let idem = IdempotencyKey::new("held-tx").unwrap();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        transact(&ap, "ap", &keys, &idem),
+    )
+    .await;
+    assert!(gave_up.is_err(), "a paused gateway answered");
+    let eu = sim.at("eu").unwrap();
+    let found = eu
+        .lookup_transaction(&Region::new("eu").unwrap(), &keys, &idem)
+        .await
+        .unwrap();
+    assert_eq!(found, None);
+    sim.resume("ap").unwrap();
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(strong_versions(&sim, &keys).await, vec![None, None]);
+}

@@ -1,10 +1,12 @@
 //! The client: policy enforcement, sessions, verification and retries over
 //! any [`Backend`]. Reads are in `read.rs`, writes and their checks in
-//! `write.rs`, what the client learns of regions in `health.rs`.
+//! `write.rs`, multi-record writes in `transact.rs`, what the client learns
+//! of regions in `health.rs`.
 
 mod deadline;
 mod health;
 mod read;
+mod transact;
 mod write;
 
 use std::sync::{Arc, Mutex};
@@ -21,7 +23,7 @@ use crate::error::{Error, Retryability};
 use crate::observe::Metrics;
 use crate::policy::ReadPolicy;
 use crate::random::SplitMix64;
-use crate::record::{Committed, Mutation, Precondition, Read, ReplicaRole};
+use crate::record::{Committed, Mutation, Point, Precondition, Read, ReplicaRole};
 use crate::retry::{RetryBudget, RetryPolicy};
 use crate::routing::{BreakerConfig, Circuit, Kind, Router, Tried};
 use crate::session::{Scope, Session, SessionFloor, SessionToken};
@@ -31,6 +33,7 @@ use crate::topology::Region;
 pub use health::RegionHealth;
 pub use read::Hedge;
 use read::LatencyWindow;
+pub use transact::Transaction;
 pub use write::{Verify, VerifyRegions, WriteOptions};
 
 /// Client-wide settings. `ClientConfig::default()` is the strict

@@ -139,7 +139,12 @@ impl<B: Backend> Client<B> {
                 Some(v) => Some(self.verify_regions(v)?),
                 None => None,
             };
-            let committed = self.write_inner(key, mutation, precondition, options).await;
+            let one = One {
+                key,
+                mutation,
+                precondition,
+            };
+            let committed = self.write_inner(&one, options).await;
             let committed = match committed {
                 Ok(c) => c,
                 Err(e) => {
@@ -149,7 +154,7 @@ impl<B: Backend> Client<B> {
             };
             session.observe(key, Some(committed.version), Some(committed.point));
             recorder.record("quorate.region", committed.region.as_str());
-            if let Some(wait) = self.commit_wait(&committed) {
+            if let Some(wait) = self.commit_wait(committed.point) {
                 // Boxed, as are the other paths most writes never take, so
                 // that they do not size every write's future.
                 Box::pin(tokio::time::sleep(wait)).await;
@@ -164,14 +169,16 @@ impl<B: Backend> Client<B> {
         .await
     }
 
-    async fn write_inner(
+    /// The retry loop of one logical write (a single record's or a
+    /// multi-record one's): idempotent attempts, sticky ambiguity and its
+    /// resolution through the idempotency record.
+    pub(super) async fn write_inner<W: Logical<B>>(
         &self,
-        key: &str,
-        mutation: Mutation<'_>,
-        precondition: Precondition,
+        write: &W,
         options: &WriteOptions,
-    ) -> Result<Committed, Error> {
+    ) -> Result<W::Outcome, Error> {
         let inner = &*self.inner;
+        let key = write.key();
         let start = Instant::now();
         let deadline = start + options.deadline.unwrap_or(inner.config.write_deadline);
         let generated;
@@ -202,23 +209,15 @@ impl<B: Backend> Client<B> {
                 None => self.write_region(key, tried)?,
             };
             let region = inner.router.region(region_index);
-            let request = WriteRequest {
-                key,
-                mutation,
-                precondition,
-                idempotency_key: Some(idem),
-                region,
-                deadline,
-            };
             let sent = if attempt == 1 { start } else { Instant::now() };
             let result = self
                 .attempt(sent, region_index, Kind::Write, true, deadline, || {
-                    inner.backend.write(&request)
+                    write.send(&inner.backend, region, idem, deadline)
                 })
                 .await;
             let error = match result {
                 Ok(committed) => {
-                    self.count_write(&committed);
+                    self.count_write(W::region(&committed));
                     return Ok(committed);
                 }
                 Err(e) => e,
@@ -249,9 +248,9 @@ impl<B: Backend> Client<B> {
                     return Err(error);
                 }
                 Retryability::Ambiguous => {
-                    match Box::pin(self.resolve(key, idem, region_index, deadline)).await {
+                    match Box::pin(self.resolve(write, idem, region_index, deadline)).await {
                         Ok(Some(committed)) => {
-                            self.count_write(&committed);
+                            self.count_write(W::region(&committed));
                             return Ok(committed);
                         }
                         // Not applied, and fenced: no earlier attempt can
@@ -301,8 +300,8 @@ impl<B: Backend> Client<B> {
         }
     }
 
-    fn count_write(&self, committed: &Committed) {
-        if let Some(i) = self.inner.router.index_of(&committed.region) {
+    fn count_write(&self, region: &Region) {
+        if let Some(i) = self.inner.router.index_of(region) {
             self.inner.metrics.write(i);
         }
     }
@@ -339,14 +338,15 @@ impl<B: Backend> Client<B> {
     /// region's idempotency record and fence say nothing about another
     /// region's attempts: the lookup asks the region the attempt was sent
     /// to, and nowhere else.
-    async fn resolve(
+    async fn resolve<W: Logical<B>>(
         &self,
-        key: &str,
+        write: &W,
         idem: &IdempotencyKey,
         sent_to: usize,
         deadline: Instant,
-    ) -> Result<Option<Committed>, Error> {
+    ) -> Result<Option<W::Outcome>, Error> {
         let inner = &*self.inner;
+        let key = write.key();
         let mut tried = Tried::default();
         let mut attempt = 0;
         loop {
@@ -366,7 +366,7 @@ impl<B: Backend> Client<B> {
                     Kind::Write,
                     true,
                     deadline,
-                    || inner.backend.lookup(region, key, idem),
+                    || write.look_up(&inner.backend, region, idem),
                 )
                 .await;
             match result {
@@ -398,7 +398,7 @@ impl<B: Backend> Client<B> {
     /// majority of fresh samples) by more than the readers' uncertainty
     /// window covers (a leaseholder whose clock runs fast); `None`
     /// otherwise, and for backends without a clock bound.
-    fn commit_wait(&self, committed: &Committed) -> Option<Duration> {
+    pub(super) fn commit_wait(&self, point: Point) -> Option<Duration> {
         let inner = &*self.inner;
         let max_offset = inner.capabilities.max_clock_offset?;
         let limit = inner.guard.limit()?;
@@ -410,13 +410,13 @@ impl<B: Backend> Client<B> {
         // uncertainty window reaches `max_offset` above that.
         let covered =
             now.saturating_sub(crate::clock::nanos(limit)) + crate::clock::nanos(max_offset);
-        let ahead = committed.point.wall.checked_sub(covered)?;
+        let ahead = point.wall.checked_sub(covered)?;
         (ahead > 0).then(|| Duration::from_nanos(ahead))
     }
 
     /// The regions a read-after-write check reads back in, checked before
     /// the write is sent.
-    fn verify_regions(&self, verify: &Verify) -> Result<Vec<usize>, Error> {
+    pub(super) fn verify_regions(&self, verify: &Verify) -> Result<Vec<usize>, Error> {
         let inner = &*self.inner;
         let leader = verify.policy == ReadPolicy::Strong;
         Ok(match &verify.regions {
@@ -457,7 +457,7 @@ impl<B: Backend> Client<B> {
     /// elsewhere, and so is its check. A region that fails during the check
     /// is not swapped for another: it is waited for (never asked while
     /// excluded) until the deadline.
-    async fn verify(
+    pub(super) async fn verify(
         &self,
         key: &str,
         committed: &Committed,
@@ -562,5 +562,85 @@ impl<B: Backend> Client<B> {
             region,
             waited: Instant::now() - start,
         }
+    }
+}
+
+/// One logical write as the retry loop sees it: a single record's or a
+/// multi-record one's.
+pub(crate) trait Logical<B: Backend>: Sync {
+    /// What it commits.
+    type Outcome: Send;
+
+    /// The key whose home region the write goes to where writes go to a
+    /// key's home (every record of a multi-record write shares it), and
+    /// that names the write in errors.
+    fn key(&self) -> &str;
+
+    /// One attempt through `region`.
+    fn send<'a>(
+        &'a self,
+        backend: &'a B,
+        region: &'a Region,
+        idem: &'a IdempotencyKey,
+        deadline: Instant,
+    ) -> impl std::future::Future<Output = Result<Self::Outcome, Error>> + Send + 'a;
+
+    /// The outcome recorded for `idem`, read (and fenced) through `region`.
+    fn look_up<'a>(
+        &'a self,
+        backend: &'a B,
+        region: &'a Region,
+        idem: &'a IdempotencyKey,
+    ) -> impl std::future::Future<Output = Result<Option<Self::Outcome>, Error>> + Send + 'a;
+
+    /// Where an outcome committed.
+    fn region(outcome: &Self::Outcome) -> &Region;
+}
+
+/// A write of one record.
+struct One<'a> {
+    key: &'a str,
+    mutation: Mutation<'a>,
+    precondition: Precondition,
+}
+
+impl<B: Backend> Logical<B> for One<'_> {
+    type Outcome = Committed;
+
+    fn key(&self) -> &str {
+        self.key
+    }
+
+    async fn send(
+        &self,
+        backend: &B,
+        region: &Region,
+        idem: &IdempotencyKey,
+        deadline: Instant,
+    ) -> Result<Committed, Error> {
+        {
+            let request = WriteRequest {
+                key: self.key,
+                mutation: self.mutation,
+                precondition: self.precondition,
+                idempotency_key: Some(idem),
+                region,
+                deadline,
+            };
+            backend.write(&request).await
+        }
+    }
+
+    fn look_up<'a>(
+        &'a self,
+        backend: &'a B,
+        region: &'a Region,
+        idem: &'a IdempotencyKey,
+    ) -> impl std::future::Future<Output = Result<Option<Committed>, Error>> + Send + 'a {
+        backend.lookup(region, self.key, idem)
+    }
+
+    fn region(outcome: &Committed) -> &Region {
+        &outcome.region
     }
 }

@@ -551,11 +551,13 @@ fn bounded_reader_of(stage: &Stage, region: &str, prefix: &'static str, keys: u6
 
 /// A user whose session travels between services in `regions`: it reads
 /// under its session and now and then writes what it read on.
-fn session_writer(stage: &Stage, regions: &[&str], keys: u64) -> Task {
+fn session_writer(stage: &Stage, regions: &[&str], keys: u64, deleting: bool) -> Task {
     let mut actor = Actor::new(stage, regions);
     let mut rng = rng_for(stage, 0x77 + stage.recorder.process());
-    // Which writes are deletes: a stream of its own.
+    // Which writes are deletes: a stream of its own (none when not
+    // `deleting`).
     let mut deletes = rng_for(stage, 0xde1e_7e00 + stage.recorder.process());
+    let mut delete = move || deleting && deletes.below(4) == 0;
     Box::pin(async move {
         let mut turn = 0;
         let mut n = 0u64;
@@ -571,7 +573,7 @@ fn session_writer(stage: &Stage, regions: &[&str], keys: u64) -> Task {
                     match seen.version {
                         // Now and then the record is closed: deleted on
                         // top of what was read.
-                        Some(v) if deletes.below(4) == 0 => {
+                        Some(v) if delete() => {
                             actor.delete(turn, &key, Precondition::IfVersion(v)).await;
                         }
                         version => {
@@ -602,18 +604,20 @@ const BROWSED: u64 = 40;
 /// strongly) and writes some, unconditionally or on top of what it read.
 /// Its session must keep covering what it wrote and saw once the keys have
 /// left the token.
-fn browser(stage: &Stage, regions: &[&str]) -> Task {
+fn browser(stage: &Stage, regions: &[&str], deleting: bool) -> Task {
     let mut actor = Actor::new(stage, regions);
     let mut rng = rng_for(stage, 0xaa + stage.recorder.process());
-    // Which writes are deletes: a stream of its own.
+    // Which writes are deletes: a stream of its own (none when not
+    // `deleting`).
     let mut deletes = rng_for(stage, 0xde1e_7e00 + stage.recorder.process());
+    let mut delete = move || deleting && deletes.below(4) == 0;
     Box::pin(async move {
         let mut turn = 0;
         let mut n = 0u64;
         while actor.running() {
             let key = format!("item:{}", rng.below(BROWSED));
             match rng.below(6) {
-                0 | 3 if deletes.below(4) == 0 => {
+                0 | 3 if delete() => {
                     actor.delete(turn, &key, Precondition::Any).await;
                 }
                 0 | 3 => {
@@ -855,6 +859,8 @@ fn workload_of(stage: &Stage, plan: Plan) -> Vec<Task> {
     if let Some(quiet) = plan.quiet {
         return quiet_workload(stage, plan.home, plan.keys, quiet);
     }
+    // Clock drills keep their load as it was: their steps are narrow.
+    let deleting = plan.clock_focus.is_none();
     let mut tasks = Vec::new();
     for r in &plan.updaters {
         tasks.push(updater(stage, &[r], plan.keys, (60, 200)));
@@ -864,7 +870,7 @@ fn workload_of(stage: &Stage, plan: Plan) -> Vec<Task> {
     }
     for (i, regions) in plan.roamers.iter().enumerate() {
         if i % 2 == 0 {
-            tasks.push(session_writer(stage, regions, plan.keys));
+            tasks.push(session_writer(stage, regions, plan.keys, deleting));
         } else {
             tasks.push(roamer(stage, regions, plan.keys));
         }
@@ -876,7 +882,7 @@ fn workload_of(stage: &Stage, plan: Plan) -> Vec<Task> {
         tasks.push(settler(stage, r, plan.keys));
     }
     for regions in &plan.browsers {
-        tasks.push(browser(stage, regions));
+        tasks.push(browser(stage, regions, deleting));
     }
     for regions in &plan.auditors {
         tasks.push(auditor(stage, regions));

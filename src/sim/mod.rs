@@ -56,7 +56,7 @@ use crate::error::Error;
 use crate::record::{Committed, Freshness, Point, Read, ReplicaRole, Versioned};
 use crate::session::Scope;
 use crate::topology::{Region, Topology};
-use model::{Entry, IdemRecord, Model, Params};
+use model::{Entry, IdemRecord, Model, Outcome, Params};
 
 /// How the simulated database replicates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -678,15 +678,38 @@ const REFUSED_OFFSET: &str = "remote clock offset beyond max_offset";
 const PROPOSAL_POLL: Duration = Duration::from_millis(5);
 
 /// A write attempt once it has left its client: it travels and may commit
-/// whether or not the client still waits for it.
+/// whether or not the client still waits for it. One record's, or several
+/// records' atomically.
 struct WriteTrip {
-    key: String,
-    /// The value, or `None` for a delete.
-    value: Option<Bytes>,
-    precondition: crate::Precondition,
+    ops: Vec<TripOp>,
     idem: Option<IdempotencyKey>,
     /// When it left its client, in the order of every attempt's departure.
     stamp: u64,
+    /// A multi-record write: its outcome is [`Outcome::Many`].
+    many: bool,
+    /// The name its idempotency record is bound to: the record's key, or
+    /// a multi-record write's [`crate::transaction_binding`].
+    binding: String,
+}
+
+/// One record of a write attempt.
+struct TripOp {
+    key: String,
+    action: TripAction,
+    precondition: crate::Precondition,
+}
+
+enum TripAction {
+    Put(Bytes),
+    Delete,
+    Check,
+}
+
+impl WriteTrip {
+    /// The record whose range (or home) coordinates the write.
+    fn first_key(&self) -> &str {
+        self.ops.first().map_or("", |op| op.key.as_str())
+    }
 }
 
 /// A request on its way through the simulated system. It runs as a task of
@@ -963,7 +986,7 @@ impl Trip {
         }
     }
 
-    async fn write(self, gateway: usize, req: WriteTrip) -> Result<Committed, Error> {
+    async fn write(self, gateway: usize, req: WriteTrip) -> Result<Outcome, Error> {
         // A request that never arrives may, for all the client knows, have
         // committed: report it as sent.
         self.hop_in(gateway).await.map_err(|_| Error::Timeout {
@@ -986,41 +1009,98 @@ impl Trip {
         &self,
         leader: usize,
         range: usize,
+        apply: impl FnMut(&mut Model, Instant) -> T,
+    ) -> Option<(T, Duration)> {
+        self.at_leaders(leader, &[(range, leader)], apply).await
+    }
+
+    /// [`Trip::at_leader`] for a write over several ranges, coordinated by
+    /// `coordinator` (the leaseholder of its first range), as a two-phase
+    /// commit with write intents: the proposal takes its place in line in
+    /// every range at once (so that two such writes are in the same order
+    /// in every range they share), and commits once it is first in every
+    /// line, every range's leaseholder (`holders`, as they were when it was
+    /// proposed) still holds its lease, reaches a quorum and is reachable
+    /// from the coordinator. Returns the slowest participant's round trip
+    /// (the coordinator's to it and its quorum's) with `apply`'s outcome.
+    async fn at_leaders<T>(
+        &self,
+        coordinator: usize,
+        holders: &[(usize, usize)],
         mut apply: impl FnMut(&mut Model, Instant) -> T,
     ) -> Option<(T, Duration)> {
-        let (proposal, epoch) = {
+        let (proposal, epochs) = {
             let mut m = self.model();
             let p = m.proposal();
-            m.ranges[range].pending.push_back(p);
-            (p, m.ranges[range].epoch)
+            let epochs: Vec<u64> = holders
+                .iter()
+                .map(|&(range, _)| {
+                    m.ranges[range].pending.push_back(p);
+                    m.ranges[range].epoch
+                })
+                .collect();
+            (p, epochs)
+        };
+        let withdraw = |m: &mut Model| {
+            for &(range, _) in holders {
+                m.ranges[range].pending.retain(|q| *q != proposal);
+            }
         };
         loop {
             {
                 let now = Instant::now();
                 let mut m = self.model();
-                m.update_lease(range, now);
-                if m.ranges[range].epoch != epoch || m.ranges[range].lease.holder != leader {
+                let mut lost = false;
+                for (&(range, holder), &epoch) in holders.iter().zip(&epochs) {
+                    m.update_lease(range, now);
+                    lost |= m.ranges[range].epoch != epoch
+                        || m.ranges[range].lease.holder != holder
+                        || !m.ranges[range].pending.contains(&proposal);
+                }
+                if lost {
+                    withdraw(&mut m);
                     return None;
                 }
-                if m.ranges[range].pending.front() == Some(&proposal) && m.in_service(leader) {
-                    if let Some(rtt) = m.quorum_rtt(leader) {
-                        m.ranges[range].pending.pop_front();
+                let first = holders
+                    .iter()
+                    .all(|&(range, _)| m.ranges[range].pending.front() == Some(&proposal));
+                if first {
+                    let mut slowest = Some(Duration::ZERO);
+                    for &(_, holder) in holders {
+                        let reached = holder == coordinator
+                            || (m.connected(coordinator, holder)
+                                && m.within_max_offset(coordinator, holder, now));
+                        let round = if reached && m.in_service(holder) {
+                            m.quorum_rtt(holder).map(|q| {
+                                if holder == coordinator {
+                                    q
+                                } else {
+                                    q + m.latency(coordinator, holder)
+                                        + m.latency(holder, coordinator)
+                                }
+                            })
+                        } else {
+                            None
+                        };
+                        slowest = slowest.zip(round).map(|(a, b)| a.max(b));
+                    }
+                    if let Some(rtt) = slowest {
+                        for &(range, _) in holders {
+                            m.ranges[range].pending.pop_front();
+                        }
                         return Some((apply(&mut m, now), rtt));
                     }
-                }
-                if !m.ranges[range].pending.contains(&proposal) {
-                    return None;
                 }
             }
             sleep(PROPOSAL_POLL).await;
         }
     }
 
-    async fn write_consensus(&self, gateway: usize, req: &WriteTrip) -> Result<Committed, Error> {
+    async fn write_consensus(&self, gateway: usize, req: &WriteTrip) -> Result<Outcome, Error> {
         let now = Instant::now();
         let (leader, proposed, range) = {
             let mut m = self.model();
-            let range = m.range_of(&req.key);
+            let range = m.range_of(req.first_key());
             m.update_lease(range, now);
             (m.ranges[range].lease.holder, m.hlc_now(gateway, now), range)
         };
@@ -1035,10 +1115,21 @@ impl Trip {
                 sent: true,
             },
         })?;
-        let still_leader = {
+        // The leaseholder of every range the write touches, the first
+        // range's coordinating.
+        let (still_leader, holders) = {
             let mut m = self.model();
-            m.update_lease(range, Instant::now());
-            m.ranges[range].lease.holder == leader
+            let now = Instant::now();
+            m.update_lease(range, now);
+            let mut holders = vec![(range, leader)];
+            for op in &req.ops {
+                let r = m.range_of(&op.key);
+                if holders.iter().all(|&(h, _)| h != r) {
+                    m.update_lease(r, now);
+                    holders.push((r, m.ranges[r].lease.holder));
+                }
+            }
+            (m.ranges[range].lease.holder == leader, holders)
         };
         if !still_leader {
             self.hop_back(leader, gateway).await?;
@@ -1051,7 +1142,7 @@ impl Trip {
         // it): cut off from a majority, it stays pending and commits when
         // the quorum is back, unless the lease moved first.
         let applied = self
-            .at_leader(leader, range, |m, now| {
+            .at_leaders(leader, &holders, |m, now| {
                 self.apply_consensus(m, now, req, leader, gateway, proposed)
             })
             .await;
@@ -1075,10 +1166,11 @@ impl Trip {
         };
         // Commit wait runs alongside the quorum round: the leader answers
         // once both are over.
+        let point = committed.point();
         let wait = {
             let m = self.model();
             m.p.commit_wait.map_or(Duration::ZERO, |epsilon| {
-                m.commit_wait(leader, Instant::now(), committed.point, epsilon)
+                m.commit_wait(leader, Instant::now(), point, epsilon)
             })
         };
         let rtt = rtt.max(wait);
@@ -1086,13 +1178,13 @@ impl Trip {
             sleep(rtt).await;
         }
         self.hop_back(leader, gateway).await?;
-        self.model()
-            .hlc_update(gateway, committed.point, Instant::now());
+        self.model().hlc_update(gateway, point, Instant::now());
         Ok(committed)
     }
 
-    /// The leaseholder's decision on a write: its idempotency record, its
-    /// precondition, then the commit.
+    /// The leaseholder's decision on a write: its idempotency record, every
+    /// record's precondition, then the commit of every written record at
+    /// one timestamp above each one's write floor.
     fn apply_consensus(
         &self,
         m: &mut Model,
@@ -1101,84 +1193,121 @@ impl Trip {
         leader: usize,
         gateway: usize,
         proposed: crate::Point,
-    ) -> Result<Committed, Error> {
+    ) -> Result<Outcome, Error> {
         if let Some(done) = check_idem(m.idem.get_mut_or_none(req.idem.as_ref()), req)? {
             return Ok(done);
         }
-        let latest = m.log_latest(&req.key);
-        let last = latest.map(|e| e.version);
-        let current = Entry::live(latest);
-        if !req.precondition.admits(current) {
-            return Err(Error::Conflict {
-                key: req.key.clone(),
-                current,
-            });
+        for op in &req.ops {
+            let current = Entry::live(m.log_latest(&op.key));
+            if !op.precondition.admits(current) {
+                return Err(Error::Conflict {
+                    key: op.key.clone(),
+                    current,
+                });
+            }
         }
+        let floor = req
+            .ops
+            .iter()
+            .map(|op| m.write_floor(&op.key))
+            .max()
+            .unwrap_or_default();
         let point = match m.p.commit_wait {
             // Spanner: the leader timestamps at TrueTime's latest now.
-            Some(epsilon) => m
-                .tt_latest(leader, now, epsilon)
-                .max(m.write_floor(&req.key)),
+            Some(epsilon) => m.tt_latest(leader, now, epsilon).max(floor),
             None => {
                 m.hlc_update(leader, proposed, now);
-                m.hlc_now(leader, now)
-                    .max(proposed)
-                    .max(m.write_floor(&req.key))
+                m.hlc_now(leader, now).max(proposed).max(floor)
             }
         };
         m.hlc_update(leader, point, now);
-        let (entry, committed, idem) = self.next_version(req, last, point, gateway, leader);
-        if let Some((k, c)) = &idem {
+        let (entries, outcome) = self.next_versions(req, point, gateway, leader, |key| {
+            m.log_latest(key).map(|e| e.version)
+        });
+        let idem = self.idem_entry(req, &outcome);
+        if let Some((k, binding, outcome)) = &idem {
             m.idem.insert(
                 k.clone(),
                 IdemRecord::Applied {
-                    key: req.key.clone(),
-                    committed: c.clone(),
+                    key: binding.clone(),
+                    outcome: outcome.clone(),
                 },
             );
         }
-        m.log
-            .entry(req.key.clone())
-            .or_default()
-            .push(entry.clone());
-        m.replicas[leader]
-            .data
-            .entry(req.key.clone())
-            .or_default()
-            .push(entry.clone());
-        m.replicate(leader, &req.key, &entry, idem, now);
-        Ok(committed)
+        for (key, entry) in entries {
+            // The participant holding the record's range applies it and
+            // replicates it; its clock learns the commit's timestamp.
+            let holder = m.ranges[m.range_of(&key)].lease.holder;
+            m.hlc_update(holder, point, now);
+            m.log.entry(key.clone()).or_default().push(entry.clone());
+            m.replicas[holder]
+                .data
+                .entry(key.clone())
+                .or_default()
+                .push(entry.clone());
+            m.replicate(holder, &key, &entry, idem.clone(), now);
+        }
+        Ok(outcome)
     }
 
-    /// The entry a write creates on top of the key's `last` version (a
-    /// tombstone's included), its outcome, and its idempotency record.
-    fn next_version(
+    /// The entries a write creates, each on top of its record's `last`
+    /// version (a tombstone's included), and its outcome.
+    fn next_versions(
         &self,
         req: &WriteTrip,
-        last: Option<crate::Version>,
         point: crate::Point,
         origin: usize,
         committer: usize,
-    ) -> (Entry, Committed, Option<(String, Committed)>) {
-        let entry = Entry {
-            point,
-            version: last.map_or(crate::Version::FIRST, |v| v.next()),
-            value: req.value.clone(),
-            origin,
+        last: impl Fn(&str) -> Option<crate::Version>,
+    ) -> (Vec<(String, Entry)>, Outcome) {
+        let mut entries = Vec::with_capacity(req.ops.len());
+        for op in &req.ops {
+            let value = match &op.action {
+                TripAction::Put(v) => Some(v.clone()),
+                TripAction::Delete => None,
+                TripAction::Check => continue,
+            };
+            let version = last(&op.key).map_or(crate::Version::FIRST, |v| v.next());
+            entries.push((
+                op.key.clone(),
+                Entry {
+                    point,
+                    version,
+                    value,
+                    origin,
+                },
+            ));
+        }
+        let region = self.region(committer);
+        let outcome = if req.many {
+            Outcome::Many(crate::Transacted {
+                point,
+                region,
+                versions: entries
+                    .iter()
+                    .map(|(k, e)| (k.clone(), e.version))
+                    .collect(),
+            })
+        } else {
+            Outcome::One(Committed {
+                version: entries
+                    .first()
+                    .map_or(crate::Version::FIRST, |(_, e)| e.version),
+                point,
+                region,
+            })
         };
-        let committed = Committed {
-            version: entry.version,
-            point,
-            region: self.region(committer),
-        };
-        let idem = req
-            .idem
-            .as_ref()
-            .map(|k| (k.as_str().to_owned(), committed.clone()));
-        (entry, committed, idem)
+        (entries, outcome)
     }
 
-    fn write_multi(&self, region: usize, req: &WriteTrip) -> Result<Committed, Error> {
+    /// The idempotency record a committed write leaves, if it has a key.
+    fn idem_entry(&self, req: &WriteTrip, outcome: &Outcome) -> Option<model::IdemEntry> {
+        req.idem
+            .as_ref()
+            .map(|k| (k.as_str().to_owned(), req.binding.clone(), outcome.clone()))
+    }
+
+    fn write_multi(&self, region: usize, req: &WriteTrip) -> Result<Outcome, Error> {
         let now = Instant::now();
         let mut m = self.model();
         m.apply_due(region, now);
@@ -1186,41 +1315,51 @@ impl Trip {
         if let Some(done) = check_idem(idem, req)? {
             return Ok(done);
         }
-        let latest = m.replicas[region].latest(&req.key);
-        let last = latest.map(|e| e.version);
-        let current = Entry::live(latest);
-        if !req.precondition.admits(current) {
-            return Err(Error::Conflict {
-                key: req.key.clone(),
-                current,
-            });
+        for op in &req.ops {
+            let current = Entry::live(m.replicas[region].latest(&op.key));
+            if !op.precondition.admits(current) {
+                return Err(Error::Conflict {
+                    key: op.key.clone(),
+                    current,
+                });
+            }
         }
         let point = m.hlc_now(region, now);
-        let (entry, committed, idem) = self.next_version(req, last, point, region, region);
-        if let Some((k, c)) = &idem {
+        let (entries, outcome) = self.next_versions(req, point, region, region, |key| {
+            m.replicas[region].latest(key).map(|e| e.version)
+        });
+        let idem = self.idem_entry(req, &outcome);
+        if let Some((k, binding, outcome)) = &idem {
             m.replicas[region].idem.insert(
                 k.clone(),
                 IdemRecord::Applied {
-                    key: req.key.clone(),
-                    committed: c.clone(),
+                    key: binding.clone(),
+                    outcome: outcome.clone(),
                 },
             );
         }
-        m.replicas[region]
-            .data
-            .entry(req.key.clone())
-            .or_default()
-            .push(entry.clone());
-        m.replicate(region, &req.key, &entry, idem, now);
-        Ok(committed)
+        // Each item replicates on its own, as a global table's items of one
+        // transaction do: another region may show some of them first.
+        for (key, entry) in entries {
+            m.replicas[region]
+                .data
+                .entry(key.clone())
+                .or_default()
+                .push(entry.clone());
+            m.replicate(region, &key, &entry, idem.clone(), now);
+        }
+        Ok(outcome)
     }
 
+    /// Looks `idem` up for the write bound to `binding` whose first record
+    /// is `key`, fencing it when nothing is recorded.
     async fn lookup(
         self,
         gateway: usize,
         key: String,
+        binding: String,
         idem: IdempotencyKey,
-    ) -> Result<Option<Committed>, Error> {
+    ) -> Result<Option<Outcome>, Error> {
         self.hop_in(gateway).await?;
         let found = match self.shared.config.replication {
             Replication::MultiWriter => {
@@ -1228,7 +1367,7 @@ impl Trip {
                 let mut m = self.model();
                 m.apply_due(gateway, now);
                 let before = m.stamps + 1;
-                fence(&mut m.replicas[gateway].idem, &key, &idem, before)?
+                fence(&mut m.replicas[gateway].idem, &binding, &idem, before)?
             }
             Replication::Consensus => {
                 let (leader, range) = {
@@ -1245,7 +1384,7 @@ impl Trip {
                 let decided = self
                     .at_leader(leader, range, |m, _| {
                         let before = m.stamps + 1;
-                        fence(&mut m.idem, &key, &idem, before)
+                        fence(&mut m.idem, &binding, &idem, before)
                     })
                     .await;
                 let found = match decided {
@@ -1292,6 +1431,40 @@ impl Trip {
     }
 }
 
+impl Outcome {
+    /// The point it committed at.
+    fn point(&self) -> crate::Point {
+        match self {
+            Outcome::One(c) => c.point,
+            Outcome::Many(t) => t.point,
+        }
+    }
+
+    /// A single record's outcome; a multi-record write's under the same
+    /// idempotency key is another logical write's.
+    fn one(self, key: &str, idem: Option<&IdempotencyKey>) -> Result<Committed, Error> {
+        match self {
+            Outcome::One(c) => Ok(c),
+            Outcome::Many(_) => Err(reused(key, idem)),
+        }
+    }
+
+    /// A multi-record write's outcome.
+    fn many(self, key: &str, idem: Option<&IdempotencyKey>) -> Result<crate::Transacted, Error> {
+        match self {
+            Outcome::Many(t) => Ok(t),
+            Outcome::One(_) => Err(reused(key, idem)),
+        }
+    }
+}
+
+fn reused(key: &str, idem: Option<&IdempotencyKey>) -> Error {
+    Error::IdempotencyKeyReused {
+        key: key.to_owned(),
+        idempotency_key: idem.cloned().unwrap_or_else(IdempotencyKey::generate),
+    }
+}
+
 /// `Option<&mut V>` of an optional key, for idempotency maps.
 trait GetMutOrNone {
     fn get_mut_or_none(&mut self, key: Option<&IdempotencyKey>) -> Option<&mut IdemRecord>;
@@ -1306,21 +1479,18 @@ impl GetMutOrNone for std::collections::HashMap<String, IdemRecord> {
 /// What an attempt's idempotency record says: `Some` outcome to return
 /// instead of applying it again; an error when the key names another
 /// record or a fence stops this (earlier) attempt; `None` to apply.
-fn check_idem(
-    record: Option<&mut IdemRecord>,
-    req: &WriteTrip,
-) -> Result<Option<Committed>, Error> {
+fn check_idem(record: Option<&mut IdemRecord>, req: &WriteTrip) -> Result<Option<Outcome>, Error> {
     let Some(record) = record else {
         return Ok(None);
     };
-    if record.key() != req.key {
+    if record.key() != req.binding {
         return Err(Error::IdempotencyKeyReused {
-            key: req.key.clone(),
+            key: req.first_key().to_owned(),
             idempotency_key: req.idem.clone().unwrap_or_else(IdempotencyKey::generate),
         });
     }
     match record {
-        IdemRecord::Applied { committed, .. } => Ok(Some(committed.clone())),
+        IdemRecord::Applied { outcome, .. } => Ok(Some(outcome.clone())),
         IdemRecord::Fenced { before, .. } if req.stamp < *before => Err(Error::backend(
             crate::Retryability::Retryable,
             Some("fenced".into()),
@@ -1346,13 +1516,13 @@ fn fence(
     key: &str,
     idem: &IdempotencyKey,
     before: u64,
-) -> Result<Option<Committed>, Error> {
+) -> Result<Option<Outcome>, Error> {
     match records.get_mut(idem.as_str()) {
         Some(record) if record.key() != key => Err(Error::IdempotencyKeyReused {
             key: key.to_owned(),
             idempotency_key: idem.clone(),
         }),
-        Some(IdemRecord::Applied { committed, .. }) => Ok(Some(committed.clone())),
+        Some(IdemRecord::Applied { outcome, .. }) => Ok(Some(outcome.clone())),
         Some(IdemRecord::Fenced { before: b, .. }) => {
             *b = (*b).max(before);
             Ok(None)
@@ -1425,14 +1595,24 @@ impl Backend for Sim {
 
     async fn write(&self, req: &WriteRequest<'_>) -> Result<Committed, Error> {
         let gateway = self.index(req.region)?;
+        let action = match req.mutation {
+            crate::Mutation::Put(v) => TripAction::Put(v.clone()),
+            crate::Mutation::Delete => TripAction::Delete,
+        };
         let trip = WriteTrip {
-            key: req.key.to_owned(),
-            value: req.mutation.value().cloned(),
-            precondition: req.precondition,
+            ops: vec![TripOp {
+                key: req.key.to_owned(),
+                action,
+                precondition: req.precondition,
+            }],
             idem: req.idempotency_key.cloned(),
             stamp: self.model().stamp(),
+            many: false,
+            binding: req.key.to_owned(),
         };
-        travel(self.trip().write(gateway, trip)).await
+        travel(self.trip().write(gateway, trip))
+            .await?
+            .one(req.key, req.idempotency_key)
     }
 
     async fn lookup(
@@ -1442,7 +1622,59 @@ impl Backend for Sim {
         idem: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
         let gateway = self.index(region)?;
-        travel(self.trip().lookup(gateway, key.to_owned(), idem.clone())).await
+        let trip = self
+            .trip()
+            .lookup(gateway, key.to_owned(), key.to_owned(), idem.clone());
+        travel(trip)
+            .await?
+            .map(|o| o.one(key, Some(idem)))
+            .transpose()
+    }
+
+    async fn transact(&self, req: &crate::TransactRequest<'_>) -> Result<crate::Transacted, Error> {
+        let gateway = self.index(req.region)?;
+        let ops = req
+            .ops
+            .iter()
+            .map(|op| TripOp {
+                key: op.key.to_owned(),
+                action: match op.action {
+                    crate::TxAction::Write(crate::Mutation::Put(v)) => TripAction::Put(v.clone()),
+                    crate::TxAction::Write(crate::Mutation::Delete) => TripAction::Delete,
+                    crate::TxAction::Check => TripAction::Check,
+                },
+                precondition: op.precondition,
+            })
+            .collect();
+        let trip = WriteTrip {
+            ops,
+            idem: req.idempotency_key.cloned(),
+            stamp: self.model().stamp(),
+            many: true,
+            binding: crate::transaction_binding(req.keys()),
+        };
+        let first = req.ops.first().map_or("", |op| op.key);
+        travel(self.trip().write(gateway, trip))
+            .await?
+            .many(first, req.idempotency_key)
+    }
+
+    async fn lookup_transaction(
+        &self,
+        region: &Region,
+        keys: &[&str],
+        idem: &IdempotencyKey,
+    ) -> Result<Option<crate::Transacted>, Error> {
+        let gateway = self.index(region)?;
+        let first = keys.first().copied().unwrap_or("");
+        let binding = crate::transaction_binding(keys.iter().copied());
+        let trip = self
+            .trip()
+            .lookup(gateway, first.to_owned(), binding, idem.clone());
+        travel(trip)
+            .await?
+            .map(|o| o.many(first, Some(idem)))
+            .transpose()
     }
 
     async fn probe(&self, region: &Region) -> Result<Probe, Error> {

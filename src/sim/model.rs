@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::backend::Transacted;
 use crate::random::SplitMix64;
 use crate::record::{Committed, Point, Version};
 
@@ -23,20 +24,33 @@ pub(crate) struct Entry {
     pub(crate) origin: usize,
 }
 
+/// What a logical write committed: one record's outcome, or a
+/// multi-record write's.
+#[derive(Clone, Debug)]
+pub(crate) enum Outcome {
+    One(Committed),
+    Many(Transacted),
+}
+
+/// An idempotency record travelling with an entry: the idempotency key,
+/// the name it is bound to (the record's key, or a multi-record write's
+/// binding), and the outcome.
+pub(crate) type IdemEntry = (String, String, Outcome);
+
 /// What an idempotency key names at a node.
 #[derive(Clone, Debug)]
 pub(crate) enum IdemRecord {
-    /// The logical write applied, to `key`, with this outcome.
+    /// The logical write applied, bound to `key`, with this outcome.
     Applied {
-        /// The record the write was for.
+        /// The record the write was for (a multi-record write's binding).
         key: String,
         /// Its outcome.
-        committed: Committed,
+        outcome: Outcome,
     },
     /// A lookup found nothing and fenced the key: attempts stamped before
     /// `before` can no longer commit; later attempts replace the fence.
     Fenced {
-        /// The record the lookup was for.
+        /// The record the lookup was for (a multi-record write's binding).
         key: String,
         /// The first attempt stamp the fence lets through.
         before: u64,
@@ -56,7 +70,7 @@ impl IdemRecord {
 struct Delivery {
     key: String,
     entry: Entry,
-    idem: Option<(String, Committed)>,
+    idem: Option<IdemEntry>,
     from: usize,
     /// `None` while the link is cut.
     ready_at: Option<Instant>,
@@ -730,10 +744,10 @@ impl Model {
                     versions.insert(at, d.entry.clone());
                 }
             }
-            if let Some((k, c)) = d.idem {
+            if let Some((k, binding, outcome)) = d.idem {
                 let record = IdemRecord::Applied {
-                    key: d.key.clone(),
-                    committed: c,
+                    key: binding,
+                    outcome,
                 };
                 match replica.idem.get(&k) {
                     Some(IdemRecord::Applied { .. }) => {}
@@ -753,7 +767,7 @@ impl Model {
         from: usize,
         key: &str,
         entry: &Entry,
-        idem: Option<(String, Committed)>,
+        idem: Option<IdemEntry>,
         now: Instant,
     ) {
         for r in 0..self.p.regions {

@@ -11,7 +11,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use quorate::{
     Backend, Capabilities, Committed, Error, Freshness, IdempotencyKey, Point, Precondition, Probe,
     Read, ReadPlan, ReadPolicy, Region, RegionSpec, ReplicaRole, Retryability, Scope, Topology,
-    Version, Versioned, WriteRequest,
+    TransactRequest, Transacted, TxAction, Version, Versioned, WriteRequest,
 };
 use tokio_postgres::NoTls;
 
@@ -174,6 +174,11 @@ struct Statements {
     delete_if_version: String,
     delete_if_absent: String,
     delete_any: String,
+    /// A multi-record write's statements: per precondition, a put's then a
+    /// delete's; the check; the outcome.
+    apply: [[String; 2]; 3],
+    check: String,
+    record_transaction: String,
     lookup: String,
     fence: String,
     unfence: String,
@@ -186,6 +191,8 @@ enum Recorded {
     /// A lookup fenced it: attempts stamped before this cannot commit.
     Fence(u64),
     Outcome(Committed),
+    /// A multi-record write's outcome.
+    Many(Transacted),
 }
 
 /// CockroachDB or PostgreSQL with hot standbys as a quorate [`Backend`].
@@ -286,6 +293,14 @@ impl PgBackend {
             ),
             delete_if_absent: tables.write(config.dialect, Precondition::IfAbsent, true),
             delete_any: tables.write(config.dialect, Precondition::Any, true),
+            apply: [
+                Precondition::IfVersion(Version(1)),
+                Precondition::IfAbsent,
+                Precondition::Any,
+            ]
+            .map(|p| [tables.apply(p, false), tables.apply(p, true)]),
+            check: tables.check(),
+            record_transaction: tables.record_transaction(),
             lookup: tables.lookup(),
             fence: tables.fence(),
             unfence: tables.unfence(),
@@ -559,6 +574,27 @@ fn ambiguous(e: Error) -> Error {
 
 /// An attempt that a lookup fenced: it applied nothing, and a later attempt
 /// of the same write may go ahead.
+fn reused(key: &str, idem: &IdempotencyKey) -> Error {
+    Error::IdempotencyKeyReused {
+        key: key.to_owned(),
+        idempotency_key: idem.clone(),
+    }
+}
+
+/// A multi-record write's versions as its idempotency row keeps them
+/// (`index:version`, comma-separated, by each written record's place in
+/// the write), named by `keys`; `None` when they do not fit.
+fn decode_versions(text: &str, keys: &[&str]) -> Option<Vec<(String, Version)>> {
+    text.split(',')
+        .map(|pair| {
+            let (i, v) = pair.split_once(':')?;
+            let key = keys.get(i.parse::<usize>().ok()?)?;
+            let v = v.parse::<u64>().ok().filter(|v| *v > 0)?;
+            Some(((*key).to_owned(), Version(v)))
+        })
+        .collect()
+}
+
 fn fenced() -> Error {
     Error::backend(
         Retryability::Retryable,
@@ -700,54 +736,28 @@ impl Backend for PgBackend {
         key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
-        let server = self.server(region, ReplicaRole::Leader)?;
-        let client = self.connection(server).await?;
-        let sql = &self.inner.sql;
-        let dialect = self.inner.config.dialect;
-        let (fence, lookup, point) = tokio::join!(
-            client.prepare_cached(&sql.fence),
-            client.prepare_cached(&sql.lookup),
-            client.prepare_cached(sql::commit_point(dialect)),
-        );
-        let fence = fence.map_err(|e| self.classify(e, false))?;
-        let lookup = lookup.map_err(|e| self.classify(e, false))?;
-        let point = point.map_err(|e| self.classify(e, false))?;
-        // Every attempt stamped until now is fenced: one still in flight
-        // either recorded its outcome first (the fence waits for it and
-        // leaves it), or finds the key taken and applies nothing.
-        let stamp = i64::try_from(self.next_stamp()).unwrap_or(i64::MAX);
-        let (idem_text, region_text) = (idem.as_str(), self.inner.servers[server].region.as_str());
-        let ttl = self.ttl_secs();
-        let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&idem_text, &key, &region_text, &ttl, &stamp];
-        let lookup_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&idem_text];
-        // The fence commits like a write: with every synchronous standby
-        // down it waits until cancelled.
-        let cancel = CancelOnDrop {
-            client: Some(&client),
-        };
-        // The point is read after the row, so it is at or after the commit
-        // of an outcome found there.
-        let (fenced, row, at) = tokio::join!(
-            client.execute(&fence, &fence_params),
-            client.query_opt(&lookup, &lookup_params),
-            client.query_one(&point, &[]),
-        );
-        cancel.disarm();
-        fenced.map_err(|e| self.classify(e, false))?;
-        let row = row.map_err(|e| self.classify(e, false))?;
-        let at = at.map_err(|e| self.classify(e, false))?;
-        match self.recorded_row(server, row, &at, key, idem)? {
-            Recorded::Outcome(done) => {
-                self.ensure_durable(&client).await?;
-                Ok(Some(done))
-            }
-            Recorded::Fence(_) => Ok(None),
-            Recorded::Nothing => Err(Error::backend(
-                Retryability::Retryable,
-                None,
-                "the idempotency key's fence is not visible yet",
-            )),
+        match self.lookup_fenced(region, key, &[key], idem).await? {
+            Some(Recorded::Outcome(done)) => Ok(Some(done)),
+            Some(_) => Err(reused(key, idem)),
+            None => Ok(None),
+        }
+    }
+
+    async fn transact(&self, request: &TransactRequest<'_>) -> Result<Transacted, Error> {
+        Box::pin(self.transact_attempt(request)).await
+    }
+
+    async fn lookup_transaction(
+        &self,
+        region: &Region,
+        keys: &[&str],
+        idem: &IdempotencyKey,
+    ) -> Result<Option<Transacted>, Error> {
+        let binding = quorate::transaction_binding(keys.iter().copied());
+        match self.lookup_fenced(region, &binding, keys, idem).await? {
+            Some(Recorded::Many(done)) => Ok(Some(done)),
+            Some(_) => Err(reused(keys.first().copied().unwrap_or(""), idem)),
+            None => Ok(None),
         }
     }
 
@@ -792,6 +802,69 @@ fn future_timestamp(e: &tokio_postgres::Error) -> bool {
 }
 
 impl PgBackend {
+    /// Looks `idem` up for the write bound to `binding` (a record's key, or
+    /// a multi-record write's binding) whose records are `keys`, fencing it
+    /// when it holds nothing: the outcome found (`Outcome` or `Many`), or
+    /// `None` once no attempt can commit any more.
+    async fn lookup_fenced(
+        &self,
+        region: &Region,
+        binding: &str,
+        keys: &[&str],
+        idem: &IdempotencyKey,
+    ) -> Result<Option<Recorded>, Error> {
+        let key = binding;
+        let server = self.server(region, ReplicaRole::Leader)?;
+        let client = self.connection(server).await?;
+        let sql = &self.inner.sql;
+        let dialect = self.inner.config.dialect;
+        let (fence, lookup, point) = tokio::join!(
+            client.prepare_cached(&sql.fence),
+            client.prepare_cached(&sql.lookup),
+            client.prepare_cached(sql::commit_point(dialect)),
+        );
+        let fence = fence.map_err(|e| self.classify(e, false))?;
+        let lookup = lookup.map_err(|e| self.classify(e, false))?;
+        let point = point.map_err(|e| self.classify(e, false))?;
+        // Every attempt stamped until now is fenced: one still in flight
+        // either recorded its outcome first (the fence waits for it and
+        // leaves it), or finds the key taken and applies nothing.
+        let stamp = i64::try_from(self.next_stamp()).unwrap_or(i64::MAX);
+        let (idem_text, region_text) = (idem.as_str(), self.inner.servers[server].region.as_str());
+        let ttl = self.ttl_secs();
+        let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&idem_text, &key, &region_text, &ttl, &stamp];
+        let lookup_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&idem_text];
+        // The fence commits like a write: with every synchronous standby
+        // down it waits until cancelled.
+        let cancel = CancelOnDrop {
+            client: Some(&client),
+        };
+        // The point is read after the row, so it is at or after the commit
+        // of an outcome found there.
+        let (fenced, row, at) = tokio::join!(
+            client.execute(&fence, &fence_params),
+            client.query_opt(&lookup, &lookup_params),
+            client.query_one(&point, &[]),
+        );
+        cancel.disarm();
+        fenced.map_err(|e| self.classify(e, false))?;
+        let row = row.map_err(|e| self.classify(e, false))?;
+        let at = at.map_err(|e| self.classify(e, false))?;
+        match self.recorded_row(server, row, &at, key, keys, idem)? {
+            done @ (Recorded::Outcome(_) | Recorded::Many(_)) => {
+                self.ensure_durable(&client).await?;
+                Ok(Some(done))
+            }
+            Recorded::Fence(_) => Ok(None),
+            Recorded::Nothing => Err(Error::backend(
+                Retryability::Retryable,
+                None,
+                "the idempotency key's fence is not visible yet",
+            )),
+        }
+    }
+
     /// A CockroachDB read: the leaseholder for the leader role; for a
     /// follower, a bounded-staleness read at the session's point
     /// (`with_min_timestamp`) or within the policy's bound
@@ -1064,8 +1137,12 @@ impl PgBackend {
         stamp: u64,
         refused: tokio_postgres::Error,
     ) -> Result<Committed, Error> {
-        match self.lookup_on(server, request.key, idem).await? {
+        match self
+            .lookup_on(server, request.key, &[request.key], idem)
+            .await?
+        {
             Recorded::Outcome(done) => Ok(done),
+            Recorded::Many(_) => Err(reused(request.key, idem)),
             Recorded::Fence(before) if stamp < before => {
                 self.observe_stamp(before);
                 Err(fenced())
@@ -1164,7 +1241,7 @@ impl PgBackend {
         key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Committed, Error> {
-        if let Recorded::Outcome(done) = self.lookup_on(server, key, idem).await? {
+        if let Recorded::Outcome(done) = self.lookup_on(server, key, &[key], idem).await? {
             return Ok(done);
         }
         let client = self.connection(server).await?;
@@ -1189,6 +1266,7 @@ impl PgBackend {
         &self,
         server: usize,
         key: &str,
+        keys: &[&str],
         idem: &IdempotencyKey,
     ) -> Result<Recorded, Error> {
         let client = self.connection(server).await?;
@@ -1206,8 +1284,8 @@ impl PgBackend {
         );
         let row = row.map_err(|e| self.classify(e, false))?;
         let at = at.map_err(|e| self.classify(e, false))?;
-        let recorded = self.recorded_row(server, row, &at, key, idem)?;
-        if matches!(recorded, Recorded::Outcome(_)) {
+        let recorded = self.recorded_row(server, row, &at, key, keys, idem)?;
+        if matches!(recorded, Recorded::Outcome(_) | Recorded::Many(_)) {
             self.ensure_durable(&client).await?;
         }
         Ok(recorded)
@@ -1223,6 +1301,7 @@ impl PgBackend {
         row: Option<tokio_postgres::Row>,
         at: &tokio_postgres::Row,
         key: &str,
+        keys: &[&str],
         idem: &IdempotencyKey,
     ) -> Result<Recorded, Error> {
         let Some(row) = row else {
@@ -1260,11 +1339,186 @@ impl PgBackend {
                 ),
             )
         })?;
+        let point = self.point(&at.get::<_, String>(0))?;
+        if let Some(versions) = row.get::<_, Option<String>>(4) {
+            let versions = decode_versions(&versions, keys).ok_or_else(|| {
+                Error::backend(
+                    Retryability::Permanent,
+                    Some("quorate.row".into()),
+                    "an idempotency row holds versions that do not fit its write",
+                )
+            })?;
+            return Ok(Recorded::Many(Transacted {
+                point,
+                region,
+                versions,
+            }));
+        }
         Ok(Recorded::Outcome(Committed {
             version,
-            point: self.point(&at.get::<_, String>(0))?,
+            point,
             region,
         }))
+    }
+
+    /// One attempt of a multi-record write: one transaction applying every
+    /// record (each by the rules of a single write, a check locking its
+    /// record) and recording the outcome, committed or rolled back whole.
+    /// A precondition that fails is looked up first (an earlier attempt of
+    /// this write may be what moved the record on), then reported as a
+    /// conflict; an idempotency key already taken returns its outcome, or
+    /// says a lookup fenced this attempt.
+    async fn transact_attempt(&self, request: &TransactRequest<'_>) -> Result<Transacted, Error> {
+        let stamp = self.next_stamp();
+        let server = self.server(request.region, ReplicaRole::Leader)?;
+        let region = self.inner.servers[server].region.clone();
+        let generated;
+        let idem = match request.idempotency_key {
+            Some(k) => k,
+            None => {
+                generated = IdempotencyKey::generate();
+                &generated
+            }
+        };
+        let keys: Vec<&str> = request.keys().collect();
+        let binding = quorate::transaction_binding(keys.iter().copied());
+        let sql = &self.inner.sql;
+        let mut client = self.connection(server).await?;
+        let cancel = CancelTokenOnDrop(Some(client.cancel_token()));
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let (idem_text, region_text) = (idem.as_str(), region.as_str());
+        let stamp_param = i64::try_from(stamp).unwrap_or(i64::MAX);
+        // A fence older than this attempt is lifted in its transaction.
+        tx.execute(&sql.unfence, &[&idem_text, &stamp_param])
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let mut versions = Vec::with_capacity(request.ops.len());
+        let mut encoded = String::new();
+        let mut refused = None;
+        for (i, op) in request.ops.iter().enumerate() {
+            let current = match op.action {
+                TxAction::Check => {
+                    let row = tx
+                        .query_opt(&sql.check, &[&op.key])
+                        .await
+                        .map_err(|e| self.classify(e, false))?;
+                    let current = row.and_then(|r| {
+                        let deleted: Option<bool> = r.get(1);
+                        version_of(r.get(0)).filter(|_| deleted != Some(true))
+                    });
+                    if op.precondition.admits(current) {
+                        continue;
+                    }
+                    current
+                }
+                TxAction::Write(mutation) => {
+                    let slot = match op.precondition {
+                        Precondition::IfVersion(_) => 0,
+                        Precondition::IfAbsent => 1,
+                        Precondition::Any => 2,
+                    };
+                    let statement = &sql.apply[slot][usize::from(mutation.is_delete())];
+                    let value: &[u8] = mutation.value().map_or(&[], |v| &v[..]);
+                    let expected = expected_version(op.precondition)?;
+                    let row = tx
+                        .query_opt(statement, &[&op.key, &value, &expected])
+                        .await
+                        .map_err(|e| self.classify(e, false))?;
+                    if let Some(version) = row.and_then(|r| version_of(r.get(0))) {
+                        if !encoded.is_empty() {
+                            encoded.push(',');
+                        }
+                        encoded.push_str(&format!("{i}:{}", version.0));
+                        versions.push((op.key.to_owned(), version));
+                        continue;
+                    }
+                    // Refused: the current version, read in the same
+                    // transaction, is what it met.
+                    let row = tx
+                        .query_opt(&sql.current_version, &[&op.key])
+                        .await
+                        .map_err(|e| self.classify(e, false))?;
+                    row.and_then(|r| version_of(r.get(0)))
+                }
+            };
+            refused = Some((op.key, current));
+            break;
+        }
+        if let Some((key, current)) = refused {
+            let _ = tx.rollback().await;
+            drop(cancel);
+            drop(client);
+            return match self.lookup_on(server, &binding, &keys, idem).await? {
+                Recorded::Many(done) => Ok(done),
+                Recorded::Outcome(_) => Err(reused(key, idem)),
+                _ => Err(Error::Conflict {
+                    key: key.to_owned(),
+                    current,
+                }),
+            };
+        }
+        let first = versions.first().map_or(0, |(_, v): &(String, Version)| {
+            i64::try_from(v.0).unwrap_or(i64::MAX)
+        });
+        let ttl = self.ttl_secs();
+        let recorded = tx
+            .execute(
+                &sql.record_transaction,
+                &[&idem_text, &binding, &first, &region_text, &ttl, &encoded],
+            )
+            .await;
+        if let Err(e) = recorded {
+            let _ = tx.rollback().await;
+            drop(cancel);
+            drop(client);
+            if e.code() != Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                return Err(self.classify(e, false));
+            }
+            return match self.lookup_on(server, &binding, &keys, idem).await? {
+                Recorded::Many(done) => Ok(done),
+                Recorded::Outcome(_) => Err(reused(keys[0], idem)),
+                Recorded::Fence(before) => {
+                    self.observe_stamp(before);
+                    Err(fenced())
+                }
+                // The row that refused it is gone (expired): nothing of
+                // this attempt applied; try again.
+                Recorded::Nothing => Err(Error::backend(
+                    Retryability::Retryable,
+                    e.code().map(|c| c.code().to_owned()),
+                    e,
+                )),
+            };
+        }
+        // CockroachDB's commit timestamp, taken inside the transaction;
+        // PostgreSQL's commit LSN, right after the commit.
+        let inside = match self.inner.config.dialect {
+            Dialect::Cockroach => Some(
+                tx.query_one(sql::commit_point(Dialect::Cockroach), &[])
+                    .await
+                    .map_err(|e| self.classify(e, false))?
+                    .get::<_, String>(0),
+            ),
+            Dialect::Postgres => None,
+        };
+        tx.commit().await.map_err(|e| self.classify(e, true))?;
+        cancel.disarm();
+        let point = match inside {
+            Some(p) => p,
+            None => client
+                .query_one(sql::commit_point(Dialect::Postgres), &[])
+                .await
+                .map_err(|e| ambiguous(self.classify(e, true)))?
+                .get(0),
+        };
+        Ok(Transacted {
+            point: self.point(&point).map_err(ambiguous)?,
+            region,
+            versions,
+        })
     }
 
     /// Runs a read under `policy` (parameters only) and returns the rows with

@@ -91,10 +91,12 @@ impl Tables {
             // Tables made by earlier releases lack the tombstone's column.
             format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS deleted BOOLEAN NOT NULL DEFAULT false"),
             format!(
-                "CREATE TABLE IF NOT EXISTS {i} (idem_key TEXT PRIMARY KEY, record_key TEXT NOT NULL, version BIGINT NOT NULL, commit_point TEXT, region TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL, fenced_before BIGINT)"
+                "CREATE TABLE IF NOT EXISTS {i} (idem_key TEXT PRIMARY KEY, record_key TEXT NOT NULL, version BIGINT NOT NULL, commit_point TEXT, region TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL, fenced_before BIGINT, versions TEXT)"
             ),
-            // Tables made by earlier releases lack the fence's column.
+            // Tables made by earlier releases lack the fence's column, and
+            // the versions of a multi-record write.
             format!("ALTER TABLE {i} ADD COLUMN IF NOT EXISTS fenced_before BIGINT"),
+            format!("ALTER TABLE {i} ADD COLUMN IF NOT EXISTS versions TEXT"),
         ]
     }
 
@@ -218,11 +220,61 @@ impl Tables {
     }
 
     /// What an idempotency key holds: an outcome (version > 0) or a fence
-    /// (version 0). Parameters: `$1`. Columns: version, region, record key,
-    /// fenced before.
+    /// (version 0). Parameters: `$1`. Columns: version, region, record key
+    /// (a multi-record write's binding), fenced before, versions (a
+    /// multi-record write's: `index:version` of each written record, by
+    /// its place in the write, comma-separated; NULL otherwise).
     pub fn lookup(&self) -> String {
         format!(
-            "SELECT version, region, record_key, fenced_before FROM {} WHERE idem_key = $1",
+            "SELECT version, region, record_key, fenced_before, versions FROM {} WHERE idem_key = $1",
+            self.idempotency
+        )
+    }
+
+    /// One record's write inside a multi-record write's transaction, by
+    /// the same rules as [`Tables::write`]. Parameters: `$1` key, `$2` value
+    /// (empty for a delete), `$3` expected version (`IfVersion` only).
+    /// Returns the version written, or no row when the precondition fails.
+    pub fn apply(&self, precondition: Precondition, delete: bool) -> String {
+        let t = &self.records;
+        let set =
+            format!("value = $2, version = t.version + 1, written_at = now(), deleted = {delete}");
+        let insert = format!(
+            "INSERT INTO {t} AS t (key, value, version, written_at, deleted) \
+             VALUES ($1, $2, 1, now(), {delete}) ON CONFLICT (key) DO UPDATE SET {set}"
+        );
+        match precondition {
+            Precondition::IfVersion(_) => format!(
+                "UPDATE {t} AS t SET {set} \
+                 WHERE t.key = $1 AND t.version = $3::BIGINT AND NOT t.deleted RETURNING t.version"
+            ),
+            // `$3` is referenced by every form so that one parameter list
+            // fits all.
+            Precondition::IfAbsent => {
+                format!("{insert} WHERE t.deleted RETURNING t.version, $3::BIGINT")
+            }
+            Precondition::Any => format!("{insert} RETURNING t.version, $3::BIGINT"),
+        }
+    }
+
+    /// A record a multi-record write only checks, locked until it commits.
+    /// Parameters: `$1` key. Columns: version, deleted.
+    pub fn check(&self) -> String {
+        format!(
+            "SELECT version, deleted FROM {} WHERE key = $1 FOR UPDATE",
+            self.records
+        )
+    }
+
+    /// A multi-record write's outcome, in its own transaction: refused
+    /// (SQLSTATE 23505) when the idempotency key already holds an outcome
+    /// or a fence. Parameters: `$1` idempotency key, `$2` binding, `$3` the
+    /// first written version, `$4` region, `$5` TTL in seconds, `$6`
+    /// versions (see [`Tables::lookup`]).
+    pub fn record_transaction(&self) -> String {
+        format!(
+            "INSERT INTO {} (idem_key, record_key, version, region, expires_at, versions) \
+             VALUES ($1, $2, $3, $4, now() + $5::BIGINT * INTERVAL '1 second', $6)",
             self.idempotency
         )
     }
@@ -507,6 +559,17 @@ mod tests {
         assert!(create[0].contains("deleted BOOLEAN NOT NULL DEFAULT false"));
         assert!(create[1].contains("ADD COLUMN IF NOT EXISTS deleted"));
         assert!(create[3].contains("ADD COLUMN IF NOT EXISTS fenced_before"));
+        assert!(create[4].contains("ADD COLUMN IF NOT EXISTS versions TEXT"));
+        assert!(t.lookup().contains("fenced_before, versions FROM"));
+        assert!(t
+            .apply(Precondition::IfVersion(quorate::Version(2)), true)
+            .contains(
+                "deleted = true WHERE t.key = $1 AND t.version = $3::BIGINT AND NOT t.deleted"
+            ));
+        assert!(t.check().ends_with("WHERE key = $1 FOR UPDATE"));
+        assert!(t
+            .record_transaction()
+            .contains("VALUES ($1, $2, $3, $4, now()"));
     }
 
     #[test]

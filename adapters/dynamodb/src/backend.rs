@@ -16,8 +16,8 @@ use aws_sdk_dynamodb::types::{
 use bytes::Bytes;
 use quorate::{
     Backend, Capabilities, Committed, Error, Freshness, IdempotencyKey, Point, Precondition, Probe,
-    Read, ReadPlan, Region, RegionSpec, ReplicaRole, Retryability, Scope, Topology, Version,
-    Versioned, WriteRequest,
+    Read, ReadPlan, Region, RegionSpec, ReplicaRole, Retryability, Scope, Topology,
+    TransactRequest, Transacted, TxAction, Version, Versioned, WriteRequest,
 };
 
 use crate::item::{self, n, s, Fields, Item};
@@ -379,6 +379,18 @@ impl DynamoBackend {
         key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Recorded, Error> {
+        self.recorded_of(client, key, &[key], idem).await
+    }
+
+    /// [`DynamoBackend::recorded`] for the write bound to `key` (a record's
+    /// key, or a multi-record write's binding) whose records are `keys`.
+    async fn recorded_of(
+        &self,
+        client: &aws_sdk_dynamodb::Client,
+        key: &str,
+        keys: &[&str],
+        idem: &IdempotencyKey,
+    ) -> Result<Recorded, Error> {
         let out = client
             .get_item()
             .table_name(&self.inner.idempotency_table)
@@ -406,14 +418,291 @@ impl DynamoBackend {
                 table: self.inner.idempotency_table.clone(),
                 attribute: item::WRITER,
             })?;
+        let point = Point {
+            wall: f.number(item::WRITTEN_AT)?,
+            logical: 0,
+        };
+        if f.has(item::VERSIONS) {
+            let versions = decode_versions(f.string(item::VERSIONS)?, keys).ok_or_else(|| {
+                item::ItemError::OutOfRange {
+                    table: self.inner.idempotency_table.clone(),
+                    attribute: item::VERSIONS,
+                }
+            })?;
+            return Ok(Recorded::Many(Transacted {
+                point,
+                region,
+                versions,
+            }));
+        }
         Ok(Recorded::Outcome(Committed {
             version: f.version()?,
-            point: Point {
-                wall: f.number(item::WRITTEN_AT)?,
-                logical: 0,
-            },
+            point,
             region,
         }))
+    }
+
+    /// Looks `idem` up in `region` for the write bound to `binding` whose
+    /// records are `keys`, fencing it when it holds nothing: the outcome
+    /// found, or `None` once no attempt started until now can record one.
+    async fn lookup_fenced(
+        &self,
+        region: &Region,
+        binding: &str,
+        keys: &[&str],
+        idem: &IdempotencyKey,
+    ) -> Result<Option<Recorded>, Error> {
+        let client = self.client(region)?;
+        let done = |r: Recorded| match r {
+            r @ (Recorded::Outcome(_) | Recorded::Many(_)) => Some(r),
+            _ => None,
+        };
+        if let Some(r) = done(self.recorded_of(client, binding, keys, idem).await?) {
+            return Ok(Some(r));
+        }
+        // Nothing recorded yet. Fence the key so that no attempt started
+        // until now can still commit (one may be in flight): from here on
+        // the answer "not applied" stays true, and later attempts go ahead.
+        let fence = client
+            .put_item()
+            .table_name(&self.inner.idempotency_table)
+            .item(item::PK, s(idem.as_str()))
+            .item(item::FENCED_BEFORE, n(self.next_start()))
+            .item(item::RECORD_KEY, s(binding))
+            .item(item::EXPIRES_AT, n(self.expires_at()))
+            .condition_expression("attribute_not_exists(pk) OR attribute_exists(#f)")
+            .expression_attribute_names("#f", item::FENCED_BEFORE)
+            .send()
+            .await;
+        match fence {
+            Ok(_) => Ok(None),
+            // An attempt recorded its outcome meanwhile.
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                Ok(done(self.recorded_of(client, binding, keys, idem).await?))
+            }
+            Err(e) => Err(classify(e, Op::Read)),
+        }
+    }
+
+    /// A multi-record write: one `TransactWriteItems` per attempt, a put
+    /// (or a tombstone) per written record conditioned as a single write's,
+    /// a condition check per record only checked, and the idempotency item
+    /// with every written record's version. A refused condition is handled
+    /// as a single write's: the outcome already recorded, a later start for
+    /// a clock behind an item's last write, another go on what an `Any` or
+    /// `IfAbsent` record really is, else a conflict naming the record.
+    async fn transact_attempts(&self, request: &TransactRequest<'_>) -> Result<Transacted, Error> {
+        if self.inner.mode == Mode::Strong {
+            return Err(Error::Unsupported(
+                "multi-record writes on a DynamoDB table with multi-Region strong consistency: \
+                 such tables refuse TransactWriteItems"
+                    .into(),
+            ));
+        }
+        if request.ops.len() >= MAX_TRANSACT_ITEMS {
+            return Err(Error::InvalidInput(format!(
+                "a multi-record write on DynamoDB names at most {} records, not {}: \
+                 TransactWriteItems takes {MAX_TRANSACT_ITEMS} items, one of them the idempotency record",
+                MAX_TRANSACT_ITEMS - 1,
+                request.ops.len()
+            )));
+        }
+        let mut bytes = 0;
+        for op in request.ops {
+            let value = match op.action {
+                TxAction::Write(m) => m.value().map_or(&[][..], |v| &v[..]),
+                TxAction::Check => &[][..],
+            };
+            item::check_record(op.key, value)?;
+            bytes += value.len() + op.key.len();
+            if let Home::By(f) = &self.inner.config.home {
+                let home = f(op.key);
+                if self.inner.topology.index_of(&home).is_none() {
+                    return Err(Error::Topology(quorate::TopologyError::UnknownRegion(home)));
+                }
+            }
+        }
+        if bytes > quorate::MAX_TRANSACTION_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "a multi-record write of about {bytes} bytes exceeds DynamoDB's 4 MB transaction limit"
+            )));
+        }
+        let client = self.client(request.region)?;
+        let table = &self.inner.config.table;
+        let generated;
+        let idem = match request.idempotency_key {
+            Some(k) => k,
+            None => {
+                generated = IdempotencyKey::generate();
+                &generated
+            }
+        };
+        let keys: Vec<&str> = request.keys().collect();
+        let binding = quorate::transaction_binding(keys.iter().copied());
+        // What each written record is conditioned on, as for a single write.
+        let mut bases = Vec::with_capacity(request.ops.len());
+        for op in request.ops {
+            bases.push(match (op.action, op.precondition) {
+                (TxAction::Write(_), Precondition::Any) => {
+                    self.current_base(client, op.key).await?
+                }
+                (_, Precondition::IfVersion(v)) => Base::Live(v),
+                _ => Base::Absent,
+            });
+        }
+        let build_err = |e: aws_sdk_dynamodb::error::BuildError| Error::InvalidInput(e.to_string());
+        loop {
+            let start = self.next_start();
+            let mut items = Vec::with_capacity(request.ops.len() + 1);
+            // The op each item is for.
+            let mut of_item = Vec::with_capacity(request.ops.len());
+            let mut versions = Vec::new();
+            let mut encoded = String::new();
+            for (i, op) in request.ops.iter().enumerate() {
+                match op.action {
+                    TxAction::Write(m) => {
+                        let put =
+                            record_put(table, op.key, m.value(), bases[i], start, request.region)
+                                .build()
+                                .map_err(build_err)?;
+                        items.push(TransactWriteItem::builder().put(put).build());
+                        let version = bases[i].last().map_or(Version::FIRST, |v| v.next());
+                        if !encoded.is_empty() {
+                            encoded.push(',');
+                        }
+                        encoded.push_str(&format!("{i}:{}", version.0));
+                        versions.push((op.key.to_owned(), version));
+                    }
+                    TxAction::Check => match record_check(table, op.key, op.precondition) {
+                        Some(check) => {
+                            let check = check.build().map_err(build_err)?;
+                            items.push(TransactWriteItem::builder().condition_check(check).build());
+                        }
+                        None => continue,
+                    },
+                }
+                of_item.push(i);
+            }
+            let first = versions.first().map_or(Version::FIRST, |(_, v)| *v);
+            let outcome = Put::builder()
+                .table_name(&self.inner.idempotency_table)
+                .item(item::PK, s(idem.as_str()))
+                .item(item::RECORD_KEY, s(&binding))
+                .item(item::VERSION, n(first.0))
+                .item(item::VERSIONS, s(&encoded))
+                .item(item::WRITTEN_AT, n(start))
+                .item(item::WRITER, s(request.region.as_str()))
+                .item(item::EXPIRES_AT, n(self.expires_at()))
+                .condition_expression("attribute_not_exists(pk) OR #f < :start")
+                .expression_attribute_names("#f", item::FENCED_BEFORE)
+                .expression_attribute_values(":start", n(start))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().put(outcome).build());
+            let sent = client
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .client_request_token(request_token(idem, start))
+                .send()
+                .await;
+            let e = match sent {
+                Ok(_) => {
+                    return Ok(Transacted {
+                        point: Point {
+                            wall: start,
+                            logical: 0,
+                        },
+                        region: request.region.clone(),
+                        versions,
+                    })
+                }
+                Err(e) => e,
+            };
+            if e.code() != Some("TransactionCanceledException") {
+                return Err(classify(e, Op::Write));
+            }
+            let reasons: Vec<CancellationReason> = e
+                .as_service_error()
+                .and_then(|s| match s {
+                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(t) => {
+                        Some(t.cancellation_reasons().to_vec())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let code = |j: usize| reasons.get(j).and_then(|r| r.code()).unwrap_or("None");
+            let idem_item = of_item.len();
+            if code(idem_item) == "ConditionalCheckFailed" {
+                return match self.recorded_of(client, &binding, &keys, idem).await? {
+                    Recorded::Many(done) => Ok(done),
+                    Recorded::Outcome(_) => Err(reused(keys[0], idem)),
+                    Recorded::Fence(before) => {
+                        self.observe_start(before);
+                        Err(fenced())
+                    }
+                    Recorded::Nothing => Err(Error::backend(
+                        Retryability::Retryable,
+                        Some("TransactionCanceledException".into()),
+                        e,
+                    )),
+                };
+            }
+            let Some(j) = (0..idem_item).find(|&j| code(j) == "ConditionalCheckFailed") else {
+                let retryable = (0..=idem_item).all(|j| {
+                    matches!(
+                        code(j),
+                        "None"
+                            | "TransactionConflict"
+                            | "ThrottlingError"
+                            | "ProvisionedThroughputExceeded"
+                            | "RequestLimitExceeded"
+                    )
+                });
+                return Err(Error::backend(
+                    if retryable {
+                        Retryability::Retryable
+                    } else {
+                        Retryability::Permanent
+                    },
+                    Some("TransactionCanceledException".into()),
+                    e,
+                ));
+            };
+            // An earlier attempt of this logical write may be what moved the
+            // record on.
+            if let Recorded::Many(done) = self.recorded_of(client, &binding, &keys, idem).await? {
+                return Ok(done);
+            }
+            let i = of_item[j];
+            let op = &request.ops[i];
+            let old = reasons[j].item().map(|it| self.fields(table, it));
+            let found = match &old {
+                Some(f) => Base::of(f)?,
+                None => Base::Absent,
+            };
+            let current = found.live();
+            let again = match (op.action, op.precondition) {
+                (TxAction::Check, _) => false,
+                // The state matched: this clock is behind the item's last
+                // write time. Go again, later.
+                _ if found == bases[i] => {
+                    if let Some(w) = old.as_ref().map(|f| f.number(item::WRITTEN_AT)) {
+                        self.observe_start(w?);
+                    }
+                    true
+                }
+                (_, Precondition::Any) => true,
+                (_, Precondition::IfAbsent) => current.is_none(),
+                (_, Precondition::IfVersion(_)) => false,
+            };
+            if !again || tokio::time::Instant::now() >= request.deadline {
+                return Err(Error::Conflict {
+                    key: op.key.to_owned(),
+                    current,
+                });
+            }
+            bases[i] = found;
+        }
     }
 
     /// Moves this process's attempt starts past `t` (a fence, or an item's
@@ -467,6 +756,104 @@ enum Recorded {
     /// A lookup's fence: attempts started before this cannot record.
     Fence(u64),
     Outcome(Committed),
+    /// A multi-record write's outcome.
+    Many(Transacted),
+}
+
+/// The item a write of `key` puts (a tombstone for a delete), conditioned on
+/// `base`. An item's write times increase with its versions, so that a
+/// read's point (the item's `written_at`) orders its versions: a writer
+/// whose clock is behind the item's last write retries with a later start.
+fn record_put(
+    table: &str,
+    key: &str,
+    value: Option<&Bytes>,
+    base: Base,
+    start: u64,
+    region: &Region,
+) -> aws_sdk_dynamodb::types::builders::PutBuilder {
+    let version = base.last().map_or(Version::FIRST, |v| v.next());
+    let record = Put::builder()
+        .table_name(table)
+        .item(item::PK, s(key))
+        .item(item::VERSION, n(version.0))
+        .item(item::WRITTEN_AT, n(start))
+        .item(item::WRITER, s(region.as_str()))
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+    let record = match value {
+        Some(v) => record.item(item::VALUE, AttributeValue::B(v.to_vec().into())),
+        // A delete leaves a tombstone: the item with its version and no
+        // value.
+        None => record.item(item::DELETED, AttributeValue::Bool(true)),
+    };
+    match base {
+        Base::Absent => record.condition_expression("attribute_not_exists(pk)"),
+        Base::Live(v) => record
+            .condition_expression("#v = :expected AND #w < :start AND attribute_not_exists(#d)")
+            .expression_attribute_names("#v", item::VERSION)
+            .expression_attribute_names("#w", item::WRITTEN_AT)
+            .expression_attribute_names("#d", item::DELETED)
+            .expression_attribute_values(":expected", n(v.0))
+            .expression_attribute_values(":start", n(start)),
+        Base::Tombstone(v) => record
+            .condition_expression("#v = :expected AND #w < :start AND #d = :deleted")
+            .expression_attribute_names("#v", item::VERSION)
+            .expression_attribute_names("#w", item::WRITTEN_AT)
+            .expression_attribute_names("#d", item::DELETED)
+            .expression_attribute_values(":expected", n(v.0))
+            .expression_attribute_values(":start", n(start))
+            .expression_attribute_values(":deleted", AttributeValue::Bool(true)),
+    }
+}
+
+/// The condition check of a record a multi-record write only checks, or
+/// `None` when its precondition (`Any`) always holds.
+fn record_check(
+    table: &str,
+    key: &str,
+    precondition: Precondition,
+) -> Option<aws_sdk_dynamodb::types::builders::ConditionCheckBuilder> {
+    let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
+        .table_name(table)
+        .key(item::PK, s(key))
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+    match precondition {
+        Precondition::Any => None,
+        Precondition::IfAbsent => Some(
+            check
+                .condition_expression("attribute_not_exists(pk) OR #d = :deleted")
+                .expression_attribute_names("#d", item::DELETED)
+                .expression_attribute_values(":deleted", AttributeValue::Bool(true)),
+        ),
+        Precondition::IfVersion(v) => Some(
+            check
+                .condition_expression("#v = :expected AND attribute_not_exists(#d)")
+                .expression_attribute_names("#v", item::VERSION)
+                .expression_attribute_names("#d", item::DELETED)
+                .expression_attribute_values(":expected", n(v.0)),
+        ),
+    }
+}
+
+/// A multi-record write's versions as its idempotency item keeps them
+/// (`index:version`, comma-separated, by each written record's place in
+/// the write), named by `keys`; `None` when they do not fit.
+fn decode_versions(text: &str, keys: &[&str]) -> Option<Vec<(String, Version)>> {
+    text.split(',')
+        .map(|pair| {
+            let (i, v) = pair.split_once(':')?;
+            let key = keys.get(i.parse::<usize>().ok()?)?;
+            let v = v.parse::<u64>().ok().filter(|v| *v > 0)?;
+            Some(((*key).to_owned(), Version(v)))
+        })
+        .collect()
+}
+
+fn reused(key: &str, idem: &IdempotencyKey) -> Error {
+    Error::IdempotencyKeyReused {
+        key: key.to_owned(),
+        idempotency_key: idem.clone(),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -542,6 +929,9 @@ fn fenced() -> Error {
 /// 36 characters): the logical write and this attempt's start, so the SDK's
 /// own resends of one attempt are deduplicated by DynamoDB while a new
 /// attempt (with a new timestamp) is a new request.
+/// The most items one `TransactWriteItems` takes.
+const MAX_TRANSACT_ITEMS: usize = 100;
+
 fn request_token(idem: &IdempotencyKey, start: u64) -> String {
     let mut a = DefaultHasher::new();
     (idem.as_str(), start, 1u8).hash(&mut a);
@@ -704,45 +1094,7 @@ impl Backend for DynamoBackend {
         loop {
             let version = base.last().map_or(Version::FIRST, |v| v.next());
             let start = self.next_start();
-            let mut record = Put::builder()
-                .table_name(table)
-                .item(item::PK, s(request.key))
-                .item(item::VERSION, n(version.0))
-                .item(item::WRITTEN_AT, n(start))
-                .item(item::WRITER, s(request.region.as_str()))
-                .return_values_on_condition_check_failure(
-                    ReturnValuesOnConditionCheckFailure::AllOld,
-                );
-            record = match value {
-                Some(v) => record.item(item::VALUE, AttributeValue::B(v.to_vec().into())),
-                // A delete leaves a tombstone: the item with its version
-                // and no value.
-                None => record.item(item::DELETED, AttributeValue::Bool(true)),
-            };
-            // An item's write times increase with its versions, so that a
-            // read's point (the item's `written_at`) orders its versions: a
-            // writer whose clock is behind the item's last write retries
-            // with a later start.
-            record = match base {
-                Base::Absent => record.condition_expression("attribute_not_exists(pk)"),
-                Base::Live(v) => record
-                    .condition_expression(
-                        "#v = :expected AND #w < :start AND attribute_not_exists(#d)",
-                    )
-                    .expression_attribute_names("#v", item::VERSION)
-                    .expression_attribute_names("#w", item::WRITTEN_AT)
-                    .expression_attribute_names("#d", item::DELETED)
-                    .expression_attribute_values(":expected", n(v.0))
-                    .expression_attribute_values(":start", n(start)),
-                Base::Tombstone(v) => record
-                    .condition_expression("#v = :expected AND #w < :start AND #d = :deleted")
-                    .expression_attribute_names("#v", item::VERSION)
-                    .expression_attribute_names("#w", item::WRITTEN_AT)
-                    .expression_attribute_names("#d", item::DELETED)
-                    .expression_attribute_values(":expected", n(v.0))
-                    .expression_attribute_values(":start", n(start))
-                    .expression_attribute_values(":deleted", AttributeValue::Bool(true)),
-            };
+            let record = record_put(table, request.key, value, base, start, request.region);
             // The outcome, unless an attempt already recorded one; a fence
             // left by an ambiguity lookup stops only attempts started
             // before it.
@@ -801,6 +1153,7 @@ impl Backend for DynamoBackend {
                 (_, "ConditionalCheckFailed") => {
                     return match self.recorded(client, request.key, idem).await? {
                         Recorded::Outcome(done) => Ok(done),
+                        Recorded::Many(_) => Err(reused(request.key, idem)),
                         Recorded::Fence(before) => {
                             // This process's clock is behind the fence's:
                             // the next attempt starts after it.
@@ -892,34 +1245,28 @@ impl Backend for DynamoBackend {
         key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
-        let client = self.client(region)?;
-        if let Recorded::Outcome(done) = self.recorded(client, key, idem).await? {
-            return Ok(Some(done));
+        match self.lookup_fenced(region, key, &[key], idem).await? {
+            Some(Recorded::Outcome(done)) => Ok(Some(done)),
+            Some(_) => Err(reused(key, idem)),
+            None => Ok(None),
         }
-        // Nothing recorded yet. Fence the key so that no attempt started
-        // until now can still commit (one may be in flight): from here on
-        // the answer "not applied" stays true, and later attempts go ahead.
-        let fence = client
-            .put_item()
-            .table_name(&self.inner.idempotency_table)
-            .item(item::PK, s(idem.as_str()))
-            .item(item::FENCED_BEFORE, n(self.next_start()))
-            .item(item::RECORD_KEY, s(key))
-            .item(item::EXPIRES_AT, n(self.expires_at()))
-            .condition_expression("attribute_not_exists(pk) OR attribute_exists(#f)")
-            .expression_attribute_names("#f", item::FENCED_BEFORE)
-            .send()
-            .await;
-        match fence {
-            Ok(_) => Ok(None),
-            // An attempt recorded its outcome meanwhile.
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
-                match self.recorded(client, key, idem).await? {
-                    Recorded::Outcome(done) => Ok(Some(done)),
-                    _ => Ok(None),
-                }
-            }
-            Err(e) => Err(classify(e, Op::Read)),
+    }
+
+    async fn transact(&self, request: &TransactRequest<'_>) -> Result<Transacted, Error> {
+        Box::pin(self.transact_attempts(request)).await
+    }
+
+    async fn lookup_transaction(
+        &self,
+        region: &Region,
+        keys: &[&str],
+        idem: &IdempotencyKey,
+    ) -> Result<Option<Transacted>, Error> {
+        let binding = quorate::transaction_binding(keys.iter().copied());
+        match self.lookup_fenced(region, &binding, keys, idem).await? {
+            Some(Recorded::Many(done)) => Ok(Some(done)),
+            Some(_) => Err(reused(keys.first().copied().unwrap_or(""), idem)),
+            None => Ok(None),
         }
     }
 

@@ -23,8 +23,12 @@ pub const DELETED: &str = "deleted";
 pub const WRITTEN_AT: &str = "written_at";
 /// The region whose table took the write (a string).
 pub const WRITER: &str = "writer";
-/// Idempotency items: the record key the write was for.
+/// Idempotency items: the record key the write was for (a multi-record
+/// write's binding, see `quorate::transaction_binding`).
 pub const RECORD_KEY: &str = "record_key";
+/// Idempotency items of a multi-record write: `index:version` of each
+/// written record, by its place in the write, comma-separated (a string).
+pub const VERSIONS: &str = "versions";
 /// Idempotency items: expiry for DynamoDB's TTL, seconds since the epoch.
 pub const EXPIRES_AT: &str = "expires_at";
 /// Idempotency fences: attempts of the logical write started before this

@@ -12,8 +12,8 @@ use gcloud_spanner::transaction_rw::ReadWriteTransaction;
 use gcloud_spanner::value::CommitTimestamp;
 use quorate::{
     Backend, Capabilities, Committed, Error, Freshness, IdempotencyKey, Point, Precondition, Probe,
-    Read, ReadPlan, Region, RegionSpec, ReplicaRole, Retryability, Scope, Topology, Version,
-    Versioned, WriteRequest,
+    Read, ReadPlan, Region, RegionSpec, ReplicaRole, Retryability, Scope, Topology,
+    TransactRequest, Transacted, TxAction, Version, Versioned, WriteRequest,
 };
 
 use crate::sql::{self, Tables};
@@ -309,6 +309,19 @@ impl SpannerBackend {
         key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Recorded, Error> {
+        self.recorded_of(tx, key, &[key], idem).await
+    }
+
+    /// [`SpannerBackend::recorded`] for the write bound to `key` (a
+    /// record's key, or a multi-record write's binding) whose records are
+    /// `keys`.
+    async fn recorded_of(
+        &self,
+        tx: &mut ReadWriteTransaction,
+        key: &str,
+        keys: &[&str],
+        idem: &IdempotencyKey,
+    ) -> Result<Recorded, Error> {
         let mut stmt = Statement::new(&self.inner.sql.lookup);
         stmt.add_param("idem", &idem.as_str());
         let mut rows = tx
@@ -333,20 +346,263 @@ impl SpannerBackend {
         let version: i64 = row.column(0).map_err(row_error)?;
         let region: String = row.column(1).map_err(row_error)?;
         let at: time::OffsetDateTime = row.column(2).map_err(row_error)?;
+        let versions: Option<String> = row.column(5).map_err(row_error)?;
+        let bad_row = |what: &str| {
+            Error::backend(
+                Retryability::Permanent,
+                Some("quorate.row".into()),
+                what.to_owned(),
+            )
+        };
+        let point = Point {
+            wall: u64::try_from(at.unix_timestamp_nanos()).unwrap_or(0),
+            logical: 0,
+        };
+        let region = Region::new(&region)?;
+        if let Some(versions) = versions {
+            let versions = decode_versions(&versions, keys)
+                .ok_or_else(|| bad_row("versions that do not fit their write"))?;
+            return Ok(Recorded::Many(Transacted {
+                point,
+                region,
+                versions,
+            }));
+        }
         Ok(Recorded::Outcome(Committed {
-            version: Version(u64::try_from(version).map_err(|_| {
-                Error::backend(
-                    Retryability::Permanent,
-                    Some("quorate.row".into()),
-                    "negative version",
-                )
-            })?),
-            point: Point {
-                wall: u64::try_from(at.unix_timestamp_nanos()).unwrap_or(0),
-                logical: 0,
-            },
-            region: Region::new(&region)?,
+            version: Version(u64::try_from(version).map_err(|_| bad_row("negative version"))?),
+            point,
+            region,
         }))
+    }
+
+    /// The newest version of `key` (a tombstone's included) and whether the
+    /// record is deleted, read in `tx`.
+    async fn current_of(
+        &self,
+        tx: &mut ReadWriteTransaction,
+        key: &str,
+    ) -> Result<(Option<Version>, bool), Error> {
+        let mut stmt = Statement::new(&self.inner.sql.current_version);
+        stmt.add_param("key", &key);
+        let row = async {
+            let mut rows = tx.query(stmt).await?;
+            rows.next().await
+        }
+        .await
+        .map_err(|s| classify(s, Phase::Before))?;
+        match row {
+            Some(row) => {
+                let v: i64 = row.column(0).map_err(row_error)?;
+                let d: Option<bool> = row.column(1).map_err(row_error)?;
+                Ok((
+                    Some(Version(u64::try_from(v).unwrap_or(0))),
+                    d.unwrap_or(false),
+                ))
+            }
+            None => Ok((None, false)),
+        }
+    }
+
+    /// Looks `idem` up for the write bound to `binding` whose records are
+    /// `keys`, fencing it when it holds nothing: the outcome found, or
+    /// `None` once no attempt can commit any more.
+    async fn lookup_fenced(
+        &self,
+        binding: &str,
+        keys: &[&str],
+        idem: &IdempotencyKey,
+    ) -> Result<Option<Recorded>, Error> {
+        let _serial = if self.inner.config.serialize_read_write {
+            Some(self.inner.read_write.lock().await)
+        } else {
+            None
+        };
+        let mut tx = self
+            .inner
+            .client
+            .begin_read_write_transaction()
+            .await
+            .map_err(|e| client_error(e, Phase::Before))?;
+        match self.recorded_of(&mut tx, binding, keys, idem).await {
+            Ok(done @ (Recorded::Outcome(_) | Recorded::Many(_))) => {
+                self.rollback(tx).await;
+                Ok(Some(done))
+            }
+            Ok(Recorded::Fence) => {
+                self.rollback(tx).await;
+                Ok(None)
+            }
+            Ok(Recorded::Nothing) => {
+                // Fence the key: an attempt still in flight inserts its row
+                // and now fails, so "not applied" stays true.
+                let expires = time::OffsetDateTime::now_utc()
+                    + time::Duration::try_from(self.inner.config.idempotency_ttl)
+                        .unwrap_or(time::Duration::days(1));
+                tx.buffer_write(vec![insert(
+                    &self.inner.tables.idempotency,
+                    &["idem_key", "record_key", "fenced", "expires_at"],
+                    &[&idem.as_str(), &binding, &true, &expires],
+                )]);
+                match tx.end::<(), Status>(Ok(()), None).await {
+                    Ok(_) => Ok(None),
+                    Err(s) => Err(classify(s, Phase::Before)),
+                }
+            }
+            Err(e) => {
+                self.rollback(tx).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// One attempt of a multi-record write: one read-write transaction that
+    /// reads the idempotency row and every record, checks every
+    /// precondition, and buffers every written record's next version with
+    /// the outcome; committed whole or not at all.
+    async fn transact_attempt(&self, request: &TransactRequest<'_>) -> Result<Transacted, Error> {
+        for op in request.ops {
+            sql::check_key(op.key)?;
+        }
+        let _serial = if self.inner.config.serialize_read_write {
+            Some(self.inner.read_write.lock().await)
+        } else {
+            None
+        };
+        let generated;
+        let idem = match request.idempotency_key {
+            Some(k) => k,
+            None => {
+                generated = IdempotencyKey::generate();
+                &generated
+            }
+        };
+        let keys: Vec<&str> = request.keys().collect();
+        let binding = quorate::transaction_binding(keys.iter().copied());
+        let tables = &self.inner.tables;
+        let mut tx = self
+            .inner
+            .client
+            .begin_read_write_transaction()
+            .await
+            .map_err(|e| client_error(e, Phase::Before))?;
+        let fenced = match self.recorded_of(&mut tx, &binding, &keys, idem).await {
+            Ok(Recorded::Many(done)) => {
+                self.rollback(tx).await;
+                return Ok(done);
+            }
+            Ok(Recorded::Outcome(_)) => {
+                self.rollback(tx).await;
+                return Err(reused(keys[0], idem));
+            }
+            Ok(Recorded::Fence) => true,
+            Ok(Recorded::Nothing) => false,
+            Err(e) => {
+                self.rollback(tx).await;
+                return Err(e);
+            }
+        };
+        let mut mutations = Vec::with_capacity(request.ops.len() + 1);
+        let mut versions = Vec::with_capacity(request.ops.len());
+        let mut encoded = String::new();
+        for (i, op) in request.ops.iter().enumerate() {
+            let (last, deleted) = match self.current_of(&mut tx, op.key).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.rollback(tx).await;
+                    return Err(e);
+                }
+            };
+            let current = last.filter(|_| !deleted);
+            if !op.precondition.admits(current) {
+                self.rollback(tx).await;
+                return Err(Error::Conflict {
+                    key: op.key.to_owned(),
+                    current,
+                });
+            }
+            let TxAction::Write(mutation) = op.action else {
+                continue;
+            };
+            let version = last.map_or(Version::FIRST, |v| v.next());
+            let v = i64::try_from(version.0)
+                .map_err(|_| Error::InvalidInput("version out of range".into()))?;
+            let value: Vec<u8> = mutation.value().map_or_else(Vec::new, |v| v.to_vec());
+            let delete = mutation.is_delete();
+            mutations.push(insert_or_update(
+                &tables.records,
+                &["key", "version", "value", "written_at", "deleted"],
+                &[&op.key, &v, &value, &CommitTimestamp::new(), &delete],
+            ));
+            if !encoded.is_empty() {
+                encoded.push(',');
+            }
+            encoded.push_str(&format!("{i}:{}", version.0));
+            versions.push((op.key.to_owned(), version));
+        }
+        let first = versions.first().map_or(1, |(_, v): &(String, Version)| {
+            i64::try_from(v.0).unwrap_or(i64::MAX)
+        });
+        let expires = time::OffsetDateTime::now_utc()
+            + time::Duration::try_from(self.inner.config.idempotency_ttl)
+                .unwrap_or(time::Duration::days(1));
+        let columns = [
+            "idem_key",
+            "version",
+            "region",
+            "committed_at",
+            "record_key",
+            "expires_at",
+            "fenced",
+            "versions",
+        ];
+        let outcome = {
+            let region = request.region.as_str();
+            let values: [&dyn gcloud_spanner::statement::ToKind; 8] = [
+                &idem.as_str(),
+                &first,
+                &region,
+                &CommitTimestamp::new(),
+                &binding,
+                &expires,
+                &false,
+                &encoded,
+            ];
+            // As for a single write: an attempt that read no row inserts one
+            // (a fence made meanwhile makes this commit fail); one that read
+            // the fence replaces it.
+            if fenced {
+                insert_or_update(&tables.idempotency, &columns, &values)
+            } else {
+                insert(&tables.idempotency, &columns, &values)
+            }
+        };
+        mutations.push(outcome);
+        tx.buffer_write(mutations);
+        match tx.end::<(), Status>(Ok(()), None).await {
+            Ok((result, ())) => {
+                let point = result
+                    .timestamp
+                    .map(|t| point_of(t.seconds, t.nanos))
+                    .ok_or_else(|| {
+                        Error::backend(
+                            Retryability::Ambiguous,
+                            None,
+                            "the commit returned no timestamp",
+                        )
+                    })?;
+                Ok(Transacted {
+                    point,
+                    region: request.region.clone(),
+                    versions,
+                })
+            }
+            Err(s) if s.code() == Code::AlreadyExists => Err(Error::backend(
+                Retryability::Retryable,
+                Some("AlreadyExists".into()),
+                s,
+            )),
+            Err(s) => Err(classify(s, Phase::Commit)),
+        }
     }
 
     async fn rollback(&self, mut tx: ReadWriteTransaction) {
@@ -369,6 +625,29 @@ enum Recorded {
     Nothing,
     Fence,
     Outcome(Committed),
+    /// A multi-record write's outcome.
+    Many(Transacted),
+}
+
+/// A multi-record write's versions as its idempotency row keeps them
+/// (`index:version`, comma-separated, by each written record's place in
+/// the write), named by `keys`; `None` when they do not fit.
+fn decode_versions(text: &str, keys: &[&str]) -> Option<Vec<(String, Version)>> {
+    text.split(',')
+        .map(|pair| {
+            let (i, v) = pair.split_once(':')?;
+            let key = keys.get(i.parse::<usize>().ok()?)?;
+            let v = v.parse::<u64>().ok().filter(|v| *v > 0)?;
+            Some(((*key).to_owned(), Version(v)))
+        })
+        .collect()
+}
+
+fn reused(key: &str, idem: &IdempotencyKey) -> Error {
+    Error::IdempotencyKeyReused {
+        key: key.to_owned(),
+        idempotency_key: idem.clone(),
+    }
 }
 
 impl Backend for SpannerBackend {
@@ -478,6 +757,10 @@ impl Backend for SpannerBackend {
             Recorded::Outcome(done) => {
                 self.rollback(tx).await;
                 return Ok(done);
+            }
+            Recorded::Many(_) => {
+                self.rollback(tx).await;
+                return Err(reused(request.key, idem));
             }
             Recorded::Fence => true,
             Recorded::Nothing => false,
@@ -609,46 +892,28 @@ impl Backend for SpannerBackend {
         key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
-        let _serial = if self.inner.config.serialize_read_write {
-            Some(self.inner.read_write.lock().await)
-        } else {
-            None
-        };
-        let mut tx = self
-            .inner
-            .client
-            .begin_read_write_transaction()
-            .await
-            .map_err(|e| client_error(e, Phase::Before))?;
-        match self.recorded(&mut tx, key, idem).await {
-            Ok(Recorded::Outcome(done)) => {
-                self.rollback(tx).await;
-                Ok(Some(done))
-            }
-            Ok(Recorded::Fence) => {
-                self.rollback(tx).await;
-                Ok(None)
-            }
-            Ok(Recorded::Nothing) => {
-                // Fence the key: an attempt still in flight inserts its row
-                // and now fails, so "not applied" stays true.
-                let expires = time::OffsetDateTime::now_utc()
-                    + time::Duration::try_from(self.inner.config.idempotency_ttl)
-                        .unwrap_or(time::Duration::days(1));
-                tx.buffer_write(vec![insert(
-                    &self.inner.tables.idempotency,
-                    &["idem_key", "record_key", "fenced", "expires_at"],
-                    &[&idem.as_str(), &key, &true, &expires],
-                )]);
-                match tx.end::<(), Status>(Ok(()), None).await {
-                    Ok(_) => Ok(None),
-                    Err(s) => Err(classify(s, Phase::Before)),
-                }
-            }
-            Err(e) => {
-                self.rollback(tx).await;
-                Err(e)
-            }
+        match self.lookup_fenced(key, &[key], idem).await? {
+            Some(Recorded::Outcome(done)) => Ok(Some(done)),
+            Some(_) => Err(reused(key, idem)),
+            None => Ok(None),
+        }
+    }
+
+    async fn transact(&self, request: &TransactRequest<'_>) -> Result<Transacted, Error> {
+        Box::pin(self.transact_attempt(request)).await
+    }
+
+    async fn lookup_transaction(
+        &self,
+        _region: &Region,
+        keys: &[&str],
+        idem: &IdempotencyKey,
+    ) -> Result<Option<Transacted>, Error> {
+        let binding = quorate::transaction_binding(keys.iter().copied());
+        match self.lookup_fenced(&binding, keys, idem).await? {
+            Some(Recorded::Many(done)) => Ok(Some(done)),
+            Some(_) => Err(reused(keys.first().copied().unwrap_or(""), idem)),
+            None => Ok(None),
         }
     }
 

@@ -103,9 +103,12 @@ impl Tables {
             format!(
                 "CREATE TABLE IF NOT EXISTS {i} (idem_key STRING(MAX) NOT NULL, record_key STRING(MAX), \
                  version INT64, region STRING(MAX), committed_at TIMESTAMP OPTIONS (allow_commit_timestamp=true), \
-                 fenced BOOL, expires_at TIMESTAMP NOT NULL) PRIMARY KEY (idem_key), \
+                 fenced BOOL, expires_at TIMESTAMP NOT NULL, versions STRING(MAX)) PRIMARY KEY (idem_key), \
                  ROW DELETION POLICY (OLDER_THAN(expires_at, INTERVAL 0 DAY))"
             ),
+            // Tables made by earlier releases lack a multi-record write's
+            // versions.
+            format!("ALTER TABLE {i} ADD COLUMN IF NOT EXISTS versions STRING(MAX)"),
         ]
     }
 
@@ -128,10 +131,12 @@ impl Tables {
     }
 
     /// An idempotency row. Parameters: `@idem`. Columns: version, region,
-    /// committed_at, fenced, record_key.
+    /// committed_at, fenced, record_key (a multi-record write's binding),
+    /// versions (a multi-record write's: `index:version` of each written
+    /// record, by its place in the write, comma-separated; NULL otherwise).
     pub fn lookup(&self) -> String {
         format!(
-            "SELECT version, region, committed_at, fenced, record_key FROM {} WHERE idem_key = @idem",
+            "SELECT version, region, committed_at, fenced, record_key, versions FROM {} WHERE idem_key = @idem",
             self.idempotency
         )
     }
@@ -210,7 +215,7 @@ mod tests {
         );
         assert_eq!(
             t.lookup(),
-            "SELECT version, region, committed_at, fenced, record_key FROM records_idempotency WHERE idem_key = @idem"
+            "SELECT version, region, committed_at, fenced, record_key, versions FROM records_idempotency WHERE idem_key = @idem"
         );
         let ddl = t.create();
         assert!(ddl[0].starts_with("CREATE TABLE IF NOT EXISTS records ("));
@@ -220,6 +225,10 @@ mod tests {
             "ALTER TABLE records ADD COLUMN IF NOT EXISTS deleted BOOL"
         );
         assert!(ddl[2].contains("ROW DELETION POLICY (OLDER_THAN(expires_at, INTERVAL 0 DAY))"));
+        assert_eq!(
+            ddl[3],
+            "ALTER TABLE records_idempotency ADD COLUMN IF NOT EXISTS versions STRING(MAX)"
+        );
         assert!(check_key("").is_err() && check_key(&"k".repeat(8193)).is_err());
         assert!(check_key("k").is_ok());
     }

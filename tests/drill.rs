@@ -58,7 +58,10 @@ fn every_drill_passes_with_ten_runs_in_the_documented_shape() {
         ] {
             assert!(keys.contains(&k), "{k} missing in {run}");
         }
-        assert_eq!(run["anomalies"].as_object().unwrap().len(), 8);
+        assert_eq!(
+            run["anomalies"].as_object().unwrap().len(),
+            quorate::history::ANOMALIES.len()
+        );
         assert!(run["ops"].as_u64().unwrap() > 50, "{run}");
         let availability = run["availability"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&availability));

@@ -309,6 +309,80 @@ impl Actor {
             .await
     }
 
+    /// Writes several records at once in the region at `turn`, each a
+    /// put of `value` (or a delete with `None`) under its precondition.
+    pub(crate) async fn transact(
+        &mut self,
+        turn: usize,
+        records: &[(String, Option<String>, Precondition)],
+    ) -> Option<crate::Transacted> {
+        let turn = turn % self.drivers.len();
+        self.hand_over(turn);
+        self.writes += 1;
+        let idem = format!("{}-w{}", self.name, self.writes);
+        let values: Vec<Option<Bytes>> = records
+            .iter()
+            .map(|(_, v, _)| v.as_ref().map(|v| Bytes::from(v.clone())))
+            .collect();
+        let ops: Vec<crate::TxOp<'_>> = records
+            .iter()
+            .zip(&values)
+            .map(|((key, _, precondition), value)| match value {
+                Some(v) => crate::TxOp::put(key, v, *precondition),
+                None => crate::TxOp::delete(key, *precondition),
+            })
+            .collect();
+        let first = ops.first().map_or("", |op| op.key).to_owned();
+        self.stage.recorder.invoke_txn(
+            self.process,
+            &self.name,
+            crate::history::tx_records(&ops),
+            Some(&idem),
+        );
+        let started = Instant::now();
+        let verify = (!self.stage.without(super::Mechanism::Verify)).then(|| Verify {
+            regions: self.verify_regions.clone(),
+            policy: ReadPolicy::Strong,
+            deadline: Duration::from_secs(1),
+        });
+        let result = match (&self.drivers[turn], &self.sessions[turn]) {
+            (Driver::Naive(c), _) => c.transact(&ops).await,
+            (Driver::Direct(sim, region), _) => match IdempotencyKey::new(&idem) {
+                Ok(idem) => {
+                    timed(sim.transact(&crate::TransactRequest {
+                        ops: &ops,
+                        idempotency_key: Some(&idem),
+                        region,
+                        deadline: Instant::now() + DIRECT_TIMEOUT,
+                    }))
+                    .await
+                }
+                Err(e) => Err(e),
+            },
+            (Driver::Strict(c), session) => {
+                let options = WriteOptions {
+                    verify,
+                    idempotency_key: IdempotencyKey::new(&idem).ok(),
+                    deadline: None,
+                };
+                let own;
+                let session = match session {
+                    Some(s) => s,
+                    None => {
+                        own = c.session();
+                        &own
+                    }
+                };
+                c.transact(session, &ops, &options).await
+            }
+        };
+        self.stage
+            .recorder
+            .complete_txn(self.process, &self.name, &first, &result);
+        self.finish(started, result.is_ok());
+        result.ok()
+    }
+
     /// Deletes `key` in the region at `turn`, as [`Actor::write`] writes.
     pub(crate) async fn delete(
         &mut self,

@@ -106,6 +106,36 @@ impl<B: Backend> NaiveClient<B> {
             .await
     }
 
+    /// A multi-record write through the sticky region, retried as blindly
+    /// as [`NaiveClient::write`] (no idempotency key: a retry after a lost
+    /// answer applies it again).
+    pub async fn transact(&self, ops: &[crate::TxOp<'_>]) -> Result<crate::Transacted, Error> {
+        let mut last = None;
+        for _ in 0..self.attempts {
+            let request = crate::TransactRequest {
+                ops,
+                idempotency_key: None,
+                region: &self.region,
+                deadline: Instant::now() + self.timeout,
+            };
+            match tokio::time::timeout(self.timeout, self.backend.transact(&request)).await {
+                Ok(Ok(t)) => return Ok(t),
+                Ok(Err(e @ Error::Conflict { .. })) => return Err(e),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(Error::Timeout {
+                        after: self.timeout,
+                        sent: true,
+                    })
+                }
+            }
+        }
+        Err(last.map_or_else(
+            || Error::InvalidInput("no attempt".into()),
+            |e| Error::backend(crate::Retryability::Permanent, None, e.to_string()),
+        ))
+    }
+
     async fn mutate(
         &self,
         key: &str,

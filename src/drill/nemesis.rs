@@ -81,6 +81,9 @@ struct Plan {
     /// A quiet-reader drill, if the seed is one: its workload replaces the
     /// schedule's.
     quiet: Option<Quiet>,
+    /// Tellers: services that move two records at once in one multi-record
+    /// write, each in its region.
+    tellers: Vec<&'static str>,
 }
 
 /// A quiet-reader drill: strong readers in a region that has no other
@@ -352,6 +355,13 @@ impl Plan {
         if let Some(r) = paused.filter(|_| drill.is_none()) {
             one_shot.extend([r, r]);
         }
+        // Tellers come from a stream of their own; clock drills keep their
+        // load as it was.
+        let mut tell = SplitMix64::new(seed ^ 0x7465_6c6c_6572_7321);
+        let tellers = (0..tell.below(3))
+            .map(|_| pick(&mut tell, &REGIONS))
+            .filter(|_| current && drill.is_none() && keys >= 2)
+            .collect();
         Plan {
             multi_writer,
             trusts_clocks,
@@ -372,6 +382,7 @@ impl Plan {
             direct,
             one_shot,
             quiet,
+            tellers,
         }
     }
 }
@@ -553,10 +564,12 @@ fn bounded_reader_of(stage: &Stage, region: &str, prefix: &'static str, keys: u6
 /// under its session and now and then writes what it read on.
 fn session_writer(stage: &Stage, regions: &[&str], keys: u64, deleting: bool) -> Task {
     let mut actor = Actor::new(stage, regions);
-    let mut rng = rng_for(stage, 0x77 + stage.recorder.process());
+    let p = stage.recorder.process();
+    let mut rng = rng_for(stage, 0x77 + p);
     // Which writes are deletes: a stream of its own (none when not
-    // `deleting`).
-    let mut deletes = rng_for(stage, 0xde1e_7e00 + stage.recorder.process());
+    // `deleting`), taking no process number of its own, so that every
+    // later actor keeps its streams.
+    let mut deletes = rng_for(stage, 0xde1e_7e00 + p);
     let mut delete = move || deleting && deletes.below(4) == 0;
     Box::pin(async move {
         let mut turn = 0;
@@ -606,10 +619,11 @@ const BROWSED: u64 = 40;
 /// left the token.
 fn browser(stage: &Stage, regions: &[&str], deleting: bool) -> Task {
     let mut actor = Actor::new(stage, regions);
-    let mut rng = rng_for(stage, 0xaa + stage.recorder.process());
+    let p = stage.recorder.process();
+    let mut rng = rng_for(stage, 0xaa + p);
     // Which writes are deletes: a stream of its own (none when not
-    // `deleting`).
-    let mut deletes = rng_for(stage, 0xde1e_7e00 + stage.recorder.process());
+    // `deleting`), taking no process number of its own.
+    let mut deletes = rng_for(stage, 0xde1e_7e00 + p);
     let mut delete = move || deleting && deletes.below(4) == 0;
     Box::pin(async move {
         let mut turn = 0;
@@ -764,6 +778,41 @@ fn blind_writer(stage: &Stage, region: &str, keys: u64, attempts: Option<u32>) -
     })
 }
 
+/// A teller: reads two records strongly and moves both on in one
+/// multi-record write, each conditioned on the version it read, so that
+/// both move or neither does.
+fn teller(stage: &Stage, region: &str, keys: u64) -> Task {
+    let mut actor = Actor::new(stage, &[region]);
+    let mut rng = rng_for(stage, 0x7e11 + stage.recorder.process());
+    Box::pin(async move {
+        let mut n = 0u64;
+        while actor.running() {
+            let i = rng.below(keys);
+            let j = (i + 1 + rng.below(keys - 1)) % keys;
+            let (a, b) = (format!("acct:{i}"), format!("acct:{j}"));
+            let seen_a = actor
+                .read(0, &a, ReadPolicy::Strong, HistoryPolicy::Strong)
+                .await;
+            let seen_b = actor
+                .read(0, &b, ReadPolicy::Strong, HistoryPolicy::Strong)
+                .await;
+            if let (Some(x), Some(y)) = (seen_a, seen_b) {
+                n += 1;
+                let on = |v: Option<crate::Version>| match v {
+                    Some(v) => Precondition::IfVersion(v),
+                    None => Precondition::IfAbsent,
+                };
+                let records = [
+                    (a, Some(format!("moved-{n}")), on(x.version)),
+                    (b, Some(format!("moved-{n}")), on(y.version)),
+                ];
+                actor.transact(0, &records).await;
+            }
+            sleep(pause(&mut rng, (80, 200))).await;
+        }
+    })
+}
+
 /// A strict user in the quiet region who reads a record strongly now and
 /// then, alternating between the records quorate's writers write
 /// (`acct:N`) and those the service without quorate writes (`feed:N`).
@@ -889,6 +938,9 @@ fn workload_of(stage: &Stage, plan: Plan) -> Vec<Task> {
     }
     for r in &plan.one_shot {
         tasks.push(one_shot_writer(stage, r, plan.keys));
+    }
+    for r in &plan.tellers {
+        tasks.push(teller(stage, r, plan.keys));
     }
     for r in &plan.direct {
         tasks.push(direct_writer(stage, r, plan.keys));

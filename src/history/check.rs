@@ -4,10 +4,13 @@
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 
-use super::{parse, Event, EventSink, EventType, HistoryError, HistoryPolicy, OpKind, ParsedEvent};
+use super::{
+    parse, Event, EventSink, EventType, HistoryError, HistoryPolicy, OpKind, ParsedEvent,
+    RecordKind,
+};
 
 /// Every anomaly the checker reports, in report order.
-pub const ANOMALIES: [&str; 8] = [
+pub const ANOMALIES: [&str; 9] = [
     "stale-read",
     "future-read",
     "read-your-writes",
@@ -16,6 +19,7 @@ pub const ANOMALIES: [&str; 8] = [
     "staleness-bound",
     "lost-update",
     "duplicate-application",
+    "fractured-read",
 ];
 
 /// One kind of anomaly.
@@ -38,6 +42,10 @@ pub enum Anomaly {
     LostUpdate,
     /// One idempotency key applied as two versions.
     DuplicateApplication,
+    /// A strong read missed one record of a multi-record write after
+    /// another strong read had seen another of its records: the write was
+    /// visible in part.
+    FracturedRead,
 }
 
 impl Anomaly {
@@ -46,7 +54,7 @@ impl Anomaly {
         ANOMALIES[self as usize]
     }
 
-    const ALL: [Anomaly; 8] = [
+    const ALL: [Anomaly; 9] = [
         Anomaly::StaleRead,
         Anomaly::FutureRead,
         Anomaly::ReadYourWrites,
@@ -55,6 +63,7 @@ impl Anomaly {
         Anomaly::StalenessBound,
         Anomaly::LostUpdate,
         Anomaly::DuplicateApplication,
+        Anomaly::FracturedRead,
     ];
 }
 
@@ -139,6 +148,8 @@ struct Op {
     outcome: Outcome,
     version: u64,
     region: Option<u32>,
+    /// The multi-record write this is one record of.
+    txn: Option<u32>,
 }
 
 /// FNV-1a for the checker's maps: short keys, no adversary (the input is a
@@ -192,20 +203,34 @@ impl Interner {
 #[derive(Default)]
 struct Builder {
     ops: Vec<Op>,
-    open: FastMap<u64, (usize, usize)>,
+    /// Per process, its open operation: its first op, how many ops it is
+    /// (a multi-record write is one per written record), the key its
+    /// completion names, and its line.
+    open: FastMap<u64, Open>,
+    /// How many multi-record writes there are.
+    txns: u32,
     keys: Interner,
     sessions: Interner,
     idems: Interner,
     regions: Interner,
 }
 
+/// An operation invoked and not yet completed.
+struct Open {
+    first: usize,
+    count: usize,
+    op: OpKind,
+    key: u32,
+    line: usize,
+}
+
 impl EventSink for Builder {
     fn event(&mut self, line: usize, e: ParsedEvent<'_>) -> Result<(), String> {
         if e.kind == EventType::Invoke {
-            if let Some((_, at)) = self.open.get(&e.process) {
+            if let Some(open) = self.open.get(&e.process) {
                 return Err(format!(
-                    "process {} invokes while its operation from line {at} is still open",
-                    e.process
+                    "process {} invokes while its operation from line {} is still open",
+                    e.process, open.line
                 ));
             }
             let session = match e.session {
@@ -214,53 +239,109 @@ impl EventSink for Builder {
                 // namespace apart from named sessions.
                 None => self.sessions.id(&format!("\u{0}process-{}", e.process)),
             };
-            let op = Op {
+            let key = self.keys.id(e.key);
+            let idem = e.idem.map(|i| self.idems.id(i));
+            let first = self.ops.len();
+            let op = |kind: OpKind, key: u32, expect: Option<u64>, txn: Option<u32>| Op {
                 process: e.process,
-                kind: e.op,
-                key: self.keys.id(e.key),
+                kind,
+                key,
                 session,
                 policy: e.policy,
-                expect: e.expect,
-                idem: e.idem.map(|i| self.idems.id(i)),
+                expect,
+                idem,
                 invoke: e.time,
                 complete: u64::MAX,
                 outcome: Outcome::Info,
                 version: 0,
                 region: None,
+                txn,
             };
-            self.open.insert(e.process, (self.ops.len(), line));
-            self.ops.push(op);
+            match &e.records {
+                // A multi-record write is one write per written record, of
+                // one logical write (its idempotency key) and one
+                // transaction; records only checked write nothing.
+                Some(records) => {
+                    let txn = self.txns;
+                    self.txns += 1;
+                    for &(k, kind, expect) in records {
+                        let kind = match (kind, expect) {
+                            (RecordKind::Check, _) => continue,
+                            (RecordKind::Delete, _) => OpKind::Delete,
+                            (RecordKind::Put, Some(_)) => OpKind::Cas,
+                            (RecordKind::Put, None) => OpKind::Write,
+                        };
+                        let k = self.keys.id(k);
+                        self.ops.push(op(kind, k, expect, Some(txn)));
+                    }
+                }
+                None => self.ops.push(op(e.op, key, e.expect, None)),
+            }
+            self.open.insert(
+                e.process,
+                Open {
+                    first,
+                    count: self.ops.len() - first,
+                    op: e.op,
+                    key,
+                    line,
+                },
+            );
             return Ok(());
         }
-        let Some((index, _)) = self.open.remove(&e.process) else {
+        let Some(open) = self.open.remove(&e.process) else {
             return Err(format!(
                 "process {} completes an operation it never invoked",
                 e.process
             ));
         };
-        let region = e.region.map(|r| self.regions.id(r));
-        let op = &mut self.ops[index];
-        if op.kind != e.op || self.keys.names[op.key as usize] != e.key {
+        if open.op != e.op || self.keys.names[open.key as usize] != e.key {
             return Err(format!(
                 "process {}'s completion ({:?} {}) does not match its invoke",
                 e.process, e.op, e.key
             ));
         }
-        if e.time < op.invoke {
-            return Err(format!(
-                "completion at {} precedes its invoke at {}",
-                e.time, op.invoke
-            ));
-        }
-        op.complete = e.time;
-        op.region = region.or(op.region);
-        op.outcome = match e.kind {
+        let region = e.region.map(|r| self.regions.id(r));
+        let outcome = match e.kind {
             EventType::Ok => Outcome::Ok,
             EventType::Fail => Outcome::Fail,
             _ => Outcome::Info,
         };
-        if e.kind == EventType::Ok {
-            op.version = e.version.unwrap_or(0);
+        let ops = open.first..open.first + open.count;
+        if let (Some(versions), Outcome::Ok) = (&e.versions, outcome) {
+            // Every written record named once, nothing else.
+            if versions.len() != open.count {
+                return Err(format!(
+                    "an ok txn names {} versions for its {} written records",
+                    versions.len(),
+                    open.count
+                ));
+            }
+            for &(k, v) in versions {
+                let named = self.keys.ids.get(k).copied();
+                let op = ops
+                    .clone()
+                    .find(|&i| Some(self.ops[i].key) == named && self.ops[i].version == 0)
+                    .ok_or_else(|| {
+                        format!("an ok txn names a version for {k:?}, which it did not write")
+                    })?;
+                self.ops[op].version = v;
+            }
+        }
+        for i in ops {
+            let op = &mut self.ops[i];
+            if e.time < op.invoke {
+                return Err(format!(
+                    "completion at {} precedes its invoke at {}",
+                    e.time, op.invoke
+                ));
+            }
+            op.complete = e.time;
+            op.region = region.or(op.region);
+            op.outcome = outcome;
+            if outcome == Outcome::Ok && op.txn.is_none() {
+                op.version = e.version.unwrap_or(0);
+            }
         }
         Ok(())
     }
@@ -312,7 +393,7 @@ impl PrefixMax {
 const EXAMPLES_PER_ANOMALY: usize = 3;
 
 struct Findings<'a> {
-    counts: [u64; 8],
+    counts: [u64; 9],
     examples: Vec<Example>,
     flagged: Vec<bool>,
     b: &'a Builder,
@@ -400,6 +481,15 @@ pub fn check_events(events: &[Event]) -> Result<Report, HistoryError> {
             version: e.version,
             idem: e.idem.as_deref(),
             region: e.region.as_deref(),
+            records: e.records.as_ref().map(|rs| {
+                rs.iter()
+                    .map(|r| (r.key.as_str(), r.kind, r.expect))
+                    .collect()
+            }),
+            versions: e
+                .versions
+                .as_ref()
+                .map(|vs| vs.iter().map(|v| (v.key.as_str(), v.version)).collect()),
             time: e.time,
         };
         super::validate(&parsed)
@@ -414,7 +504,7 @@ pub fn check_events(events: &[Event]) -> Result<Report, HistoryError> {
 
 fn analyse(b: &Builder) -> Report {
     let mut f = Findings {
-        counts: [0; 8],
+        counts: [0; 9],
         examples: Vec::new(),
         flagged: vec![false; b.ops.len()],
         b,
@@ -436,6 +526,7 @@ fn analyse(b: &Builder) -> Report {
         check_key(b, ops, &first_invoke, &mut f);
     }
     check_idempotency(b, &mut f);
+    check_fractured(b, &by_key, &mut f);
     let anomalies = Anomaly::ALL
         .iter()
         .map(|a| (a.name(), f.counts[*a as usize]))
@@ -787,21 +878,129 @@ fn excused_versions(
 }
 
 /// One `ok` result of an idempotency key: key, version, region, operation.
+/// A multi-record write is visible whole or not at all to strong reads:
+/// once a strong read has seen one of its records at its version (or
+/// later), a strong read of another of its records invoked after that and
+/// before the write was acknowledged must see that record at its version
+/// too. (Invoked after the acknowledgement, missing it is a stale read.)
+fn check_fractured(b: &Builder, by_key: &[Vec<usize>], f: &mut Findings<'_>) {
+    if b.txns == 0 {
+        return;
+    }
+    let all = &b.ops;
+    // Per key: its strong ok reads by version (with the earliest completion
+    // of any read at that version or later) and by invoke time.
+    struct Reads {
+        versions: Vec<u64>,
+        earliest_from: Vec<u64>,
+        by_invoke: Vec<usize>,
+    }
+    let mut reads: FastMap<u32, Reads> = FastMap::default();
+    let mut txns: Vec<Vec<usize>> = vec![Vec::new(); b.txns as usize];
+    for (i, op) in all.iter().enumerate() {
+        if let (Some(t), Outcome::Ok) = (op.txn, op.outcome) {
+            txns[t as usize].push(i);
+        }
+    }
+    let build = |key: u32| -> Reads {
+        let mut strong: Vec<usize> = by_key[key as usize]
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let op = &all[i];
+                op.kind == OpKind::Read
+                    && op.outcome == Outcome::Ok
+                    && op.policy == Some(HistoryPolicy::Strong)
+            })
+            .collect();
+        strong.sort_unstable_by_key(|&i| all[i].version);
+        let versions: Vec<u64> = strong.iter().map(|&i| all[i].version).collect();
+        let mut earliest_from = vec![u64::MAX; strong.len()];
+        let mut m = u64::MAX;
+        for (j, &i) in strong.iter().enumerate().rev() {
+            m = m.min(all[i].complete);
+            earliest_from[j] = m;
+        }
+        strong.sort_unstable_by_key(|&i| all[i].invoke);
+        Reads {
+            versions,
+            earliest_from,
+            by_invoke: strong,
+        }
+    };
+    for ops in txns.iter().filter(|ops| ops.len() > 1) {
+        for &i in ops {
+            let key = all[i].key;
+            reads.entry(key).or_insert_with(|| build(key));
+        }
+    }
+    let reads_of = |key: u32| -> &Reads { &reads[&key] };
+    for ops in txns.iter().filter(|ops| ops.len() > 1) {
+        // When a strong read first showed each record at the write's
+        // version or later.
+        let seen: Vec<u64> = ops
+            .iter()
+            .map(|&i| {
+                let r = reads_of(all[i].key);
+                let j = r.versions.partition_point(|&v| v < all[i].version);
+                r.earliest_from.get(j).copied().unwrap_or(u64::MAX)
+            })
+            .collect();
+        for (n, &i) in ops.iter().enumerate() {
+            let op = &all[i];
+            let shown = seen
+                .iter()
+                .enumerate()
+                .filter(|&(m, _)| m != n)
+                .map(|(_, &t)| t)
+                .min()
+                .unwrap_or(u64::MAX);
+            if shown == u64::MAX {
+                continue;
+            }
+            let from = shown.max(op.invoke);
+            if from >= op.complete {
+                // Seen only after the acknowledgement: later misses are
+                // stale reads.
+                continue;
+            }
+            let r = reads_of(op.key);
+            let lo = r.by_invoke.partition_point(|&j| all[j].invoke <= from);
+            let hi = r
+                .by_invoke
+                .partition_point(|&j| all[j].invoke <= op.complete);
+            for &j in &r.by_invoke[lo..hi] {
+                if all[j].version < op.version {
+                    let (v, missed) = (all[j].version, op.version);
+                    f.add(Anomaly::FracturedRead, &[j, i], || {
+                        format!(
+                            "strong read saw version {v}, not {missed} of a multi-record write that another strong read had already seen in another of its records"
+                        )
+                    });
+                }
+            }
+        }
+    }
+}
+
 type Applied = (u32, u64, Option<u32>, usize);
 
 fn check_idempotency(b: &Builder, f: &mut Findings<'_>) {
-    let mut applied: HashMap<u32, Vec<Applied>> = HashMap::new();
+    // A multi-record write's key applies once per record it writes: its
+    // results are judged record by record.
+    let mut applied: HashMap<(u32, u32), Vec<Applied>> = HashMap::new();
     for (i, op) in b.ops.iter().enumerate() {
         if let (Some(k), Outcome::Ok, true) = (op.idem, op.outcome, is_write(op)) {
+            let record = if op.txn.is_some() { op.key } else { u32::MAX };
             applied
-                .entry(k)
+                .entry((k, record))
                 .or_default()
                 .push((op.key, op.version, op.region, i));
         }
     }
     let mut keys: Vec<_> = applied.into_iter().filter(|(_, v)| v.len() > 1).collect();
     keys.sort_unstable_by_key(|(k, _)| *k);
-    for (k, mut results) in keys {
+    for ((k, _), mut results) in keys {
         results.sort_unstable_by_key(|&(.., i)| b.ops[i].complete);
         let (_, v0, r0, first) = results[0];
         let mut seen: Vec<(u32, u64, Option<u32>)> = vec![(results[0].0, v0, r0)];

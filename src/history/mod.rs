@@ -14,6 +14,16 @@
 //! tombstone's version, a read of the deleted key observes that version,
 //! and its invoke carries `expect` when it is conditional.
 //!
+//! A `txn` is a multi-record write: its invoke lists its `records` (each a
+//! `key`, a `kind` — `put`, `delete` or `check` — and an optional
+//! `expect`), its `key` is the first record's, and its `ok` lists the
+//! `versions` each written record got:
+//!
+//! ```text
+//! {"process":3,"type":"invoke","op":"txn","key":"acct:1","records":[{"key":"acct:1","kind":"put","expect":4},{"key":"acct:2","kind":"put","expect":9}],"idem":"t-7","time":2000}
+//! {"process":3,"type":"ok","op":"txn","key":"acct:1","versions":[{"key":"acct:1","version":5},{"key":"acct:2","version":10}],"time":2100}
+//! ```
+//!
 //! A process has at most one operation in flight; a completion (`ok`,
 //! `fail`, `info`) closes that process's open `invoke`. `time` is in
 //! nanoseconds of one monotonic clock; `a` precedes `b` when `a`'s completion
@@ -27,6 +37,7 @@ use std::fmt;
 use std::io::BufRead;
 
 pub use check::{check, check_events, Anomaly, Example, Report, ANOMALIES};
+pub(crate) use record::tx_records;
 pub use record::{RecordedClient, Recorder};
 
 /// What an event says happened.
@@ -56,6 +67,42 @@ pub enum OpKind {
     /// A delete, which writes a tombstone version; conditional when the
     /// invoke carries `expect`.
     Delete,
+    /// A multi-record write; its invoke lists `records`, its `ok` the
+    /// `versions` written.
+    Txn,
+}
+
+/// What a multi-record write does to one record, as histories name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    /// Stores a value.
+    Put,
+    /// Deletes the record (a tombstone version).
+    Delete,
+    /// Writes nothing; its `expect` must hold.
+    Check,
+}
+
+/// One record of a multi-record write's invoke.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TxRecord {
+    /// The record's key.
+    pub key: String,
+    /// What the write does to it.
+    pub kind: RecordKind,
+    /// The version it expects (0 = absent); none when unconditional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<u64>,
+}
+
+/// The version one record of a multi-record write got (on its `ok`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TxVersion {
+    /// The record's key.
+    pub key: String,
+    /// Its new version.
+    pub version: u64,
 }
 
 /// The policy a read was invoked with, as histories name it.
@@ -161,6 +208,13 @@ pub struct Event {
     /// Where it was served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// A multi-record write's records (on its invoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<Vec<TxRecord>>,
+    /// The versions a multi-record write gave its written records (on its
+    /// `ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<Vec<TxVersion>>,
     /// Nanoseconds of the recorder's monotonic clock.
     pub time: u64,
 }
@@ -179,6 +233,8 @@ impl Event {
             version: None,
             idem: None,
             region: None,
+            records: None,
+            versions: None,
             time,
         }
     }
@@ -231,7 +287,27 @@ struct RawEvent<'a> {
     idem: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, borrow)]
     region: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    records: Option<Vec<RawRecord<'a>>>,
+    #[serde(default, borrow)]
+    versions: Option<Vec<RawVersion<'a>>>,
     time: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct RawRecord<'a> {
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
+    kind: RecordKind,
+    #[serde(default)]
+    expect: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawVersion<'a> {
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
+    version: u64,
 }
 
 /// Receives validated events from [`parse`].
@@ -251,6 +327,10 @@ pub(crate) struct ParsedEvent<'a> {
     pub(crate) version: Option<u64>,
     pub(crate) idem: Option<&'a str>,
     pub(crate) region: Option<&'a str>,
+    /// A multi-record write's records: key, kind, expect.
+    pub(crate) records: Option<Vec<(&'a str, RecordKind, Option<u64>)>>,
+    /// A multi-record write's versions: key, version.
+    pub(crate) versions: Option<Vec<(&'a str, u64)>>,
     pub(crate) time: u64,
 }
 
@@ -297,6 +377,15 @@ pub(crate) fn parse(
             version: raw.version,
             idem: raw.idem.as_deref(),
             region: raw.region.as_deref(),
+            records: raw.records.as_ref().map(|rs| {
+                rs.iter()
+                    .map(|r| (r.key.as_ref(), r.kind, r.expect))
+                    .collect()
+            }),
+            versions: raw
+                .versions
+                .as_ref()
+                .map(|vs| vs.iter().map(|v| (v.key.as_ref(), v.version)).collect()),
             time: raw.time,
         };
         validate(&event).map_err(|message| HistoryError::Malformed { line, message })?;
@@ -306,6 +395,12 @@ pub(crate) fn parse(
 }
 
 fn validate(e: &ParsedEvent<'_>) -> Result<(), String> {
+    if e.op == OpKind::Txn {
+        return validate_txn(e);
+    }
+    if e.records.is_some() || e.versions.is_some() {
+        return Err("only a txn carries \"records\" or \"versions\"".into());
+    }
     match (e.kind, e.op) {
         (EventType::Invoke, OpKind::Cas) if e.expect.is_none() => {
             Err("a cas invoke needs \"expect\" (0 = must be absent)".into())
@@ -325,6 +420,63 @@ fn validate(e: &ParsedEvent<'_>) -> Result<(), String> {
             Err("only a read invoke carries \"policy\"".into())
         }
         _ => Ok(()),
+    }
+}
+
+/// The most records one `txn` may list.
+pub const MAX_TXN_RECORDS: usize = 1000;
+
+fn validate_txn(e: &ParsedEvent<'_>) -> Result<(), String> {
+    if e.expect.is_some() || e.policy.is_some() {
+        return Err("a txn carries \"expect\" per record, and no \"policy\"".into());
+    }
+    match e.kind {
+        EventType::Invoke => {
+            if e.versions.is_some() || e.version.is_some() {
+                return Err("a txn invoke carries no versions".into());
+            }
+            let records = e.records.as_ref().ok_or("a txn invoke needs \"records\"")?;
+            if records.is_empty() || records.len() > MAX_TXN_RECORDS {
+                return Err(format!(
+                    "a txn lists 1 to {MAX_TXN_RECORDS} records, not {}",
+                    records.len()
+                ));
+            }
+            if records[0].0 != e.key {
+                return Err("a txn's \"key\" is its first record's".into());
+            }
+            if !records.iter().any(|r| r.1 != RecordKind::Check) {
+                return Err("a txn writes at least one record".into());
+            }
+            if records
+                .iter()
+                .any(|r| r.1 == RecordKind::Check && r.2.is_none())
+            {
+                return Err("a txn's check record needs \"expect\"".into());
+            }
+            let mut keys: Vec<&str> = records.iter().map(|r| r.0).collect();
+            keys.sort_unstable();
+            if keys.windows(2).any(|w| w[0] == w[1]) {
+                return Err("a txn lists a record twice".into());
+            }
+            Ok(())
+        }
+        EventType::Ok => {
+            if e.records.is_some() || e.version.is_some() {
+                return Err("a txn completion carries \"versions\" only".into());
+            }
+            let versions = e.versions.as_ref().ok_or("an ok txn needs \"versions\"")?;
+            if versions.iter().any(|v| v.1 == 0) {
+                return Err("an ok txn's versions are positive".into());
+            }
+            Ok(())
+        }
+        _ => {
+            if e.records.is_some() || e.versions.is_some() || e.version.is_some() {
+                return Err("a txn that failed or is unknown carries no versions".into());
+            }
+            Ok(())
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{Event, EventType, HistoryPolicy, OpKind};
+use super::{Event, EventType, HistoryPolicy, OpKind, RecordKind, TxRecord, TxVersion};
 use crate::backend::Backend;
 use crate::client::{Client, WriteOptions};
 use crate::error::Error;
@@ -131,6 +131,61 @@ impl Recorder {
         e.session = Some(session.to_owned());
         e.expect = expect;
         e.idem = idem.map(str::to_owned);
+        self.record(e);
+    }
+
+    /// Records a multi-record write's invoke: its records, in order (the
+    /// first names the event).
+    pub fn invoke_txn(
+        &self,
+        process: u64,
+        session: &str,
+        records: Vec<TxRecord>,
+        idem: Option<&str>,
+    ) {
+        let key = records.first().map_or("", |r| r.key.as_str()).to_owned();
+        let mut e = Event::new(process, EventType::Invoke, OpKind::Txn, &key, 0);
+        e.session = Some(session.to_owned());
+        e.idem = idem.map(str::to_owned);
+        e.records = Some(records);
+        self.record(e);
+    }
+
+    /// Records a multi-record write's completion from its result: `ok`
+    /// with every written record's version, `fail` when it definitely did
+    /// not apply, `info` when it may have. `key` is its first record's.
+    pub fn complete_txn(
+        &self,
+        process: u64,
+        session: &str,
+        key: &str,
+        result: &Result<crate::Transacted, Error>,
+    ) {
+        let (kind, versions, region) = match result {
+            // Committed, but not yet visible where one of its records was
+            // checked: the versions of the others are not known here, so
+            // the write is recorded as one that may have applied (it has).
+            Err(Error::NotVisible { .. }) => (EventType::Info, None, None),
+            Ok(t) => (
+                EventType::Ok,
+                Some(
+                    t.versions
+                        .iter()
+                        .map(|(k, v)| TxVersion {
+                            key: k.clone(),
+                            version: v.0,
+                        })
+                        .collect(),
+                ),
+                Some(t.region.as_str().to_owned()),
+            ),
+            Err(e) if e.is_ambiguous() => (EventType::Info, None, None),
+            Err(_) => (EventType::Fail, None, None),
+        };
+        let mut e = Event::new(process, kind, OpKind::Txn, key, 0);
+        e.session = Some(session.to_owned());
+        e.versions = versions;
+        e.region = region;
         self.record(e);
     }
 
@@ -282,6 +337,31 @@ impl<B: Backend> RecordedClient<B> {
         result
     }
 
+    /// [`Client::transact`], recorded; the idempotency key is fixed here so
+    /// the history names it.
+    pub async fn transact(
+        &self,
+        ops: &[crate::TxOp<'_>],
+        options: &WriteOptions,
+    ) -> Result<crate::Transacted, Error> {
+        let mut options = options.clone();
+        let idem = options
+            .idempotency_key
+            .get_or_insert_with(crate::IdempotencyKey::generate)
+            .clone();
+        self.recorder.invoke_txn(
+            self.process,
+            &self.name,
+            tx_records(ops),
+            Some(idem.as_str()),
+        );
+        let result = self.client.transact(&self.session, ops, &options).await;
+        let key = ops.first().map_or("", |op| op.key);
+        self.recorder
+            .complete_txn(self.process, &self.name, key, &result);
+        result
+    }
+
     /// [`Client::delete`], recorded.
     pub async fn delete(
         &self,
@@ -305,4 +385,19 @@ impl<B: Backend> RecordedClient<B> {
             .complete_delete(self.process, &self.name, key, &result);
         result
     }
+}
+
+/// A multi-record write's records as histories list them.
+pub(crate) fn tx_records(ops: &[crate::TxOp<'_>]) -> Vec<TxRecord> {
+    ops.iter()
+        .map(|op| TxRecord {
+            key: op.key.to_owned(),
+            kind: match op.action {
+                crate::TxAction::Write(crate::Mutation::Put(_)) => RecordKind::Put,
+                crate::TxAction::Write(crate::Mutation::Delete) => RecordKind::Delete,
+                crate::TxAction::Check => RecordKind::Check,
+            },
+            expect: op.precondition.expected(),
+        })
+        .collect()
 }

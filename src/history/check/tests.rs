@@ -695,3 +695,281 @@ fn deletes_are_versions() {
         Err(HistoryError::Malformed { line: 2, .. })
     ));
 }
+
+/// A multi-record write's invoke and completion: `records` as
+/// (key, kind, expect), and on `ok` the versions of its written records.
+fn txn(
+    h: H,
+    p: u64,
+    records: &[(&str, &str, Option<u64>)],
+    idem: &str,
+    t0: u64,
+    t1: u64,
+    outcome: &str,
+    versions: &[(&str, u64)],
+) -> H {
+    let recs: Vec<String> = records
+        .iter()
+        .map(|(k, kind, e)| {
+            let e = e.map_or(String::new(), |e| format!(r#","expect":{e}"#));
+            format!(r#"{{"key":"{k}","kind":"{kind}"{e}}}"#)
+        })
+        .collect();
+    let vs: Vec<String> = versions
+        .iter()
+        .map(|(k, v)| format!(r#"{{"key":"{k}","version":{v}}}"#))
+        .collect();
+    let first = records[0].0;
+    let done = if outcome == "ok" {
+        format!(r#","versions":[{}]"#, vs.join(","))
+    } else {
+        String::new()
+    };
+    h.line(format!(r#"{{"process":{p},"type":"invoke","op":"txn","key":"{first}","records":[{}],"idem":"{idem}","time":{t0}}}"#, recs.join(",")))
+        .line(format!(r#"{{"process":{p},"type":"{outcome}","op":"txn","key":"{first}"{done},"time":{t1}}}"#))
+}
+
+/// Multi-record writes: each written record is a write of that record,
+/// one logical write across them (no false double application), a second
+/// application of the whole write is one per record, and a strong read
+/// that misses a record after another strong read saw another record of
+/// the same write is a fractured read.
+#[test]
+fn multi_record_writes() {
+    let base = || {
+        H::default()
+            .write(1, "a", "s", "a1", 0, 5, "ok", 1)
+            .write(1, "b", "s", "b1", 6, 9, "ok", 1)
+    };
+    let transfer = [
+        ("a", "put", Some(1)),
+        ("b", "put", Some(1)),
+        ("c", "check", Some(0)),
+    ];
+    // Applied once, seen whole: clean.
+    let whole = txn(
+        base(),
+        2,
+        &transfer,
+        "t",
+        10,
+        100,
+        "ok",
+        &[("a", 2), ("b", 2)],
+    )
+    .read(3, "a", "strong", "r", 20, 30, 2)
+    .read(4, "b", "strong", "q", 40, 50, 2);
+    clean(&whole.check());
+    // Seen in a, then missed in b before the write's acknowledgement.
+    let fractured = txn(
+        base(),
+        2,
+        &transfer,
+        "t",
+        10,
+        100,
+        "ok",
+        &[("a", 2), ("b", 2)],
+    )
+    .read(3, "a", "strong", "r", 20, 30, 2)
+    .read(4, "b", "strong", "q", 40, 50, 1);
+    only(&fractured.check(), Anomaly::FracturedRead, 1);
+    // Missed in b with nothing seen yet: the write may not have committed.
+    let early = txn(
+        base(),
+        2,
+        &transfer,
+        "t",
+        10,
+        100,
+        "ok",
+        &[("a", 2), ("b", 2)],
+    )
+    .read(4, "b", "strong", "q", 40, 50, 1)
+    .read(3, "a", "strong", "r", 60, 70, 2);
+    clean(&early.check());
+    // Missed after the acknowledgement: a stale read, not a fractured one.
+    let late = txn(
+        base(),
+        2,
+        &transfer,
+        "t",
+        10,
+        100,
+        "ok",
+        &[("a", 2), ("b", 2)],
+    )
+    .read(3, "a", "strong", "r", 20, 30, 2)
+    .read(4, "b", "strong", "q", 110, 120, 1);
+    only(&late.check(), Anomaly::StaleRead, 1);
+    // A session read promises no atomicity to others.
+    let session = txn(
+        base(),
+        2,
+        &transfer,
+        "t",
+        10,
+        100,
+        "ok",
+        &[("a", 2), ("b", 2)],
+    )
+    .read(3, "a", "strong", "r", 20, 30, 2)
+    .read(4, "b", "session", "q", 40, 50, 1);
+    clean(&session.check());
+    // The same logical write applied twice: once per record.
+    let twice = txn(
+        base(),
+        2,
+        &transfer,
+        "t",
+        10,
+        100,
+        "ok",
+        &[("a", 2), ("b", 2)],
+    );
+    let twice = txn(
+        twice,
+        5,
+        &[("a", "put", None), ("b", "put", None)],
+        "t",
+        110,
+        120,
+        "ok",
+        &[("a", 3), ("b", 3)],
+    );
+    only(&twice.check(), Anomaly::DuplicateApplication, 2);
+    // Two writes winning on one expected version of a record.
+    let lost = txn(
+        base(),
+        2,
+        &transfer,
+        "t",
+        10,
+        100,
+        "ok",
+        &[("a", 2), ("b", 2)],
+    );
+    let lost = txn(
+        lost,
+        5,
+        &[("a", "put", Some(1)), ("d", "put", None)],
+        "u",
+        10,
+        100,
+        "ok",
+        &[("a", 2), ("d", 1)],
+    );
+    assert_eq!(lost.check().count(Anomaly::LostUpdate), 1);
+    // A delete inside a write, and an unknown outcome: clean.
+    let mixed = txn(
+        base(),
+        2,
+        &[("a", "delete", Some(1)), ("b", "put", None)],
+        "t",
+        10,
+        100,
+        "info",
+        &[],
+    )
+    .read(3, "a", "strong", "r", 120, 130, 2);
+    clean(&mixed.check());
+}
+
+/// Malformed multi-record writes are refused with their line.
+#[test]
+fn malformed_multi_record_writes() {
+    let invoke = |body: &str| {
+        format!(r#"{{"process":1,"type":"invoke","op":"txn","key":"a",{body}"time":1}}"#)
+    };
+    for (why, lines) in [
+        ("no records", vec![invoke("")]),
+        ("no records at all", vec![invoke(r#""records":[],"#)]),
+        (
+            "a record twice",
+            vec![invoke(r#""records":[{"key":"a","kind":"put"},{"key":"a","kind":"delete"}],"#)],
+        ),
+        (
+            "only checks",
+            vec![invoke(r#""records":[{"key":"a","kind":"check","expect":1}],"#)],
+        ),
+        (
+            "a check without expect",
+            vec![invoke(r#""records":[{"key":"a","kind":"put"},{"key":"b","kind":"check"}],"#)],
+        ),
+        (
+            "key is not the first record's",
+            vec![invoke(r#""records":[{"key":"b","kind":"put"}],"#)],
+        ),
+        (
+            "records on a write",
+            vec![r#"{"process":1,"type":"invoke","op":"write","key":"a","records":[{"key":"a","kind":"put"}],"time":1}"#.to_owned()],
+        ),
+        (
+            "an ok without versions",
+            vec![
+                invoke(r#""records":[{"key":"a","kind":"put"}],"#),
+                r#"{"process":1,"type":"ok","op":"txn","key":"a","time":2}"#.to_owned(),
+            ],
+        ),
+        (
+            "a version for a record it did not write",
+            vec![
+                invoke(r#""records":[{"key":"a","kind":"put"}],"#),
+                r#"{"process":1,"type":"ok","op":"txn","key":"a","versions":[{"key":"z","version":1}],"time":2}"#.to_owned(),
+            ],
+        ),
+        (
+            "a version missing",
+            vec![
+                invoke(r#""records":[{"key":"a","kind":"put"},{"key":"b","kind":"put"}],"#),
+                r#"{"process":1,"type":"ok","op":"txn","key":"a","versions":[{"key":"a","version":1}],"time":2}"#.to_owned(),
+            ],
+        ),
+    ] {
+        let text = lines.join("\n");
+        match check(text.as_bytes()) {
+            Err(HistoryError::Malformed { line, .. }) => {
+                assert_eq!(line, lines.len(), "{why}")
+            }
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+}
+
+proptest::proptest! {
+    /// Whatever operations a history holds — reads, writes, conditional
+    /// writes, deletes and multi-record writes, at any times, with any
+    /// outcomes and versions, well paired or not — checking it returns a
+    /// report or a typed error, and never panics.
+    #[test]
+    fn checking_arbitrary_histories_never_panics(ops in proptest::collection::vec(
+        (0u64..4, 0u8..6, 0u8..3, 0u64..4, 0u64..60, 0u64..60, 0u8..3),
+        0..40,
+    )) {
+        let mut h = H::default();
+        for (p, kind, key, version, t0, dt, outcome) in ops {
+            let key = ["a", "b", "c"][key as usize];
+            let other = if key == "a" { "b" } else { "a" };
+            let outcome = ["ok", "fail", "info"][outcome as usize];
+            let t1 = t0 + dt;
+            h = match kind {
+                0 => h.read(p, key, "strong", "s", t0, t1, version),
+                1 => h.read(p, key, "session", "s", t0, t1, version),
+                2 => h.write(p, key, "s", "i", t0, t1, outcome, version.max(1)),
+                3 => h.cas(p, key, version, "j", t0, t1, outcome, version + 1),
+                4 => h.delete(p, key, Some(version), "d", t0, t1, outcome, version + 1),
+                _ => txn(
+                    h,
+                    p,
+                    &[(key, "put", Some(version)), (other, "delete", None)],
+                    "t",
+                    t0,
+                    t1,
+                    outcome,
+                    &[(key, version + 1), (other, version + 2)],
+                ),
+            };
+        }
+        let _ = check(h.0.join("\n").as_bytes());
+    }
+}

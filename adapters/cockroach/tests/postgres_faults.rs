@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use quorate_cockroach::cut_proxy::{Cut, CutProxy};
 use quorate_cockroach::{
-    Backend, Client, ClientConfig, IdempotencyKey, PgBackend, Precondition, ReadPlan, ReadPolicy,
-    Region, ReplicaRole, SessionFloor, Staleness, WriteOptions,
+    Backend, Bytes, Client, ClientConfig, IdempotencyKey, PgBackend, Precondition, ReadPlan,
+    ReadPolicy, Region, ReplicaRole, SessionFloor, Staleness, TxOp, WriteOptions,
 };
 use tokio::time::Instant;
 
@@ -632,4 +632,67 @@ async fn freshness_claims_hold_with_replay_paused() {
     let fixture = quorate_cockroach::conformance::Fixture::new(backend).with_hold_followers(hold);
     let verdict = quorate_cockroach::conformance::follower_freshness_claims_hold(&fixture).await;
     assert_eq!(verdict, Ok(()));
+}
+
+/// A multi-record write whose COMMIT's answer is lost on the network is
+/// resolved through its idempotency record: both records moved, once, and
+/// the caller gets the write's versions, not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_record_write_whose_commit_answer_is_lost_applies_once_and_whole() {
+    let Some(s) = common::servers() else { return };
+    let _serial = SERIAL.lock().await;
+    common::backend(&s, "eu").await;
+    let upstream = SocketAddr::from(([127, 0, 0, 1], port_of(&s[0])));
+    let proxy = CutProxy::start(upstream).await.unwrap();
+    let through_proxy = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        proxy.addr().port()
+    );
+    let mut config = common::config(&s, "eu");
+    config.endpoints = common::endpoints(&through_proxy, &s);
+    let client = Client::new(PgBackend::new(config).unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let (a, b) = (common::key("tx-a"), common::key("tx-b"));
+    let (hundred, zero) = (Bytes::from("100"), Bytes::from("0"));
+    let opened = client
+        .transact(
+            &session,
+            &[
+                TxOp::put(&a, &hundred, Precondition::IfAbsent),
+                TxOp::put(&b, &zero, Precondition::IfAbsent),
+            ],
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    proxy.arm(b"COMMIT", Cut::Answer);
+    let (seventy, thirty) = (Bytes::from("70"), Bytes::from("30"));
+    let moved = client
+        .transact(
+            &session,
+            &[
+                TxOp::put(&a, &seventy, Precondition::IfVersion(opened.versions[0].1)),
+                TxOp::put(&b, &thirty, Precondition::IfVersion(opened.versions[1].1)),
+            ],
+            &WriteOptions::default(),
+        )
+        .await
+        .expect("the ambiguous commit is resolved");
+    assert_eq!(proxy.fired(), 1, "the answer to the COMMIT was dropped");
+    for (key, value, before) in [
+        (&a, "70", opened.versions[0].1),
+        (&b, "30", opened.versions[1].1),
+    ] {
+        assert_eq!(moved.version_of(key), Some(before.next()));
+        let r = client
+            .read(&session, key, ReadPolicy::Strong)
+            .await
+            .unwrap();
+        assert_eq!(
+            r.version(),
+            Some(before.next()),
+            "{key}: applied exactly once"
+        );
+        assert_eq!(&r.value.unwrap().value[..], value.as_bytes());
+    }
 }

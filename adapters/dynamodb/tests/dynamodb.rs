@@ -16,7 +16,7 @@ use quorate_dynamodb::cut_proxy::{Cut, CutProxy};
 use quorate_dynamodb::item::{ItemError, PK, VALUE, VERSION, WRITER, WRITTEN_AT};
 use quorate_dynamodb::{
     Backend, Client, ClientConfig, DynamoBackend, Error, IdempotencyKey, Precondition, ReadPlan,
-    ReadPolicy, Region, ReplicaRole, Verify, VerifyRegions, Version, WriteOptions,
+    ReadPolicy, Region, ReplicaRole, TxOp, Verify, VerifyRegions, Version, WriteOptions,
 };
 
 fn region(name: &str) -> Region {
@@ -750,4 +750,72 @@ async fn an_item_written_ahead_of_this_clock_proves_no_staleness_bound() {
         (r.freshness.region, r.freshness.role),
         (region("eu"), ReplicaRole::Leader)
     );
+}
+
+/// A multi-record write whose exchange is lost on the network (the answer
+/// after the commit, or the request before it) is resolved through its
+/// idempotency item: both records moved exactly once, or the write is
+/// sent again, never half of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_record_write_whose_exchange_is_lost_applies_once_and_whole() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    common::backend(&endpoint, "eu").await;
+    let upstream: SocketAddr = endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the endpoint is http://host:port");
+    let proxy = CutProxy::start(upstream).await.unwrap();
+    let through = format!("http://{}", proxy.addr());
+    let mut config = common::config(&endpoint, "eu");
+    config.regions[0].client = common::sdk(&through, common::REGIONS[0].1);
+    let client = Client::new(
+        DynamoBackend::connect(config).await.unwrap(),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    let session = client.session();
+    let (a, b) = (common::key("tx-a"), common::key("tx-b"));
+    let zero = quorate_dynamodb::Bytes::from("0");
+    let mut versions = client
+        .transact(
+            &session,
+            &[
+                TxOp::put(&a, &zero, Precondition::IfAbsent),
+                TxOp::put(&b, &zero, Precondition::IfAbsent),
+            ],
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap()
+        .versions;
+    for (cut, value) in [(Cut::Answer, "1"), (Cut::Request, "2")] {
+        proxy.arm(b"TransactWriteItems", cut);
+        let fired = proxy.fired();
+        let value = quorate_dynamodb::Bytes::from(value);
+        let moved = client
+            .transact(
+                &session,
+                &[
+                    TxOp::put(&a, &value, Precondition::IfVersion(versions[0].1)),
+                    TxOp::put(&b, &value, Precondition::IfVersion(versions[1].1)),
+                ],
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{cut:?}: the outcome is resolved, not {e}"));
+        assert_eq!(proxy.fired(), fired + 1, "{cut:?}: the exchange was lost");
+        for (n, key) in [&a, &b].into_iter().enumerate() {
+            let next = versions[n].1.next();
+            assert_eq!(moved.version_of(key), Some(next), "{cut:?}: {key}");
+            let r = client
+                .read(&session, key, ReadPolicy::Strong)
+                .await
+                .unwrap();
+            assert_eq!(r.version(), Some(next), "{cut:?}: {key} moved exactly once");
+            assert_eq!(r.value.unwrap().value, value);
+        }
+        versions = moved.versions;
+    }
 }

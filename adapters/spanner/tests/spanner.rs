@@ -12,7 +12,7 @@ use quorate_spanner::gcloud_spanner::statement::Statement;
 use quorate_spanner::gcloud_spanner::value::TimestampBound;
 use quorate_spanner::{
     Backend, Client, ClientConfig, Error, Precondition, ReadPolicy, SpannerBackend, SpannerConfig,
-    WriteOptions,
+    TxOp, WriteOptions,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,4 +423,71 @@ async fn long_database_paths_are_accepted() {
         client.resume_session(&token).unwrap().token().point(),
         Some(c.point)
     );
+}
+
+/// A multi-record write whose commit exchange is lost on the network (the
+/// answer, or the request) is resolved through its idempotency row: both
+/// records moved exactly once, never half of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_record_commit_whose_exchange_is_lost_applies_once_and_whole() {
+    let Some((host, db)) = common::emulator() else {
+        return;
+    };
+    common::backend(&db, "us-east1").await;
+    let upstream: SocketAddr = host.parse().expect("SPANNER_EMULATOR_HOST is host:port");
+    let proxy = CutProxy::start(upstream).await.unwrap();
+    let mut config = common::config(&db, "us-east1");
+    config.emulator_host = Some(proxy.addr().to_string());
+    let client = Client::new(
+        SpannerBackend::connect(config).await.unwrap(),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    let session = client.session();
+    let (a, b) = (common::key("tx-a"), common::key("tx-b"));
+    let zero = quorate_spanner::Bytes::from("0");
+    let mut versions = client
+        .transact(
+            &session,
+            &[
+                TxOp::put(&a, &zero, Precondition::IfAbsent),
+                TxOp::put(&b, &zero, Precondition::IfAbsent),
+            ],
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap()
+        .versions;
+    for cut in [Cut::Answer, Cut::Request] {
+        // The value travels only in the commit's mutations, where Spanner
+        // carries BYTES as base64.
+        let value = common::key("value-in-the-commit");
+        let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &value);
+        proxy.arm(encoded.as_bytes(), cut);
+        let fired = proxy.fired();
+        let bytes = quorate_spanner::Bytes::from(value.clone());
+        let moved = client
+            .transact(
+                &session,
+                &[
+                    TxOp::put(&a, &bytes, Precondition::IfVersion(versions[0].1)),
+                    TxOp::put(&b, &bytes, Precondition::IfVersion(versions[1].1)),
+                ],
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{cut:?}: resolved, not {e}"));
+        assert_eq!(proxy.fired(), fired + 1, "{cut:?}: the exchange was lost");
+        for (n, key) in [&a, &b].into_iter().enumerate() {
+            let next = versions[n].1.next();
+            assert_eq!(moved.version_of(key), Some(next), "{cut:?}: {key}");
+            let r = client
+                .read(&session, key, ReadPolicy::Strong)
+                .await
+                .unwrap();
+            assert_eq!(r.version(), Some(next), "{cut:?}: {key} moved exactly once");
+            assert_eq!(&r.value.unwrap().value[..], value.as_bytes());
+        }
+        versions = moved.versions;
+    }
 }

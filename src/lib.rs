@@ -74,7 +74,8 @@ pub use backend::{
     MAX_TRANSACTION_RECORDS,
 };
 pub use client::{
-    Client, ClientConfig, Hedge, RegionHealth, Transaction, Verify, VerifyRegions, WriteOptions,
+    Client, ClientConfig, Hedge, Queried, QueryPlan, RegionHealth, Transaction, Verify,
+    VerifyRegions, WriteOptions,
 };
 pub use clock::{Clock, OffsetSample, SystemClock};
 pub use collection::{

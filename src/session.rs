@@ -627,6 +627,18 @@ impl Session {
         }
     }
 
+    /// The highest commit point the session has seen.
+    pub fn point(&self) -> Option<Point> {
+        self.lock().point
+    }
+
+    /// Records a read that reflected `point` (a query: no one key).
+    pub fn observe_point(&self, point: Option<Point>) {
+        if let Some(p) = point {
+            self.lock().advance_point(p);
+        }
+    }
+
     /// Records a write or read the session observed.
     pub fn observe(&self, key: &str, version: Option<Version>, point: Option<Point>) {
         self.observe_of(key_hash(key), version, point);

@@ -1452,3 +1452,98 @@ async fn a_session_never_reads_back_what_it_deleted() {
         .unwrap();
     assert_eq!((r.version(), r.deleted), (None, Some(deleted.version)));
 }
+
+/// A query (any read a backend serves beyond point reads) is planned,
+/// checked and escalated like a point read: a session query at a replica
+/// behind the session's point goes to the leader and sees what the session
+/// wrote; the plan carries the session's point; and the session advances
+/// to the point a query reflects.
+#[tokio::test(start_paused = true)]
+async fn a_session_query_reads_what_the_session_wrote() {
+    let sim = Sim::new(config()).unwrap();
+    let client = Client::new(
+        sim.at("us").unwrap(),
+        ClientConfig {
+            clock: Arc::new(sim.clock("us").unwrap()),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let session = client.session();
+    sim.stall_replica("us").unwrap();
+    let written = client
+        .write(
+            &session,
+            "k",
+            "1".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let backend = sim.at("us").unwrap();
+    let mut plans = Vec::new();
+    let q = client
+        .query(&session, ReadPolicy::Session, None, |plan| {
+            plans.push((plan.region.clone(), plan.role, plan.min_point));
+            let backend = backend.clone();
+            let region = plan.region.clone();
+            let role = plan.role;
+            async move {
+                let r = backend
+                    .read(&ReadPlan {
+                        key: "k",
+                        region: &region,
+                        role,
+                        policy: ReadPolicy::Session,
+                        floor: SessionFloor::default(),
+                        deadline: Instant::now() + Duration::from_secs(1),
+                    })
+                    .await?;
+                Ok((r.version(), r.freshness))
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(q.rows, Some(written.version), "the session's write");
+    assert_eq!(q.freshness.role, ReplicaRole::Leader);
+    assert_eq!(
+        plans.len(),
+        2,
+        "the stalled replica, then the leader: {plans:?}"
+    );
+    assert_eq!(plans[0].1, ReplicaRole::Follower);
+    assert!(
+        plans[0].2 >= Some(written.point),
+        "the plan names the session point"
+    );
+    assert_eq!(plans[1].1, ReplicaRole::Leader);
+    assert!(session.point() >= q.freshness.point);
+    // A bounded query may be served by a follower that states its bound.
+    sim.resume_replica("us").unwrap();
+    sleep(Duration::from_secs(1)).await;
+    let bounded = ReadPolicy::BoundedStaleness(quorate::Staleness::from_millis(5_000).unwrap());
+    client.refresh_health().await;
+    let q = client
+        .query(&client.session(), bounded, None, |plan| {
+            let backend = backend.clone();
+            let region = plan.region.clone();
+            let role = plan.role;
+            async move {
+                let r = backend
+                    .read(&ReadPlan {
+                        key: "k",
+                        region: &region,
+                        role,
+                        policy: bounded,
+                        floor: SessionFloor::default(),
+                        deadline: Instant::now() + Duration::from_secs(1),
+                    })
+                    .await?;
+                Ok((r.version(), r.freshness))
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(q.freshness.role, ReplicaRole::Follower);
+}

@@ -31,8 +31,8 @@ use crate::shard::{self, Padded, SHARDS};
 use crate::topology::Region;
 
 pub use health::RegionHealth;
-pub use read::Hedge;
 use read::LatencyWindow;
+pub use read::{Hedge, Queried, QueryPlan};
 pub use transact::Transaction;
 pub use write::{Verify, VerifyRegions, WriteOptions};
 

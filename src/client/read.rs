@@ -287,10 +287,23 @@ impl<B: Backend> Client<B> {
         read: &Read<Bytes>,
         region: usize,
     ) -> Check {
+        self.check_freshness(policy, floor, read.observed(), &read.freshness, region)
+    }
+
+    /// Whether a read served with freshness `f` meets `policy` and the
+    /// session's `floor`; `observed` is the version of the key it saw
+    /// (point reads), checked against the floor's version.
+    fn check_freshness(
+        &self,
+        policy: ReadPolicy,
+        floor: &SessionFloor,
+        observed: Option<crate::Version>,
+        f: &crate::Freshness,
+        region: usize,
+    ) -> Check {
         let inner = &*self.inner;
-        let f = &read.freshness;
         if let Some(min) = floor.version {
-            if read.observed().is_none_or(|v| v < min) {
+            if observed.is_none_or(|v| v < min) {
                 return if f.role == ReplicaRole::Leader {
                     Check::Behind { required: min }
                 } else {
@@ -430,11 +443,14 @@ impl<B: Backend> Client<B> {
 }
 
 fn record_read(read: &Read<Bytes>, attempt: u32) {
+    record_freshness(&read.freshness, attempt);
+}
+
+fn record_freshness(f: &crate::Freshness, attempt: u32) {
     let span = tracing::Span::current();
     if span.is_disabled() {
         return;
     }
-    let f = &read.freshness;
     span.record("quorate.region", f.region.as_str());
     span.record("quorate.replica", f.role.label());
     if let Some(p) = f.point {
@@ -445,4 +461,189 @@ fn record_read(read: &Read<Bytes>, attempt: u32) {
     }
     span.record("quorate.attempt", attempt);
     span.record("quorate.outcome", "ok");
+}
+
+/// Where and how a query a backend runs is to be served (see
+/// [`Client::query`]): the client chose the region and the replica role,
+/// and the backend reports the freshness it served it with.
+#[derive(Clone, Debug)]
+pub struct QueryPlan<'a> {
+    /// The region to serve it from (its gateway or its replicas).
+    pub region: &'a Region,
+    /// Leader (linearizable) or follower.
+    pub role: ReplicaRole,
+    /// The policy the caller asked for (a follower may map it natively,
+    /// e.g. `with_max_staleness`).
+    pub policy: ReadPolicy,
+    /// The session's point: a follower read behind it does not meet a
+    /// session query (a backend may use it natively, e.g.
+    /// `with_min_timestamp`; the client checks the result regardless).
+    pub min_point: Option<crate::Point>,
+    /// The caller's deadline.
+    pub deadline: Instant,
+}
+
+/// The result of a query: what the backend returned and the freshness it
+/// was served with.
+#[derive(Clone, Debug)]
+pub struct Queried<T> {
+    /// The rows, items or whatever the query returned.
+    pub rows: T,
+    /// Where and how fresh it was served.
+    pub freshness: crate::Freshness,
+}
+
+impl<B: Backend> Client<B> {
+    /// Runs a read the backend provides beyond point reads — an SQL
+    /// query, a `Query` of a partition, a scan — under `policy` in
+    /// `session`, with the guarantees of [`Client::read`]: planned at the
+    /// nearest replica the policy allows, its [`Freshness`](crate::Freshness)
+    /// checked against the policy and the session's point (a session
+    /// query reads at least what the session wrote or saw), escalated to
+    /// the leader path when it misses, retried elsewhere on failure within
+    /// the read deadline, and the session advanced to the point it
+    /// reflects. `run` serves one [`QueryPlan`] and reports the freshness
+    /// it served it with; adapters wrap it (`quorate-cockroach`'s
+    /// `SqlQuery`, say). `home_key` names the key whose home region serves
+    /// strong queries where strong reads go to a key's home (a
+    /// partition's key); elsewhere it may be `None`.
+    pub async fn query<T, F, Fut>(
+        &self,
+        session: &Session,
+        policy: ReadPolicy,
+        home_key: Option<&str>,
+        mut run: F,
+    ) -> Result<Queried<T>, Error>
+    where
+        F: FnMut(QueryPlan<'_>) -> Fut,
+        Fut: std::future::Future<Output = Result<(T, crate::Freshness), Error>>,
+    {
+        let span = tracing::debug_span!(
+            "quorate.query",
+            db.operation.name = "query",
+            quorate.policy = policy.label(),
+            quorate.region = Empty,
+            quorate.replica = Empty,
+            quorate.read_point = Empty,
+            quorate.staleness_ms = Empty,
+            quorate.attempt = Empty,
+            quorate.outcome = Empty,
+        );
+        async {
+            let inner = &*self.inner;
+            let start = Instant::now();
+            let deadline = start + inner.config.read_deadline;
+            let tracked = matches!(policy, ReadPolicy::Strong | ReadPolicy::Session);
+            let floor = SessionFloor {
+                point: if tracked { session.point() } else { None },
+                version: None,
+            };
+            inner.budget.deposit();
+            let mut tried = Tried::default();
+            let mut leader = policy == ReadPolicy::Strong || !inner.capabilities.follower_reads;
+            let mut attempt = 0;
+            let mut retries = 0;
+            loop {
+                attempt += 1;
+                let region_index = if leader && !inner.capabilities.strong_reads_anywhere {
+                    let key = home_key.ok_or_else(|| {
+                        Error::InvalidInput(
+                            "a strong query on this backend needs the key whose home region serves it"
+                                .into(),
+                        )
+                    })?;
+                    self.home_index(key)?
+                } else if leader {
+                    inner
+                        .router
+                        .pick(inner.router.local(), Kind::LeaderRead, tried, |r| {
+                            inner.guard.excluded(r)
+                        })
+                } else {
+                    let lagging = match policy {
+                        ReadPolicy::BoundedStaleness(b) => inner.router.lagging_beyond(b.duration()),
+                        _ => Tried::default(),
+                    };
+                    inner
+                        .router
+                        .pick(inner.router.local(), Kind::FollowerRead, tried, |r| {
+                            lagging.contains(r)
+                        })
+                };
+                let plan = QueryPlan {
+                    region: inner.router.region(region_index),
+                    role: if leader {
+                        ReplicaRole::Leader
+                    } else {
+                        ReplicaRole::Follower
+                    },
+                    policy,
+                    min_point: floor.point,
+                    deadline,
+                };
+                let started = if attempt == 1 { start } else { Instant::now() };
+                let result = self
+                    .attempt(started, region_index, read_kind(leader), leader, deadline, || {
+                        run(plan)
+                    })
+                    .await;
+                let error = match result {
+                    Ok((rows, freshness)) => {
+                        match self.check_freshness(policy, &floor, None, &freshness, region_index) {
+                            Check::Accept => {
+                                inner.metrics.read(
+                                    region_index,
+                                    policy,
+                                    freshness.role == ReplicaRole::Leader,
+                                );
+                                if tracked {
+                                    session.observe_point(freshness.point);
+                                }
+                                record_freshness(&freshness, attempt);
+                                return Ok(Queried { rows, freshness });
+                            }
+                            Check::Escalate(reason) if !leader => {
+                                inner.metrics.escalation(policy, reason);
+                                leader = true;
+                                continue;
+                            }
+                            Check::Escalate(reason) | Check::Retry(reason) => {
+                                Error::FreshnessUnmet {
+                                    key: home_key.unwrap_or("(query)").to_owned(),
+                                    policy,
+                                    reason,
+                                }
+                            }
+                            Check::Behind { .. } => Error::FreshnessUnmet {
+                                key: home_key.unwrap_or("(query)").to_owned(),
+                                policy,
+                                reason: "behind the session",
+                            },
+                        }
+                    }
+                    // A read changes nothing: none of its errors is
+                    // ambiguous.
+                    Err(e) => e.for_read(),
+                };
+                if error.retryability() == Retryability::Permanent {
+                    tracing::Span::current().record("quorate.outcome", error.reason());
+                    return Err(error);
+                }
+                if matches!(
+                    error,
+                    Error::RegionUnavailable { .. } | Error::Timeout { .. }
+                ) {
+                    tried.add(region_index);
+                }
+                retries += 1;
+                if let Err(stop) = self.before_retry(&error, attempt, retries, deadline).await {
+                    let error = stop.error(attempt, error);
+                    tracing::Span::current().record("quorate.outcome", error.reason());
+                    return Err(error);
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
 }

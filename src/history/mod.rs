@@ -37,6 +37,7 @@ use std::fmt;
 use std::io::BufRead;
 
 pub use check::{check, check_events, Anomaly, Example, Report, ANOMALIES};
+#[cfg(feature = "drill")]
 pub(crate) use record::tx_records;
 pub use record::{RecordedClient, Recorder};
 

@@ -39,9 +39,11 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod query;
 pub mod sql;
 
 pub use backend::{Endpoint, Isolation, PgBackend, PgConfig, Role};
+pub use query::SqlQuery;
 pub use quorate::*;
 pub use sql::{Dialect, Ident, Tables};
 pub use tokio_postgres;

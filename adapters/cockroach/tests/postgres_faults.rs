@@ -10,7 +10,7 @@ use std::time::Duration;
 use quorate_cockroach::cut_proxy::{Cut, CutProxy};
 use quorate_cockroach::{
     Backend, Bytes, Client, ClientConfig, IdempotencyKey, PgBackend, Precondition, ReadPlan,
-    ReadPolicy, Region, ReplicaRole, SessionFloor, Staleness, TxOp, WriteOptions,
+    ReadPolicy, Region, ReplicaRole, SessionFloor, SqlQuery, Staleness, TxOp, WriteOptions,
 };
 use tokio::time::Instant;
 
@@ -695,4 +695,59 @@ async fn a_multi_record_write_whose_commit_answer_is_lost_applies_once_and_whole
         );
         assert_eq!(&r.value.unwrap().value[..], value.as_bytes());
     }
+}
+
+/// An SQL read in a session sees the session's writes, on PostgreSQL with
+/// a standby that replays two seconds late: the client plans it at the
+/// standby, finds the standby behind the session's point, and reads at
+/// the primary; a bounded read accepts the standby when it is within its
+/// bound, and the session advances to what its reads reflected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_sql_query_reads_its_writes_with_a_delayed_standby() {
+    let Some(s) = common::servers() else { return };
+    let _serial = SERIAL.lock().await;
+    let backend = common::backend(&s, "us").await;
+    let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let _reset = DelayGuard(s[1].clone());
+    common::apply_delay(&s[1], Some("2s")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let table = backend.tables().records.as_str().to_owned();
+    let count = format!("SELECT count(*) FROM {table} WHERE key = $1 AND NOT deleted");
+    for round in 0..5 {
+        let session = client.session();
+        let order = common::key(&format!("sql-order-{round}"));
+        client
+            .write(
+                &session,
+                &order,
+                "placed".into(),
+                Precondition::IfAbsent,
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap();
+        let q = client
+            .sql_query(&session, ReadPolicy::Session, &count, &[&order])
+            .await
+            .unwrap();
+        assert_eq!(
+            q.rows[0].get::<_, i64>(0),
+            1,
+            "round {round}: the session's write, from {:?}",
+            q.freshness
+        );
+        assert_eq!(
+            q.freshness.role,
+            ReplicaRole::Leader,
+            "the standby is behind"
+        );
+        assert!(session.token().point() >= q.freshness.point);
+    }
+    let bound = ReadPolicy::BoundedStaleness(Staleness::from_millis(10_000).unwrap());
+    let q = client
+        .sql_query(&client.session(), bound, "SELECT 1::BIGINT", &[])
+        .await
+        .unwrap();
+    assert_eq!(q.rows[0].get::<_, i64>(0), 1);
+    assert_eq!(q.freshness.role, ReplicaRole::Follower, "within the bound");
 }

@@ -96,6 +96,9 @@ impl DataClass for Peripheral {
     }
 }
 
+/// The most keys one [`Collection::get_many`] reads.
+pub const MAX_BATCH: usize = 100;
+
 /// How many times [`Collection::update`] re-reads and retries after a
 /// conflicting write before it gives up.
 pub const DEFAULT_UPDATE_ATTEMPTS: u32 = 8;
@@ -213,6 +216,38 @@ where
             .read(&self.session, &self.full_key(key), policy.into())
             .await?;
         decode(read)
+    }
+
+    /// Reads `keys` under the handle's default policy (see
+    /// [`Collection::get_many_with`]).
+    pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<Read<T>>, Error> {
+        self.get_many_with(keys, self.policy).await
+    }
+
+    /// Reads `keys` under `policy`, concurrently, each as
+    /// [`Collection::get_with`] reads one (its own freshness check,
+    /// escalation and session observation); the results are in the order
+    /// of `keys`, and the first error fails the batch. The batch is not one
+    /// snapshot: records that must change together are written together
+    /// ([`Client::transact`]). At most [`MAX_BATCH`] keys.
+    pub async fn get_many_with(
+        &self,
+        keys: &[&str],
+        policy: C::Policy,
+    ) -> Result<Vec<Read<T>>, Error> {
+        if keys.len() > MAX_BATCH {
+            return Err(Error::InvalidInput(format!(
+                "a batch reads at most {MAX_BATCH} keys, not {}",
+                keys.len()
+            )));
+        }
+        let full: Vec<String> = keys.iter().map(|k| self.full_key(k)).collect();
+        let reads = crate::client::join_all(
+            full.iter()
+                .map(|k| self.client.read(&self.session, k, policy.into())),
+        )
+        .await;
+        reads.into_iter().map(|r| r.and_then(decode)).collect()
     }
 
     /// Writes `value` at `key` if `precondition` holds.

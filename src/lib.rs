@@ -80,7 +80,7 @@ pub use client::{
 pub use clock::{Clock, OffsetSample, SystemClock};
 pub use collection::{
     Class, Collection, Critical, DataClass, Peripheral, PolicyBook, PolicyEntry,
-    DEFAULT_UPDATE_ATTEMPTS,
+    DEFAULT_UPDATE_ATTEMPTS, MAX_BATCH,
 };
 pub use error::{BoxError, Error, Retryability};
 pub use observe::names as metric_names;

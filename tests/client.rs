@@ -565,3 +565,39 @@ async fn multi_record_writes_of_bad_shapes_are_refused_before_sending() {
         other => panic!("two homes: {other:?}"),
     }
 }
+
+/// A batch read reads each key as a single read would, in order, and
+/// refuses an oversized batch before reading anything.
+#[tokio::test(start_paused = true)]
+async fn batch_reads_read_each_key_in_order() {
+    let client = Client::new(sim().at("us").unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let accounts = client
+        .collection::<Account, Critical>("accounts", &session)
+        .unwrap();
+    let mut versions = Vec::new();
+    for (k, balance) in [("a", 1), ("b", 2)] {
+        versions.push(
+            accounts
+                .put(k, &Account { balance }, Precondition::IfAbsent)
+                .await
+                .unwrap()
+                .version,
+        );
+    }
+    let reads = accounts.get_many(&["b", "missing", "a"]).await.unwrap();
+    let seen: Vec<_> = reads
+        .iter()
+        .map(|r| r.value.as_ref().map(|v| (v.version, v.value.balance)))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![Some((versions[1], 2)), None, Some((versions[0], 1))]
+    );
+    let many: Vec<String> = (0..=quorate::MAX_BATCH).map(|i| i.to_string()).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert!(matches!(
+        accounts.get_many(&many).await,
+        Err(Error::InvalidInput(_))
+    ));
+}

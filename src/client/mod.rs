@@ -30,6 +30,7 @@ use crate::session::{Scope, Session, SessionFloor, SessionToken};
 use crate::shard::{self, Padded, SHARDS};
 use crate::topology::Region;
 
+pub(crate) use health::join_all;
 pub use health::RegionHealth;
 use read::LatencyWindow;
 pub use read::{Hedge, Queried, QueryPlan};

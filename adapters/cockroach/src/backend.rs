@@ -574,6 +574,9 @@ fn ambiguous(e: Error) -> Error {
 
 /// An attempt that a lookup fenced: it applied nothing, and a later attempt
 /// of the same write may go ahead.
+/// What the idempotency row of a closure transaction is bound to.
+const EXECUTE_BINDING: &str = "txn:sql";
+
 fn reused(key: &str, idem: &IdempotencyKey) -> Error {
     Error::IdempotencyKeyReused {
         key: key.to_owned(),
@@ -585,6 +588,10 @@ fn reused(key: &str, idem: &IdempotencyKey) -> Error {
 /// (`index:version`, comma-separated, by each written record's place in
 /// the write), named by `keys`; `None` when they do not fit.
 fn decode_versions(text: &str, keys: &[&str]) -> Option<Vec<(String, Version)>> {
+    if text.is_empty() {
+        // A closure transaction's outcome names no records.
+        return Some(Vec::new());
+    }
     text.split(',')
         .map(|pair| {
             let (i, v) = pair.split_once(':')?;
@@ -1519,6 +1526,124 @@ impl PgBackend {
             region,
             versions,
         })
+    }
+
+    /// One attempt of a closure transaction (see
+    /// [`crate::SqlTransactions::execute_tx`]) through `region`'s primary or
+    /// gateway: `run` in one transaction with the idempotency row, then the
+    /// commit point. `Ok(Err(value))` carries what `run` returned when the
+    /// row was already there (an earlier attempt committed: its outcome,
+    /// with `None` for the value) — see the caller.
+    pub(crate) async fn execute_attempt<T, F>(
+        &self,
+        region: &Region,
+        idem: &IdempotencyKey,
+        run: &mut F,
+    ) -> Result<(Option<T>, Point), Error>
+    where
+        F: for<'t> FnMut(
+                &'t tokio_postgres::Transaction<'t>,
+            ) -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 't>,
+            > + Send,
+        T: Send,
+    {
+        let stamp = self.next_stamp();
+        let server = self.server(region, ReplicaRole::Leader)?;
+        let region = self.inner.servers[server].region.clone();
+        let sql = &self.inner.sql;
+        let mut client = self.connection(server).await?;
+        let cancel = CancelTokenOnDrop(Some(client.cancel_token()));
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let (idem_text, region_text) = (idem.as_str(), region.as_str());
+        let stamp_param = i64::try_from(stamp).unwrap_or(i64::MAX);
+        tx.execute(&sql.unfence, &[&idem_text, &stamp_param])
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        // Nothing of it commits before COMMIT: its errors are not ambiguous.
+        let value = match run(&tx).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(self.classify(e, false));
+            }
+        };
+        let ttl = self.ttl_secs();
+        let (one, none) = (1i64, "");
+        let recorded = tx
+            .execute(
+                &sql.record_transaction,
+                &[
+                    &idem_text,
+                    &EXECUTE_BINDING,
+                    &one,
+                    &region_text,
+                    &ttl,
+                    &none,
+                ],
+            )
+            .await;
+        if let Err(e) = recorded {
+            let _ = tx.rollback().await;
+            drop(cancel);
+            drop(client);
+            if e.code() != Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                return Err(self.classify(e, false));
+            }
+            return match self.lookup_on(server, EXECUTE_BINDING, &[], idem).await? {
+                Recorded::Many(done) => Ok((None, done.point)),
+                Recorded::Outcome(_) => Err(reused(EXECUTE_BINDING, idem)),
+                Recorded::Fence(before) => {
+                    self.observe_stamp(before);
+                    Err(fenced())
+                }
+                Recorded::Nothing => Err(Error::backend(
+                    Retryability::Retryable,
+                    e.code().map(|c| c.code().to_owned()),
+                    e,
+                )),
+            };
+        }
+        let inside = match self.inner.config.dialect {
+            Dialect::Cockroach => Some(
+                tx.query_one(sql::commit_point(Dialect::Cockroach), &[])
+                    .await
+                    .map_err(|e| self.classify(e, false))?
+                    .get::<_, String>(0),
+            ),
+            Dialect::Postgres => None,
+        };
+        tx.commit().await.map_err(|e| self.classify(e, true))?;
+        cancel.disarm();
+        let point = match inside {
+            Some(p) => p,
+            None => client
+                .query_one(sql::commit_point(Dialect::Postgres), &[])
+                .await
+                .map_err(|e| ambiguous(self.classify(e, true)))?
+                .get(0),
+        };
+        Ok((Some(value), self.point(&point).map_err(ambiguous)?))
+    }
+
+    /// Whether the closure transaction named `idem` committed: its point
+    /// (`Some`), or `None` once no attempt of it can commit any more.
+    pub(crate) async fn execute_lookup(
+        &self,
+        region: &Region,
+        idem: &IdempotencyKey,
+    ) -> Result<Option<Point>, Error> {
+        match self
+            .lookup_fenced(region, EXECUTE_BINDING, &[], idem)
+            .await?
+        {
+            Some(Recorded::Many(done)) => Ok(Some(done.point)),
+            Some(_) => Err(reused(EXECUTE_BINDING, idem)),
+            None => Ok(None),
+        }
     }
 
     /// Runs a read under `policy` (parameters only) and returns the rows with

@@ -39,10 +39,12 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod execute;
 mod query;
 pub mod sql;
 
 pub use backend::{Endpoint, Isolation, PgBackend, PgConfig, Role};
+pub use execute::{Executed, SqlTransactions, TxBody};
 pub use query::SqlQuery;
 pub use quorate::*;
 pub use sql::{Dialect, Ident, Tables};

@@ -10,7 +10,8 @@ use std::time::Duration;
 use quorate_cockroach::cut_proxy::{Cut, CutProxy};
 use quorate_cockroach::{
     Backend, Bytes, Client, ClientConfig, IdempotencyKey, PgBackend, Precondition, ReadPlan,
-    ReadPolicy, Region, ReplicaRole, SessionFloor, SqlQuery, Staleness, TxOp, WriteOptions,
+    ReadPolicy, Region, ReplicaRole, SessionFloor, SqlQuery, SqlTransactions, Staleness, TxBody,
+    TxOp, WriteOptions,
 };
 use tokio::time::Instant;
 
@@ -750,4 +751,111 @@ async fn a_session_sql_query_reads_its_writes_with_a_delayed_standby() {
         .unwrap();
     assert_eq!(q.rows[0].get::<_, i64>(0), 1);
     assert_eq!(q.freshness.role, ReplicaRole::Follower, "within the bound");
+}
+
+/// A table of balances of its own for the closure transactions, with one
+/// account at 100.
+async fn accounts(s: &[String; 3]) -> String {
+    let table = format!("accounts_{}", common::key("t").replace('-', "_"));
+    common::exec(
+        &s[0],
+        &format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL); INSERT INTO {table} VALUES (7, 100)"),
+    )
+    .await;
+    table
+}
+
+/// A closure transaction that withdraws 10 from account 7.
+fn withdraw(
+    table: &str,
+) -> impl for<'t> FnMut(&'t tokio_postgres::Transaction<'t>) -> TxBody<'t, i64> + Send {
+    let (select, update) = (
+        format!("SELECT balance FROM {table} WHERE id = 7"),
+        format!("UPDATE {table} SET balance = $1 WHERE id = 7"),
+    );
+    move |tx| {
+        let (select, update) = (select.clone(), update.clone());
+        Box::pin(async move {
+            let balance: i64 = tx.query_one(&select, &[]).await?.get(0);
+            tx.execute(&update, &[&(balance - 10)]).await?;
+            Ok(balance - 10)
+        })
+    }
+}
+
+async fn balance(s: &[String; 3], table: &str) -> i64 {
+    let (client, conn) = tokio_postgres::connect(&s[0], tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .query_one(&format!("SELECT balance FROM {table} WHERE id = 7"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Closure transactions commit exactly once: under serializable isolation
+/// four concurrent withdrawals meet serialization failures (40001) and run
+/// again until each applies once; one whose COMMIT answer is lost on the
+/// network is resolved through its idempotency row, not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closure_transactions_commit_exactly_once() {
+    let Some(s) = common::servers() else { return };
+    let _serial = SERIAL.lock().await;
+    common::backend(&s, "eu").await;
+    let table = accounts(&s).await;
+    let mut config = common::config(&s, "eu");
+    config.isolation = quorate_cockroach::Isolation::Serializable;
+    let client = Client::new(PgBackend::new(config).unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, session, table) = (client.clone(), session.clone(), table.clone());
+            tokio::spawn(async move {
+                client
+                    .execute_tx(&session, &WriteOptions::default(), withdraw(&table))
+                    .await
+            })
+        })
+        .collect();
+    let mut retried = false;
+    for run in runs {
+        let done = run.await.unwrap().unwrap();
+        assert!(done.value.is_some());
+        retried |= done.attempts > 1;
+    }
+    assert_eq!(
+        balance(&s, &table).await,
+        60,
+        "each withdrawal applied once"
+    );
+    assert!(
+        retried,
+        "some withdrawal met a serialization failure and ran again"
+    );
+    assert!(session.token().point().is_some(), "the session advanced");
+
+    // The answer to a COMMIT lost on the network.
+    let upstream = SocketAddr::from(([127, 0, 0, 1], port_of(&s[0])));
+    let proxy = CutProxy::start(upstream).await.unwrap();
+    let through_proxy = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        proxy.addr().port()
+    );
+    let mut config = common::config(&s, "eu");
+    config.endpoints = common::endpoints(&through_proxy, &s);
+    let client = Client::new(PgBackend::new(config).unwrap(), ClientConfig::default()).unwrap();
+    proxy.arm(b"COMMIT", Cut::Answer);
+    let done = client
+        .execute_tx(
+            &client.session(),
+            &WriteOptions::default(),
+            withdraw(&table),
+        )
+        .await
+        .expect("the ambiguous commit is resolved");
+    assert_eq!(proxy.fired(), 1, "the answer to the COMMIT was dropped");
+    assert_eq!(done.value, None, "found committed, not run again");
+    assert_eq!(balance(&s, &table).await, 50, "applied exactly once");
 }

@@ -115,6 +115,8 @@ pub(crate) struct ClockGuard {
     /// Whether fresh samples from a majority were ever at hand (the client
     /// probes).
     ever_quorum: std::sync::atomic::AtomicBool,
+    /// Whether fresh samples from a majority are at hand now.
+    quorum: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +191,7 @@ impl ClockGuard {
             ttl,
             longest_bound,
             ever_quorum: std::sync::atomic::AtomicBool::new(false),
+            quorum: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -332,6 +335,8 @@ impl ClockGuard {
             self.ever_quorum
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        self.quorum
+            .store(quorum, std::sync::atomic::Ordering::Relaxed);
         if let Some(limit) = self.limit {
             let fresh: Vec<(usize, Sample)> = aligned(&state.samples)
                 .iter()
@@ -475,6 +480,22 @@ impl ClockGuard {
         self.excluded
             .get(region)
             .is_some_and(|e| e.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Whether the guard has lost sight of a majority of the regions'
+    /// clocks after having had it (the client probes, and most probes now
+    /// fail or have aged out: this process is cut off from most regions).
+    /// Then no clock can be judged — not even this region's, which steps
+    /// with this process's own — and a leader's claim to a lease, which
+    /// rests on its clock, cannot be vouched for. Always `false` for a
+    /// backend without a clock bound.
+    pub(crate) fn out_of_sight(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.limit.is_none() || !self.ever_quorum.load(Relaxed) {
+            return false;
+        }
+        self.refresh();
+        !self.quorum.load(Relaxed)
     }
 
     /// The deviation beyond which a region is excluded, if the guard

@@ -318,6 +318,11 @@ impl<B: Backend> Client<B> {
             if inner.guard.excluded(served_by) {
                 return Check::Retry("served by a leader whose clock is excluded");
             }
+            // Cut off from most regions, the client cannot judge any clock,
+            // and a leader's lease rests on its own.
+            if inner.guard.out_of_sight() {
+                return Check::Retry("the leader's clock cannot be checked against most regions");
+            }
             return Check::Accept;
         }
         match policy {

@@ -133,22 +133,13 @@ impl<T, C: DataClass, B> Clone for Collection<T, C, B> {
 impl<B: Backend> Client<B> {
     /// A typed handle on the collection `name` in `session`.
     ///
-    /// The name must be 1–64 characters without `/`.
+    /// The name must be 1–64 bytes without `/` or control characters.
     pub fn collection<T, C: DataClass>(
         &self,
         name: &str,
         session: &Session,
     ) -> Result<Collection<T, C, B>, Error> {
-        if name.is_empty()
-            || name.len() > 64
-            || name.contains('/')
-            || name.chars().any(char::is_control)
-        {
-            return Err(Error::InvalidInput(format!(
-                "collection name must be 1-64 characters without '/' or control characters: {:?}",
-                name.chars().take(65).collect::<String>()
-            )));
-        }
+        crate::catalog::check_collection_name(name)?;
         Ok(Collection {
             client: self.clone(),
             session: session.clone(),
@@ -257,7 +248,7 @@ where
         value: &T,
         precondition: Precondition,
     ) -> Result<Committed, Error> {
-        let bytes = serde_json::to_vec(value)?;
+        let bytes = crate::json::to_vec(value)?;
         self.client
             .write(
                 &self.session,
@@ -292,7 +283,7 @@ where
         value: &T,
         precondition: Precondition,
     ) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(value)?;
+        let bytes = crate::json::to_vec(value)?;
         transaction.put(self.full_key(key), bytes.into(), precondition);
         Ok(())
     }
@@ -342,7 +333,7 @@ where
                 Some(v) => (Precondition::IfVersion(v.version), Some(v.value)),
                 None => (Precondition::IfAbsent, None),
             };
-            let bytes = serde_json::to_vec(&f(old))?;
+            let bytes = crate::json::to_vec(&f(old))?;
             match self
                 .client
                 .write(

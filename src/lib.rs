@@ -41,6 +41,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod catalog;
 pub mod chaos;
 mod client;
 mod clock;
@@ -53,6 +54,7 @@ pub mod cut_proxy;
 pub mod drill;
 mod error;
 pub mod history;
+pub mod json;
 mod observe;
 #[cfg(feature = "testing")]
 pub mod paired;
@@ -73,6 +75,7 @@ pub use backend::{
     Transacted, TxAction, TxOp, WriteRequest, MAX_IDEMPOTENCY_KEY, MAX_TRANSACTION_BYTES,
     MAX_TRANSACTION_RECORDS,
 };
+pub use catalog::Catalog;
 pub use client::{
     Client, ClientConfig, Hedge, Queried, QueryPlan, RegionHealth, Transaction, Verify,
     VerifyRegions, WriteOptions,

@@ -83,6 +83,34 @@ async fn a_value_of_another_type_is_a_serialization_error() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_float_with_no_json_form_is_refused_and_nothing_is_written() {
+    let client = Client::new(sim().at("eu").unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let prices = client
+        .collection::<Vec<f64>, Peripheral>("prices", &session)
+        .unwrap();
+    for bad in [f64::NAN, f64::INFINITY] {
+        let e = prices
+            .put("p", &vec![1.0, bad], Precondition::Any)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        let mut tx = client.transaction(&session);
+        assert!(matches!(
+            prices.put_in(&mut tx, "p", &vec![bad], Precondition::Any),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+    // Written as `null`, the value would come back as something else.
+    assert!(prices.get("p").await.unwrap().value.is_none());
+    assert!(matches!(
+        prices.update("p", |_| vec![f64::NAN]).await,
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(prices.get("p").await.unwrap().value.is_none());
+}
+
+#[tokio::test(start_paused = true)]
 async fn concurrent_updates_lose_nothing() {
     let sim = sim();
     let mut tasks = Vec::new();

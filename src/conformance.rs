@@ -144,6 +144,13 @@ impl<B: Backend + Clone> Fixture<B> {
     }
 }
 
+/// The value the cases write for `text`: a JSON document in canonical
+/// form, so that the cases run on native tables too (which store
+/// documents and read them back canonical) and compare bytes.
+fn doc(text: impl std::fmt::Display) -> bytes::Bytes {
+    bytes::Bytes::from(format!(r#"{{"v":"{text}"}}"#))
+}
+
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {
         if !$cond {
@@ -230,13 +237,7 @@ pub async fn read_your_writes<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult 
     let mut expect = Precondition::IfAbsent;
     for i in 0..5u32 {
         let c = client
-            .write(
-                &session,
-                &key,
-                i.to_string().into(),
-                expect,
-                &WriteOptions::default(),
-            )
+            .write(&session, &key, doc(i), expect, &WriteOptions::default())
             .await
             .map_err(fail("write"))?;
         for policy in [ReadPolicy::Session, ReadPolicy::Strong] {
@@ -252,9 +253,7 @@ pub async fn read_your_writes<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult 
                 r.freshness
             );
             ensure!(
-                r.value
-                    .as_ref()
-                    .is_some_and(|v| v.value == i.to_string().as_bytes()),
+                r.value.as_ref().is_some_and(|v| v.value == doc(i)),
                 "{policy} read returned another value"
             );
         }
@@ -275,7 +274,7 @@ pub async fn read_your_writes_across_services<B: Backend + Clone>(f: &Fixture<B>
         .write(
             &session,
             &key,
-            "a".into(),
+            doc("a"),
             Precondition::IfAbsent,
             &WriteOptions::default(),
         )
@@ -306,13 +305,7 @@ pub async fn monotonic_reads<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
     let mut expect = Precondition::IfAbsent;
     for i in 0..3 {
         let c = writer
-            .write(
-                &w,
-                &key,
-                format!("{i}").into(),
-                expect,
-                &WriteOptions::default(),
-            )
+            .write(&w, &key, doc(i), expect, &WriteOptions::default())
             .await
             .map_err(fail("write"))?;
         expect = Precondition::IfVersion(c.version);
@@ -351,11 +344,11 @@ pub async fn conditional_write_conflicts<B: Backend + Clone>(f: &Fixture<B>) -> 
     let key = f.key("conflict", 0);
     let opts = WriteOptions::default();
     let v1 = client
-        .write(&s, &key, "1".into(), Precondition::IfAbsent, &opts)
+        .write(&s, &key, doc("1"), Precondition::IfAbsent, &opts)
         .await
         .map_err(fail("create"))?;
     match client
-        .write(&s, &key, "x".into(), Precondition::IfAbsent, &opts)
+        .write(&s, &key, doc("x"), Precondition::IfAbsent, &opts)
         .await
     {
         Err(Error::Conflict { current, .. }) => {
@@ -371,7 +364,7 @@ pub async fn conditional_write_conflicts<B: Backend + Clone>(f: &Fixture<B>) -> 
         .write(
             &s,
             &key,
-            "2".into(),
+            doc("2"),
             Precondition::IfVersion(v1.version),
             &opts,
         )
@@ -387,7 +380,7 @@ pub async fn conditional_write_conflicts<B: Backend + Clone>(f: &Fixture<B>) -> 
         .write(
             &s,
             &key,
-            "stale".into(),
+            doc("stale"),
             Precondition::IfVersion(v1.version),
             &opts,
         )
@@ -407,14 +400,14 @@ pub async fn conditional_write_conflicts<B: Backend + Clone>(f: &Fixture<B>) -> 
         client.write(
             &s,
             &key,
-            "a".into(),
+            doc("a"),
             Precondition::IfVersion(v2.version),
             &opts
         ),
         client.write(
             &other,
             &key,
-            "b".into(),
+            doc("b"),
             Precondition::IfVersion(v2.version),
             &opts
         ),
@@ -439,7 +432,7 @@ pub async fn exactly_once_after_ambiguous_commit<B: Backend + Clone>(f: &Fixture
     let key = f.key("ambiguous", 0);
     let opts = WriteOptions::default();
     let v1 = client
-        .write(&s, &key, "1".into(), Precondition::IfAbsent, &opts)
+        .write(&s, &key, doc("1"), Precondition::IfAbsent, &opts)
         .await
         .map_err(fail("create"))?;
     control.drop_write_responses(1);
@@ -447,7 +440,7 @@ pub async fn exactly_once_after_ambiguous_commit<B: Backend + Clone>(f: &Fixture
         .write(
             &s,
             &key,
-            "2".into(),
+            doc("2"),
             Precondition::IfVersion(v1.version),
             &opts,
         )
@@ -488,7 +481,7 @@ pub async fn exactly_once_after_ambiguous_commit<B: Backend + Clone>(f: &Fixture
         .write(
             &s,
             &key,
-            "3".into(),
+            doc("3"),
             Precondition::IfVersion(v2.version),
             &opts,
         )
@@ -498,7 +491,7 @@ pub async fn exactly_once_after_ambiguous_commit<B: Backend + Clone>(f: &Fixture
         .write(
             &s,
             &key,
-            "3".into(),
+            doc("3"),
             Precondition::IfVersion(v2.version),
             &opts,
         )
@@ -538,7 +531,7 @@ pub async fn retry_after_failure_before_send<B: Backend + Clone>(f: &Fixture<B>)
         .write(
             &s,
             &key,
-            "1".into(),
+            doc("1"),
             Precondition::IfAbsent,
             &WriteOptions::default(),
         )
@@ -563,7 +556,7 @@ pub async fn bounded_staleness_honoured<B: Backend + Clone>(f: &Fixture<B>) -> C
         .write(
             &s,
             &key,
-            "1".into(),
+            doc("1"),
             Precondition::IfAbsent,
             &WriteOptions::default(),
         )
@@ -655,7 +648,7 @@ pub async fn not_visible_deadline<B: Backend + Clone>(f: &Fixture<B>) -> CaseRes
         .write(
             &s,
             &key,
-            "1".into(),
+            doc("1"),
             Precondition::IfAbsent,
             &WriteOptions::default(),
         )
@@ -677,7 +670,7 @@ pub async fn not_visible_deadline<B: Backend + Clone>(f: &Fixture<B>) -> CaseRes
         .write(
             &s,
             &key,
-            "2".into(),
+            doc("2"),
             Precondition::IfVersion(c.version),
             &opts,
         )
@@ -747,7 +740,7 @@ pub async fn reads_state_the_point_they_reflect<B: Backend + Clone>(f: &Fixture<
         .write(
             &session,
             &key,
-            "v".into(),
+            doc("v"),
             Precondition::IfAbsent,
             &WriteOptions::default(),
         )
@@ -809,11 +802,11 @@ pub async fn reused_idempotency_key_refused<B: Backend + Clone>(f: &Fixture<B>) 
         ..WriteOptions::default()
     };
     client
-        .write(&session, &a, "1".into(), Precondition::IfAbsent, &options)
+        .write(&session, &a, doc("1"), Precondition::IfAbsent, &options)
         .await
         .map_err(fail("first write"))?;
     match client
-        .write(&session, &b, "1".into(), Precondition::IfAbsent, &options)
+        .write(&session, &b, doc("1"), Precondition::IfAbsent, &options)
         .await
     {
         Err(Error::IdempotencyKeyReused { .. }) => {}
@@ -842,7 +835,7 @@ pub async fn deletes_leave_tombstones_that_recreation_continues<B: Backend + Clo
     let key = f.key("delete", 0);
     let plain = WriteOptions::default();
     let first = client
-        .write(&session, &key, "a".into(), Precondition::IfAbsent, &plain)
+        .write(&session, &key, doc("a"), Precondition::IfAbsent, &plain)
         .await
         .map_err(fail("write"))?;
     match client
@@ -929,7 +922,7 @@ pub async fn deletes_leave_tombstones_that_recreation_continues<B: Backend + Clo
             .write(
                 &session,
                 &key,
-                "b".into(),
+                doc("b"),
                 Precondition::IfVersion(stale),
                 &plain,
             )
@@ -944,7 +937,7 @@ pub async fn deletes_leave_tombstones_that_recreation_continues<B: Backend + Clo
         }
     }
     let recreated = client
-        .write(&session, &key, "c".into(), Precondition::IfAbsent, &plain)
+        .write(&session, &key, doc("c"), Precondition::IfAbsent, &plain)
         .await
         .map_err(fail("re-create"))?;
     ensure!(
@@ -960,7 +953,7 @@ pub async fn deletes_leave_tombstones_that_recreation_continues<B: Backend + Clo
     ensure!(
         r.version() == Some(recreated.version)
             && r.deleted.is_none()
-            && r.value.as_ref().is_some_and(|v| v.value == "c".as_bytes()),
+            && r.value.as_ref().is_some_and(|v| v.value == doc("c")),
         "the re-created record reads as {:?} (deleted: {:?})",
         r.version(),
         r.deleted
@@ -1017,7 +1010,7 @@ pub async fn multi_record_writes_apply_all_or_nothing<B: Backend + Clone>(
     let session = client.session();
     let (a, b, c) = (f.key("tx", 0), f.key("tx", 1), f.key("tx", 2));
     let plain = WriteOptions::default();
-    let (hundred, zero) = (bytes::Bytes::from("100"), bytes::Bytes::from("0"));
+    let (hundred, zero) = (doc(100), doc(0));
     let opened = client
         .transact(
             &session,
@@ -1048,7 +1041,7 @@ pub async fn multi_record_writes_apply_all_or_nothing<B: Backend + Clone>(
             );
         }
     }
-    let (seventy, thirty) = (bytes::Bytes::from("70"), bytes::Bytes::from("30"));
+    let (seventy, thirty) = (doc(70), doc(30));
     let stale = vb.map(Version::next).unwrap_or(Version(99));
     match client
         .transact(
@@ -1184,7 +1177,7 @@ pub async fn multi_record_write_exactly_once_after_ambiguous_commit<B: Backend +
     let (client, control) = f.chaos_client()?;
     let session = client.session();
     let (a, b) = (f.key("tx-ambiguous", 0), f.key("tx-ambiguous", 1));
-    let one = bytes::Bytes::from("1");
+    let one = doc(1);
     let first = client
         .transact(
             &session,
@@ -1197,7 +1190,7 @@ pub async fn multi_record_write_exactly_once_after_ambiguous_commit<B: Backend +
         .await
         .map_err(fail("create"))?;
     control.drop_write_responses(1);
-    let two = bytes::Bytes::from("2");
+    let two = doc(2);
     let ops: Vec<TxOp<'_>> = [&a, &b]
         .iter()
         .map(|k| {
@@ -1301,13 +1294,7 @@ pub async fn follower_freshness_claims_hold<B: Backend + Clone>(f: &Fixture<B>) 
         let (client, session, key) = (&client, &session, &key);
         async move {
             let c = client
-                .write(
-                    session,
-                    key,
-                    n.to_string().into(),
-                    expect,
-                    &WriteOptions::default(),
-                )
+                .write(session, key, doc(n), expect, &WriteOptions::default())
                 .await
                 .map_err(fail("write"))?;
             Ok::<_, String>(Acked {

@@ -185,8 +185,8 @@ async fn main() {
                 let value: &[u8] = b"{}";
                 let idem = quorate_cockroach::IdempotencyKey::generate();
                 let ttl: i64 = 86_400;
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-                    [&key, &value, &idem.as_str(), &version, &"eu", &ttl];
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+                    [&key, &value, &idem.as_str(), &version, &"eu", &ttl, &key];
                 let point_st = c
                     .prepare_cached(commit_point(Dialect::Postgres))
                     .await

@@ -9,13 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use quorate::{
-    Backend, Capabilities, Committed, Error, Freshness, IdempotencyKey, Point, Precondition, Probe,
-    Read, ReadPlan, ReadPolicy, Region, RegionSpec, ReplicaRole, Retryability, Scope, Topology,
-    TransactRequest, Transacted, TxAction, Version, Versioned, WriteRequest,
+    Backend, Capabilities, Catalog, Committed, Error, Freshness, IdempotencyKey, Mutation, Point,
+    Precondition, Probe, Read, ReadPlan, ReadPolicy, Region, RegionSpec, ReplicaRole, Retryability,
+    Scope, Topology, TransactRequest, Transacted, TxAction, Version, Versioned, WriteRequest,
 };
 use tokio_postgres::NoTls;
 
-use crate::sql::{self, Dialect, Tables};
+use crate::sql::{self, Dialect, NativeTable, Tables};
 
 /// What an endpoint is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +114,9 @@ pub struct PgConfig {
     pub isolation: Isolation,
     /// How long idempotency records are kept (well beyond any retry window).
     pub idempotency_ttl: Duration,
+    /// Collections whose records live in tables of the application's own
+    /// (see [`NativeTable`]); every other record lives in `table`.
+    pub native: Catalog<NativeTable>,
 }
 
 impl PgConfig {
@@ -134,6 +137,7 @@ impl PgConfig {
             pool_size: 16,
             isolation: Isolation::default(),
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            native: Catalog::new(),
         })
     }
 }
@@ -164,25 +168,118 @@ struct Inner {
     sql: Statements,
 }
 
+/// The statements on one records table.
 #[derive(Debug)]
-struct Statements {
+struct TableSql {
+    tables: Tables,
     strong_read: String,
     standby_read: String,
-    write_if_version: String,
-    write_if_absent: String,
-    write_any: String,
-    delete_if_version: String,
-    delete_if_absent: String,
-    delete_any: String,
-    /// A multi-record write's statements: per precondition, a put's then a
-    /// delete's; the check; the outcome.
+    /// Per precondition (`IfVersion`, `IfAbsent`, `Any`), a put's then a
+    /// delete's.
+    write: [[String; 2]; 3],
+    /// A multi-record write's statements, arranged as `write`.
     apply: [[String; 2]; 3],
     check: String,
+    current_version: String,
+}
+
+impl TableSql {
+    fn new(tables: Tables, dialect: Dialect) -> TableSql {
+        let preconditions = [
+            Precondition::IfVersion(Version(1)),
+            Precondition::IfAbsent,
+            Precondition::Any,
+        ];
+        TableSql {
+            strong_read: tables.strong_read(dialect),
+            standby_read: tables.standby_read(),
+            write: preconditions.map(|p| {
+                [
+                    tables.write(dialect, p, false),
+                    tables.write(dialect, p, true),
+                ]
+            }),
+            apply: preconditions.map(|p| [tables.apply(p, false), tables.apply(p, true)]),
+            check: tables.check(),
+            current_version: tables.current_version(),
+            tables,
+        }
+    }
+
+    /// The value parameter of a write: the bytes, or a document's text in
+    /// a native table (checked before anything is sent; a delete's
+    /// tombstone holds JSON `null`).
+    fn value<'v>(&self, mutation: Mutation<'v>) -> Result<&'v [u8], Error> {
+        match (mutation.value(), self.tables.json()) {
+            (Some(v), false) => Ok(&v[..]),
+            (None, false) => Ok(&[]),
+            (Some(v), true) => {
+                check_document(v)?;
+                Ok(&v[..])
+            }
+            (None, true) => Ok(b"null"),
+        }
+    }
+
+    /// A value read from the table: a document in canonical form.
+    fn decode(&self, record: Option<Versioned<Bytes>>) -> Result<Option<Versioned<Bytes>>, Error> {
+        match record {
+            Some(Versioned { version, value }) if self.tables.json() => Ok(Some(Versioned {
+                version,
+                value: quorate::json::canonical(&value).map_err(|_| {
+                    Error::backend(
+                        Retryability::Permanent,
+                        Some("quorate.row".into()),
+                        format!("a document in {} is not JSON", self.tables.records),
+                    )
+                })?,
+            })),
+            other => Ok(other),
+        }
+    }
+}
+
+/// Checks a document before it is sent: JSON that `JSONB` stores (no
+/// `\u0000` in a string or a member's name).
+fn check_document(value: &[u8]) -> Result<(), Error> {
+    fn has_nul(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(a) => a.iter().any(has_nul),
+            serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    let doc: serde_json::Value = serde_json::from_slice(value).map_err(|e| {
+        Error::InvalidInput(format!(
+            "a native table stores JSON documents, and this value is not one: {e}"
+        ))
+    })?;
+    if has_nul(&doc) {
+        return Err(Error::InvalidInput(
+            "a JSONB document cannot hold the character U+0000".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Statements {
+    /// quorate's own records table.
+    own: TableSql,
+    /// Collections mapped onto native tables.
+    native: Catalog<TableSql>,
     record_transaction: String,
     lookup: String,
     fence: String,
     unfence: String,
-    current_version: String,
+}
+
+impl Statements {
+    /// The table holding `key` and the key within it.
+    fn route<'k>(&self, key: &'k str) -> (&TableSql, &'k str) {
+        self.native.route(key).unwrap_or((&self.own, key))
+    }
 }
 
 /// What an idempotency key holds, for the record it was used with.
@@ -276,35 +373,20 @@ impl PgBackend {
             });
         }
         let topology = Topology::new(regions, &config.local)?;
+        let mut native = Catalog::new();
+        for (collection, table) in config.native.iter() {
+            native.insert(
+                collection,
+                TableSql::new(Tables::native(table, &tables), config.dialect),
+            )?;
+        }
         let sql = Statements {
-            strong_read: tables.strong_read(config.dialect),
-            standby_read: tables.standby_read(),
-            write_if_version: tables.write(
-                config.dialect,
-                Precondition::IfVersion(Version(1)),
-                false,
-            ),
-            write_if_absent: tables.write(config.dialect, Precondition::IfAbsent, false),
-            write_any: tables.write(config.dialect, Precondition::Any, false),
-            delete_if_version: tables.write(
-                config.dialect,
-                Precondition::IfVersion(Version(1)),
-                true,
-            ),
-            delete_if_absent: tables.write(config.dialect, Precondition::IfAbsent, true),
-            delete_any: tables.write(config.dialect, Precondition::Any, true),
-            apply: [
-                Precondition::IfVersion(Version(1)),
-                Precondition::IfAbsent,
-                Precondition::Any,
-            ]
-            .map(|p| [tables.apply(p, false), tables.apply(p, true)]),
-            check: tables.check(),
             record_transaction: tables.record_transaction(),
             lookup: tables.lookup(),
             fence: tables.fence(),
             unfence: tables.unfence(),
-            current_version: tables.current_version(),
+            own: TableSql::new(tables.clone(), config.dialect),
+            native,
         };
         Ok(PgBackend {
             inner: Arc::new(Inner {
@@ -323,16 +405,105 @@ impl PgBackend {
         &self.inner.tables
     }
 
-    /// Creates the records and idempotency tables if they do not exist.
+    /// Creates the records and idempotency tables if they do not exist;
+    /// creates each native table that does not exist and adds the
+    /// bookkeeping columns to one that does (see [`NativeTable::create`]);
+    /// then checks them ([`PgBackend::check_schema`]).
     pub async fn create_schema(&self) -> Result<(), Error> {
         let client = self.connection(self.primary()?).await?;
-        for statement in self.inner.tables.create(self.inner.config.dialect) {
+        let native = self
+            .inner
+            .config
+            .native
+            .iter()
+            .flat_map(|(_, t)| t.create());
+        for statement in self
+            .inner
+            .tables
+            .create(self.inner.config.dialect)
+            .into_iter()
+            .chain(native)
+        {
             client
                 .batch_execute(&statement)
                 .await
                 .map_err(|e| classify(e, false))?;
         }
-        Ok(())
+        drop(client);
+        self.check_schema().await
+    }
+
+    /// Checks that every native table has its columns, of types quorate
+    /// can use, and its key column as its primary key (or unique): an
+    /// [`Error::InvalidInput`] naming each table and what is wrong with it
+    /// otherwise.
+    pub async fn check_schema(&self) -> Result<(), Error> {
+        let client = self.connection(self.primary()?).await?;
+        let mut problems = Vec::new();
+        for (collection, table) in self.inner.config.native.iter() {
+            let (schema, name) = match table.table.as_str().split_once('.') {
+                Some((schema, name)) => (Some(schema), name),
+                None => (None, table.table.as_str()),
+            };
+            let columns = client
+                .query(
+                    "SELECT column_name::TEXT, data_type::TEXT FROM information_schema.columns \
+                     WHERE table_schema::TEXT = COALESCE($1::TEXT, current_schema()) AND table_name::TEXT = $2::TEXT",
+                    &[&schema, &name],
+                )
+                .await
+                .map_err(|e| self.classify(e, false))?;
+            if columns.is_empty() {
+                problems.push(format!(
+                    "table {} (collection {collection}) does not exist",
+                    table.table
+                ));
+                continue;
+            }
+            for (column, types) in table.expected_columns() {
+                match columns
+                    .iter()
+                    .find(|r| r.get::<_, &str>(0) == column.as_str())
+                {
+                    None => problems.push(format!("{} has no column {column}", table.table)),
+                    Some(r) if !types.contains(&r.get::<_, &str>(1)) => problems.push(format!(
+                        "column {column} of {} is {}, not {}",
+                        table.table,
+                        r.get::<_, &str>(1),
+                        types.join(" or ")
+                    )),
+                    Some(_) => {}
+                }
+            }
+            let keyed = client
+                .query_opt(
+                    "SELECT 1 FROM information_schema.table_constraints AS c \
+                     JOIN information_schema.key_column_usage AS k \
+                       ON k.constraint_name = c.constraint_name AND k.table_schema = c.table_schema \
+                       AND k.table_name = c.table_name \
+                     WHERE c.table_schema::TEXT = COALESCE($1::TEXT, current_schema()) AND c.table_name::TEXT = $2::TEXT \
+                       AND c.constraint_type IN ('PRIMARY KEY', 'UNIQUE') \
+                     GROUP BY c.constraint_name \
+                     HAVING count(*) = 1 AND bool_and(k.column_name::TEXT = $3::TEXT) LIMIT 1",
+                    &[&schema, &name, &table.key.as_str()],
+                )
+                .await
+                .map_err(|e| self.classify(e, false))?;
+            if keyed.is_none() {
+                problems.push(format!(
+                    "column {} of {} is not its primary key (nor unique on its own)",
+                    table.key, table.table
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput(format!(
+                "native tables do not fit: {}",
+                problems.join("; ")
+            )))
+        }
     }
 
     /// Deletes expired idempotency records; returns how many.
@@ -527,6 +698,16 @@ impl Drop for CancelTokenOnDrop {
     }
 }
 
+/// The statement of a single write on `table`.
+fn write_statement<'t>(table: &'t TableSql, request: &WriteRequest<'_>) -> &'t str {
+    let slot = match request.precondition {
+        Precondition::IfVersion(_) => 0,
+        Precondition::IfAbsent => 1,
+        Precondition::Any => 2,
+    };
+    &table.write[slot][usize::from(request.mutation.is_delete())]
+}
+
 fn version_of(v: Option<i64>) -> Option<Version> {
     v.and_then(|v| u64::try_from(v).ok()).map(Version)
 }
@@ -657,7 +838,10 @@ impl Backend for PgBackend {
         let server = self.server(request.region, ReplicaRole::Leader)?;
         let region = self.inner.servers[server].region.clone();
         let client = self.connection(server).await?;
-        let statement = self.write_statement(request);
+        let (table, row_key) = self.inner.sql.route(request.key);
+        // Checked before anything is sent.
+        let value = table.value(request.mutation)?;
+        let statement = write_statement(table, request);
         // Both prepared (cached after the first use), so that the commit
         // point rides in the same round trip instead of parsing first.
         let (prepared, commit_point) = tokio::join!(
@@ -675,19 +859,18 @@ impl Backend for PgBackend {
         };
         let expected = expected_version(request.precondition)?;
         let ttl = self.ttl_secs();
-        // A delete stores an empty value with its tombstone.
-        let value: &[u8] = request.mutation.value().map_or(&[], |v| &v[..]);
         let cancel = CancelOnDrop {
             client: Some(&client),
         };
         let (idem_text, region_text) = (idem.as_str(), region.as_str());
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
-            &request.key,
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &row_key,
             &value,
             &idem_text,
             &expected,
             &region_text,
             &ttl,
+            &request.key,
         ];
         let (outcome, after) = match self.inner.config.dialect {
             // The commit point is read after the implicit transaction
@@ -893,19 +1076,21 @@ impl PgBackend {
             }
         };
         if let Some((kind, min)) = follower {
-            let statement = self.inner.tables.follower_read(kind);
+            let (table, row_key) = self.inner.sql.route(plan.key);
+            let statement = table.tables.follower_read(kind);
             let prepared = client
                 .prepare_cached(&statement)
                 .await
                 .map_err(|e| self.classify(e, false))?;
             let result = match min {
-                Some(at) => client.query_opt(&prepared, &[&plan.key, &at]).await,
-                None => client.query_opt(&prepared, &[&plan.key]).await,
+                Some(at) => client.query_opt(&prepared, &[&row_key, &at]).await,
+                None => client.query_opt(&prepared, &[&row_key]).await,
             };
             match result {
                 Ok(Some(row)) => {
                     let read_at = self.point(&row.get::<_, String>(2))?;
                     let (value, deleted) = record_of(row.get(0), row.get(1), row.get(3));
+                    let value = table.decode(value)?;
                     return Ok(Read {
                         value,
                         deleted,
@@ -935,16 +1120,18 @@ impl PgBackend {
         client: &deadpool_postgres::Object,
         key: &str,
     ) -> Result<Read<Bytes>, Error> {
+        let (table, row_key) = self.inner.sql.route(key);
         let prepared = client
-            .prepare_cached(&self.inner.sql.strong_read)
+            .prepare_cached(&table.strong_read)
             .await
             .map_err(|e| self.classify(e, false))?;
         let row = client
-            .query_one(&prepared, &[&key])
+            .query_one(&prepared, &[&row_key])
             .await
             .map_err(|e| self.classify(e, false))?;
         let point = self.point(&row.get::<_, String>(2))?;
         let (value, deleted) = record_of(row.get(0), row.get(1), row.get(3));
+        let value = table.decode(value)?;
         Ok(Read {
             value,
             deleted,
@@ -1072,18 +1259,6 @@ impl PgBackend {
         }
     }
 
-    fn write_statement(&self, request: &WriteRequest<'_>) -> &str {
-        let sql = &self.inner.sql;
-        match (request.precondition, request.mutation.is_delete()) {
-            (Precondition::IfVersion(_), false) => &sql.write_if_version,
-            (Precondition::IfAbsent, false) => &sql.write_if_absent,
-            (Precondition::Any, false) => &sql.write_any,
-            (Precondition::IfVersion(_), true) => &sql.delete_if_version,
-            (Precondition::IfAbsent, true) => &sql.delete_if_absent,
-            (Precondition::Any, true) => &sql.delete_any,
-        }
-    }
-
     fn ttl_secs(&self) -> i64 {
         i64::try_from(self.inner.config.idempotency_ttl.as_secs()).unwrap_or(i64::MAX)
     }
@@ -1097,13 +1272,14 @@ impl PgBackend {
         client: &deadpool_postgres::Object,
         key: &str,
     ) -> Result<Read<Bytes>, Error> {
+        let (table, row_key) = self.inner.sql.route(key);
         let (status_statement, prepared) = tokio::join!(
-            client.prepare_cached(self.inner.tables.replay_status()),
-            client.prepare_cached(&self.inner.sql.standby_read),
+            client.prepare_cached(table.tables.replay_status()),
+            client.prepare_cached(&table.standby_read),
         );
         let status_statement = status_statement.map_err(|e| self.classify(e, false))?;
         let prepared = prepared.map_err(|e| self.classify(e, false))?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&row_key];
         let (status, row) = tokio::join!(
             client.query_one(&status_statement, &[]),
             client.query_opt(&prepared, &params),
@@ -1121,6 +1297,7 @@ impl PgBackend {
             Some(r) => record_of(r.get(0), r.get(1), r.get(2)),
             None => (None, None),
         };
+        let value = table.decode(value)?;
         Ok(Read {
             value,
             deleted,
@@ -1196,20 +1373,21 @@ impl PgBackend {
         }
         let expected = expected_version(request.precondition)?;
         let ttl = self.ttl_secs();
-        // A delete stores an empty value with its tombstone.
-        let value: &[u8] = request.mutation.value().map_or(&[], |v| &v[..]);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
-            &request.key,
+        let (table, row_key) = self.inner.sql.route(request.key);
+        let value = table.value(request.mutation)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &row_key,
             &value,
             &idem_text,
             &expected,
             &region_text,
             &ttl,
+            &request.key,
         ];
         // Nothing commits before COMMIT: errors until then are not
         // ambiguous.
         let row = tx
-            .query_one(self.write_statement(request), &params)
+            .query_one(write_statement(table, request), &params)
             .await
             .map_err(|e| self.classify(e, false))?;
         let Some(version) = version_of(row.get(0)) else {
@@ -1252,12 +1430,13 @@ impl PgBackend {
             return Ok(done);
         }
         let client = self.connection(server).await?;
+        let (table, row_key) = self.inner.sql.route(key);
         let statement = client
-            .prepare_cached(&self.inner.sql.current_version)
+            .prepare_cached(&table.current_version)
             .await
             .map_err(|e| self.classify(e, false))?;
         let current = client
-            .query_opt(&statement, &[&key])
+            .query_opt(&statement, &[&row_key])
             .await
             .map_err(|e| self.classify(e, false))?
             .and_then(|r| version_of(r.get(0)));
@@ -1390,6 +1569,12 @@ impl PgBackend {
         let keys: Vec<&str> = request.keys().collect();
         let binding = quorate::transaction_binding(keys.iter().copied());
         let sql = &self.inner.sql;
+        // Every value is checked before anything is sent.
+        for op in request.ops {
+            if let TxAction::Write(mutation) = op.action {
+                sql.route(op.key).0.value(mutation)?;
+            }
+        }
         let mut client = self.connection(server).await?;
         let cancel = CancelTokenOnDrop(Some(client.cancel_token()));
         let tx = client
@@ -1406,10 +1591,11 @@ impl PgBackend {
         let mut encoded = String::new();
         let mut refused = None;
         for (i, op) in request.ops.iter().enumerate() {
+            let (table, row_key) = sql.route(op.key);
             let current = match op.action {
                 TxAction::Check => {
                     let row = tx
-                        .query_opt(&sql.check, &[&op.key])
+                        .query_opt(&table.check, &[&row_key])
                         .await
                         .map_err(|e| self.classify(e, false))?;
                     let current = row.and_then(|r| {
@@ -1427,11 +1613,11 @@ impl PgBackend {
                         Precondition::IfAbsent => 1,
                         Precondition::Any => 2,
                     };
-                    let statement = &sql.apply[slot][usize::from(mutation.is_delete())];
-                    let value: &[u8] = mutation.value().map_or(&[], |v| &v[..]);
+                    let statement = &table.apply[slot][usize::from(mutation.is_delete())];
+                    let value = table.value(mutation)?;
                     let expected = expected_version(op.precondition)?;
                     let row = tx
-                        .query_opt(statement, &[&op.key, &value, &expected])
+                        .query_opt(statement, &[&row_key, &value, &expected])
                         .await
                         .map_err(|e| self.classify(e, false))?;
                     if let Some(version) = row.and_then(|r| version_of(r.get(0))) {
@@ -1445,7 +1631,7 @@ impl PgBackend {
                     // Refused: the current version, read in the same
                     // transaction, is what it met.
                     let row = tx
-                        .query_opt(&sql.current_version, &[&op.key])
+                        .query_opt(&table.current_version, &[&row_key])
                         .await
                         .map_err(|e| self.classify(e, false))?;
                     row.and_then(|r| version_of(r.get(0)))

@@ -47,5 +47,5 @@ pub use backend::{Endpoint, Isolation, PgBackend, PgConfig, Role};
 pub use execute::{Executed, SqlTransactions, TxBody};
 pub use query::SqlQuery;
 pub use quorate::*;
-pub use sql::{Dialect, Ident, Tables};
+pub use sql::{Dialect, Ident, NativeTable, TableName, Tables};
 pub use tokio_postgres;

@@ -55,15 +55,184 @@ impl fmt::Display for Ident {
     }
 }
 
-/// The records table and its idempotency table (`<table>_idempotency`).
+/// A table name, optionally qualified by its schema (`shop.orders`), each
+/// part an [`Ident`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TableName(String);
+
+impl TableName {
+    /// Validates a table name: `table` or `schema.table`.
+    pub fn new(name: &str) -> Result<TableName, Error> {
+        let mut parts = name.splitn(2, '.');
+        for part in parts.by_ref() {
+            Ident::new(part)?;
+        }
+        Ok(TableName(name.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A table of the application's own that holds one collection's records
+/// natively: each record a row keyed by the application's key column, its
+/// value a `JSONB` document any SQL can query (`body->>'status'`), and
+/// quorate's bookkeeping in three columns of its own beside them.
+///
+/// ```
+/// use quorate_cockroach::NativeTable;
+///
+/// let orders = NativeTable::new("shop.orders", "order_id", "body")?;
+/// assert_eq!(orders.version.as_str(), "quorate_version");
+/// let renamed = orders.clone().bookkeeping("qr_")?;
+/// assert_eq!(renamed.deleted.as_str(), "qr_deleted");
+/// // Bookkeeping may not take a column of the application's.
+/// assert!(NativeTable::new("orders", "quorate_version", "body").is_err());
+/// # Ok::<(), quorate_cockroach::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NativeTable {
+    /// The table.
+    pub table: TableName,
+    /// The key column (`TEXT`, the primary key): the record's key within
+    /// its collection.
+    pub key: Ident,
+    /// The value column (`JSONB`).
+    pub document: Ident,
+    /// The record's version (`BIGINT`; rows that were there before quorate
+    /// take 1).
+    pub version: Ident,
+    /// When the record was last written (`TIMESTAMPTZ`).
+    pub written_at: Ident,
+    /// Whether the row is a delete's tombstone (`BOOLEAN`): it stays, with
+    /// the delete's version and a JSON `null` document, so that a record
+    /// re-created later goes on from its version. Other readers of the
+    /// table skip such rows (`WHERE NOT quorate_deleted`).
+    pub deleted: Ident,
+}
+
+impl NativeTable {
+    /// The table `table` keyed by `key`, its values in `document`, with the
+    /// bookkeeping columns `quorate_version`, `quorate_written_at` and
+    /// `quorate_deleted`.
+    pub fn new(table: &str, key: &str, document: &str) -> Result<NativeTable, Error> {
+        NativeTable {
+            table: TableName::new(table)?,
+            key: Ident::new(key)?,
+            document: Ident::new(document)?,
+            version: Ident::new("quorate_version")?,
+            written_at: Ident::new("quorate_written_at")?,
+            deleted: Ident::new("quorate_deleted")?,
+        }
+        .distinct()
+    }
+
+    /// The same table with the bookkeeping columns named `<prefix>version`,
+    /// `<prefix>written_at` and `<prefix>deleted`.
+    pub fn bookkeeping(self, prefix: &str) -> Result<NativeTable, Error> {
+        NativeTable {
+            version: Ident::new(&format!("{prefix}version"))?,
+            written_at: Ident::new(&format!("{prefix}written_at"))?,
+            deleted: Ident::new(&format!("{prefix}deleted"))?,
+            ..self
+        }
+        .distinct()
+    }
+
+    fn distinct(self) -> Result<NativeTable, Error> {
+        let names = [
+            &self.key,
+            &self.document,
+            &self.version,
+            &self.written_at,
+            &self.deleted,
+        ];
+        for (i, a) in names.iter().enumerate() {
+            if names[..i].contains(a) {
+                return Err(Error::InvalidInput(format!(
+                    "column {a} of table {} has two roles: the key, the document and \
+                     quorate's bookkeeping need a column each",
+                    self.table
+                )));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Statements that create the table if it does not exist and, if it
+    /// does, add the bookkeeping columns it lacks (existing rows become
+    /// version 1, live). The key and document columns of an existing
+    /// table are the application's and are left as they are.
+    pub fn create(&self) -> Vec<String> {
+        let NativeTable {
+            table: t,
+            key,
+            document,
+            version,
+            written_at,
+            deleted,
+        } = self;
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t} ({key} TEXT PRIMARY KEY, {document} JSONB NOT NULL, \
+                 {version} BIGINT NOT NULL DEFAULT 1, {written_at} TIMESTAMPTZ NOT NULL DEFAULT now(), \
+                 {deleted} BOOLEAN NOT NULL DEFAULT false)"
+            ),
+            format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {version} BIGINT NOT NULL DEFAULT 1"),
+            format!(
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {written_at} TIMESTAMPTZ NOT NULL DEFAULT now()"
+            ),
+            format!(
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {deleted} BOOLEAN NOT NULL DEFAULT false"
+            ),
+        ]
+    }
+
+    /// The columns the table must have and the types they may have, as
+    /// `information_schema.columns` names them.
+    pub fn expected_columns(&self) -> [(&Ident, &'static [&'static str]); 5] {
+        [
+            (&self.key, &["text", "character varying"]),
+            (&self.document, &["jsonb"]),
+            (&self.version, &["bigint"]),
+            (&self.written_at, &["timestamp with time zone"]),
+            (&self.deleted, &["boolean"]),
+        ]
+    }
+}
+
+/// The columns of a records table and how its values are stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Columns {
+    key: Ident,
+    value: Ident,
+    version: Ident,
+    written_at: Ident,
+    deleted: Ident,
+    /// Values are `JSONB` documents (else raw bytes).
+    json: bool,
+}
+
+/// The records table and its idempotency table (`<table>_idempotency`),
+/// or a [`NativeTable`] with the idempotency table of quorate's own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tables {
     /// Records: `key TEXT PRIMARY KEY, version BIGINT, value BYTEA,
     /// written_at, deleted BOOLEAN` (a deleted record stays as a tombstone
-    /// row, so that its version sequence goes on when it is re-created).
-    pub records: Ident,
+    /// row, so that its version sequence goes on when it is re-created);
+    /// or a native table.
+    pub records: TableName,
     /// Idempotency records, kept until `expires_at`.
     pub idempotency: Ident,
+    columns: Columns,
 }
 
 impl Tables {
@@ -72,9 +241,59 @@ impl Tables {
         let records = Ident::new(table)?;
         let idempotency = Ident::new(&format!("{table}_idempotency"))?;
         Ok(Tables {
-            records,
+            records: TableName(records.0),
             idempotency,
+            columns: Columns {
+                key: Ident("key".into()),
+                value: Ident("value".into()),
+                version: Ident("version".into()),
+                written_at: Ident("written_at".into()),
+                deleted: Ident("deleted".into()),
+                json: false,
+            },
         })
+    }
+
+    /// The statements of a native table, whose writes record their
+    /// outcomes in `own`'s idempotency table.
+    pub fn native(native: &NativeTable, own: &Tables) -> Tables {
+        Tables {
+            records: native.table.clone(),
+            idempotency: own.idempotency.clone(),
+            columns: Columns {
+                key: native.key.clone(),
+                value: native.document.clone(),
+                version: native.version.clone(),
+                written_at: native.written_at.clone(),
+                deleted: native.deleted.clone(),
+                json: true,
+            },
+        }
+    }
+
+    /// Whether values are JSON documents (a native table).
+    pub fn json(&self) -> bool {
+        self.columns.json
+    }
+
+    /// The value as a statement reads it, always as bytes: a document's
+    /// text (a row with no document reads as JSON `null`).
+    fn value_out(&self, alias: &str) -> String {
+        let value = &self.columns.value;
+        if self.columns.json {
+            format!("convert_to(COALESCE({alias}{value}, 'null'::JSONB)::TEXT, 'UTF8')")
+        } else {
+            format!("{alias}{value}")
+        }
+    }
+
+    /// The value parameter `$n` (bytes) as the column takes it.
+    fn value_in(&self, n: u8) -> String {
+        if self.columns.json {
+            format!("convert_from(${n}, 'UTF8')::JSONB")
+        } else {
+            format!("${n}")
+        }
     }
 
     /// Statements creating both tables (idempotent).
@@ -110,11 +329,18 @@ impl Tables {
     pub fn strong_read(&self, dialect: Dialect) -> String {
         match dialect {
             Dialect::Postgres => self.primary_read(),
-            Dialect::Cockroach => format!(
-                "SELECT t.version, t.value, cluster_logical_timestamp()::STRING, t.deleted FROM (SELECT 1) AS one \
-                 LEFT JOIN {} AS t ON t.key = $1",
-                self.records
-            ),
+            Dialect::Cockroach => {
+                let c = &self.columns;
+                format!(
+                    "SELECT t.{}, {}, cluster_logical_timestamp()::STRING, t.{} FROM (SELECT 1) AS one \
+                     LEFT JOIN {} AS t ON t.{} = $1",
+                    c.version,
+                    self.value_out("t."),
+                    c.deleted,
+                    self.records,
+                    c.key
+                )
+            }
         }
     }
 
@@ -124,10 +350,15 @@ impl Tables {
     /// once the key leaves its token. Parameters: `$1` key. Columns:
     /// version, value, point, deleted.
     pub fn primary_read(&self) -> String {
+        let c = &self.columns;
         format!(
-            "SELECT t.version, t.value, pg_current_wal_insert_lsn()::text, t.deleted \
-             FROM (SELECT 1) AS one LEFT JOIN {} AS t ON t.key = $1",
-            self.records
+            "SELECT t.{}, {}, pg_current_wal_insert_lsn()::text, t.{} \
+             FROM (SELECT 1) AS one LEFT JOIN {} AS t ON t.{} = $1",
+            c.version,
+            self.value_out("t."),
+            c.deleted,
+            self.records,
+            c.key
         )
     }
 
@@ -139,9 +370,14 @@ impl Tables {
     /// and could claim more than it shows.) Parameters: `$1` key. Columns:
     /// version, value, deleted.
     pub fn standby_read(&self) -> String {
+        let c = &self.columns;
         format!(
-            "SELECT version, value, deleted FROM {} WHERE key = $1",
-            self.records
+            "SELECT {}, {}, {} FROM {} WHERE {} = $1",
+            c.version,
+            self.value_out(""),
+            c.deleted,
+            self.records,
+            c.key
         )
     }
 
@@ -161,22 +397,52 @@ impl Tables {
             }
             FollowerRead::Latest => "follower_read_timestamp()".to_owned(),
         };
+        let c = &self.columns;
         format!(
-            "SELECT version, value, cluster_logical_timestamp()::STRING, deleted \
-             FROM {} AS OF SYSTEM TIME {aost} WHERE key = $1",
-            self.records
+            "SELECT {}, {}, cluster_logical_timestamp()::STRING, {} \
+             FROM {} AS OF SYSTEM TIME {aost} WHERE {} = $1",
+            c.version,
+            self.value_out(""),
+            c.deleted,
+            self.records,
+            c.key
         )
+    }
+
+    /// The `INSERT … ON CONFLICT` and `SET` of a record's next version,
+    /// with the value parameter `$value`.
+    fn upsert(&self, delete: bool, value: u8) -> (String, String) {
+        let Columns {
+            key,
+            value: v,
+            version,
+            written_at,
+            deleted,
+            ..
+        } = &self.columns;
+        let t = &self.records;
+        let val = self.value_in(value);
+        let set = format!(
+            "{v} = {val}, {version} = t.{version} + 1, {written_at} = now(), {deleted} = {delete}"
+        );
+        let insert = format!(
+            "INSERT INTO {t} AS t ({key}, {v}, {version}, {written_at}, {deleted}) \
+             VALUES ($1, {val}, 1, now(), {delete}) ON CONFLICT ({key}) DO UPDATE SET {set}"
+        );
+        (insert, set)
     }
 
     /// The conditional write with its idempotency record, in one statement
     /// (one implicit transaction); with `delete`, the record becomes a
-    /// tombstone (its next version, `deleted`, an empty value), which
-    /// `IfAbsent` admits and `IfVersion` never does. Parameters: `$1` key,
-    /// `$2` value (empty for a delete), `$3`
-    /// idempotency key, `$4` expected version (`IfVersion` only), `$5`
-    /// region, `$6` idempotency TTL in seconds. Columns: the version
-    /// written (NULL when the precondition failed), the expected version,
-    /// and the write's point.
+    /// tombstone (its next version, `deleted`, an empty value — a JSON
+    /// `null` in a native table), which `IfAbsent` admits and `IfVersion`
+    /// never does. Parameters: `$1` key (within the table), `$2` value
+    /// (bytes: empty for a delete, a document's text in a native table),
+    /// `$3` idempotency key, `$4` expected version (`IfVersion` only), `$5`
+    /// region, `$6` idempotency TTL in seconds, `$7` the record's key as
+    /// the client names it (its collection's too), which the idempotency
+    /// record is bound to. Columns: the version written (NULL when the
+    /// precondition failed), the expected version, and the write's point.
     ///
     /// A second attempt of a write that already applied is caught without
     /// an extra read on the fast path: its precondition fails (nothing is
@@ -192,19 +458,20 @@ impl Tables {
     /// and the column is NULL.
     pub fn write(&self, dialect: Dialect, precondition: Precondition, delete: bool) -> String {
         let (t, i) = (&self.records, &self.idempotency);
-        let set =
-            format!("value = $2, version = t.version + 1, written_at = now(), deleted = {delete}");
-        let insert = format!(
-            "INSERT INTO {t} AS t (key, value, version, written_at, deleted) \
-             VALUES ($1, $2, 1, now(), {delete}) ON CONFLICT (key) DO UPDATE SET {set}"
-        );
+        let Columns {
+            key,
+            version,
+            deleted,
+            ..
+        } = &self.columns;
+        let (insert, set) = self.upsert(delete, 2);
         let apply = match precondition {
             Precondition::IfVersion(_) => format!(
                 "UPDATE {t} AS t SET {set} \
-                 WHERE t.key = $1 AND t.version = $4 AND NOT t.deleted RETURNING t.version"
+                 WHERE t.{key} = $1 AND t.{version} = $4 AND NOT t.{deleted} RETURNING t.{version}"
             ),
-            Precondition::IfAbsent => format!("{insert} WHERE t.deleted RETURNING t.version"),
-            Precondition::Any => format!("{insert} RETURNING t.version"),
+            Precondition::IfAbsent => format!("{insert} WHERE t.{deleted} RETURNING t.{version}"),
+            Precondition::Any => format!("{insert} RETURNING t.{version}"),
         };
         let point = match dialect {
             Dialect::Postgres => "NULL::text",
@@ -214,8 +481,8 @@ impl Tables {
         format!(
             "WITH applied AS ({apply}), \
              recorded AS (INSERT INTO {i} (idem_key, record_key, version, region, expires_at) \
-               SELECT $3, $1, version, $5, now() + $6::BIGINT * INTERVAL '1 second' FROM applied) \
-             SELECT (SELECT version FROM applied), $4::BIGINT, {point}"
+               SELECT $3, $7, {version}, $5, now() + $6::BIGINT * INTERVAL '1 second' FROM applied) \
+             SELECT (SELECT {version} FROM applied), $4::BIGINT, {point}"
         )
     }
 
@@ -233,36 +500,39 @@ impl Tables {
 
     /// One record's write inside a multi-record write's transaction, by
     /// the same rules as [`Tables::write`]. Parameters: `$1` key, `$2` value
-    /// (empty for a delete), `$3` expected version (`IfVersion` only).
-    /// Returns the version written, or no row when the precondition fails.
+    /// (as for [`Tables::write`]), `$3` expected version (`IfVersion`
+    /// only). Returns the version written, or no row when the precondition
+    /// fails.
     pub fn apply(&self, precondition: Precondition, delete: bool) -> String {
         let t = &self.records;
-        let set =
-            format!("value = $2, version = t.version + 1, written_at = now(), deleted = {delete}");
-        let insert = format!(
-            "INSERT INTO {t} AS t (key, value, version, written_at, deleted) \
-             VALUES ($1, $2, 1, now(), {delete}) ON CONFLICT (key) DO UPDATE SET {set}"
-        );
+        let Columns {
+            key,
+            version,
+            deleted,
+            ..
+        } = &self.columns;
+        let (insert, set) = self.upsert(delete, 2);
         match precondition {
             Precondition::IfVersion(_) => format!(
                 "UPDATE {t} AS t SET {set} \
-                 WHERE t.key = $1 AND t.version = $3::BIGINT AND NOT t.deleted RETURNING t.version"
+                 WHERE t.{key} = $1 AND t.{version} = $3::BIGINT AND NOT t.{deleted} RETURNING t.{version}"
             ),
             // `$3` is referenced by every form so that one parameter list
             // fits all.
             Precondition::IfAbsent => {
-                format!("{insert} WHERE t.deleted RETURNING t.version, $3::BIGINT")
+                format!("{insert} WHERE t.{deleted} RETURNING t.{version}, $3::BIGINT")
             }
-            Precondition::Any => format!("{insert} RETURNING t.version, $3::BIGINT"),
+            Precondition::Any => format!("{insert} RETURNING t.{version}, $3::BIGINT"),
         }
     }
 
     /// A record a multi-record write only checks, locked until it commits.
     /// Parameters: `$1` key. Columns: version, deleted.
     pub fn check(&self) -> String {
+        let c = &self.columns;
         format!(
-            "SELECT version, deleted FROM {} WHERE key = $1 FOR UPDATE",
-            self.records
+            "SELECT {}, {} FROM {} WHERE {} = $1 FOR UPDATE",
+            c.version, c.deleted, self.records, c.key
         )
     }
 
@@ -317,9 +587,10 @@ impl Tables {
     /// The current version of a record (none when it was deleted).
     /// Parameters: `$1` key.
     pub fn current_version(&self) -> String {
+        let c = &self.columns;
         format!(
-            "SELECT version FROM {} WHERE key = $1 AND NOT deleted",
-            self.records
+            "SELECT {} FROM {} WHERE {} = $1 AND NOT {}",
+            c.version, self.records, c.key, c.deleted
         )
     }
 }
@@ -612,6 +883,64 @@ mod tests {
             let without_unit = sql.replace("INTERVAL '1 second'", "");
             assert!(!without_unit.contains('\''), "no literal values: {sql}");
         }
+    }
+
+    #[test]
+    fn native_tables_use_the_application_s_columns_and_documents() {
+        let native = NativeTable::new("shop.orders", "order_id", "body").unwrap();
+        let t = Tables::native(&native, &tables());
+        assert!(t.json());
+        assert_eq!(t.idempotency.as_str(), "records_idempotency");
+        assert_eq!(
+            t.standby_read(),
+            "SELECT quorate_version, convert_to(COALESCE(body, 'null'::JSONB)::TEXT, 'UTF8'), quorate_deleted \
+             FROM shop.orders WHERE order_id = $1"
+        );
+        let write = t.write(
+            Dialect::Postgres,
+            Precondition::IfVersion(quorate::Version(3)),
+            false,
+        );
+        assert!(write.contains(
+            "UPDATE shop.orders AS t SET body = convert_from($2, 'UTF8')::JSONB, \
+             quorate_version = t.quorate_version + 1, quorate_written_at = now(), quorate_deleted = false \
+             WHERE t.order_id = $1 AND t.quorate_version = $4 AND NOT t.quorate_deleted"
+        ));
+        assert!(
+            write.contains("SELECT $3, $7, quorate_version, $5"),
+            "the outcome is bound to the client's key: {write}"
+        );
+        let create = t.write(Dialect::Postgres, Precondition::IfAbsent, false);
+        assert!(create.contains("ON CONFLICT (order_id) DO UPDATE SET"));
+        assert!(t
+            .apply(Precondition::Any, true)
+            .contains("quorate_deleted = true"));
+        assert!(t
+            .check()
+            .ends_with("FROM shop.orders WHERE order_id = $1 FOR UPDATE"));
+        assert_eq!(
+            t.current_version(),
+            "SELECT quorate_version FROM shop.orders WHERE order_id = $1 AND NOT quorate_deleted"
+        );
+        assert!(t
+            .follower_read(FollowerRead::Latest)
+            .contains("FROM shop.orders AS OF SYSTEM TIME"));
+        for sql in [write, create] {
+            let without = sql
+                .replace("INTERVAL '1 second'", "")
+                .replace("'UTF8'", "")
+                .replace("'null'", "");
+            assert!(!without.contains('\''), "no literal values: {sql}");
+        }
+        let create = native.create();
+        assert!(create[0].starts_with("CREATE TABLE IF NOT EXISTS shop.orders (order_id TEXT PRIMARY KEY, body JSONB NOT NULL"));
+        assert!(create[1..]
+            .iter()
+            .all(|s| s.starts_with("ALTER TABLE shop.orders ADD COLUMN IF NOT EXISTS quorate_")));
+        assert!(
+            create[1].ends_with("BIGINT NOT NULL DEFAULT 1"),
+            "rows from before quorate are version 1"
+        );
     }
 
     #[test]

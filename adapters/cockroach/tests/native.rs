@@ -1,0 +1,340 @@
+//! Collections on tables of the application's own, on real PostgreSQL
+//! servers: a table created by hand with plain SQL, adopted by
+//! `create_schema`, used through quorate and read by plain SQL.
+
+mod common;
+
+use serde::{Deserialize, Serialize};
+
+use quorate_cockroach::conformance::{run_all, Fixture};
+use quorate_cockroach::{
+    Client, ClientConfig, Critical, Error, NativeTable, PgBackend, Precondition, WriteOptions,
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Order {
+    status: String,
+    total_cents: u64,
+}
+
+fn table_name(what: &str) -> String {
+    format!(
+        "{what}_{:x}",
+        quorate_cockroach::random::process_entropy() & 0xff_ffff
+    )
+}
+
+/// A team's existing table: its own columns, a row written before quorate.
+async fn hand_made(primary: &str, table: &str) {
+    common::exec(
+        primary,
+        &format!(
+            "CREATE TABLE {table} (order_id TEXT PRIMARY KEY, body JSONB NOT NULL, note TEXT); \
+             INSERT INTO {table} (order_id, body, note) \
+             VALUES ('before', '{{\"total_cents\": 500, \"status\": \"paid\"}}', 'legacy')"
+        ),
+    )
+    .await;
+}
+
+async fn backend_on(s: &[String; 3], table: &str) -> PgBackend {
+    let mut config = common::config(s, "us");
+    config
+        .native
+        .insert(
+            "orders",
+            NativeTable::new(table, "order_id", "body").unwrap(),
+        )
+        .unwrap();
+    let backend = PgBackend::new(config).unwrap();
+    backend.create_schema().await.expect("adopts the table");
+    backend
+}
+
+async fn plain_sql(primary: &str, sql: &str, key: &str) -> Vec<Option<String>> {
+    let (client, conn) = tokio_postgres::connect(primary, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    let rows = client.query(sql, &[&key]).await.unwrap();
+    drop(client);
+    let _ = task.await;
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_created_by_hand_is_adopted_and_read_by_plain_sql() {
+    let Some(s) = common::servers() else { return };
+    let table = table_name("shop_orders");
+    hand_made(&s[0], &table).await;
+    let backend = backend_on(&s, &table).await;
+    let client = Client::new(backend, ClientConfig::default()).unwrap();
+    let session = client.session();
+    let orders = client
+        .collection::<Order, Critical>("orders", &session)
+        .unwrap();
+
+    // The row that was there before quorate: version 1, its document.
+    let before = orders.get("before").await.unwrap();
+    assert_eq!(before.version(), Some(quorate_cockroach::Version(1)));
+    assert_eq!(
+        before.value.unwrap().value,
+        Order {
+            status: "paid".into(),
+            total_cents: 500
+        }
+    );
+
+    let order = Order {
+        status: "open".into(),
+        total_cents: 1250,
+    };
+    let created = orders
+        .put("o-1", &order, Precondition::IfAbsent)
+        .await
+        .unwrap();
+    let shipped = orders
+        .update("o-1", |o| Order {
+            status: "shipped".into(),
+            ..o.unwrap()
+        })
+        .await
+        .unwrap();
+    assert_eq!(shipped.version.0, created.version.0 + 1);
+    // Any SQL sees the fields: no blob, no quorate in the way.
+    assert_eq!(
+        plain_sql(
+            &s[0],
+            &format!(
+                "SELECT body->>'status' FROM {table} WHERE order_id = $1 AND NOT quorate_deleted"
+            ),
+            "o-1"
+        )
+        .await,
+        [Some("shipped".to_owned())]
+    );
+    assert_eq!(
+        plain_sql(
+            &s[0],
+            &format!("SELECT note FROM {table} WHERE order_id = $1"),
+            "before"
+        )
+        .await,
+        [Some("legacy".to_owned())],
+        "the application's own columns are left alone"
+    );
+
+    // A delete is a tombstone row other readers skip, and the version goes
+    // on when the record comes back.
+    let gone = orders
+        .delete("o-1", Precondition::IfVersion(shipped.version))
+        .await
+        .unwrap();
+    assert!(plain_sql(
+        &s[0],
+        &format!("SELECT body->>'status' FROM {table} WHERE order_id = $1 AND NOT quorate_deleted"),
+        "o-1"
+    )
+    .await
+    .is_empty());
+    let again = orders
+        .put("o-1", &order, Precondition::IfAbsent)
+        .await
+        .unwrap();
+    assert_eq!(again.version.0, gone.version.0 + 1);
+
+    // One multi-record write over the native table and quorate's own.
+    let stock = client
+        .collection::<u64, Critical>("stock", &session)
+        .unwrap();
+    stock
+        .put("book", &3, Precondition::IfAbsent)
+        .await
+        .map(drop)
+        .or_else(|e| match e {
+            Error::Conflict { .. } => Ok(()),
+            e => Err(e),
+        })
+        .unwrap();
+    let book = stock.get("book").await.unwrap();
+    let mut tx = client.transaction(&session);
+    orders
+        .put_in(
+            &mut tx,
+            "o-2",
+            &Order {
+                status: "open".into(),
+                total_cents: 900,
+            },
+            Precondition::IfAbsent,
+        )
+        .unwrap();
+    stock
+        .put_in(
+            &mut tx,
+            "book",
+            &(book.value.as_ref().unwrap().value - 1),
+            Precondition::IfVersion(book.version().unwrap()),
+        )
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        plain_sql(
+            &s[0],
+            &format!("SELECT body->>'total_cents' FROM {table} WHERE order_id = $1"),
+            "o-2"
+        )
+        .await,
+        [Some("900".to_owned())]
+    );
+    // A conflict on the native record applies nothing anywhere.
+    let mut tx = client.transaction(&session);
+    orders
+        .put_in(&mut tx, "o-2", &order, Precondition::IfAbsent)
+        .unwrap();
+    stock
+        .put_in(&mut tx, "book", &0, Precondition::Any)
+        .unwrap();
+    match tx.commit().await {
+        Err(Error::Conflict { key, current }) => {
+            assert_eq!(key, "orders/o-2");
+            assert_eq!(current, Some(quorate_cockroach::Version(1)));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(
+        stock.get("book").await.unwrap().value.unwrap().value,
+        book.value.unwrap().value - 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_suite_holds_on_a_native_table() {
+    let Some(s) = common::servers() else { return };
+    let table = table_name("conf_orders");
+    hand_made(&s[0], &table).await;
+    let backend = backend_on(&s, &table).await;
+    let mut fixture = Fixture::new(backend);
+    fixture.prefix = format!("orders/{}", fixture.prefix);
+    let report = run_all(&fixture).await;
+    for (name, result) in &report {
+        println!("{name}: {result:?}");
+    }
+    assert!(report.iter().all(|(_, r)| r.is_ok()), "{report:#?}");
+    let written = plain_sql(
+        &s[0],
+        &format!("SELECT count(*)::TEXT FROM {table} WHERE order_id LIKE $1"),
+        &format!("{}/%", fixture.prefix.trim_start_matches("orders/")),
+    )
+    .await;
+    assert_ne!(
+        written,
+        [Some("0".to_owned())],
+        "the cases wrote to the native table"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_a_native_table_cannot_hold_are_refused_before_sending() {
+    let Some(s) = common::servers() else { return };
+    let table = table_name("bad_orders");
+    hand_made(&s[0], &table).await;
+    let backend = backend_on(&s, &table).await;
+    let client = Client::new(backend, ClientConfig::default()).unwrap();
+    let session = client.session();
+    let options = WriteOptions::default();
+    for bad in [
+        &b"not json"[..],
+        b"",
+        br#"{"a": "\u0000"}"#,
+        br#"{"\u0000": 1}"#,
+    ] {
+        let e = client
+            .write(
+                &session,
+                "orders/raw",
+                bytes::Bytes::copy_from_slice(bad),
+                Precondition::Any,
+                &options,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        let mut tx = client.transaction(&session);
+        tx.put(
+            "orders/raw".to_owned(),
+            bytes::Bytes::copy_from_slice(bad),
+            Precondition::Any,
+        );
+        tx.put("elsewhere".to_owned(), "1".into(), Precondition::Any);
+        let e = tx.commit().await.unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+    }
+    assert!(plain_sql(
+        &s[0],
+        &format!("SELECT body::TEXT FROM {table} WHERE order_id = $1"),
+        "raw"
+    )
+    .await
+    .is_empty());
+    assert!(client
+        .read(&session, "elsewhere", quorate_cockroach::ReadPolicy::Strong)
+        .await
+        .unwrap()
+        .value
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_that_do_not_fit_are_named_with_what_is_wrong() {
+    let Some(s) = common::servers() else { return };
+    for bad in [
+        NativeTable::new("Orders", "id", "body"),
+        NativeTable::new("a.b.c", "id", "body"),
+        NativeTable::new("orders", "id;", "body"),
+        NativeTable::new("orders", "body", "body"),
+        NativeTable::new("orders", "id", "body").and_then(|t| t.bookkeeping("Q")),
+        NativeTable::new("orders", "q_version", "body").and_then(|t| t.bookkeeping("q_")),
+    ] {
+        assert!(matches!(bad, Err(Error::InvalidInput(_))), "{bad:?}");
+    }
+    let mut config = common::config(&s, "us");
+    assert!(config
+        .native
+        .insert("a/b", NativeTable::new("orders", "id", "body").unwrap())
+        .is_err());
+
+    // The document column is text, and the key not the primary key.
+    let table = table_name("text_orders");
+    common::exec(
+        &s[0],
+        &format!("CREATE TABLE {table} (id SERIAL PRIMARY KEY, order_id TEXT, body TEXT)"),
+    )
+    .await;
+    config
+        .native
+        .insert(
+            "orders",
+            NativeTable::new(&table, "order_id", "body").unwrap(),
+        )
+        .unwrap();
+    let backend = PgBackend::new(config).unwrap();
+    let e = backend.create_schema().await.unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, Error::InvalidInput(_)), "{text}");
+    assert!(text.contains("column body"), "{text}");
+    assert!(text.contains("not its primary key"), "{text}");
+    let missing = {
+        let mut config = common::config(&s, "us");
+        config
+            .native
+            .insert(
+                "orders",
+                NativeTable::new("no_such_table_here", "id", "body").unwrap(),
+            )
+            .unwrap();
+        PgBackend::new(config).unwrap()
+    };
+    let e = missing.check_schema().await.unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}

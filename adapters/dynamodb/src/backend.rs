@@ -15,12 +15,13 @@ use aws_sdk_dynamodb::types::{
 };
 use bytes::Bytes;
 use quorate::{
-    Backend, Capabilities, Committed, Error, Freshness, IdempotencyKey, Point, Precondition, Probe,
-    Read, ReadPlan, Region, RegionSpec, ReplicaRole, Retryability, Scope, Topology,
-    TransactRequest, Transacted, TxAction, Version, Versioned, WriteRequest,
+    Backend, Capabilities, Catalog, Committed, Error, Freshness, IdempotencyKey, Point,
+    Precondition, Probe, Read, ReadPlan, Region, RegionSpec, ReplicaRole, Retryability, Scope,
+    Topology, TransactRequest, Transacted, TxAction, Version, Versioned, WriteRequest,
 };
 
-use crate::item::{self, n, s, Fields, Item};
+use crate::item::{self, n, s, Fields, Item, Names};
+use crate::native::{KeyKind, Layout, NativeTable};
 
 /// How a global table replicates between its regions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +89,9 @@ pub struct DynamoConfig {
     /// `expires_at`). Must exceed the longest time a caller may retry a
     /// logical write; DynamoDB's own `ClientRequestToken` covers 10 minutes.
     pub idempotency_ttl: Duration,
+    /// Collections whose records live in tables of the application's own
+    /// (see [`NativeTable`]); every other record lives in `table`.
+    pub native: Catalog<NativeTable>,
 }
 
 impl DynamoConfig {
@@ -111,6 +115,7 @@ impl DynamoConfig {
             home: Home::Region(home),
             mode: Mode::Eventual,
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            native: Catalog::new(),
         })
     }
 }
@@ -126,6 +131,12 @@ struct Inner {
     config: DynamoConfig,
     topology: Topology,
     idempotency_table: String,
+    /// quorate's own records table.
+    own: Layout,
+    /// Collections mapped onto native tables.
+    native: Catalog<Layout>,
+    /// The idempotency table's attribute names.
+    idem_names: Names,
     mode: Mode,
     /// The last attempt start handed out (nanoseconds), so that attempt
     /// starts and fences are strictly increasing in this process.
@@ -146,11 +157,16 @@ impl DynamoBackend {
     pub async fn connect(config: DynamoConfig) -> Result<DynamoBackend, Error> {
         let backend = Self::build(config, None)?;
         let mut reported = None;
+        let native = backend.inner.config.native.iter().map(|(_, t)| &t.table);
+        let tables: Vec<&String> = [
+            &backend.inner.config.table,
+            &backend.inner.idempotency_table,
+        ]
+        .into_iter()
+        .chain(native)
+        .collect();
         for rc in &backend.inner.config.regions {
-            for table in [
-                &backend.inner.config.table,
-                &backend.inner.idempotency_table,
-            ] {
+            for &table in &tables {
                 let described = rc
                     .client
                     .describe_table()
@@ -206,8 +222,15 @@ impl DynamoBackend {
             }
         }
         let mode = mode.unwrap_or(config.mode);
+        let mut native = Catalog::new();
+        for (collection, table) in config.native.iter() {
+            native.insert(collection, Layout::native(table))?;
+        }
         Ok(DynamoBackend {
             inner: Arc::new(Inner {
+                own: Layout::own(&config.table),
+                native,
+                idem_names: Names::own(),
                 config,
                 topology,
                 idempotency_table,
@@ -245,7 +268,8 @@ impl DynamoBackend {
 
     /// Creates both tables in every region (on-demand billing, `pk` as the
     /// partition key) and enables TTL on the idempotency table's
-    /// `expires_at`. Tables that exist are left as they are.
+    /// `expires_at`, and each native table with its key schema. Tables that
+    /// exist are left as they are.
     pub async fn create_tables(&self) -> Result<(), Error> {
         for rc in &self.inner.config.regions {
             for table in [&self.inner.config.table, &self.inner.idempotency_table] {
@@ -275,6 +299,9 @@ impl DynamoBackend {
                     Err(e) if e.code() == Some("ResourceInUseException") => {}
                     Err(e) => return Err(classify(e, Op::Read)),
                 }
+            }
+            for (_, table) in self.inner.config.native.iter() {
+                create_native(&rc.client, table).await?;
             }
             let ttl = rc
                 .client
@@ -333,8 +360,21 @@ impl DynamoBackend {
         }
     }
 
-    fn fields<'a>(&'a self, table: &'a str, item: &'a Item) -> Fields<'a> {
-        Fields { table, item }
+    /// An idempotency item's fields.
+    fn idem_fields<'a>(&'a self, item: &'a Item) -> Fields<'a> {
+        Fields {
+            table: &self.inner.idempotency_table,
+            item,
+            names: &self.inner.idem_names,
+        }
+    }
+
+    /// The table holding `key` and the key within it.
+    fn route<'k>(&self, key: &'k str) -> (&Layout, &'k str) {
+        self.inner
+            .native
+            .route(key)
+            .unwrap_or((&self.inner.own, key))
     }
 
     fn expires_at(&self) -> u64 {
@@ -353,19 +393,21 @@ impl DynamoBackend {
         client: &aws_sdk_dynamodb::Client,
         key: &str,
     ) -> Result<Base, Error> {
+        let (layout, row) = self.route(key);
         let out = client
             .get_item()
-            .table_name(&self.inner.config.table)
-            .key(item::PK, s(key))
+            .table_name(&layout.table)
+            .set_key(Some(layout.key(row)?))
             .consistent_read(true)
-            .projection_expression("#v, #d")
-            .expression_attribute_names("#v", item::VERSION)
-            .expression_attribute_names("#d", item::DELETED)
+            .projection_expression("#k, #v, #d")
+            .expression_attribute_names("#k", layout.partition_name())
+            .expression_attribute_names("#v", &layout.names.version)
+            .expression_attribute_names("#d", &layout.names.deleted)
             .send()
             .await
             .map_err(|e| classify(e, Op::Read))?;
         match out.item() {
-            Some(i) => Base::of(&self.fields(&self.inner.config.table, i)).map_err(Error::from),
+            Some(i) => Base::of(&layout.fields(i)).map_err(Error::from),
             None => Ok(Base::Absent),
         }
     }
@@ -402,7 +444,7 @@ impl DynamoBackend {
         let Some(found) = out.item() else {
             return Ok(Recorded::Nothing);
         };
-        let f = self.fields(&self.inner.idempotency_table, found);
+        let f = self.idem_fields(found);
         // Fences written by earlier releases name no record.
         if f.has(item::RECORD_KEY) && f.string(item::RECORD_KEY)? != key {
             return Err(Error::IdempotencyKeyReused {
@@ -416,7 +458,7 @@ impl DynamoBackend {
         let region =
             Region::new(f.string(item::WRITER)?).map_err(|_| item::ItemError::OutOfRange {
                 table: self.inner.idempotency_table.clone(),
-                attribute: item::WRITER,
+                attribute: item::WRITER.into(),
             })?;
         let point = Point {
             wall: f.number(item::WRITTEN_AT)?,
@@ -426,7 +468,7 @@ impl DynamoBackend {
             let versions = decode_versions(f.string(item::VERSIONS)?, keys).ok_or_else(|| {
                 item::ItemError::OutOfRange {
                     table: self.inner.idempotency_table.clone(),
-                    attribute: item::VERSIONS,
+                    attribute: item::VERSIONS.into(),
                 }
             })?;
             return Ok(Recorded::Many(Transacted {
@@ -508,13 +550,17 @@ impl DynamoBackend {
             )));
         }
         let mut bytes = 0;
+        // Every record's attributes, checked before anything is sent (a
+        // check's: its key).
+        let mut records = Vec::with_capacity(request.ops.len());
         for op in request.ops {
-            let value = match op.action {
-                TxAction::Write(m) => m.value().map_or(&[][..], |v| &v[..]),
-                TxAction::Check => &[][..],
+            let (layout, row) = self.route(op.key);
+            let record = match op.action {
+                TxAction::Write(m) => layout.record(row, m.value())?,
+                TxAction::Check => layout.key(row)?,
             };
-            item::check_record(op.key, value)?;
-            bytes += value.len() + op.key.len();
+            bytes += crate::native::item_size(&record);
+            records.push(record);
             if let Home::By(f) = &self.inner.config.home {
                 let home = f(op.key);
                 if self.inner.topology.index_of(&home).is_none() {
@@ -528,7 +574,6 @@ impl DynamoBackend {
             )));
         }
         let client = self.client(request.region)?;
-        let table = &self.inner.config.table;
         let generated;
         let idem = match request.idempotency_key {
             Some(k) => k,
@@ -559,12 +604,19 @@ impl DynamoBackend {
             let mut versions = Vec::new();
             let mut encoded = String::new();
             for (i, op) in request.ops.iter().enumerate() {
+                let layout = self.route(op.key).0;
                 match op.action {
                     TxAction::Write(m) => {
-                        let put =
-                            record_put(table, op.key, m.value(), bases[i], start, request.region)
-                                .build()
-                                .map_err(build_err)?;
+                        let put = record_put(
+                            layout,
+                            records[i].clone(),
+                            m.is_delete(),
+                            bases[i],
+                            start,
+                            request.region,
+                        )
+                        .build()
+                        .map_err(build_err)?;
                         items.push(TransactWriteItem::builder().put(put).build());
                         let version = bases[i].last().map_or(Version::FIRST, |v| v.next());
                         if !encoded.is_empty() {
@@ -573,13 +625,17 @@ impl DynamoBackend {
                         encoded.push_str(&format!("{i}:{}", version.0));
                         versions.push((op.key.to_owned(), version));
                     }
-                    TxAction::Check => match record_check(table, op.key, op.precondition) {
-                        Some(check) => {
-                            let check = check.build().map_err(build_err)?;
-                            items.push(TransactWriteItem::builder().condition_check(check).build());
+                    TxAction::Check => {
+                        match record_check(layout, records[i].clone(), op.precondition) {
+                            Some(check) => {
+                                let check = check.build().map_err(build_err)?;
+                                items.push(
+                                    TransactWriteItem::builder().condition_check(check).build(),
+                                );
+                            }
+                            None => continue,
                         }
-                        None => continue,
-                    },
+                    }
                 }
                 of_item.push(i);
             }
@@ -675,7 +731,8 @@ impl DynamoBackend {
             }
             let i = of_item[j];
             let op = &request.ops[i];
-            let old = reasons[j].item().map(|it| self.fields(table, it));
+            let layout = self.route(op.key).0;
+            let old = reasons[j].item().map(|it| layout.fields(it));
             let found = match &old {
                 Some(f) => Base::of(f)?,
                 None => Base::Absent,
@@ -686,8 +743,8 @@ impl DynamoBackend {
                 // The state matched: this clock is behind the item's last
                 // write time. Go again, later.
                 _ if found == bases[i] => {
-                    if let Some(w) = old.as_ref().map(|f| f.number(item::WRITTEN_AT)) {
-                        self.observe_start(w?);
+                    if let Some(w) = old.as_ref().map(|f| f.written_at()).transpose()?.flatten() {
+                        self.observe_start(w);
                     }
                     true
                 }
@@ -709,6 +766,49 @@ impl DynamoBackend {
     /// write time, set by a process whose clock runs ahead).
     fn observe_start(&self, t: u64) {
         self.inner.last_start.fetch_max(t, Ordering::Relaxed);
+    }
+}
+
+/// Creates a native table with its key schema (on-demand billing) unless
+/// it exists; one that exists is the application's and is left as it is.
+async fn create_native(
+    client: &aws_sdk_dynamodb::Client,
+    table: &NativeTable,
+) -> Result<(), Error> {
+    let invalid = |e: aws_sdk_dynamodb::error::BuildError| Error::InvalidInput(e.to_string());
+    let mut create = client
+        .create_table()
+        .table_name(&table.table)
+        .billing_mode(BillingMode::PayPerRequest);
+    for (key, role) in [
+        (Some(&table.partition_key), KeyType::Hash),
+        (table.sort_key.as_ref(), KeyType::Range),
+    ] {
+        let Some(key) = key else { continue };
+        let kind = match key.kind {
+            KeyKind::String => ScalarAttributeType::S,
+            KeyKind::Number => ScalarAttributeType::N,
+        };
+        create = create
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(&key.name)
+                    .attribute_type(kind)
+                    .build()
+                    .map_err(invalid)?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(&key.name)
+                    .key_type(role)
+                    .build()
+                    .map_err(invalid)?,
+            );
+    }
+    match create.send().await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some("ResourceInUseException") => Ok(()),
+        Err(e) => Err(classify(e, Op::Read)),
     }
 }
 
@@ -760,76 +860,112 @@ enum Recorded {
     Many(Transacted),
 }
 
-/// The item a write of `key` puts (a tombstone for a delete), conditioned on
-/// `base`. An item's write times increase with its versions, so that a
-/// read's point (the item's `written_at`) orders its versions: a writer
-/// whose clock is behind the item's last write retries with a later start.
+/// The item a write puts — `record`, its key and value attributes (a
+/// tombstone's: its key only, with `deleted`), and the bookkeeping —
+/// conditioned on `base`. An item's write times increase with its
+/// versions, so that a read's point (the item's write time) orders its
+/// versions: a writer whose clock is behind the item's last write retries
+/// with a later start. On a native table an item from before quorate has no
+/// bookkeeping: it is version 1 with no write time.
 fn record_put(
-    table: &str,
-    key: &str,
-    value: Option<&Bytes>,
+    layout: &Layout,
+    record: Item,
+    delete: bool,
     base: Base,
     start: u64,
     region: &Region,
 ) -> aws_sdk_dynamodb::types::builders::PutBuilder {
+    let names = &layout.names;
     let version = base.last().map_or(Version::FIRST, |v| v.next());
-    let record = Put::builder()
-        .table_name(table)
-        .item(item::PK, s(key))
-        .item(item::VERSION, n(version.0))
-        .item(item::WRITTEN_AT, n(start))
-        .item(item::WRITER, s(region.as_str()))
+    let put = Put::builder()
+        .table_name(&layout.table)
+        .set_item(Some(record))
+        .item(&names.version, n(version.0))
+        .item(&names.written_at, n(start))
+        .item(&names.writer, s(region.as_str()))
         .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-    let record = match value {
-        Some(v) => record.item(item::VALUE, AttributeValue::B(v.to_vec().into())),
-        // A delete leaves a tombstone: the item with its version and no
-        // value.
-        None => record.item(item::DELETED, AttributeValue::Bool(true)),
+    // A delete leaves a tombstone: the item with its version and no value.
+    let put = if delete {
+        put.item(&names.deleted, AttributeValue::Bool(true))
+    } else {
+        put
     };
     match base {
-        Base::Absent => record.condition_expression("attribute_not_exists(pk)"),
-        Base::Live(v) => record
-            .condition_expression("#v = :expected AND #w < :start AND attribute_not_exists(#d)")
-            .expression_attribute_names("#v", item::VERSION)
-            .expression_attribute_names("#w", item::WRITTEN_AT)
-            .expression_attribute_names("#d", item::DELETED)
+        Base::Absent => put
+            .condition_expression("attribute_not_exists(#k)")
+            .expression_attribute_names("#k", layout.partition_name()),
+        Base::Live(v) => {
+            let (version, written) = live_condition(layout, v);
+            put.condition_expression(format!(
+                "attribute_exists(#k) AND {version} AND {written} AND attribute_not_exists(#d)"
+            ))
+            .expression_attribute_names("#k", layout.partition_name())
+            .expression_attribute_names("#v", &names.version)
+            .expression_attribute_names("#w", &names.written_at)
+            .expression_attribute_names("#d", &names.deleted)
             .expression_attribute_values(":expected", n(v.0))
-            .expression_attribute_values(":start", n(start)),
-        Base::Tombstone(v) => record
+            .expression_attribute_values(":start", n(start))
+        }
+        Base::Tombstone(v) => put
             .condition_expression("#v = :expected AND #w < :start AND #d = :deleted")
-            .expression_attribute_names("#v", item::VERSION)
-            .expression_attribute_names("#w", item::WRITTEN_AT)
-            .expression_attribute_names("#d", item::DELETED)
+            .expression_attribute_names("#v", &names.version)
+            .expression_attribute_names("#w", &names.written_at)
+            .expression_attribute_names("#d", &names.deleted)
             .expression_attribute_values(":expected", n(v.0))
             .expression_attribute_values(":start", n(start))
             .expression_attribute_values(":deleted", AttributeValue::Bool(true)),
     }
 }
 
-/// The condition check of a record a multi-record write only checks, or
-/// `None` when its precondition (`Any`) always holds.
+/// The conditions that a live record is at version `v` (`#v`,
+/// `:expected`) and was written before `:start` (`#w`), for an item that
+/// is there: on a native table, one without bookkeeping is version 1 and
+/// written before any start.
+fn live_condition(layout: &Layout, v: Version) -> (&'static str, &'static str) {
+    match (layout.names.adopt, v == Version::FIRST) {
+        (false, _) => ("#v = :expected", "#w < :start"),
+        (true, false) => (
+            "#v = :expected",
+            "(attribute_not_exists(#w) OR #w < :start)",
+        ),
+        (true, true) => (
+            "(#v = :expected OR attribute_not_exists(#v))",
+            "(attribute_not_exists(#w) OR #w < :start)",
+        ),
+    }
+}
+
+/// The condition check of a record a multi-record write only checks (its
+/// key attributes `key`), or `None` when its precondition (`Any`) always
+/// holds.
 fn record_check(
-    table: &str,
-    key: &str,
+    layout: &Layout,
+    key: Item,
     precondition: Precondition,
 ) -> Option<aws_sdk_dynamodb::types::builders::ConditionCheckBuilder> {
+    let names = &layout.names;
     let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
-        .table_name(table)
-        .key(item::PK, s(key))
+        .table_name(&layout.table)
+        .set_key(Some(key))
         .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
     match precondition {
         Precondition::Any => None,
         Precondition::IfAbsent => Some(
             check
-                .condition_expression("attribute_not_exists(pk) OR #d = :deleted")
-                .expression_attribute_names("#d", item::DELETED)
+                .condition_expression("attribute_not_exists(#k) OR #d = :deleted")
+                .expression_attribute_names("#k", layout.partition_name())
+                .expression_attribute_names("#d", &names.deleted)
                 .expression_attribute_values(":deleted", AttributeValue::Bool(true)),
         ),
         Precondition::IfVersion(v) => Some(
             check
-                .condition_expression("#v = :expected AND attribute_not_exists(#d)")
-                .expression_attribute_names("#v", item::VERSION)
-                .expression_attribute_names("#d", item::DELETED)
+                .condition_expression(format!(
+                    "attribute_exists(#k) AND {} AND attribute_not_exists(#d)",
+                    live_condition(layout, v).0
+                ))
+                .expression_attribute_names("#k", layout.partition_name())
+                .expression_attribute_names("#v", &names.version)
+                .expression_attribute_names("#d", &names.deleted)
                 .expression_attribute_values(":expected", n(v.0)),
         ),
     }
@@ -984,28 +1120,29 @@ impl Backend for DynamoBackend {
     }
 
     async fn read(&self, plan: &ReadPlan<'_>) -> Result<Read<Bytes>, Error> {
-        item::check_key(plan.key)?;
+        let (layout, row) = self.route(plan.key);
+        let key = layout.key(row)?;
         let client = self.client(plan.region)?;
         let consistent = plan.role == ReplicaRole::Leader;
         let out = client
             .get_item()
-            .table_name(&self.inner.config.table)
-            .key(item::PK, s(plan.key))
+            .table_name(&layout.table)
+            .set_key(Some(key))
             .consistent_read(consistent)
             .send()
             .await
             .map_err(|e| classify(e, Op::Read))?;
         let (value, deleted, written_at) = match out.item() {
             Some(found) => {
-                let f = self.fields(&self.inner.config.table, found);
+                let f = layout.fields(found);
                 let version = f.version()?;
-                let written_at = Some(f.number(item::WRITTEN_AT)?);
+                let written_at = f.written_at()?;
                 if f.deleted()? {
                     (None, Some(version), written_at)
                 } else {
                     let versioned = Versioned {
                         version,
-                        value: f.binary(item::VALUE)?,
+                        value: layout.value_of(&f)?,
                     };
                     (Some(versioned), None, written_at)
                 }
@@ -1062,8 +1199,9 @@ impl Backend for DynamoBackend {
     }
 
     async fn write(&self, request: &WriteRequest<'_>) -> Result<Committed, Error> {
-        let value = request.mutation.value();
-        item::check_record(request.key, value.map_or(&[][..], |v| &v[..]))?;
+        let (layout, row) = self.route(request.key);
+        // Checked before anything is sent.
+        let record = layout.record(row, request.mutation.value())?;
         if let Home::By(f) = &self.inner.config.home {
             // A home outside the table's regions is a configuration error,
             // not a reason to write wherever the request happens to be.
@@ -1073,7 +1211,6 @@ impl Backend for DynamoBackend {
             }
         }
         let client = self.client(request.region)?;
-        let table = &self.inner.config.table;
         let generated;
         let idem = match request.idempotency_key {
             Some(k) => k,
@@ -1094,7 +1231,14 @@ impl Backend for DynamoBackend {
         loop {
             let version = base.last().map_or(Version::FIRST, |v| v.next());
             let start = self.next_start();
-            let record = record_put(table, request.key, value, base, start, request.region);
+            let record = record_put(
+                layout,
+                record.clone(),
+                request.mutation.is_delete(),
+                base,
+                start,
+                request.region,
+            );
             // The outcome, unless an attempt already recorded one; a fence
             // left by an ambiguity lookup stops only attempts started
             // before it.
@@ -1175,7 +1319,7 @@ impl Backend for DynamoBackend {
                     {
                         return Ok(done);
                     }
-                    let old = reasons[0].item().map(|i| self.fields(table, i));
+                    let old = reasons[0].item().map(|i| layout.fields(i));
                     let found = match &old {
                         Some(f) => Base::of(f)?,
                         None => Base::Absent,
@@ -1184,8 +1328,9 @@ impl Backend for DynamoBackend {
                     if found == base {
                         // The state matched: this clock is behind the
                         // item's last write time. Go again, later.
-                        if let Some(w) = old.as_ref().map(|f| f.number(item::WRITTEN_AT)) {
-                            self.observe_start(w?);
+                        if let Some(w) = old.as_ref().map(|f| f.written_at()).transpose()?.flatten()
+                        {
+                            self.observe_start(w);
                         }
                         if tokio::time::Instant::now() >= request.deadline {
                             return Err(Error::backend(

@@ -52,14 +52,14 @@ pub enum ItemError {
         /// The table.
         table: String,
         /// The attribute.
-        attribute: &'static str,
+        attribute: String,
     },
     /// An attribute has another type than quorate writes.
     WrongType {
         /// The table.
         table: String,
         /// The attribute.
-        attribute: &'static str,
+        attribute: String,
         /// The type quorate writes: `N`, `S`, `B` or `BOOL`.
         expected: &'static str,
     },
@@ -68,7 +68,7 @@ pub enum ItemError {
         /// The table.
         table: String,
         /// The attribute.
-        attribute: &'static str,
+        attribute: String,
     },
 }
 
@@ -156,24 +156,50 @@ pub(crate) fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
 }
 
+/// The names of a record's bookkeeping attributes in its table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Names {
+    pub version: String,
+    pub written_at: String,
+    pub writer: String,
+    pub deleted: String,
+    /// Items may be the application's from before quorate, without
+    /// bookkeeping: such an item is version 1 with no write time.
+    pub adopt: bool,
+}
+
+impl Names {
+    /// quorate's own tables.
+    pub fn own() -> Names {
+        Names {
+            version: VERSION.into(),
+            written_at: WRITTEN_AT.into(),
+            writer: WRITER.into(),
+            deleted: DELETED.into(),
+            adopt: false,
+        }
+    }
+}
+
 /// Reads typed attributes of one item, naming the table in errors.
 pub(crate) struct Fields<'a> {
     pub table: &'a str,
     pub item: &'a Item,
+    pub names: &'a Names,
 }
 
 impl Fields<'_> {
-    fn get(&self, attribute: &'static str) -> Result<&AttributeValue, ItemError> {
+    fn get(&self, attribute: &str) -> Result<&AttributeValue, ItemError> {
         self.item.get(attribute).ok_or_else(|| ItemError::Missing {
             table: self.table.to_owned(),
-            attribute,
+            attribute: attribute.to_owned(),
         })
     }
 
-    fn wrong(&self, attribute: &'static str, expected: &'static str) -> ItemError {
+    fn wrong(&self, attribute: &str, expected: &'static str) -> ItemError {
         ItemError::WrongType {
             table: self.table.to_owned(),
-            attribute,
+            attribute: attribute.to_owned(),
             expected,
         }
     }
@@ -182,24 +208,24 @@ impl Fields<'_> {
         self.item.contains_key(attribute)
     }
 
-    pub fn number(&self, attribute: &'static str) -> Result<u64, ItemError> {
+    pub fn number(&self, attribute: &str) -> Result<u64, ItemError> {
         match self.get(attribute)? {
             AttributeValue::N(text) => text.parse().map_err(|_| ItemError::OutOfRange {
                 table: self.table.to_owned(),
-                attribute,
+                attribute: attribute.to_owned(),
             }),
             _ => Err(self.wrong(attribute, "N")),
         }
     }
 
-    pub fn string(&self, attribute: &'static str) -> Result<&str, ItemError> {
+    pub fn string(&self, attribute: &str) -> Result<&str, ItemError> {
         match self.get(attribute)? {
             AttributeValue::S(text) => Ok(text),
             _ => Err(self.wrong(attribute, "S")),
         }
     }
 
-    pub fn binary(&self, attribute: &'static str) -> Result<Bytes, ItemError> {
+    pub fn binary(&self, attribute: &str) -> Result<Bytes, ItemError> {
         match self.get(attribute)? {
             AttributeValue::B(blob) => Ok(Bytes::copy_from_slice(blob.as_ref())),
             _ => Err(self.wrong(attribute, "B")),
@@ -209,21 +235,37 @@ impl Fields<'_> {
     /// Whether the item is a delete's tombstone (`deleted` is `true`; absent
     /// or `false` on a live record).
     pub fn deleted(&self) -> Result<bool, ItemError> {
-        match self.item.get(DELETED) {
+        let deleted = &self.names.deleted;
+        match self.item.get(deleted) {
             None => Ok(false),
             Some(AttributeValue::Bool(b)) => Ok(*b),
-            Some(_) => Err(self.wrong(DELETED, "BOOL")),
+            Some(_) => Err(self.wrong(deleted, "BOOL")),
         }
     }
 
+    /// The record's version (1 for an adopted item without one).
     pub fn version(&self) -> Result<Version, ItemError> {
-        match self.number(VERSION)? {
+        let version = &self.names.version;
+        if self.names.adopt && !self.has(version) {
+            return Ok(Version::FIRST);
+        }
+        match self.number(version)? {
             0 => Err(ItemError::OutOfRange {
                 table: self.table.to_owned(),
-                attribute: VERSION,
+                attribute: version.clone(),
             }),
             v => Ok(Version(v)),
         }
+    }
+
+    /// When the record was written (none for an adopted item without a
+    /// write time).
+    pub fn written_at(&self) -> Result<Option<u64>, ItemError> {
+        let written_at = &self.names.written_at;
+        if self.names.adopt && !self.has(written_at) {
+            return Ok(None);
+        }
+        self.number(written_at).map(Some)
     }
 }
 
@@ -232,10 +274,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn fields(item: &Item) -> Fields<'_> {
+    fn fields<'a>(item: &'a Item) -> Fields<'a> {
+        static OWN: std::sync::OnceLock<Names> = std::sync::OnceLock::new();
         Fields {
             table: "records",
             item,
+            names: OWN.get_or_init(Names::own),
         }
     }
 
@@ -286,7 +330,7 @@ mod tests {
             f.version(),
             Err(ItemError::WrongType {
                 table: "records".into(),
-                attribute: VERSION,
+                attribute: VERSION.into(),
                 expected: "N"
             })
         );
@@ -304,7 +348,7 @@ mod tests {
         ));
         let e: Error = ItemError::Missing {
             table: "t".into(),
-            attribute: VALUE,
+            attribute: VALUE.into(),
         }
         .into();
         assert_eq!(e.retryability(), quorate::Retryability::Permanent);

@@ -50,9 +50,11 @@
 
 mod backend;
 pub mod item;
+mod native;
 
 pub use aws_config;
 pub use aws_sdk_dynamodb;
 pub use backend::{DynamoBackend, DynamoConfig, Home, Mode, RegionClient};
 pub use item::ItemError;
+pub use native::{KeyAttribute, KeyKind, NativeTable};
 pub use quorate::*;

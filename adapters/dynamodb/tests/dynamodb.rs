@@ -463,10 +463,10 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() {
                 matches!(
                     item,
                     ItemError::WrongType {
-                        attribute: "version",
+                        attribute,
                         expected: "N",
                         ..
-                    }
+                    } if attribute == "version"
                 ),
                 "{item:?}"
             );

@@ -3,7 +3,8 @@
 //! controllable lag, a pause, and last-writer-wins on `(written_at, writer)`
 //! as MREC global tables resolve concurrent writes. It copies only items
 //! whose key (or, for idempotency items, record key) starts with its
-//! prefix, so concurrent tests do not see each other's replication.
+//! prefix, so concurrent tests do not see each other's replication. It
+//! replicates quorate's tables, and native tables it is given.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,16 +41,79 @@ impl Drop for Replicator {
     }
 }
 
-fn stamp(item: &Item) -> Option<(u64, String)> {
-    let written = match item.get(WRITTEN_AT)? {
-        AttributeValue::N(n) => n.parse().ok()?,
-        _ => return None,
-    };
-    let writer = match item.get(WRITER) {
-        Some(AttributeValue::S(s)) => s.clone(),
-        _ => String::new(),
-    };
-    Some((written, writer))
+/// One table the replicator copies.
+#[derive(Clone, Debug)]
+pub struct Replicated {
+    /// The table.
+    pub table: String,
+    /// The string attribute that must start with `prefix`.
+    pub filter: String,
+    /// The prefix.
+    pub prefix: String,
+    /// The key attributes (the partition key first).
+    pub keys: Vec<String>,
+    /// The write time and writer attributes last-writer-wins compares.
+    pub written_at: String,
+    pub writer: String,
+}
+
+impl Replicated {
+    /// quorate's records table, for keys under `prefix`.
+    pub fn records(prefix: &str) -> Replicated {
+        Replicated {
+            table: TABLE.to_owned(),
+            filter: PK.to_owned(),
+            prefix: prefix.to_owned(),
+            keys: vec![PK.to_owned()],
+            written_at: WRITTEN_AT.to_owned(),
+            writer: WRITER.to_owned(),
+        }
+    }
+
+    /// quorate's idempotency table, for records under `prefix`.
+    pub fn idempotency(prefix: &str) -> Replicated {
+        Replicated {
+            table: format!("{TABLE}-idempotency"),
+            filter: RECORD_KEY.to_owned(),
+            ..Replicated::records(prefix)
+        }
+    }
+
+    /// A native table, for partition keys under `prefix`.
+    pub fn native(table: &quorate_dynamodb::NativeTable, prefix: &str) -> Replicated {
+        let mut keys = vec![table.partition_key.name.clone()];
+        keys.extend(table.sort_key.as_ref().map(|k| k.name.clone()));
+        Replicated {
+            table: table.table.clone(),
+            filter: table.partition_key.name.clone(),
+            prefix: prefix.to_owned(),
+            keys,
+            written_at: table.written_at.clone(),
+            writer: table.writer.clone(),
+        }
+    }
+
+    fn stamp(&self, item: &Item) -> Option<(u64, String)> {
+        let written = match item.get(&self.written_at)? {
+            AttributeValue::N(n) => n.parse().ok()?,
+            _ => return None,
+        };
+        let writer = match item.get(&self.writer) {
+            Some(AttributeValue::S(s)) => s.clone(),
+            _ => String::new(),
+        };
+        Some((written, writer))
+    }
+
+    /// The item's key, as one text.
+    fn key(&self, item: &Item) -> Option<String> {
+        let parts: Option<Vec<String>> = self
+            .keys
+            .iter()
+            .map(|k| item.get(k).map(|v| format!("{v:?}")))
+            .collect();
+        parts.map(|p| p.join("\u{0}"))
+    }
 }
 
 async fn scan(
@@ -85,39 +149,40 @@ impl Replicator {
     /// `lag` (the time an item must wait after the replicator first sees
     /// it).
     pub fn start(endpoint: &str, prefix: &str, lag: Duration) -> Replicator {
+        Replicator::start_tables(
+            endpoint,
+            vec![Replicated::records(prefix), Replicated::idempotency(prefix)],
+            lag,
+        )
+    }
+
+    /// Starts replicating `tables` between the two regions with `lag`.
+    pub fn start_tables(endpoint: &str, tables: Vec<Replicated>, lag: Duration) -> Replicator {
         let control = Arc::new(Control::default());
         control
             .lag_ms
             .store(lag.as_millis() as u64, Ordering::SeqCst);
         let clients: Vec<_> = REGIONS.iter().map(|(_, aws)| sdk(endpoint, aws)).collect();
-        let (c, prefix) = (control.clone(), prefix.to_owned());
+        let c = control.clone();
         let task = tokio::spawn(async move {
-            let tables = [
-                (TABLE.to_owned(), PK),
-                (format!("{TABLE}-idempotency"), RECORD_KEY),
-            ];
             // When each pending copy was first seen.
             let mut seen: HashMap<(usize, String, String, (u64, String)), Instant> = HashMap::new();
             loop {
-                for (table, attribute) in &tables {
+                for t in &tables {
+                    let table = &t.table;
                     for (src, dst) in [(0usize, 1usize), (1, 0)] {
                         let (Ok(from), Ok(to)) = (
-                            scan(&clients[src], table, attribute, &prefix).await,
-                            scan(&clients[dst], table, attribute, &prefix).await,
+                            scan(&clients[src], table, &t.filter, &t.prefix).await,
+                            scan(&clients[dst], table, &t.filter, &t.prefix).await,
                         ) else {
                             continue;
                         };
                         let there: HashMap<String, (u64, String)> = to
                             .iter()
-                            .filter_map(|i| match (i.get(PK), stamp(i)) {
-                                (Some(AttributeValue::S(k)), Some(s)) => Some((k.clone(), s)),
-                                _ => None,
-                            })
+                            .filter_map(|i| Some((t.key(i)?, t.stamp(i)?)))
                             .collect();
                         for item in from {
-                            let (Some(AttributeValue::S(key)), Some(st)) =
-                                (item.get(PK).cloned(), stamp(&item))
-                            else {
+                            let (Some(key), Some(st)) = (t.key(&item), t.stamp(&item)) else {
                                 continue;
                             };
                             if there.get(&key).is_some_and(|d| *d >= st) {
@@ -136,10 +201,11 @@ impl Replicator {
                                 .table_name(table)
                                 .set_item(Some(item))
                                 .condition_expression(
-                                    "attribute_not_exists(pk) OR #w < :w OR (#w = :w AND #r < :r)",
+                                    "attribute_not_exists(#k) OR #w < :w OR (#w = :w AND #r < :r)",
                                 )
-                                .expression_attribute_names("#w", WRITTEN_AT)
-                                .expression_attribute_names("#r", WRITER)
+                                .expression_attribute_names("#k", &t.keys[0])
+                                .expression_attribute_names("#w", &t.written_at)
+                                .expression_attribute_names("#r", &t.writer)
                                 .expression_attribute_values(
                                     ":w",
                                     AttributeValue::N(st.0.to_string()),

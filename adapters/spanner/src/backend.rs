@@ -11,12 +11,12 @@ use gcloud_spanner::statement::Statement;
 use gcloud_spanner::transaction_rw::ReadWriteTransaction;
 use gcloud_spanner::value::CommitTimestamp;
 use quorate::{
-    Backend, Capabilities, Committed, Error, Freshness, IdempotencyKey, Point, Precondition, Probe,
-    Read, ReadPlan, Region, RegionSpec, ReplicaRole, Retryability, Scope, Topology,
-    TransactRequest, Transacted, TxAction, Version, Versioned, WriteRequest,
+    Backend, Capabilities, Catalog, Committed, Error, Freshness, IdempotencyKey, Mutation, Point,
+    Precondition, Probe, Read, ReadPlan, Region, RegionSpec, ReplicaRole, Retryability, Scope,
+    Topology, TransactRequest, Transacted, TxAction, Version, Versioned, WriteRequest,
 };
 
-use crate::sql::{self, Tables};
+use crate::sql::{self, NativeTable, Tables};
 
 /// Spanner keeps old versions this long by default: reads further in the
 /// past fail.
@@ -42,6 +42,9 @@ pub struct SpannerConfig {
     pub serialize_read_write: bool,
     /// The emulator's address, overriding `SPANNER_EMULATOR_HOST`.
     pub emulator_host: Option<String>,
+    /// Collections whose records live in tables of the application's own
+    /// (see [`NativeTable`]); every other record lives in `table`.
+    pub native: Catalog<NativeTable>,
 }
 
 impl SpannerConfig {
@@ -59,6 +62,7 @@ impl SpannerConfig {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             serialize_read_write: false,
             emulator_host: None,
+            native: Catalog::new(),
         })
     }
 }
@@ -219,6 +223,10 @@ impl SpannerBackend {
         .await
         .map_err(|e| Error::backend(Retryability::Retryable, None, e.to_string()))?;
         let reads = crate::directed::Sessions::new(conn, config.database.clone());
+        let mut native = Catalog::new();
+        for (collection, table) in config.native.iter() {
+            native.insert(collection, TableSql::new(Tables::native(table, &tables)))?;
+        }
         let client = Spanner::new(&config.database, client_config)
             .await
             .map_err(|e| client_error(e, Phase::Before))?;
@@ -228,9 +236,9 @@ impl SpannerBackend {
                 scope,
                 topology,
                 sql: Statements {
-                    read: tables.read(),
-                    current_version: tables.current_version(),
                     lookup: tables.lookup(),
+                    own: TableSql::new(tables.clone()),
+                    native,
                 },
                 tables,
                 client,
@@ -264,7 +272,10 @@ impl SpannerBackend {
     }
 
     /// Creates both tables if they do not exist, through the same emulator
-    /// or with the same Application Default Credentials as the backend.
+    /// or with the same Application Default Credentials as the backend;
+    /// creates each native table that does not exist and adds the
+    /// bookkeeping columns to one that does (see [`NativeTable::create`]);
+    /// then checks them ([`SpannerBackend::check_schema`]).
     pub async fn create_tables(&self) -> Result<(), Error> {
         use gcloud_googleapis::spanner::admin::database::v1::UpdateDatabaseDdlRequest;
         use gcloud_spanner::admin::AdminClientConfig;
@@ -288,7 +299,19 @@ impl SpannerBackend {
             .update_database_ddl(
                 UpdateDatabaseDdlRequest {
                     database: self.inner.config.database.clone(),
-                    statements: self.inner.tables.create(),
+                    statements: self
+                        .inner
+                        .tables
+                        .create()
+                        .into_iter()
+                        .chain(
+                            self.inner
+                                .config
+                                .native
+                                .iter()
+                                .flat_map(|(_, t)| t.create()),
+                        )
+                        .collect(),
                     ..Default::default()
                 },
                 None,
@@ -298,7 +321,92 @@ impl SpannerBackend {
         op.wait(None)
             .await
             .map_err(|s| classify(s, Phase::Before))?;
-        Ok(())
+        self.check_schema().await
+    }
+
+    /// Checks that every native table has its columns, of types quorate
+    /// can use, and its key column as its whole primary key: an
+    /// [`Error::InvalidInput`] naming each table and what is wrong with it
+    /// otherwise.
+    pub async fn check_schema(&self) -> Result<(), Error> {
+        let mut problems = Vec::new();
+        for (collection, table) in self.inner.config.native.iter() {
+            let columns = self
+                .strings(
+                    "SELECT COLUMN_NAME, SPANNER_TYPE FROM INFORMATION_SCHEMA.COLUMNS \
+                     WHERE TABLE_SCHEMA = '' AND TABLE_NAME = @t",
+                    &table.table,
+                )
+                .await?;
+            if columns.is_empty() {
+                problems.push(format!(
+                    "table {} (collection {collection}) does not exist",
+                    table.table
+                ));
+                continue;
+            }
+            for (column, types) in table.expected_columns() {
+                match columns
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(column))
+                {
+                    None => problems.push(format!("{} has no column {column}", table.table)),
+                    Some((_, ty)) if !types.iter().any(|t| ty.split('(').next() == Some(t)) => {
+                        problems.push(format!(
+                            "column {column} of {} is {ty}, not {}",
+                            table.table,
+                            types.join(" or ")
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+            let key = self
+                .strings(
+                    "SELECT COLUMN_NAME, INDEX_TYPE FROM INFORMATION_SCHEMA.INDEX_COLUMNS \
+                     WHERE TABLE_SCHEMA = '' AND TABLE_NAME = @t AND INDEX_TYPE = 'PRIMARY_KEY'",
+                    &table.table,
+                )
+                .await?;
+            if key.len() != 1 || !key[0].0.eq_ignore_ascii_case(&table.key) {
+                problems.push(format!(
+                    "the primary key of {} is not its column {} alone",
+                    table.table, table.key
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput(format!(
+                "native tables do not fit: {}",
+                problems.join("; ")
+            )))
+        }
+    }
+
+    /// The rows of a two-string-column query about the table `@t`.
+    async fn strings(&self, sql: &str, table: &str) -> Result<Vec<(String, String)>, Error> {
+        let mut tx = self
+            .inner
+            .client
+            .single()
+            .await
+            .map_err(|e| client_error(e, Phase::Before))?;
+        let mut stmt = Statement::new(sql);
+        stmt.add_param("t", &table);
+        let mut rows = tx
+            .query(stmt)
+            .await
+            .map_err(|s| classify(s, Phase::Before))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(|s| classify(s, Phase::Before))? {
+            out.push((
+                row.column::<String>(0).map_err(row_error)?,
+                row.column::<String>(1).map_err(row_error)?,
+            ));
+        }
+        Ok(out)
     }
 
     /// The idempotency row of `idem` within `tx`: its outcome, or whether a
@@ -382,8 +490,9 @@ impl SpannerBackend {
         tx: &mut ReadWriteTransaction,
         key: &str,
     ) -> Result<(Option<Version>, bool), Error> {
-        let mut stmt = Statement::new(&self.inner.sql.current_version);
-        stmt.add_param("key", &key);
+        let (table, row_key) = self.inner.sql.route(key);
+        let mut stmt = Statement::new(&table.current_version);
+        stmt.add_param("key", &row_key);
         let row = async {
             let mut rows = tx.query(stmt).await?;
             rows.next().await
@@ -460,8 +569,13 @@ impl SpannerBackend {
     /// precondition, and buffers every written record's next version with
     /// the outcome; committed whole or not at all.
     async fn transact_attempt(&self, request: &TransactRequest<'_>) -> Result<Transacted, Error> {
+        // Every key and value is checked before anything is sent.
         for op in request.ops {
-            sql::check_key(op.key)?;
+            let (table, row_key) = self.inner.sql.route(op.key);
+            sql::check_key(row_key)?;
+            if let TxAction::Write(mutation) = op.action {
+                table.record(row_key, 1, mutation)?;
+            }
         }
         let _serial = if self.inner.config.serialize_read_write {
             Some(self.inner.read_write.lock().await)
@@ -478,7 +592,7 @@ impl SpannerBackend {
         };
         let keys: Vec<&str> = request.keys().collect();
         let binding = quorate::transaction_binding(keys.iter().copied());
-        let tables = &self.inner.tables;
+        let idempotency = &self.inner.tables.idempotency;
         let mut tx = self
             .inner
             .client
@@ -526,13 +640,8 @@ impl SpannerBackend {
             let version = last.map_or(Version::FIRST, |v| v.next());
             let v = i64::try_from(version.0)
                 .map_err(|_| Error::InvalidInput("version out of range".into()))?;
-            let value: Vec<u8> = mutation.value().map_or_else(Vec::new, |v| v.to_vec());
-            let delete = mutation.is_delete();
-            mutations.push(insert_or_update(
-                &tables.records,
-                &["key", "version", "value", "written_at", "deleted"],
-                &[&op.key, &v, &value, &CommitTimestamp::new(), &delete],
-            ));
+            let (table, row_key) = self.inner.sql.route(op.key);
+            mutations.push(table.record(row_key, v, mutation)?);
             if !encoded.is_empty() {
                 encoded.push(',');
             }
@@ -571,9 +680,9 @@ impl SpannerBackend {
             // (a fence made meanwhile makes this commit fail); one that read
             // the fence replaces it.
             if fenced {
-                insert_or_update(&tables.idempotency, &columns, &values)
+                insert_or_update(idempotency, &columns, &values)
             } else {
-                insert(&tables.idempotency, &columns, &values)
+                insert(idempotency, &columns, &values)
             }
         };
         mutations.push(outcome);
@@ -615,10 +724,98 @@ impl SpannerBackend {
     }
 }
 
-struct Statements {
+/// The statements on one records table.
+struct TableSql {
+    tables: Tables,
     read: String,
     current_version: String,
+}
+
+impl TableSql {
+    fn new(tables: Tables) -> TableSql {
+        TableSql {
+            read: tables.read(),
+            current_version: tables.current_version(),
+            tables,
+        }
+    }
+
+    /// A record's columns for its write's mutation: key, version, value,
+    /// written_at, deleted. A native table's value is its document's text,
+    /// checked before anything is sent (a tombstone's: JSON `null`).
+    fn record(
+        &self,
+        key: &str,
+        version: i64,
+        mutation: Mutation<'_>,
+    ) -> Result<gcloud_googleapis::spanner::v1::Mutation, Error> {
+        let delete = mutation.is_delete();
+        let columns = self.tables.record_columns();
+        let at = CommitTimestamp::new();
+        Ok(if self.tables.json() {
+            let text = match mutation.value() {
+                Some(v) => document_text(v)?,
+                None => "null".to_owned(),
+            };
+            insert_or_update(
+                &self.tables.records,
+                &columns,
+                &[&key, &version, &text, &at, &delete],
+            )
+        } else {
+            // A delete keeps the row as a tombstone with an empty value.
+            let value: Vec<u8> = mutation.value().map_or_else(Vec::new, |v| v.to_vec());
+            insert_or_update(
+                &self.tables.records,
+                &columns,
+                &[&key, &version, &value, &at, &delete],
+            )
+        })
+    }
+
+    /// A value read from the table: a document in canonical form.
+    fn decode(&self, value: Vec<u8>) -> Result<Bytes, Error> {
+        if !self.tables.json() {
+            return Ok(Bytes::from(value));
+        }
+        quorate::json::canonical(&value).map_err(|_| {
+            Error::backend(
+                Retryability::Permanent,
+                Some("quorate.row".into()),
+                format!("a document in {} is not JSON", self.tables.records),
+            )
+        })
+    }
+}
+
+/// A value for a native table's `JSON` column: a JSON document's text.
+fn document_text(value: &[u8]) -> Result<String, Error> {
+    let text = std::str::from_utf8(value).map_err(|_| {
+        Error::InvalidInput(
+            "a native table stores JSON documents, and this value is not UTF-8".into(),
+        )
+    })?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| {
+        Error::InvalidInput(format!(
+            "a native table stores JSON documents, and this value is not one: {e}"
+        ))
+    })?;
+    Ok(text.to_owned())
+}
+
+struct Statements {
+    /// quorate's own records table.
+    own: TableSql,
+    /// Collections mapped onto native tables.
+    native: Catalog<TableSql>,
     lookup: String,
+}
+
+impl Statements {
+    /// The table holding `key` and the key within it.
+    fn route<'k>(&self, key: &'k str) -> (&TableSql, &'k str) {
+        self.native.route(key).unwrap_or((&self.own, key))
+    }
 }
 
 enum Recorded {
@@ -676,11 +873,13 @@ impl Backend for SpannerBackend {
                 plan.region.clone(),
             )));
         }
+        let (table, row_key) = self.inner.sql.route(plan.key);
+        sql::check_key(row_key)?;
         let bound = crate::directed::bound(plan.role, plan.policy, plan.floor.point);
         let read = self
             .inner
             .reads
-            .read(&self.inner.sql.read, plan.key, bound, plan.region)
+            .read(&table.read, row_key, bound, plan.region)
             .await
             .map_err(|s| classify(s, Phase::Before))?;
         let (value, deleted) = match read.row {
@@ -698,7 +897,7 @@ impl Backend for SpannerBackend {
                     (
                         Some(Versioned {
                             version,
-                            value: Bytes::from(value),
+                            value: table.decode(value)?,
                         }),
                         None,
                     )
@@ -725,7 +924,10 @@ impl Backend for SpannerBackend {
     }
 
     async fn write(&self, request: &WriteRequest<'_>) -> Result<Committed, Error> {
-        sql::check_key(request.key)?;
+        let (table, row_key) = self.inner.sql.route(request.key);
+        sql::check_key(row_key)?;
+        // Checked before anything is sent.
+        table.record(row_key, 1, request.mutation)?;
         let _serial = if self.inner.config.serialize_read_write {
             Some(self.inner.read_write.lock().await)
         } else {
@@ -739,7 +941,7 @@ impl Backend for SpannerBackend {
                 &generated
             }
         };
-        let tables = &self.inner.tables;
+        let idempotency = &self.inner.tables.idempotency;
         let mut tx = self
             .inner
             .client
@@ -765,8 +967,8 @@ impl Backend for SpannerBackend {
             Recorded::Fence => true,
             Recorded::Nothing => false,
         };
-        let mut stmt = Statement::new(&self.inner.sql.current_version);
-        stmt.add_param("key", &request.key);
+        let mut stmt = Statement::new(&table.current_version);
+        stmt.add_param("key", &row_key);
         let current = async {
             let mut rows = tx.query(stmt).await?;
             match rows.next().await? {
@@ -811,21 +1013,11 @@ impl Backend for SpannerBackend {
         let version = last.map_or(Version::FIRST, |v| v.next());
         let v = i64::try_from(version.0)
             .map_err(|_| Error::InvalidInput("version out of range".into()))?;
-        // A delete keeps the row as a tombstone with an empty value.
-        let value: Vec<u8> = request
-            .mutation
-            .value()
-            .map_or_else(Vec::new, |v| v.to_vec());
-        let delete = request.mutation.is_delete();
         let expires = time::OffsetDateTime::now_utc()
             + time::Duration::try_from(self.inner.config.idempotency_ttl)
                 .unwrap_or(time::Duration::days(1));
         let mutations = {
-            let record = insert_or_update(
-                &tables.records,
-                &["key", "version", "value", "written_at", "deleted"],
-                &[&request.key, &v, &value, &CommitTimestamp::new(), &delete],
-            );
+            let record = table.record(row_key, v, request.mutation)?;
             let columns = [
                 "idem_key",
                 "version",
@@ -849,9 +1041,9 @@ impl Backend for SpannerBackend {
             // key meanwhile, this commit fails. One that read the fence
             // replaces it.
             let outcome = if fenced {
-                insert_or_update(&tables.idempotency, &columns, &values)
+                insert_or_update(idempotency, &columns, &values)
             } else {
-                insert(&tables.idempotency, &columns, &values)
+                insert(idempotency, &columns, &values)
             };
             vec![record, outcome]
         };
@@ -926,7 +1118,7 @@ impl Backend for SpannerBackend {
             .inner
             .reads
             .read(
-                &self.inner.sql.read,
+                &self.inner.sql.own.read,
                 "",
                 crate::directed::Bound::Strong,
                 region,

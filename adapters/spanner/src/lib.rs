@@ -25,3 +25,4 @@ pub mod sql;
 pub use backend::{SpannerBackend, SpannerConfig, VERSION_RETENTION};
 pub use gcloud_spanner;
 pub use quorate::*;
+pub use sql::NativeTable;

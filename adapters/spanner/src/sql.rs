@@ -64,18 +64,161 @@ fn ident(name: &str) -> Result<String, Error> {
         Ok(name.to_owned())
     } else {
         Err(Error::InvalidInput(format!(
-            "invalid Spanner table name {name:?}: a letter, then letters, digits or '_', at most 128"
+            "invalid Spanner table or column name {:?}: a letter, then letters, digits or '_', at most 128",
+            name.chars().take(129).collect::<String>()
         )))
     }
 }
 
-/// The records table and its idempotency table (`<table>_idempotency`).
+/// A table of the application's own that holds one collection's records
+/// natively: each record a row keyed by the application's `STRING` key
+/// column, its value a `JSON` document any SQL can query
+/// (`JSON_VALUE(body, '$.status')`), and quorate's bookkeeping in columns
+/// of its own beside them.
+///
+/// ```
+/// use quorate_spanner::sql::NativeTable;
+///
+/// let orders = NativeTable::new("Orders", "OrderId", "Body")?;
+/// assert_eq!(orders.version, "quorate_version");
+/// assert!(NativeTable::new("Orders", "quorate_deleted", "Body").is_err());
+/// assert!(NativeTable::new("Orders; DROP", "OrderId", "Body").is_err());
+/// # Ok::<(), quorate_spanner::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NativeTable {
+    /// The table.
+    pub table: String,
+    /// The key column (`STRING`, the primary key): the record's key within
+    /// its collection.
+    pub key: String,
+    /// The value column (`JSON`).
+    pub document: String,
+    /// The record's version (`INT64`; NULL on rows from before quorate,
+    /// which are version 1).
+    pub version: String,
+    /// The commit timestamp of the record's last write (`TIMESTAMP`,
+    /// `allow_commit_timestamp`).
+    pub written_at: String,
+    /// Whether the row is a delete's tombstone (`BOOL`, NULL: not): it
+    /// stays, with the delete's version and a JSON `null` document, so that
+    /// a record re-created later goes on from its version. Other readers
+    /// skip such rows (`WHERE quorate_deleted IS NOT TRUE`).
+    pub deleted: String,
+}
+
+impl NativeTable {
+    /// The table `table` keyed by `key`, its values in `document`, with the
+    /// bookkeeping columns `quorate_version`, `quorate_written_at` and
+    /// `quorate_deleted`.
+    pub fn new(table: &str, key: &str, document: &str) -> Result<NativeTable, Error> {
+        NativeTable {
+            table: ident(table)?,
+            key: ident(key)?,
+            document: ident(document)?,
+            version: "quorate_version".into(),
+            written_at: "quorate_written_at".into(),
+            deleted: "quorate_deleted".into(),
+        }
+        .distinct()
+    }
+
+    /// The same table with the bookkeeping columns named `<prefix>version`,
+    /// `<prefix>written_at` and `<prefix>deleted`.
+    pub fn bookkeeping(self, prefix: &str) -> Result<NativeTable, Error> {
+        NativeTable {
+            version: ident(&format!("{prefix}version"))?,
+            written_at: ident(&format!("{prefix}written_at"))?,
+            deleted: ident(&format!("{prefix}deleted"))?,
+            ..self
+        }
+        .distinct()
+    }
+
+    fn distinct(self) -> Result<NativeTable, Error> {
+        // Spanner's names are case-insensitive.
+        let names = [
+            &self.key,
+            &self.document,
+            &self.version,
+            &self.written_at,
+            &self.deleted,
+        ];
+        for (i, a) in names.iter().enumerate() {
+            if names[..i].iter().any(|b| b.eq_ignore_ascii_case(a)) {
+                return Err(Error::InvalidInput(format!(
+                    "column {a} of table {} has two roles: the key, the document and \
+                     quorate's bookkeeping need a column each",
+                    self.table
+                )));
+            }
+        }
+        Ok(self)
+    }
+
+    /// DDL that creates the table if it does not exist and, if it does,
+    /// adds the bookkeeping columns it lacks (nullable: rows already there
+    /// read as version 1, live). The key and document columns of an
+    /// existing table are the application's and are left as they are.
+    pub fn create(&self) -> Vec<String> {
+        let NativeTable {
+            table: t,
+            key,
+            document,
+            version,
+            written_at,
+            deleted,
+        } = self;
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t} ({key} STRING(MAX) NOT NULL, {document} JSON, \
+                 {version} INT64, {written_at} TIMESTAMP OPTIONS (allow_commit_timestamp=true), \
+                 {deleted} BOOL) PRIMARY KEY ({key})"
+            ),
+            format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {version} INT64"),
+            format!(
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {written_at} TIMESTAMP OPTIONS (allow_commit_timestamp=true)"
+            ),
+            format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {deleted} BOOL"),
+        ]
+    }
+
+    /// The columns the table must have and the types they may have, as
+    /// `INFORMATION_SCHEMA.COLUMNS.SPANNER_TYPE` names them (a `STRING`
+    /// key of any length).
+    pub fn expected_columns(&self) -> [(&str, &'static [&'static str]); 5] {
+        [
+            (&self.key, &["STRING"]),
+            (&self.document, &["JSON"]),
+            (&self.version, &["INT64"]),
+            (&self.written_at, &["TIMESTAMP"]),
+            (&self.deleted, &["BOOL"]),
+        ]
+    }
+}
+
+/// The columns of a records table and how its values are stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Columns {
+    key: String,
+    value: String,
+    version: String,
+    written_at: String,
+    deleted: String,
+    /// Values are `JSON` documents (else bytes).
+    json: bool,
+}
+
+/// The records table and its idempotency table (`<table>_idempotency`),
+/// or a [`NativeTable`] with the idempotency table of quorate's own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tables {
-    /// Records: `key`, `version`, `value`, `written_at` (commit timestamp).
+    /// Records: `key`, `version`, `value`, `written_at` (commit timestamp),
+    /// `deleted`; or a native table.
     pub records: String,
     /// Idempotency rows: outcomes and fences, kept until `expires_at`.
     pub idempotency: String,
+    columns: Columns,
 }
 
 impl Tables {
@@ -84,7 +227,55 @@ impl Tables {
         Ok(Tables {
             records: ident(table)?,
             idempotency: ident(&format!("{table}_idempotency"))?,
+            columns: Columns {
+                key: "key".into(),
+                value: "value".into(),
+                version: "version".into(),
+                written_at: "written_at".into(),
+                deleted: "deleted".into(),
+                json: false,
+            },
         })
+    }
+
+    /// The statements of a native table, whose writes record their
+    /// outcomes in `own`'s idempotency table.
+    pub fn native(native: &NativeTable, own: &Tables) -> Tables {
+        Tables {
+            records: native.table.clone(),
+            idempotency: own.idempotency.clone(),
+            columns: Columns {
+                key: native.key.clone(),
+                value: native.document.clone(),
+                version: native.version.clone(),
+                written_at: native.written_at.clone(),
+                deleted: native.deleted.clone(),
+                json: true,
+            },
+        }
+    }
+
+    /// Whether values are JSON documents (a native table).
+    pub fn json(&self) -> bool {
+        self.columns.json
+    }
+
+    /// The record's columns in the order a write's mutation gives them:
+    /// key, version, value, written_at, deleted.
+    pub fn record_columns(&self) -> [&str; 5] {
+        let c = &self.columns;
+        [&c.key, &c.version, &c.value, &c.written_at, &c.deleted]
+    }
+
+    /// The version as statements read it (a native row from before quorate
+    /// has none: version 1).
+    fn version_out(&self) -> String {
+        let v = &self.columns.version;
+        if self.columns.json {
+            format!("COALESCE({v}, 1)")
+        } else {
+            v.clone()
+        }
     }
 
     /// DDL creating both tables if they do not exist; idempotency rows are
@@ -112,21 +303,38 @@ impl Tables {
         ]
     }
 
-    /// A point read. Parameters: `@key`. Columns: version, value, deleted
-    /// (a delete's tombstone keeps the row, with an empty value).
+    /// A point read. Parameters: `@key`. Columns: version, value (bytes:
+    /// a native table's document as its JSON text), deleted (a delete's
+    /// tombstone keeps the row, with an empty value or a JSON `null`).
     pub fn read(&self) -> String {
+        let c = &self.columns;
+        let value = if c.json {
+            format!(
+                "CAST(COALESCE(TO_JSON_STRING({}), 'null') AS BYTES)",
+                c.value
+            )
+        } else {
+            c.value.clone()
+        };
         format!(
-            "SELECT version, value, deleted FROM {} WHERE key = @key",
-            self.records
+            "SELECT {}, {value}, {} FROM {} WHERE {} = @key",
+            self.version_out(),
+            c.deleted,
+            self.records,
+            c.key
         )
     }
 
     /// The newest version, a tombstone's included. Parameters: `@key`.
     /// Columns: version, deleted.
     pub fn current_version(&self) -> String {
+        let c = &self.columns;
         format!(
-            "SELECT version, deleted FROM {} WHERE key = @key",
-            self.records
+            "SELECT {}, {} FROM {} WHERE {} = @key",
+            self.version_out(),
+            c.deleted,
+            self.records,
+            c.key
         )
     }
 
@@ -145,6 +353,47 @@ impl Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn native_tables_read_their_own_columns() {
+        let own = Tables::new("quorate_records").unwrap();
+        assert_eq!(
+            own.read(),
+            "SELECT version, value, deleted FROM quorate_records WHERE key = @key"
+        );
+        let native = NativeTable::new("Orders", "OrderId", "Body").unwrap();
+        let t = Tables::native(&native, &own);
+        assert_eq!(t.idempotency, "quorate_records_idempotency");
+        assert_eq!(
+            t.read(),
+            "SELECT COALESCE(quorate_version, 1), CAST(COALESCE(TO_JSON_STRING(Body), 'null') AS BYTES), \
+             quorate_deleted FROM Orders WHERE OrderId = @key"
+        );
+        assert_eq!(
+            t.current_version(),
+            "SELECT COALESCE(quorate_version, 1), quorate_deleted FROM Orders WHERE OrderId = @key"
+        );
+        assert_eq!(
+            t.record_columns(),
+            [
+                "OrderId",
+                "quorate_version",
+                "Body",
+                "quorate_written_at",
+                "quorate_deleted"
+            ]
+        );
+        let ddl = native.create();
+        assert!(ddl[0].ends_with("PRIMARY KEY (OrderId)"));
+        assert!(ddl[2].contains("allow_commit_timestamp=true"));
+        for bad in [
+            NativeTable::new("Orders", "Body", "body"),
+            NativeTable::new("Orders", "OrderId", "Body").and_then(|t| t.bookkeeping("_")),
+            NativeTable::new("1Orders", "OrderId", "Body"),
+        ] {
+            assert!(matches!(bad, Err(Error::InvalidInput(_))), "{bad:?}");
+        }
+    }
 
     #[test]
     fn database_paths_are_validated() {

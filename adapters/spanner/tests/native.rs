@@ -1,0 +1,321 @@
+//! Collections on tables of the application's own, on the Spanner
+//! emulator: a table created by hand with plain DDL, holding a row written
+//! before quorate, adopted by `create_tables`, used through quorate and
+//! read by plain SQL.
+
+mod common;
+
+use serde::{Deserialize, Serialize};
+
+use quorate_spanner::conformance::{run_all, Fixture};
+use quorate_spanner::gcloud_spanner::admin::{client::Client as Admin, AdminClientConfig};
+use quorate_spanner::gcloud_spanner::mutation::insert;
+use quorate_spanner::gcloud_spanner::statement::Statement;
+use quorate_spanner::{
+    Client, ClientConfig, Critical, Error, NativeTable, Precondition, ReadPolicy, SpannerBackend,
+    Version, WriteOptions,
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Order {
+    status: String,
+    total_cents: u64,
+}
+
+/// The emulator takes one schema change at a time.
+static DDL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn ddl(database: &str, statements: Vec<String>) {
+    use gcloud_googleapis::spanner::admin::database::v1::UpdateDatabaseDdlRequest;
+    let _one = DDL.lock().await;
+    // quorate's own tables, as every test binary makes them, first.
+    common::backend(database, "us-east1").await;
+    // SPANNER_EMULATOR_HOST names the emulator.
+    let admin = Admin::new(AdminClientConfig::default()).await.unwrap();
+    let mut op = admin
+        .database()
+        .update_database_ddl(
+            UpdateDatabaseDdlRequest {
+                database: database.to_owned(),
+                statements,
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    op.wait(None).await.unwrap();
+}
+
+fn table_name(what: &str) -> String {
+    format!(
+        "{what}_{:x}",
+        quorate_spanner::random::process_entropy() & 0xff_ffff
+    )
+}
+
+/// A team's existing table, with a column of its own and a row written
+/// before quorate.
+async fn hand_made(database: &str, table: &str) {
+    ddl(
+        database,
+        vec![format!(
+            "CREATE TABLE {table} (OrderId STRING(64) NOT NULL, Body JSON, Note STRING(MAX)) \
+             PRIMARY KEY (OrderId)"
+        )],
+    )
+    .await;
+    let raw = SpannerBackend::connect(common::config(database, "us-east1"))
+        .await
+        .unwrap();
+    raw.spanner()
+        .apply(vec![insert(
+            table,
+            &["OrderId", "Body", "Note"],
+            &[
+                &"before",
+                &r#"{"total_cents": 500, "status": "paid"}"#,
+                &"legacy",
+            ],
+        )])
+        .await
+        .unwrap();
+}
+
+async fn backend_on(database: &str, table: &str) -> SpannerBackend {
+    let mut config = common::config(database, "us-east1");
+    config
+        .native
+        .insert(
+            "orders",
+            NativeTable::new(table, "OrderId", "Body").unwrap(),
+        )
+        .unwrap();
+    let backend = SpannerBackend::connect(config).await.unwrap();
+    let _one = DDL.lock().await;
+    backend.create_tables().await.expect("adopts the table");
+    backend
+}
+
+async fn plain_sql(backend: &SpannerBackend, sql: &str, key: &str) -> Vec<Option<String>> {
+    let mut tx = backend.spanner().single().await.unwrap();
+    let mut stmt = Statement::new(sql);
+    stmt.add_param("k", &key);
+    let mut rows = tx.query(stmt).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await.unwrap() {
+        out.push(row.column::<Option<String>>(0).unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_created_by_hand_is_adopted_and_read_by_plain_sql() {
+    let Some((_, db)) = common::emulator() else {
+        return;
+    };
+    let table = table_name("ShopOrders");
+    hand_made(&db, &table).await;
+    let backend = backend_on(&db, &table).await;
+    let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let orders = client
+        .collection::<Order, Critical>("orders", &session)
+        .unwrap();
+
+    // The row from before quorate: version 1, its document.
+    let before = orders.get("before").await.unwrap();
+    assert_eq!(before.version(), Some(Version(1)));
+    assert_eq!(
+        before.value.unwrap().value,
+        Order {
+            status: "paid".into(),
+            total_cents: 500
+        }
+    );
+    let order = Order {
+        status: "open".into(),
+        total_cents: 1250,
+    };
+    let created = orders
+        .put("o-1", &order, Precondition::IfAbsent)
+        .await
+        .unwrap();
+    let shipped = orders
+        .update("o-1", |o| Order {
+            status: "shipped".into(),
+            ..o.unwrap()
+        })
+        .await
+        .unwrap();
+    assert_eq!(shipped.version, created.version.next());
+    let status = format!(
+        "SELECT JSON_VALUE(Body, '$.status') FROM {table} \
+         WHERE OrderId = @k AND quorate_deleted IS NOT TRUE"
+    );
+    assert_eq!(
+        plain_sql(&backend, &status, "o-1").await,
+        [Some("shipped".to_owned())]
+    );
+    let note = format!("SELECT Note FROM {table} WHERE OrderId = @k");
+    orders
+        .put("before", &order, Precondition::IfVersion(Version(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        plain_sql(&backend, &note, "before").await,
+        [Some("legacy".to_owned())],
+        "the application's own columns are left alone"
+    );
+
+    // A delete is a tombstone row other readers skip, and the version goes
+    // on when the record comes back.
+    let gone = orders
+        .delete("o-1", Precondition::IfVersion(shipped.version))
+        .await
+        .unwrap();
+    assert!(plain_sql(&backend, &status, "o-1").await.is_empty());
+    let again = orders
+        .put("o-1", &order, Precondition::IfAbsent)
+        .await
+        .unwrap();
+    assert_eq!(again.version, gone.version.next());
+
+    // One multi-record write over the native table and quorate's own.
+    let stock = client
+        .collection::<u64, Critical>("stock", &session)
+        .unwrap();
+    let book = common::key("book");
+    stock.put(&book, &3, Precondition::IfAbsent).await.unwrap();
+    let mut tx = client.transaction(&session);
+    orders
+        .put_in(&mut tx, "o-2", &order, Precondition::IfAbsent)
+        .unwrap();
+    stock
+        .put_in(&mut tx, &book, &2, Precondition::IfVersion(Version(1)))
+        .unwrap();
+    tx.commit().await.unwrap();
+    let total = format!("SELECT JSON_VALUE(Body, '$.total_cents') FROM {table} WHERE OrderId = @k");
+    assert_eq!(
+        plain_sql(&backend, &total, "o-2").await,
+        [Some("1250".to_owned())]
+    );
+    let mut tx = client.transaction(&session);
+    orders
+        .put_in(&mut tx, "o-2", &order, Precondition::IfAbsent)
+        .unwrap();
+    stock.put_in(&mut tx, &book, &0, Precondition::Any).unwrap();
+    match tx.commit().await {
+        Err(Error::Conflict { key, current }) => {
+            assert_eq!(key, "orders/o-2");
+            assert_eq!(current, Some(Version(1)));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(stock.get(&book).await.unwrap().value.unwrap().value, 2);
+
+    // Values a JSON column cannot hold, refused before anything is sent.
+    let elsewhere = common::key("elsewhere");
+    for bad in [&b"not json"[..], b"", b"\xff"] {
+        let e = client
+            .write(
+                &session,
+                "orders/raw",
+                bytes::Bytes::copy_from_slice(bad),
+                Precondition::Any,
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        let mut tx = client.transaction(&session);
+        tx.put(
+            "orders/raw".to_owned(),
+            bytes::Bytes::copy_from_slice(bad),
+            Precondition::Any,
+        );
+        tx.put(elsewhere.clone(), "1".into(), Precondition::Any);
+        assert!(matches!(tx.commit().await, Err(Error::InvalidInput(_))));
+    }
+    assert!(plain_sql(&backend, &note, "raw").await.is_empty());
+    assert!(client
+        .read(&session, &elsewhere, ReadPolicy::Strong)
+        .await
+        .unwrap()
+        .value
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_suite_holds_on_a_native_table() {
+    let Some((_, db)) = common::emulator() else {
+        return;
+    };
+    let table = table_name("ConfOrders");
+    hand_made(&db, &table).await;
+    let mut fixture = Fixture::new(backend_on(&db, &table).await);
+    fixture.prefix = format!("orders/{}", fixture.prefix);
+    let report = run_all(&fixture).await;
+    for (name, result) in &report {
+        println!("{name}: {result:?}");
+    }
+    assert!(report.iter().all(|(_, r)| r.is_ok()), "{report:#?}");
+    let count = plain_sql(
+        &fixture.backend,
+        &format!("SELECT CAST(COUNT(*) AS STRING) FROM {table} WHERE STARTS_WITH(OrderId, @k)"),
+        fixture.prefix.trim_start_matches("orders/"),
+    )
+    .await;
+    assert_ne!(
+        count,
+        [Some("0".to_owned())],
+        "the cases wrote to the native table"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_that_do_not_fit_are_named_with_what_is_wrong() {
+    let Some((_, db)) = common::emulator() else {
+        return;
+    };
+    let table = table_name("TextOrders");
+    ddl(
+        &db,
+        vec![format!(
+            "CREATE TABLE {table} (Id INT64 NOT NULL, OrderId STRING(MAX), Body STRING(MAX)) PRIMARY KEY (Id)"
+        )],
+    )
+    .await;
+    let mut config = common::config(&db, "us-east1");
+    config
+        .native
+        .insert(
+            "orders",
+            NativeTable::new(&table, "OrderId", "Body").unwrap(),
+        )
+        .unwrap();
+    let backend = SpannerBackend::connect(config).await.unwrap();
+    let e = {
+        let _one = DDL.lock().await;
+        backend.create_tables().await.unwrap_err()
+    };
+    let text = e.to_string();
+    assert!(matches!(e, Error::InvalidInput(_)), "{text}");
+    assert!(text.contains("column Body"), "{text}");
+    assert!(text.contains("primary key"), "{text}");
+    let mut config = common::config(&db, "us-east1");
+    config
+        .native
+        .insert(
+            "orders",
+            NativeTable::new("NoSuchTable", "Id", "Body").unwrap(),
+        )
+        .unwrap();
+    let e = SpannerBackend::connect(config)
+        .await
+        .unwrap()
+        .check_schema()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}

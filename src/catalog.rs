@@ -73,6 +73,14 @@ impl<T> Catalog<T> {
             .map(|(_, t)| (t, rest))
     }
 
+    /// The table `collection` is mapped onto.
+    pub fn get(&self, collection: &str) -> Option<&T> {
+        self.entries
+            .iter()
+            .find(|(c, _)| &**c == collection)
+            .map(|(_, t)| t)
+    }
+
     /// The mapped collections and their tables, in the order inserted.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
         self.entries.iter().map(|(c, t)| (&**c, t))
@@ -118,6 +126,7 @@ mod tests {
             assert!(c.insert(bad, 3).is_err(), "{bad:?}");
         }
         assert!(c.insert("orders", 3).is_err());
+        assert_eq!((c.get("stock"), c.get("nope")), (Some(&2), None));
         assert_eq!(
             c.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             ["orders", "stock"]

@@ -369,6 +369,19 @@ impl DynamoBackend {
         }
     }
 
+    /// The key whose home region is `key`'s: on a native table with a sort
+    /// key, its partition's (`<collection>/<partition>`), so that a
+    /// partition has one home and can be queried there; else the key.
+    fn home_key<'k>(&self, key: &'k str) -> &'k str {
+        match self.inner.native.route(key) {
+            Some((layout, row)) if layout.sorted() => match row.split_once('/') {
+                Some((partition, _)) => &key[..key.len() - row.len() + partition.len()],
+                None => key,
+            },
+            _ => key,
+        }
+    }
+
     /// The table holding `key` and the key within it.
     fn route<'k>(&self, key: &'k str) -> (&Layout, &'k str) {
         self.inner
@@ -562,7 +575,7 @@ impl DynamoBackend {
             bytes += crate::native::item_size(&record);
             records.push(record);
             if let Home::By(f) = &self.inner.config.home {
-                let home = f(op.key);
+                let home = f(self.home_key(op.key));
                 if self.inner.topology.index_of(&home).is_none() {
                     return Err(Error::Topology(quorate::TopologyError::UnknownRegion(home)));
                 }
@@ -760,6 +773,87 @@ impl DynamoBackend {
             }
             bases[i] = found;
         }
+    }
+
+    /// The layout of `collection` and the partition key's value, checked.
+    pub(crate) fn partition_of(
+        &self,
+        collection: &str,
+        partition: &str,
+    ) -> Result<(&Layout, AttributeValue, String), Error> {
+        let layout = self.inner.native.get(collection).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "collection {collection:?} is not mapped onto a native table"
+            ))
+        })?;
+        let (value, sort) = layout.partition(partition)?;
+        Ok((layout, value, sort.name.clone()))
+    }
+
+    /// Every live record of a partition, read with `ConsistentRead` in
+    /// `region`, and the freshness of a strong read: the newest write time
+    /// among its items (tombstones included) as the point.
+    pub(crate) async fn query_partition(
+        &self,
+        region: &Region,
+        collection: &str,
+        partition: &str,
+    ) -> Result<(crate::query::Partition, Freshness), Error> {
+        let (layout, value, sort) = self.partition_of(collection, partition)?;
+        let client = self.client(region)?;
+        let mut records = Vec::new();
+        let mut newest = None;
+        let mut start: Option<Item> = None;
+        loop {
+            let out = client
+                .query()
+                .table_name(&layout.table)
+                .key_condition_expression("#p = :p")
+                .expression_attribute_names("#p", layout.partition_name())
+                .expression_attribute_values(":p", value.clone())
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify(e, Op::Read))?;
+            for found in out.items() {
+                let f = layout.fields(found);
+                let version = f.version()?;
+                let written_at = f.written_at()?;
+                newest = newest.max(written_at);
+                if f.deleted()? {
+                    continue;
+                }
+                let sort = found
+                    .get(&sort)
+                    .and_then(crate::query::sort_text)
+                    .ok_or_else(|| item::ItemError::Missing {
+                        table: layout.table.clone(),
+                        attribute: sort.clone(),
+                    })?;
+                records.push((
+                    format!("{collection}/{partition}/{sort}"),
+                    Versioned {
+                        version,
+                        value: layout.value_of(&f)?,
+                    },
+                ));
+            }
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        let freshness = Freshness {
+            region: region.clone(),
+            role: ReplicaRole::Leader,
+            point: newest.map(|w| Point {
+                wall: w,
+                logical: 0,
+            }),
+            staleness_bound: Some(Duration::ZERO),
+        };
+        Ok((records, freshness))
     }
 
     /// Moves this process's attempt starts past `t` (a fence, or an item's
@@ -1104,6 +1198,7 @@ impl Backend for DynamoBackend {
     }
 
     fn home_region(&self, key: &str) -> Option<&Region> {
+        let key = self.home_key(key);
         match &self.inner.config.home {
             Home::Region(r) => Some(r),
             Home::Hashed => {
@@ -1205,7 +1300,7 @@ impl Backend for DynamoBackend {
         if let Home::By(f) = &self.inner.config.home {
             // A home outside the table's regions is a configuration error,
             // not a reason to write wherever the request happens to be.
-            let home = f(request.key);
+            let home = f(self.home_key(request.key));
             if self.inner.topology.index_of(&home).is_none() {
                 return Err(Error::Topology(quorate::TopologyError::UnknownRegion(home)));
             }
@@ -1534,6 +1629,30 @@ mod tests {
         let b = DynamoBackend::new(c).unwrap();
         assert_eq!(b.home_region("us/1"), Some(&Region::new("us").unwrap()));
         assert_eq!(b.home_region("x"), None, "a home outside the topology");
+    }
+
+    #[test]
+    fn a_native_partition_has_one_home() {
+        let mut c = config();
+        c.home = Home::Hashed;
+        let table = NativeTable::new("Orders", crate::KeyAttribute::string("customer").unwrap())
+            .unwrap()
+            .sort_key(crate::KeyAttribute::number("n").unwrap())
+            .unwrap();
+        c.native.insert("orders", table).unwrap();
+        let b = DynamoBackend::new(c).unwrap();
+        let mut homes = std::collections::HashSet::new();
+        for p in 0..32 {
+            let home = b.home_region(&format!("orders/c{p}")).unwrap();
+            for n in 0..8 {
+                assert_eq!(b.home_region(&format!("orders/c{p}/{n}")), Some(home));
+            }
+            homes.insert(home);
+        }
+        assert_eq!(homes.len(), 2, "partitions spread over both regions");
+        // quorate's own keys are homed each by itself, as before.
+        assert_eq!(b.home_key("stock/a/b"), "stock/a/b");
+        assert_eq!(b.home_key("orders/c1/5"), "orders/c1");
     }
 
     /// A home outside the table's regions fails every request that needs a

@@ -51,10 +51,12 @@
 mod backend;
 pub mod item;
 mod native;
+mod query;
 
 pub use aws_config;
 pub use aws_sdk_dynamodb;
 pub use backend::{DynamoBackend, DynamoConfig, Home, Mode, RegionClient};
 pub use item::ItemError;
 pub use native::{KeyAttribute, KeyKind, NativeTable};
+pub use query::{Partition, PartitionQuery};
 pub use quorate::*;

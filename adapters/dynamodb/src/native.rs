@@ -320,6 +320,39 @@ impl Layout {
         }
     }
 
+    /// Whether the table has a sort key (its partitions can be queried).
+    pub fn sorted(&self) -> bool {
+        self.native.as_ref().is_some_and(|t| t.sort_key.is_some())
+    }
+
+    /// The partition key's value for a query of `partition`, and the sort
+    /// key's name: only a native table with a sort key has partitions to
+    /// query.
+    pub fn partition(&self, partition: &str) -> Result<(AttributeValue, &KeyAttribute), Error> {
+        let Some(t) = &self.native else {
+            return Err(Error::InvalidInput(
+                "only collections on native tables with a sort key can be queried by partition"
+                    .into(),
+            ));
+        };
+        let Some(sort) = &t.sort_key else {
+            return Err(Error::InvalidInput(format!(
+                "table {} has no sort key: each partition holds one record",
+                t.table
+            )));
+        };
+        if partition.contains('/') {
+            return Err(Error::InvalidInput(format!(
+                "a partition key value of {} holds no '/'",
+                t.table
+            )));
+        }
+        Ok((
+            key_value(&t.table, &t.partition_key, partition, MAX_KEY_BYTES)?,
+            sort,
+        ))
+    }
+
     /// The partition key attribute (for `attribute_not_exists`).
     pub fn partition_name(&self) -> &str {
         match &self.native {

@@ -365,3 +365,82 @@ async fn values_a_native_table_cannot_hold_are_refused_before_sending() {
     let e = DynamoBackend::connect(config).await.unwrap_err();
     assert!(e.to_string().contains("NoSuchTable"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_query_sees_the_session_s_writes_wherever_it_runs() {
+    use quorate_dynamodb::{PartitionQuery, ReadPolicy};
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let table = common::key("QueryOrders");
+    hand_made(&endpoint, &table, ScalarAttributeType::N).await;
+    let native = orders_table(&table, KeyAttribute::number("order_no").unwrap());
+    // No replicator: the "us" table never sees what "eu", the home, takes.
+    let writer = Client::new(
+        backend_on(&endpoint, &native, "us").await,
+        ClientConfig::default(),
+    )
+    .unwrap();
+    let session = writer.session();
+    let orders = writer
+        .collection::<Order, Critical>("orders", &session)
+        .unwrap();
+    let customer = common::key("c");
+    let order = |n: u64| Order {
+        status: format!("s{n}"),
+        total_cents: n,
+    };
+    for n in 1..=3 {
+        orders
+            .put(
+                &native.key(&customer, Some(&n.to_string())).unwrap(),
+                &order(n),
+                Precondition::IfAbsent,
+            )
+            .await
+            .unwrap();
+    }
+    orders
+        .delete(
+            &native.key(&customer, Some("2")).unwrap(),
+            Precondition::Any,
+        )
+        .await
+        .unwrap();
+    for policy in [ReadPolicy::Strong, ReadPolicy::Session] {
+        let q = writer
+            .query_partition(&session, policy, "orders", &customer)
+            .await
+            .unwrap();
+        let got: Vec<(String, u64)> = q
+            .rows
+            .iter()
+            .map(|(k, r)| {
+                let o: Order = serde_json::from_slice(&r.value).unwrap();
+                (k.clone(), o.total_cents)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (format!("orders/{customer}/1"), 1),
+                (format!("orders/{customer}/3"), 3)
+            ],
+            "{policy}"
+        );
+        assert_eq!(q.freshness.region.as_str(), "eu", "the partition's home");
+        assert!(session.point() >= q.freshness.point);
+    }
+    // Bad input: not a native collection, a partition holding '/', a
+    // table without a sort key.
+    for (collection, partition) in [("stock", "c"), ("orders", "a/b"), ("orders", "")] {
+        let e = writer
+            .query_partition(&session, ReadPolicy::Strong, collection, partition)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidInput(_)),
+            "{collection} {partition}: {e}"
+        );
+    }
+}

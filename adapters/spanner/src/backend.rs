@@ -97,7 +97,7 @@ impl std::fmt::Debug for SpannerBackend {
     }
 }
 
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -122,6 +122,11 @@ enum Phase {
 /// Classifies a gRPC status. ABORTED (and the emulator's refusals of a
 /// second concurrent transaction) are retried; anything but a definite
 /// refusal during a commit is ambiguous.
+/// Classifies a read's status (nothing was being committed).
+pub(crate) fn classify_read(status: Status) -> Error {
+    classify(status, Phase::Before)
+}
+
 fn classify(status: Status, phase: Phase) -> Error {
     let code = status.code();
     // A database (or instance) that does not exist stays missing: retrying
@@ -252,6 +257,11 @@ impl SpannerBackend {
     /// The client library's client.
     pub fn spanner(&self) -> &Spanner {
         &self.inner.client
+    }
+
+    /// The directed reads' sessions.
+    pub(crate) fn reads(&self) -> &crate::directed::Sessions {
+        &self.inner.reads
     }
 
     /// The tables.

@@ -64,12 +64,45 @@ pub(crate) fn directed(region: &Region) -> DirectedReadOptions {
     }
 }
 
+/// The parameters of a statement and their types.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Params {
+    pub values: BTreeMap<String, Value>,
+    pub types: std::collections::HashMap<String, Type>,
+}
+
 /// The request for one point read of `key` with `sql` (one `@key`
 /// parameter).
 pub(crate) fn read_request(
     session: &str,
     sql: &str,
     key: &str,
+    bound: Bound,
+    region: &Region,
+) -> ExecuteSqlRequest {
+    let mut params = Params::default();
+    params.values.insert(
+        "key".to_owned(),
+        Value {
+            kind: Some(Kind::StringValue(key.to_owned())),
+        },
+    );
+    params.types.insert(
+        "key".to_owned(),
+        Type {
+            code: TypeCode::String as i32,
+            ..Default::default()
+        },
+    );
+    request(session, sql, &params, bound, region)
+}
+
+/// The request for one single-use read-only `sql` with `params`, under
+/// `bound`, directed to `region`, its read timestamp asked back.
+pub(crate) fn request(
+    session: &str,
+    sql: &str,
+    params: &Params,
     bound: Bound,
     region: &Region,
 ) -> ExecuteSqlRequest {
@@ -84,21 +117,6 @@ pub(crate) fn read_request(
             nanos: d.subsec_nanos() as i32,
         }),
     };
-    let mut fields = BTreeMap::new();
-    fields.insert(
-        "key".to_owned(),
-        Value {
-            kind: Some(Kind::StringValue(key.to_owned())),
-        },
-    );
-    let mut param_types = std::collections::HashMap::new();
-    param_types.insert(
-        "key".to_owned(),
-        Type {
-            code: TypeCode::String as i32,
-            ..Default::default()
-        },
-    );
     ExecuteSqlRequest {
         session: session.to_owned(),
         transaction: Some(TransactionSelector {
@@ -113,8 +131,10 @@ pub(crate) fn read_request(
             )),
         }),
         sql: sql.to_owned(),
-        params: Some(Struct { fields }),
-        param_types,
+        params: Some(Struct {
+            fields: params.values.clone(),
+        }),
+        param_types: params.types.clone(),
         directed_read_options: Some(directed(region)),
         ..Default::default()
     }
@@ -132,22 +152,28 @@ fn malformed(what: &str) -> Status {
     Status::new(Code::Internal, format!("unexpected result: {what}"))
 }
 
-/// Decodes a `SELECT version, value, deleted` result (INT64 arrives as a
-/// decimal string, BYTES as base64, a BOOL as a bool or, when NULL, as a
-/// null: not deleted).
-pub(crate) fn decode(result: ResultSet) -> Result<PointRead, Status> {
-    use base64::Engine;
-    let read_at = result
+/// The read timestamp a single-use read-only request asked back.
+pub(crate) fn read_timestamp(result: &ResultSet) -> Option<Point> {
+    result
         .metadata
-        .and_then(|m| m.transaction)
-        .and_then(|t| t.read_timestamp)
+        .as_ref()
+        .and_then(|m| m.transaction.as_ref())
+        .and_then(|t| t.read_timestamp.as_ref())
         .map(|t| {
             let wall = u64::try_from(t.seconds)
                 .unwrap_or(0)
                 .saturating_mul(1_000_000_000)
                 .saturating_add(u64::try_from(t.nanos).unwrap_or(0));
             Point { wall, logical: 0 }
-        });
+        })
+}
+
+/// Decodes a `SELECT version, value, deleted` result (INT64 arrives as a
+/// decimal string, BYTES as base64, a BOOL as a bool or, when NULL, as a
+/// null: not deleted).
+pub(crate) fn decode(result: ResultSet) -> Result<PointRead, Status> {
+    use base64::Engine;
+    let read_at = read_timestamp(&result);
     let row = match result.rows.into_iter().next() {
         None => None,
         Some(list) => {
@@ -313,14 +339,25 @@ impl Sessions {
         bound: Bound,
         region: &Region,
     ) -> Result<PointRead, Status> {
+        self.execute(|session| read_request(session, sql, key, bound, region))
+            .await
+            .and_then(decode)
+    }
+
+    /// Runs one read-only statement; a session Spanner deleted (idle for
+    /// an hour) is replaced once.
+    pub(crate) async fn execute(
+        &self,
+        request: impl Fn(&str) -> ExecuteSqlRequest,
+    ) -> Result<ResultSet, Status> {
         let mut replaced = false;
         loop {
             let lease = self.lease().await?;
-            let request = read_request(lease.name(), sql, key, bound, region);
+            let request = request(lease.name());
             match self.conn.conn().execute_sql(request, true, None).await {
                 Ok(result) => {
                     lease.release();
-                    return decode(result.into_inner());
+                    return Ok(result.into_inner());
                 }
                 Err(s) if s.code() == Code::NotFound => {
                     lease.forget();

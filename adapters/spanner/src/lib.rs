@@ -20,9 +20,11 @@
 
 mod backend;
 mod directed;
+mod query;
 pub mod sql;
 
 pub use backend::{SpannerBackend, SpannerConfig, VERSION_RETENTION};
 pub use gcloud_spanner;
+pub use query::{SpannerQuery, SqlRead};
 pub use quorate::*;
 pub use sql::NativeTable;

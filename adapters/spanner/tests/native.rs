@@ -319,3 +319,77 @@ async fn tables_that_do_not_fit_are_named_with_what_is_wrong() {
         .unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_read_under_the_session_and_advance_it() {
+    use quorate_spanner::{Point, SpannerQuery, SqlRead};
+    let Some((_, db)) = common::emulator() else {
+        return;
+    };
+    let table = table_name("QueryOrders");
+    hand_made(&db, &table).await;
+    let client = Client::new(backend_on(&db, &table).await, ClientConfig::default()).unwrap();
+    let session = client.session();
+    let orders = client
+        .collection::<Order, Critical>("orders", &session)
+        .unwrap();
+    let written = orders
+        .put(
+            "q-1",
+            &Order {
+                status: "open".into(),
+                total_cents: 10,
+            },
+            Precondition::IfAbsent,
+        )
+        .await
+        .unwrap();
+    let open = SqlRead::new(format!(
+        "SELECT OrderId FROM {table} WHERE JSON_VALUE(Body, '$.status') = @status \
+         AND quorate_deleted IS NOT TRUE ORDER BY OrderId"
+    ))
+    .param("status", &"open");
+    for policy in [ReadPolicy::Session, ReadPolicy::Strong] {
+        let q = client.spanner_query(&session, policy, &open).await.unwrap();
+        let ids: Vec<String> = q.rows.iter().map(|r| r.column(0).unwrap()).collect();
+        assert_eq!(ids, ["q-1"], "{policy}");
+        assert!(q.freshness.point >= Some(written.point), "{policy}");
+        assert!(session.point() >= q.freshness.point, "the session advanced");
+    }
+    // A session that has seen a point a little ahead (a busier moment
+    // elsewhere) reads at or after it: the read waits for it rather than
+    // returning what is older.
+    let ahead = Point {
+        wall: written.point.wall.max(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64,
+        ) + 400_000_000,
+        logical: 0,
+    };
+    let later = client.session();
+    later.observe_point(Some(ahead));
+    let q = client
+        .spanner_query(&later, ReadPolicy::Session, &open)
+        .await
+        .unwrap();
+    assert!(q.freshness.point >= Some(ahead), "{:?}", q.freshness);
+    assert_eq!(
+        q.freshness.role,
+        quorate_spanner::ReplicaRole::Follower,
+        "served by the replicas with the session's bound, not escalated"
+    );
+    // A statement Spanner refuses is a typed, permanent error.
+    let Err(e) = client
+        .spanner_query(&session, ReadPolicy::Session, &SqlRead::new("SELEKT 1"))
+        .await
+    else {
+        panic!("a statement Spanner refuses returned rows");
+    };
+    assert_eq!(
+        e.retryability(),
+        quorate_spanner::Retryability::Permanent,
+        "{e}"
+    );
+}

@@ -95,6 +95,46 @@ impl std::fmt::Debug for HoldFollowers {
     }
 }
 
+/// What a [`QueryHook`] returns.
+pub type QueryFuture = Pin<Box<dyn Future<Output = Result<Option<Version>, Error>> + Send>>;
+
+/// How to read one record through a backend's query path (an SQL query, a
+/// partition `Query`) under a policy in a session: the version the query
+/// returned for `key` (`None`: not among its rows). With it,
+/// [`read_your_writes_through_a_query`] runs.
+pub struct QueryHook<B>(
+    #[allow(clippy::type_complexity)]
+    pub  std::sync::Arc<
+        dyn Fn(Client<B>, crate::Session, ReadPolicy, String) -> QueryFuture + Send + Sync,
+    >,
+);
+
+impl<B> QueryHook<B> {
+    /// A hook from a function of the client, the session, the policy and
+    /// the key.
+    pub fn new<F, Fut>(f: F) -> QueryHook<B>
+    where
+        F: Fn(Client<B>, crate::Session, ReadPolicy, String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<Version>, Error>> + Send + 'static,
+    {
+        QueryHook(std::sync::Arc::new(move |c, s, p, k| {
+            Box::pin(f(c, s, p, k))
+        }))
+    }
+}
+
+impl<B> Clone for QueryHook<B> {
+    fn clone(&self) -> Self {
+        QueryHook(self.0.clone())
+    }
+}
+
+impl<B> std::fmt::Debug for QueryHook<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueryHook(..)")
+    }
+}
+
 /// What the cases run against.
 #[derive(Clone, Debug)]
 pub struct Fixture<B> {
@@ -106,6 +146,9 @@ pub struct Fixture<B> {
     pub prefix: String,
     /// How to hold a region's followers back, when the server allows it.
     pub hold_followers: Option<HoldFollowers>,
+    /// How to read through the backend's query path, when it has one for
+    /// the fixture's keys.
+    pub query: Option<QueryHook<B>>,
 }
 
 impl<B: Backend + Clone> Fixture<B> {
@@ -120,7 +163,14 @@ impl<B: Backend + Clone> Fixture<B> {
                 crate::random::process_entropy() & 0xffff_ffff_ffff
             ),
             hold_followers: None,
+            query: None,
         }
+    }
+
+    /// The fixture with a way to read through the backend's query path.
+    pub fn with_query(mut self, query: QueryHook<B>) -> Fixture<B> {
+        self.query = Some(query);
+        self
     }
 
     /// The fixture with a way to hold followers back.
@@ -218,13 +268,89 @@ pub fn cases<B: Backend + Clone>() -> Vec<(&'static str, Case<B>)> {
     ]
 }
 
-/// Runs every case, in order, and returns each outcome by name.
+/// Runs every case, in order, and returns each outcome by name;
+/// [`read_your_writes_through_a_query`] runs when the fixture has a
+/// [`QueryHook`] (a backend with no query path for its keys has nothing
+/// for it to check).
 pub async fn run_all<B: Backend + Clone>(fixture: &Fixture<B>) -> Vec<(&'static str, CaseResult)> {
     let mut out = Vec::new();
     for (name, case) in cases::<B>() {
         out.push((name, case(fixture).await));
     }
+    if fixture.query.is_some() {
+        out.push((
+            "read_your_writes_through_a_query",
+            read_your_writes_through_a_query(fixture).await,
+        ));
+    }
     out
+}
+
+/// A session's query sees the session's writes, under `Session` and
+/// `Strong`, with the followers held back where the server allows it, and
+/// advances the session so that a point read after it is no older.
+pub async fn read_your_writes_through_a_query<B: Backend + Clone>(f: &Fixture<B>) -> CaseResult {
+    let Some(query) = &f.query else {
+        return Err("the fixture has no query hook".into());
+    };
+    let client = f.client()?;
+    let session = client.session();
+    let key = f.key("query", 0);
+    let local = client.backend().topology().local().clone();
+    let held = match &f.hold_followers {
+        Some(hold) => {
+            hold.set(&local, true).await?;
+            true
+        }
+        None => false,
+    };
+    let outcome = async {
+        let mut expect = Precondition::IfAbsent;
+        for i in 0..3u32 {
+            let c = client
+                .write(&session, &key, doc(i), expect, &WriteOptions::default())
+                .await
+                .map_err(fail("write"))?;
+            for policy in [ReadPolicy::Session, ReadPolicy::Strong] {
+                let seen = (query.0)(client.clone(), session.clone(), policy, key.clone())
+                    .await
+                    .map_err(fail("query"))?;
+                ensure!(
+                    seen == Some(c.version),
+                    "{policy} query after writing {} saw {seen:?}",
+                    c.version
+                );
+            }
+            expect = Precondition::IfVersion(c.version);
+        }
+        // Another session that only ran the query reads no older.
+        let reader = client.session();
+        let seen = (query.0)(
+            client.clone(),
+            reader.clone(),
+            ReadPolicy::Strong,
+            key.clone(),
+        )
+        .await
+        .map_err(fail("query"))?;
+        let r = client
+            .read(&reader, &key, ReadPolicy::Session)
+            .await
+            .map_err(fail("read"))?;
+        ensure!(
+            r.version() >= seen,
+            "a session read after a query that saw {seen:?} saw {:?}",
+            r.version()
+        );
+        Ok(())
+    }
+    .await;
+    if held {
+        if let Some(hold) = &f.hold_followers {
+            hold.set(&local, false).await?;
+        }
+    }
+    outcome
 }
 
 /// A session reads its own writes, under `Session` and `Strong`, even where

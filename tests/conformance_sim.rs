@@ -2,7 +2,9 @@
 //! both replication modes.
 
 use quorate::chaos::Chaos;
-use quorate::conformance::{follower_freshness_claims_hold, run_all, Fixture, HoldFollowers};
+use quorate::conformance::{
+    follower_freshness_claims_hold, run_all, Fixture, HoldFollowers, QueryHook,
+};
 use quorate::sim::{Replication, Sim, SimConfig};
 use quorate::{
     Backend, Bytes, Capabilities, Committed, Error, IdempotencyKey, Point, Probe, Read, ReadPlan,
@@ -10,7 +12,11 @@ use quorate::{
 };
 
 fn assert_all_pass(report: Vec<(&'static str, Result<(), String>)>) {
-    assert_eq!(report.len(), quorate::conformance::cases::<Sim>().len());
+    assert_eq!(
+        report.len(),
+        quorate::conformance::cases::<Sim>().len() + 1,
+        "every case, and the query's"
+    );
     let failures: Vec<_> = report.iter().filter(|(_, r)| r.is_err()).collect();
     for (name, result) in &report {
         println!("{name}: {}", if result.is_ok() { "ok" } else { "FAILED" });
@@ -42,9 +48,43 @@ fn stall(sim: &Sim) -> HoldFollowers {
     })
 }
 
+/// The simulator's query path: a read of the key, served as the client
+/// plans it (the simulator has no query language; what is checked is the
+/// client's handling of a query's freshness and the session).
+fn point_query<B: Backend + Clone>() -> QueryHook<B> {
+    QueryHook::new(
+        |client: quorate::Client<B>, session: quorate::Session, policy, key: String| async move {
+            let backend = client.backend().clone();
+            let q = client
+                .query(&session, policy, Some(&key), |plan| {
+                    let (backend, key) = (backend.clone(), key.clone());
+                    let (region, role, policy) = (plan.region.clone(), plan.role, plan.policy);
+                    let deadline = plan.deadline;
+                    async move {
+                        let r = backend
+                            .read(&ReadPlan {
+                                key: &key,
+                                region: &region,
+                                role,
+                                policy,
+                                floor: quorate::SessionFloor::default(),
+                                deadline,
+                            })
+                            .await?;
+                        Ok((r.version(), r.freshness))
+                    }
+                })
+                .await?;
+            Ok(q.rows)
+        },
+    )
+}
+
 fn fixture(backend: Sim) -> Fixture<Sim> {
     let hold = stall(&backend);
-    Fixture::new(backend).with_hold_followers(hold)
+    Fixture::new(backend)
+        .with_hold_followers(hold)
+        .with_query(point_query())
 }
 
 #[tokio::test(start_paused = true)]
@@ -197,7 +237,7 @@ async fn consensus_mode_under_chaos() {
         &quorate::Region::new("us-east").unwrap(),
         std::time::Duration::from_millis(400),
     );
-    assert_all_pass(run_all(&Fixture::new(backend)).await);
+    assert_all_pass(run_all(&Fixture::new(backend).with_query(point_query())).await);
 }
 
 #[tokio::test(start_paused = true)]
@@ -208,5 +248,5 @@ async fn multi_writer_mode_under_chaos() {
         &quorate::Region::new("eu-west").unwrap(),
         std::time::Duration::from_millis(80),
     );
-    assert_all_pass(run_all(&Fixture::new(backend)).await);
+    assert_all_pass(run_all(&Fixture::new(backend).with_query(point_query())).await);
 }

@@ -400,6 +400,11 @@ impl PgBackend {
         })
     }
 
+    /// PostgreSQL or CockroachDB.
+    pub fn dialect(&self) -> Dialect {
+        self.inner.config.dialect
+    }
+
     /// The tables this backend uses.
     pub fn tables(&self) -> &Tables {
         &self.inner.tables

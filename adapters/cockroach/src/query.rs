@@ -56,7 +56,13 @@ impl SqlQuery for Client<PgBackend> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Queried<Vec<Row>>, Error> {
         let backend = self.backend();
-        self.query(session, policy, None, |plan| {
+        // PostgreSQL's strong reads go to the primary, every key's home
+        // (any key names it); CockroachDB's are served anywhere.
+        let home = match backend.dialect() {
+            crate::Dialect::Postgres => Some(""),
+            crate::Dialect::Cockroach => None,
+        };
+        self.query(session, policy, home, |plan| {
             let region = plan.region.clone();
             // The leader path is the primary (or the gateway's
             // leaseholder read).

@@ -214,9 +214,16 @@ async fn the_conformance_suite_holds_on_a_native_table() {
     let table = table_name("conf_orders");
     hand_made(&s[0], &table).await;
     let backend = backend_on(&s, &table).await;
-    let mut fixture = Fixture::new(backend);
+    let query = common::sql_query_hook(
+        format!("SELECT quorate_version FROM {table} WHERE order_id = $1 AND NOT quorate_deleted"),
+        "orders/",
+    );
+    let mut fixture = Fixture::new(backend).with_query(query);
     fixture.prefix = format!("orders/{}", fixture.prefix);
     let report = run_all(&fixture).await;
+    assert!(report
+        .iter()
+        .any(|(name, _)| *name == "read_your_writes_through_a_query"));
     for (name, result) in &report {
         println!("{name}: {result:?}");
     }

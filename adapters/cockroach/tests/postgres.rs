@@ -17,7 +17,14 @@ use quorate_cockroach::{
 async fn conformance_suite() {
     let Some(s) = common::servers() else { return };
     let backend = common::backend(&s, "us").await;
-    let report = run_all(&Fixture::new(backend)).await;
+    let query = common::sql_query_hook(
+        "SELECT version FROM quorate_records WHERE key = $1 AND NOT deleted".into(),
+        "",
+    );
+    let report = run_all(&Fixture::new(backend).with_query(query)).await;
+    assert!(report
+        .iter()
+        .any(|(name, _)| *name == "read_your_writes_through_a_query"));
     for (name, result) in &report {
         println!("{name}: {result:?}");
     }

@@ -263,8 +263,27 @@ async fn the_conformance_suite_holds_on_a_native_table() {
         ],
         Duration::from_millis(200),
     );
-    let fixture = fixture.with_hold_followers(replicator.hold_followers());
+    let query = quorate_dynamodb::conformance::QueryHook::new(
+        move |client: Client<DynamoBackend>, session, policy, key: String| async move {
+            use quorate_dynamodb::PartitionQuery;
+            // orders/<partition>/<sort>
+            let partition = key.split('/').nth(1).unwrap_or_default().to_owned();
+            let q = client
+                .query_partition(&session, policy, "orders", &partition)
+                .await?;
+            Ok(q.rows
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, r)| r.version))
+        },
+    );
+    let fixture = fixture
+        .with_hold_followers(replicator.hold_followers())
+        .with_query(query);
     let report = run_all(&fixture).await;
+    assert!(report
+        .iter()
+        .any(|(name, _)| *name == "read_your_writes_through_a_query"));
     for (name, result) in &report {
         println!("{name}: {result:?}");
     }

@@ -253,9 +253,16 @@ async fn the_conformance_suite_holds_on_a_native_table() {
     };
     let table = table_name("ConfOrders");
     hand_made(&db, &table).await;
-    let mut fixture = Fixture::new(backend_on(&db, &table).await);
+    let query = common::sql_query_hook(
+        format!("SELECT quorate_version FROM {table} WHERE OrderId = @k AND quorate_deleted IS NOT TRUE"),
+        "orders/",
+    );
+    let mut fixture = Fixture::new(backend_on(&db, &table).await).with_query(query);
     fixture.prefix = format!("orders/{}", fixture.prefix);
     let report = run_all(&fixture).await;
+    assert!(report
+        .iter()
+        .any(|(name, _)| *name == "read_your_writes_through_a_query"));
     for (name, result) in &report {
         println!("{name}: {result:?}");
     }

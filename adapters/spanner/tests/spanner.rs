@@ -21,7 +21,14 @@ async fn conformance_suite() {
         return;
     };
     let backend = common::backend(&db, "us-east1").await;
-    let report = run_all(&Fixture::new(backend)).await;
+    let query = common::sql_query_hook(
+        "SELECT version FROM quorate_records WHERE key = @k AND deleted IS NOT TRUE".into(),
+        "",
+    );
+    let report = run_all(&Fixture::new(backend).with_query(query)).await;
+    assert!(report
+        .iter()
+        .any(|(name, _)| *name == "read_your_writes_through_a_query"));
     for (name, result) in &report {
         println!("{name}: {result:?}");
     }

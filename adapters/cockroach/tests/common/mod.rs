@@ -86,3 +86,27 @@ pub async fn apply_delay(standby: &str, delay: Option<&str>) {
 pub fn key(case: &str) -> String {
     format!("{case}-{:x}", quorate_cockroach::random::process_entropy())
 }
+
+/// The conformance suite's query path: `sql` (a read of one row's version,
+/// `$1` the key within its table, which is `key` less `strip`) through
+/// `SqlQuery::sql_query`.
+pub fn sql_query_hook(
+    sql: String,
+    strip: &'static str,
+) -> quorate_cockroach::conformance::QueryHook<PgBackend> {
+    use quorate_cockroach::SqlQuery;
+    quorate_cockroach::conformance::QueryHook::new(
+        move |client: quorate_cockroach::Client<PgBackend>, session, policy, key: String| {
+            let sql = sql.clone();
+            async move {
+                let row_key = key.strip_prefix(strip).unwrap_or(&key).to_owned();
+                let q = client
+                    .sql_query(&session, policy, &sql, &[&row_key])
+                    .await?;
+                Ok(q.rows
+                    .first()
+                    .map(|r| quorate_cockroach::Version(r.get::<_, i64>(0) as u64)))
+            }
+        },
+    )
+}

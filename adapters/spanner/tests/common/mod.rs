@@ -78,3 +78,30 @@ pub async fn create(client: &Client<SpannerBackend>, key: &str) -> Version {
         .expect("create the key")
         .version
 }
+
+/// The conformance suite's query path: `sql` (a read of one row's version,
+/// `@k` the key within its table, which is `key` less `strip`) through
+/// `SpannerQuery::spanner_query`.
+pub fn sql_query_hook(
+    sql: String,
+    strip: &'static str,
+) -> quorate_spanner::conformance::QueryHook<SpannerBackend> {
+    use quorate_spanner::{SpannerQuery, SqlRead};
+    quorate_spanner::conformance::QueryHook::new(
+        move |client: Client<SpannerBackend>, session, policy, key: String| {
+            let sql = sql.clone();
+            async move {
+                let row_key = key.strip_prefix(strip).unwrap_or(&key).to_owned();
+                let read = SqlRead::new(sql).param("k", &row_key);
+                let q = client.spanner_query(&session, policy, &read).await?;
+                match q.rows.first() {
+                    None => Ok(None),
+                    Some(r) => r
+                        .column::<i64>(0)
+                        .map(|v| Some(Version(v as u64)))
+                        .map_err(|e| quorate_spanner::Error::InvalidInput(e.to_string())),
+                }
+            }
+        },
+    )
+}

@@ -13,8 +13,9 @@
 //! The conditional update is also compared with raw tokio-postgres sending
 //! quorate's own statements (the same read, and the same write with its
 //! idempotency row), which separates what the client and the adapter cost
-//! from what durable idempotency costs the database. Then the
-//! share of session reads a caught-up standby serves.
+//! from what durable idempotency costs the database. A multi-record write
+//! (two records in one transaction) is compared the same two ways. Then
+//! the share of session reads a caught-up standby serves.
 //! `QUORATE_BENCH_CONCURRENCY=N` measures only concurrency N;
 //! `QUORATE_BENCH_READS_ONLY=1` only the reads.
 //! `QUORATE_BENCH_FIXED_TIMEOUTS=1` runs the client without adaptive attempt
@@ -210,6 +211,103 @@ async fn main() {
         .await;
         row("read + conditional update", concurrency, r, q_u);
         row("  vs raw + idempotency row", concurrency, r_i, q_u);
+
+        // A multi-record write: each task writes its two records in one
+        // transaction. Raw: BEGIN, two upserts, COMMIT. quorate: the same
+        // transaction with the versions, the idempotency row (and the
+        // fence it lifts), then the commit point; also against raw
+        // tokio-postgres sending those same statements.
+        let pool = raw.clone();
+        let raw_tx = op(move |t, _| {
+            let pool = pool.clone();
+            async move {
+                let mut c = pool.get().await.unwrap();
+                let st = c
+                    .prepare_cached(
+                        "INSERT INTO quorate_records AS t (key, value, version) VALUES ($1, $2, 1) \
+                         ON CONFLICT (key) DO UPDATE SET value = $2, version = t.version + 1 RETURNING t.version",
+                    )
+                    .await
+                    .unwrap();
+                let value: &[u8] = b"{}";
+                let tx = c.transaction().await.unwrap();
+                for k in [key(t), format!("{}/pair", key(t))] {
+                    tx.query_one(&st, &[&k, &value]).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+        });
+        let pool = raw.clone();
+        let tables = Tables::new("quorate_records").unwrap();
+        let statements = (
+            tables.unfence(),
+            tables.apply(Precondition::Any, false),
+            tables.record_transaction(),
+        );
+        let raw_tx_idempotent = op(move |t, _| {
+            let (pool, (unfence, apply, record)) = (pool.clone(), statements.clone());
+            async move {
+                let mut c = pool.get().await.unwrap();
+                let (unfence, apply, record) = (
+                    c.prepare_cached(&unfence).await.unwrap(),
+                    c.prepare_cached(&apply).await.unwrap(),
+                    c.prepare_cached(&record).await.unwrap(),
+                );
+                let point = c
+                    .prepare_cached(commit_point(Dialect::Postgres))
+                    .await
+                    .unwrap();
+                let keys = [key(t), format!("{}/pair", key(t))];
+                let binding =
+                    quorate_cockroach::transaction_binding(keys.iter().map(|k| k.as_str()));
+                let idem = quorate_cockroach::IdempotencyKey::generate();
+                let (value, zero, ttl, stamp): (&[u8], i64, i64, i64) = (b"{}", 0, 86_400, 1);
+                let tx = c.transaction().await.unwrap();
+                tx.execute(&unfence, &[&idem.as_str(), &stamp])
+                    .await
+                    .unwrap();
+                let mut versions = String::new();
+                for (i, k) in keys.iter().enumerate() {
+                    let v: i64 = tx
+                        .query_one(&apply, &[k, &value, &zero])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    if i > 0 {
+                        versions.push(',');
+                    }
+                    versions.push_str(&format!("{i}:{v}"));
+                }
+                tx.execute(
+                    &record,
+                    &[&idem.as_str(), &binding, &1i64, &"eu", &ttl, &versions],
+                )
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+                std::hint::black_box(c.query_one(&point, &[]).await.unwrap().get::<_, String>(0));
+            }
+        });
+        let tx_client = client.clone();
+        let quorate_tx = op(move |t, _| {
+            let client = tx_client.clone();
+            async move {
+                let session = client.session();
+                let mut tx = client.transaction(&session);
+                tx.put(key(t), "{}".into(), Precondition::Any);
+                tx.put(format!("{}/pair", key(t)), "{}".into(), Precondition::Any);
+                tx.commit().await.unwrap();
+            }
+        });
+        let [r_t, r_ti, q_t] = interleaved(
+            concurrency,
+            RUN,
+            ROUNDS,
+            [&raw_tx, &raw_tx_idempotent, &quorate_tx],
+        )
+        .await;
+        row("two-record write", concurrency, r_t, q_t);
+        row("  vs raw + idempotency row", concurrency, r_ti, q_t);
     }
 
     // Session reads once the standby has caught up.

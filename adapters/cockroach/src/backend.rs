@@ -1588,21 +1588,64 @@ impl PgBackend {
             .map_err(|e| self.classify(e, false))?;
         let (idem_text, region_text) = (idem.as_str(), region.as_str());
         let stamp_param = i64::try_from(stamp).unwrap_or(i64::MAX);
-        // A fence older than this attempt is lifted in its transaction.
-        tx.execute(&sql.unfence, &[&idem_text, &stamp_param])
+        // Every statement prepared (cached after the first use), then sent
+        // in one flight: the fence lifted (a fence older than this attempt)
+        // and each record applied or checked, in order.
+        let mut prepared = Vec::with_capacity(request.ops.len());
+        let mut params = Vec::with_capacity(request.ops.len());
+        for op in request.ops {
+            let (table, row_key) = sql.route(op.key);
+            let (statement, value) = match op.action {
+                TxAction::Check => (&table.check, None),
+                TxAction::Write(mutation) => {
+                    let slot = match op.precondition {
+                        Precondition::IfVersion(_) => 0,
+                        Precondition::IfAbsent => 1,
+                        Precondition::Any => 2,
+                    };
+                    (
+                        &table.apply[slot][usize::from(mutation.is_delete())],
+                        Some(table.value(mutation)?),
+                    )
+                }
+            };
+            prepared.push(
+                tx.prepare_cached(statement)
+                    .await
+                    .map_err(|e| self.classify(e, false))?,
+            );
+            params.push((row_key, value, expected_version(op.precondition)?));
+        }
+        let unfence = tx
+            .prepare_cached(&sql.unfence)
             .await
             .map_err(|e| self.classify(e, false))?;
+        let tx_ref = &tx;
+        let sent = prepared.iter().zip(&params).map(
+            |(statement, (row_key, value, expected))| async move {
+                match value {
+                    None => tx_ref.query_opt(statement, &[row_key]).await,
+                    Some(value) => {
+                        tx_ref
+                            .query_opt(statement, &[row_key, value, expected])
+                            .await
+                    }
+                }
+            },
+        );
+        let lift: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&idem_text, &stamp_param];
+        let (lifted, rows) = tokio::join!(
+            tx.execute(&unfence, &lift),
+            futures_util::future::join_all(sent),
+        );
+        lifted.map_err(|e| self.classify(e, false))?;
         let mut versions = Vec::with_capacity(request.ops.len());
         let mut encoded = String::new();
         let mut refused = None;
-        for (i, op) in request.ops.iter().enumerate() {
-            let (table, row_key) = sql.route(op.key);
+        for (i, (op, row)) in request.ops.iter().zip(rows).enumerate() {
+            let row = row.map_err(|e| self.classify(e, false))?;
             let current = match op.action {
                 TxAction::Check => {
-                    let row = tx
-                        .query_opt(&table.check, &[&row_key])
-                        .await
-                        .map_err(|e| self.classify(e, false))?;
                     let current = row.and_then(|r| {
                         let deleted: Option<bool> = r.get(1);
                         version_of(r.get(0)).filter(|_| deleted != Some(true))
@@ -1612,19 +1655,7 @@ impl PgBackend {
                     }
                     current
                 }
-                TxAction::Write(mutation) => {
-                    let slot = match op.precondition {
-                        Precondition::IfVersion(_) => 0,
-                        Precondition::IfAbsent => 1,
-                        Precondition::Any => 2,
-                    };
-                    let statement = &table.apply[slot][usize::from(mutation.is_delete())];
-                    let value = table.value(mutation)?;
-                    let expected = expected_version(op.precondition)?;
-                    let row = tx
-                        .query_opt(statement, &[&row_key, &value, &expected])
-                        .await
-                        .map_err(|e| self.classify(e, false))?;
+                TxAction::Write(_) => {
                     if let Some(version) = row.and_then(|r| version_of(r.get(0))) {
                         if !encoded.is_empty() {
                             encoded.push(',');
@@ -1635,6 +1666,7 @@ impl PgBackend {
                     }
                     // Refused: the current version, read in the same
                     // transaction, is what it met.
+                    let (table, row_key) = sql.route(op.key);
                     let row = tx
                         .query_opt(&table.current_version, &[&row_key])
                         .await
@@ -1662,9 +1694,13 @@ impl PgBackend {
             i64::try_from(v.0).unwrap_or(i64::MAX)
         });
         let ttl = self.ttl_secs();
+        let record = tx
+            .prepare_cached(&sql.record_transaction)
+            .await
+            .map_err(|e| self.classify(e, false))?;
         let recorded = tx
             .execute(
-                &sql.record_transaction,
+                &record,
                 &[&idem_text, &binding, &first, &region_text, &ttl, &encoded],
             )
             .await;
@@ -1692,22 +1728,31 @@ impl PgBackend {
             };
         }
         // CockroachDB's commit timestamp, taken inside the transaction;
-        // PostgreSQL's commit LSN, right after the commit.
-        let inside = match self.inner.config.dialect {
-            Dialect::Cockroach => Some(
+        // PostgreSQL's commit LSN, right after the commit (its statement
+        // prepared before, so that reading it is one round trip).
+        enum CommitPoint {
+            Inside(String),
+            After(tokio_postgres::Statement),
+        }
+        let point = match self.inner.config.dialect {
+            Dialect::Cockroach => CommitPoint::Inside(
                 tx.query_one(sql::commit_point(Dialect::Cockroach), &[])
                     .await
                     .map_err(|e| self.classify(e, false))?
                     .get::<_, String>(0),
             ),
-            Dialect::Postgres => None,
+            Dialect::Postgres => CommitPoint::After(
+                tx.prepare_cached(sql::commit_point(Dialect::Postgres))
+                    .await
+                    .map_err(|e| self.classify(e, false))?,
+            ),
         };
         tx.commit().await.map_err(|e| self.classify(e, true))?;
         cancel.disarm();
-        let point = match inside {
-            Some(p) => p,
-            None => client
-                .query_one(sql::commit_point(Dialect::Postgres), &[])
+        let point = match point {
+            CommitPoint::Inside(p) => p,
+            CommitPoint::After(statement) => client
+                .query_one(&statement, &[])
                 .await
                 .map_err(|e| ambiguous(self.classify(e, true)))?
                 .get(0),

@@ -92,6 +92,29 @@ impl<T> Catalog<T> {
     }
 }
 
+/// Checks that the columns (or attributes) of a native table — its keys,
+/// its value, quorate's bookkeeping — are distinct: `fold_case` for
+/// databases whose names ignore case. [`Error::InvalidInput`] names the
+/// first one that has two roles.
+pub fn distinct_columns(table: &str, names: &[&str], fold_case: bool) -> Result<(), Error> {
+    for (i, a) in names.iter().enumerate() {
+        let same = |b: &&str| {
+            if fold_case {
+                b.eq_ignore_ascii_case(a)
+            } else {
+                b == a
+            }
+        };
+        if names[..i].iter().any(same) {
+            return Err(Error::InvalidInput(format!(
+                "{a:?} of table {table} has two roles: the keys, the value and quorate's \
+                 bookkeeping need a column or attribute each"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The rules for a collection's name: 1–64 bytes without `/` or
 /// control characters.
 pub(crate) fn check_collection_name(name: &str) -> Result<(), Error> {
@@ -132,5 +155,9 @@ mod tests {
             ["orders", "stock"]
         );
         assert!(Catalog::<u8>::new().route("orders/a").is_none());
+        assert!(distinct_columns("t", &["id", "doc", "v"], false).is_ok());
+        assert!(distinct_columns("t", &["id", "doc", "id"], false).is_err());
+        assert!(distinct_columns("t", &["Id", "id"], false).is_ok());
+        assert!(distinct_columns("t", &["Id", "id"], true).is_err());
     }
 }

@@ -75,7 +75,7 @@ pub use backend::{
     Transacted, TxAction, TxOp, WriteRequest, MAX_IDEMPOTENCY_KEY, MAX_TRANSACTION_BYTES,
     MAX_TRANSACTION_RECORDS,
 };
-pub use catalog::Catalog;
+pub use catalog::{distinct_columns, Catalog};
 pub use client::{
     Client, ClientConfig, Hedge, Queried, QueryPlan, RegionHealth, Transaction, Verify,
     VerifyRegions, WriteOptions,

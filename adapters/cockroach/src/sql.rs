@@ -148,22 +148,17 @@ impl NativeTable {
     }
 
     fn distinct(self) -> Result<NativeTable, Error> {
-        let names = [
-            &self.key,
-            &self.document,
-            &self.version,
-            &self.written_at,
-            &self.deleted,
-        ];
-        for (i, a) in names.iter().enumerate() {
-            if names[..i].contains(a) {
-                return Err(Error::InvalidInput(format!(
-                    "column {a} of table {} has two roles: the key, the document and \
-                     quorate's bookkeeping need a column each",
-                    self.table
-                )));
-            }
-        }
+        quorate::distinct_columns(
+            self.table.as_str(),
+            &[
+                self.key.as_str(),
+                self.document.as_str(),
+                self.version.as_str(),
+                self.written_at.as_str(),
+                self.deleted.as_str(),
+            ],
+            false,
+        )?;
         Ok(self)
     }
 

@@ -147,16 +147,7 @@ impl NativeTable {
     }
 
     fn distinct(self) -> Result<NativeTable, Error> {
-        let names = self.reserved();
-        for (i, a) in names.iter().enumerate() {
-            if names[..i].contains(a) {
-                return Err(Error::InvalidInput(format!(
-                    "attribute {a:?} of table {} has two roles: the keys and quorate's \
-                     bookkeeping need an attribute each",
-                    self.table
-                )));
-            }
-        }
+        quorate::distinct_columns(&self.table, &self.reserved(), false)?;
         Ok(self)
     }
 

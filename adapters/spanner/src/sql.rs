@@ -136,23 +136,18 @@ impl NativeTable {
     }
 
     fn distinct(self) -> Result<NativeTable, Error> {
-        // Spanner's names are case-insensitive.
-        let names = [
-            &self.key,
-            &self.document,
-            &self.version,
-            &self.written_at,
-            &self.deleted,
-        ];
-        for (i, a) in names.iter().enumerate() {
-            if names[..i].iter().any(|b| b.eq_ignore_ascii_case(a)) {
-                return Err(Error::InvalidInput(format!(
-                    "column {a} of table {} has two roles: the key, the document and \
-                     quorate's bookkeeping need a column each",
-                    self.table
-                )));
-            }
-        }
+        // Spanner's names ignore case.
+        quorate::distinct_columns(
+            &self.table,
+            &[
+                &self.key,
+                &self.document,
+                &self.version,
+                &self.written_at,
+                &self.deleted,
+            ],
+            true,
+        )?;
         Ok(self)
     }
 

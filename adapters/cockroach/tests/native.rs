@@ -147,16 +147,12 @@ async fn a_table_created_by_hand_is_adopted_and_read_by_plain_sql() {
     let stock = client
         .collection::<u64, Critical>("stock", &session)
         .unwrap();
+    let book_key = common::key("book");
     stock
-        .put("book", &3, Precondition::IfAbsent)
+        .put(&book_key, &3, Precondition::IfAbsent)
         .await
-        .map(drop)
-        .or_else(|e| match e {
-            Error::Conflict { .. } => Ok(()),
-            e => Err(e),
-        })
         .unwrap();
-    let book = stock.get("book").await.unwrap();
+    let book = stock.get(&book_key).await.unwrap();
     let mut tx = client.transaction(&session);
     orders
         .put_in(
@@ -172,7 +168,7 @@ async fn a_table_created_by_hand_is_adopted_and_read_by_plain_sql() {
     stock
         .put_in(
             &mut tx,
-            "book",
+            &book_key,
             &(book.value.as_ref().unwrap().value - 1),
             Precondition::IfVersion(book.version().unwrap()),
         )
@@ -193,7 +189,7 @@ async fn a_table_created_by_hand_is_adopted_and_read_by_plain_sql() {
         .put_in(&mut tx, "o-2", &order, Precondition::IfAbsent)
         .unwrap();
     stock
-        .put_in(&mut tx, "book", &0, Precondition::Any)
+        .put_in(&mut tx, &book_key, &0, Precondition::Any)
         .unwrap();
     match tx.commit().await {
         Err(Error::Conflict { key, current }) => {
@@ -203,7 +199,7 @@ async fn a_table_created_by_hand_is_adopted_and_read_by_plain_sql() {
         other => panic!("expected a conflict, got {other:?}"),
     }
     assert_eq!(
-        stock.get("book").await.unwrap().value.unwrap().value,
+        stock.get(&book_key).await.unwrap().value.unwrap().value,
         book.value.unwrap().value - 1
     );
 }

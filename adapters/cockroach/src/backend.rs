@@ -374,7 +374,15 @@ impl PgBackend {
         }
         let topology = Topology::new(regions, &config.local)?;
         let mut native = Catalog::new();
+        let mut names = vec![tables.records.as_str()];
         for (collection, table) in config.native.iter() {
+            if names.contains(&table.table.as_str()) {
+                return Err(invalid(format!(
+                    "table {} holds two collections (or quorate's records): one table, one collection",
+                    table.table
+                )));
+            }
+            names.push(table.table.as_str());
             native.insert(
                 collection,
                 TableSql::new(Tables::native(table, &tables), config.dialect),
@@ -429,10 +437,21 @@ impl PgBackend {
             .into_iter()
             .chain(native)
         {
-            client
-                .batch_execute(&statement)
-                .await
-                .map_err(|e| classify(e, false))?;
+            // Services starting together create the same tables at once,
+            // and PostgreSQL's `IF NOT EXISTS` is not atomic: the loser of
+            // the race gets a duplicate error; once the winner's table is
+            // there, the statement is a no-op.
+            let mut tries = 0;
+            loop {
+                match client.batch_execute(&statement).await {
+                    Ok(()) => break,
+                    Err(e) if tries < 5 && created_concurrently(&e) => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+                    }
+                    Err(e) => return Err(classify(e, false)),
+                }
+            }
         }
         drop(client);
         self.check_schema().await
@@ -610,6 +629,20 @@ impl PgBackend {
                 .fetch_add(1, Ordering::Relaxed);
         }
         classify(e, sent_write)
+    }
+}
+
+/// A schema statement that lost a race with the same statement of another
+/// session: a duplicate table, type or column (`42P07`, `42710`, `42701`),
+/// or the catalogue's own unique index (`23505` on a `pg_catalog` table).
+fn created_concurrently(e: &tokio_postgres::Error) -> bool {
+    let Some(d) = e.as_db_error() else {
+        return false;
+    };
+    match d.code().code() {
+        "42P07" | "42710" | "42701" => true,
+        "23505" => d.schema() == Some("pg_catalog"),
+        _ => false,
     }
 }
 
@@ -894,8 +927,13 @@ impl Backend for PgBackend {
         let row = match outcome {
             Ok(row) => row,
             // The idempotency key holds a row already: an earlier attempt's
-            // outcome, or a fence (this attempt applied nothing).
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            // outcome, or a fence (this attempt applied nothing). A unique
+            // constraint of another table (an application's index on its
+            // native table) refused the record itself: permanent.
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+                    && self.on_idempotency_table(&e) =>
+            {
                 // Boxed, like the other paths that do not apply: their
                 // queries would otherwise size (and be moved with) every
                 // write's future.
@@ -1262,6 +1300,15 @@ impl PgBackend {
                 "committed on the primary but not yet durable on a synchronous standby",
             ))
         }
+    }
+
+    /// Whether a constraint violation is the idempotency table's (or its
+    /// table is not reported, as it then may be).
+    fn on_idempotency_table(&self, e: &tokio_postgres::Error) -> bool {
+        let idempotency = self.inner.tables.idempotency.as_str();
+        e.as_db_error()
+            .and_then(|d| d.table())
+            .is_none_or(|t| t == idempotency)
     }
 
     fn ttl_secs(&self) -> i64 {
@@ -1639,11 +1686,17 @@ impl PgBackend {
             futures_util::future::join_all(sent),
         );
         lifted.map_err(|e| self.classify(e, false))?;
+        // All were sent: a statement that failed (a serialization failure,
+        // say) aborted the transaction, and is the answer, whatever a
+        // record before it found.
+        let rows = rows
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.classify(e, false))?;
         let mut versions = Vec::with_capacity(request.ops.len());
         let mut encoded = String::new();
         let mut refused = None;
         for (i, (op, row)) in request.ops.iter().zip(rows).enumerate() {
-            let row = row.map_err(|e| self.classify(e, false))?;
             let current = match op.action {
                 TxAction::Check => {
                     let current = row.and_then(|r| {

@@ -327,6 +327,21 @@ async fn tables_that_do_not_fit_are_named_with_what_is_wrong() {
     assert!(matches!(e, Error::InvalidInput(_)), "{text}");
     assert!(text.contains("column body"), "{text}");
     assert!(text.contains("not its primary key"), "{text}");
+    // One table, one collection.
+    let mut config = common::config(&s, "us");
+    for collection in ["a", "b"] {
+        config
+            .native
+            .insert(
+                collection,
+                NativeTable::new(&table, "order_id", "body").unwrap(),
+            )
+            .unwrap();
+    }
+    assert!(matches!(
+        PgBackend::new(config),
+        Err(Error::InvalidInput(_))
+    ));
     let missing = {
         let mut config = common::config(&s, "us");
         config
@@ -340,4 +355,84 @@ async fn tables_that_do_not_fit_are_named_with_what_is_wrong() {
     };
     let e = missing.check_schema().await.unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
+}
+
+/// An application's own unique index on its native table refuses a record:
+/// a permanent error at once, not an idempotency clash retried until the
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_s_unique_index_refusing_a_record_is_permanent() {
+    let Some(s) = common::servers() else { return };
+    let table = table_name("users");
+    common::exec(
+        &s[0],
+        &format!(
+            "CREATE TABLE {table} (id TEXT PRIMARY KEY, doc JSONB NOT NULL); \
+             CREATE UNIQUE INDEX ON {table} ((doc->>'email'))"
+        ),
+    )
+    .await;
+    let mut config = common::config(&s, "us");
+    config
+        .native
+        .insert("users", NativeTable::new(&table, "id", "doc").unwrap())
+        .unwrap();
+    let backend = PgBackend::new(config).unwrap();
+    backend.create_schema().await.unwrap();
+    let client = Client::new(backend, ClientConfig::default()).unwrap();
+    let session = client.session();
+    let options = WriteOptions::default();
+    client
+        .write(
+            &session,
+            "users/u1",
+            r#"{"email":"a@x"}"#.into(),
+            Precondition::IfAbsent,
+            &options,
+        )
+        .await
+        .unwrap();
+    let e = client
+        .write(
+            &session,
+            "users/u2",
+            r#"{"email":"a@x"}"#.into(),
+            Precondition::IfAbsent,
+            &options,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Backend { code: Some(c), retryability: quorate_cockroach::Retryability::Permanent, .. } if c == "23505"),
+        "{}",
+        e.report()
+    );
+}
+
+/// Services starting together create the same schema at once: each of them
+/// succeeds (PostgreSQL's `IF NOT EXISTS` alone lets the losers of the race
+/// fail with a duplicate in its catalogue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_creating_the_schema_at_once_all_succeed() {
+    let Some(s) = common::servers() else { return };
+    let own = table_name("fresh_records");
+    let orders = table_name("fresh_orders");
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let mut config = common::config(&s, "us");
+            config.table = own.clone();
+            config
+                .native
+                .insert(
+                    "orders",
+                    NativeTable::new(&orders, "order_id", "body").unwrap(),
+                )
+                .unwrap();
+            let backend = PgBackend::new(config).unwrap();
+            tokio::spawn(async move { backend.create_schema().await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
 }

@@ -174,6 +174,17 @@ impl DynamoBackend {
                     .send()
                     .await
                     .map_err(|e| backend.missing_table(e, table, &rc.region))?;
+                if let Some((_, native)) = backend
+                    .inner
+                    .config
+                    .native
+                    .iter()
+                    .find(|(_, t)| &t.table == table)
+                {
+                    if let Some(t) = described.table() {
+                        key_schema_fits(native, t, &rc.region)?;
+                    }
+                }
                 if table == &backend.inner.config.table {
                     match described.table().and_then(|t| t.multi_region_consistency()) {
                         Some(MultiRegionConsistency::Strong) => reported = Some(Mode::Strong),
@@ -223,7 +234,15 @@ impl DynamoBackend {
         }
         let mode = mode.unwrap_or(config.mode);
         let mut native = Catalog::new();
+        let mut names = vec![config.table.as_str(), idempotency_table.as_str()];
         for (collection, table) in config.native.iter() {
+            if names.contains(&table.table.as_str()) {
+                return Err(Error::InvalidInput(format!(
+                    "table {} holds two collections (or quorate's own items): one table, one collection",
+                    table.table
+                )));
+            }
+            names.push(&table.table);
             native.insert(collection, Layout::native(table))?;
         }
         Ok(DynamoBackend {
@@ -861,6 +880,74 @@ impl DynamoBackend {
     fn observe_start(&self, t: u64) {
         self.inner.last_start.fetch_max(t, Ordering::Relaxed);
     }
+}
+
+/// Checks that a native table's key schema, as `DescribeTable` reports it,
+/// is the one configured: the same partition and sort key names, of the
+/// same types.
+fn key_schema_fits(
+    native: &NativeTable,
+    described: &aws_sdk_dynamodb::types::TableDescription,
+    region: &Region,
+) -> Result<(), Error> {
+    let kind_of = |name: &str| {
+        described
+            .attribute_definitions()
+            .iter()
+            .find(|d| d.attribute_name() == name)
+            .map(|d| d.attribute_type().clone())
+    };
+    let role_of = |role: KeyType| {
+        described
+            .key_schema()
+            .iter()
+            .find(|k| *k.key_type() == role)
+            .map(|k| k.attribute_name().to_owned())
+    };
+    let expected = |k: &crate::KeyAttribute| {
+        (
+            k.name.clone(),
+            match k.kind {
+                KeyKind::String => ScalarAttributeType::S,
+                KeyKind::Number => ScalarAttributeType::N,
+            },
+        )
+    };
+    let want = [
+        (KeyType::Hash, Some(expected(&native.partition_key))),
+        (KeyType::Range, native.sort_key.as_ref().map(expected)),
+    ];
+    for (role, want) in want {
+        let have = role_of(role.clone()).map(|name| {
+            let kind = kind_of(&name);
+            (name, kind)
+        });
+        let fits = match (&want, &have) {
+            (None, None) => true,
+            (Some((name, kind)), Some((n, k))) => name == n && Some(kind) == k.as_ref(),
+            _ => false,
+        };
+        if !fits {
+            return Err(Error::InvalidInput(format!(
+                "table {} in region {region} has the {} key {}, not {}",
+                native.table,
+                if role == KeyType::Hash {
+                    "partition"
+                } else {
+                    "sort"
+                },
+                have.map_or("(none)".to_owned(), |(n, k)| format!(
+                    "{n} ({})",
+                    k.map_or("?".to_owned(), |k| k.as_str().to_owned())
+                )),
+                want.map_or("(none)".to_owned(), |(n, k)| format!(
+                    "{n} ({})",
+                    k.as_str()
+                )),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Creates a native table with its key schema (on-demand billing) unless

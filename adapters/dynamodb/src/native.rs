@@ -432,8 +432,25 @@ pub fn document_attributes(table: &str, value: &[u8]) -> Result<Item, Error> {
         )));
     }
     check_numbers(table, &doc)?;
+    if depth(&doc) > MAX_DEPTH {
+        return Err(Error::InvalidInput(format!(
+            "a value for {table} nested deeper than DynamoDB's {MAX_DEPTH} levels"
+        )));
+    }
     serde_dynamo::to_item(map)
         .map_err(|e| Error::InvalidInput(format!("the value cannot be an item of {table}: {e}")))
+}
+
+/// DynamoDB's limit on the nesting of an item's attributes.
+const MAX_DEPTH: usize = 32;
+
+/// How deep a document nests: the item itself is level 1.
+fn depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// DynamoDB's numbers: a magnitude up to 9.99…E+125 and, when not zero, at
@@ -584,6 +601,7 @@ mod tests {
             br#"{"": 1}"#,
             br#"{"big": 1e200}"#,
             br#"{"tiny": [1e-200]}"#,
+            format!("{}1{}", r#"{"a":"#.repeat(33), "}".repeat(33)).as_bytes(),
         ] {
             let e = layout.record("c-1/42", Some(&Bytes::copy_from_slice(bad)));
             assert!(matches!(e, Err(Error::InvalidInput(_))), "{bad:?}");
@@ -593,6 +611,8 @@ mod tests {
             layout.record("c-1/42", Some(&Bytes::from(big))),
             Err(Error::InvalidInput(_))
         ));
+        let deepest = format!("{}1{}", r#"{"a":"#.repeat(32), "}".repeat(32));
+        assert!(layout.record("c-1/42", Some(&Bytes::from(deepest))).is_ok());
         let tombstone = layout.record("c-1/42", None).unwrap();
         assert_eq!(tombstone.len(), 2, "a tombstone keeps only its key");
     }

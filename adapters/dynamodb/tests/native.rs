@@ -372,6 +372,28 @@ async fn values_a_native_table_cannot_hold_are_refused_before_sending() {
         .unwrap()
         .value
         .is_none());
+    // A key schema other than the table's is named at connect.
+    for wrong in [
+        orders_table(&table, KeyAttribute::string("order_no").unwrap()),
+        orders_table(&table, KeyAttribute::number("order").unwrap()),
+        NativeTable::new(&table, KeyAttribute::string("customer").unwrap()).unwrap(),
+    ] {
+        let mut config = common::config(&endpoint, "eu");
+        config.native.insert("orders", wrong.clone()).unwrap();
+        let e = DynamoBackend::connect(config).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidInput(m) if m.contains("key")),
+            "{wrong:?}: {e}"
+        );
+    }
+    // One table, one collection.
+    let mut config = common::config(&endpoint, "eu");
+    config.native.insert("orders", native.clone()).unwrap();
+    config.native.insert("orders2", native.clone()).unwrap();
+    assert!(matches!(
+        DynamoBackend::new(config),
+        Err(Error::InvalidInput(_))
+    ));
     // A table that is not there is named.
     let mut config = common::config(&endpoint, "eu");
     config

@@ -229,7 +229,17 @@ impl SpannerBackend {
         .map_err(|e| Error::backend(Retryability::Retryable, None, e.to_string()))?;
         let reads = crate::directed::Sessions::new(conn, config.database.clone());
         let mut native = Catalog::new();
+        let mut names = vec![tables.records.to_ascii_lowercase()];
         for (collection, table) in config.native.iter() {
+            // Spanner's names ignore case.
+            let name = table.table.to_ascii_lowercase();
+            if names.contains(&name) {
+                return Err(Error::InvalidInput(format!(
+                    "table {} holds two collections (or quorate's records): one table, one collection",
+                    table.table
+                )));
+            }
+            names.push(name);
             native.insert(collection, TableSql::new(Tables::native(table, &tables)))?;
         }
         let client = Spanner::new(&config.database, client_config)
@@ -715,13 +725,23 @@ impl SpannerBackend {
                     versions,
                 })
             }
-            Err(s) if s.code() == Code::AlreadyExists => Err(Error::backend(
-                Retryability::Retryable,
-                Some("AlreadyExists".into()),
-                s,
-            )),
+            Err(s) if s.code() == Code::AlreadyExists => Err(self.already_exists(s)),
             Err(s) => Err(classify(s, Phase::Commit)),
         }
+    }
+
+    /// A commit refused as `AlreadyExists`: the idempotency row appeared
+    /// after the attempt read it (another attempt recorded an outcome, or a
+    /// lookup fenced this one), which a later attempt resolves; or a
+    /// unique index of the application's table refused a record, which no
+    /// retry changes. Either way nothing applied.
+    fn already_exists(&self, s: Status) -> Error {
+        let retryability = if s.message().contains(&self.inner.tables.idempotency) {
+            Retryability::Retryable
+        } else {
+            Retryability::Permanent
+        };
+        Error::backend(retryability, Some("AlreadyExists".into()), s)
     }
 
     async fn rollback(&self, mut tx: ReadWriteTransaction) {
@@ -805,12 +825,28 @@ fn document_text(value: &[u8]) -> Result<String, Error> {
             "a native table stores JSON documents, and this value is not UTF-8".into(),
         )
     })?;
-    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| {
+    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         Error::InvalidInput(format!(
             "a native table stores JSON documents, and this value is not one: {e}"
         ))
     })?;
+    if depth(&doc) > MAX_JSON_DEPTH {
+        return Err(Error::InvalidInput(format!(
+            "a JSON document nested deeper than Spanner's {MAX_JSON_DEPTH} levels"
+        )));
+    }
     Ok(text.to_owned())
+}
+
+/// Spanner's limit on the nesting of a JSON document.
+const MAX_JSON_DEPTH: usize = 80;
+
+fn depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 struct Statements {
@@ -1079,11 +1115,7 @@ impl Backend for SpannerBackend {
             // The idempotency row appeared after this attempt read it:
             // another attempt recorded an outcome, or a lookup fenced this
             // one. Nothing of this attempt applied.
-            Err(s) if s.code() == Code::AlreadyExists => Err(Error::backend(
-                Retryability::Retryable,
-                Some("AlreadyExists".into()),
-                s,
-            )),
+            Err(s) if s.code() == Code::AlreadyExists => Err(self.already_exists(s)),
             Err(s) => Err(classify(s, Phase::Commit)),
         }
     }

@@ -216,7 +216,8 @@ async fn a_table_created_by_hand_is_adopted_and_read_by_plain_sql() {
 
     // Values a JSON column cannot hold, refused before anything is sent.
     let elsewhere = common::key("elsewhere");
-    for bad in [&b"not json"[..], b"", b"\xff"] {
+    let deep = format!("{}1{}", "[".repeat(81), "]".repeat(81));
+    for bad in [&b"not json"[..], b"", b"\xff", deep.as_bytes()] {
         let e = client
             .write(
                 &session,
@@ -310,6 +311,23 @@ async fn tables_that_do_not_fit_are_named_with_what_is_wrong() {
     assert!(matches!(e, Error::InvalidInput(_)), "{text}");
     assert!(text.contains("column Body"), "{text}");
     assert!(text.contains("primary key"), "{text}");
+    // One table, one collection (names ignore case).
+    let mut config = common::config(&db, "us-east1");
+    config
+        .native
+        .insert("a", NativeTable::new(&table, "OrderId", "Body").unwrap())
+        .unwrap();
+    config
+        .native
+        .insert(
+            "b",
+            NativeTable::new(&table.to_ascii_lowercase(), "OrderId", "Body").unwrap(),
+        )
+        .unwrap();
+    assert!(matches!(
+        SpannerBackend::connect(config).await,
+        Err(Error::InvalidInput(_))
+    ));
     let mut config = common::config(&db, "us-east1");
     config
         .native
@@ -398,5 +416,65 @@ async fn queries_read_under_the_session_and_advance_it() {
         e.retryability(),
         quorate_spanner::Retryability::Permanent,
         "{e}"
+    );
+}
+
+/// An application's own unique index on its native table refuses a record:
+/// a permanent error, not an idempotency clash retried until the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_s_unique_index_refusing_a_record_is_permanent() {
+    let Some((_, db)) = common::emulator() else {
+        return;
+    };
+    let table = table_name("Users");
+    ddl(
+        &db,
+        vec![
+            format!(
+                "CREATE TABLE {table} (Id STRING(MAX) NOT NULL, Doc JSON, \
+                 Email STRING(MAX) AS (JSON_VALUE(Doc, '$.email')) STORED) PRIMARY KEY (Id)"
+            ),
+            format!("CREATE UNIQUE INDEX {table}ByEmail ON {table} (Email)"),
+        ],
+    )
+    .await;
+    let mut config = common::config(&db, "us-east1");
+    config
+        .native
+        .insert("users", NativeTable::new(&table, "Id", "Doc").unwrap())
+        .unwrap();
+    let backend = SpannerBackend::connect(config).await.unwrap();
+    {
+        let _one = DDL.lock().await;
+        backend.create_tables().await.unwrap();
+    }
+    let client = Client::new(backend, ClientConfig::default()).unwrap();
+    let session = client.session();
+    let options = WriteOptions::default();
+    client
+        .write(
+            &session,
+            "users/u1",
+            r#"{"email":"a@x"}"#.into(),
+            Precondition::IfAbsent,
+            &options,
+        )
+        .await
+        .unwrap();
+    let e = client
+        .write(
+            &session,
+            "users/u2",
+            r#"{"email":"a@x"}"#.into(),
+            Precondition::IfAbsent,
+            &options,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.retryability(),
+        quorate_spanner::Retryability::Permanent,
+        "{}",
+        e.report()
     );
 }

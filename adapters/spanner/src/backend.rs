@@ -159,6 +159,20 @@ fn classify(status: Status, phase: Phase) -> Error {
     Error::backend(retryability, Some(format!("{code:?}")), status)
 }
 
+/// How many times `create_tables` sends a schema change the database
+/// refused because of a concurrent one (about 15 s of pauses in all).
+const DDL_ATTEMPTS: u32 = 40;
+
+/// Whether a schema change was refused only because another schema change
+/// or a read-write transaction was in progress (the emulator's answer).
+fn schema_change_refused(status: &Status) -> bool {
+    status.code() == Code::FailedPrecondition
+        && status
+            .message()
+            .to_ascii_lowercase()
+            .contains("concurrent schema change")
+}
+
 fn client_error(e: gcloud_spanner::client::Error, phase: Phase) -> Error {
     match e {
         gcloud_spanner::client::Error::GRPC(status) => classify(status, phase),
@@ -295,7 +309,10 @@ impl SpannerBackend {
     /// or with the same Application Default Credentials as the backend;
     /// creates each native table that does not exist and adds the
     /// bookkeeping columns to one that does (see [`NativeTable::create`]);
-    /// then checks them ([`SpannerBackend::check_schema`]).
+    /// then checks them ([`SpannerBackend::check_schema`]). A schema change
+    /// the emulator refuses because a read-write transaction is open (as
+    /// when another service is writing) is sent again after a pause, for up
+    /// to about 15 seconds.
     pub async fn create_tables(&self) -> Result<(), Error> {
         use gcloud_googleapis::spanner::admin::database::v1::UpdateDatabaseDdlRequest;
         use gcloud_spanner::admin::AdminClientConfig;
@@ -314,33 +331,52 @@ impl SpannerBackend {
         let admin = gcloud_spanner::admin::client::Client::new(config)
             .await
             .map_err(|e| Error::backend(Retryability::Retryable, None, e.to_string()))?;
-        let mut op = admin
-            .database()
-            .update_database_ddl(
-                UpdateDatabaseDdlRequest {
-                    database: self.inner.config.database.clone(),
-                    statements: self
-                        .inner
-                        .tables
-                        .create()
-                        .into_iter()
-                        .chain(
-                            self.inner
-                                .config
-                                .native
-                                .iter()
-                                .flat_map(|(_, t)| t.create()),
-                        )
-                        .collect(),
-                    ..Default::default()
-                },
-                None,
+        let statements: Vec<String> = self
+            .inner
+            .tables
+            .create()
+            .into_iter()
+            .chain(
+                self.inner
+                    .config
+                    .native
+                    .iter()
+                    .flat_map(|(_, t)| t.create()),
             )
-            .await
-            .map_err(|s| classify(s, Phase::Before))?;
-        op.wait(None)
-            .await
-            .map_err(|s| classify(s, Phase::Before))?;
+            .collect();
+        // The emulator refuses a schema change while any read-write
+        // transaction is open on the database ("a concurrent schema change
+        // operation or read-write transaction is already in progress"), as
+        // when another service's writes run: such a refusal is waited out,
+        // for a bounded time, rather than handed to the caller.
+        let mut pause = Duration::from_millis(20);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = match admin
+                .database()
+                .update_database_ddl(
+                    UpdateDatabaseDdlRequest {
+                        database: self.inner.config.database.clone(),
+                        statements: statements.clone(),
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .await
+            {
+                Ok(mut op) => op.wait(None).await.map(|_| ()),
+                Err(status) => Err(status),
+            };
+            match outcome {
+                Ok(()) => break,
+                Err(status) if attempt < DDL_ATTEMPTS && schema_change_refused(&status) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(status) => return Err(classify(status, Phase::Before)),
+            }
+        }
         self.check_schema().await
     }
 

@@ -32,19 +32,34 @@ async fn ddl(database: &str, statements: Vec<String>) {
     common::backend(database, "us-east1").await;
     // SPANNER_EMULATOR_HOST names the emulator.
     let admin = Admin::new(AdminClientConfig::default()).await.unwrap();
-    let mut op = admin
-        .database()
-        .update_database_ddl(
-            UpdateDatabaseDdlRequest {
-                database: database.to_owned(),
-                statements,
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
-    op.wait(None).await.unwrap();
+    // The emulator also refuses a schema change while another test's
+    // read-write transaction is open: such a refusal is waited out.
+    for attempt in 1.. {
+        let outcome = match admin
+            .database()
+            .update_database_ddl(
+                UpdateDatabaseDdlRequest {
+                    database: database.to_owned(),
+                    statements: statements.clone(),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+        {
+            Ok(mut op) => op.wait(None).await.map(|_| ()),
+            Err(status) => Err(status),
+        };
+        match outcome {
+            Ok(()) => return,
+            Err(status)
+                if attempt < 40 && status.code() == gcloud_gax::grpc::Code::FailedPrecondition =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
 }
 
 fn table_name(what: &str) -> String {
@@ -477,4 +492,65 @@ async fn an_application_s_unique_index_refusing_a_record_is_permanent() {
         "{}",
         e.report()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_tables_waits_out_an_open_read_write_transaction() {
+    let Some((_, db)) = common::emulator() else {
+        return;
+    };
+    let table = table_name("BusyOrders");
+    hand_made(&db, &table).await;
+    let raw = SpannerBackend::connect(common::config(&db, "us-east1"))
+        .await
+        .unwrap();
+    let _one = DDL.lock().await;
+    // Another service's read-write transaction, open across the schema
+    // change: the emulator refuses schema changes while it is.
+    // (The emulator runs one transaction at a time, so the other tests'
+    // transactions may abort it before it reads: it is begun again.)
+    let mut tx = None;
+    for _ in 0..100 {
+        let mut open = raw.spanner().begin_read_write_transaction().await.unwrap();
+        let mut stmt = Statement::new(format!("SELECT Note FROM {table} WHERE OrderId = @k"));
+        stmt.add_param("k", &"before");
+        let read = match open.query(stmt).await {
+            Ok(mut rows) => rows.next().await.map(|row| row.is_some()),
+            Err(status) => Err(status),
+        };
+        match read {
+            Ok(found) => {
+                assert!(found, "the row written before quorate");
+                tx = Some(open);
+                break;
+            }
+            Err(status) if status.code() == gcloud_gax::grpc::Code::Aborted => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+    let mut tx = tx.expect("a read-write transaction began within 100 attempts");
+    let mut config = common::config(&db, "us-east1");
+    config
+        .native
+        .insert(
+            "orders",
+            NativeTable::new(&table, "OrderId", "Body").unwrap(),
+        )
+        .unwrap();
+    let backend = SpannerBackend::connect(config).await.unwrap();
+    let create = tokio::spawn(async move { backend.create_tables().await });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    // The emulator runs one transaction at a time: the retried schema
+    // change may already have taken priority and aborted this one.
+    let ended: Result<_, quorate_spanner::gcloud_spanner::client::Error> =
+        tx.end(Ok(()), None).await;
+    if let Err(e) = ended {
+        assert!(e.to_string().contains("aborted"), "{e}");
+    }
+    create
+        .await
+        .unwrap()
+        .expect("the schema change waited for the transaction to end");
 }

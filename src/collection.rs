@@ -57,6 +57,8 @@ pub trait DataClass: sealed::Sealed + Send + Sync + 'static {
     const NAME: &'static str;
     /// The policy of [`Collection::get`] unless changed.
     fn default_policy() -> Self::Policy;
+    /// The strong policy, which every class accepts.
+    fn strong() -> Self::Policy;
     /// Whether writes are verified (read-after-write) by default.
     fn verify_by_default() -> bool;
 }
@@ -80,6 +82,9 @@ impl DataClass for Critical {
     fn default_policy() -> StrictRead {
         StrictRead::Strong
     }
+    fn strong() -> StrictRead {
+        StrictRead::Strong
+    }
     fn verify_by_default() -> bool {
         true
     }
@@ -91,10 +96,17 @@ impl DataClass for Peripheral {
     fn default_policy() -> ReadPolicy {
         ReadPolicy::Session
     }
+    fn strong() -> ReadPolicy {
+        ReadPolicy::Strong
+    }
     fn verify_by_default() -> bool {
         false
     }
 }
+
+/// Records a query found: each as its key in its collection with its
+/// version and value.
+pub type Records<T> = Vec<(String, crate::Versioned<T>)>;
 
 /// The most keys one [`Collection::get_many`] reads.
 pub const MAX_BATCH: usize = 100;
@@ -307,6 +319,78 @@ where
         precondition: Precondition,
     ) {
         transaction.check(self.full_key(key), precondition);
+    }
+
+    /// The collection's name (the prefix of its records' keys).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The handle's default read policy.
+    pub fn policy(&self) -> C::Policy {
+        self.policy
+    }
+
+    /// The client the handle reads and writes through.
+    pub fn client(&self) -> &Client<B> {
+        &self.client
+    }
+
+    /// Runs a query of this collection's records under `policy`, with the
+    /// guarantees of [`Client::query`] (planned, checked against the policy
+    /// and the session, escalated, retried, the session advanced), and
+    /// decodes what it found. `run` serves one [`QueryPlan`](crate::QueryPlan)
+    /// and returns each record it found as its key within the collection
+    /// with its version and stored value, and the freshness it served them
+    /// with; adapters wrap it (`quorate-cockroach`'s `SelectRecords`, say).
+    /// `home_key`, a key within the collection, names the key whose home
+    /// region serves strong queries where strong reads go to a key's home.
+    /// Under a strong or session policy the session also records every
+    /// record's version, as a point read of it would. A value that does not
+    /// decode as `T` fails the query with [`Error::Serialization`].
+    pub async fn query_with<F, Fut>(
+        &self,
+        policy: C::Policy,
+        home_key: Option<&str>,
+        run: F,
+    ) -> Result<crate::Queried<Vec<(String, crate::Versioned<T>)>>, Error>
+    where
+        F: FnMut(crate::QueryPlan<'_>) -> Fut,
+        Fut: std::future::Future<
+            Output = Result<
+                (
+                    Vec<(String, crate::Versioned<bytes::Bytes>)>,
+                    crate::Freshness,
+                ),
+                Error,
+            >,
+        >,
+    {
+        let policy: ReadPolicy = policy.into();
+        let home = home_key.map(|k| self.full_key(k));
+        let queried = self
+            .client
+            .query(&self.session, policy, home.as_deref(), run)
+            .await?;
+        let tracked = matches!(policy, ReadPolicy::Strong | ReadPolicy::Session);
+        let mut rows = Vec::with_capacity(queried.rows.len());
+        for (key, record) in queried.rows {
+            if tracked {
+                self.session
+                    .observe(&self.full_key(&key), Some(record.version), None);
+            }
+            rows.push((
+                key,
+                crate::Versioned {
+                    version: record.version,
+                    value: serde_json::from_slice(&record.value)?,
+                },
+            ));
+        }
+        Ok(crate::Queried {
+            rows,
+            freshness: queried.freshness,
+        })
     }
 
     /// Read-modify-write: reads `key` strongly, computes the new value from

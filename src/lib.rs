@@ -82,7 +82,7 @@ pub use client::{
 };
 pub use clock::{Clock, OffsetSample, SystemClock};
 pub use collection::{
-    Class, Collection, Critical, DataClass, Peripheral, PolicyBook, PolicyEntry,
+    Class, Collection, Critical, DataClass, Peripheral, PolicyBook, PolicyEntry, Records,
     DEFAULT_UPDATE_ATTEMPTS, MAX_BATCH,
 };
 pub use error::{BoxError, Error, Retryability};

@@ -1935,6 +1935,31 @@ impl PgBackend {
         }
     }
 
+    /// The statement of a query of `collection`'s records (see
+    /// [`Tables::select`]), and the bounds of its keys in quorate's own
+    /// table (`None` for a native table).
+    pub(crate) fn select_statement(
+        &self,
+        collection: &str,
+        filter: &str,
+        params: usize,
+    ) -> Result<(String, Option<[String; 2]>), Error> {
+        if params > usize::from(u16::MAX) - 2 {
+            return Err(invalid(format!(
+                "a query takes at most {} parameters, not {params}",
+                usize::from(u16::MAX) - 2
+            )));
+        }
+        Ok(match self.inner.sql.native.get(collection) {
+            Some(table) => (table.tables.select(filter, params), None),
+            None => (
+                self.inner.sql.own.tables.select(filter, params),
+                // `0` follows `/`: the keys `<collection>/...`.
+                Some([format!("{collection}/"), format!("{collection}0")]),
+            ),
+        })
+    }
+
     /// Runs a read under `policy` (parameters only) and returns the rows with
     /// the freshness of the server that ran it. PostgreSQL: strong on the
     /// primary, session and bounded on a standby of `region` when its replay

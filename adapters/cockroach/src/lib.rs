@@ -45,7 +45,7 @@ pub mod sql;
 
 pub use backend::{Endpoint, Isolation, PgBackend, PgConfig, Role};
 pub use execute::{Executed, SqlTransactions, TxBody};
-pub use query::SqlQuery;
+pub use query::{SelectRecords, SqlQuery};
 pub use quorate::*;
 pub use sql::{Dialect, Ident, NativeTable, TableName, Tables};
 pub use tokio_postgres;

@@ -291,6 +291,41 @@ impl Tables {
         }
     }
 
+    /// A query of a collection's records: those `filter` (a condition on
+    /// the table's columns, parameters `$1` to `$params`) admits, tombstones
+    /// left out, in key order. Quorate's own table holds every collection,
+    /// so its records are also limited to the keys from `$params+1` up to
+    /// `$params+2` (the collection's prefix and the next one). Columns:
+    /// key (in the collection on a native table, whole in quorate's own),
+    /// version, value.
+    pub fn select(&self, filter: &str, params: usize) -> String {
+        let c = &self.columns;
+        let filter = if filter.trim().is_empty() {
+            "TRUE"
+        } else {
+            filter
+        };
+        let range = if c.json {
+            String::new()
+        } else {
+            format!(
+                "{key} >= ${lo} AND {key} < ${hi} AND ",
+                key = c.key,
+                lo = params + 1,
+                hi = params + 2
+            )
+        };
+        format!(
+            "SELECT {key}::TEXT, {version}, {value} FROM {table} \
+             WHERE {range}{deleted} IS NOT TRUE AND ({filter}) ORDER BY {key}",
+            key = c.key,
+            version = c.version,
+            value = self.value_out(""),
+            table = self.records,
+            deleted = c.deleted,
+        )
+    }
+
     /// Statements creating both tables (idempotent).
     pub fn create(&self, dialect: Dialect) -> Vec<String> {
         let (t, i) = (&self.records, &self.idempotency);

@@ -210,9 +210,20 @@ async fn the_conformance_suite_holds_on_a_native_table() {
     let table = table_name("conf_orders");
     hand_made(&s[0], &table).await;
     let backend = backend_on(&s, &table).await;
-    let query = common::sql_query_hook(
-        format!("SELECT quorate_version FROM {table} WHERE order_id = $1 AND NOT quorate_deleted"),
-        "orders/",
+    // The query path here is the typed collection query.
+    let query = quorate_cockroach::conformance::QueryHook::new(
+        |client: Client<PgBackend>, session, policy, key: String| async move {
+            use quorate_cockroach::{Peripheral, SelectRecords};
+            let row_key = key.strip_prefix("orders/").unwrap_or(&key).to_owned();
+            let orders = client.collection::<serde_json::Value, Peripheral>("orders", &session)?;
+            let q = orders
+                .select_with(policy, "order_id = $1", &[&row_key])
+                .await?;
+            Ok(q.rows
+                .iter()
+                .find(|(k, _)| *k == row_key)
+                .map(|(_, r)| r.version))
+        },
     );
     let mut fixture = Fixture::new(backend).with_query(query);
     fixture.prefix = format!("orders/{}", fixture.prefix);
@@ -435,4 +446,106 @@ async fn services_creating_the_schema_at_once_all_succeed() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_is_queried_typed_under_its_policy() {
+    use quorate_cockroach::{Peripheral, ReadPolicy, SelectRecords};
+    let Some(s) = common::servers() else { return };
+    let table = table_name("select_orders");
+    hand_made(&s[0], &table).await;
+    let client = Client::new(backend_on(&s, &table).await, ClientConfig::default()).unwrap();
+    let session = client.session();
+    let orders = client
+        .collection::<Order, Critical>("orders", &session)
+        .unwrap();
+    let order = |status: &str, total_cents| Order {
+        status: status.into(),
+        total_cents,
+    };
+    let a = orders
+        .put("a", &order("open", 10), Precondition::IfAbsent)
+        .await
+        .unwrap();
+    orders
+        .put("b", &order("open", 20), Precondition::IfAbsent)
+        .await
+        .unwrap();
+    orders
+        .put("c", &order("open", 30), Precondition::IfAbsent)
+        .await
+        .unwrap();
+    orders.delete("c", Precondition::Any).await.unwrap();
+    // Strict by type, in key order, the tombstone left out, the row from
+    // before quorate (paid) filtered out.
+    let open = orders
+        .select("body->>'status' = $1", &[&"open"])
+        .await
+        .unwrap();
+    let found: Vec<(&str, u64)> = open
+        .rows
+        .iter()
+        .map(|(k, r)| (k.as_str(), r.value.total_cents))
+        .collect();
+    assert_eq!(found, [("a", 10), ("b", 20)]);
+    assert_eq!(open.rows[0].1.version, a.version);
+    assert!(open.freshness.point >= Some(a.point));
+    // An empty filter admits every live record.
+    let all = orders.select("", &[]).await.unwrap();
+    let keys: Vec<&str> = all.rows.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["a", "b", "before"]);
+    // Another session that only queried reads no older than the query.
+    let reader = client.session();
+    let peripheral = client
+        .collection::<Order, Peripheral>("orders", &reader)
+        .unwrap();
+    let seen = peripheral
+        .select_with(ReadPolicy::Session, "order_id = $1", &[&"b"])
+        .await
+        .unwrap();
+    assert_eq!(seen.rows.len(), 1);
+    assert!(reader.point() >= seen.freshness.point);
+    // A document that does not decode as the type fails typed.
+    let wrong = client
+        .collection::<u64, Critical>("orders", &session)
+        .unwrap();
+    assert!(matches!(
+        wrong.select("", &[]).await,
+        Err(Error::Serialization(_))
+    ));
+    // A filter PostgreSQL refuses is a permanent error.
+    let Err(e) = orders.select("no_such_column = 1", &[]).await else {
+        panic!("a bad filter returned rows");
+    };
+    assert_eq!(
+        e.retryability(),
+        quorate_cockroach::Retryability::Permanent,
+        "{e}"
+    );
+
+    // A collection in quorate's own table: only its own records, whatever
+    // other collections' keys sort next to them.
+    let tag = table_name("c");
+    let mine = client
+        .collection::<Order, Critical>(&tag, &session)
+        .unwrap();
+    let neighbour = client
+        .collection::<Order, Critical>(&format!("{tag}-x"), &session)
+        .unwrap();
+    let below = client
+        .collection::<Order, Critical>(&format!("{tag}0"), &session)
+        .unwrap();
+    for c in [&mine, &neighbour, &below] {
+        c.put("k", &order("open", 1), Precondition::IfAbsent)
+            .await
+            .unwrap();
+    }
+    mine.put("l", &order("open", 2), Precondition::IfAbsent)
+        .await
+        .unwrap();
+    let own = mine.select("", &[]).await.unwrap();
+    let keys: Vec<&str> = own.rows.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["k", "l"]);
+    let filtered = mine.select("version = $1", &[&1i64]).await.unwrap();
+    assert_eq!(filtered.rows.len(), 2);
 }

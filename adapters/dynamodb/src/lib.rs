@@ -58,5 +58,5 @@ pub use aws_sdk_dynamodb;
 pub use backend::{DynamoBackend, DynamoConfig, Home, Mode, RegionClient};
 pub use item::ItemError;
 pub use native::{KeyAttribute, KeyKind, NativeTable};
-pub use query::{Partition, PartitionQuery};
+pub use query::{Partition, PartitionQuery, PartitionRecords};
 pub use quorate::*;

@@ -264,16 +264,17 @@ async fn the_conformance_suite_holds_on_a_native_table() {
         Duration::from_millis(200),
     );
     let query = quorate_dynamodb::conformance::QueryHook::new(
-        move |client: Client<DynamoBackend>, session, policy, key: String| async move {
-            use quorate_dynamodb::PartitionQuery;
+        move |client: Client<DynamoBackend>, session, _policy, key: String| async move {
+            // The typed collection query, strong by type.
+            use quorate_dynamodb::{PartitionRecords, Peripheral};
             // orders/<partition>/<sort>
             let partition = key.split('/').nth(1).unwrap_or_default().to_owned();
-            let q = client
-                .query_partition(&session, policy, "orders", &partition)
-                .await?;
+            let orders = client.collection::<serde_json::Value, Peripheral>("orders", &session)?;
+            let q = orders.partition(&partition).await?;
+            let in_collection = key.strip_prefix("orders/").unwrap_or(&key);
             Ok(q.rows
                 .iter()
-                .find(|(k, _)| *k == key)
+                .find(|(k, _)| k == in_collection)
                 .map(|(_, r)| r.version))
         },
     );
@@ -448,6 +449,49 @@ async fn a_partition_query_sees_the_session_s_writes_wherever_it_runs() {
         )
         .await
         .unwrap();
+    // Typed, through the collection: strong by type.
+    {
+        use quorate_dynamodb::PartitionRecords;
+        let reader = writer.session();
+        let typed = writer
+            .collection::<Order, Critical>("orders", &reader)
+            .unwrap();
+        let q = typed.partition(&customer).await.unwrap();
+        let got: Vec<(String, u64)> = q
+            .rows
+            .iter()
+            .map(|(k, r)| (k.clone(), r.value.total_cents))
+            .collect();
+        assert_eq!(
+            got,
+            [(format!("{customer}/1"), 1), (format!("{customer}/3"), 3)]
+        );
+        assert_eq!(q.freshness.region.as_str(), "eu", "the partition's home");
+        assert!(reader.point() >= q.freshness.point);
+        // The session recorded each record's version: a session read of
+        // one is no older.
+        let one = typed
+            .get_with(
+                &format!("{customer}/3"),
+                quorate_dynamodb::StrictRead::Session,
+            )
+            .await
+            .unwrap();
+        assert_eq!(one.version(), Some(q.rows[1].1.version));
+        let wrong = writer
+            .collection::<u64, Critical>("orders", &reader)
+            .unwrap();
+        assert!(matches!(
+            wrong.partition(&customer).await,
+            Err(Error::Serialization(_))
+        ));
+        for partition in ["a/b", ""] {
+            assert!(matches!(
+                typed.partition(partition).await,
+                Err(Error::InvalidInput(_))
+            ));
+        }
+    }
     for policy in [ReadPolicy::Strong, ReadPolicy::Session] {
         let q = writer
             .query_partition(&session, policy, "orders", &customer)

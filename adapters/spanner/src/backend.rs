@@ -305,6 +305,16 @@ impl SpannerBackend {
         self.inner.reads.close().await
     }
 
+    /// The statement of a query of `collection`'s records (see
+    /// [`Tables::select`]) and whether it takes the collection's prefix
+    /// (quorate's own table).
+    pub(crate) fn select_statement(&self, collection: &str, filter: &str) -> (String, bool) {
+        match self.inner.sql.native.get(collection) {
+            Some(table) => (table.tables.select(filter), false),
+            None => (self.inner.sql.own.tables.select(filter), true),
+        }
+    }
+
     /// Creates both tables if they do not exist, through the same emulator
     /// or with the same Application Default Credentials as the backend;
     /// creates each native table that does not exist and adds the

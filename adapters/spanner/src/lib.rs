@@ -25,6 +25,6 @@ pub mod sql;
 
 pub use backend::{SpannerBackend, SpannerConfig, VERSION_RETENTION};
 pub use gcloud_spanner;
-pub use query::{SpannerQuery, SqlRead};
+pub use query::{SelectRecords, SpannerQuery, SqlRead};
 pub use quorate::*;
 pub use sql::NativeTable;

@@ -204,6 +204,10 @@ struct Columns {
     json: bool,
 }
 
+/// The parameter naming a collection's prefix in a query of quorate's own
+/// table ([`Tables::select`]).
+pub const PREFIX_PARAM: &str = "quorate_prefix";
+
 /// The records table and its idempotency table (`<table>_idempotency`),
 /// or a [`NativeTable`] with the idempotency table of quorate's own.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -303,20 +307,55 @@ impl Tables {
     /// tombstone keeps the row, with an empty value or a JSON `null`).
     pub fn read(&self) -> String {
         let c = &self.columns;
-        let value = if c.json {
+        format!(
+            "SELECT {}, {}, {} FROM {} WHERE {} = @key",
+            self.version_out(),
+            self.value_out(),
+            c.deleted,
+            self.records,
+            c.key
+        )
+    }
+
+    /// The value as bytes: a native table's document as its JSON text.
+    fn value_out(&self) -> String {
+        let c = &self.columns;
+        if c.json {
             format!(
                 "CAST(COALESCE(TO_JSON_STRING({}), 'null') AS BYTES)",
                 c.value
             )
         } else {
             c.value.clone()
+        }
+    }
+
+    /// A query of a collection's records: those `filter` (a condition on
+    /// the table's columns; an empty one admits all) admits, tombstones
+    /// left out, in key order. Quorate's own table holds every collection,
+    /// so its records are also limited to those whose key starts with the
+    /// parameter `@quorate_prefix`. Columns: key (in the collection on a
+    /// native table, whole in quorate's own), version, value (bytes).
+    pub fn select(&self, filter: &str) -> String {
+        let c = &self.columns;
+        let filter = if filter.trim().is_empty() {
+            "TRUE"
+        } else {
+            filter
+        };
+        let prefix = if c.json {
+            String::new()
+        } else {
+            format!("STARTS_WITH({}, @{PREFIX_PARAM}) AND ", c.key)
         };
         format!(
-            "SELECT {}, {value}, {} FROM {} WHERE {} = @key",
-            self.version_out(),
-            c.deleted,
-            self.records,
-            c.key
+            "SELECT {key}, {version}, {value} FROM {table} \
+             WHERE {prefix}{deleted} IS NOT TRUE AND ({filter}) ORDER BY {key}",
+            key = c.key,
+            version = self.version_out(),
+            value = self.value_out(),
+            table = self.records,
+            deleted = c.deleted,
         )
     }
 

@@ -736,6 +736,60 @@ impl Drop for CancelTokenOnDrop {
     }
 }
 
+/// A pooled connection in a transaction begun by statement (`BEGIN`, so
+/// that it can travel in one flight with the transaction's first
+/// statements). Ended with [`InTransaction::ended`] (after COMMIT) or
+/// [`InTransaction::roll_back`], it goes back to the pool; dropped while
+/// the transaction may still be open (the caller's future abandoned, a
+/// ROLLBACK that failed), its running statement is cancelled and it
+/// leaves the pool and closes, which ends the transaction on the server,
+/// rather than being handed to the next caller mid-transaction.
+struct InTransaction {
+    object: Option<deadpool_postgres::Object>,
+    cancel: tokio_postgres::CancelToken,
+}
+
+impl InTransaction {
+    fn begin(object: deadpool_postgres::Object) -> InTransaction {
+        InTransaction {
+            cancel: object.cancel_token(),
+            object: Some(object),
+        }
+    }
+
+    fn client(&self) -> &tokio_postgres::Client {
+        match &self.object {
+            Some(object) => object,
+            // Taken only when the guard is consumed.
+            None => unreachable!("a connection guard used after it ended"),
+        }
+    }
+
+    /// The transaction is over: the connection goes back to the pool.
+    fn ended(mut self) {
+        drop(self.object.take());
+    }
+
+    /// Rolls the transaction back; the connection goes back to the pool if
+    /// that worked, and closes otherwise.
+    async fn roll_back(self) {
+        if self.client().batch_execute("ROLLBACK").await.is_ok() {
+            self.ended();
+        }
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        if let Some(object) = self.object.take() {
+            // Whatever statement is running is cancelled, and the
+            // connection closed.
+            cancel(self.cancel.clone());
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}
+
 /// The statement of a single write on `table`.
 fn write_statement<'t>(table: &'t TableSql, request: &WriteRequest<'_>) -> &'t str {
     let slot = match request.precondition {
@@ -1627,17 +1681,15 @@ impl PgBackend {
                 sql.route(op.key).0.value(mutation)?;
             }
         }
-        let mut client = self.connection(server).await?;
-        let cancel = CancelTokenOnDrop(Some(client.cancel_token()));
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| self.classify(e, false))?;
+        let object = self.connection(server).await?;
         let (idem_text, region_text) = (idem.as_str(), region.as_str());
         let stamp_param = i64::try_from(stamp).unwrap_or(i64::MAX);
-        // Every statement prepared (cached after the first use), then sent
-        // in one flight: the fence lifted (a fence older than this attempt)
-        // and each record applied or checked, in order.
+        let dialect = self.inner.config.dialect;
+        // Every statement prepared first (cached after the first use), so
+        // that the transaction goes in two flights: BEGIN, the fence lifted
+        // (a fence older than this attempt) and each record applied or
+        // checked, in order; then the idempotency row, COMMIT and the
+        // commit point.
         let mut prepared = Vec::with_capacity(request.ops.len());
         let mut params = Vec::with_capacity(request.ops.len());
         for op in request.ops {
@@ -1657,42 +1709,61 @@ impl PgBackend {
                 }
             };
             prepared.push(
-                tx.prepare_cached(statement)
+                object
+                    .prepare_cached(statement)
                     .await
                     .map_err(|e| self.classify(e, false))?,
             );
             params.push((row_key, value, expected_version(op.precondition)?));
         }
-        let unfence = tx
+        let unfence = object
             .prepare_cached(&sql.unfence)
             .await
             .map_err(|e| self.classify(e, false))?;
-        let tx_ref = &tx;
+        let record = object
+            .prepare_cached(&sql.record_transaction)
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let point_statement = object
+            .prepare_cached(sql::commit_point(dialect))
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let open = InTransaction::begin(object);
+        let c = open.client();
         let sent = prepared.iter().zip(&params).map(
             |(statement, (row_key, value, expected))| async move {
                 match value {
-                    None => tx_ref.query_opt(statement, &[row_key]).await,
-                    Some(value) => {
-                        tx_ref
-                            .query_opt(statement, &[row_key, value, expected])
-                            .await
-                    }
+                    None => c.query_opt(statement, &[row_key]).await,
+                    Some(value) => c.query_opt(statement, &[row_key, value, expected]).await,
                 }
             },
         );
         let lift: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&idem_text, &stamp_param];
-        let (lifted, rows) = tokio::join!(
-            tx.execute(&unfence, &lift),
+        // In one flight, in this order: BEGIN is on the wire before any of
+        // the transaction's statements.
+        let (begun, lifted, rows) = tokio::join!(
+            c.batch_execute("BEGIN"),
+            c.execute(&unfence, &lift),
             futures_util::future::join_all(sent),
         );
-        lifted.map_err(|e| self.classify(e, false))?;
         // All were sent: a statement that failed (a serialization failure,
         // say) aborted the transaction, and is the answer, whatever a
         // record before it found.
-        let rows = rows
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.classify(e, false))?;
+        if let Err(e) = begun {
+            // Statements that ran although BEGIN failed ran on their own:
+            // what they applied is unknown to this attempt.
+            let ran_alone = lifted.is_ok() || rows.iter().any(Result::is_ok);
+            open.roll_back().await;
+            return Err(self.classify(e, ran_alone));
+        }
+        let first_flight = lifted.and_then(|_| rows.into_iter().collect::<Result<Vec<_>, _>>());
+        let rows = match first_flight {
+            Ok(rows) => rows,
+            Err(e) => {
+                open.roll_back().await;
+                return Err(self.classify(e, false));
+            }
+        };
         let mut versions = Vec::with_capacity(request.ops.len());
         let mut encoded = String::new();
         let mut refused = None;
@@ -1720,20 +1791,20 @@ impl PgBackend {
                     // Refused: the current version, read in the same
                     // transaction, is what it met.
                     let (table, row_key) = sql.route(op.key);
-                    let row = tx
-                        .query_opt(&table.current_version, &[&row_key])
-                        .await
-                        .map_err(|e| self.classify(e, false))?;
-                    row.and_then(|r| version_of(r.get(0)))
+                    match c.query_opt(&table.current_version, &[&row_key]).await {
+                        Ok(row) => row.and_then(|r| version_of(r.get(0))),
+                        Err(e) => {
+                            open.roll_back().await;
+                            return Err(self.classify(e, false));
+                        }
+                    }
                 }
             };
             refused = Some((op.key, current));
             break;
         }
         if let Some((key, current)) = refused {
-            let _ = tx.rollback().await;
-            drop(cancel);
-            drop(client);
+            open.roll_back().await;
             return match self.lookup_on(server, &binding, &keys, idem).await? {
                 Recorded::Many(done) => Ok(done),
                 Recorded::Outcome(_) => Err(reused(key, idem)),
@@ -1747,20 +1818,42 @@ impl PgBackend {
             i64::try_from(v.0).unwrap_or(i64::MAX)
         });
         let ttl = self.ttl_secs();
-        let record = tx
-            .prepare_cached(&sql.record_transaction)
-            .await
-            .map_err(|e| self.classify(e, false))?;
-        let recorded = tx
-            .execute(
-                &record,
-                &[&idem_text, &binding, &first, &region_text, &ttl, &encoded],
-            )
-            .await;
+        let record_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&idem_text, &binding, &first, &region_text, &ttl, &encoded];
+        // The second flight. CockroachDB's commit timestamp is taken inside
+        // the transaction, PostgreSQL's commit LSN right after the commit.
+        // A COMMIT after a failed statement only rolls back.
+        let (recorded, inside, committed, after) = match dialect {
+            Dialect::Cockroach => {
+                let (recorded, inside, committed) = tokio::join!(
+                    c.execute(&record, &record_params),
+                    c.query_one(&point_statement, &[]),
+                    c.batch_execute("COMMIT"),
+                );
+                (recorded, Some(inside), committed, None)
+            }
+            Dialect::Postgres => {
+                let (recorded, committed, after) = tokio::join!(
+                    c.execute(&record, &record_params),
+                    c.batch_execute("COMMIT"),
+                    c.query_one(&point_statement, &[]),
+                );
+                (recorded, None, committed, Some(after))
+            }
+        };
         if let Err(e) = recorded {
-            let _ = tx.rollback().await;
-            drop(cancel);
-            drop(client);
+            // The server refused the row: nothing committed (the COMMIT
+            // behind it rolled back). Or the connection failed with the
+            // COMMIT already sent: whether it committed is unknown.
+            let definite = e.as_db_error().is_some();
+            if committed.is_ok() && definite {
+                open.ended();
+            } else {
+                open.roll_back().await;
+            }
+            if !definite {
+                return Err(self.classify(e, true));
+            }
             if e.code() != Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
                 return Err(self.classify(e, false));
             }
@@ -1780,35 +1873,32 @@ impl PgBackend {
                 )),
             };
         }
-        // CockroachDB's commit timestamp, taken inside the transaction;
-        // PostgreSQL's commit LSN, right after the commit (its statement
-        // prepared before, so that reading it is one round trip).
-        enum CommitPoint {
-            Inside(String),
-            After(tokio_postgres::Statement),
-        }
-        let point = match self.inner.config.dialect {
-            Dialect::Cockroach => CommitPoint::Inside(
-                tx.query_one(sql::commit_point(Dialect::Cockroach), &[])
-                    .await
-                    .map_err(|e| self.classify(e, false))?
-                    .get::<_, String>(0),
-            ),
-            Dialect::Postgres => CommitPoint::After(
-                tx.prepare_cached(sql::commit_point(Dialect::Postgres))
-                    .await
-                    .map_err(|e| self.classify(e, false))?,
-            ),
+        let inside = match inside {
+            Some(Err(e)) => {
+                // The transaction failed before its COMMIT, which rolled it
+                // back; unless the connection failed with the COMMIT sent.
+                let definite = e.as_db_error().is_some();
+                open.roll_back().await;
+                return Err(self.classify(e, !definite));
+            }
+            Some(Ok(row)) => Some(row),
+            None => None,
         };
-        tx.commit().await.map_err(|e| self.classify(e, true))?;
-        cancel.disarm();
-        let point = match point {
-            CommitPoint::Inside(p) => p,
-            CommitPoint::After(statement) => client
-                .query_one(&statement, &[])
-                .await
-                .map_err(|e| ambiguous(self.classify(e, true)))?
-                .get(0),
+        if let Err(e) = committed {
+            open.roll_back().await;
+            return Err(self.classify(e, true));
+        }
+        open.ended();
+        let point = match (inside, after) {
+            (Some(row), _) | (None, Some(Ok(row))) => row.get::<_, String>(0),
+            (None, Some(Err(e))) => return Err(ambiguous(self.classify(e, true))),
+            (None, None) => {
+                return Err(Error::backend(
+                    Retryability::Ambiguous,
+                    None,
+                    "the commit point was not read",
+                ))
+            }
         };
         Ok(Transacted {
             point: self.point(&point).map_err(ambiguous)?,

@@ -9,8 +9,8 @@ use tokio::time::Instant;
 
 use quorate_cockroach::conformance::{run_all, Fixture};
 use quorate_cockroach::{
-    Backend, Client, ClientConfig, Isolation, PgBackend, Precondition, ReadPolicy, Region,
-    ReplicaRole, Staleness, WriteOptions,
+    Backend, Client, ClientConfig, Dialect, Isolation, PgBackend, PgConfig, Precondition,
+    ReadPolicy, Region, ReplicaRole, Staleness, WriteOptions,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,4 +255,90 @@ async fn a_session_point_ahead_of_every_server_reads_at_the_primary() {
         .await
         .unwrap();
     assert_eq!(r.freshness.role, ReplicaRole::Leader);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_multi_record_write_leaves_nothing_open_or_applied() {
+    let Some(s) = common::servers() else { return };
+    common::backend(&s, "us").await;
+    // One connection, so the next write gets the very connection the
+    // abandoned one held.
+    let (free, locked) = (common::key("abandon-free"), common::key("abandon-locked"));
+    let name = format!("quorate_{}", locked.replace('-', "_"));
+    let mut config = PgConfig::new(
+        "pg-test-cluster",
+        Dialect::Postgres,
+        common::endpoints(&format!("{} application_name={name}", s[0]), &s),
+        "us",
+    )
+    .unwrap();
+    config.pool_size = 1;
+    let client = Client::new(PgBackend::new(config).unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    for key in [&free, &locked] {
+        client
+            .write(
+                &session,
+                key,
+                "1".into(),
+                Precondition::IfAbsent,
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // Another transaction holds the second record's row, so the write
+    // waits on it mid-transaction, having already written the first.
+    let (holder, conn) = tokio_postgres::connect(&s[0], tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM quorate_records WHERE key = '{locked}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let mut tx = client.transaction(&session);
+    tx.put(free.clone(), "2".into(), Precondition::Any);
+    tx.put(locked.clone(), "2".into(), Precondition::Any);
+    let abandoned = tokio::time::timeout(Duration::from_millis(500), tx.commit()).await;
+    assert!(abandoned.is_err(), "the write was to wait on the lock: {abandoned:?}");
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    // Nothing of it applied, and no session sits in a transaction.
+    for key in [&free, &locked] {
+        let r = client
+            .read(&session, key, ReadPolicy::Strong)
+            .await
+            .unwrap();
+        assert_eq!(&r.value.unwrap().value[..], b"1", "{key}");
+    }
+    // (The abandoned connection's server process may take a moment to
+    // see it closed.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = holder
+            .query(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                 AND state LIKE 'idle in transaction%'",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        if rows[0].get::<_, i64>(0) == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a connection was left in a transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The pool's connection works for the next write.
+    let mut next = client.transaction(&session);
+    next.put(free.clone(), "3".into(), Precondition::Any);
+    next.put(locked.clone(), "3".into(), Precondition::Any);
+    next.commit().await.unwrap();
+    drop(holder);
+    let _ = task.await;
 }

@@ -63,12 +63,14 @@ fn quorate_client(size: usize) -> Client<PgBackend> {
         Endpoint {
             region: Region::new("eu").unwrap(),
             role: quorate_cockroach::Role::Primary,
-            connection: env("QUORATE_PG_PRIMARY"),
+            // Plain, as the raw side connects (NoTls).
+            connection: format!("{} sslmode=disable", env("QUORATE_PG_PRIMARY")),
         },
         Endpoint {
             region: Region::new("us").unwrap(),
             role: quorate_cockroach::Role::Standby,
-            connection: env("QUORATE_PG_STANDBY1"),
+            // Plain, as the raw side connects (NoTls).
+            connection: format!("{} sslmode=disable", env("QUORATE_PG_STANDBY1")),
         },
     ];
     let mut config = PgConfig::new("bench-cluster", Dialect::Postgres, endpoints, "us").unwrap();

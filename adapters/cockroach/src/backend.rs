@@ -117,6 +117,12 @@ pub struct PgConfig {
     /// Collections whose records live in tables of the application's own
     /// (see [`NativeTable`]); every other record lives in `table`.
     pub native: Catalog<NativeTable>,
+    /// A TLS configuration of the application's own (client certificates,
+    /// its own roots or verifier), used for every endpoint whose
+    /// connection string does not say `sslmode=disable`; without it each
+    /// endpoint's `sslmode` and `sslrootcert` say how to connect (see
+    /// [`crate::tls`]).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl PgConfig {
@@ -138,6 +144,7 @@ impl PgConfig {
             isolation: Isolation::default(),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             native: Catalog::new(),
+            tls: None,
         })
     }
 }
@@ -147,6 +154,9 @@ struct Server {
     region: Region,
     role: Role,
     pool: Pool,
+    /// The connector of TLS connections (cancel requests go through it
+    /// too); `None` with `sslmode=disable`.
+    tls: Option<crate::tls::MakeRustls>,
 }
 
 #[derive(Debug, Default)]
@@ -331,12 +341,27 @@ impl PgBackend {
         let mut regions: Vec<RegionSpec> = Vec::new();
         let mut servers = Vec::new();
         for e in &config.endpoints {
-            let mut pg = tokio_postgres::Config::from_str(&e.connection).map_err(|err| {
+            let settings = crate::tls::split(&e.connection).map_err(|err| {
                 invalid(format!(
                     "invalid connection string for an endpoint in {}: {err}",
                     e.region
                 ))
             })?;
+            let mut pg = tokio_postgres::Config::from_str(&settings.rest).map_err(|err| {
+                invalid(format!(
+                    "invalid connection string for an endpoint in {}: {err}",
+                    e.region
+                ))
+            })?;
+            pg.ssl_mode(crate::tls::driver_mode(settings.mode));
+            let tls = match (&config.tls, settings.mode) {
+                (_, crate::tls::SslMode::Disable) => None,
+                (Some(own), _) => Some(crate::tls::MakeRustls::new(own.clone())),
+                (None, _) => Some(crate::tls::MakeRustls::new(
+                    crate::tls::client_config(&settings)
+                        .map_err(|err| invalid(format!("an endpoint in {}: {err}", e.region)))?,
+                )),
+            };
             if config.isolation == Isolation::Serializable && config.dialect == Dialect::Postgres {
                 // Set once per connection at start-up, not per request.
                 let options = match pg.get_options() {
@@ -345,13 +370,13 @@ impl PgBackend {
                 };
                 pg.options(options);
             }
-            let manager = Manager::from_config(
-                pg,
-                NoTls,
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
+            let manager_config = ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let manager = match &tls {
+                Some(tls) => Manager::from_config(pg, tls.clone(), manager_config),
+                None => Manager::from_config(pg, NoTls, manager_config),
+            };
             let pool = Pool::builder(manager)
                 .max_size(config.pool_size)
                 .build()
@@ -370,6 +395,7 @@ impl PgBackend {
                 region: e.region.clone(),
                 role: e.role,
                 pool,
+                tls,
             });
         }
         let topology = Topology::new(regions, &config.local)?;
@@ -605,12 +631,25 @@ impl PgBackend {
 
     async fn connection(&self, server: usize) -> Result<deadpool_postgres::Object, Error> {
         let s = &self.inner.servers[server];
-        s.pool.get().await.map_err(|e| Error::RegionUnavailable {
-            region: s.region.clone(),
-            reason: match e {
-                deadpool_postgres::PoolError::Timeout(_) => "connection pool timed out",
-                _ => "cannot connect",
-            },
+        s.pool.get().await.map_err(|e| {
+            // A certificate refused (or a server refusing ours) is the
+            // configuration's to fix, not a region's outage.
+            if let deadpool_postgres::PoolError::Backend(err) = &e {
+                if let Some(tls) = rustls_error(err) {
+                    return Error::backend(
+                        Retryability::Permanent,
+                        Some("tls".into()),
+                        format!("TLS to a server in {}: {tls}", s.region),
+                    );
+                }
+            }
+            Error::RegionUnavailable {
+                region: s.region.clone(),
+                reason: match e {
+                    deadpool_postgres::PoolError::Timeout(_) => "connection pool timed out",
+                    _ => "cannot connect",
+                },
+            }
         })
     }
 
@@ -630,6 +669,23 @@ impl PgBackend {
         }
         classify(e, sent_write)
     }
+}
+
+/// The rustls error behind a connection's failure, if any.
+fn rustls_error(e: &tokio_postgres::Error) -> Option<&rustls::Error> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(tls);
+            }
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// A schema statement that lost a race with the same statement of another
@@ -694,6 +750,7 @@ pub(crate) fn classify(e: tokio_postgres::Error, sent_write: bool) -> Error {
 /// statement may still commit. Lookups fence the idempotency key instead.
 struct CancelOnDrop<'a> {
     client: Option<&'a tokio_postgres::Client>,
+    tls: Option<crate::tls::MakeRustls>,
 }
 
 impl CancelOnDrop<'_> {
@@ -705,22 +762,28 @@ impl CancelOnDrop<'_> {
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            cancel(client.cancel_token());
+            cancel(client.cancel_token(), self.tls.take());
         }
     }
 }
 
-fn cancel(token: tokio_postgres::CancelToken) {
+fn cancel(token: tokio_postgres::CancelToken, tls: Option<crate::tls::MakeRustls>) {
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         handle.spawn(async move {
-            let _ = token.cancel_query(NoTls).await;
+            let _ = match tls {
+                Some(tls) => token.cancel_query(tls).await,
+                None => token.cancel_query(NoTls).await,
+            };
         });
     }
 }
 
 /// [`CancelOnDrop`] for a statement of an explicit transaction, which
 /// borrows the connection mutably: the token is made up front.
-struct CancelTokenOnDrop(Option<tokio_postgres::CancelToken>);
+struct CancelTokenOnDrop(
+    Option<tokio_postgres::CancelToken>,
+    Option<crate::tls::MakeRustls>,
+);
 
 impl CancelTokenOnDrop {
     fn disarm(mut self) {
@@ -731,7 +794,7 @@ impl CancelTokenOnDrop {
 impl Drop for CancelTokenOnDrop {
     fn drop(&mut self) {
         if let Some(token) = self.0.take() {
-            cancel(token);
+            cancel(token, self.1.take());
         }
     }
 }
@@ -747,13 +810,18 @@ impl Drop for CancelTokenOnDrop {
 struct InTransaction {
     object: Option<deadpool_postgres::Object>,
     cancel: tokio_postgres::CancelToken,
+    tls: Option<crate::tls::MakeRustls>,
 }
 
 impl InTransaction {
-    fn begin(object: deadpool_postgres::Object) -> InTransaction {
+    fn begin(
+        object: deadpool_postgres::Object,
+        tls: Option<crate::tls::MakeRustls>,
+    ) -> InTransaction {
         InTransaction {
             cancel: object.cancel_token(),
             object: Some(object),
+            tls,
         }
     }
 
@@ -784,7 +852,7 @@ impl Drop for InTransaction {
         if let Some(object) = self.object.take() {
             // Whatever statement is running is cancelled, and the
             // connection closed.
-            cancel(self.cancel.clone());
+            cancel(self.cancel.clone(), self.tls.take());
             drop(deadpool_postgres::Object::take(object));
         }
     }
@@ -953,6 +1021,7 @@ impl Backend for PgBackend {
         let ttl = self.ttl_secs();
         let cancel = CancelOnDrop {
             client: Some(&client),
+            tls: self.inner.servers[server].tls.clone(),
         };
         let (idem_text, region_text) = (idem.as_str(), region.as_str());
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
@@ -1126,6 +1195,7 @@ impl PgBackend {
         // down it waits until cancelled.
         let cancel = CancelOnDrop {
             client: Some(&client),
+            tls: self.inner.servers[server].tls.clone(),
         };
         // The point is read after the row, so it is at or after the commit
         // of an outcome found there.
@@ -1461,7 +1531,10 @@ impl PgBackend {
     ) -> Result<Committed, Error> {
         let region = self.inner.servers[server].region.clone();
         let mut client = self.connection(server).await?;
-        let cancel = CancelTokenOnDrop(Some(client.cancel_token()));
+        let cancel = CancelTokenOnDrop(
+            Some(client.cancel_token()),
+            self.inner.servers[server].tls.clone(),
+        );
         let tx = client
             .transaction()
             .await
@@ -1728,7 +1801,7 @@ impl PgBackend {
             .prepare_cached(sql::commit_point(dialect))
             .await
             .map_err(|e| self.classify(e, false))?;
-        let open = InTransaction::begin(object);
+        let open = InTransaction::begin(object, self.inner.servers[server].tls.clone());
         let c = open.client();
         let sent = prepared.iter().zip(&params).map(
             |(statement, (row_key, value, expected))| async move {
@@ -1932,7 +2005,10 @@ impl PgBackend {
         let region = self.inner.servers[server].region.clone();
         let sql = &self.inner.sql;
         let mut client = self.connection(server).await?;
-        let cancel = CancelTokenOnDrop(Some(client.cancel_token()));
+        let cancel = CancelTokenOnDrop(
+            Some(client.cancel_token()),
+            self.inner.servers[server].tls.clone(),
+        );
         let tx = client
             .transaction()
             .await

@@ -42,10 +42,12 @@ mod backend;
 mod execute;
 mod query;
 pub mod sql;
+pub mod tls;
 
 pub use backend::{Endpoint, Isolation, PgBackend, PgConfig, Role};
 pub use execute::{Executed, SqlTransactions, TxBody};
 pub use query::{SelectRecords, SqlQuery};
 pub use quorate::*;
+pub use rustls;
 pub use sql::{Dialect, Ident, NativeTable, TableName, Tables};
 pub use tokio_postgres;

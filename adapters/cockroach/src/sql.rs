@@ -393,7 +393,7 @@ impl Tables {
     }
 
     /// A read at a PostgreSQL standby. It is sent right after
-    /// [`replay_status`] on the same connection, so the standby's freshness
+    /// [`Tables::replay_status`] on the same connection, so the standby's freshness
     /// is measured before this statement takes its snapshot: the snapshot
     /// shows at least what the reported replay position covers. (Measured in
     /// the same statement, the position would be taken after the snapshot

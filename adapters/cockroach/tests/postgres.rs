@@ -303,7 +303,10 @@ async fn an_abandoned_multi_record_write_leaves_nothing_open_or_applied() {
     tx.put(free.clone(), "2".into(), Precondition::Any);
     tx.put(locked.clone(), "2".into(), Precondition::Any);
     let abandoned = tokio::time::timeout(Duration::from_millis(500), tx.commit()).await;
-    assert!(abandoned.is_err(), "the write was to wait on the lock: {abandoned:?}");
+    assert!(
+        abandoned.is_err(),
+        "the write was to wait on the lock: {abandoned:?}"
+    );
     holder.batch_execute("ROLLBACK").await.unwrap();
     // Nothing of it applied, and no session sits in a transaction.
     for key in [&free, &locked] {

@@ -143,7 +143,8 @@ async fn a_connection_lost_after_commit_is_resolved_to_exactly_once() {
     let upstream = SocketAddr::from(([127, 0, 0, 1], port_of(&s[0])));
     let proxy = CutProxy::start(upstream).await.unwrap();
     let through_proxy = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        // Plain: the proxy finds its pattern in the bytes it relays.
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
         proxy.addr().port()
     );
     let mut config = common::config(&s, "eu");
@@ -646,7 +647,8 @@ async fn a_multi_record_write_whose_commit_answer_is_lost_applies_once_and_whole
     let upstream = SocketAddr::from(([127, 0, 0, 1], port_of(&s[0])));
     let proxy = CutProxy::start(upstream).await.unwrap();
     let through_proxy = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        // Plain: the proxy finds its pattern in the bytes it relays.
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
         proxy.addr().port()
     );
     let mut config = common::config(&s, "eu");
@@ -840,7 +842,8 @@ async fn closure_transactions_commit_exactly_once() {
     let upstream = SocketAddr::from(([127, 0, 0, 1], port_of(&s[0])));
     let proxy = CutProxy::start(upstream).await.unwrap();
     let through_proxy = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        // Plain: the proxy finds its pattern in the bytes it relays.
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
         proxy.addr().port()
     );
     let mut config = common::config(&s, "eu");

@@ -2,7 +2,7 @@
 //! chosen per request from the plan's region and role.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,6 +157,10 @@ struct Server {
     /// The connector of TLS connections (cancel requests go through it
     /// too); `None` with `sslmode=disable`.
     tls: Option<crate::tls::MakeRustls>,
+    /// Until when (milliseconds from the backend's epoch) a server that
+    /// could not be reached is passed over while others of its region
+    /// and role can serve.
+    down_until: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -176,6 +180,10 @@ struct Inner {
     servers: Vec<Server>,
     counters: Counters,
     sql: Statements,
+    /// Turns among a region's servers of one role (ties of load go round).
+    turn: AtomicUsize,
+    /// The origin of the servers' `down_until`.
+    epoch: std::time::Instant,
 }
 
 /// The statements on one records table.
@@ -396,6 +404,7 @@ impl PgBackend {
                 role: e.role,
                 pool,
                 tls,
+                down_until: AtomicU64::new(0),
             });
         }
         let topology = Topology::new(regions, &config.local)?;
@@ -430,6 +439,8 @@ impl PgBackend {
                 servers,
                 counters: Counters::default(),
                 sql,
+                turn: AtomicUsize::new(0),
+                epoch: std::time::Instant::now(),
             }),
         })
     }
@@ -613,20 +624,51 @@ impl PgBackend {
     /// the region's gateway) for leader work, a standby of the region for
     /// follower reads (the region's primary when it has no standby).
     fn server(&self, region: &Region, role: ReplicaRole) -> Result<usize, Error> {
-        let servers = &self.inner.servers;
-        let in_region = |r: Role| {
-            servers
-                .iter()
-                .position(|s| &s.region == region && s.role == r)
-        };
         let found = match (self.inner.config.dialect, role) {
-            (Dialect::Cockroach, _) => in_region(Role::Gateway),
+            (Dialect::Cockroach, _) => self.choose(region, Role::Gateway),
             (Dialect::Postgres, ReplicaRole::Leader) => return self.primary(),
-            (Dialect::Postgres, ReplicaRole::Follower) => {
-                in_region(Role::Standby).or_else(|| in_region(Role::Primary))
-            }
+            (Dialect::Postgres, ReplicaRole::Follower) => self
+                .choose(region, Role::Standby)
+                .or_else(|| self.choose(region, Role::Primary)),
         };
         found.ok_or_else(|| Error::Topology(quorate::TopologyError::UnknownRegion(region.clone())))
+    }
+
+    /// One of `region`'s servers in `role`: the only one, or among several
+    /// a reachable one with the fewest connections in use or awaited,
+    /// ties going round in turn, so that every server of the region
+    /// serves and none is stuck to.
+    fn choose(&self, region: &Region, role: Role) -> Option<usize> {
+        let servers = &self.inner.servers;
+        let matching = || {
+            servers
+                .iter()
+                .enumerate()
+                .filter(move |(_, s)| &s.region == region && s.role == role)
+        };
+        let mut candidates = matching();
+        let first = candidates.next()?.0;
+        let n = 1 + candidates.count();
+        if n == 1 {
+            return Some(first);
+        }
+        let now = self.millis();
+        let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed) % n;
+        matching()
+            .enumerate()
+            .map(|(k, (i, s))| {
+                let down = s.down_until.load(Ordering::Relaxed) > now;
+                let status = s.pool.status();
+                let load = status.size.saturating_sub(status.available) + status.waiting;
+                ((down, load, (k + n - turn) % n), i)
+            })
+            .min()
+            .map(|(_, i)| i)
+    }
+
+    /// Milliseconds since the backend's epoch.
+    fn millis(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     async fn connection(&self, server: usize) -> Result<deadpool_postgres::Object, Error> {
@@ -643,12 +685,20 @@ impl PgBackend {
                     );
                 }
             }
+            let reason = match e {
+                deadpool_postgres::PoolError::Timeout(_) => "connection pool timed out",
+                _ => {
+                    // Passed over for a while where its region has others.
+                    s.down_until.store(
+                        self.millis() + SERVER_DOWN.as_millis() as u64,
+                        Ordering::Relaxed,
+                    );
+                    "cannot connect"
+                }
+            };
             Error::RegionUnavailable {
                 region: s.region.clone(),
-                reason: match e {
-                    deadpool_postgres::PoolError::Timeout(_) => "connection pool timed out",
-                    _ => "cannot connect",
-                },
+                reason,
             }
         })
     }
@@ -670,6 +720,10 @@ impl PgBackend {
         classify(e, sent_write)
     }
 }
+
+/// How long a server that could not be reached is passed over while its
+/// region has others in the same role.
+const SERVER_DOWN: Duration = Duration::from_secs(2);
 
 /// The rustls error behind a connection's failure, if any.
 fn rustls_error(e: &tokio_postgres::Error) -> Option<&rustls::Error> {

@@ -345,3 +345,91 @@ async fn an_abandoned_multi_record_write_leaves_nothing_open_or_applied() {
     drop(holder);
     let _ = task.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_standby_of_a_region_serves_and_an_unreachable_one_is_passed_over() {
+    use quorate_cockroach::{Endpoint, Role};
+    let Some(s) = common::servers() else { return };
+    common::backend(&s, "us").await;
+    let port = |c: &str| -> i32 {
+        c.split_whitespace()
+            .find_map(|kv| kv.strip_prefix("port="))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let endpoints = |second: String| {
+        vec![
+            Endpoint {
+                region: Region::new("eu").unwrap(),
+                role: Role::Primary,
+                connection: s[0].clone(),
+            },
+            Endpoint {
+                region: Region::new("us").unwrap(),
+                role: Role::Standby,
+                connection: s[1].clone(),
+            },
+            Endpoint {
+                region: Region::new("us").unwrap(),
+                role: Role::Standby,
+                connection: second,
+            },
+        ]
+    };
+    let us = Region::new("us").unwrap();
+    let bounded = ReadPolicy::BoundedStaleness(Staleness::new(Duration::from_secs(60)).unwrap());
+    let served = |backend: PgBackend| {
+        let us = us.clone();
+        async move {
+            let mut ports = Vec::new();
+            let mut failures = 0;
+            for _ in 0..12 {
+                match backend
+                    .query(&us, bounded, None, "SELECT inet_server_port()", &[])
+                    .await
+                {
+                    Ok((rows, _)) => ports.push(rows[0].get::<_, i32>(0)),
+                    Err(_) => failures += 1,
+                }
+            }
+            (ports, failures)
+        }
+    };
+    // Two standbys in one region: both serve.
+    let config = PgConfig::new(
+        "pg-test-cluster",
+        Dialect::Postgres,
+        endpoints(s[2].clone()),
+        "us",
+    )
+    .unwrap();
+    let (ports, failures) = served(PgBackend::new(config).unwrap()).await;
+    assert_eq!(failures, 0);
+    for standby in [&s[1], &s[2]] {
+        assert!(
+            ports.contains(&port(standby)),
+            "standby on port {} never served: {ports:?}",
+            port(standby)
+        );
+    }
+    // One of them unreachable (nothing listens on its port): after at most
+    // one refused attempt, the other serves every read.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let config = PgConfig::new(
+        "pg-test-cluster",
+        Dialect::Postgres,
+        endpoints(format!(
+            "host=127.0.0.1 port={closed} user=postgres dbname=postgres connect_timeout=2"
+        )),
+        "us",
+    )
+    .unwrap();
+    let (ports, failures) = served(PgBackend::new(config).unwrap()).await;
+    assert!(failures <= 1, "{failures} reads failed");
+    assert!(ports.iter().all(|p| *p == port(&s[1])), "{ports:?}");
+    assert!(ports.len() >= 11);
+}

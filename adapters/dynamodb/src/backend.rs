@@ -59,12 +59,26 @@ impl std::fmt::Debug for Home {
     }
 }
 
+/// The same client with the SDK's retries switched off (one attempt per
+/// request), sharing its HTTP client, endpoint and credentials.
+pub(crate) fn without_retries(client: &aws_sdk_dynamodb::Client) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::from_conf(
+        client
+            .config()
+            .to_builder()
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build(),
+    )
+}
+
 /// One region's table, reached through its own SDK client.
 #[derive(Clone, Debug)]
 pub struct RegionClient {
     /// The region.
     pub region: Region,
     /// A client configured for that region (its endpoint and credentials).
+    /// The backend uses a copy with the SDK's retries switched off: quorate
+    /// retries, and resolves ambiguous outcomes, itself.
     pub client: aws_sdk_dynamodb::Client,
 }
 
@@ -202,8 +216,15 @@ impl DynamoBackend {
         }
     }
 
-    fn build(config: DynamoConfig, mode: Option<Mode>) -> Result<DynamoBackend, Error> {
+    fn build(mut config: DynamoConfig, mode: Option<Mode>) -> Result<DynamoBackend, Error> {
         item::table_name(&config.table)?;
+        // quorate retries (and resolves ambiguity) itself: the SDK's own
+        // retries under it would multiply the requests of one operation
+        // and hide ambiguous outcomes, whatever the application's client
+        // was configured with.
+        for rc in &mut config.regions {
+            rc.client = without_retries(&rc.client);
+        }
         let idempotency_table = format!("{}-idempotency", config.table);
         item::table_name(&idempotency_table)?;
         if config.idempotency_ttl < Duration::from_secs(600) {
@@ -1656,6 +1677,65 @@ mod tests {
             "us",
         )
         .unwrap()
+    }
+
+    /// Counts the SDK's attempts.
+    #[derive(Debug, Clone, Default)]
+    struct Attempts(Arc<std::sync::atomic::AtomicU32>);
+
+    impl aws_sdk_dynamodb::config::Intercept for Attempts {
+        fn name(&self) -> &'static str {
+            "attempts"
+        }
+
+        fn read_before_attempt(
+            &self,
+            _: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+            _: &aws_sdk_dynamodb::config::RuntimeComponents,
+            _: &mut aws_sdk_dynamodb::config::ConfigBag,
+        ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sdk_s_own_retries_are_off_whatever_the_client_says() {
+        // The application's client retries three times; nothing listens
+        // at its endpoint.
+        let attempts = Attempts::default();
+        let retrying = aws_sdk_dynamodb::Client::from_conf(
+            sdk("us-east-1")
+                .config()
+                .to_builder()
+                .retry_config(
+                    aws_sdk_dynamodb::config::retry::RetryConfig::standard()
+                        .with_max_attempts(3)
+                        .with_initial_backoff(Duration::from_millis(1)),
+                )
+                .interceptor(attempts.clone())
+                .build(),
+        );
+        let get = |client: &aws_sdk_dynamodb::Client| {
+            client
+                .get_item()
+                .table_name("orders")
+                .key("pk", AttributeValue::S("k".into()))
+                .send()
+        };
+        assert!(get(&retrying).await.is_err());
+        let sdk_alone = attempts.0.swap(0, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(sdk_alone, 3, "the SDK retried on its own");
+        let mut c = config();
+        c.regions[1].client = retrying;
+        let backend = DynamoBackend::new(c).unwrap();
+        let us = Region::new("us").unwrap();
+        assert!(get(backend.client(&us).unwrap()).await.is_err());
+        assert_eq!(
+            attempts.0.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "one request per quorate attempt"
+        );
     }
 
     #[test]

@@ -307,6 +307,15 @@ pub trait Backend: Send + Sync + 'static {
     /// What the backend can do.
     fn capabilities(&self) -> Capabilities;
 
+    /// Writes `point` the way this database shows its positions
+    /// (PostgreSQL: a WAL position such as `0/3000060`); quorate's traces
+    /// and [`Client::show_point`](crate::Client::show_point) show points
+    /// this way. By default, [`Point`]'s own form (`wall.logical`, as
+    /// CockroachDB shows an HLC timestamp).
+    fn fmt_point(&self, point: Point, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&point, f)
+    }
+
     /// The region that owns `key` for strong reads and writes when
     /// [`Capabilities::strong_reads_anywhere`] or
     /// [`Capabilities::writes_anywhere`] is false.

@@ -349,6 +349,10 @@ impl<B: Backend> Backend for Chaos<B> {
         self.inner.capabilities()
     }
 
+    fn fmt_point(&self, point: crate::Point, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt_point(point, f)
+    }
+
     fn home_region(&self, key: &str) -> Option<&Region> {
         self.inner.home_region(key)
     }

@@ -77,7 +77,7 @@ pub use backend::{
 };
 pub use catalog::{distinct_columns, Catalog};
 pub use client::{
-    Client, ClientConfig, Hedge, Queried, QueryPlan, RegionHealth, Transaction, Verify,
+    Client, ClientConfig, Hedge, Queried, QueryPlan, RegionHealth, ShownPoint, Transaction, Verify,
     VerifyRegions, WriteOptions,
 };
 pub use clock::{Clock, OffsetSample, SystemClock};

@@ -33,7 +33,7 @@ use crate::topology::Region;
 pub(crate) use health::join_all;
 pub use health::RegionHealth;
 use read::LatencyWindow;
-pub use read::{Hedge, Queried, QueryPlan};
+pub use read::{Hedge, Queried, QueryPlan, ShownPoint};
 pub use transact::Transaction;
 pub use write::{Verify, VerifyRegions, WriteOptions};
 

@@ -228,7 +228,7 @@ impl<B: Backend> Client<B> {
                             // the session point still holds it.
                             session.observe_of(h, read.observed(), read.freshness.point);
                         }
-                        record_read(&read, attempt);
+                        record_read(&inner.backend, &read, attempt);
                         return Ok(read);
                     }
                     Check::Escalate(reason) if !leader => {
@@ -447,11 +447,11 @@ impl<B: Backend> Client<B> {
     }
 }
 
-fn record_read(read: &Read<Bytes>, attempt: u32) {
-    record_freshness(&read.freshness, attempt);
+fn record_read<B: Backend>(backend: &B, read: &Read<Bytes>, attempt: u32) {
+    record_freshness(backend, &read.freshness, attempt);
 }
 
-fn record_freshness(f: &crate::Freshness, attempt: u32) {
+fn record_freshness<B: Backend>(backend: &B, f: &crate::Freshness, attempt: u32) {
     let span = tracing::Span::current();
     if span.is_disabled() {
         return;
@@ -459,7 +459,10 @@ fn record_freshness(f: &crate::Freshness, attempt: u32) {
     span.record("quorate.region", f.region.as_str());
     span.record("quorate.replica", f.role.label());
     if let Some(p) = f.point {
-        span.record("quorate.read_point", tracing::field::display(p));
+        span.record(
+            "quorate.read_point",
+            tracing::field::display(ShownPoint { backend, point: p }),
+        );
     }
     if let Some(s) = f.staleness_bound {
         span.record("quorate.staleness_ms", s.as_millis() as u64);
@@ -486,6 +489,46 @@ pub struct QueryPlan<'a> {
     pub min_point: Option<crate::Point>,
     /// The caller's deadline.
     pub deadline: Instant,
+}
+
+/// A point as its database shows it ([`Client::show_point`]).
+pub struct ShownPoint<'a, B> {
+    backend: &'a B,
+    point: crate::Point,
+}
+
+impl<B: Backend> std::fmt::Display for ShownPoint<'_, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.backend.fmt_point(self.point, f)
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for ShownPoint<'_, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.backend.fmt_point(self.point, f)
+    }
+}
+
+impl<B: Backend> Client<B> {
+    /// `point` (a [`Freshness`](crate::Freshness)'s, a commit's) shown the
+    /// way its database shows positions: on PostgreSQL a WAL position such
+    /// as `0/3000060`, which `pg_current_wal_lsn()` and the server's logs
+    /// use; elsewhere `wall.logical`.
+    ///
+    /// ```
+    /// # use quorate::sim::{Sim, SimConfig};
+    /// # use quorate::{Client, ClientConfig, Point};
+    /// # let sim = Sim::new(SimConfig::new(["eu"]).unwrap()).unwrap();
+    /// # let client = Client::new(sim.at("eu").unwrap(), ClientConfig::default()).unwrap();
+    /// let shown = client.show_point(Point::hlc(1_700_000_000_000_000_000, 2)).to_string();
+    /// assert_eq!(shown, "1700000000000000000.0000000002");
+    /// ```
+    pub fn show_point(&self, point: crate::Point) -> ShownPoint<'_, B> {
+        ShownPoint {
+            backend: &self.inner.backend,
+            point,
+        }
+    }
 }
 
 /// The result of a query: what the backend returned and the freshness it
@@ -604,7 +647,7 @@ impl<B: Backend> Client<B> {
                                 if tracked {
                                     session.observe_point(freshness.point);
                                 }
-                                record_freshness(&freshness, attempt);
+                                record_freshness(&inner.backend, &freshness, attempt);
                                 return Ok(Queried { rows, freshness });
                             }
                             Check::Escalate(reason) if !leader => {

@@ -1010,6 +1010,18 @@ impl Backend for PgBackend {
         &self.inner.config.scope
     }
 
+    /// PostgreSQL's points are WAL positions, shown as PostgreSQL shows
+    /// them (`0/3000060`); CockroachDB's are HLC timestamps, shown as
+    /// CockroachDB shows them (`1700000000123456789.0000000002`).
+    fn fmt_point(&self, point: Point, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.inner.config.dialect {
+            Dialect::Postgres => {
+                write!(f, "{:X}/{:X}", point.wall >> 32, point.wall & 0xffff_ffff)
+            }
+            Dialect::Cockroach => std::fmt::Display::fmt(&point, f),
+        }
+    }
+
     fn topology(&self) -> &Topology {
         &self.inner.topology
     }

@@ -433,3 +433,55 @@ async fn every_standby_of_a_region_serves_and_an_unreachable_one_is_passed_over(
     assert!(ports.iter().all(|p| *p == port(&s[1])), "{ports:?}");
     assert!(ports.len() >= 11);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_are_shown_as_postgresql_shows_wal_positions() {
+    let Some(s) = common::servers() else { return };
+    let client = Client::new(common::backend(&s, "us").await, ClientConfig::default()).unwrap();
+    let session = client.session();
+    let key = common::key("lsn-text");
+    let c = client
+        .write(
+            &session,
+            &key,
+            "1".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let r = client
+        .read(&session, &key, ReadPolicy::Strong)
+        .await
+        .unwrap();
+    let (admin, conn) = tokio_postgres::connect(&s[0], tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    for point in [c.point, r.freshness.point.unwrap()] {
+        let shown = client.show_point(point).to_string();
+        // PostgreSQL reads it as a WAL position and prints it the same way.
+        let row = admin
+            .query_one("SELECT $1::text::pg_lsn::text", &[&shown])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), shown);
+        assert!(shown.contains('/'), "{shown}");
+    }
+    // A commit is at or below the position the server reports after it.
+    let now: String = admin
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let below = admin
+        .query_one(
+            "SELECT $1::text::pg_lsn <= $2::text::pg_lsn",
+            &[&client.show_point(c.point).to_string(), &now],
+        )
+        .await
+        .unwrap();
+    assert!(below.get::<_, bool>(0));
+    drop(admin);
+    let _ = task.await;
+}

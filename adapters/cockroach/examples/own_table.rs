@@ -2,7 +2,7 @@
 //! exist already, used as they are, with a checkout that moves both in
 //! one state transition.
 //!
-//! `cargo run -p quorate-cockroach --example own_table` against a
+//! `cargo run -p quorate-cockroach --example cockroach_own_table` against a
 //! PostgreSQL primary with hot standbys (`scripts/pg start` prints the
 //! variables it reads: `QUORATE_PG_PRIMARY`, `QUORATE_PG_STANDBY1`,
 //! `QUORATE_PG_STANDBY2`). For CockroachDB, use `Dialect::Cockroach` and

@@ -2,7 +2,7 @@
 //! sort key `order_no`) and a stock table that exist already, used as they
 //! are, with a checkout that moves both in one state transition.
 //!
-//! `cargo run -p quorate-dynamodb --example own_table` against DynamoDB
+//! `cargo run -p quorate-dynamodb --example dynamodb_own_table` against DynamoDB
 //! Local (`scripts/dynamodb start` prints `QUORATE_DYNAMODB_ENDPOINT`). On
 //! AWS, build each region's client from `aws_config::defaults(..)` instead
 //! (your credentials, your profile) and drop the endpoint.

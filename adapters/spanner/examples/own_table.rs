@@ -2,7 +2,7 @@
 //! exist already, used as they are, with a checkout that moves both in one
 //! read-write transaction.
 //!
-//! `cargo run -p quorate-spanner --example own_table` against the Spanner
+//! `cargo run -p quorate-spanner --example spanner_own_table` against the Spanner
 //! emulator (`scripts/spanner start` prints `SPANNER_EMULATOR_HOST` and
 //! `QUORATE_SPANNER_DATABASE`). On Cloud Spanner, leave
 //! `SPANNER_EMULATOR_HOST` unset: Application Default Credentials are used.

@@ -216,9 +216,9 @@ async fn main() {
 
         // A multi-record write: each task writes its two records in one
         // transaction. Raw: BEGIN, two upserts, COMMIT. quorate: the same
-        // transaction with the versions, the idempotency row (and the
-        // fence it lifts), then the commit point; also against raw
-        // tokio-postgres sending those same statements.
+        // transaction with the versions and the idempotency row, then the
+        // commit point; also against raw tokio-postgres sending those same
+        // statements one after another.
         let pool = raw.clone();
         let raw_tx = op(move |t, _| {
             let pool = pool.clone();
@@ -242,16 +242,14 @@ async fn main() {
         let pool = raw.clone();
         let tables = Tables::new("quorate_records").unwrap();
         let statements = (
-            tables.unfence(),
             tables.apply(Precondition::Any, false),
             tables.record_transaction(),
         );
         let raw_tx_idempotent = op(move |t, _| {
-            let (pool, (unfence, apply, record)) = (pool.clone(), statements.clone());
+            let (pool, (apply, record)) = (pool.clone(), statements.clone());
             async move {
                 let mut c = pool.get().await.unwrap();
-                let (unfence, apply, record) = (
-                    c.prepare_cached(&unfence).await.unwrap(),
+                let (apply, record) = (
                     c.prepare_cached(&apply).await.unwrap(),
                     c.prepare_cached(&record).await.unwrap(),
                 );
@@ -263,11 +261,8 @@ async fn main() {
                 let binding =
                     quorate_cockroach::transaction_binding(keys.iter().map(|k| k.as_str()));
                 let idem = quorate_cockroach::IdempotencyKey::generate();
-                let (value, zero, ttl, stamp): (&[u8], i64, i64, i64) = (b"{}", 0, 86_400, 1);
+                let (value, zero, ttl): (&[u8], i64, i64) = (b"{}", 0, 86_400);
                 let tx = c.transaction().await.unwrap();
-                tx.execute(&unfence, &[&idem.as_str(), &stamp])
-                    .await
-                    .unwrap();
                 let mut versions = String::new();
                 for (i, k) in keys.iter().enumerate() {
                     let v: i64 = tx

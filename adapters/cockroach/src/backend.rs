@@ -721,6 +721,10 @@ impl PgBackend {
     }
 }
 
+/// A PostgreSQL multi-record write's COMMIT and its commit point
+/// ([`sql::commit_point`]), in one message.
+const PG_COMMIT_AND_POINT: &str = "COMMIT; SELECT pg_current_wal_insert_lsn()::text";
+
 /// How long a server that could not be reached is passed over while its
 /// region has others in the same role.
 const SERVER_DOWN: Duration = Duration::from_secs(2);
@@ -1166,7 +1170,7 @@ impl Backend for PgBackend {
     }
 
     async fn transact(&self, request: &TransactRequest<'_>) -> Result<Transacted, Error> {
-        Box::pin(self.transact_attempt(request)).await
+        Box::pin(self.transact_attempt(request, None)).await
     }
 
     async fn lookup_transaction(
@@ -1799,8 +1803,16 @@ impl PgBackend {
     /// this write may be what moved the record on), then reported as a
     /// conflict; an idempotency key already taken returns its outcome, or
     /// says a lookup fenced this attempt.
-    async fn transact_attempt(&self, request: &TransactRequest<'_>) -> Result<Transacted, Error> {
-        let stamp = self.next_stamp();
+    /// One attempt of a multi-record write. `over_fence`: the stamp of
+    /// this attempt when its idempotency key holds an older fence, which
+    /// the transaction then lifts (otherwise nothing is lifted, and a
+    /// fence refuses the idempotency row like an outcome).
+    async fn transact_attempt(
+        &self,
+        request: &TransactRequest<'_>,
+        over_fence: Option<u64>,
+    ) -> Result<Transacted, Error> {
+        let stamp = over_fence.unwrap_or_else(|| self.next_stamp());
         let server = self.server(request.region, ReplicaRole::Leader)?;
         let region = self.inner.servers[server].region.clone();
         let generated;
@@ -1825,10 +1837,9 @@ impl PgBackend {
         let stamp_param = i64::try_from(stamp).unwrap_or(i64::MAX);
         let dialect = self.inner.config.dialect;
         // Every statement prepared first (cached after the first use), so
-        // that the transaction goes in two flights: BEGIN, the fence lifted
-        // (a fence older than this attempt) and each record applied or
-        // checked, in order; then the idempotency row, COMMIT and the
-        // commit point.
+        // that the transaction goes in two flights: BEGIN (the fence lifted
+        // over an older fence) and each record applied or checked, in
+        // order; then the idempotency row, COMMIT and the commit point.
         let mut prepared = Vec::with_capacity(request.ops.len());
         let mut params = Vec::with_capacity(request.ops.len());
         for op in request.ops {
@@ -1855,18 +1866,29 @@ impl PgBackend {
             );
             params.push((row_key, value, expected_version(op.precondition)?));
         }
-        let unfence = object
-            .prepare_cached(&sql.unfence)
-            .await
-            .map_err(|e| self.classify(e, false))?;
+        let unfence = match over_fence {
+            Some(_) => Some(
+                object
+                    .prepare_cached(&sql.unfence)
+                    .await
+                    .map_err(|e| self.classify(e, false))?,
+            ),
+            None => None,
+        };
         let record = object
             .prepare_cached(&sql.record_transaction)
             .await
             .map_err(|e| self.classify(e, false))?;
-        let point_statement = object
-            .prepare_cached(sql::commit_point(dialect))
-            .await
-            .map_err(|e| self.classify(e, false))?;
+        // CockroachDB's commit point is read inside the transaction.
+        let point_statement = match dialect {
+            Dialect::Cockroach => Some(
+                object
+                    .prepare_cached(sql::commit_point(dialect))
+                    .await
+                    .map_err(|e| self.classify(e, false))?,
+            ),
+            Dialect::Postgres => None,
+        };
         let open = InTransaction::begin(object, self.inner.servers[server].tls.clone());
         let c = open.client();
         let sent = prepared.iter().zip(&params).map(
@@ -1878,11 +1900,20 @@ impl PgBackend {
             },
         );
         let lift: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&idem_text, &stamp_param];
+        let lifting = async {
+            match over_fence {
+                Some(_) => match &unfence {
+                    Some(unfence) => c.execute(unfence, &lift).await,
+                    None => Ok(0),
+                },
+                None => Ok(0),
+            }
+        };
         // In one flight, in this order: BEGIN is on the wire before any of
         // the transaction's statements.
         let (begun, lifted, rows) = tokio::join!(
             c.batch_execute("BEGIN"),
-            c.execute(&unfence, &lift),
+            lifting,
             futures_util::future::join_all(sent),
         );
         // All were sent: a statement that failed (a serialization failure,
@@ -1964,20 +1995,46 @@ impl PgBackend {
         // A COMMIT after a failed statement only rolls back.
         let (recorded, inside, committed, after) = match dialect {
             Dialect::Cockroach => {
+                let inside = async {
+                    match &point_statement {
+                        Some(statement) => c.query_one(statement, &[]).await,
+                        None => c.query_one(sql::commit_point(dialect), &[]).await,
+                    }
+                };
                 let (recorded, inside, committed) = tokio::join!(
                     c.execute(&record, &record_params),
-                    c.query_one(&point_statement, &[]),
+                    inside,
                     c.batch_execute("COMMIT"),
                 );
                 (recorded, Some(inside), committed, None)
             }
             Dialect::Postgres => {
-                let (recorded, committed, after) = tokio::join!(
+                // COMMIT and the commit point in one message.
+                let (recorded, done) = tokio::join!(
                     c.execute(&record, &record_params),
-                    c.batch_execute("COMMIT"),
-                    c.query_one(&point_statement, &[]),
+                    c.simple_query(PG_COMMIT_AND_POINT),
                 );
-                (recorded, None, committed, Some(after))
+                match done {
+                    Ok(messages) => {
+                        let point = messages
+                            .iter()
+                            .find_map(|m| match m {
+                                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                                    row.get(0).map(str::to_owned)
+                                }
+                                _ => None,
+                            })
+                            .ok_or_else(|| {
+                                Error::backend(
+                                    Retryability::Ambiguous,
+                                    None,
+                                    "the commit point was not returned",
+                                )
+                            });
+                        (recorded, None, Ok(()), Some(point))
+                    }
+                    Err(e) => (recorded, None, Err(e), None),
+                }
             }
         };
         if let Err(e) = recorded {
@@ -1999,6 +2056,11 @@ impl PgBackend {
             return match self.lookup_on(server, &binding, &keys, idem).await? {
                 Recorded::Many(done) => Ok(done),
                 Recorded::Outcome(_) => Err(reused(keys[0], idem)),
+                // A fence older than this attempt: the attempt runs again,
+                // lifting it in its own transaction.
+                Recorded::Fence(before) if over_fence.is_none() && stamp >= before => {
+                    Box::pin(self.transact_attempt(request, Some(stamp))).await
+                }
                 Recorded::Fence(before) => {
                     self.observe_stamp(before);
                     Err(fenced())
@@ -2025,12 +2087,23 @@ impl PgBackend {
         };
         if let Err(e) = committed {
             open.roll_back().await;
-            return Err(self.classify(e, true));
+            // On PostgreSQL the error may be the commit point's, after a
+            // commit: only a serialization failure or a deadlock says the
+            // COMMIT itself failed.
+            use tokio_postgres::error::SqlState;
+            let aborted = e.code().is_some_and(|c| {
+                *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+            });
+            return Err(match dialect {
+                Dialect::Postgres if !aborted => ambiguous(self.classify(e, true)),
+                _ => self.classify(e, true),
+            });
         }
         open.ended();
-        let point = match (inside, after) {
-            (Some(row), _) | (None, Some(Ok(row))) => row.get::<_, String>(0),
-            (None, Some(Err(e))) => return Err(ambiguous(self.classify(e, true))),
+        let point: String = match (inside, after) {
+            (Some(row), _) => row.get(0),
+            (None, Some(Ok(point))) => point,
+            (None, Some(Err(e))) => return Err(e),
             (None, None) => {
                 return Err(Error::backend(
                     Retryability::Ambiguous,
@@ -2277,6 +2350,14 @@ impl PgBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_postgresql_commit_reads_the_commit_point_right_after_it() {
+        assert_eq!(
+            PG_COMMIT_AND_POINT,
+            format!("COMMIT; {}", sql::commit_point(Dialect::Postgres))
+        );
+    }
 
     #[test]
     fn debug_output_never_shows_a_password() {

@@ -862,3 +862,111 @@ async fn closure_transactions_commit_exactly_once() {
     assert_eq!(done.value, None, "found committed, not run again");
     assert_eq!(balance(&s, &table).await, 50, "applied exactly once");
 }
+
+/// A lookup fences a multi-record write still in flight (waiting for a row
+/// lock): it cannot commit afterwards. A later attempt of the same write
+/// meets the fence, lifts it in its own transaction and applies once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_multi_record_write_never_commits_and_a_later_attempt_applies_once() {
+    let Some(s) = common::servers() else { return };
+    let _serial = SERIAL.lock().await;
+    let backend = common::backend(&s, "eu").await;
+    let client = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let (a, b) = (common::key("txfence-a"), common::key("txfence-b"));
+    let one = Bytes::from("1");
+    let opened = client
+        .transact(
+            &session,
+            &[
+                TxOp::put(&a, &one, Precondition::IfAbsent),
+                TxOp::put(&b, &one, Precondition::IfAbsent),
+            ],
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let (va, vb) = (opened.versions[0].1, opened.versions[1].1);
+    // Another transaction holds the second record's row.
+    let (locker, conn) = tokio_postgres::connect(&s[0], tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    locker.batch_execute("BEGIN").await.unwrap();
+    locker
+        .execute(
+            "SELECT 1 FROM quorate_records WHERE key = $1 FOR UPDATE",
+            &[&b],
+        )
+        .await
+        .unwrap();
+    let idem = IdempotencyKey::new(&format!("{a}-move")).unwrap();
+    let two = Bytes::from("2");
+    let attempt = {
+        let (backend, a, b, idem, two) = (
+            backend.clone(),
+            a.clone(),
+            b.clone(),
+            idem.clone(),
+            two.clone(),
+        );
+        tokio::spawn(async move {
+            let eu = Region::new("eu").unwrap();
+            let ops = [
+                TxOp::put(&a, &two, Precondition::IfVersion(va)),
+                TxOp::put(&b, &two, Precondition::IfVersion(vb)),
+            ];
+            backend
+                .transact(&quorate_cockroach::TransactRequest {
+                    ops: &ops,
+                    idempotency_key: Some(&idem),
+                    region: &eu,
+                    deadline: Instant::now() + Duration::from_secs(30),
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!attempt.is_finished(), "the attempt waits for the lock");
+    let eu = Region::new("eu").unwrap();
+    let keys = [a.as_str(), b.as_str()];
+    assert_eq!(
+        backend.lookup_transaction(&eu, &keys, &idem).await.unwrap(),
+        None,
+        "nothing applied yet: the key is fenced"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    drop(locker);
+    let _ = conn.await;
+    let late = attempt.await.unwrap();
+    assert!(late.is_err(), "the fenced attempt did not commit: {late:?}");
+    for (key, v) in [(&a, va), (&b, vb)] {
+        let r = client
+            .read(&session, key, ReadPolicy::Strong)
+            .await
+            .unwrap();
+        assert_eq!(r.version(), Some(v), "{key} is unchanged");
+    }
+    // A new attempt of the same write lifts the fence and goes ahead, once.
+    let options = WriteOptions {
+        idempotency_key: Some(idem.clone()),
+        ..WriteOptions::default()
+    };
+    let ops = [
+        TxOp::put(&a, &two, Precondition::IfVersion(va)),
+        TxOp::put(&b, &two, Precondition::IfVersion(vb)),
+    ];
+    let moved = client.transact(&session, &ops, &options).await.unwrap();
+    assert_eq!(moved.version_of(&a), Some(va.next()));
+    assert_eq!(moved.version_of(&b), Some(vb.next()));
+    // And again: the outcome, not a second application.
+    let again = client.transact(&session, &ops, &options).await.unwrap();
+    assert_eq!(again.versions, moved.versions);
+    for (key, v) in [(&a, va), (&b, vb)] {
+        let r = client
+            .read(&session, key, ReadPolicy::Strong)
+            .await
+            .unwrap();
+        assert_eq!(r.version(), Some(v.next()), "{key} applied exactly once");
+    }
+}

@@ -629,3 +629,180 @@ async fn batch_reads_read_each_key_in_order() {
         Err(Error::InvalidInput(_))
     ));
 }
+
+/// A query of a collection's records over the simulator, through
+/// `Collection::query_with`: the run reads two keys at the plan's replica.
+async fn query_two<C: quorate::DataClass>(
+    accounts: &quorate::Collection<Account, C, Sim>,
+    policy: C::Policy,
+) -> Result<quorate::Queried<quorate::Records<Account>>, Error> {
+    let backend = accounts.client().backend().clone();
+    accounts
+        .query_with(policy, Some("a"), |plan| {
+            let backend = backend.clone();
+            let region = plan.region.clone();
+            let (role, policy, deadline) = (plan.role, plan.policy, plan.deadline);
+            async move {
+                let mut rows = Vec::new();
+                let mut oldest: Option<quorate::Freshness> = None;
+                for k in ["a", "b"] {
+                    let key = format!("accounts/{k}");
+                    let r = backend
+                        .read(&quorate::ReadPlan {
+                            key: &key,
+                            region: &region,
+                            role,
+                            policy,
+                            floor: quorate::SessionFloor::default(),
+                            deadline,
+                        })
+                        .await?;
+                    if let Some(v) = r.value {
+                        rows.push((k.to_owned(), v));
+                    }
+                    // The result is as fresh as its stalest read.
+                    oldest = match oldest {
+                        Some(f) if f.point <= r.freshness.point => Some(f),
+                        _ => Some(r.freshness),
+                    };
+                }
+                let freshness = oldest.ok_or_else(|| Error::InvalidInput("no keys".into()))?;
+                Ok((rows, freshness))
+            }
+        })
+        .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_collection_query_decodes_and_reads_the_session_s_writes() {
+    let sim = sim();
+    sim.set_replication_lag("us", Duration::from_secs(60))
+        .unwrap();
+    let client = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    let accounts = client
+        .collection::<Account, Critical>("accounts", &session)
+        .unwrap();
+    for (k, balance) in [("a", 1), ("b", 2)] {
+        accounts
+            .put(k, &Account { balance }, Precondition::IfAbsent)
+            .await
+            .unwrap();
+    }
+    // The local follower lags a minute: a session query escalates and
+    // finds the session's own writes, decoded.
+    let q = query_two(&accounts, StrictRead::Session).await.unwrap();
+    let found: Vec<(&str, i64)> = q
+        .rows
+        .iter()
+        .map(|(k, r)| (k.as_str(), r.value.balance))
+        .collect();
+    assert_eq!(found, [("a", 1), ("b", 2)]);
+    assert_eq!(q.freshness.role, ReplicaRole::Leader, "escalated");
+    assert!(session.point() >= q.freshness.point);
+    // A session with nothing behind it is served by the follower, which
+    // has none of them yet.
+    let other = client.session();
+    let fresh = client
+        .collection::<Account, Critical>("accounts", &other)
+        .unwrap();
+    let q = query_two(&fresh, StrictRead::Session).await.unwrap();
+    assert_eq!(q.freshness.role, ReplicaRole::Follower);
+    assert!(q.rows.is_empty());
+    // A strong query records every version it saw in its session: the
+    // session's later reads are no older.
+    let q = query_two(&fresh, StrictRead::Strong).await.unwrap();
+    assert_eq!(q.rows.len(), 2);
+    let r = fresh.get_with("b", StrictRead::Session).await.unwrap();
+    assert_eq!(r.version(), Some(q.rows[1].1.version));
+    assert_eq!(
+        r.freshness.role,
+        ReplicaRole::Leader,
+        "not the stale follower"
+    );
+    // Values that do not decode as the collection's type fail typed.
+    let wrong = client
+        .collection::<String, Critical>("accounts", &session)
+        .unwrap();
+    let backend = client.backend().clone();
+    let e = wrong
+        .query_with(StrictRead::Strong, None, |plan| {
+            let backend = backend.clone();
+            let region = plan.region.clone();
+            let (role, policy, deadline) = (plan.role, plan.policy, plan.deadline);
+            async move {
+                let r = backend
+                    .read(&quorate::ReadPlan {
+                        key: "accounts/a",
+                        region: &region,
+                        role,
+                        policy,
+                        floor: quorate::SessionFloor::default(),
+                        deadline,
+                    })
+                    .await?;
+                let rows = r.value.map(|v| ("a".to_owned(), v)).into_iter().collect();
+                Ok((rows, r.freshness))
+            }
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Serialization(_)), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn background_health_checks_run_while_the_client_lives() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let sim = sim();
+    let client = Client::new(
+        sim.at("us").unwrap(),
+        ClientConfig {
+            health_checks: Some(Duration::from_millis(500)),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(client.health().iter().all(|h| h.clock_deviation.is_none()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        client.health().iter().all(|h| h.clock_deviation.is_some()),
+        "every region probed: {:?}",
+        client.health()
+    );
+    // One task per region (and the client's deadline sweeper, while
+    // probes run).
+    assert!(
+        metrics.num_alive_tasks() >= before + 3,
+        "one task per region"
+    );
+    // The last handle goes: the tasks end (the deadline sweeper too, once
+    // idle).
+    drop(client);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(metrics.num_alive_tasks(), before);
+    // A period the clock guard cannot use, and no runtime to spawn on.
+    for period in [Duration::ZERO, Duration::from_secs(3)] {
+        let bad = ClientConfig {
+            health_checks: Some(period),
+            ..ClientConfig::default()
+        };
+        assert!(matches!(
+            Client::new(sim.at("us").unwrap(), bad),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+    let outside = std::thread::spawn(move || {
+        Client::new(
+            sim.at("us").unwrap(),
+            ClientConfig {
+                health_checks: Some(Duration::from_millis(500)),
+                ..ClientConfig::default()
+            },
+        )
+        .map(|_| ())
+    })
+    .join()
+    .unwrap();
+    assert!(matches!(outside, Err(Error::InvalidInput(_))));
+}

@@ -98,6 +98,13 @@ pub struct ClientConfig {
     /// median, and a region the guard excluded stays excluded until a fresh
     /// sample clears it. Probe more often than this.
     pub clock_sample_ttl: Duration,
+    /// Probes every region in the background at this period, each region
+    /// on its own schedule (as [`Client::health_checks`] does): the task is
+    /// spawned by [`Client::new`] on the current Tokio runtime and ends
+    /// once the last handle on the client is dropped. Must be positive and
+    /// below `clock_sample_ttl`. `None` (the default): the application
+    /// drives probes ([`Client::refresh_health`], [`Client::health_checks`]).
+    pub health_checks: Option<Duration>,
     /// Requires and produces signed session tokens.
     #[cfg(feature = "signed-tokens")]
     pub signing_key: Option<crate::session::SigningKey>,
@@ -124,6 +131,7 @@ impl Default for ClientConfig {
             clock_exclusion: 0.5,
             clock_warning: Duration::from_millis(100),
             clock_sample_ttl: Duration::from_secs(3),
+            health_checks: None,
             #[cfg(feature = "signed-tokens")]
             signing_key: None,
         }
@@ -155,6 +163,14 @@ impl ClientConfig {
         ] {
             if d.is_zero() {
                 return Err(Error::InvalidInput(format!("{name} must be positive")));
+            }
+        }
+        if let Some(period) = self.health_checks {
+            if period.is_zero() || period >= self.clock_sample_ttl {
+                return Err(Error::InvalidInput(format!(
+                    "health_checks must be positive and below clock_sample_ttl ({:?}), got {period:?}",
+                    self.clock_sample_ttl
+                )));
             }
         }
         Ok(())
@@ -242,13 +258,25 @@ impl<B: Backend> Client<B> {
     /// A client over `backend` with a validated configuration.
     pub fn new(backend: B, config: ClientConfig) -> Result<Client<B>, Error> {
         config.validate()?;
+        let health_checks = match config.health_checks {
+            Some(period) => Some((
+                period,
+                tokio::runtime::Handle::try_current().map_err(|_| {
+                    Error::InvalidInput(
+                        "health_checks spawns a task: build the client inside a Tokio runtime"
+                            .into(),
+                    )
+                })?,
+            )),
+            None => None,
+        };
         let topology = backend.topology().clone();
         let region_count = topology.regions().len();
         let rng = config
             .seed
             .map(SplitMix64::new)
             .unwrap_or_else(SplitMix64::from_entropy);
-        Ok(Client {
+        let client = Client {
             inner: Arc::new(Inner {
                 capabilities: backend.capabilities(),
                 scopes: std::array::from_fn(|_| Padded(backend.scope().unshared())),
@@ -279,7 +307,39 @@ impl<B: Backend> Client<B> {
                 backend,
                 config,
             }),
-        })
+        };
+        if let Some((period, runtime)) = health_checks {
+            client.spawn_health_checks(&runtime, period);
+        }
+        Ok(client)
+    }
+
+    /// One task per region probing it every `period` while a handle on
+    /// the client remains (it holds the client only during a probe).
+    fn spawn_health_checks(&self, runtime: &tokio::runtime::Handle, period: Duration) {
+        for region in self.inner.backend.topology().regions() {
+            let region = region.clone();
+            let client = Arc::downgrade(&self.inner);
+            runtime.spawn(async move {
+                loop {
+                    let next = tokio::time::Instant::now() + period;
+                    {
+                        let Some(inner) = client.upgrade() else {
+                            return;
+                        };
+                        let client = Client { inner };
+                        if let Err(e) = client.probe(&region).await {
+                            tracing::debug!(
+                                quorate.region = region.as_str(),
+                                error = %e,
+                                "probe failed"
+                            );
+                        }
+                    }
+                    tokio::time::sleep_until(next).await;
+                }
+            });
+        }
     }
 
     /// The backend.

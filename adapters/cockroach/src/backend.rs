@@ -1922,9 +1922,11 @@ impl PgBackend {
         if let Err(e) = begun {
             // Statements that ran although BEGIN failed ran on their own:
             // what they applied is unknown to this attempt.
-            let ran_alone = lifted.is_ok() || rows.iter().any(Result::is_ok);
+            let ran_alone =
+                (over_fence.is_some() && lifted.is_ok()) || rows.iter().any(Result::is_ok);
             open.roll_back().await;
-            return Err(self.classify(e, ran_alone));
+            let e = self.classify(e, ran_alone);
+            return Err(if ran_alone { ambiguous(e) } else { e });
         }
         let first_flight = lifted.and_then(|_| rows.into_iter().collect::<Result<Vec<_>, _>>());
         let rows = match first_flight {
@@ -2076,27 +2078,34 @@ impl PgBackend {
         }
         let inside = match inside {
             Some(Err(e)) => {
-                // The transaction failed before its COMMIT, which rolled it
-                // back; unless the connection failed with the COMMIT sent.
+                // The server refused it: the transaction failed before its
+                // COMMIT, which rolled it back. Otherwise (the connection
+                // failed, the answer did not decode) the COMMIT behind it
+                // may have committed.
                 let definite = e.as_db_error().is_some();
                 open.roll_back().await;
-                return Err(self.classify(e, !definite));
+                return Err(if definite {
+                    self.classify(e, false)
+                } else {
+                    ambiguous(self.classify(e, true))
+                });
             }
             Some(Ok(row)) => Some(row),
             None => None,
         };
         if let Err(e) = committed {
             open.roll_back().await;
-            // On PostgreSQL the error may be the commit point's, after a
-            // commit: only a serialization failure or a deadlock says the
-            // COMMIT itself failed.
+            // Only a serialization failure or a deadlock says the COMMIT
+            // itself failed; anything else (on PostgreSQL possibly the
+            // commit point's, after a commit) may follow a commit.
             use tokio_postgres::error::SqlState;
             let aborted = e.code().is_some_and(|c| {
                 *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
             });
-            return Err(match dialect {
-                Dialect::Postgres if !aborted => ambiguous(self.classify(e, true)),
-                _ => self.classify(e, true),
+            return Err(if aborted {
+                self.classify(e, true)
+            } else {
+                ambiguous(self.classify(e, true))
             });
         }
         open.ended();

@@ -7,12 +7,14 @@
 //! | `disable` | never | — |
 //! | `allow`, `prefer` (the default) | when the server offers it | not checked |
 //! | `require` | always | checked against `sslrootcert` when one is given (as `verify-ca`), else not checked |
-//! | `verify-ca` | always | signed by `sslrootcert` |
-//! | `verify-full` | always | signed by `sslrootcert` and naming the host |
+//! | `verify-ca` | always | signed by `sslrootcert` (which it requires) |
+//! | `verify-full` | always | signed by `sslrootcert` (the system's roots without it) and naming the host |
 //!
 //! `sslrootcert` is a PEM file of one or more certificates, or `system`
-//! for the operating system's roots; `verify-ca` and `verify-full` without
-//! it use the system's roots. Both forms of connection string are read:
+//! for the operating system's roots, which only `verify-full` accepts (and
+//! which make it the default, as for libpq): they trust every public
+//! certificate authority, so only a certificate naming the host proves
+//! anything with them. Both forms of connection string are read:
 //! `host=db.example.com sslmode=verify-full sslrootcert=/etc/ca.pem` and
 //! `postgresql://app@db.example.com/bank?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem`.
 //! A TLS configuration of the application's own replaces the one these
@@ -99,11 +101,27 @@ pub fn split(connection: &str) -> Result<TlsSettings, Error> {
         } else {
             split_key_values(connection)?
         };
+    let system = root_cert.as_deref() == Some("system");
+    let mode = match mode {
+        Some(m) => SslMode::parse(&m)?,
+        // As libpq: the system's roots make verify-full the default.
+        None if system => SslMode::VerifyFull,
+        None => SslMode::Prefer,
+    };
+    // The system's roots trust every public certificate authority: only
+    // a certificate naming the host proves anything with them.
+    if system && mode != SslMode::VerifyFull {
+        return Err(Error::InvalidInput(
+            "sslrootcert=system needs sslmode=verify-full".into(),
+        ));
+    }
+    if mode == SslMode::VerifyCa && root_cert.is_none() {
+        return Err(Error::InvalidInput(
+            "sslmode=verify-ca needs sslrootcert: the file of the certificate authority that signs the server's certificate".into(),
+        ));
+    }
     Ok(TlsSettings {
-        mode: match mode {
-            Some(m) => SslMode::parse(&m)?,
-            None => SslMode::Prefer,
-        },
+        mode,
         root_cert,
         rest,
     })
@@ -112,9 +130,17 @@ pub fn split(connection: &str) -> Result<TlsSettings, Error> {
 type Split = (Option<String>, Option<String>, String);
 
 fn split_url(connection: &str) -> Result<Split, Error> {
-    let Some((base, query)) = connection.split_once('?') else {
+    // The query starts at the first `?` after the credentials, which end
+    // at the first `@` (as tokio-postgres reads them): a password may hold
+    // a `?`.
+    let after_scheme = connection.find("://").map_or(0, |i| i + 3);
+    let from = connection[after_scheme..]
+        .find('@')
+        .map_or(after_scheme, |i| after_scheme + i + 1);
+    let Some(at) = connection[from..].find('?').map(|i| from + i) else {
         return Ok((None, None, connection.to_owned()));
     };
+    let (base, query) = (&connection[..at], &connection[at + 1..]);
     let (mut mode, mut root) = (None, None);
     let mut kept = Vec::new();
     for pair in query.split('&') {
@@ -179,7 +205,7 @@ fn split_key_values(connection: &str) -> Result<Split, Error> {
         }
         if i >= chars.len() || chars[i].1 != '=' {
             // Not `key=value`: left as it is for tokio-postgres to refuse.
-            rest.push_str(&connection[start..]);
+            push_setting(&mut rest, &connection[start..]);
             break;
         }
         i += 1;
@@ -208,7 +234,7 @@ fn split_key_values(connection: &str) -> Result<Split, Error> {
                 }
             }
             if !closed {
-                rest.push_str(&connection[start..]);
+                push_setting(&mut rest, &connection[start..]);
                 break;
             }
         } else {
@@ -229,15 +255,19 @@ fn split_key_values(connection: &str) -> Result<Split, Error> {
         match key.as_str() {
             "sslmode" => mode = Some(value),
             "sslrootcert" => root = Some(value),
-            _ => {
-                if !rest.is_empty() {
-                    rest.push(' ');
-                }
-                rest.push_str(&connection[start..end]);
-            }
+            _ => push_setting(&mut rest, &connection[start..end]),
         }
     }
     Ok((mode, root, rest))
+}
+
+/// Appends one setting (or an unparsed rest) to a key-value string, as a
+/// word of its own.
+fn push_setting(rest: &mut String, setting: &str) {
+    if !rest.is_empty() {
+        rest.push(' ');
+    }
+    rest.push_str(setting);
 }
 
 /// tokio-postgres's mode for a connection with these settings.
@@ -573,6 +603,33 @@ mod tests {
     }
 
     #[test]
+    fn settings_weaker_than_libpq_s_are_refused_or_raised() {
+        // The system's roots: verify-full by default, nothing weaker.
+        let s = split("host=db sslrootcert=system").unwrap();
+        assert_eq!(s.mode, SslMode::VerifyFull);
+        for weak in ["require", "verify-ca", "prefer", "disable"] {
+            assert!(
+                split(&format!("host=db sslrootcert=system sslmode={weak}")).is_err(),
+                "{weak}"
+            );
+        }
+        // verify-ca names its certificate authority.
+        assert!(split("host=db sslmode=verify-ca").is_err());
+        assert!(split("postgres://db/x?sslmode=verify-ca").is_err());
+    }
+
+    #[test]
+    fn a_password_may_hold_a_question_mark_and_leftovers_stay_apart() {
+        let s = split("postgres://u:pa?sslmode=x@db/bank?sslmode=require").unwrap();
+        assert_eq!(s.mode, SslMode::Require);
+        assert_eq!(s.rest, "postgres://u:pa?sslmode=x@db/bank");
+        let s = split("host=db junk").unwrap();
+        assert_eq!(s.rest, "host=db junk");
+        let s = split("host=db password='open").unwrap();
+        assert_eq!(s.rest, "host=db password='open");
+    }
+
+    #[test]
     fn bad_tls_settings_are_typed_errors_without_the_string() {
         for bad in [
             "host=db sslmode=verify_full password=hunter2",
@@ -608,7 +665,7 @@ mod tests {
                 .filter(|(k, _)| k != "sslmode" && k != "sslrootcert")
                 .map(|(k, v)| format!("{k}='{v}'"))
                 .collect();
-            let text = format!("{} sslmode={mode}", pairs.join(" "));
+            let text = format!("{} sslmode={mode} sslrootcert=/etc/ca.pem", pairs.join(" "));
             let s = split(&text).unwrap();
             prop_assert_eq!(s.mode, SslMode::parse(mode).unwrap());
             prop_assert_eq!(s.rest, pairs.join(" "));

@@ -526,9 +526,85 @@ impl<S> tokio_postgres::tls::TlsStream for RustlsStream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    /// `tls-server-end-point` (RFC 5929): the hash of the server's
+    /// certificate, which ties SCRAM authentication to this TLS session,
+    /// so that a relay in between cannot log in as the client.
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        let (_, session) = self.0.get_ref();
+        let Some(cert) = session.peer_certificates().and_then(|c| c.first()) else {
+            return ChannelBinding::none();
+        };
+        match end_point_digest(cert.as_ref()) {
+            Some(algorithm) => ChannelBinding::tls_server_end_point(
+                ring::digest::digest(algorithm, cert.as_ref())
+                    .as_ref()
+                    .to_vec(),
+            ),
+            None => ChannelBinding::none(),
+        }
     }
+}
+
+/// The hash `tls-server-end-point` takes of a certificate (RFC 5929,
+/// section 4.1): that of its signature algorithm, SHA-256 for MD5 and
+/// SHA-1; `None` for algorithms without one named (RSA-PSS, Ed25519) or a
+/// certificate that does not parse.
+fn end_point_digest(der: &[u8]) -> Option<&'static ring::digest::Algorithm> {
+    use ring::digest::{SHA256, SHA384, SHA512};
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, .. }
+    let (0x30, certificate, _) = der_tlv(der)? else {
+        return None;
+    };
+    let (_, _, after_tbs) = der_tlv(certificate)?;
+    let (0x30, algorithm, _) = der_tlv(after_tbs)? else {
+        return None;
+    };
+    let (0x06, oid, _) = der_tlv(algorithm)? else {
+        return None;
+    };
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    if let Some(n) = oid.strip_prefix(RSA) {
+        return match n {
+            // md5WithRSA, sha1WithRSA, sha256WithRSA
+            [0x04] | [0x05] | [0x0b] => Some(&SHA256),
+            [0x0c] => Some(&SHA384),
+            [0x0d] => Some(&SHA512),
+            _ => None,
+        };
+    }
+    if let Some(n) = oid.strip_prefix(ECDSA) {
+        return match n {
+            // ecdsa-with-SHA1, ecdsa-with-SHA256
+            [0x01] | [0x03, 0x02] => Some(&SHA256),
+            [0x03, 0x03] => Some(&SHA384),
+            [0x03, 0x04] => Some(&SHA512),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// One DER element: its tag, its contents and what follows it.
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let length = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (length, &rest[n..])
+    };
+    if rest.len() < length {
+        return None;
+    }
+    Some((tag, &rest[..length], &rest[length..]))
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
@@ -649,7 +725,43 @@ mod tests {
         assert!(e.to_string().contains("/no/such/ca.pem"), "{e}");
     }
 
+    #[test]
+    fn the_end_point_hash_follows_the_certificate_s_signature() {
+        // A certificate's skeleton: SEQUENCE { tbs, AlgorithmIdentifier }.
+        let cert = |oid: &[u8]| {
+            let mut algorithm = vec![0x06, oid.len() as u8];
+            algorithm.extend_from_slice(oid);
+            let mut body = vec![0x30, 0x03, 0x02, 0x01, 0x00];
+            body.extend_from_slice(&[0x30, algorithm.len() as u8]);
+            body.extend_from_slice(&algorithm);
+            let mut der = vec![0x30, body.len() as u8];
+            der.extend_from_slice(&body);
+            der
+        };
+        let rsa = |n: u8| cert(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, n]);
+        let name = |der: &[u8]| end_point_digest(der).map(|a| format!("{a:?}"));
+        let sha256 = Some(format!("{:?}", ring::digest::SHA256));
+        assert_eq!(name(&rsa(0x0b)), sha256);
+        assert_eq!(name(&rsa(0x05)), sha256, "SHA-1 binds with SHA-256");
+        assert_eq!(
+            name(&rsa(0x0c)),
+            Some(format!("{:?}", ring::digest::SHA384))
+        );
+        assert_eq!(name(&rsa(0x0a)), None, "RSA-PSS names no hash here");
+        assert_eq!(
+            name(&cert(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02])),
+            sha256
+        );
+        assert_eq!(name(&cert(&[0x2b, 0x65, 0x70])), None, "Ed25519");
+        assert_eq!(name(&[0x30, 0x82, 0xff]), None);
+    }
+
     proptest! {
+        #[test]
+        fn any_certificate_bytes_are_judged_without_panicking(der in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = end_point_digest(&der);
+        }
+
         #[test]
         fn any_connection_string_splits_without_panicking(text in ".{0,80}") {
             let _ = split(&text);

@@ -228,3 +228,36 @@ async fn bad_tls_settings_and_untrusted_servers_are_typed_errors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_logins_are_bound_to_the_tls_session() {
+    let Some(s) = common::servers() else { return };
+    let Some(ca) = ca() else { return };
+    // scripts/pg's password user, which may log in over TLS only, with
+    // SCRAM; channel_binding=require fails unless the client binds the
+    // login to the server's certificate and the server accepts it.
+    let port = s[0]
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .unwrap()
+        .to_owned();
+    let connection = format!(
+        "host=127.0.0.1 port={port} user=quorate_scram password=quorate-scram dbname=postgres \
+         sslmode=verify-full sslrootcert={ca} channel_binding=require"
+    );
+    let config = PgConfig::new(
+        "pg-test-cluster",
+        Dialect::Postgres,
+        vec![Endpoint {
+            region: Region::new("eu").unwrap(),
+            role: Role::Primary,
+            connection,
+        }],
+        "eu",
+    )
+    .unwrap();
+    let backend = PgBackend::new(config).unwrap();
+    assert!(encrypted(&backend, "eu", ReadPolicy::Strong).await);
+    let e = format!("{:?}", backend);
+    assert!(!e.contains("quorate-scram"), "the password shows: {e}");
+}

@@ -45,6 +45,85 @@ pub mod names {
 
 const POLICIES: [&str; 3] = ["strong", "session", "bounded"];
 
+/// The `reason` label of an escalation, for each reason the read path
+/// gives; anything else counts as `other`.
+const ESCALATION_REASONS: [(&str, &str); 9] = [
+    (
+        "replica older than the session's version",
+        "behind_session_version",
+    ),
+    ("strong read served by a follower", "strong_at_follower"),
+    ("replica behind the session point", "behind_session_point"),
+    ("replica states no point", "no_point"),
+    ("replica's clock is excluded", "clock_excluded"),
+    ("replica beyond the staleness bound", "beyond_bound"),
+    ("replica states no staleness bound", "no_bound"),
+    (
+        "the clocks behind the staleness bound cannot be verified",
+        "clock_unverified",
+    ),
+    ("", "other"),
+];
+
+fn reason_index(reason: &str) -> usize {
+    ESCALATION_REASONS
+        .iter()
+        .position(|(text, _)| *text == reason)
+        .unwrap_or(ESCALATION_REASONS.len() - 1)
+}
+
+/// Registers each metric's help text (Prometheus `# HELP`) and unit with
+/// the installed recorder.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_counter!(names::READS, "Reads served, by policy, region and role.");
+    describe_counter!(
+        names::ESCALATIONS,
+        "Reads re-served at a stronger replica because the first answer missed its policy, by policy and reason."
+    );
+    describe_counter!(names::WRITES, "Writes committed, by region.");
+    describe_counter!(
+        names::CONFLICTS,
+        "Conditional writes that found another version."
+    );
+    describe_counter!(
+        names::VERIFY_FAILURES,
+        "Read-after-write checks that hit their deadline."
+    );
+    describe_counter!(names::RETRIES, "Retried attempts, by reason.");
+    describe_counter!(
+        names::AMBIGUOUS_RESOLVED,
+        "Ambiguous commits resolved, by outcome (applied, not_applied)."
+    );
+    describe_counter!(
+        names::REGION_EJECTIONS,
+        "Regions ejected from routing, by region and reason."
+    );
+    describe_counter!(
+        names::HEDGES_FIRED,
+        "Reads sent to a second region after the hedge delay."
+    );
+    describe_counter!(
+        names::HEDGES_WON,
+        "Hedged reads answered first by the second region."
+    );
+    describe_gauge!(
+        names::CLOCK_OFFSET,
+        Unit::Seconds,
+        "Estimated clock offset of a region against this process."
+    );
+    describe_gauge!(
+        names::CLOCK_DEVIATION,
+        Unit::Seconds,
+        "How far a region's clock strays from the median of all regions, plus the estimate's error: what the clock guard compares with its limit."
+    );
+    describe_gauge!(
+        names::REPLICA_LAG,
+        Unit::Seconds,
+        "Replica lag a region reported."
+    );
+}
+
 fn policy_index(p: ReadPolicy) -> usize {
     match p {
         ReadPolicy::Strong => 0,
@@ -58,7 +137,8 @@ fn policy_index(p: ReadPolicy) -> usize {
 pub(crate) struct Metrics {
     /// `[region][policy][role]`
     reads: Vec<[[Counter; 2]; 3]>,
-    escalations: [Counter; 3],
+    /// `[policy][reason]`
+    escalations: [[Counter; ESCALATION_REASONS.len()]; 3],
     writes: Vec<Counter>,
     conflicts: Counter,
     hedges_fired: Counter,
@@ -71,6 +151,7 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new(topology: &Topology) -> Metrics {
+        describe();
         let regions: Vec<_> = topology.regions().map(|r| r.shared()).collect();
         let reads = regions
             .iter()
@@ -84,7 +165,11 @@ impl Metrics {
             .collect();
         Metrics {
             reads,
-            escalations: POLICIES.map(|p| metrics::counter!(names::ESCALATIONS, "policy" => p)),
+            escalations: POLICIES.map(|p| {
+                ESCALATION_REASONS.map(|(_, reason)| {
+                    metrics::counter!(names::ESCALATIONS, "policy" => p, "reason" => reason)
+                })
+            }),
             writes: regions
                 .iter()
                 .map(|r| metrics::counter!(names::WRITES, "region" => r.clone()))
@@ -115,7 +200,7 @@ impl Metrics {
     }
 
     pub(crate) fn escalation(&self, policy: ReadPolicy, reason: &'static str) {
-        self.escalations[policy_index(policy)].increment(1);
+        self.escalations[policy_index(policy)][reason_index(reason)].increment(1);
         tracing::debug!(quorate.policy = policy.label(), reason, "read escalated");
     }
 

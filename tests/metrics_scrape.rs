@@ -59,15 +59,43 @@ async fn the_endpoint_serves_every_metric() {
         body.contains(r#"quorate_ambiguous_commits_resolved_total{outcome="applied"}"#),
         "{body}"
     );
+    // Every family has its help text (promtool's check).
+    for name in [
+        quorate::metric_names::READS,
+        quorate::metric_names::ESCALATIONS,
+        quorate::metric_names::WRITES,
+        quorate::metric_names::CONFLICTS,
+        quorate::metric_names::RETRIES,
+        quorate::metric_names::AMBIGUOUS_RESOLVED,
+        quorate::metric_names::CLOCK_OFFSET,
+        quorate::metric_names::CLOCK_DEVIATION,
+        quorate::metric_names::REPLICA_LAG,
+        quorate::metric_names::HEDGES_FIRED,
+    ] {
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} "))),
+            "{name} has no # HELP line:\n{body}"
+        );
+    }
     let escalations: f64 = body
         .lines()
-        .filter(|l| l.starts_with("quorate_escalations_total{policy=\"session\"}"))
+        .filter(|l| l.starts_with("quorate_escalations_total{policy=\"session\","))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(
         escalations > 0.0,
         "session reads past the lagging replica escalate:\n{body}"
     );
+    // Each escalation counted under the reason the read path gave.
+    for line in body.lines() {
+        if line.starts_with("quorate_escalations_total{") && line.contains("reason=\"other\"") {
+            assert!(
+                line.ends_with(" 0"),
+                "an escalation without its reason: {line}"
+            );
+        }
+    }
 }
 
 #[test]

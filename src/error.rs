@@ -233,6 +233,23 @@ fn display_version(v: Option<Version>) -> String {
 
 impl Error {
     /// Whether retrying could help, and whether the outcome is unknown.
+    ///
+    /// ```
+    /// use quorate::{Error, Retryability};
+    ///
+    /// fn what_to_do(e: &Error) -> &'static str {
+    ///     match e.retryability() {
+    ///         // Nothing applied: the same call may be made again.
+    ///         Retryability::Retryable => "retry",
+    ///         // It may have applied: retry with the same idempotency key
+    ///         // (the client resolves it; never a fresh write).
+    ///         Retryability::Ambiguous => "resolve",
+    ///         // Retrying cannot help: the input or the state is wrong.
+    ///         Retryability::Permanent => "give up",
+    ///     }
+    /// }
+    /// assert_eq!(what_to_do(&Error::InvalidInput("bad key".into())), "give up");
+    /// ```
     pub fn retryability(&self) -> Retryability {
         match self {
             Error::Uncertainty { .. } | Error::RegionUnavailable { .. } => Retryability::Retryable,

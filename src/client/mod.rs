@@ -365,6 +365,30 @@ impl<B: Backend> Client<B> {
     /// Continues a session from a token another service sent. Fails with a
     /// typed token error for garbled, oversize, foreign or (when signing is
     /// configured) unsigned or forged tokens.
+    ///
+    /// ```
+    /// use quorate::sim::{Sim, SimConfig};
+    /// use quorate::{Client, ClientConfig, Error, Precondition, ReadPolicy, WriteOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), quorate::Error> {
+    /// let sim = Sim::new(SimConfig::new(["eu", "us"])?)?;
+    /// let checkout = Client::new(sim.at("eu")?, ClientConfig::default())?;
+    /// let session = checkout.session();
+    /// let placed = checkout
+    ///     .write(&session, "order/9", "placed".into(), Precondition::IfAbsent, &WriteOptions::default())
+    ///     .await?;
+    /// // The token travels with the request (a header, say) to another
+    /// // service, which reads at least what the checkout wrote.
+    /// let token = checkout.encode_token(&session);
+    /// let shipping = Client::new(sim.at("us")?, ClientConfig::default())?;
+    /// let resumed = shipping.resume_session(&token)?;
+    /// let order = shipping.read(&resumed, "order/9", ReadPolicy::Session).await?;
+    /// assert_eq!(order.version(), Some(placed.version));
+    /// // Garbage is refused with a typed error, never a panic.
+    /// assert!(matches!(shipping.resume_session("not a token"), Err(Error::Token(_))));
+    /// # Ok(()) }
+    /// ```
     pub fn resume_session(&self, token: &str) -> Result<Session, Error> {
         Ok(Session::from_token(self.decode_token(token)?))
     }

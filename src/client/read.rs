@@ -108,6 +108,29 @@ impl<B: Backend> Client<B> {
     /// [`Freshness`](crate::Freshness) is checked against the policy and the
     /// session, and a read that misses is escalated to the leader path —
     /// never returned silently.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quorate::sim::{Sim, SimConfig};
+    /// use quorate::{Client, ClientConfig, Precondition, ReadPolicy, ReplicaRole, WriteOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), quorate::Error> {
+    /// let sim = Sim::new(SimConfig::new(["eu", "us"])?)?;
+    /// // The local replica replays a minute late.
+    /// sim.set_replication_lag("us", Duration::from_secs(60))?;
+    /// let client = Client::new(sim.at("us")?, ClientConfig::default())?;
+    /// let session = client.session();
+    /// let written = client
+    ///     .write(&session, "cart/7", "[]".into(), Precondition::IfAbsent, &WriteOptions::default())
+    ///     .await?;
+    /// // Read-your-writes: the lagging replica cannot serve it, so the read
+    /// // is escalated, and says where it was served.
+    /// let read = client.read(&session, "cart/7", ReadPolicy::Session).await?;
+    /// assert_eq!(read.version(), Some(written.version));
+    /// assert_eq!(read.freshness.role, ReplicaRole::Leader);
+    /// # Ok(()) }
+    /// ```
     pub async fn read(
         &self,
         session: &Session,

@@ -78,6 +78,29 @@ impl<B: Backend> Client<B> {
     /// [`Error::OutcomeUnknown`], naming the key to retry with. With
     /// [`WriteOptions::verify`] the write returns only once the version is
     /// visible where the next reader reads.
+    ///
+    /// ```
+    /// use quorate::sim::{Sim, SimConfig};
+    /// use quorate::{Client, ClientConfig, Error, Precondition, WriteOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), quorate::Error> {
+    /// let client = Client::new(Sim::new(SimConfig::new(["eu"])?)?.at("eu")?, ClientConfig::default())?;
+    /// let session = client.session();
+    /// let options = WriteOptions::default();
+    /// let first = client
+    ///     .write(&session, "balance/42", "100".into(), Precondition::IfAbsent, &options)
+    ///     .await?;
+    /// // A write based on what was read applies only if nobody wrote since.
+    /// client
+    ///     .write(&session, "balance/42", "70".into(), Precondition::IfVersion(first.version), &options)
+    ///     .await?;
+    /// let stale = client
+    ///     .write(&session, "balance/42", "90".into(), Precondition::IfVersion(first.version), &options)
+    ///     .await;
+    /// assert!(matches!(stale, Err(Error::Conflict { .. })));
+    /// # Ok(()) }
+    /// ```
     pub async fn write(
         &self,
         session: &Session,

@@ -243,6 +243,34 @@ impl Transacted {
     }
 }
 
+/// Appends a written record's version to a multi-record write's versions as
+/// backends keep them in its idempotency record: `index:version`, by the
+/// record's place in the write, comma-separated.
+pub fn push_transaction_version(versions: &mut String, index: usize, version: Version) {
+    use std::fmt::Write as _;
+    if !versions.is_empty() {
+        versions.push(',');
+    }
+    let _ = write!(versions, "{index}:{}", version.0);
+}
+
+/// The versions [`push_transaction_version`] kept, each named by its
+/// record's key in `keys`; `None` when they do not fit. An empty text is
+/// an outcome that names no records (a closure transaction's).
+pub fn decode_transaction_versions(text: &str, keys: &[&str]) -> Option<Vec<(String, Version)>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(',')
+        .map(|pair| {
+            let (i, v) = pair.split_once(':')?;
+            let key = keys.get(i.parse::<usize>().ok()?)?;
+            let v = v.parse::<u64>().ok().filter(|v| *v > 0)?;
+            Some(((*key).to_owned(), Version(v)))
+        })
+        .collect()
+}
+
 /// The name an idempotency record of a multi-record write is bound to in
 /// place of a record key: `txn:` and a 64-bit hash of its keys, in order,
 /// so that reusing the key for a write of other records is refused.
@@ -378,6 +406,29 @@ pub trait Backend: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transaction_versions_round_trip_and_bad_texts_are_refused() {
+        let keys = ["a", "b", "c"];
+        let mut text = String::new();
+        push_transaction_version(&mut text, 0, Version(3));
+        push_transaction_version(&mut text, 2, Version(1));
+        assert_eq!(text, "0:3,2:1");
+        assert_eq!(
+            decode_transaction_versions(&text, &keys),
+            Some(vec![
+                ("a".to_owned(), Version(3)),
+                ("c".to_owned(), Version(1))
+            ])
+        );
+        assert_eq!(decode_transaction_versions("", &keys), Some(Vec::new()));
+        for bad in ["0:0", "3:1", "x:1", "0:-1", "0", "0:1,"] {
+            assert_eq!(decode_transaction_versions(bad, &keys), None, "{bad}");
+        }
+        assert_eq!(Version::from_stored(0), None);
+        assert_eq!(Version::from_stored(-4), None);
+        assert_eq!(Version::from_stored(7), Some(Version(7)));
+    }
 
     #[test]
     fn generated_keys_are_valid_and_distinct_across_threads() {

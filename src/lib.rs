@@ -71,9 +71,9 @@ pub mod sim;
 mod topology;
 
 pub use backend::{
-    transaction_binding, Backend, Capabilities, IdempotencyKey, Probe, ReadPlan, TransactRequest,
-    Transacted, TxAction, TxOp, WriteRequest, MAX_IDEMPOTENCY_KEY, MAX_TRANSACTION_BYTES,
-    MAX_TRANSACTION_RECORDS,
+    decode_transaction_versions, push_transaction_version, transaction_binding, Backend,
+    Capabilities, IdempotencyKey, Probe, ReadPlan, TransactRequest, Transacted, TxAction, TxOp,
+    WriteRequest, MAX_IDEMPOTENCY_KEY, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_RECORDS,
 };
 pub use catalog::{distinct_columns, Catalog};
 pub use client::{

@@ -22,6 +22,12 @@ impl Version {
     pub fn next(self) -> Version {
         Version(self.0 + 1)
     }
+
+    /// A version as a database column holds it (a signed 64-bit integer):
+    /// `None` unless it is positive, as every version quorate writes is.
+    pub fn from_stored(stored: i64) -> Option<Version> {
+        u64::try_from(stored).ok().filter(|v| *v > 0).map(Version)
+    }
 }
 
 impl fmt::Display for Version {

@@ -808,7 +808,7 @@ pub(crate) fn classify(e: tokio_postgres::Error, sent_write: bool) -> Error {
 /// statement may still commit. Lookups fence the idempotency key instead.
 struct CancelOnDrop<'a> {
     client: Option<&'a tokio_postgres::Client>,
-    tls: Option<crate::tls::MakeRustls>,
+    tls: &'a Option<crate::tls::MakeRustls>,
 }
 
 impl CancelOnDrop<'_> {
@@ -820,7 +820,7 @@ impl CancelOnDrop<'_> {
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            cancel(client.cancel_token(), self.tls.take());
+            cancel(client.cancel_token(), self.tls.clone());
         }
     }
 }
@@ -838,21 +838,21 @@ fn cancel(token: tokio_postgres::CancelToken, tls: Option<crate::tls::MakeRustls
 
 /// [`CancelOnDrop`] for a statement of an explicit transaction, which
 /// borrows the connection mutably: the token is made up front.
-struct CancelTokenOnDrop(
+struct CancelTokenOnDrop<'a>(
     Option<tokio_postgres::CancelToken>,
-    Option<crate::tls::MakeRustls>,
+    &'a Option<crate::tls::MakeRustls>,
 );
 
-impl CancelTokenOnDrop {
+impl CancelTokenOnDrop<'_> {
     fn disarm(mut self) {
         self.0 = None;
     }
 }
 
-impl Drop for CancelTokenOnDrop {
+impl Drop for CancelTokenOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(token) = self.0.take() {
-            cancel(token, self.1.take());
+            cancel(token, self.1.clone());
         }
     }
 }
@@ -865,17 +865,17 @@ impl Drop for CancelTokenOnDrop {
 /// ROLLBACK that failed), its running statement is cancelled and it
 /// leaves the pool and closes, which ends the transaction on the server,
 /// rather than being handed to the next caller mid-transaction.
-struct InTransaction {
+struct InTransaction<'a> {
     object: Option<deadpool_postgres::Object>,
     cancel: tokio_postgres::CancelToken,
-    tls: Option<crate::tls::MakeRustls>,
+    tls: &'a Option<crate::tls::MakeRustls>,
 }
 
-impl InTransaction {
+impl<'a> InTransaction<'a> {
     fn begin(
         object: deadpool_postgres::Object,
-        tls: Option<crate::tls::MakeRustls>,
-    ) -> InTransaction {
+        tls: &'a Option<crate::tls::MakeRustls>,
+    ) -> InTransaction<'a> {
         InTransaction {
             cancel: object.cancel_token(),
             object: Some(object),
@@ -905,12 +905,12 @@ impl InTransaction {
     }
 }
 
-impl Drop for InTransaction {
+impl Drop for InTransaction<'_> {
     fn drop(&mut self) {
         if let Some(object) = self.object.take() {
             // Whatever statement is running is cancelled, and the
             // connection closed.
-            cancel(self.cancel.clone(), self.tls.take());
+            cancel(self.cancel.clone(), self.tls.clone());
             drop(deadpool_postgres::Object::take(object));
         }
     }
@@ -981,24 +981,6 @@ fn reused(key: &str, idem: &IdempotencyKey) -> Error {
         key: key.to_owned(),
         idempotency_key: idem.clone(),
     }
-}
-
-/// A multi-record write's versions as its idempotency row keeps them
-/// (`index:version`, comma-separated, by each written record's place in
-/// the write), named by `keys`; `None` when they do not fit.
-fn decode_versions(text: &str, keys: &[&str]) -> Option<Vec<(String, Version)>> {
-    if text.is_empty() {
-        // A closure transaction's outcome names no records.
-        return Some(Vec::new());
-    }
-    text.split(',')
-        .map(|pair| {
-            let (i, v) = pair.split_once(':')?;
-            let key = keys.get(i.parse::<usize>().ok()?)?;
-            let v = v.parse::<u64>().ok().filter(|v| *v > 0)?;
-            Some(((*key).to_owned(), Version(v)))
-        })
-        .collect()
 }
 
 fn fenced() -> Error {
@@ -1091,7 +1073,7 @@ impl Backend for PgBackend {
         let ttl = self.ttl_secs();
         let cancel = CancelOnDrop {
             client: Some(&client),
-            tls: self.inner.servers[server].tls.clone(),
+            tls: &self.inner.servers[server].tls,
         };
         let (idem_text, region_text) = (idem.as_str(), region.as_str());
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
@@ -1265,7 +1247,7 @@ impl PgBackend {
         // down it waits until cancelled.
         let cancel = CancelOnDrop {
             client: Some(&client),
-            tls: self.inner.servers[server].tls.clone(),
+            tls: &self.inner.servers[server].tls,
         };
         // The point is read after the row, so it is at or after the commit
         // of an outcome found there.
@@ -1601,10 +1583,8 @@ impl PgBackend {
     ) -> Result<Committed, Error> {
         let region = self.inner.servers[server].region.clone();
         let mut client = self.connection(server).await?;
-        let cancel = CancelTokenOnDrop(
-            Some(client.cancel_token()),
-            self.inner.servers[server].tls.clone(),
-        );
+        let cancel =
+            CancelTokenOnDrop(Some(client.cancel_token()), &self.inner.servers[server].tls);
         let tx = client
             .transaction()
             .await
@@ -1776,13 +1756,14 @@ impl PgBackend {
         })?;
         let point = self.point(&at.get::<_, String>(0))?;
         if let Some(versions) = row.get::<_, Option<String>>(4) {
-            let versions = decode_versions(&versions, keys).ok_or_else(|| {
-                Error::backend(
-                    Retryability::Permanent,
-                    Some("quorate.row".into()),
-                    "an idempotency row holds versions that do not fit its write",
-                )
-            })?;
+            let versions =
+                quorate::decode_transaction_versions(&versions, keys).ok_or_else(|| {
+                    Error::backend(
+                        Retryability::Permanent,
+                        Some("quorate.row".into()),
+                        "an idempotency row holds versions that do not fit its write",
+                    )
+                })?;
             return Ok(Recorded::Many(Transacted {
                 point,
                 region,
@@ -1889,7 +1870,7 @@ impl PgBackend {
             ),
             Dialect::Postgres => None,
         };
-        let open = InTransaction::begin(object, self.inner.servers[server].tls.clone());
+        let open = InTransaction::begin(object, &self.inner.servers[server].tls);
         let c = open.client();
         let sent = prepared.iter().zip(&params).map(
             |(statement, (row_key, value, expected))| async move {
@@ -1953,10 +1934,7 @@ impl PgBackend {
                 }
                 TxAction::Write(_) => {
                     if let Some(version) = row.and_then(|r| version_of(r.get(0))) {
-                        if !encoded.is_empty() {
-                            encoded.push(',');
-                        }
-                        encoded.push_str(&format!("{i}:{}", version.0));
+                        quorate::push_transaction_version(&mut encoded, i, version);
                         versions.push((op.key.to_owned(), version));
                         continue;
                     }
@@ -2153,10 +2131,8 @@ impl PgBackend {
         let region = self.inner.servers[server].region.clone();
         let sql = &self.inner.sql;
         let mut client = self.connection(server).await?;
-        let cancel = CancelTokenOnDrop(
-            Some(client.cancel_token()),
-            self.inner.servers[server].tls.clone(),
-        );
+        let cancel =
+            CancelTokenOnDrop(Some(client.cancel_token()), &self.inner.servers[server].tls);
         let tx = client
             .transaction()
             .await

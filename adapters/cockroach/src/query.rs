@@ -191,15 +191,11 @@ where
                     let value: Vec<u8> = row
                         .try_get(2)
                         .map_err(|e| crate::backend::classify(e, false))?;
-                    let version = u64::try_from(version)
-                        .ok()
-                        .filter(|v| *v > 0)
-                        .map(quorate::Version)
-                        .ok_or_else(|| {
-                            Error::InvalidInput(format!(
-                                "record {key} has version {version}; quorate's versions start at 1"
-                            ))
-                        })?;
+                    let version = quorate::Version::from_stored(version).ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "record {key} has version {version}; quorate's versions start at 1"
+                        ))
+                    })?;
                     let key = key.get(prefix..).unwrap_or_default().to_owned();
                     records.push((
                         key,

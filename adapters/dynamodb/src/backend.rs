@@ -518,12 +518,11 @@ impl DynamoBackend {
             logical: 0,
         };
         if f.has(item::VERSIONS) {
-            let versions = decode_versions(f.string(item::VERSIONS)?, keys).ok_or_else(|| {
-                item::ItemError::OutOfRange {
+            let versions = quorate::decode_transaction_versions(f.string(item::VERSIONS)?, keys)
+                .ok_or_else(|| item::ItemError::OutOfRange {
                     table: self.inner.idempotency_table.clone(),
                     attribute: item::VERSIONS.into(),
-                }
-            })?;
+                })?;
             return Ok(Recorded::Many(Transacted {
                 point,
                 region,
@@ -672,10 +671,7 @@ impl DynamoBackend {
                         .map_err(build_err)?;
                         items.push(TransactWriteItem::builder().put(put).build());
                         let version = bases[i].last().map_or(Version::FIRST, |v| v.next());
-                        if !encoded.is_empty() {
-                            encoded.push(',');
-                        }
-                        encoded.push_str(&format!("{i}:{}", version.0));
+                        quorate::push_transaction_version(&mut encoded, i, version);
                         versions.push((op.key.to_owned(), version));
                     }
                     TxAction::Check => {
@@ -1171,20 +1167,6 @@ fn record_check(
                 .expression_attribute_values(":expected", n(v.0)),
         ),
     }
-}
-
-/// A multi-record write's versions as its idempotency item keeps them
-/// (`index:version`, comma-separated, by each written record's place in
-/// the write), named by `keys`; `None` when they do not fit.
-fn decode_versions(text: &str, keys: &[&str]) -> Option<Vec<(String, Version)>> {
-    text.split(',')
-        .map(|pair| {
-            let (i, v) = pair.split_once(':')?;
-            let key = keys.get(i.parse::<usize>().ok()?)?;
-            let v = v.parse::<u64>().ok().filter(|v| *v > 0)?;
-            Some(((*key).to_owned(), Version(v)))
-        })
-        .collect()
 }
 
 fn reused(key: &str, idem: &IdempotencyKey) -> Error {

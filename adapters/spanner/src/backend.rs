@@ -534,7 +534,7 @@ impl SpannerBackend {
         };
         let region = Region::new(&region)?;
         if let Some(versions) = versions {
-            let versions = decode_versions(&versions, keys)
+            let versions = quorate::decode_transaction_versions(&versions, keys)
                 .ok_or_else(|| bad_row("versions that do not fit their write"))?;
             return Ok(Recorded::Many(Transacted {
                 point,
@@ -708,10 +708,7 @@ impl SpannerBackend {
                 .map_err(|_| Error::InvalidInput("version out of range".into()))?;
             let (table, row_key) = self.inner.sql.route(op.key);
             mutations.push(table.record(row_key, v, mutation)?);
-            if !encoded.is_empty() {
-                encoded.push(',');
-            }
-            encoded.push_str(&format!("{i}:{}", version.0));
+            quorate::push_transaction_version(&mut encoded, i, version);
             versions.push((op.key.to_owned(), version));
         }
         let first = versions.first().map_or(1, |(_, v): &(String, Version)| {
@@ -916,20 +913,6 @@ enum Recorded {
     Outcome(Committed),
     /// A multi-record write's outcome.
     Many(Transacted),
-}
-
-/// A multi-record write's versions as its idempotency row keeps them
-/// (`index:version`, comma-separated, by each written record's place in
-/// the write), named by `keys`; `None` when they do not fit.
-fn decode_versions(text: &str, keys: &[&str]) -> Option<Vec<(String, Version)>> {
-    text.split(',')
-        .map(|pair| {
-            let (i, v) = pair.split_once(':')?;
-            let key = keys.get(i.parse::<usize>().ok()?)?;
-            let v = v.parse::<u64>().ok().filter(|v| *v > 0)?;
-            Some(((*key).to_owned(), Version(v)))
-        })
-        .collect()
 }
 
 fn reused(key: &str, idem: &IdempotencyKey) -> Error {

@@ -269,15 +269,11 @@ where
                     let key: String = row.column(0).map_err(column)?;
                     let version: i64 = row.column(1).map_err(column)?;
                     let value: Vec<u8> = row.column(2).map_err(column)?;
-                    let version = u64::try_from(version)
-                        .ok()
-                        .filter(|v| *v > 0)
-                        .map(quorate::Version)
-                        .ok_or_else(|| {
-                            Error::InvalidInput(format!(
-                                "record {key} has version {version}; quorate's versions start at 1"
-                            ))
-                        })?;
+                    let version = quorate::Version::from_stored(version).ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "record {key} has version {version}; quorate's versions start at 1"
+                        ))
+                    })?;
                     let key = key.get(strip..).unwrap_or_default().to_owned();
                     records.push((
                         key,

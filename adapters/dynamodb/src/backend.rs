@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, KeySchemaElement,
-    KeyType, MultiRegionConsistency, Put, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
-    TimeToLiveSpecification, TransactWriteItem,
+    AttributeDefinition, AttributeValue, BillingMode, CancellationReason,
+    CreateReplicationGroupMemberAction, KeySchemaElement, KeyType, MultiRegionConsistency, Put,
+    ReplicaStatus, ReplicationGroupUpdate, ReturnValuesOnConditionCheckFailure,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus, TimeToLiveSpecification,
+    TransactWriteItem,
 };
 use bytes::Bytes;
 use quorate::{
@@ -295,6 +297,11 @@ impl DynamoBackend {
         &self.inner.idempotency_table
     }
 
+    /// The native tables of the backend's collections.
+    pub fn native_tables(&self) -> impl Iterator<Item = &NativeTable> + '_ {
+        self.inner.config.native.iter().map(|(_, t)| t)
+    }
+
     /// The SDK client of `region`.
     pub fn client(&self, region: &Region) -> Result<&aws_sdk_dynamodb::Client, Error> {
         self.inner
@@ -306,43 +313,55 @@ impl DynamoBackend {
             .ok_or_else(|| Error::Topology(quorate::TopologyError::UnknownRegion(region.clone())))
     }
 
-    /// Creates both tables in every region (on-demand billing, `pk` as the
-    /// partition key) and enables TTL on the idempotency table's
-    /// `expires_at`, and each native table with its key schema. Tables that
-    /// exist are left as they are.
+    /// Creates every table the backend uses — quorate's records and
+    /// idempotency tables (on-demand billing, `pk` as the partition key)
+    /// and each native table with its key schema — as a global table with
+    /// a replica in every configured region, each with a
+    /// `NEW_AND_OLD_IMAGES` stream, and enables TTL on the idempotency
+    /// table's `expires_at` (not under [`Mode::Strong`]: MRSC tables refuse
+    /// TTL).
+    ///
+    /// The table is created in the first region and a replica added in
+    /// each other region's AWS region (the SDK client's); under
+    /// [`Mode::Strong`] all replicas are added in one call with
+    /// `MultiRegionConsistency = STRONG`. Each step waits until the table
+    /// is `ACTIVE`. A server without global tables (DynamoDB Local, which
+    /// answers "Nothing to update") gets the table in each region instead,
+    /// to be joined by the local replicator (feature `testing`). What
+    /// exists is left as it is: the call can be repeated.
     pub async fn create_tables(&self) -> Result<(), Error> {
-        for rc in &self.inner.config.regions {
-            for table in [&self.inner.config.table, &self.inner.idempotency_table] {
-                let created = rc
-                    .client
-                    .create_table()
-                    .table_name(table)
-                    .billing_mode(BillingMode::PayPerRequest)
-                    .attribute_definitions(
-                        AttributeDefinition::builder()
-                            .attribute_name(item::PK)
-                            .attribute_type(ScalarAttributeType::S)
-                            .build()
-                            .map_err(|e| Error::InvalidInput(e.to_string()))?,
-                    )
-                    .key_schema(
-                        KeySchemaElement::builder()
-                            .attribute_name(item::PK)
-                            .key_type(KeyType::Hash)
-                            .build()
-                            .map_err(|e| Error::InvalidInput(e.to_string()))?,
-                    )
-                    .send()
-                    .await;
-                match created {
-                    Ok(_) => {}
-                    Err(e) if e.code() == Some("ResourceInUseException") => {}
-                    Err(e) => return Err(classify(e, Op::Read)),
+        let regions = &self.inner.config.regions;
+        let Some(first) = regions.first() else {
+            return Err(Error::Topology(quorate::TopologyError::NoRegions));
+        };
+        let mut tables = vec![
+            Creating::Own(&self.inner.config.table),
+            Creating::Own(&self.inner.idempotency_table),
+        ];
+        tables.extend(
+            self.inner
+                .config
+                .native
+                .iter()
+                .map(|(_, t)| Creating::Native(t)),
+        );
+        let mut global = true;
+        for table in &tables {
+            create_in(&first.client, table).await?;
+            wait_active(&first.client, table.name(), None).await?;
+            if global && regions.len() > 1 {
+                global = self.add_replicas(table.name()).await?;
+            }
+            if !global {
+                for rc in &regions[1..] {
+                    create_in(&rc.client, table).await?;
                 }
             }
-            for (_, table) in self.inner.config.native.iter() {
-                create_native(&rc.client, table).await?;
-            }
+        }
+        if self.inner.mode == Mode::Strong {
+            return Ok(());
+        }
+        for rc in regions.iter().take(if global { 1 } else { regions.len() }) {
             let ttl = rc
                 .client
                 .update_time_to_live()
@@ -364,6 +383,89 @@ impl DynamoBackend {
             }
         }
         Ok(())
+    }
+
+    /// Adds a replica of `table` (which exists in the first region) in
+    /// every other region that has none; `false` when the server has no
+    /// global tables.
+    async fn add_replicas(&self, table: &str) -> Result<bool, Error> {
+        let regions = &self.inner.config.regions;
+        let first = &regions[0].client;
+        let aws_region = |rc: &RegionClient| {
+            rc.client
+                .config()
+                .region()
+                .map(|r| r.to_string())
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "the SDK client of region {} has no AWS region: global-table replicas \
+                         are named by it",
+                        rc.region
+                    ))
+                })
+        };
+        let home = aws_region(&regions[0])?;
+        let described = first
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| classify(e, Op::Read))?;
+        let existing: Vec<&str> = described
+            .table()
+            .map(|t| t.replicas())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.region_name())
+            .collect();
+        let mut missing = Vec::new();
+        for rc in &regions[1..] {
+            let r = aws_region(rc)?;
+            if r != home && !existing.contains(&r.as_str()) && !missing.contains(&r) {
+                missing.push(r);
+            }
+        }
+        // MRSC takes its replicas in one call; MREC one replica per call.
+        let batches: Vec<Vec<String>> = if self.inner.mode == Mode::Strong {
+            vec![missing]
+                .into_iter()
+                .filter(|m| !m.is_empty())
+                .collect()
+        } else {
+            missing.into_iter().map(|m| vec![m]).collect()
+        };
+        for batch in batches {
+            let mut update = first.update_table().table_name(table);
+            for r in &batch {
+                update = update.replica_updates(
+                    ReplicationGroupUpdate::builder()
+                        .create(
+                            CreateReplicationGroupMemberAction::builder()
+                                .region_name(r)
+                                .build()
+                                .map_err(|e| Error::InvalidInput(e.to_string()))?,
+                        )
+                        .build(),
+                );
+            }
+            if self.inner.mode == Mode::Strong {
+                update = update.multi_region_consistency(MultiRegionConsistency::Strong);
+            }
+            match update.send().await {
+                Ok(_) => {}
+                Err(e)
+                    if e.code() == Some("ValidationException")
+                        && e.message().is_some_and(|m| m.contains("Nothing to update")) =>
+                {
+                    return Ok(false)
+                }
+                Err(e) => return Err(classify(e, Op::Read)),
+            }
+            for r in &batch {
+                wait_active(first, table, Some(r)).await?;
+            }
+        }
+        Ok(true)
     }
 
     fn missing_table<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
@@ -969,6 +1071,102 @@ fn key_schema_fits(
 
 /// Creates a native table with its key schema (on-demand billing) unless
 /// it exists; one that exists is the application's and is left as it is.
+/// A table `create_tables` makes.
+enum Creating<'a> {
+    /// One of quorate's own, keyed by `pk`.
+    Own(&'a str),
+    /// A native table.
+    Native(&'a NativeTable),
+}
+
+impl Creating<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Creating::Own(t) => t,
+            Creating::Native(t) => &t.table,
+        }
+    }
+}
+
+/// Creates `table` through `client` unless it exists.
+async fn create_in(client: &aws_sdk_dynamodb::Client, table: &Creating<'_>) -> Result<(), Error> {
+    let table = match table {
+        Creating::Native(t) => return create_native(client, t).await,
+        Creating::Own(t) => t,
+    };
+    let invalid = |e: aws_sdk_dynamodb::error::BuildError| Error::InvalidInput(e.to_string());
+    let created = client
+        .create_table()
+        .table_name(*table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .stream_specification(stream_specification()?)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(item::PK)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(invalid)?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(item::PK)
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(invalid)?,
+        )
+        .send()
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some("ResourceInUseException") => Ok(()),
+        Err(e) => Err(classify(e, Op::Read)),
+    }
+}
+
+/// Waits until `table` is `ACTIVE` (and, given `replica`, its replica in
+/// that AWS region too), polling `DescribeTable`.
+async fn wait_active(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    replica: Option<&str>,
+) -> Result<(), Error> {
+    // Creating a replica takes minutes on DynamoDB.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30 * 60);
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let described = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| classify(e, Op::Read))?;
+        let t = described.table();
+        let table_active = t.and_then(|t| t.table_status()) == Some(&TableStatus::Active);
+        let replica_active = replica.is_none_or(|r| {
+            t.map(|t| t.replicas()).unwrap_or_default().iter().any(|x| {
+                x.region_name() == Some(r) && x.replica_status() == Some(&ReplicaStatus::Active)
+            })
+        });
+        if table_active && replica_active {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= give_up {
+            return Err(Error::backend(
+                Retryability::Retryable,
+                Some("quorate.table_not_active".into()),
+                format!(
+                    "table {table}{} is not ACTIVE after 30 minutes",
+                    replica
+                        .map(|r| format!(" (replica in {r})"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
 async fn create_native(
     client: &aws_sdk_dynamodb::Client,
     table: &NativeTable,
@@ -977,7 +1175,8 @@ async fn create_native(
     let mut create = client
         .create_table()
         .table_name(&table.table)
-        .billing_mode(BillingMode::PayPerRequest);
+        .billing_mode(BillingMode::PayPerRequest)
+        .stream_specification(stream_specification()?);
     for (key, role) in [
         (Some(&table.partition_key), KeyType::Hash),
         (table.sort_key.as_ref(), KeyType::Range),
@@ -1249,6 +1448,15 @@ fn fenced() -> Error {
 /// 36 characters): the logical write and this attempt's start, so the SDK's
 /// own resends of one attempt are deduplicated by DynamoDB while a new
 /// attempt (with a new timestamp) is a new request.
+/// The stream global tables (and the local replicator) replicate from.
+fn stream_specification() -> Result<StreamSpecification, Error> {
+    StreamSpecification::builder()
+        .stream_enabled(true)
+        .stream_view_type(StreamViewType::NewAndOldImages)
+        .build()
+        .map_err(|e| Error::InvalidInput(e.to_string()))
+}
+
 /// The most items one `TransactWriteItems` takes.
 const MAX_TRANSACT_ITEMS: usize = 100;
 

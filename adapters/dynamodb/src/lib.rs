@@ -52,9 +52,14 @@ mod backend;
 pub mod item;
 mod native;
 mod query;
+#[cfg(feature = "testing")]
+pub mod replicator;
 
 pub use aws_config;
 pub use aws_sdk_dynamodb;
+/// The DynamoDB Streams SDK the [`replicator`] reads with.
+#[cfg(feature = "testing")]
+pub use aws_sdk_dynamodbstreams;
 pub use backend::{DynamoBackend, DynamoConfig, Home, Mode, RegionClient};
 pub use item::ItemError;
 pub use native::{KeyAttribute, KeyKind, NativeTable};

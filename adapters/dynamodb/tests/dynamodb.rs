@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::replicator::Replicator;
+use common::replicator;
 use quorate_dynamodb::aws_sdk_dynamodb::types::AttributeValue;
 use quorate_dynamodb::conformance::{run_all, Fixture};
 use quorate_dynamodb::cut_proxy::{Cut, CutProxy};
@@ -30,7 +30,8 @@ async fn conformance_suite() {
     };
     let backend = common::backend(&endpoint, "us").await;
     let fixture = Fixture::new(backend);
-    let replicator = Replicator::start(&endpoint, &fixture.prefix, Duration::from_millis(200));
+    let replicator =
+        replicator::start(&endpoint, &fixture.prefix, Duration::from_millis(200)).await;
     let fixture = fixture.with_hold_followers(replicator.hold_followers());
     let report = run_all(&fixture).await;
     for (name, result) in &report {
@@ -51,7 +52,7 @@ async fn paused_replication_double_processes_naively_but_not_through_quorate() {
         return;
     };
     let prefix = common::key("double");
-    let replicator = Replicator::start(&endpoint, &prefix, Duration::ZERO);
+    let replicator = replicator::start(&endpoint, &prefix, Duration::ZERO).await;
     let eu = common::client(&endpoint, "eu").await;
     let us = common::client(&endpoint, "us").await;
     let us_table = us.backend().client(&region("us")).unwrap().clone();
@@ -254,7 +255,7 @@ async fn concurrent_conditional_writes_in_two_regions_conflict_instead_of_mergin
         return;
     };
     let prefix = common::key("mrec");
-    let replicator = Replicator::start(&endpoint, &prefix, Duration::ZERO);
+    let replicator = replicator::start(&endpoint, &prefix, Duration::ZERO).await;
     let clients: Vec<Arc<Client<DynamoBackend>>> = {
         let mut v = Vec::new();
         for local in ["eu", "us"] {
@@ -528,7 +529,7 @@ async fn bounded_and_session_reads_use_the_nearby_replica_when_it_proves_fresh()
         return;
     };
     let prefix = common::key("fresh");
-    let replicator = Replicator::start(&endpoint, &prefix, Duration::ZERO);
+    let replicator = replicator::start(&endpoint, &prefix, Duration::ZERO).await;
     let client = common::client(&endpoint, "us").await;
     let session = client.session();
     let key = format!("{prefix}/k");
@@ -582,7 +583,7 @@ async fn writes_fail_over_from_an_unreachable_home_and_fail_back() {
         return;
     };
     let prefix = common::key("failover");
-    let replicator = Replicator::start(&endpoint, &prefix, Duration::ZERO);
+    let replicator = replicator::start(&endpoint, &prefix, Duration::ZERO).await;
     let (backend, control) =
         quorate_dynamodb::chaos::Chaos::new(common::backend(&endpoint, "us").await);
     control.set_isolation_timeout(Duration::from_millis(200));

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use common::replicator::{Replicated, Replicator};
 use quorate_dynamodb::aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType,
 };
 use quorate_dynamodb::conformance::{run_all, Fixture};
+use quorate_dynamodb::replicator::ReplicatedTable;
 use quorate_dynamodb::{
     Client, ClientConfig, Critical, DynamoBackend, Error, KeyAttribute, NativeTable, Precondition,
     Version, WriteOptions,
@@ -255,14 +255,14 @@ async fn the_conformance_suite_holds_on_a_native_table() {
     let mut fixture = Fixture::new(backend_on(&endpoint, &native, "us").await);
     let base = fixture.prefix.clone();
     fixture.prefix = format!("orders/{base}");
-    let replicator = Replicator::start_tables(
-        &endpoint,
-        vec![
-            Replicated::native(&native, &base),
-            Replicated::idempotency(&fixture.prefix),
-        ],
-        Duration::from_millis(200),
-    );
+    let replicator = common::replicator::builder(&endpoint, Duration::from_millis(200))
+        .table(ReplicatedTable::native(&native).keys_starting_with(&base))
+        .table(
+            ReplicatedTable::idempotency_of(&fixture.backend).keys_starting_with(&fixture.prefix),
+        )
+        .start()
+        .await
+        .expect("start the replicator");
     let query = quorate_dynamodb::conformance::QueryHook::new(
         move |client: Client<DynamoBackend>, session, _policy, key: String| async move {
             // The typed collection query, strong by type.

@@ -4,8 +4,10 @@
 //! byte pattern, it either forwards the client's message that contains it
 //! and then closes the connection before any answer reaches the client (the
 //! server acted, the client cannot know), or closes the connection without
-//! forwarding that message (the server never saw it). Everything else is
-//! relayed untouched. It listens on loopback only.
+//! forwarding that message (the server never saw it), or holds the message
+//! until released and only then delivers it (a late commit: the client has
+//! long given up). Everything else is relayed untouched. It listens on
+//! loopback only.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -22,12 +24,18 @@ pub enum Cut {
     Answer,
     /// The message never reaches the server.
     Request,
+    /// The message is held until [`CutProxy::release`], then delivered;
+    /// its answer never reaches the client.
+    Late,
 }
 
-#[derive(Default)]
 struct Shared {
     armed: Mutex<Option<(Vec<u8>, Cut)>>,
     fired: AtomicU32,
+    /// Permits to deliver held messages.
+    release: tokio::sync::Semaphore,
+    /// Messages delivered late (their answers read and dropped).
+    delivered: AtomicU32,
 }
 
 /// A running proxy; it stops when dropped.
@@ -43,6 +51,17 @@ impl std::fmt::Debug for CutProxy {
             .field("addr", &self.addr)
             .field("fired", &self.fired())
             .finish_non_exhaustive()
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            armed: Mutex::new(None),
+            fired: AtomicU32::new(0),
+            release: tokio::sync::Semaphore::new(0),
+            delivered: AtomicU32::new(0),
+        }
     }
 }
 
@@ -75,6 +94,17 @@ impl CutProxy {
             Some((pattern.to_vec(), cut));
     }
 
+    /// Delivers the message a [`Cut::Late`] holds (now, or as soon as one
+    /// is held).
+    pub fn release(&self) {
+        self.shared.release.add_permits(1);
+    }
+
+    /// How many held messages were delivered and answered by the server.
+    pub fn delivered(&self) -> u32 {
+        self.shared.delivered.load(Ordering::SeqCst)
+    }
+
     /// How many exchanges were lost so far.
     pub fn fired(&self) -> u32 {
         self.shared.fired.load(Ordering::SeqCst)
@@ -91,8 +121,9 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let cut_answer = Arc::new(AtomicBool::new(false));
+    let late = Arc::new(AtomicBool::new(false));
     let upstream = {
-        let (shared, cut_answer) = (shared.clone(), cut_answer.clone());
+        let (shared, cut_answer, late) = (shared.clone(), cut_answer.clone(), late.clone());
         async move {
             let mut buf = vec![0u8; 64 * 1024];
             while let Ok(n) = cr.read(&mut buf).await {
@@ -118,6 +149,19 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                         break;
                     }
                     Some(Cut::Answer) => cut_answer.store(true, Ordering::SeqCst),
+                    Some(Cut::Late) => {
+                        shared.fired.fetch_add(1, Ordering::SeqCst);
+                        late.store(true, Ordering::SeqCst);
+                        if let Ok(permit) = shared.release.acquire().await {
+                            permit.forget();
+                        }
+                        // Delivered whole, whatever the client did since;
+                        // the connection ends once the server answers.
+                        if sw.write_all(&buf[..n]).await.is_ok() {
+                            std::future::pending::<()>().await;
+                        }
+                        break;
+                    }
                     None => {}
                 }
                 if sw.write_all(&buf[..n]).await.is_err() {
@@ -130,6 +174,11 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n) = sr.read(&mut buf).await {
             if n == 0 {
+                break;
+            }
+            if late.load(Ordering::SeqCst) {
+                // The late message's answer; the client is long gone.
+                shared.delivered.fetch_add(1, Ordering::SeqCst);
                 break;
             }
             if cut_answer.load(Ordering::SeqCst) {
@@ -202,5 +251,52 @@ mod tests {
         proxy.arm(b"commit", Cut::Request);
         assert_eq!(exchange(proxy.addr(), b"do commit").await, None);
         assert_eq!(proxy.fired(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_late_message_is_delivered_after_the_client_gave_up() {
+        // A server that records what reaches it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let seen_tx = seen_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let _ = seen_tx.send(buf[..n].to_vec());
+                        if s.write_all(b"ok").await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let proxy = CutProxy::start(upstream).await.unwrap();
+        proxy.arm(b"commit", Cut::Late);
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            exchange(proxy.addr(), b"do commit"),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the client heard nothing");
+        assert_eq!(proxy.fired(), 1);
+        assert!(seen.try_recv().is_err(), "held back while not released");
+        proxy.release();
+        let late = tokio::time::timeout(std::time::Duration::from_secs(5), seen.recv())
+            .await
+            .expect("delivered once released");
+        assert_eq!(late.as_deref(), Some(&b"do commit"[..]));
+        for _ in 0..100 {
+            if proxy.delivered() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(proxy.delivered(), 1, "the server answered the late message");
     }
 }

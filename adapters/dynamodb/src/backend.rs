@@ -23,6 +23,8 @@ use quorate::{
 };
 
 use crate::item::{self, n, s, Fields, Item, Names};
+
+mod strong;
 use crate::native::{KeyKind, Layout, NativeTable};
 
 /// How a global table replicates between its regions.
@@ -610,6 +612,11 @@ impl DynamoBackend {
         if f.has(item::FENCED_BEFORE) {
             return Ok(Recorded::Fence(f.number(item::FENCED_BEFORE)?));
         }
+        if !f.has(item::WRITER) {
+            // An MRSC write's claim of the key: its outcome is in the
+            // record's item.
+            return Ok(Recorded::Nothing);
+        }
         let region =
             Region::new(f.string(item::WRITER)?).map_err(|_| item::ItemError::OutOfRange {
                 table: self.inner.idempotency_table.clone(),
@@ -691,7 +698,8 @@ impl DynamoBackend {
         if self.inner.mode == Mode::Strong {
             return Err(Error::Unsupported(
                 "multi-record writes on a DynamoDB table with multi-Region strong consistency: \
-                 such tables refuse TransactWriteItems"
+                 such tables refuse TransactWriteItems; write the records one by one, \
+                 or keep the collections that change together on an MREC table"
                     .into(),
             ));
         }
@@ -1419,7 +1427,10 @@ where
                 "ThrottlingException"
                 | "ProvisionedThroughputExceededException"
                 | "RequestLimitExceeded"
-                | "TransactionConflictException",
+                | "TransactionConflictException"
+                // MRSC: another region's request was modifying the item;
+                // this one was refused.
+                | "ReplicatedWriteConflictException",
             ) => Retryability::Retryable,
             // A transaction with this attempt's request token is still
             // running: the attempt may yet commit.
@@ -1531,7 +1542,9 @@ impl Backend for DynamoBackend {
                 let version = f.version()?;
                 let written_at = f.written_at()?;
                 if f.deleted()? {
-                    (None, Some(version), written_at)
+                    // Version 0: a lookup's placeholder on an MRSC table
+                    // for a record that never existed.
+                    (None, (version.0 > 0).then_some(version), written_at)
                 } else {
                     let versioned = Versioned {
                         version,
@@ -1612,6 +1625,9 @@ impl Backend for DynamoBackend {
                 &generated
             }
         };
+        if self.inner.mode == Mode::Strong {
+            return self.write_in_item(request, record, idem).await;
+        }
         // The state the write is conditioned on. `Any` writes over whatever
         // is there, still conditionally, so that the new version is known;
         // `IfAbsent` first assumes no item, and learns of a tombstone from
@@ -1783,6 +1799,9 @@ impl Backend for DynamoBackend {
         key: &str,
         idem: &IdempotencyKey,
     ) -> Result<Option<Committed>, Error> {
+        if self.inner.mode == Mode::Strong {
+            return self.lookup_in_item(region, key, idem).await;
+        }
         match self.lookup_fenced(region, key, &[key], idem).await? {
             Some(Recorded::Outcome(done)) => Ok(Some(done)),
             Some(_) => Err(reused(key, idem)),

@@ -31,6 +31,12 @@ pub const RECORD_KEY: &str = "record_key";
 pub const VERSIONS: &str = "versions";
 /// Idempotency items: expiry for DynamoDB's TTL, seconds since the epoch.
 pub const EXPIRES_AT: &str = "expires_at";
+/// On a table with multi-Region strong consistency (MRSC), which refuses
+/// `TransactWriteItems`: the record's most recent writes, a map from
+/// idempotency key to `{v: version, w: written_at, r: writer}`, written in
+/// the same `PutItem` as the record so that a write and the evidence of it
+/// are one.
+pub const RECENT: &str = "recent";
 /// Idempotency fences: attempts of the logical write started before this
 /// point (nanoseconds) can no longer commit.
 pub const FENCED_BEFORE: &str = "fenced_before";
@@ -163,6 +169,8 @@ pub(crate) struct Names {
     pub written_at: String,
     pub writer: String,
     pub deleted: String,
+    /// The map of recent writes (MRSC tables only).
+    pub recent: String,
     /// Items may be the application's from before quorate, without
     /// bookkeeping: such an item is version 1 with no write time.
     pub adopt: bool,
@@ -176,6 +184,7 @@ impl Names {
             written_at: WRITTEN_AT.into(),
             writer: WRITER.into(),
             deleted: DELETED.into(),
+            recent: RECENT.into(),
             adopt: false,
         }
     }
@@ -250,6 +259,9 @@ impl Fields<'_> {
             return Ok(Version::FIRST);
         }
         match self.number(version)? {
+            // A placeholder tombstone: a lookup's fence on a record that
+            // never existed (MRSC tables); absent to every reader.
+            0 if self.deleted()? => Ok(Version(0)),
             0 => Err(ItemError::OutOfRange {
                 table: self.table.to_owned(),
                 attribute: version.clone(),

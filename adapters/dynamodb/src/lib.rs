@@ -16,7 +16,14 @@
 //! the current version. The idempotency item is written in the same
 //! `TransactWriteItems` (with a `ClientRequestToken`) and kept for a
 //! configurable TTL, beyond DynamoDB's 10-minute token window; an ambiguous
-//! outcome is resolved by reading it. Under MREC, writes go to the key's
+//! outcome is resolved by reading it. MRSC tables refuse
+//! `TransactWriteItems`: there a write reads the item and puts it whole
+//! with a map of the record's recent writes (idempotency key → version,
+//! write time, writer), so that the write and its evidence are one item;
+//! a lookup that finds nothing fences the record by moving its write time
+//! past every earlier attempt's start (two round trips per write instead
+//! of one; multi-record writes are refused with a typed error). Under
+//! MREC, writes go to the key's
 //! home region so conditions are checked in one place (with
 //! health-triggered failover when [`ClientConfig::home_failover`] is set).
 //!

@@ -70,7 +70,8 @@ fn attribute_name(name: &str) -> Result<String, Error> {
 /// value must be a JSON object: its fields become the item's attributes
 /// (through `serde_dynamo`, as the AWS community maps serde values),
 /// beside the key and the bookkeeping attributes `quorate_version`,
-/// `quorate_written_at`, `quorate_writer` and `quorate_deleted`. A delete
+/// `quorate_written_at`, `quorate_writer` and `quorate_deleted` (and, on a
+/// table with multi-Region strong consistency, `quorate_recent`). A delete
 /// leaves the item as a tombstone (its key and bookkeeping, no fields,
 /// `quorate_deleted` true) so that a record re-created later goes on from
 /// its version; other readers skip such items. Items written before
@@ -104,6 +105,9 @@ pub struct NativeTable {
     pub writer: String,
     /// `true` on a delete's tombstone.
     pub deleted: String,
+    /// The map of the record's recent writes, on tables with multi-Region
+    /// strong consistency (see [`crate::item::RECENT`]).
+    pub recent: String,
 }
 
 impl NativeTable {
@@ -119,6 +123,7 @@ impl NativeTable {
             written_at: "quorate_written_at".into(),
             writer: "quorate_writer".into(),
             deleted: "quorate_deleted".into(),
+            recent: "quorate_recent".into(),
         }
         .distinct()
     }
@@ -133,14 +138,15 @@ impl NativeTable {
     }
 
     /// The same table with the bookkeeping attributes named
-    /// `<prefix>version`, `<prefix>written_at`, `<prefix>writer` and
-    /// `<prefix>deleted`.
+    /// `<prefix>version`, `<prefix>written_at`, `<prefix>writer`,
+    /// `<prefix>deleted` and `<prefix>recent`.
     pub fn bookkeeping(self, prefix: &str) -> Result<NativeTable, Error> {
         NativeTable {
             version: attribute_name(&format!("{prefix}version"))?,
             written_at: attribute_name(&format!("{prefix}written_at"))?,
             writer: attribute_name(&format!("{prefix}writer"))?,
             deleted: attribute_name(&format!("{prefix}deleted"))?,
+            recent: attribute_name(&format!("{prefix}recent"))?,
             ..self
         }
         .distinct()
@@ -162,6 +168,7 @@ impl NativeTable {
             &self.written_at,
             &self.writer,
             &self.deleted,
+            &self.recent,
         ]);
         names
     }
@@ -296,6 +303,7 @@ impl Layout {
                 written_at: t.written_at.clone(),
                 writer: t.writer.clone(),
                 deleted: t.deleted.clone(),
+                recent: t.recent.clone(),
                 adopt: true,
             },
             native: Some(t.clone()),
@@ -387,7 +395,8 @@ impl Layout {
             }
             out.extend(fields);
         }
-        // The bookkeeping: four short attributes.
+        // The bookkeeping: short attributes (and on MRSC tables a map of
+        // recent writes, bounded by the backend).
         let size = item_size(&out) + t.reserved().iter().map(|n| n.len() + 24).sum::<usize>();
         if size > MAX_ITEM_BYTES {
             return Err(Error::InvalidInput(format!(

@@ -707,10 +707,25 @@ impl Worker {
                                     .sequence_number(n),
                                 None => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
                             };
-                            if let Ok(i) = request.send().await {
-                                source
-                                    .iterators
-                                    .insert(shard.clone(), i.shard_iterator().map(str::to_owned));
+                            match request.send().await {
+                                Ok(i) => {
+                                    // Re-positioned: read on the next pass
+                                    // (DynamoDB Local also answers so when
+                                    // other tables' writes moved its
+                                    // sequence numbers past an iterator).
+                                    tracing::debug!(%shard, error = %e, "quorate.replicator re-positioned");
+                                    source.iterators.insert(
+                                        shard.clone(),
+                                        i.shard_iterator().map(str::to_owned),
+                                    );
+                                    continue;
+                                }
+                                Err(again) => {
+                                    self.error(format!("re-positioning in shard {shard}: {again}"));
+                                    // Not finished: the next discovery
+                                    // opens it again from its start.
+                                    continue;
+                                }
                             }
                         }
                         self.error(format!("reading shard {shard}: {e}"));

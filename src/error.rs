@@ -201,6 +201,10 @@ pub enum Error {
     /// A topology or region name was invalid or unknown.
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    /// A setting from a file, the environment or a builder is not right;
+    /// the error names the field and where its value came from.
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
     /// Invalid input that has no more specific variant (configuration, keys).
     #[error("invalid input: {0}")]
     InvalidInput(String),
@@ -299,6 +303,7 @@ impl Error {
             Error::Token(_) => "token",
             Error::Policy(_) => "policy",
             Error::Topology(_) => "topology",
+            Error::Settings(_) => "settings",
             Error::InvalidInput(_) => "invalid_input",
             Error::Unsupported(_) => "unsupported",
             Error::Serialization(_) => "serialization",

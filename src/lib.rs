@@ -66,6 +66,7 @@ mod record;
 mod retry;
 mod routing;
 mod session;
+pub mod settings;
 mod shard;
 pub mod sim;
 mod topology;
@@ -99,6 +100,7 @@ pub use session::{
     Scope, Session, SessionFloor, SessionToken, TokenError, MAX_SCOPE_LEN, MAX_TOKEN_KEYS,
     MAX_TOKEN_LEN, TOKEN_FORMAT,
 };
+pub use settings::{ClientSettings, ClientSettingsBuilder, Loader, SettingsError};
 pub use topology::{Region, RegionSpec, Topology, TopologyError, TopologySpec, MAX_REGION_NAME};
 
 /// Values travel as shared byte buffers.

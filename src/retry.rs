@@ -7,15 +7,19 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::random::SplitMix64;
 
-/// How an operation is retried.
-#[derive(Clone, Debug, PartialEq)]
+/// How an operation is retried. In settings (`[client.retry]`), durations
+/// are written the human way (`"10ms"`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts at most, the first included (≥ 1); `None` (the default)
     /// leaves it to the operation's deadline and the retry budget.
     pub max_attempts: Option<u32>,
     /// The backoff ceiling of the first retry.
+    #[serde(with = "crate::settings::human")]
     pub initial_backoff: Duration,
     /// The backoff ceiling never grows past this.
+    #[serde(with = "crate::settings::human")]
     pub max_backoff: Duration,
 }
 

@@ -4,13 +4,16 @@ use super::*;
 
 /// Hedged reads: a read that has not answered within a high percentile of
 /// recent read latency goes also to the next-best eligible region.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Hedge {
     /// The percentile of recent read latencies to wait before hedging.
     pub percentile: f64,
     /// The shortest delay (also used until enough latencies are known).
+    #[serde(with = "crate::settings::human")]
     pub min_delay: Duration,
     /// The longest delay.
+    #[serde(with = "crate::settings::human")]
     pub max_delay: Duration,
 }
 

@@ -41,6 +41,7 @@
 mod backend;
 mod execute;
 mod query;
+pub mod settings;
 pub mod sql;
 pub mod tls;
 
@@ -49,5 +50,6 @@ pub use execute::{Executed, SqlTransactions, TxBody};
 pub use query::{SelectRecords, SqlQuery};
 pub use quorate::*;
 pub use rustls;
+pub use settings::{PgRegionSettings, PgSettings};
 pub use sql::{Dialect, Ident, NativeTable, TableName, Tables};
 pub use tokio_postgres;

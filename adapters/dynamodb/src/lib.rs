@@ -61,6 +61,7 @@ mod native;
 mod query;
 #[cfg(feature = "testing")]
 pub mod replicator;
+pub mod settings;
 
 pub use aws_config;
 pub use aws_sdk_dynamodb;
@@ -72,3 +73,4 @@ pub use item::ItemError;
 pub use native::{KeyAttribute, KeyKind, NativeTable};
 pub use query::{Partition, PartitionQuery, PartitionRecords};
 pub use quorate::*;
+pub use settings::{DynamoRegionSettings, DynamoSettings};

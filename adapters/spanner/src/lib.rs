@@ -21,10 +21,12 @@
 mod backend;
 mod directed;
 mod query;
+pub mod settings;
 pub mod sql;
 
 pub use backend::{SpannerBackend, SpannerConfig, VERSION_RETENTION};
 pub use gcloud_spanner;
 pub use query::{SelectRecords, SpannerQuery, SqlRead};
 pub use quorate::*;
+pub use settings::SpannerSettings;
 pub use sql::NativeTable;

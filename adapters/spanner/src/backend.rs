@@ -42,6 +42,13 @@ pub struct SpannerConfig {
     pub serialize_read_write: bool,
     /// The emulator's address, overriding `SPANNER_EMULATOR_HOST`.
     pub emulator_host: Option<String>,
+    /// Where the Google Cloud credentials come from (not used against the
+    /// emulator); the same credentials serve reads, writes and
+    /// `create_tables`' schema changes.
+    pub credentials: Credentials,
+    /// Spanner's endpoint, when not `spanner.googleapis.com` (a regional
+    /// or private endpoint); reads and writes go there.
+    pub endpoint: Option<String>,
     /// Collections whose records live in tables of the application's own
     /// (see [`NativeTable`]); every other record lives in `table`.
     pub native: Catalog<NativeTable>,
@@ -62,9 +69,77 @@ impl SpannerConfig {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             serialize_read_write: false,
             emulator_host: None,
+            credentials: Credentials::Default,
+            endpoint: None,
             native: Catalog::new(),
         })
     }
+}
+
+/// Where a [`SpannerBackend`]'s Google Cloud credentials come from.
+#[derive(Clone, Debug, Default)]
+pub enum Credentials {
+    /// Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`,
+    /// gcloud's own, or the metadata server of the machine.
+    #[default]
+    Default,
+    /// A credentials file (a service account key, say).
+    File(std::path::PathBuf),
+    /// The application's own source of tokens (its own auth stack, a
+    /// workload identity, a test double).
+    Provider(Arc<dyn token_source::TokenSourceProvider>),
+}
+
+/// One provider of tokens shared by the data, read and admin clients.
+#[derive(Debug)]
+struct SharedTokens(Arc<dyn token_source::TokenSourceProvider>);
+
+impl token_source::TokenSourceProvider for SharedTokens {
+    fn token_source(&self) -> Arc<dyn token_source::TokenSource> {
+        self.0.token_source()
+    }
+}
+
+/// The token provider `credentials` name.
+pub(crate) async fn token_provider(
+    credentials: &Credentials,
+) -> Result<Arc<dyn token_source::TokenSourceProvider>, Error> {
+    let config = gcloud_auth::project::Config::default()
+        .with_audience(gcloud_spanner::apiv1::conn_pool::AUDIENCE)
+        .with_scopes(&gcloud_spanner::apiv1::conn_pool::SCOPES);
+    match credentials {
+        Credentials::Provider(p) => Ok(p.clone()),
+        Credentials::Default => gcloud_auth::token::DefaultTokenSourceProvider::new(config)
+            .await
+            .map(|p| Arc::new(p) as Arc<dyn token_source::TokenSourceProvider>)
+            .map_err(|e| {
+                Error::InvalidInput(format!(
+                    "Spanner credentials: {e}; set GOOGLE_APPLICATION_CREDENTIALS to a \
+                     credentials file, log in with gcloud, or give Credentials::File"
+                ))
+            }),
+        Credentials::File(path) => {
+            let shown = path.display();
+            let file = gcloud_auth::credentials::CredentialsFile::new_from_file(
+                path.to_string_lossy().into_owned(),
+            )
+            .await
+            .map_err(|e| Error::InvalidInput(format!("Spanner credentials file {shown}: {e}")))?;
+            gcloud_auth::token::DefaultTokenSourceProvider::new_with_credentials(
+                config,
+                Box::new(file),
+            )
+            .await
+            .map(|p| Arc::new(p) as Arc<dyn token_source::TokenSourceProvider>)
+            .map_err(|e| Error::InvalidInput(format!("Spanner credentials file {shown}: {e}")))
+        }
+    }
+}
+
+fn google_cloud(
+    tokens: &Arc<dyn token_source::TokenSourceProvider>,
+) -> gcloud_gax::conn::Environment {
+    gcloud_gax::conn::Environment::GoogleCloud(Box::new(SharedTokens(tokens.clone())))
 }
 
 /// quorate's backend for Cloud Spanner. Cheap to clone.
@@ -86,6 +161,9 @@ struct Inner {
     /// The emulator's address when connected to one (the admin client of
     /// `create_tables` goes there too).
     emulator: Option<String>,
+    /// The credentials' tokens (none against the emulator), shared by the
+    /// data, read and admin clients.
+    tokens: Option<Arc<dyn token_source::TokenSourceProvider>>,
 }
 
 impl std::fmt::Debug for SpannerBackend {
@@ -218,19 +296,21 @@ impl SpannerBackend {
             .emulator_host
             .clone()
             .or_else(|| std::env::var("SPANNER_EMULATOR_HOST").ok());
-        let client_config = if let Some(host) = &config.emulator_host {
-            SpannerClientConfig {
-                environment: gcloud_gax::conn::Environment::Emulator(host.clone()),
-                ..SpannerClientConfig::default()
-            }
-        } else if std::env::var_os("SPANNER_EMULATOR_HOST").is_some() {
-            SpannerClientConfig::default()
-        } else {
-            SpannerClientConfig::default()
-                .with_auth()
-                .await
-                .map_err(|e| Error::InvalidInput(format!("Spanner credentials: {e}")))?
+        let tokens = match &emulator {
+            Some(_) => None,
+            None => Some(token_provider(&config.credentials).await?),
         };
+        let mut client_config = SpannerClientConfig {
+            environment: match (&emulator, &tokens) {
+                (Some(host), _) => gcloud_gax::conn::Environment::Emulator(host.clone()),
+                (None, Some(t)) => google_cloud(t),
+                (None, None) => unreachable!("tokens exist without an emulator"),
+            },
+            ..SpannerClientConfig::default()
+        };
+        if let Some(endpoint) = &config.endpoint {
+            client_config.endpoint = endpoint.clone();
+        }
         // Reads go through the library's low-level client, on sessions of
         // their own, so that they can carry directed-read options.
         let conn = gcloud_spanner::apiv1::conn_pool::ConnectionManager::new(
@@ -274,6 +354,7 @@ impl SpannerBackend {
                 reads,
                 read_write: tokio::sync::Mutex::new(()),
                 emulator,
+                tokens,
             }),
         })
     }
@@ -326,17 +407,18 @@ impl SpannerBackend {
     pub async fn create_tables(&self) -> Result<(), Error> {
         use gcloud_googleapis::spanner::admin::database::v1::UpdateDatabaseDdlRequest;
         use gcloud_spanner::admin::AdminClientConfig;
-        let config = match &self.inner.emulator {
-            Some(host) => AdminClientConfig {
-                environment: gcloud_gax::conn::Environment::Emulator(host.clone()),
-                ..AdminClientConfig::default()
+        let config = AdminClientConfig {
+            environment: match (&self.inner.emulator, &self.inner.tokens) {
+                (Some(host), _) => gcloud_gax::conn::Environment::Emulator(host.clone()),
+                // The data clients' credentials.
+                (None, Some(t)) => google_cloud(t),
+                (None, None) => {
+                    return Err(Error::InvalidInput(
+                        "no Spanner credentials and no emulator".into(),
+                    ))
+                }
             },
-            // Without an emulator (here nor in SPANNER_EMULATOR_HOST) the
-            // default environment is Google Cloud.
-            None => AdminClientConfig::default()
-                .with_auth()
-                .await
-                .map_err(|e| Error::InvalidInput(format!("Spanner credentials: {e}")))?,
+            ..AdminClientConfig::default()
         };
         let admin = gcloud_spanner::admin::client::Client::new(config)
             .await

@@ -14,6 +14,47 @@
 //! the session token carries commit timestamps. Writes run in a read-write
 //! transaction that checks the record's version and records the
 //! idempotency row in the same commit.
+//!
+//! ## Regions
+//!
+//! A Spanner database lives in one instance, whose instance configuration
+//! places its replicas. quorate's regions are the locations of the
+//! replicas that serve reads (read-write and read-only replicas; witnesses
+//! serve none), named as Spanner names them: `gcloud spanner
+//! instance-configs describe nam3` lists them (`replicas[].location` and
+//! `type`). For `nam3` — read-write replicas in `us-east4` (the default
+//! leader) and `us-east1`, a witness in `us-central1` — the regions are
+//! `us-east4` and `us-east1`. `local` is the region this process runs in:
+//! bounded and session reads go to its replicas through directed reads.
+//!
+//! ```no_run
+//! use quorate_spanner::{Client, ClientConfig, Credentials, SpannerBackend, SpannerConfig};
+//! use quorate_spanner::{Precondition, ReadPolicy, WriteOptions};
+//!
+//! # async fn demo() -> Result<(), quorate_spanner::Error> {
+//! let mut config = SpannerConfig::new(
+//!     "projects/acme/instances/orders/databases/orders",
+//!     &["us-east4", "us-east1"],
+//!     "us-east1",
+//! )?;
+//! // Application Default Credentials unless told otherwise; the same
+//! // credentials serve reads, writes and create_tables.
+//! config.credentials = Credentials::File("/etc/orders/spanner-key.json".into());
+//! let backend = SpannerBackend::connect(config).await?;
+//! backend.create_tables().await?; // once, at deployment
+//! let client = Client::new(backend, ClientConfig::default())?;
+//! let session = client.session();
+//! let placed = client
+//!     .write(&session, "order/1", "placed".into(), Precondition::IfAbsent, &WriteOptions::default())
+//!     .await?;
+//! let read = client.read(&session, "order/1", ReadPolicy::Session).await?;
+//! assert_eq!(read.version(), Some(placed.version));
+//! # Ok(()) }
+//! ```
+//!
+//! Against the emulator set `SPANNER_EMULATOR_HOST` (or
+//! `SpannerConfig::emulator_host`) and `serialize_read_write`: the
+//! emulator runs one read-write transaction at a time.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -24,7 +65,7 @@ mod query;
 pub mod settings;
 pub mod sql;
 
-pub use backend::{SpannerBackend, SpannerConfig, VERSION_RETENTION};
+pub use backend::{Credentials, SpannerBackend, SpannerConfig, VERSION_RETENTION};
 pub use gcloud_spanner;
 pub use query::{SelectRecords, SpannerQuery, SqlRead};
 pub use quorate::*;

@@ -51,6 +51,13 @@ pub struct SpannerSettings {
     /// [`SpannerConfig::emulator_host`].
     #[serde(default)]
     pub emulator_host: Option<String>,
+    /// A credentials file ([`crate::Credentials::File`]); Application
+    /// Default Credentials when absent.
+    #[serde(default)]
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// [`SpannerConfig::endpoint`].
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 fn default_table() -> String {
@@ -115,6 +122,24 @@ impl SpannerConfig {
         config.idempotency_ttl = settings.idempotency_ttl;
         config.serialize_read_write = settings.serialize_read_write;
         config.emulator_host = settings.emulator_host.clone();
+        if let Some(file) = &settings.credentials_file {
+            if !file.is_file() {
+                return Err(invalid(
+                    "credentials_file",
+                    format!("{} is not a file", file.display()),
+                ));
+            }
+            config.credentials = crate::Credentials::File(file.clone());
+        }
+        if let Some(endpoint) = &settings.endpoint {
+            if endpoint.is_empty() || endpoint.contains("://") {
+                return Err(invalid(
+                    "endpoint",
+                    format!("{endpoint:?}: expected a host name, as spanner.googleapis.com"),
+                ));
+            }
+        }
+        config.endpoint = settings.endpoint.clone();
         Ok(config)
     }
 }
@@ -122,6 +147,32 @@ impl SpannerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn credentials_that_cannot_be_read_name_the_file() {
+        let missing = crate::backend::token_provider(&crate::Credentials::File(
+            "/nonexistent/key.json".into(),
+        ))
+        .await
+        .unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/key.json"),
+            "{missing}"
+        );
+        let path = std::env::temp_dir().join(format!("quorate-key-{}.json", std::process::id()));
+        std::fs::write(
+            &path,
+            "{\"type\": \"service_account\", \"private_key\": \"not a key\"}",
+        )
+        .unwrap();
+        let bad = crate::backend::token_provider(&crate::Credentials::File(path.clone())).await;
+        std::fs::remove_file(&path).unwrap();
+        let bad = bad.unwrap_err();
+        assert!(
+            matches!(&bad, Error::InvalidInput(m) if m.contains(&*path.to_string_lossy())),
+            "{bad}"
+        );
+    }
 
     const DOC: &str = r#"
         [spanner]

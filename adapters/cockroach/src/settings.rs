@@ -110,6 +110,21 @@ fn default_ttl() -> Duration {
 }
 
 impl PgSettings {
+    /// Settings in code: `scope` and `local`, no servers yet (add them to
+    /// `regions`), every other field at its default.
+    pub fn new(scope: &str, local: &str) -> PgSettings {
+        PgSettings {
+            scope: scope.to_owned(),
+            dialect: default_dialect(),
+            local: local.to_owned(),
+            table: default_table(),
+            pool_size: default_pool_size(),
+            isolation: default_isolation(),
+            idempotency_ttl: default_ttl(),
+            regions: BTreeMap::new(),
+        }
+    }
+
     /// The section `[postgres]` of `loader`.
     pub fn load(loader: &Loader) -> Result<PgSettings, SettingsError> {
         loader.section("postgres")
@@ -395,6 +410,21 @@ mod tests {
             matches!(&e, Error::Settings(s) if s.message.contains("scope")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn settings_are_made_in_code_too() {
+        let mut s = PgSettings::new("orders", "eu");
+        s.regions.insert(
+            "eu".into(),
+            PgRegionSettings {
+                primary: Some("host=db user=app".into()),
+                ..PgRegionSettings::default()
+            },
+        );
+        s.pool_size = 2;
+        let c = PgConfig::from_settings(&s).unwrap();
+        assert_eq!((c.pool_size, c.endpoints.len()), (2, 1));
     }
 
     #[test]

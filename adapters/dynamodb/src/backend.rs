@@ -203,16 +203,30 @@ impl DynamoBackend {
                         key_schema_fits(native, t, &rc.region)?;
                     }
                 }
-                if table == &backend.inner.config.table {
-                    match described.table().and_then(|t| t.multi_region_consistency()) {
-                        Some(MultiRegionConsistency::Strong) => reported = Some(Mode::Strong),
-                        Some(MultiRegionConsistency::Eventual) => reported = Some(Mode::Eventual),
-                        _ => {}
+                // Every table in one mode: MRSC writes keep a write's
+                // evidence across the records and idempotency tables, which
+                // only holds if both are linearizable.
+                let mode = match described.table().and_then(|t| t.multi_region_consistency()) {
+                    Some(MultiRegionConsistency::Strong) => Some(Mode::Strong),
+                    Some(MultiRegionConsistency::Eventual) => Some(Mode::Eventual),
+                    _ => None,
+                };
+                if let Some(mode) = mode {
+                    match &reported {
+                        Some((first, other)) if *first != mode => {
+                            return Err(Error::InvalidInput(format!(
+                                "table {table} is {mode:?} but table {other} is {first:?}: \
+                                 quorate's tables and the native tables of one backend \
+                                 must share one multi-Region consistency mode"
+                            )));
+                        }
+                        Some(_) => {}
+                        None => reported = Some((mode, (*table).clone())),
                     }
                 }
             }
         }
-        match reported {
+        match reported.map(|(mode, _)| mode) {
             Some(mode) if mode != backend.inner.mode => {
                 Self::build(backend.inner.config.clone(), Some(mode))
             }

@@ -37,6 +37,10 @@ pub const EXPIRES_AT: &str = "expires_at";
 /// the same `PutItem` as the record so that a write and the evidence of it
 /// are one.
 pub const RECENT: &str = "recent";
+/// MRSC writes' claims of an idempotency key: the start of the latest
+/// attempt (nanoseconds), recorded before the attempt is sent, so that a
+/// lookup's fence lies past it.
+pub const STARTED: &str = "started";
 /// Idempotency fences: attempts of the logical write started before this
 /// point (nanoseconds) can no longer commit.
 pub const FENCED_BEFORE: &str = "fenced_before";

@@ -57,6 +57,16 @@ pub struct DynamoRegionSettings {
     pub secret_access_key: Option<String>,
 }
 
+impl DynamoRegionSettings {
+    /// A region in `aws_region`, credentials from AWS's chain.
+    pub fn new(aws_region: &str) -> DynamoRegionSettings {
+        DynamoRegionSettings {
+            aws_region: aws_region.to_owned(),
+            ..DynamoRegionSettings::default()
+        }
+    }
+}
+
 impl std::fmt::Debug for DynamoRegionSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DynamoRegionSettings")
@@ -105,6 +115,20 @@ fn default_ttl() -> Duration {
 }
 
 impl DynamoSettings {
+    /// Settings in code: no regions yet (add them to `regions`), every
+    /// other field at its default.
+    pub fn new(scope: &str, table: &str, local: &str) -> DynamoSettings {
+        DynamoSettings {
+            scope: scope.to_owned(),
+            table: table.to_owned(),
+            local: local.to_owned(),
+            home: None,
+            mode: None,
+            idempotency_ttl: default_ttl(),
+            regions: BTreeMap::new(),
+        }
+    }
+
     /// The section `[dynamodb]` of `loader`.
     pub fn load(loader: &Loader) -> Result<DynamoSettings, SettingsError> {
         loader.section("dynamodb")
@@ -276,6 +300,17 @@ mod tests {
         )?;
         assert!(!format!("{s:?}").contains("s3cret"));
         DynamoConfig::from_settings(&s).await
+    }
+
+    #[tokio::test]
+    async fn settings_are_made_in_code_too() {
+        let mut s = DynamoSettings::new("orders-global", "orders", "eu");
+        let mut eu = DynamoRegionSettings::new("eu-west-1");
+        eu.endpoint = Some("http://127.0.0.1:9".into());
+        s.regions.insert("eu".into(), eu);
+        s.mode = Some("strong".into());
+        let c = DynamoConfig::from_settings(&s).await.unwrap();
+        assert_eq!((c.regions.len(), c.mode), (1, Mode::Strong));
     }
 
     #[tokio::test]

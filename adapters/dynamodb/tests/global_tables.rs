@@ -337,3 +337,44 @@ async fn create_tables_makes_mrsc_tables_in_one_call_without_ttl() {
         "MRSC refuses TTL"
     );
 }
+
+#[tokio::test]
+async fn tables_of_one_backend_must_share_a_consistency_mode() {
+    let (endpoint, state) = server().await;
+    let regions = [("eu", "eu-west-1"), ("us", "us-east-1")];
+    {
+        let mut s = state.lock().unwrap();
+        for (_, aws) in regions {
+            for (table, mode) in [("orders", "STRONG"), ("orders-idempotency", "EVENTUAL")] {
+                s.tables.insert(
+                    (aws.to_owned(), table.to_owned()),
+                    Table {
+                        consistency: Some(mode.to_owned()),
+                        ..Table::default()
+                    },
+                );
+            }
+        }
+    }
+    let err = DynamoBackend::connect(config(&endpoint, &regions, Mode::Eventual))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("orders-idempotency")
+            && err
+                .to_string()
+                .contains("one multi-Region consistency mode"),
+        "{err}"
+    );
+    // Both strong: the backend takes the tables' mode over its own.
+    state
+        .lock()
+        .unwrap()
+        .tables
+        .values_mut()
+        .for_each(|t| t.consistency = Some("STRONG".into()));
+    let backend = DynamoBackend::connect(config(&endpoint, &regions, Mode::Eventual))
+        .await
+        .unwrap();
+    assert_eq!(backend.mode(), Mode::Strong);
+}

@@ -16,6 +16,8 @@ use quorate_dynamodb::aws_sdk_dynamodb::types::AttributeValue;
 use quorate_dynamodb::conformance::{cases, Fixture};
 use quorate_dynamodb::cut_proxy::{Cut, CutProxy};
 use quorate_dynamodb::item::{PK, RECENT, VERSION, WRITTEN_AT};
+
+const MAX_RECENT: usize = 32;
 use quorate_dynamodb::{
     Backend, Client, ClientConfig, DynamoBackend, DynamoConfig, Error, IdempotencyKey, Mode,
     Precondition, ReadPolicy, Region, RegionClient, TxOp, Version, WriteOptions,
@@ -334,6 +336,130 @@ async fn outcomes_dropped_from_the_item_are_carried_first() {
         .await
         .unwrap();
     assert_eq!(r.version(), Some(Version(45)));
+    // A retry whose precondition still holds (`Any`) after its entry left
+    // the map: its outcome, not a second application.
+    let second = IdempotencyKey::new(&common::key("second")).unwrap();
+    let c2 = client
+        .write(
+            &session,
+            &key,
+            "46".into(),
+            Precondition::Any,
+            &options(&second),
+        )
+        .await
+        .unwrap();
+    for _ in 0..MAX_RECENT {
+        let k = IdempotencyKey::new(&common::key("pushing")).unwrap();
+        client
+            .write(&session, &key, "x".into(), Precondition::Any, &options(&k))
+            .await
+            .unwrap();
+    }
+    let item = raw(&endpoint, &key).await.unwrap();
+    assert!(!item[RECENT].as_m().unwrap().contains_key(second.as_str()));
+    let before = number(&item, VERSION);
+    let retried = client
+        .write(
+            &session,
+            &key,
+            "46".into(),
+            Precondition::Any,
+            &options(&second),
+        )
+        .await
+        .unwrap();
+    assert_eq!(retried, c2, "the Any retry returns its outcome");
+    let after = number(&raw(&endpoint, &key).await.unwrap(), VERSION);
+    assert_eq!(after, before, "and applies nothing");
+}
+
+/// A writer whose clock runs ahead sends a put that is held; a lookup from
+/// a process whose clock is behind it fences past the put's start all the
+/// same (the start was claimed before the put was sent), so the late put is
+/// refused. Fencing by the looking-up process's clock alone lets it commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_fences_past_a_clock_ahead() {
+    use quorate_dynamodb::{Mutation, WriteRequest};
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let upstream: SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
+    let proxy = CutProxy::start(upstream).await.unwrap();
+    let through = format!("http://{}", proxy.addr());
+    let ahead = mrsc([&through, &endpoint], "eu").await;
+    // The writer's clock: pushed two minutes ahead by an item written by a
+    // process further ahead still.
+    let elsewhere = common::key("mrsc-ahead-other");
+    let future = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        + 120_000_000_000;
+    common::sdk(&endpoint, "eu-west-1")
+        .put_item()
+        .table_name(common::TABLE)
+        .item(PK, AttributeValue::S(elsewhere.clone()))
+        .item(VERSION, AttributeValue::N("1".into()))
+        .item(WRITTEN_AT, AttributeValue::N(future.to_string()))
+        .item("writer", AttributeValue::S("eu".into()))
+        .item("value", AttributeValue::B(vec![1].into()))
+        .send()
+        .await
+        .unwrap();
+    let writer = Client::new(ahead.clone(), ClientConfig::default()).unwrap();
+    writer
+        .write(
+            &writer.session(),
+            &elsewhere,
+            "2".into(),
+            Precondition::IfVersion(Version(1)),
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    // The record, written now by a process on time.
+    let key = common::key("mrsc-ahead");
+    let plain = Client::new(
+        mrsc([&endpoint, &endpoint], "eu").await,
+        ClientConfig::default(),
+    )
+    .unwrap();
+    let c = plain
+        .write(
+            &plain.session(),
+            &key,
+            "before".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    // The writer's put, held.
+    let idem = IdempotencyKey::new(&common::key("ahead")).unwrap();
+    let value = quorate_dynamodb::Bytes::from("late");
+    let eu = Region::new("eu").unwrap();
+    proxy.arm(b"PutItem", Cut::Late);
+    let request = WriteRequest {
+        key: &key,
+        mutation: Mutation::Put(&value),
+        precondition: Precondition::IfVersion(c.version),
+        idempotency_key: Some(&idem),
+        region: &eu,
+        deadline: tokio::time::Instant::now() + Duration::from_secs(5),
+    };
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), ahead.write(&request)).await;
+    assert!(gave_up.is_err(), "the put was held");
+    // Another process, its clock two minutes behind the writer's.
+    let behind = mrsc([&endpoint, &endpoint], "us").await;
+    let us = Region::new("us").unwrap();
+    assert_eq!(behind.lookup(&us, &key, &idem).await.unwrap(), None);
+    proxy.release();
+    let delivered =
+        common::eventually(Duration::from_secs(10), || async { proxy.delivered() >= 1 }).await;
+    assert!(delivered, "the late put reached the table");
+    let item = raw(&endpoint, &key).await.unwrap();
+    assert_eq!(number(&item, VERSION), c.version.0, "the late put applied");
 }
 
 /// A put that reaches the table after its writer gave up and a lookup found
@@ -406,7 +532,20 @@ async fn a_late_put_after_a_lookup_is_refused_by_the_fence() {
             assert_eq!(r.version(), Some(c.version), "the late put applied");
             assert_eq!(&r.value.unwrap().value[..], b"before");
         }
-        // And the write's own retry now applies it, once.
+        // Looked up again: still nothing; sent again, applied once.
         assert_eq!(backend.lookup(&us, &key, &idem).await.unwrap(), None);
+        let again = backend
+            .write(&WriteRequest {
+                deadline: tokio::time::Instant::now() + Duration::from_secs(5),
+                ..request
+            })
+            .await
+            .unwrap();
+        let expected = if absent {
+            Version::FIRST
+        } else {
+            c.version.next()
+        };
+        assert_eq!(again.version, expected);
     }
 }

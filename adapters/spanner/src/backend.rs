@@ -35,10 +35,11 @@ pub struct SpannerConfig {
     pub table: String,
     /// How long idempotency rows are kept (a row deletion policy).
     pub idempotency_ttl: Duration,
-    /// Runs this process's read-write transactions one at a time. The
-    /// emulator supports one read-write transaction at a time and answers
-    /// others with errors a real instance does not give; set this against
-    /// the emulator.
+    /// Runs this process's read-write transactions on the database one at
+    /// a time, across every backend of the process that sets it (two
+    /// services in one process share the lock). The emulator supports one
+    /// read-write transaction at a time and answers others with errors a
+    /// real instance does not give; set this against the emulator.
     pub serialize_read_write: bool,
     /// The emulator's address, overriding `SPANNER_EMULATOR_HOST`.
     pub emulator_host: Option<String>,
@@ -74,6 +75,25 @@ impl SpannerConfig {
             native: Catalog::new(),
         })
     }
+}
+
+/// The process-wide lock of `serialize_read_write` for `database`.
+fn read_write_lock(database: &str) -> Arc<tokio::sync::Mutex<()>> {
+    type Locks = std::sync::Mutex<
+        std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
+    >;
+    static LOCKS: std::sync::OnceLock<Locks> = std::sync::OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    locks.retain(|_, l| l.strong_count() > 0);
+    if let Some(lock) = locks.get(database).and_then(std::sync::Weak::upgrade) {
+        return lock;
+    }
+    let lock = Arc::new(tokio::sync::Mutex::new(()));
+    locks.insert(database.to_owned(), Arc::downgrade(&lock));
+    lock
 }
 
 /// Where a [`SpannerBackend`]'s Google Cloud credentials come from.
@@ -157,7 +177,9 @@ struct Inner {
     sql: Statements,
     client: Spanner,
     reads: crate::directed::Sessions,
-    read_write: tokio::sync::Mutex<()>,
+    /// The lock of `serialize_read_write`, shared by the process's backends
+    /// on the same database.
+    read_write: Arc<tokio::sync::Mutex<()>>,
     /// The emulator's address when connected to one (the admin client of
     /// `create_tables` goes there too).
     emulator: Option<String>,
@@ -339,6 +361,7 @@ impl SpannerBackend {
         let client = Spanner::new(&config.database, client_config)
             .await
             .map_err(|e| client_error(e, Phase::Before))?;
+        let read_write = read_write_lock(&config.database);
         Ok(SpannerBackend {
             inner: Arc::new(Inner {
                 config,
@@ -352,7 +375,7 @@ impl SpannerBackend {
                 tables,
                 client,
                 reads,
-                read_write: tokio::sync::Mutex::new(()),
+                read_write,
                 emulator,
                 tokens,
             }),
@@ -1292,6 +1315,22 @@ impl Backend for SpannerBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backends_on_one_database_share_the_read_write_lock() {
+        let a = read_write_lock("projects/p/instances/i/databases/one");
+        let b = read_write_lock("projects/p/instances/i/databases/one");
+        let c = read_write_lock("projects/p/instances/i/databases/two");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        drop((a, b));
+        let again = read_write_lock("projects/p/instances/i/databases/one");
+        assert_eq!(
+            Arc::strong_count(&again),
+            1,
+            "a lock no backend holds is made anew"
+        );
+    }
 
     fn class(code: Code, phase: Phase) -> Retryability {
         classify(Status::new(code, "test"), phase).retryability()

@@ -68,6 +68,21 @@ fn default_ttl() -> Duration {
 }
 
 impl SpannerSettings {
+    /// Settings in code, every other field at its default.
+    pub fn new(database: &str, regions: &[&str], local: &str) -> SpannerSettings {
+        SpannerSettings {
+            database: database.to_owned(),
+            regions: regions.iter().map(|r| (*r).to_owned()).collect(),
+            local: local.to_owned(),
+            table: default_table(),
+            idempotency_ttl: default_ttl(),
+            serialize_read_write: false,
+            emulator_host: None,
+            credentials_file: None,
+            endpoint: None,
+        }
+    }
+
     /// The section `[spanner]` of `loader`.
     pub fn load(loader: &Loader) -> Result<SpannerSettings, SettingsError> {
         loader.section("spanner")
@@ -189,6 +204,19 @@ mod tests {
                 .vars(vars.iter().copied()),
         )?;
         SpannerConfig::from_settings(&s)
+    }
+
+    #[test]
+    fn settings_are_made_in_code_too() {
+        let mut s = SpannerSettings::new(
+            "projects/acme/instances/orders/databases/orders",
+            &["us-east4", "us-east1"],
+            "us-east1",
+        );
+        s.serialize_read_write = true;
+        let c = SpannerConfig::from_settings(&s).unwrap();
+        assert!(c.serialize_read_write);
+        assert_eq!(c.regions.len(), 2);
     }
 
     #[test]

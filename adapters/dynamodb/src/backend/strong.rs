@@ -13,11 +13,16 @@
 //! items), then dropped, so every committed write's outcome is in the
 //! item or in that table at every moment.
 //!
-//! A lookup that finds neither fences the record: it moves the item's
-//! write time to now without changing its version (an absent record gets
-//! a placeholder tombstone at version 0, which every reader takes as
-//! absent), so no attempt started before can still commit — every attempt
-//! is conditioned on a write time before its start.
+//! A lookup that finds neither fences the record: it moves the item's write
+//! time past now and past the latest attempt start the key's claim
+//! recorded, without changing its version (an absent record gets a
+//! placeholder tombstone at version 0, which every reader takes as absent),
+//! so no attempt sent before can still commit — every attempt is
+//! conditioned on a write time before its start, and its start is claimed
+//! before it is sent, so the fence holds whatever the clock of the process
+//! that looks up. A retry (the key was claimed before) also reads the
+//! idempotency table after the item, where outcomes moved out of the map
+//! are copied before they leave it.
 //!
 //! The idempotency key is also claimed for its record in the idempotency
 //! table (beside the read, in the same round trip), so that a key reused
@@ -28,10 +33,12 @@
 //! where MREC tables take one `TransactWriteItems`.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+};
 use quorate::{
     Committed, Error, IdempotencyKey, Point, Precondition, Region, Retryability, Version,
     WriteRequest,
@@ -39,10 +46,17 @@ use quorate::{
 
 use super::{classify, record_put, Base, DynamoBackend, Op, Recorded};
 use crate::item::{self, n, s, Item};
-use crate::native::Layout;
+use crate::native::{item_size, Layout};
 
 /// The most writes an item's `recent` map keeps.
 pub(crate) const MAX_RECENT: usize = 32;
+
+/// The bytes of one map entry beside its key and writer: the names `v`,
+/// `w`, `r` and two numbers of up to 21 digits, with room to spare.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// The bytes of the bookkeeping attributes other than the map, with room.
+const BOOKKEEPING_BYTES: usize = 256;
 
 /// One entry of an item's `recent` map.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,33 +198,63 @@ impl DynamoBackend {
     }
 
     /// Claims `idem` for the record `key` in the idempotency table, so that
-    /// a key reused for another record is refused as it is on MREC tables;
-    /// what the item already holds (a carried outcome) is left as it is.
+    /// a key reused for another record is refused as it is on MREC tables,
+    /// and records `start`, the start of the attempt about to be sent, so
+    /// that a lookup fences past it whatever its own clock says. What the
+    /// item already holds (a carried outcome) is left as it is. Whether
+    /// the key was claimed (or holds an outcome) before: a retry.
     async fn claim(
         &self,
         client: &aws_sdk_dynamodb::Client,
         key: &str,
         idem: &IdempotencyKey,
-    ) -> Result<(), Error> {
+        start: u64,
+    ) -> Result<bool, Error> {
         let sent = client
             .update_item()
             .table_name(&self.inner.idempotency_table)
             .key(item::PK, s(idem.as_str()))
-            .update_expression("SET #k = if_not_exists(#k, :key), #e = if_not_exists(#e, :expires)")
+            .update_expression(
+                "SET #k = if_not_exists(#k, :key), #e = if_not_exists(#e, :expires), #s = :start",
+            )
             .condition_expression("attribute_not_exists(pk) OR #k = :key")
             .expression_attribute_names("#k", item::RECORD_KEY)
             .expression_attribute_names("#e", item::EXPIRES_AT)
+            .expression_attribute_names("#s", item::STARTED)
             .expression_attribute_values(":key", s(key))
             .expression_attribute_values(":expires", n(self.expires_at()))
+            .expression_attribute_values(":start", n(start))
+            .return_values(ReturnValue::AllOld)
             .send()
             .await;
         match sent {
-            Ok(_) => Ok(()),
+            Ok(out) => Ok(out.attributes().is_some_and(|a| !a.is_empty())),
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
                 Err(super::reused(key, idem))
             }
             Err(e) => Err(classify(e, Op::Read)),
         }
+    }
+
+    /// The latest attempt start a claim of `idem` recorded.
+    async fn claimed_start(
+        &self,
+        client: &aws_sdk_dynamodb::Client,
+        idem: &IdempotencyKey,
+    ) -> Result<Option<u64>, Error> {
+        let out = client
+            .get_item()
+            .table_name(&self.inner.idempotency_table)
+            .key(item::PK, s(idem.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(e, Op::Read))?;
+        Ok(out
+            .item()
+            .and_then(|i| i.get(item::STARTED))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok()))
     }
 
     /// A single-record write on an MRSC table (see the module docs).
@@ -222,20 +266,18 @@ impl DynamoBackend {
     ) -> Result<Committed, Error> {
         let (layout, row) = self.route(request.key);
         let client = self.client(request.region)?;
-        let mut claimed = false;
+        let mut pause = Duration::from_millis(2);
+        let mut retry = false;
         loop {
-            let found = if claimed {
-                self.item_of(client, layout, row).await?
-            } else {
-                // The claim and the read are independent: one round trip.
-                let (claim, found) = tokio::join!(
-                    self.claim(client, request.key, idem),
-                    self.item_of(client, layout, row)
-                );
-                claim?;
-                claimed = true;
-                found?
-            };
+            // The claim (with this attempt's start) and the read are
+            // independent: one round trip.
+            let mut start = self.next_start();
+            let (claim, found) = tokio::join!(
+                self.claim(client, request.key, idem, start),
+                self.item_of(client, layout, row)
+            );
+            retry |= claim?;
+            let found = found?;
             if let Some(done) = found
                 .as_ref()
                 .map(|f| outcome_in(layout, f, idem))
@@ -244,6 +286,14 @@ impl DynamoBackend {
             {
                 // An earlier attempt of this write committed.
                 return Ok(done);
+            }
+            if retry {
+                // An earlier attempt may have committed and its entry been
+                // carried out of the map since: the carry came before the
+                // read that misses it.
+                if let Recorded::Outcome(done) = self.recorded(client, request.key, idem).await? {
+                    return Ok(done);
+                }
             }
             let base = match &found {
                 Some(f) => Base::of(&layout.fields(f))?,
@@ -256,27 +306,25 @@ impl DynamoBackend {
                 Precondition::IfVersion(v) => current == Some(v),
             };
             if !holds {
-                // Moved on by this write itself, whose entry was carried
-                // out of the map since?
-                if let Recorded::Outcome(done) = self.recorded(client, request.key, idem).await? {
-                    return Ok(done);
-                }
                 return Err(Error::Conflict {
                     key: request.key.to_owned(),
                     current,
                 });
             }
             // Starts follow the item's last write time (a later write, or
-            // a lookup's fence).
+            // a lookup's fence): a later one, claimed before it is sent.
             if let Some(w) = found
                 .as_ref()
                 .map(|f| layout.fields(f).written_at())
                 .transpose()?
                 .flatten()
             {
-                self.observe_start(w);
+                if w >= start {
+                    self.observe_start(w);
+                    start = self.next_start();
+                    retry |= self.claim(client, request.key, idem, start).await?;
+                }
             }
-            let start = self.next_start();
             let version = base.last().map_or(Version::FIRST, |v| v.next());
             // The map: this write, and the newest others within the TTL;
             // the ones dropped for room are carried into the idempotency
@@ -292,15 +340,38 @@ impl DynamoBackend {
                 .filter(|(_, e)| e.written_at >= horizon)
                 .collect();
             kept.sort_by_key(|(_, e)| std::cmp::Reverse(e.written_at));
-            if kept.len() >= MAX_RECENT {
-                let dropped = kept.split_off(MAX_RECENT - 1);
-                self.carry(client, request.key, &dropped).await?;
-            }
             let mine = Entry {
                 version,
                 written_at: start,
                 writer: request.region.as_str().to_owned(),
             };
+            // Room: at most MAX_RECENT entries, and the item within
+            // DynamoDB's limit with the map.
+            let mut dropped = if kept.len() >= MAX_RECENT {
+                kept.split_off(MAX_RECENT - 1)
+            } else {
+                Vec::new()
+            };
+            let entry_bytes = |k: &str, e: &Entry| k.len() + e.writer.len() + ENTRY_OVERHEAD;
+            let mut size = item_size(&record)
+                + BOOKKEEPING_BYTES
+                + layout.names.recent.len()
+                + entry_bytes(idem.as_str(), &mine)
+                + kept.iter().map(|(k, e)| entry_bytes(k, e)).sum::<usize>();
+            while size > item::MAX_ITEM_BYTES {
+                let Some(oldest) = kept.pop() else {
+                    return Err(Error::InvalidInput(format!(
+                        "an item of about {size} bytes with quorate's bookkeeping exceeds \
+                         DynamoDB's {}-byte item limit",
+                        item::MAX_ITEM_BYTES
+                    )));
+                };
+                size -= entry_bytes(&oldest.0, &oldest.1);
+                dropped.push(oldest);
+            }
+            if !dropped.is_empty() {
+                self.carry(client, request.key, &dropped).await?;
+            }
             let mut map: HashMap<String, AttributeValue> = kept
                 .iter()
                 .map(|(k, e)| (k.clone(), e.attribute()))
@@ -339,6 +410,8 @@ impl DynamoBackend {
                             e,
                         ));
                     }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
                 }
                 Err(e) => return Err(classify(e, Op::Write)),
             }
@@ -356,7 +429,8 @@ impl DynamoBackend {
         let (layout, row) = self.route(key);
         let client = self.client(region)?;
         let names = &layout.names;
-        for _ in 0..8 {
+        let mut pause = Duration::from_millis(2);
+        for _ in 0..12 {
             let found = self.item_of(client, layout, row).await?;
             if let Some(f) = &found {
                 if let Some(done) = outcome_in(layout, f, idem)? {
@@ -369,7 +443,12 @@ impl DynamoBackend {
                 Recorded::Many(_) => return Err(super::reused(key, idem)),
                 Recorded::Nothing | Recorded::Fence(_) => {}
             }
-            // The fence lies past the item's write time, so that it holds.
+            // The fence lies past every attempt's start (each claimed
+            // before it was sent) and past the item's write time, whatever
+            // this process's clock says.
+            if let Some(started) = self.claimed_start(client, idem).await? {
+                self.observe_start(started);
+            }
             if let Some(w) = found
                 .as_ref()
                 .map(|f| layout.fields(f).written_at())
@@ -419,7 +498,11 @@ impl DynamoBackend {
             match sent {
                 Ok(()) => {}
                 // The item changed in between: look again.
-                Err((Some(code), _)) if code == "ConditionalCheckFailedException" => continue,
+                Err((Some(code), _)) if code == "ConditionalCheckFailedException" => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                    continue;
+                }
                 Err((_, e)) => return Err(e),
             }
             // Fenced: no attempt started before can commit. One that

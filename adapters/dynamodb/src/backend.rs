@@ -1403,6 +1403,21 @@ enum Op {
     Write,
 }
 
+/// Whether an error's source chain says the request could not be signed
+/// (the client has no credentials).
+fn unsigned(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if text.contains("no identity resolver") || text.contains("failed to select an auth scheme")
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Whether an error's source chain says the connection was refused (nothing
 /// was sent).
 fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -1432,6 +1447,9 @@ where
     let code = e.code().map(str::to_owned);
     let retryability = match &e {
         SdkError::ConstructionFailure(_) => Retryability::Permanent,
+        // No credentials (no identity to sign with): nothing was sent, and
+        // sending again cannot help.
+        SdkError::DispatchFailure(_) if unsigned(&e) => Retryability::Permanent,
         SdkError::DispatchFailure(d) if refused(&e) || d.is_user() => Retryability::Retryable,
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
             after_send
@@ -1980,6 +1998,34 @@ mod tests {
         assert!(matches!(DynamoBackend::new(c), Err(Error::InvalidInput(_))));
         assert!(DynamoConfig::new("orders", "orders", vec![], "us").is_err());
         assert!(DynamoBackend::new(config()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_client_without_credentials_fails_permanently_naming_them() {
+        let mut c = config();
+        for rc in &mut c.regions {
+            rc.client = aws_sdk_dynamodb::Client::from_conf(
+                aws_sdk_dynamodb::Config::builder()
+                    .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+                    .region(aws_sdk_dynamodb::config::Region::new("eu-west-1"))
+                    .endpoint_url("http://127.0.0.1:9")
+                    .build(),
+            );
+        }
+        let b = DynamoBackend::new(c).unwrap();
+        let eu = Region::new("eu").unwrap();
+        let err = b.probe(&eu).await.unwrap_err();
+        assert_eq!(
+            err.retryability(),
+            Retryability::Permanent,
+            "{}",
+            err.report()
+        );
+        assert!(
+            err.report().to_string().contains("credentials"),
+            "{}",
+            err.report()
+        );
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::io::{BufReader, BufWriter, Write};
 use std::time::Instant;
 
 use quorate::history::check;
-use quorate::random::SplitMix64;
 
 const PROCESSES: u64 = 64;
 const KEYS: u64 = 10_000;
@@ -23,6 +22,23 @@ fn peak_rss_mb() -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// SplitMix64: a deterministic stream for the generated history.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn new(seed: u64) -> SplitMix64 {
+        SplitMix64(seed)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % bound
+    }
 }
 
 /// Rounds of 64 concurrent operations: reads see the state from before the

@@ -37,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -47,21 +48,26 @@ mod client;
 mod clock;
 mod collection;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod conformance;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod cut_proxy;
 #[cfg(feature = "drill")]
+#[cfg_attr(docsrs, doc(cfg(feature = "drill")))]
 pub mod drill;
 mod error;
 pub mod history;
 pub mod json;
 mod observe;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod paired;
 mod policy;
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod propagation;
-pub mod random;
+mod random;
 mod record;
 mod retry;
 mod routing;
@@ -95,6 +101,7 @@ pub use record::{
 pub use retry::{RetryBudget, RetryPolicy};
 pub use routing::Circuit;
 #[cfg(feature = "signed-tokens")]
+#[cfg_attr(docsrs, doc(cfg(feature = "signed-tokens")))]
 pub use session::SigningKey;
 pub use session::{
     Scope, Session, SessionFloor, SessionToken, TokenError, MAX_SCOPE_LEN, MAX_TOKEN_KEYS,

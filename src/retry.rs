@@ -51,7 +51,7 @@ impl RetryPolicy {
 
     /// The delay before retry number `retry` (1 = first retry): uniform in
     /// `[0, min(max, initial · 2^(retry-1))]` ("full jitter").
-    pub fn backoff(&self, retry: u32, rng: &mut SplitMix64) -> Duration {
+    pub(crate) fn backoff(&self, retry: u32, rng: &mut SplitMix64) -> Duration {
         let exp = retry.saturating_sub(1).min(31);
         let ceiling = self
             .initial_backoff

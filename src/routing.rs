@@ -178,8 +178,8 @@ impl Router {
             ]),
             clean: (0..n).map(|_| AtomicBool::new(true)).collect(),
             rtt: std::array::from_fn(|_| {
-                Padded(Mutex::new(
-                    (0..n).map(|_| Padded([Rtt::default(); 3])).collect(),
+                Padded::new(Mutex::new(
+                    (0..n).map(|_| Padded::new([Rtt::default(); 3])).collect(),
                 ))
             }),
             backoff: (0..n)
@@ -199,13 +199,13 @@ impl Router {
     /// The estimate of `kind` in `region`: this thread's shard's if it has
     /// one, else the mean of the shards that do.
     fn rtt_of(&self, region: usize, kind: Kind) -> Rtt {
-        let own = self.rtts(shard::current())[region].0[kind as usize];
+        let own = self.rtts(shard::current())[region][kind as usize];
         if own.known {
             return own;
         }
         let (mut sum, mut n) = (Rtt::default(), 0.0);
         for s in 0..SHARDS {
-            let r = self.rtts(s)[region].0[kind as usize];
+            let r = self.rtts(s)[region][kind as usize];
             if r.known {
                 sum.srtt += r.srtt;
                 sum.rttvar += r.rttvar;
@@ -298,7 +298,7 @@ impl Router {
 
     /// Records a successful attempt and its latency; closes the circuit.
     pub(crate) fn success(&self, region: usize, kind: Kind, latency: Duration) {
-        self.rtts(shard::current())[region].0[kind as usize].sample(latency.as_secs_f64() * 1e9);
+        self.rtts(shard::current())[region][kind as usize].sample(latency.as_secs_f64() * 1e9);
         let backoff = &self.backoff[region][kind as usize];
         if backoff.load(Ordering::Relaxed) != 0 {
             backoff.store(0, Ordering::Relaxed);

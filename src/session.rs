@@ -420,15 +420,26 @@ impl SigningKey {
         Ok(SigningKey(Arc::from(secret)))
     }
 
-    fn mac(&self, body: &[u8]) -> [u8; MAC_LEN] {
+    fn hmac(&self, body: &[u8]) -> hmac::Hmac<sha2::Sha256> {
         use hmac::Mac;
         let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0)
             .expect("HMAC accepts any key length");
         m.update(body);
-        let full = m.finalize().into_bytes();
+        m
+    }
+
+    fn mac(&self, body: &[u8]) -> [u8; MAC_LEN] {
+        use hmac::Mac;
+        let full = self.hmac(body).finalize().into_bytes();
         let mut out = [0; MAC_LEN];
         out.copy_from_slice(&full[..MAC_LEN]);
         out
+    }
+
+    /// Whether `tag` is the MAC of `body`, compared in constant time.
+    fn verify(&self, body: &[u8], tag: &[u8]) -> bool {
+        use hmac::Mac;
+        tag.len() == MAC_LEN && self.hmac(body).verify_truncated_left(tag).is_ok()
     }
 }
 
@@ -472,13 +483,7 @@ impl SessionToken {
             .len()
             .checked_sub(MAC_LEN)
             .ok_or(TokenError::BadSignature)?;
-        let expected = key.mac(&bytes[..body]);
-        // Constant-time comparison.
-        let diff = expected
-            .iter()
-            .zip(&bytes[body..])
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff != 0 {
+        if !key.verify(&bytes[..body], &bytes[body..]) {
             return Err(TokenError::BadSignature);
         }
         let (token, signature) = Self::parse(text, scope)?;

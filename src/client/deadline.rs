@@ -123,7 +123,7 @@ impl Deadlines {
         Deadlines {
             shared: Arc::new(Shared {
                 tick: tick.clamp(Duration::from_millis(1), Duration::from_millis(10)),
-                shards: std::array::from_fn(|_| Padded(Mutex::new(State::default()))),
+                shards: std::array::from_fn(|_| Padded::new(Mutex::new(State::default()))),
                 sweepers: Mutex::new(Vec::new()),
             }),
         }

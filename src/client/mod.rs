@@ -279,7 +279,7 @@ impl<B: Backend> Client<B> {
         let client = Client {
             inner: Arc::new(Inner {
                 capabilities: backend.capabilities(),
-                scopes: std::array::from_fn(|_| Padded(backend.scope().unshared())),
+                scopes: std::array::from_fn(|_| Padded::new(backend.scope().unshared())),
                 router: Router::new(
                     &topology,
                     BreakerConfig {

@@ -31,6 +31,7 @@
 
 mod check;
 pub mod cli;
+pub mod edn;
 mod record;
 
 use std::fmt;

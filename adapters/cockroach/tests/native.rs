@@ -18,10 +18,7 @@ struct Order {
 }
 
 fn table_name(what: &str) -> String {
-    format!(
-        "{what}_{:x}",
-        quorate_cockroach::random::process_entropy() & 0xff_ffff
-    )
+    format!("{what}_{:x}", run_id() & 0xff_ffff)
 }
 
 /// A team's existing table: its own columns, a row written before quorate.
@@ -548,4 +545,15 @@ async fn a_collection_is_queried_typed_under_its_policy() {
     assert_eq!(keys, ["k", "l"]);
     let filtered = mine.select("version = $1", &[&1i64]).await.unwrap();
     assert_eq!(filtered.rows.len(), 2);
+}
+
+/// A number of this test process's own, the same throughout it.
+fn run_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        nanos ^ (u64::from(std::process::id()) << 40)
+    })
 }

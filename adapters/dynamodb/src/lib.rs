@@ -52,6 +52,7 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -60,6 +61,7 @@ pub mod item;
 mod native;
 mod query;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod replicator;
 pub mod settings;
 
@@ -67,6 +69,7 @@ pub use aws_config;
 pub use aws_sdk_dynamodb;
 /// The DynamoDB Streams SDK the [`replicator`] reads with.
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub use aws_sdk_dynamodbstreams;
 pub use backend::{DynamoBackend, DynamoConfig, Home, Mode, RegionClient};
 pub use item::ItemError;

@@ -56,6 +56,7 @@
 //! `SpannerConfig::emulator_host`) and `serialize_read_write`: the
 //! emulator runs one read-write transaction at a time.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -63,10 +63,7 @@ async fn ddl(database: &str, statements: Vec<String>) {
 }
 
 fn table_name(what: &str) -> String {
-    format!(
-        "{what}_{:x}",
-        quorate_spanner::random::process_entropy() & 0xff_ffff
-    )
+    format!("{what}_{:x}", run_id() & 0xff_ffff)
 }
 
 /// A team's existing table, with a column of its own and a row written
@@ -672,4 +669,15 @@ async fn a_collection_is_queried_typed_under_its_policy() {
         .await
         .unwrap();
     assert_eq!(filtered.rows.len(), 2);
+}
+
+/// A number of this test process's own, the same throughout it.
+fn run_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        nanos ^ (u64::from(std::process::id()) << 40)
+    })
 }

@@ -84,7 +84,7 @@ pub async fn apply_delay(standby: &str, delay: Option<&str>) {
 }
 
 pub fn key(case: &str) -> String {
-    format!("{case}-{:x}", quorate_cockroach::random::process_entropy())
+    format!("{case}-{:x}", run_id())
 }
 
 /// The conformance suite's query path: `sql` (a read of one row's version,
@@ -109,4 +109,15 @@ pub fn sql_query_hook(
             }
         },
     )
+}
+
+/// A number of this test process's own, the same throughout it.
+fn run_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        nanos ^ (u64::from(std::process::id()) << 40)
+    })
 }

@@ -3,6 +3,13 @@
 //! An adapter maps a resolved plan onto its database and classifies its
 //! errors; everything else (policy enforcement, sessions, verification,
 //! retries, routing, metrics) is written once in [`Client`](crate::Client).
+//! The helpers an adapter needs beside the trait are here too:
+//! [`Catalog`] (collections mapped onto tables of the application's own),
+//! [`distinct_columns`], and the encoding of a multi-record write's
+//! versions ([`push_transaction_version`], [`decode_transaction_versions`],
+//! [`transaction_binding`]).
+
+pub use crate::catalog::{distinct_columns, Catalog};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -288,6 +295,80 @@ pub fn transaction_binding<'a>(keys: impl IntoIterator<Item = &'a str>) -> Strin
     format!("txn:{h:016x}")
 }
 
+/// The kind of request one attempt sends, for its trace span and the
+/// `db.client.operation.duration` histogram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DbOperation {
+    /// [`Backend::read`] (and queries).
+    Read,
+    /// [`Backend::write`].
+    Write,
+    /// [`Backend::transact`].
+    Transact,
+    /// [`Backend::lookup`] and [`Backend::lookup_transaction`].
+    Lookup,
+    /// [`Backend::probe`].
+    Probe,
+}
+
+impl DbOperation {
+    /// quorate's name for it (`read`, `write`, …), the default of
+    /// [`Backend::db_operation_name`].
+    pub fn label(self) -> &'static str {
+        match self {
+            DbOperation::Read => "read",
+            DbOperation::Write => "write",
+            DbOperation::Transact => "transact",
+            DbOperation::Lookup => "lookup",
+            DbOperation::Probe => "probe",
+        }
+    }
+}
+
+/// Where one attempt goes, in OpenTelemetry's database conventions
+/// (`db.namespace`, `db.collection.name`, `server.address`,
+/// `server.port`). Asked of the backend only when the attempt's span is
+/// recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DbTarget {
+    /// The database (PostgreSQL's database, Spanner's database path).
+    pub namespace: Option<String>,
+    /// The table.
+    pub collection: Option<String>,
+    /// The server's host name or address.
+    pub server_address: Option<String>,
+    /// The server's port.
+    pub server_port: Option<u16>,
+}
+
+impl DbTarget {
+    /// A target naming nothing yet.
+    pub fn new() -> DbTarget {
+        DbTarget::default()
+    }
+
+    /// With `db.namespace`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> DbTarget {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// With `db.collection.name`.
+    pub fn collection(mut self, collection: impl Into<String>) -> DbTarget {
+        self.collection = Some(collection.into());
+        self
+    }
+
+    /// With `server.address` and, when known, `server.port`.
+    pub fn server(mut self, address: impl Into<String>, port: Option<u16>) -> DbTarget {
+        self.server_address = Some(address.into());
+        self.server_port = port;
+        self
+    }
+}
+
 /// What a region reports about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Probe {
@@ -398,6 +479,27 @@ pub trait Backend: Send + Sync + 'static {
         keys: &[&str],
         idempotency_key: &IdempotencyKey,
     ) -> impl Future<Output = Result<Option<Transacted>, Error>> + Send;
+
+    /// `db.system.name` of this database in OpenTelemetry's conventions
+    /// (`postgresql`, `cockroachdb`, `aws.dynamodb`, `gcp.spanner`).
+    fn db_system(&self) -> &'static str {
+        "other_sql"
+    }
+
+    /// `db.operation.name` of an attempt of `op`: the database's own name
+    /// for the request it sends (`GetItem`, `TransactWriteItems`,
+    /// `SELECT`, `ExecuteSql`, …). By default quorate's
+    /// ([`DbOperation::label`]).
+    fn db_operation_name(&self, op: DbOperation) -> &'static str {
+        op.label()
+    }
+
+    /// Where an attempt of `op` on `key` (none for probes) through `region`
+    /// goes, for its span. Called only when the span is recorded.
+    fn db_target(&self, op: DbOperation, region: &Region, key: Option<&str>) -> DbTarget {
+        let _ = (op, region, key);
+        DbTarget::new()
+    }
 
     /// Asks a region for its clock and replica lag.
     fn probe(&self, region: &Region) -> impl Future<Output = Result<Probe, Error>> + Send;

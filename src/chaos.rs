@@ -357,6 +357,23 @@ impl<B: Backend> Backend for Chaos<B> {
         self.inner.home_region(key)
     }
 
+    fn db_system(&self) -> &'static str {
+        self.inner.db_system()
+    }
+
+    fn db_operation_name(&self, op: crate::DbOperation) -> &'static str {
+        self.inner.db_operation_name(op)
+    }
+
+    fn db_target(
+        &self,
+        op: crate::DbOperation,
+        region: &Region,
+        key: Option<&str>,
+    ) -> crate::DbTarget {
+        self.inner.db_target(op, region, key)
+    }
+
     async fn read(&self, plan: &ReadPlan<'_>) -> Result<Read<Bytes>, Error> {
         self.enter(plan.region).await?;
         let read = self.inner.read(plan).await?;

@@ -117,7 +117,31 @@ pub const DEFAULT_UPDATE_ATTEMPTS: u32 = 8;
 
 /// A typed handle on the records named `<name>/<key>`, in one session.
 ///
-/// Values are stored as JSON.
+/// Values are stored as JSON. The data class is a type: a [`Critical`]
+/// collection reads only with a [`StrictRead`](crate::StrictRead), so a
+/// stale read of it does not compile; a [`Peripheral`] one may opt into
+/// bounded staleness.
+///
+/// ```
+/// use quorate::sim::{Sim, SimConfig};
+/// use quorate::{Client, ClientConfig, Critical, Peripheral, Precondition, ReadPolicy, StrictRead};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), quorate::Error> {
+/// let sim = Sim::new(SimConfig::new(["eu", "us"])?)?;
+/// let client = Client::new(sim.at("us")?, ClientConfig::default())?;
+/// let session = client.session();
+/// let balances = client.collection::<u64, Critical>("balances", &session)?;
+/// let created = balances.put("acct:7", &100, Precondition::IfAbsent).await?;
+/// // A read-modify-write, conditional on the version it read.
+/// let moved = balances.update("acct:7", |b| b.map_or(0, |b| b - 30)).await?;
+/// assert!(moved.version > created.version);
+/// assert_eq!(balances.get_with("acct:7", StrictRead::Strong).await?.value.map(|v| v.value), Some(70));
+///
+/// let feed = client.collection::<String, Peripheral>("feed", &session)?;
+/// let _maybe_stale = feed.get_with("latest", "bounded:5000".parse::<ReadPolicy>()?).await?;
+/// # Ok(()) }
+/// ```
 pub struct Collection<T, C: DataClass, B> {
     client: Client<B>,
     session: Session,

@@ -16,8 +16,28 @@
 //! - Every [`Read`] reports its [`Freshness`]: where it was served and how
 //!   stale it may be. A read that misses its policy is escalated.
 //!
-//! Adapters implement [`Backend`]; the embedded simulator ([`sim`]) is one,
-//! and [`chaos`] injects faults around any of them.
+//! ## Getting started
+//!
+//! Add the adapter of your database; each re-exports this crate, so it is
+//! the one dependency:
+//!
+//! ```sh
+//! cargo add quorate-cockroach   # CockroachDB, or PostgreSQL with hot standbys
+//! cargo add quorate-dynamodb    # DynamoDB global tables (MREC and MRSC)
+//! cargo add quorate-spanner     # Cloud Spanner
+//! ```
+//!
+//! Build its backend from its configuration (or from settings: see
+//! [`settings`]), make a [`Client`] over it, and read and write through
+//! sessions and typed [`Collection`]s, as below on the embedded simulator.
+//!
+//! The crate's modules separate three audiences: the application API at the
+//! root (with [`settings`] and, over HTTP, `propagation`); the contract an
+//! adapter implements in [`backend`]; and test tooling — the simulator
+//! ([`sim`]), fault injection ([`chaos`]), the drills (`drill`), histories
+//! and their checker ([`history`]), and, under the `testing` feature, the
+//! conformance suite and a proxy that loses exchanges. The embedded
+//! simulator is itself a [`Backend`].
 //!
 //! ```
 //! use quorate::sim::{Sim, SimConfig};
@@ -41,7 +61,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod backend;
+pub mod backend;
 mod catalog;
 pub mod chaos;
 mod client;
@@ -78,10 +98,17 @@ pub mod sim;
 mod topology;
 
 pub use backend::{
-    decode_transaction_versions, push_transaction_version, transaction_binding, Backend,
-    Capabilities, IdempotencyKey, Probe, ReadPlan, TransactRequest, Transacted, TxAction, TxOp,
-    WriteRequest, MAX_IDEMPOTENCY_KEY, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_RECORDS,
+    Backend, IdempotencyKey, Transacted, TxOp, MAX_IDEMPOTENCY_KEY, MAX_TRANSACTION_BYTES,
+    MAX_TRANSACTION_RECORDS,
 };
+// The backend-implementer API, documented in `quorate::backend`; also at the
+// root for the adapters' sake.
+#[doc(hidden)]
+pub use backend::{
+    decode_transaction_versions, push_transaction_version, transaction_binding, Capabilities,
+    DbOperation, DbTarget, Probe, ReadPlan, TransactRequest, TxAction, WriteRequest,
+};
+#[doc(hidden)]
 pub use catalog::{distinct_columns, Catalog};
 pub use client::{
     Client, ClientConfig, Hedge, Queried, QueryPlan, RegionHealth, ShownPoint, Transaction, Verify,

@@ -14,6 +14,11 @@ use crate::topology::Topology;
 pub mod names {
     /// Counter: reads served, by `policy`, `region` and `role`.
     pub const READS: &str = "quorate_reads_total";
+    /// Histogram: how long each attempt against the database took, in
+    /// seconds, by `db.system.name`, `db.operation.name` and, when it
+    /// failed, `error.type` (OpenTelemetry's database client metric;
+    /// Prometheus shows it as `db_client_operation_duration_seconds`).
+    pub const OPERATION_DURATION: &str = "db.client.operation.duration";
     /// Counter: reads re-served at a stronger replica because the first
     /// answer missed its policy, by `policy` and `reason`.
     pub const ESCALATIONS: &str = "quorate_escalations_total";
@@ -75,7 +80,12 @@ fn reason_index(reason: &str) -> usize {
 /// Registers each metric's help text (Prometheus `# HELP`) and unit with
 /// the installed recorder.
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, Unit};
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_histogram!(
+        names::OPERATION_DURATION,
+        Unit::Seconds,
+        "Duration of each attempt against the database, by db.system.name, db.operation.name and error.type."
+    );
     describe_counter!(names::READS, "Reads served, by policy, region and role.");
     describe_counter!(
         names::ESCALATIONS,

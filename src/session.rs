@@ -132,6 +132,23 @@ pub enum TokenError {
 /// therefore already folded into the point: a replica that covers the point
 /// shows that key at least at the version the session saw, so the session's
 /// guarantees hold for any number of keys.
+///
+/// Its text form (base64url, versioned) travels between services; decoding
+/// checks the scope and refuses anything malformed with a typed error:
+///
+/// ```
+/// use quorate::{Scope, SessionToken, TokenError};
+///
+/// let scope = Scope::new("orders-cluster")?;
+/// let token = SessionToken::new(scope.clone());
+/// let text = token.encode();
+/// assert_eq!(SessionToken::decode(&text, &scope)?, token);
+///
+/// let other = Scope::new("billing-cluster")?;
+/// assert!(matches!(SessionToken::decode(&text, &other), Err(TokenError::WrongScope { .. })));
+/// assert!(SessionToken::decode("not a token", &scope).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionToken {
     scope: Scope,
@@ -567,6 +584,26 @@ pub(crate) fn key_hash(key: &str) -> u64 {
 /// others. Create one with [`Client::session`](crate::Client::session) or
 /// resume one from a token another service sent with
 /// [`Client::resume_session`](crate::Client::resume_session).
+///
+/// ```
+/// use quorate::sim::{Sim, SimConfig};
+/// use quorate::{Client, ClientConfig, Precondition, ReadPolicy, WriteOptions};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), quorate::Error> {
+/// let sim = Sim::new(SimConfig::new(["eu", "us"])?)?;
+/// let client = Client::new(sim.at("us")?, ClientConfig::default())?;
+/// let session = client.session();
+/// let handler = session.clone(); // shares the progress, not a copy of it
+/// let c = client
+///     .write(&handler, "cart:9", "book".into(), Precondition::IfAbsent, &WriteOptions::default())
+///     .await?;
+/// // What one clone wrote, every clone reads (or better).
+/// let read = client.read(&session, "cart:9", ReadPolicy::Session).await?;
+/// assert_eq!(read.version(), Some(c.version));
+/// assert!(session.token().version_of("cart:9") >= Some(c.version));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Session {
     token: Arc<Mutex<SessionToken>>,

@@ -59,6 +59,16 @@ async fn the_endpoint_serves_every_metric() {
         body.contains(r#"quorate_ambiguous_commits_resolved_total{outcome="applied"}"#),
         "{body}"
     );
+    // OpenTelemetry's database client histogram, Prometheus-named.
+    assert!(
+        body.contains(r#"db_client_operation_duration_count{db_system_name="other_sql",db_operation_name="read"}"#),
+        "{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("# HELP db_client_operation_duration ")),
+        "db_client_operation_duration has no # HELP line"
+    );
     // Every family has its help text (promtool's check).
     for name in [
         quorate::metric_names::READS,

@@ -17,10 +17,10 @@ use tokio::time::Instant;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::backend::{Backend, Capabilities, IdempotencyKey, ReadPlan, WriteRequest};
+use crate::backend::{Backend, Capabilities, DbOperation, IdempotencyKey, ReadPlan, WriteRequest};
 use crate::clock::{Clock, ClockGuard, SystemClock};
 use crate::error::{Error, Retryability};
-use crate::observe::Metrics;
+use crate::observe::{self, Metrics};
 use crate::policy::ReadPolicy;
 use crate::random::SplitMix64;
 use crate::record::{Committed, Mutation, Point, Precondition, Read, ReplicaRole};
@@ -477,7 +477,91 @@ impl<B: Backend> Client<B> {
     /// straight into the bounded future, so that its (possibly large) state
     /// is stored once. `started` is when the attempt starts (an operation's
     /// first attempt passes the operation's own start, read once).
+    #[allow(clippy::too_many_arguments)]
     async fn attempt<T, F>(
+        &self,
+        started: Instant,
+        region: usize,
+        kind: Kind,
+        timestamps: bool,
+        deadline: Instant,
+        (op, key): (DbOperation, Option<&str>),
+        request: impl FnOnce() -> F,
+    ) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = Result<T, Error>>,
+    {
+        let inner = &*self.inner;
+        // The attempt's CLIENT span, in OpenTelemetry's database
+        // conventions, under the operation's `quorate.*` span.
+        let operation = inner.backend.db_operation_name(op);
+        let system = inner.backend.db_system();
+        let span = tracing::info_span!(
+            "quorate.attempt",
+            otel.name = operation,
+            otel.kind = "client",
+            db.system.name = system,
+            db.operation.name = operation,
+            db.namespace = Empty,
+            db.collection.name = Empty,
+            server.address = Empty,
+            server.port = Empty,
+            db.response.status_code = Empty,
+            error.type = Empty,
+            quorate.region = Empty,
+        );
+        if !span.is_disabled() {
+            let region_name = inner.router.region(region);
+            let target = inner.backend.db_target(op, region_name, key);
+            span.record("quorate.region", region_name.as_str());
+            if let Some(n) = &target.namespace {
+                span.record("db.namespace", n.as_str());
+            }
+            if let Some(c) = &target.collection {
+                span.record("db.collection.name", c.as_str());
+                span.record("otel.name", format!("{operation} {c}"));
+            }
+            if let Some(a) = &target.server_address {
+                span.record("server.address", a.as_str());
+            }
+            if let Some(p) = target.server_port {
+                span.record("server.port", p);
+            }
+        }
+        let result = self
+            .attempt_inner(started, region, kind, timestamps, deadline, request)
+            .instrument(span.clone())
+            .await;
+        let error_type = result
+            .as_ref()
+            .err()
+            .map(|e| e.code().unwrap_or(e.reason()));
+        if let Err(e) = &result {
+            if let Some(code) = e.code() {
+                span.record("db.response.status_code", code);
+            }
+            span.record("error.type", e.code().unwrap_or(e.reason()));
+        }
+        let elapsed = (Instant::now() - started).as_secs_f64();
+        match error_type {
+            None => metrics::histogram!(
+                observe::names::OPERATION_DURATION,
+                "db.system.name" => system,
+                "db.operation.name" => operation
+            )
+            .record(elapsed),
+            Some(t) => metrics::histogram!(
+                observe::names::OPERATION_DURATION,
+                "db.system.name" => system,
+                "db.operation.name" => operation,
+                "error.type" => t.to_owned()
+            )
+            .record(elapsed),
+        }
+        result
+    }
+
+    async fn attempt_inner<T, F>(
         &self,
         started: Instant,
         region: usize,

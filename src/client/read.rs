@@ -140,7 +140,7 @@ impl<B: Backend> Client<B> {
         key: &str,
         policy: ReadPolicy,
     ) -> Result<Read<Bytes>, Error> {
-        let span = tracing::debug_span!(
+        let span = tracing::info_span!(
             "quorate.read",
             db.operation.name = "read",
             quorate.policy = policy.label(),
@@ -232,9 +232,15 @@ impl<B: Backend> Client<B> {
             } else {
                 let kind = read_kind(leader);
                 let r = self
-                    .attempt(started, region_index, kind, leader, deadline, || {
-                        inner.backend.read(&plan)
-                    })
+                    .attempt(
+                        started,
+                        region_index,
+                        kind,
+                        leader,
+                        deadline,
+                        (DbOperation::Read, Some(plan.key)),
+                        || inner.backend.read(&plan),
+                    )
                     .await;
                 (r, region_index)
             };
@@ -408,6 +414,7 @@ impl<B: Backend> Client<B> {
                     read_kind(leader),
                     leader,
                     deadline,
+                    (DbOperation::Read, Some(plan.key)),
                     || inner.backend.read(plan),
                 )
                 .await;
@@ -420,6 +427,7 @@ impl<B: Backend> Client<B> {
             read_kind(leader),
             leader,
             deadline,
+            (DbOperation::Read, Some(plan.key)),
             || inner.backend.read(plan),
         );
         tokio::pin!(primary);
@@ -441,9 +449,15 @@ impl<B: Backend> Client<B> {
             region: inner.router.region(second),
             ..plan.clone()
         };
-        let secondary = self.attempt(Instant::now(), second, kind, leader, deadline, || {
-            inner.backend.read(&second_plan)
-        });
+        let secondary = self.attempt(
+            Instant::now(),
+            second,
+            kind,
+            leader,
+            deadline,
+            (DbOperation::Read, Some(second_plan.key)),
+            || inner.backend.read(&second_plan),
+        );
         tokio::pin!(secondary);
         let acceptable = |r: &Result<Read<Bytes>, Error>, region: usize| matches!(r, Ok(read) if matches!(self.check(plan.policy, floor, read, region), Check::Accept));
         let mut first_outcome = None;
@@ -592,7 +606,7 @@ impl<B: Backend> Client<B> {
         F: FnMut(QueryPlan<'_>) -> Fut,
         Fut: std::future::Future<Output = Result<(T, crate::Freshness), Error>>,
     {
-        let span = tracing::debug_span!(
+        let span = tracing::info_span!(
             "quorate.query",
             db.operation.name = "query",
             quorate.policy = policy.label(),
@@ -657,9 +671,15 @@ impl<B: Backend> Client<B> {
                 };
                 let started = if attempt == 1 { start } else { Instant::now() };
                 let result = self
-                    .attempt(started, region_index, read_kind(leader), leader, deadline, || {
-                        run(plan)
-                    })
+                    .attempt(
+                        started,
+                        region_index,
+                        read_kind(leader),
+                        leader,
+                        deadline,
+                        (DbOperation::Read, None),
+                        || run(plan),
+                    )
                     .await;
                 let error = match result {
                     Ok((rows, freshness)) => {

@@ -55,7 +55,7 @@ impl<B: Backend> Client<B> {
         ops: &[TxOp<'_>],
         options: &WriteOptions,
     ) -> Result<Transacted, Error> {
-        let span = tracing::debug_span!(
+        let span = tracing::info_span!(
             "quorate.transact",
             db.operation.name = "transact",
             quorate.records = ops.len(),
@@ -183,6 +183,10 @@ struct Many<'a, 'o> {
 
 impl<B: Backend> Logical<B> for Many<'_, '_> {
     type Outcome = Transacted;
+
+    fn operation(&self) -> DbOperation {
+        DbOperation::Transact
+    }
 
     fn key(&self) -> &str {
         self.keys[0]

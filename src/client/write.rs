@@ -147,7 +147,7 @@ impl<B: Backend> Client<B> {
         } else {
             "write"
         };
-        let span = tracing::debug_span!(
+        let span = tracing::info_span!(
             "quorate.write",
             db.operation.name = operation,
             quorate.region = Empty,
@@ -234,9 +234,15 @@ impl<B: Backend> Client<B> {
             let region = inner.router.region(region_index);
             let sent = if attempt == 1 { start } else { Instant::now() };
             let result = self
-                .attempt(sent, region_index, Kind::Write, true, deadline, || {
-                    write.send(&inner.backend, region, idem, deadline)
-                })
+                .attempt(
+                    sent,
+                    region_index,
+                    Kind::Write,
+                    true,
+                    deadline,
+                    (write.operation(), Some(write.key())),
+                    || write.send(&inner.backend, region, idem, deadline),
+                )
                 .await;
             let error = match result {
                 Ok(committed) => {
@@ -389,6 +395,7 @@ impl<B: Backend> Client<B> {
                     Kind::Write,
                     true,
                     deadline,
+                    (DbOperation::Lookup, Some(write.key())),
                     || write.look_up(&inner.backend, region, idem),
                 )
                 .await;
@@ -528,9 +535,15 @@ impl<B: Backend> Client<B> {
                             deadline,
                         };
                         let read = self
-                            .attempt(Instant::now(), serving, kind, leader, deadline, || {
-                                inner.backend.read(&plan)
-                            })
+                            .attempt(
+                                Instant::now(),
+                                serving,
+                                kind,
+                                leader,
+                                deadline,
+                                (DbOperation::Read, Some(plan.key)),
+                                || inner.backend.read(&plan),
+                            )
                             .await;
                         let visible = read.is_ok_and(|read| {
                             // A leader whose clock the guard distrusts
@@ -594,6 +607,9 @@ pub(crate) trait Logical<B: Backend>: Sync {
     /// What it commits.
     type Outcome: Send;
 
+    /// The kind of request its attempts send.
+    fn operation(&self) -> DbOperation;
+
     /// The key whose home region the write goes to where writes go to a
     /// key's home (every record of a multi-record write shares it), and
     /// that names the write in errors.
@@ -629,6 +645,10 @@ struct One<'a> {
 
 impl<B: Backend> Logical<B> for One<'_> {
     type Outcome = Committed;
+
+    fn operation(&self) -> DbOperation {
+        DbOperation::Write
+    }
 
     fn key(&self) -> &str {
         self.key

@@ -460,6 +460,23 @@ fn expected_base(op: &Op, key_has_deletes: bool) -> Option<u64> {
 }
 
 /// Reads a JSON Lines history and checks it against every rule.
+///
+/// ```
+/// use quorate::history::check;
+///
+/// // Process 1 wrote version 1 and later read the key as absent: a stale
+/// // read (and a read-your-writes violation).
+/// let history = r#"
+/// {"process":1,"type":"invoke","op":"cas","key":"a","expect":0,"time":1}
+/// {"process":1,"type":"ok","op":"cas","key":"a","version":1,"time":2}
+/// {"process":1,"type":"invoke","op":"read","key":"a","policy":"session","time":3}
+/// {"process":1,"type":"ok","op":"read","key":"a","version":0,"time":4}
+/// "#;
+/// let report = check(history.as_bytes())?;
+/// assert!(report.total() > 0);
+/// assert!(report.render().contains("read-your-writes"));
+/// # Ok::<(), quorate::history::HistoryError>(())
+/// ```
 pub fn check(input: impl BufRead) -> Result<Report, HistoryError> {
     let mut b = Builder::default();
     parse(input, &mut b)?;

@@ -1558,6 +1558,24 @@ fn record_of(e: Option<Entry>) -> (Option<Versioned<Bytes>>, Option<crate::Versi
 }
 
 impl Backend for Sim {
+    /// The simulator's records live in one table per region's node, the
+    /// node named after its region.
+    fn db_target(
+        &self,
+        op: crate::DbOperation,
+        region: &Region,
+        key: Option<&str>,
+    ) -> crate::DbTarget {
+        let target = crate::DbTarget::new()
+            .namespace("quorate-sim")
+            .server(region.as_str(), None);
+        match (op, key) {
+            (crate::DbOperation::Lookup, _) => target.collection("idempotency"),
+            (_, Some(_)) => target.collection("records"),
+            _ => target,
+        }
+    }
+
     fn scope(&self) -> &Scope {
         &self.shared.config.scope
     }

@@ -996,6 +996,55 @@ impl Backend for PgBackend {
         &self.inner.config.scope
     }
 
+    fn db_system(&self) -> &'static str {
+        match self.inner.config.dialect {
+            Dialect::Postgres => "postgresql",
+            Dialect::Cockroach => "cockroachdb",
+        }
+    }
+
+    fn db_operation_name(&self, op: quorate::DbOperation) -> &'static str {
+        match op {
+            quorate::DbOperation::Read
+            | quorate::DbOperation::Lookup
+            | quorate::DbOperation::Probe => "SELECT",
+            // A conditional UPDATE (or INSERT) with its idempotency row.
+            quorate::DbOperation::Write => "UPDATE",
+            _ => "BATCH",
+        }
+    }
+
+    fn db_target(
+        &self,
+        op: quorate::DbOperation,
+        region: &Region,
+        key: Option<&str>,
+    ) -> quorate::DbTarget {
+        let mut target = quorate::DbTarget::new();
+        if let Some(key) = key.filter(|_| op != quorate::DbOperation::Lookup) {
+            target = target.collection(self.inner.sql.route(key).0.tables.records.as_str());
+        }
+        // The first server of the region (the one a request most likely
+        // reaches; standbys of a region share a database).
+        let parsed = self
+            .inner
+            .config
+            .endpoints
+            .iter()
+            .find(|e| &e.region == region)
+            .and_then(|e| crate::tls::split(&e.connection).ok())
+            .and_then(|t| tokio_postgres::Config::from_str(&t.rest).ok());
+        if let Some(c) = parsed {
+            if let Some(db) = c.get_dbname() {
+                target = target.namespace(db);
+            }
+            if let Some(tokio_postgres::config::Host::Tcp(host)) = c.get_hosts().first() {
+                target = target.server(host.clone(), c.get_ports().first().copied());
+            }
+        }
+        target
+    }
+
     /// PostgreSQL's points are WAL positions, shown as PostgreSQL shows
     /// them (`0/3000060`); CockroachDB's are HLC timestamps, shown as
     /// CockroachDB shows them (`1700000000123456789.0000000002`).
@@ -2335,6 +2384,45 @@ impl PgBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn attempts_name_their_database_table_and_server() {
+        let region = |r: &str| Region::new(r).unwrap();
+        let config = PgConfig::new(
+            "orders",
+            Dialect::Postgres,
+            vec![
+                Endpoint {
+                    region: region("eu"),
+                    role: Role::Primary,
+                    connection: "host=db-eu port=5433 user=app password=s3cret dbname=orders sslmode=disable".into(),
+                },
+                Endpoint {
+                    region: region("us"),
+                    role: Role::Standby,
+                    connection: "postgresql://app@db-us:5434/orders?sslmode=disable".into(),
+                },
+            ],
+            "us",
+        )
+        .unwrap();
+        let b = PgBackend::new(config).unwrap();
+        assert_eq!(b.db_system(), "postgresql");
+        assert_eq!(b.db_operation_name(quorate::DbOperation::Read), "SELECT");
+        let t = b.db_target(quorate::DbOperation::Read, &region("eu"), Some("k"));
+        assert_eq!(t.namespace.as_deref(), Some("orders"));
+        assert_eq!(t.collection.as_deref(), Some("quorate_records"));
+        assert_eq!(
+            (t.server_address.as_deref(), t.server_port),
+            (Some("db-eu"), Some(5433))
+        );
+        let t = b.db_target(quorate::DbOperation::Read, &region("us"), Some("k"));
+        assert_eq!(
+            (t.server_address.as_deref(), t.server_port),
+            (Some("db-us"), Some(5434))
+        );
+        assert!(!format!("{t:?}").contains("s3cret"));
+    }
 
     #[test]
     fn a_postgresql_commit_reads_the_commit_point_right_after_it() {

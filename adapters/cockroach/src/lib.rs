@@ -39,6 +39,9 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+// Shadows `quorate::backend` (the implementer API) in the glob below: this
+// crate is the implementation, and applications do not need that module.
+#[allow(hidden_glob_reexports)]
 mod backend;
 mod execute;
 mod query;

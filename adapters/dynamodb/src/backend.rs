@@ -1523,6 +1523,36 @@ impl Backend for DynamoBackend {
         &self.inner.config.scope
     }
 
+    fn db_system(&self) -> &'static str {
+        "aws.dynamodb"
+    }
+
+    fn db_operation_name(&self, op: quorate::DbOperation) -> &'static str {
+        match op {
+            quorate::DbOperation::Write if self.inner.mode == Mode::Strong => "PutItem",
+            quorate::DbOperation::Write | quorate::DbOperation::Transact => "TransactWriteItems",
+            _ => "GetItem",
+        }
+    }
+
+    fn db_target(
+        &self,
+        op: quorate::DbOperation,
+        region: &Region,
+        key: Option<&str>,
+    ) -> quorate::DbTarget {
+        let table = match (op, key) {
+            (quorate::DbOperation::Lookup, _) => self.inner.idempotency_table.as_str(),
+            (_, Some(key)) => self.route(key).0.table.as_str(),
+            (_, None) => self.inner.config.table.as_str(),
+        };
+        let mut target = quorate::DbTarget::new().collection(table);
+        if let Some(aws) = self.client(region).ok().and_then(|c| c.config().region()) {
+            target = target.namespace(aws.to_string());
+        }
+        target
+    }
+
     fn topology(&self) -> &Topology {
         &self.inner.topology
     }
@@ -2026,6 +2056,27 @@ mod tests {
             "{}",
             err.report()
         );
+    }
+
+    #[test]
+    fn attempts_name_their_table() {
+        let b = DynamoBackend::new(config()).unwrap();
+        let eu = Region::new("eu").unwrap();
+        assert_eq!(b.db_system(), "aws.dynamodb");
+        assert_eq!(b.db_operation_name(quorate::DbOperation::Read), "GetItem");
+        assert_eq!(
+            b.db_operation_name(quorate::DbOperation::Write),
+            "TransactWriteItems"
+        );
+        let t = b.db_target(quorate::DbOperation::Write, &eu, Some("k"));
+        assert_eq!(t.collection.as_deref(), Some(b.table()));
+        assert_eq!(t.namespace.as_deref(), Some("eu-west-1"));
+        let t = b.db_target(quorate::DbOperation::Lookup, &eu, Some("k"));
+        assert_eq!(t.collection.as_deref(), Some(b.idempotency_table()));
+        let mut strong = config();
+        strong.mode = Mode::Strong;
+        let s = DynamoBackend::new(strong).unwrap();
+        assert_eq!(s.db_operation_name(quorate::DbOperation::Write), "PutItem");
     }
 
     #[test]

@@ -1032,6 +1032,49 @@ impl Backend for SpannerBackend {
         &self.inner.scope
     }
 
+    fn db_system(&self) -> &'static str {
+        "gcp.spanner"
+    }
+
+    fn db_operation_name(&self, op: quorate::DbOperation) -> &'static str {
+        match op {
+            quorate::DbOperation::Write | quorate::DbOperation::Transact => "Commit",
+            _ => "ExecuteSql",
+        }
+    }
+
+    fn db_target(
+        &self,
+        op: quorate::DbOperation,
+        _region: &Region,
+        key: Option<&str>,
+    ) -> quorate::DbTarget {
+        let mut target = quorate::DbTarget::new().namespace(self.inner.config.database.as_str());
+        match (op, key) {
+            (quorate::DbOperation::Lookup, _) => {
+                target = target.collection(self.inner.tables.idempotency.as_str());
+            }
+            (_, Some(key)) => {
+                target = target.collection(self.inner.sql.route(key).0.tables.records.as_str());
+            }
+            _ => {}
+        }
+        match &self.inner.emulator {
+            Some(host) => match host.rsplit_once(':') {
+                Some((h, p)) => target.server(h, p.parse().ok()),
+                None => target.server(host.as_str(), None),
+            },
+            None => target.server(
+                self.inner
+                    .config
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| "spanner.googleapis.com".into()),
+                Some(443),
+            ),
+        }
+    }
+
     fn topology(&self) -> &Topology {
         &self.inner.topology
     }

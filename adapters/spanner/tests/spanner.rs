@@ -498,3 +498,27 @@ async fn a_multi_record_commit_whose_exchange_is_lost_applies_once_and_whole() {
         versions = moved.versions;
     }
 }
+
+/// Each attempt's span names the database, the table and the server it
+/// goes to, in OpenTelemetry's database conventions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_name_their_database_table_and_server() {
+    use quorate_spanner::{Backend, DbOperation};
+    let Some((host, db)) = common::emulator() else {
+        return;
+    };
+    let backend = common::backend(&db, "us-east1").await;
+    let region = quorate_spanner::Region::new("us-east1").unwrap();
+    assert_eq!(backend.db_system(), "gcp.spanner");
+    assert_eq!(backend.db_operation_name(DbOperation::Write), "Commit");
+    let t = backend.db_target(DbOperation::Read, &region, Some("k"));
+    assert_eq!(t.namespace.as_deref(), Some(db.as_str()));
+    assert_eq!(t.collection.as_deref(), Some("quorate_records"));
+    let (h, p) = host.rsplit_once(':').unwrap();
+    assert_eq!(
+        (t.server_address.as_deref(), t.server_port),
+        (Some(h), p.parse().ok())
+    );
+    let t = backend.db_target(DbOperation::Lookup, &region, Some("k"));
+    assert_eq!(t.collection.as_deref(), Some("quorate_records_idempotency"));
+}

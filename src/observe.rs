@@ -4,11 +4,11 @@
 //! so that counting a read costs no allocation. Install a metrics recorder
 //! before creating clients. Values and credentials are never recorded.
 
-use metrics::{Counter, Gauge};
+use metrics::{Counter, Gauge, Histogram};
 
+use crate::backend::DbOperation;
 use crate::error::Error;
 use crate::policy::ReadPolicy;
-use crate::topology::Topology;
 
 /// Metric names, one constant each.
 pub mod names {
@@ -157,10 +157,47 @@ pub(crate) struct Metrics {
     clock_offset: Vec<Gauge>,
     clock_deviation: Vec<Gauge>,
     replica_lag: Vec<Gauge>,
+    /// `db.client.operation.duration` of successful attempts, by
+    /// [`DbOperation`] (failed ones carry their error type and are looked
+    /// up when they happen).
+    durations: [Histogram; 5],
+    system: &'static str,
+    operations: [&'static str; 5],
+}
+
+/// Every [`DbOperation`], in the order of [`op_index`].
+const OPERATIONS: [DbOperation; 5] = [
+    DbOperation::Read,
+    DbOperation::Write,
+    DbOperation::Transact,
+    DbOperation::Lookup,
+    DbOperation::Probe,
+];
+
+fn op_index(op: DbOperation) -> usize {
+    OPERATIONS.iter().position(|o| *o == op).unwrap_or(0)
 }
 
 impl Metrics {
-    pub(crate) fn new(topology: &Topology) -> Metrics {
+    /// Records one attempt's duration.
+    pub(crate) fn attempt(&self, op: DbOperation, seconds: f64, error_type: Option<&str>) {
+        let i = op_index(op);
+        match error_type {
+            None => self.durations[i].record(seconds),
+            Some(t) => metrics::histogram!(
+                names::OPERATION_DURATION,
+                "db.system.name" => self.system,
+                "db.operation.name" => self.operations[i],
+                "error.type" => t.to_owned()
+            )
+            .record(seconds),
+        }
+    }
+
+    pub(crate) fn new<B: crate::Backend>(backend: &B) -> Metrics {
+        let topology = backend.topology();
+        let system = backend.db_system();
+        let operations = OPERATIONS.map(|op| backend.db_operation_name(op));
         describe();
         let regions: Vec<_> = topology.regions().map(|r| r.shared()).collect();
         let reads = regions
@@ -174,6 +211,15 @@ impl Metrics {
             })
             .collect();
         Metrics {
+            durations: operations.map(|op| {
+                metrics::histogram!(
+                    names::OPERATION_DURATION,
+                    "db.system.name" => system,
+                    "db.operation.name" => op
+                )
+            }),
+            system,
+            operations,
             reads,
             escalations: POLICIES.map(|p| {
                 ESCALATION_REASONS.map(|(_, reason)| {

@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::backend::{Backend, Capabilities, DbOperation, IdempotencyKey, ReadPlan, WriteRequest};
 use crate::clock::{Clock, ClockGuard, SystemClock};
 use crate::error::{Error, Retryability};
-use crate::observe::{self, Metrics};
+use crate::observe::Metrics;
 use crate::policy::ReadPolicy;
 use crate::random::SplitMix64;
 use crate::record::{Committed, Mutation, Point, Precondition, Read, ReplicaRole};
@@ -291,7 +291,7 @@ impl<B: Backend> Client<B> {
                 deadlines: deadline::Deadlines::new(
                     config.min_attempt_timeout.min(config.attempt_timeout) / 10,
                 ),
-                metrics: Metrics::new(&topology),
+                metrics: Metrics::new(&backend),
                 budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_reserve)?,
                 guard: ClockGuard::new(
                     region_count,
@@ -542,22 +542,9 @@ impl<B: Backend> Client<B> {
             }
             span.record("error.type", e.code().unwrap_or(e.reason()));
         }
-        let elapsed = (Instant::now() - started).as_secs_f64();
-        match error_type {
-            None => metrics::histogram!(
-                observe::names::OPERATION_DURATION,
-                "db.system.name" => system,
-                "db.operation.name" => operation
-            )
-            .record(elapsed),
-            Some(t) => metrics::histogram!(
-                observe::names::OPERATION_DURATION,
-                "db.system.name" => system,
-                "db.operation.name" => operation,
-                "error.type" => t.to_owned()
-            )
-            .record(elapsed),
-        }
+        inner
+            .metrics
+            .attempt(op, (Instant::now() - started).as_secs_f64(), error_type);
         result
     }
 

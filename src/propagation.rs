@@ -166,12 +166,14 @@ where
     }
 }
 
-/// Client side: sends `session`'s token with each request and merges the
-/// token each response carries back.
+/// Client side: sends a session's token with each request and merges the
+/// token each response carries back into it. The session is the request's
+/// own when its extensions carry one (a service calling another on behalf
+/// of the request it serves), else the layer's.
 #[derive(Debug)]
 pub struct PropagateSessionLayer<B> {
     client: Client<B>,
-    session: Session,
+    session: Option<Session>,
 }
 
 impl<B> Clone for PropagateSessionLayer<B> {
@@ -184,9 +186,23 @@ impl<B> Clone for PropagateSessionLayer<B> {
 }
 
 impl<B: Backend> PropagateSessionLayer<B> {
-    /// Propagates `session`, whose tokens `client` encodes and decodes.
+    /// Propagates `session` (or a request's own), whose tokens `client`
+    /// encodes and decodes.
     pub fn new(client: Client<B>, session: Session) -> PropagateSessionLayer<B> {
-        PropagateSessionLayer { client, session }
+        PropagateSessionLayer {
+            client,
+            session: Some(session),
+        }
+    }
+
+    /// Propagates each request's own session, taken from its extensions
+    /// (where [`SessionLayer`] put the session of the request being
+    /// served); a request without one is sent without a token.
+    pub fn per_request(client: Client<B>) -> PropagateSessionLayer<B> {
+        PropagateSessionLayer {
+            client,
+            session: None,
+        }
     }
 }
 
@@ -234,14 +250,24 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let token = self.layer.client.encode_token(&self.layer.session);
-        if let Ok(value) = HeaderValue::from_str(&token) {
-            request.headers_mut().insert(SESSION_HEADER, value);
+        let session = request
+            .extensions()
+            .get::<Session>()
+            .cloned()
+            .or_else(|| self.layer.session.clone());
+        if let Some(session) = &session {
+            let token = self.layer.client.encode_token(session);
+            if let Ok(value) = HeaderValue::from_str(&token) {
+                request.headers_mut().insert(SESSION_HEADER, value);
+            }
         }
         let response = self.inner.call(request);
         let layer = self.layer.clone();
         Box::pin(async move {
             let response = response.await?;
+            let Some(session) = session else {
+                return Ok(response);
+            };
             if let Some(text) = response
                 .headers()
                 .get(SESSION_HEADER)
@@ -249,7 +275,7 @@ where
             {
                 match layer.client.decode_token(text) {
                     Ok(token) => {
-                        if let Err(e) = layer.session.merge(&token) {
+                        if let Err(e) = session.merge(&token) {
                             tracing::warn!(error = %e, "ignoring a session token of another scope");
                         }
                     }
@@ -260,5 +286,40 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+/// `Session` as an axum extractor (feature `axum`): the session of the
+/// request, which [`SessionLayer`] decoded from its token (a request
+/// without a token gets a new session). Without the layer installed the
+/// extractor answers `500` naming it.
+///
+/// ```no_run
+/// use axum::{routing::get, Router};
+/// use quorate::propagation::SessionLayer;
+/// use quorate::{Client, Session};
+///
+/// # fn demo<B: quorate::Backend + Clone>(client: Client<B>) {
+/// async fn whoami(session: Session) -> String {
+///     session.encode()
+/// }
+/// let app: Router = Router::new()
+///     .route("/whoami", get(whoami))
+///     .layer(SessionLayer::new(client));
+/// # }
+/// ```
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+impl<S: Send + Sync> axum_core::extract::FromRequestParts<S> for Session {
+    type Rejection = (StatusCode, &'static str);
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Session, Self::Rejection> {
+        parts.extensions.get::<Session>().cloned().ok_or((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "quorate::propagation::SessionLayer is not installed on this route",
+        ))
     }
 }

@@ -363,6 +363,15 @@ impl Loader {
                 .map(|(_, v)| v.clone())
                 .next()
                 .unwrap_or_else(|| origin.clone());
+            // A secret's value never shows, whatever serde says of it.
+            let secret = ["secret", "password", "token"]
+                .iter()
+                .any(|w| path.to_ascii_lowercase().contains(w));
+            let message = if secret {
+                "not a valid value (not shown: the field holds a secret)".to_owned()
+            } else {
+                redact(&e.into_inner().to_string())
+            };
             SettingsError {
                 field: if path.is_empty() {
                     name.to_owned()
@@ -370,7 +379,7 @@ impl Loader {
                     format!("{name}.{path}")
                 },
                 origin,
-                message: redact(&e.into_inner().to_string()),
+                message,
             }
         })
     }
@@ -896,6 +905,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(!e.to_string().contains("s3cret"), "{e}");
+        // A secret of the wrong type: serde would quote it.
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Keys {
+            secret_access_key: String,
+        }
+        let e = Loader::new()
+            .vars([("QUORATE__AWS__SECRET_ACCESS_KEY", "1234567890")])
+            .section::<Keys>("aws")
+            .unwrap_err();
+        assert_eq!(e.field, "aws.secret_access_key");
+        assert!(!e.to_string().contains("1234567890"), "{e}");
     }
 
     #[test]

@@ -226,6 +226,14 @@ async fn bad_tls_settings_and_untrusted_servers_are_typed_errors() {
         text.contains("certificate") || text.contains("TLS"),
         "the error does not say the certificate was refused: {e:?}"
     );
+    // Permanent at once (no retries until the deadline), code `tls`.
+    assert_eq!(e.code(), Some("tls"), "{}", e.report());
+    assert_eq!(
+        e.retryability(),
+        quorate_cockroach::Retryability::Permanent,
+        "{}",
+        e.report()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1409,7 +1409,15 @@ fn unsigned(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         let text = err.to_string();
-        if text.contains("no identity resolver") || text.contains("failed to select an auth scheme")
+        if text.contains("no identity resolver")
+            || text.contains("failed to select an auth scheme")
+            // The credentials chain found none (aws-config's default chain
+            // on a machine without credentials), or a provider failed.
+            || text.contains("credentials provider was not enabled")
+            || text.contains("failed to load credentials")
+            || text.contains("no providers in chain provided credentials")
+            || text.contains("failed to load identity")
+            || text.contains("identity resolver")
         {
             return true;
         }
@@ -2028,6 +2036,66 @@ mod tests {
         assert!(matches!(DynamoBackend::new(c), Err(Error::InvalidInput(_))));
         assert!(DynamoConfig::new("orders", "orders", vec![], "us").is_err());
         assert!(DynamoBackend::new(config()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_chain_that_finds_no_credentials_fails_permanently() {
+        use aws_credential_types::provider::{error::CredentialsError, future, ProvideCredentials};
+        /// The default chain on a machine without credentials.
+        #[derive(Debug)]
+        struct Nothing;
+        impl ProvideCredentials for Nothing {
+            fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+            where
+                Self: 'a,
+            {
+                future::ProvideCredentials::ready(Err(CredentialsError::not_loaded(
+                    "no providers in chain provided credentials",
+                )))
+            }
+        }
+        let mut c = config();
+        for rc in &mut c.regions {
+            rc.client = aws_sdk_dynamodb::Client::from_conf(
+                aws_sdk_dynamodb::Config::builder()
+                    .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+                    .region(aws_sdk_dynamodb::config::Region::new("eu-west-1"))
+                    .endpoint_url("http://127.0.0.1:9")
+                    .credentials_provider(Nothing)
+                    .build(),
+            );
+        }
+        let b = DynamoBackend::new(c).unwrap();
+        let eu = Region::new("eu").unwrap();
+        let err = b.probe(&eu).await.unwrap_err();
+        assert_eq!(
+            err.retryability(),
+            Retryability::Permanent,
+            "{}",
+            err.report()
+        );
+        assert!(
+            err.report().to_string().contains("credentials"),
+            "{}",
+            err.report()
+        );
+        // A write too: permanent, not ambiguous.
+        let value = Bytes::from("v");
+        let request = WriteRequest {
+            key: "k",
+            mutation: quorate::Mutation::Put(&value),
+            precondition: Precondition::IfAbsent,
+            idempotency_key: None,
+            region: &eu,
+            deadline: tokio::time::Instant::now() + Duration::from_secs(1),
+        };
+        let err = b.write(&request).await.unwrap_err();
+        assert_eq!(
+            err.retryability(),
+            Retryability::Permanent,
+            "{}",
+            err.report()
+        );
     }
 
     #[tokio::test]

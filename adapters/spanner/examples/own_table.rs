@@ -32,7 +32,17 @@ struct Stock {
 async fn existing_tables(database: &str) -> Result<(), Error> {
     use gcloud_googleapis::spanner::admin::database::v1::UpdateDatabaseDdlRequest;
     use quorate_spanner::gcloud_spanner::admin::{client::Client as Admin, AdminClientConfig};
-    let admin = Admin::new(AdminClientConfig::default())
+    // The emulator needs no credentials; Cloud Spanner takes your
+    // Application Default Credentials.
+    let config = if std::env::var_os("SPANNER_EMULATOR_HOST").is_some() {
+        AdminClientConfig::default()
+    } else {
+        AdminClientConfig::default()
+            .with_auth()
+            .await
+            .map_err(|e| Error::InvalidInput(format!("Spanner credentials: {e}")))?
+    };
+    let admin = Admin::new(config)
         .await
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
     let mut op = admin

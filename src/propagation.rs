@@ -105,6 +105,21 @@ fn public_reason(e: &Error) -> String {
     }
 }
 
+/// The session a request's token names (a new one without a token), or
+/// why the token cannot be used.
+fn request_session<B: Backend>(
+    client: &Client<B>,
+    headers: &http::HeaderMap,
+) -> Result<Session, String> {
+    match headers.get(SESSION_HEADER) {
+        None => Ok(client.session()),
+        Some(value) => value
+            .to_str()
+            .map_err(|_| "not visible ASCII".to_owned())
+            .and_then(|text| client.resume_session(text).map_err(|e| public_reason(&e))),
+    }
+}
+
 fn bad_request<Body: From<String>>(message: String) -> Response<Body> {
     let mut response = Response::new(Body::from(message));
     *response.status_mut() = StatusCode::BAD_REQUEST;
@@ -132,25 +147,11 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let session = match request.headers().get(SESSION_HEADER) {
-            None => self.client.session(),
-            Some(value) => {
-                let decoded = value
-                    .to_str()
-                    .map_err(|_| "not visible ASCII".to_owned())
-                    .and_then(|text| {
-                        self.client
-                            .resume_session(text)
-                            .map_err(|e| public_reason(&e))
-                    });
-                match decoded {
-                    Ok(session) => session,
-                    Err(why) => {
-                        let response =
-                            bad_request(format!("invalid {SESSION_HEADER} header: {why}\n"));
-                        return Box::pin(std::future::ready(Ok(response)));
-                    }
-                }
+        let session = match request_session(&self.client, request.headers()) {
+            Ok(session) => session,
+            Err(why) => {
+                let response = bad_request(format!("invalid {SESSION_HEADER} header: {why}\n"));
+                return Box::pin(std::future::ready(Ok(response)));
             }
         };
         request.extensions_mut().insert(session.clone());
@@ -321,5 +322,123 @@ impl<S: Send + Sync> axum_core::extract::FromRequestParts<S> for Session {
             StatusCode::INTERNAL_SERVER_ERROR,
             "quorate::propagation::SessionLayer is not installed on this route",
         ))
+    }
+}
+
+/// Server side for gRPC services (tonic's `Server::builder().layer(..)`):
+/// as [`SessionLayer`], the token travelling in the `quorate-session`
+/// metadata; a token that cannot be used is answered with the gRPC status
+/// `INVALID_ARGUMENT` (3) before the service runs.
+#[derive(Debug)]
+pub struct GrpcSessionLayer<B> {
+    client: Client<B>,
+}
+
+impl<B> Clone for GrpcSessionLayer<B> {
+    fn clone(&self) -> Self {
+        GrpcSessionLayer {
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl<B: Backend> GrpcSessionLayer<B> {
+    /// Decodes tokens with `client` (its scope, and signing key if any).
+    pub fn new(client: Client<B>) -> GrpcSessionLayer<B> {
+        GrpcSessionLayer { client }
+    }
+}
+
+impl<B: Backend, S> Layer<S> for GrpcSessionLayer<B> {
+    type Service = GrpcSessionService<B, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcSessionService {
+            client: self.client.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`GrpcSessionLayer`] produces.
+#[derive(Debug)]
+pub struct GrpcSessionService<B, S> {
+    client: Client<B>,
+    inner: S,
+}
+
+impl<B, S: Clone> Clone for GrpcSessionService<B, S> {
+    fn clone(&self) -> Self {
+        GrpcSessionService {
+            client: self.client.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// `text` as gRPC's `grpc-message` wants it: percent-encoded outside
+/// printable ASCII (and `%` itself).
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A trailers-only gRPC answer with status `INVALID_ARGUMENT`.
+fn invalid_argument<Body: Default>(message: &str) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static("3"));
+    if let Ok(v) = HeaderValue::from_str(&grpc_message(message)) {
+        headers.insert("grpc-message", v);
+    }
+    response
+}
+
+impl<B, S, ReqBody, ResBody> Service<Request<ReqBody>> for GrpcSessionService<B, S>
+where
+    B: Backend,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<ResBody>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let session = match request_session(&self.client, request.headers()) {
+            Ok(session) => session,
+            Err(why) => {
+                let response =
+                    invalid_argument(&format!("invalid {SESSION_HEADER} metadata: {why}"));
+                return Box::pin(std::future::ready(Ok(response)));
+            }
+        };
+        request.extensions_mut().insert(session.clone());
+        let response = self.inner.call(request);
+        let client = self.client.clone();
+        Box::pin(async move {
+            let mut response = response.await?;
+            if let Ok(value) = HeaderValue::from_str(&client.encode_token(&session)) {
+                response.headers_mut().insert(SESSION_HEADER, value);
+            }
+            Ok(response)
+        })
     }
 }

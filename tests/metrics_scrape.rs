@@ -88,6 +88,7 @@ async fn the_endpoint_serves_every_metric() {
             "{name} has no # HELP line:\n{body}"
         );
     }
+    promtool_check(&body);
     let escalations: f64 = body
         .lines()
         .filter(|l| l.starts_with("quorate_escalations_total{policy=\"session\","))
@@ -138,4 +139,40 @@ fn the_alert_rules_name_only_metrics_that_exist() {
     ] {
         assert!(rules.contains(alert), "{alert} missing");
     }
+}
+
+/// `promtool check metrics` on the scrape (the HTTP head cut off): every
+/// family well formed, with help text, named by Prometheus' conventions.
+/// promtool comes with Debian's `prometheus` package; without it the check
+/// is skipped outside CI and fails in CI.
+fn promtool_check(response: &str) {
+    use std::process::{Command, Stdio};
+    let body = response.split_once("\r\n\r\n").map_or(response, |(_, b)| b);
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("promtool not found ({e}): install Debian's prometheus package; skipping");
+            return;
+        }
+        Err(e) => panic!("promtool is required in CI (Debian package prometheus): {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

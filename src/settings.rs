@@ -594,7 +594,7 @@ impl ClientSettings {
             let named = message
                 .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
                 .next()
-                .filter(|f| CLIENT_FIELDS.iter().any(|k| f.starts_with(k)))
+                .filter(|f| CLIENT_FIELDS.contains(f))
                 .map(|f| format!("client.{f}"))
                 .unwrap_or_else(|| "client".into());
             SettingsError {
@@ -607,7 +607,8 @@ impl ClientSettings {
     }
 }
 
-const CLIENT_FIELDS: [&str; 20] = [
+/// The fields [`ClientConfig::validate`]'s messages start with.
+const CLIENT_FIELDS: [&str; 18] = [
     "read_deadline",
     "write_deadline",
     "attempt_timeout",
@@ -626,8 +627,6 @@ const CLIENT_FIELDS: [&str; 20] = [
     "clock_warning",
     "clock_sample_ttl",
     "health_checks",
-    "max_attempts",
-    "initial_backoff",
 ];
 
 /// Builds [`ClientSettings`] in code, field by field.

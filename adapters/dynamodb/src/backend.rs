@@ -604,6 +604,16 @@ impl DynamoBackend {
         keys: &[&str],
         idem: &IdempotencyKey,
     ) -> Result<Recorded, Error> {
+        let found = self.idem_item(client, idem).await?;
+        self.recorded_in(found.as_ref(), key, keys, idem)
+    }
+
+    /// The idempotency item of `idem`, read consistently.
+    async fn idem_item(
+        &self,
+        client: &aws_sdk_dynamodb::Client,
+        idem: &IdempotencyKey,
+    ) -> Result<Option<Item>, Error> {
         let out = client
             .get_item()
             .table_name(&self.inner.idempotency_table)
@@ -612,7 +622,20 @@ impl DynamoBackend {
             .send()
             .await
             .map_err(|e| classify(e, Op::Read))?;
-        let Some(found) = out.item() else {
+        Ok(out.item().cloned())
+    }
+
+    /// What the idempotency item `found` of `idem` records for the write
+    /// bound to `key` whose records are `keys` (see
+    /// [`DynamoBackend::recorded_of`]).
+    fn recorded_in(
+        &self,
+        found: Option<&Item>,
+        key: &str,
+        keys: &[&str],
+        idem: &IdempotencyKey,
+    ) -> Result<Recorded, Error> {
+        let Some(found) = found else {
             return Ok(Recorded::Nothing);
         };
         let f = self.idem_fields(found);

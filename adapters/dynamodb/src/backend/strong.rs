@@ -236,27 +236,6 @@ impl DynamoBackend {
         }
     }
 
-    /// The latest attempt start a claim of `idem` recorded.
-    async fn claimed_start(
-        &self,
-        client: &aws_sdk_dynamodb::Client,
-        idem: &IdempotencyKey,
-    ) -> Result<Option<u64>, Error> {
-        let out = client
-            .get_item()
-            .table_name(&self.inner.idempotency_table)
-            .key(item::PK, s(idem.as_str()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify(e, Op::Read))?;
-        Ok(out
-            .item()
-            .and_then(|i| i.get(item::STARTED))
-            .and_then(|v| v.as_n().ok())
-            .and_then(|n| n.parse().ok()))
-    }
-
     /// A single-record write on an MRSC table (see the module docs).
     pub(super) async fn write_in_item(
         &self,
@@ -437,8 +416,10 @@ impl DynamoBackend {
                     return Ok(Some(done));
                 }
             }
-            // Dropped from the map for room: carried here first.
-            match self.recorded(client, key, idem).await? {
+            // Dropped from the map for room: carried here first. The same
+            // item holds the key's claim.
+            let claim = self.idem_item(client, idem).await?;
+            match self.recorded_in(claim.as_ref(), key, &[key], idem)? {
                 Recorded::Outcome(done) => return Ok(Some(done)),
                 Recorded::Many(_) => return Err(super::reused(key, idem)),
                 Recorded::Nothing | Recorded::Fence(_) => {}
@@ -446,7 +427,12 @@ impl DynamoBackend {
             // The fence lies past every attempt's start (each claimed
             // before it was sent) and past the item's write time, whatever
             // this process's clock says.
-            if let Some(started) = self.claimed_start(client, idem).await? {
+            if let Some(started) = claim
+                .as_ref()
+                .and_then(|i| i.get(item::STARTED))
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 self.observe_start(started);
             }
             if let Some(w) = found

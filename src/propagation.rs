@@ -5,7 +5,9 @@
 //! never a panic), puts the [`Session`] into the request's extensions for the
 //! handler, and returns the advanced token in the response header. On the
 //! client, [`PropagateSessionLayer`] sends the session's token with every
-//! request and merges the token each response returns.
+//! request and merges the token each response returns; for reqwest clients,
+//! [`SessionMiddleware`] (feature `reqwest`) does the same. For gRPC,
+//! [`GrpcSessionLayer`] is the server side.
 //!
 //! ```
 //! use quorate::propagation::{SessionLayer, SESSION_HEADER};
@@ -31,7 +33,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -146,25 +148,43 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let session = match request_session(&self.client, request.headers()) {
-            Ok(session) => session,
-            Err(why) => {
-                let response = bad_request(format!("invalid {SESSION_HEADER} header: {why}\n"));
-                return Box::pin(std::future::ready(Ok(response)));
-            }
-        };
-        request.extensions_mut().insert(session.clone());
-        let response = self.inner.call(request);
-        let client = self.client.clone();
-        Box::pin(async move {
-            let mut response = response.await?;
-            if let Ok(value) = HeaderValue::from_str(&client.encode_token(&session)) {
-                response.headers_mut().insert(SESSION_HEADER, value);
-            }
-            Ok(response)
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        serve_with_session(&self.client, &mut self.inner, request, |why| {
+            bad_request(format!("invalid {SESSION_HEADER} header: {why}\n"))
         })
     }
+}
+
+/// The server side of both layers: the request's session into its
+/// extensions and the advanced token into the response, or `reject`'s
+/// answer when the token cannot be used.
+fn serve_with_session<B, S, ReqBody, ResBody>(
+    client: &Client<B>,
+    inner: &mut S,
+    mut request: Request<ReqBody>,
+    reject: impl FnOnce(String) -> Response<ResBody>,
+) -> BoxFuture<Result<Response<ResBody>, S::Error>>
+where
+    B: Backend,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Send + 'static,
+{
+    let session = match request_session(client, request.headers()) {
+        Ok(session) => session,
+        Err(why) => return Box::pin(std::future::ready(Ok(reject(why)))),
+    };
+    request.extensions_mut().insert(session.clone());
+    let response = inner.call(request);
+    let client = client.clone();
+    Box::pin(async move {
+        let mut response = response.await?;
+        if let Ok(value) = HeaderValue::from_str(&client.encode_token(&session)) {
+            response.headers_mut().insert(SESSION_HEADER, value);
+        }
+        Ok(response)
+    })
 }
 
 /// Client side: sends a session's token with each request and merges the
@@ -257,36 +277,120 @@ where
             .cloned()
             .or_else(|| self.layer.session.clone());
         if let Some(session) = &session {
-            let token = self.layer.client.encode_token(session);
-            if let Ok(value) = HeaderValue::from_str(&token) {
-                request.headers_mut().insert(SESSION_HEADER, value);
-            }
+            attach_token(&self.layer.client, session, request.headers_mut());
         }
         let response = self.inner.call(request);
         let layer = self.layer.clone();
         Box::pin(async move {
             let response = response.await?;
-            let Some(session) = session else {
-                return Ok(response);
-            };
-            if let Some(text) = response
-                .headers()
-                .get(SESSION_HEADER)
-                .and_then(|v| v.to_str().ok())
-            {
-                match layer.client.decode_token(text) {
-                    Ok(token) => {
-                        if let Err(e) = session.merge(&token) {
-                            tracing::warn!(error = %e, "ignoring a session token of another scope");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ignoring an invalid session token in a response")
-                    }
-                }
+            if let Some(session) = &session {
+                absorb_token(&layer.client, session, response.headers());
             }
             Ok(response)
         })
+    }
+}
+
+/// Puts `session`'s token into an outgoing request's headers.
+fn attach_token<B: Backend>(client: &Client<B>, session: &Session, headers: &mut HeaderMap) {
+    let token = client.encode_token(session);
+    if let Ok(value) = HeaderValue::from_str(&token) {
+        headers.insert(SESSION_HEADER, value);
+    }
+}
+
+/// Merges the token a response carries, if any, into `session`. A token
+/// that does not decode, or belongs to another scope, is logged and left
+/// out: the response itself is the caller's to use.
+fn absorb_token<B: Backend>(client: &Client<B>, session: &Session, headers: &HeaderMap) {
+    let Some(text) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    match client.decode_token(text) {
+        Ok(token) => {
+            if let Err(e) = session.merge(&token) {
+                tracing::warn!(error = %e, "ignoring a session token of another scope");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "ignoring an invalid session token in a response"),
+    }
+}
+
+/// Client side for [`reqwest`](https://docs.rs/reqwest) (feature `reqwest`):
+/// a [`reqwest_middleware`] middleware that sends a session's token with
+/// each request and merges the token each response returns, as
+/// [`PropagateSessionLayer`] does for tower clients. The session is the
+/// request's own when it carries one as an extension
+/// ([`RequestBuilder::with_extension`](reqwest_middleware::RequestBuilder::with_extension)),
+/// else the middleware's.
+///
+/// ```no_run
+/// use quorate::propagation::SessionMiddleware;
+/// use quorate::{Backend, Client};
+///
+/// # async fn demo<B: Backend>(db: Client<B>) -> Result<(), reqwest_middleware::Error> {
+/// let http = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(SessionMiddleware::per_request(db.clone()))
+///     .build();
+/// let session = db.session();
+/// // The answer's token advances `session`: a later read through it sees
+/// // what this call wrote, in whichever region it is served.
+/// http.post("http://checkout.internal/orders/o-1")
+///     .with_extension(session.clone())
+///     .send()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+#[derive(Debug)]
+pub struct SessionMiddleware<B> {
+    client: Client<B>,
+    session: Option<Session>,
+}
+
+#[cfg(feature = "reqwest")]
+impl<B: Backend> SessionMiddleware<B> {
+    /// Propagates `session` (or a request's own), whose tokens `client`
+    /// encodes and decodes.
+    pub fn new(client: Client<B>, session: Session) -> SessionMiddleware<B> {
+        SessionMiddleware {
+            client,
+            session: Some(session),
+        }
+    }
+
+    /// Propagates each request's own session, taken from its extensions; a
+    /// request without one is sent without a token.
+    pub fn per_request(client: Client<B>) -> SessionMiddleware<B> {
+        SessionMiddleware {
+            client,
+            session: None,
+        }
+    }
+}
+
+#[cfg(feature = "reqwest")]
+#[async_trait::async_trait]
+impl<B: Backend> reqwest_middleware::Middleware for SessionMiddleware<B> {
+    async fn handle(
+        &self,
+        mut request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let session = extensions
+            .get::<Session>()
+            .cloned()
+            .or_else(|| self.session.clone());
+        if let Some(session) = &session {
+            attach_token(&self.client, session, request.headers_mut());
+        }
+        let response = next.run(request, extensions).await?;
+        if let Some(session) = &session {
+            absorb_token(&self.client, session, response.headers());
+        }
+        Ok(response)
     }
 }
 
@@ -421,24 +525,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let session = match request_session(&self.client, request.headers()) {
-            Ok(session) => session,
-            Err(why) => {
-                let response =
-                    invalid_argument(&format!("invalid {SESSION_HEADER} metadata: {why}"));
-                return Box::pin(std::future::ready(Ok(response)));
-            }
-        };
-        request.extensions_mut().insert(session.clone());
-        let response = self.inner.call(request);
-        let client = self.client.clone();
-        Box::pin(async move {
-            let mut response = response.await?;
-            if let Ok(value) = HeaderValue::from_str(&client.encode_token(&session)) {
-                response.headers_mut().insert(SESSION_HEADER, value);
-            }
-            Ok(response)
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        serve_with_session(&self.client, &mut self.inner, request, |why| {
+            invalid_argument(&format!("invalid {SESSION_HEADER} metadata: {why}"))
         })
     }
 }

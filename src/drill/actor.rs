@@ -108,6 +108,8 @@ pub(crate) struct Actor {
     process: u64,
     name: String,
     drivers: Vec<Driver>,
+    /// The region of each driver: where the client is when it uses it.
+    regions: Vec<String>,
     /// The session each service holds for this user (strict drivers).
     sessions: Vec<Option<Session>>,
     /// The service the user's last operation went to.
@@ -157,6 +159,7 @@ impl Actor {
             process,
             name: format!("s{process}"),
             drivers,
+            regions: regions.iter().map(|r| (*r).to_owned()).collect(),
             sessions,
             current: 0,
             writes: 0,
@@ -182,6 +185,7 @@ impl Actor {
             stage: stage.clone(),
             process,
             name: format!("s{process}"),
+            regions: vec![region.as_str().to_owned()],
             drivers: vec![Driver::Direct(sim, region)],
             sessions: vec![None],
             current: 0,
@@ -208,6 +212,9 @@ impl Actor {
     /// header would (encode, then resume there). Without session tokens,
     /// that service continues the session it held.
     fn hand_over(&mut self, turn: usize) {
+        if let Some(region) = self.regions.get(turn) {
+            self.stage.recorder.locate(self.process, region);
+        }
         let from = std::mem::replace(&mut self.current, turn);
         if from == turn || self.stage.without(super::Mechanism::SessionTokens) {
             return;

@@ -195,20 +195,7 @@ fn nemesis(args: &Args, seeds: u64, out: &mut impl Write, err: &mut impl Write) 
             }
         }
         if args.report.is_some() {
-            kept.push(super::RunResult {
-                scenario: result.scenario,
-                config: result.config,
-                about: result.about,
-                report: result.report.clone(),
-                succeeded: result.succeeded,
-                failed: result.failed,
-                p50: result.p50,
-                p99: result.p99,
-                events: result.events.clone(),
-                windows: result.windows.clone(),
-                duration: result.duration,
-                variant: result.variant.clone(),
-            });
+            kept.push(result.clone());
         }
     });
     let summary = match summary {

@@ -14,6 +14,7 @@
 
 mod actor;
 pub mod cli;
+mod html;
 pub mod naive;
 pub mod nemesis;
 mod report;
@@ -28,7 +29,8 @@ use crate::error::Error;
 use crate::history::{check_events, Event, Recorder, Report};
 use crate::sim::Sim;
 use actor::{Stage, Stats};
-pub use report::{html_report, markdown, render_table, to_json};
+pub use html::html_report;
+pub use report::{markdown, render_table, to_json};
 pub use scenarios::{scenarios, Fault, Scenario, Window};
 
 /// Which client configuration a run uses.
@@ -178,8 +180,17 @@ impl Default for DrillOptions {
     }
 }
 
+/// Every region's clock offset from true time at one moment of a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClockSample {
+    /// When, from the start of the run.
+    pub at: Duration,
+    /// Each region's offset in nanoseconds (positive: ahead).
+    pub offsets: Vec<(String, i64)>,
+}
+
 /// One run: a scenario under one configuration.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RunResult {
     /// The scenario's name.
     pub scenario: &'static str,
@@ -206,6 +217,12 @@ pub struct RunResult {
     /// How the run departed from its scenario (naive runs have no
     /// mechanisms to go without).
     pub variant: Variant,
+    /// The regions' clock offsets, sampled at the start, on both sides of
+    /// every fault boundary and at the end: clocks change course only at a
+    /// boundary, so the offsets between samples lie on straight lines.
+    pub clocks: Vec<ClockSample>,
+    /// The clock offset the database tolerates.
+    pub max_offset: Duration,
 }
 
 impl RunResult {
@@ -347,10 +364,18 @@ async fn run_on_virtual_time(
             }
         });
     }
-    tasks.spawn(apply_faults(sim.clone(), scenario.windows.clone(), start));
+    let clocks = Arc::new(Mutex::new(vec![sample_clocks(&sim, Duration::ZERO)]));
+    tasks.spawn(apply_faults(
+        sim.clone(),
+        scenario.windows.clone(),
+        start,
+        clocks.clone(),
+    ));
     while let Some(joined) = tasks.join_next().await {
         joined.map_err(|e| Error::InvalidInput(format!("a drill task failed: {e}")))?;
     }
+    let mut clocks = std::mem::take(&mut *clocks.lock().unwrap_or_else(|e| e.into_inner()));
+    clocks.push(sample_clocks(&sim, Instant::now() - start));
     let events = recorder.events();
     let report = check_events(&events)
         .map_err(|e| Error::InvalidInput(format!("recorded history is invalid: {e}")))?;
@@ -377,7 +402,23 @@ async fn run_on_virtual_time(
         windows: scenario.windows.clone(),
         duration: scenario.duration,
         variant,
+        clocks,
+        max_offset: sim.config().max_offset,
     })
+}
+
+/// Every region's clock offset now.
+fn sample_clocks(sim: &Sim, at: Duration) -> ClockSample {
+    let offsets = sim
+        .config()
+        .regions
+        .iter()
+        .filter_map(|r| {
+            let offset = sim.clock_offset(r.as_str()).ok()?;
+            Some((r.as_str().to_owned(), offset))
+        })
+        .collect();
+    ClockSample { at, offsets }
 }
 
 /// Applies each fault at its start and lifts it at its end. Overlapping
@@ -387,7 +428,18 @@ async fn run_on_virtual_time(
 /// down or paused while any window stalls, crashes or pauses it, drift rates add up (a clock is stepped back when its last
 /// drift ends), and the lease preference is the newest lease window's (the
 /// home region's outside them).
-async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
+async fn apply_faults(
+    sim: Sim,
+    windows: Vec<Window>,
+    start: Instant,
+    clocks: Arc<Mutex<Vec<ClockSample>>>,
+) {
+    let sample = |at: Duration| {
+        clocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sample_clocks(&sim, at));
+    };
     let regions: Vec<String> = sim
         .config()
         .regions
@@ -408,6 +460,7 @@ async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
     let mut preferred = home.clone();
     for at in times {
         tokio::time::sleep_until(start + at).await;
+        sample(at);
         let mut in_force: Vec<&Window> = windows
             .iter()
             .filter(|w| w.from <= at && at < w.until)
@@ -529,5 +582,6 @@ async fn apply_faults(sim: Sim, windows: Vec<Window>, start: Instant) {
         for e in results.into_iter().filter_map(Result::err) {
             tracing::error!(error = %e, "drill fault could not be applied");
         }
+        sample(at);
     }
 }

@@ -74,6 +74,19 @@ pub enum OpKind {
     Txn,
 }
 
+impl OpKind {
+    /// Its name in histories.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Read => "read",
+            OpKind::Write => "write",
+            OpKind::Cas => "cas",
+            OpKind::Delete => "delete",
+            OpKind::Txn => "txn",
+        }
+    }
+}
+
 /// What a multi-record write does to one record, as histories name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -210,6 +223,10 @@ pub struct Event {
     /// Where it was served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Where the client was (on an invoke; optional, ignored by the checks:
+    /// reports draw a lane per client region).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// A multi-record write's records (on its invoke).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub records: Option<Vec<TxRecord>>,
@@ -235,6 +252,7 @@ impl Event {
             version: None,
             idem: None,
             region: None,
+            client: None,
             records: None,
             versions: None,
             time,

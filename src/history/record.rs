@@ -1,5 +1,6 @@
 //! Recording operations as they happen.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +22,8 @@ pub struct Recorder {
     start: Instant,
     events: Mutex<Vec<Event>>,
     next_process: AtomicU64,
+    /// Where each process's client is, stamped on its invokes.
+    clients: Mutex<HashMap<u64, String>>,
 }
 
 impl Default for Recorder {
@@ -29,6 +32,7 @@ impl Default for Recorder {
             start: Instant::now(),
             events: Mutex::new(Vec::new()),
             next_process: AtomicU64::new(1),
+            clients: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -49,9 +53,31 @@ impl Recorder {
         self.next_process.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Appends an event, stamping its time.
+    /// Notes that `process`'s client is now in `region`: its next invokes
+    /// carry it as `client`.
+    pub fn locate(&self, process: u64, region: &str) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        match clients.get_mut(&process) {
+            Some(at) if at == region => {}
+            Some(at) => region.clone_into(at),
+            None => {
+                clients.insert(process, region.to_owned());
+            }
+        }
+    }
+
+    /// Appends an event, stamping its time (and, on an invoke without one,
+    /// where the process's client is, if [`Recorder::locate`] said).
     pub fn record(&self, mut event: Event) {
         event.time = self.now();
+        if event.kind == EventType::Invoke && event.client.is_none() {
+            event.client = self
+                .clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&event.process)
+                .cloned();
+        }
         self.events
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -419,6 +419,13 @@ impl Sim {
         Ok(())
     }
 
+    /// How far a region's clock is from true time now, in nanoseconds
+    /// (positive: ahead): its steps and what it has drifted.
+    pub fn clock_offset(&self, region: &str) -> Result<i64, Error> {
+        let r = self.named(region)?;
+        Ok(self.model().clocks[r].offset(Instant::now()))
+    }
+
     /// Makes a region's clock gain (positive) or lose `ppm` parts per
     /// million from now on, keeping what it drifted so far (an oscillator
     /// off its frequency with nothing correcting it; 100,000 ppm gains

@@ -43,6 +43,41 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// when there is one, is its [`source`](std::error::Error::source) (a
 /// driver's error, the last attempt's error). [`Error::report`] prints the
 /// whole chain on one line.
+///
+/// What to do with one follows from [`Error::retryability`]: a
+/// [`Conflict`](Error::Conflict) is an answer, not a failure; an
+/// ambiguous [`OutcomeUnknown`](Error::OutcomeUnknown) is resolved by
+/// writing again with its idempotency key, which applies the write at most
+/// once.
+///
+/// ```
+/// use quorate::sim::{Sim, SimConfig};
+/// use quorate::{Client, ClientConfig, Error, Precondition, Retryability, WriteOptions};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Error> {
+/// let client = Client::new(Sim::new(SimConfig::new(["eu"])?)?, ClientConfig::default())?;
+/// let session = client.session();
+/// let opts = WriteOptions::default();
+/// client.write(&session, "order:1", "new".into(), Precondition::IfAbsent, &opts).await?;
+/// match client
+///     .write(&session, "order:1", "new".into(), Precondition::IfAbsent, &opts)
+///     .await
+/// {
+///     Err(Error::Conflict { current, .. }) => assert!(current.is_some()),
+///     Err(e @ Error::OutcomeUnknown { .. }) => {
+///         // Retry with the same key: it returns the first outcome if the
+///         // write applied, and applies it otherwise.
+///         let Error::OutcomeUnknown { idempotency_key, .. } = &e else { unreachable!() };
+///         let again = WriteOptions { idempotency_key: Some(idempotency_key.clone()), ..opts };
+///         client.write(&session, "order:1", "new".into(), Precondition::IfAbsent, &again).await?;
+///     }
+///     Err(e) if e.retryability() == Retryability::Retryable => { /* back off, try later */ }
+///     Err(e) => return Err(e),
+///     Ok(_) => unreachable!("the record exists"),
+/// }
+/// # Ok(()) }
+/// ```
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

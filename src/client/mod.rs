@@ -255,7 +255,29 @@ enum Check {
 }
 
 impl<B: Backend> Client<B> {
-    /// A client over `backend` with a validated configuration.
+    /// A client over `backend` with a validated configuration: a
+    /// configuration that cannot work is refused here, with the field it
+    /// concerns, not at the first request.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quorate::sim::{Sim, SimConfig};
+    /// use quorate::{Client, ClientConfig, Error};
+    ///
+    /// # fn main() -> Result<(), Error> {
+    /// let backend = Sim::new(SimConfig::new(["eu", "us"])?)?.at("eu")?;
+    /// let config = ClientConfig {
+    ///     read_deadline: Duration::from_millis(800),
+    ///     ..ClientConfig::default()
+    /// };
+    /// let client = Client::new(backend.clone(), config)?;
+    ///
+    /// let broken = ClientConfig { read_deadline: Duration::ZERO, ..ClientConfig::default() };
+    /// let err = Client::new(backend, broken).unwrap_err();
+    /// assert!(err.to_string().contains("read_deadline"));
+    /// # drop(client);
+    /// # Ok(()) }
+    /// ```
     pub fn new(backend: B, config: ClientConfig) -> Result<Client<B>, Error> {
         config.validate()?;
         let health_checks = match config.health_checks {

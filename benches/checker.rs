@@ -3,8 +3,8 @@
 //!
 //! `cargo bench --bench checker` (`-- --ops N` to change the size)
 //!
-//! Prints the generation and check times and the peak resident memory of
-//! the check (the generator streams to disk and holds almost nothing).
+//! Prints the generation and check times (wall and CPU) and the peak
+//! resident memory of the check (the generator streams to disk and holds almost nothing).
 
 use std::io::{BufReader, BufWriter, Write};
 use std::time::Instant;
@@ -22,6 +22,17 @@ fn peak_rss_mb() -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// CPU time of this (single-threaded) process's main thread so far.
+fn cpu_time() -> std::time::Duration {
+    let stat = std::fs::read_to_string("/proc/self/schedstat").unwrap_or_default();
+    let nanos = stat
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    std::time::Duration::from_nanos(nanos)
 }
 
 /// SplitMix64: a deterministic stream for the generated history.
@@ -143,6 +154,7 @@ fn main() {
         t.elapsed()
     );
     let rss_before = peak_rss_mb();
+    let cpu = cpu_time();
     let t = Instant::now();
     let report = check(BufReader::with_capacity(
         1 << 20,
@@ -150,10 +162,12 @@ fn main() {
     ))
     .expect("valid history");
     let elapsed = t.elapsed();
+    let cpu = cpu_time() - cpu;
     println!(
-        "checked {} operations in {:.2?} ({:.2} M ops/s); peak RSS {:.0} MB (before the check: {:.0} MB); anomalies: {}",
+        "checked {} operations in {:.2?} ({:.2?} CPU, {:.2} M ops/s); peak RSS {:.0} MB (before the check: {:.0} MB); anomalies: {}",
         report.ops,
         elapsed,
+        cpu,
         report.ops as f64 / elapsed.as_secs_f64() / 1e6,
         peak_rss_mb(),
         rss_before,

@@ -182,21 +182,75 @@ impl std::hash::Hasher for Fnv {
 
 type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 
+/// Names to dense ids. Each name is stored once, in one buffer; the map
+/// goes from the name's 64-bit hash to its id, and the rare name whose hash
+/// another name already has goes to a second map keyed by the name itself.
 #[derive(Default)]
 struct Interner {
-    ids: FastMap<Box<str>, u32>,
-    names: Vec<String>,
+    text: String,
+    /// Where each name ends in `text` (it starts where the one before ends).
+    ends: Vec<usize>,
+    by_hash: FastMap<u64, u32>,
+    collided: HashMap<Box<str>, u32>,
 }
 
 impl Interner {
+    fn hash(s: &str) -> u64 {
+        use std::hash::Hasher;
+        let mut h = Fnv::default();
+        h.write(s.as_bytes());
+        // Spread FNV's low bits, which the map's buckets use.
+        h.finish()
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(32)
+    }
+
     fn id(&mut self, s: &str) -> u32 {
-        if let Some(&id) = self.ids.get(s) {
-            return id;
+        let hash = Interner::hash(s);
+        match self.by_hash.get(&hash) {
+            Some(&id) if self.name(id) == s => id,
+            Some(_) => match self.collided.get(s) {
+                Some(&id) => id,
+                None => {
+                    let id = self.push(s);
+                    self.collided.insert(s.into(), id);
+                    id
+                }
+            },
+            None => {
+                let id = self.push(s);
+                self.by_hash.insert(hash, id);
+                id
+            }
         }
-        let id = self.names.len() as u32;
-        self.ids.insert(s.into(), id);
-        self.names.push(s.to_owned());
-        id
+    }
+
+    fn push(&mut self, s: &str) -> u32 {
+        self.text.push_str(s);
+        self.ends.push(self.text.len());
+        (self.ends.len() - 1) as u32
+    }
+
+    /// The id of `s`, if it was interned.
+    fn get(&self, s: &str) -> Option<u32> {
+        match self.by_hash.get(&Interner::hash(s)) {
+            Some(&id) if self.name(id) == s => Some(id),
+            Some(_) => self.collided.get(s).copied(),
+            None => None,
+        }
+    }
+
+    fn name(&self, id: u32) -> &str {
+        let end = self.ends[id as usize];
+        let start = match id {
+            0 => 0,
+            _ => self.ends[id as usize - 1],
+        };
+        &self.text[start..end]
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
     }
 }
 
@@ -295,7 +349,7 @@ impl EventSink for Builder {
                 e.process
             ));
         };
-        if open.op != e.op || self.keys.names[open.key as usize] != e.key {
+        if open.op != e.op || self.keys.name(open.key) != e.key {
             return Err(format!(
                 "process {}'s completion ({:?} {}) does not match its invoke",
                 e.process, e.op, e.key
@@ -318,7 +372,7 @@ impl EventSink for Builder {
                 ));
             }
             for &(k, v) in versions {
-                let named = self.keys.ids.get(k).copied();
+                let named = self.keys.get(k);
                 let op = ops
                     .clone()
                     .find(|&i| Some(self.ops[i].key) == named && self.ops[i].version == 0)
@@ -390,6 +444,49 @@ impl PrefixMax {
     }
 }
 
+/// Per session, prefix maxima of versions over completion times, for all
+/// the sessions of one key in one sorted list: "the highest version of
+/// session s among its entries completed before t".
+struct SessionPrefix {
+    /// (session, completion, the session's highest version up to here).
+    entries: Vec<(u32, u64, u64)>,
+}
+
+impl SessionPrefix {
+    fn new(mut entries: Vec<(u32, u64, u64)>) -> SessionPrefix {
+        entries.sort_unstable();
+        let mut session = None;
+        let mut max = 0;
+        for e in &mut entries {
+            if session != Some(e.0) {
+                session = Some(e.0);
+                max = 0;
+            }
+            max = max.max(e.2);
+            e.2 = max;
+        }
+        SessionPrefix { entries }
+    }
+
+    /// The highest version of `session` completed strictly before `t`.
+    fn before(&self, session: u32, t: u64) -> u64 {
+        let n = self
+            .entries
+            .partition_point(|&(s, c, _)| (s, c) < (session, t));
+        match n.checked_sub(1).map(|i| self.entries[i]) {
+            Some((s, _, max)) if s == session => max,
+            _ => 0,
+        }
+    }
+}
+
+/// The writes that produced `version`, from a list sorted by version.
+fn producers_of(writers: &[(u64, usize)], version: u64) -> &[(u64, usize)] {
+    let lo = writers.partition_point(|&(v, _)| v < version);
+    let hi = lo + writers[lo..].partition_point(|&(v, _)| v == version);
+    &writers[lo..hi]
+}
+
 const EXAMPLES_PER_ANOMALY: usize = 3;
 
 struct Findings<'a> {
@@ -409,7 +506,7 @@ impl Findings<'_> {
             let op = &self.b.ops[ops[0]];
             self.examples.push(Example {
                 anomaly: a.name(),
-                key: self.b.keys.names[op.key as usize].clone(),
+                key: self.b.keys.name(op.key).to_owned(),
                 explanation: explanation(),
                 events: ops.iter().flat_map(|&o| self.events(o)).collect(),
             });
@@ -419,14 +516,14 @@ impl Findings<'_> {
     fn events(&self, index: usize) -> Vec<Event> {
         let b = self.b;
         let op = &b.ops[index];
-        let session = b.sessions.names[op.session as usize].clone();
+        let session = b.sessions.name(op.session).to_owned();
         let session = (!session.starts_with('\u{0}')).then_some(session);
-        let key = &b.keys.names[op.key as usize];
+        let key = b.keys.name(op.key);
         let mut invoke = Event::new(op.process, EventType::Invoke, op.kind, key, op.invoke);
         invoke.session = session.clone();
         invoke.policy = op.policy;
         invoke.expect = op.expect;
-        invoke.idem = op.idem.map(|i| b.idems.names[i as usize].clone());
+        invoke.idem = op.idem.map(|i| b.idems.name(i).to_owned());
         let mut out = vec![invoke];
         if op.complete != u64::MAX {
             let kind = match op.outcome {
@@ -437,7 +534,7 @@ impl Findings<'_> {
             let mut done = Event::new(op.process, kind, op.kind, key, op.complete);
             done.session = session;
             done.version = (op.outcome == Outcome::Ok).then_some(op.version);
-            done.region = op.region.map(|r| b.regions.names[r as usize].clone());
+            done.region = op.region.map(|r| b.regions.name(r).to_owned());
             out.push(done);
         }
         out
@@ -528,14 +625,14 @@ fn analyse(b: &Builder) -> Report {
     };
     // A logical write (one idempotency key) is invoked when its first
     // attempt was, whatever attempt reports its version.
-    let mut first_invoke: FastMap<u32, u64> = FastMap::default();
+    let mut first_invoke: Vec<u64> = vec![u64::MAX; b.idems.len()];
     for op in &b.ops {
         if let Some(k) = op.idem {
-            let t = first_invoke.entry(k).or_insert(op.invoke);
+            let t = &mut first_invoke[k as usize];
             *t = (*t).min(op.invoke);
         }
     }
-    let mut by_key: Vec<Vec<usize>> = vec![Vec::new(); b.keys.names.len()];
+    let mut by_key: Vec<Vec<usize>> = vec![Vec::new(); b.keys.len()];
     for (i, op) in b.ops.iter().enumerate() {
         by_key[op.key as usize].push(i);
     }
@@ -573,11 +670,11 @@ struct ProgramOrder {
     session_read: FastMap<(u32, u64), u64>,
 }
 
-fn check_key(b: &Builder, ops: &[usize], first_invoke: &FastMap<u32, u64>, f: &mut Findings<'_>) {
+fn check_key(b: &Builder, ops: &[usize], first_invoke: &[u64], f: &mut Findings<'_>) {
     let all = &b.ops;
     let logical_invoke = |op: &Op| -> u64 {
         op.idem
-            .and_then(|k| first_invoke.get(&k).copied())
+            .and_then(|k| first_invoke.get(k as usize).copied())
             .map_or(op.invoke, |t| t.min(op.invoke))
     };
     let ok_writes: Vec<usize> = ops
@@ -591,43 +688,30 @@ fn check_key(b: &Builder, ops: &[usize], first_invoke: &FastMap<u32, u64>, f: &m
             .map(|&i| (all[i].complete, all[i].version))
             .collect(),
     );
-    // The ops that produced each version.
-    let mut writer_of: FastMap<u64, Vec<usize>> = FastMap::default();
-    for &i in &ok_writes {
-        writer_of.entry(all[i].version).or_default().push(i);
-    }
+    // The ops that produced each version: (version, op), in op order
+    // within a version.
+    let mut writer_of: Vec<(u64, usize)> = ok_writes.iter().map(|&i| (all[i].version, i)).collect();
+    writer_of.sort_unstable();
     let has_deletes = ops.iter().any(|&i| all[i].kind == OpKind::Delete);
     let excused = excused_versions(all, ops, &writer_of, &logical_invoke, has_deletes);
 
     // Per session on this key: its ok writes, and its ok reads under a
     // policy that promises order (bounded and eventual reads promise none).
-    let mut session_writes: FastMap<u32, Vec<(u64, u64)>> = FastMap::default();
-    let mut session_reads: FastMap<u32, Vec<(u64, u64)>> = FastMap::default();
+    let mut session_writes = Vec::new();
+    let mut session_reads = Vec::new();
     for &i in ops {
         let op = &all[i];
         if op.outcome != Outcome::Ok {
             continue;
         }
         if is_write(op) {
-            session_writes
-                .entry(op.session)
-                .or_default()
-                .push((op.complete, op.version));
+            session_writes.push((op.session, op.complete, op.version));
         } else if promises_order(op.policy) {
-            session_reads
-                .entry(op.session)
-                .or_default()
-                .push((op.complete, op.version));
+            session_reads.push((op.session, op.complete, op.version));
         }
     }
-    let session_writes: FastMap<u32, PrefixMax> = session_writes
-        .into_iter()
-        .map(|(s, v)| (s, PrefixMax::new(v)))
-        .collect();
-    let session_reads: FastMap<u32, PrefixMax> = session_reads
-        .into_iter()
-        .map(|(s, v)| (s, PrefixMax::new(v)))
-        .collect();
+    let session_writes = SessionPrefix::new(session_writes);
+    let session_reads = SessionPrefix::new(session_reads);
 
     let writer_before = |version: u64, t: u64| -> Option<usize> {
         ok_writes
@@ -661,23 +745,23 @@ fn check_key(b: &Builder, ops: &[usize], first_invoke: &FastMap<u32, u64>, f: &m
                 }
             }
             if v > 0 {
-                match writer_of.get(&v) {
-                    Some(producers) => {
+                match producers_of(&writer_of, v) {
+                    producers @ [_, ..] => {
                         let first = producers
                             .iter()
-                            .map(|&w| logical_invoke(&all[w]))
+                            .map(|&(_, w)| logical_invoke(&all[w]))
                             .min()
                             .unwrap_or(u64::MAX);
                         if first > op.complete {
                             let involved: Vec<usize> = std::iter::once(i)
-                                .chain(producers.first().copied())
+                                .chain(producers.first().map(|&(_, w)| w))
                                 .collect();
                             f.add(Anomaly::FutureRead, &involved, || {
                                 format!("read saw version {v}, whose write was invoked after the read completed")
                             });
                         }
                     }
-                    None => {
+                    [] => {
                         let explained = excused.get(&v).is_some_and(|&t| t <= op.complete);
                         if !explained {
                             f.add(Anomaly::FutureRead, &[i], || {
@@ -688,18 +772,14 @@ fn check_key(b: &Builder, ops: &[usize], first_invoke: &FastMap<u32, u64>, f: &m
                 }
             }
             if promises_order(op.policy) {
-                let own = session_writes
-                    .get(&op.session)
-                    .map_or(0, |w| w.before(op.invoke));
+                let own = session_writes.before(op.session, op.invoke);
                 let written = own.max(program.session_written.get(&sp).copied().unwrap_or(0));
                 if written > v {
                     f.add(Anomaly::ReadYourWrites, &[i], || {
                         format!("session read saw version {v} after the session had written version {written}")
                     });
                 }
-                let seen = session_reads
-                    .get(&op.session)
-                    .map_or(0, |r| r.before(op.invoke));
+                let seen = session_reads.before(op.session, op.invoke);
                 let earlier = seen.max(program.session_read.get(&sp).copied().unwrap_or(0));
                 if earlier > v {
                     f.add(Anomaly::MonotonicReads, &[i], || {
@@ -723,9 +803,7 @@ fn check_key(b: &Builder, ops: &[usize], first_invoke: &FastMap<u32, u64>, f: &m
                 }
             }
         } else if is_write(op) {
-            let own = session_writes
-                .get(&op.session)
-                .map_or(0, |w| w.before(op.invoke));
+            let own = session_writes.before(op.session, op.invoke);
             let earlier = own.max(program.session_written.get(&sp).copied().unwrap_or(0));
             if earlier > op.version {
                 f.add(Anomaly::MonotonicWrites, &[i], || {
@@ -754,7 +832,7 @@ fn check_key(b: &Builder, ops: &[usize], first_invoke: &FastMap<u32, u64>, f: &m
         }
     };
     let mut reported: HashSet<(usize, usize)> = HashSet::new();
-    let mut groups: HashMap<(u8, u64), Vec<usize>> = HashMap::new();
+    let mut groups: Vec<((u8, u64), usize)> = Vec::with_capacity(ok_writes.len() * 2);
     for &i in &ok_writes {
         // A conditional write (a cas, or a delete with `expect`) won on the
         // version it was based on: the one it expected, or, expecting the
@@ -762,10 +840,12 @@ fn check_key(b: &Builder, ops: &[usize], first_invoke: &FastMap<u32, u64>, f: &m
         if all[i].expect.is_some() {
             let base = expected_base(&all[i], has_deletes)
                 .unwrap_or_else(|| all[i].version.saturating_sub(1));
-            groups.entry((0, base)).or_default().push(i);
+            groups.push(((0, base), i));
         }
-        groups.entry((1, all[i].version)).or_default().push(i);
+        groups.push(((1, all[i].version), i));
     }
+    // Stable: each group keeps its writes in op order.
+    groups.sort_by_key(|&(k, _)| k);
     // Versions out of commit order: a write invoked after another write of
     // the key was acknowledged must commit above it. A last-writer-wins
     // table (a multi-writer split brain, or clocks that disagree) can
@@ -777,12 +857,11 @@ fn check_key(b: &Builder, ops: &[usize], first_invoke: &FastMap<u32, u64>, f: &m
         let invoked = logical_invoke(op);
         let before = writes_done.before(invoked);
         if before > op.version {
-            let earlier = writer_of.get(&before).and_then(|ws| {
-                ws.iter()
-                    .copied()
-                    .filter(|&w| all[w].complete < invoked)
-                    .min_by_key(|&w| all[w].complete)
-            });
+            let earlier = producers_of(&writer_of, before)
+                .iter()
+                .map(|&(_, w)| w)
+                .filter(|&w| all[w].complete < invoked)
+                .min_by_key(|&w| all[w].complete);
             let Some(earlier) = earlier else {
                 continue;
             };
@@ -800,12 +879,13 @@ fn check_key(b: &Builder, ops: &[usize], first_invoke: &FastMap<u32, u64>, f: &m
             }
         }
     }
-    let mut groups: Vec<((u8, u64), Vec<usize>)> =
-        groups.into_iter().filter(|(_, g)| g.len() > 1).collect();
-    groups.sort_unstable_by_key(|(k, _)| *k);
-    for ((rule, value), group) in groups {
+    for run in groups.chunk_by(|x, y| x.0 == y.0) {
+        if run.len() < 2 {
+            continue;
+        }
+        let (rule, value) = run[0].0;
         let mut seen: Vec<((bool, u64), usize)> = Vec::new();
-        for i in group {
+        for &(_, i) in run {
             let id = logical(i);
             match seen.iter().find(|(s, _)| *s == id) {
                 Some(_) => continue,
@@ -838,7 +918,7 @@ fn check_key(b: &Builder, ops: &[usize], first_invoke: &FastMap<u32, u64>, f: &m
 fn excused_versions(
     all: &[Op],
     ops: &[usize],
-    writer_of: &FastMap<u64, Vec<usize>>,
+    writer_of: &[(u64, usize)],
     logical_invoke: &impl Fn(&Op) -> u64,
     has_deletes: bool,
 ) -> FastMap<u64, u64> {
@@ -849,7 +929,7 @@ fn excused_versions(
         if op.kind == OpKind::Read
             && op.outcome == Outcome::Ok
             && op.version > 0
-            && !writer_of.contains_key(&op.version)
+            && producers_of(writer_of, op.version).is_empty()
         {
             let t = wanted.entry(op.version).or_insert(op.complete);
             *t = (*t).min(op.complete);
@@ -1005,19 +1085,32 @@ type Applied = (u32, u64, Option<u32>, usize);
 fn check_idempotency(b: &Builder, f: &mut Findings<'_>) {
     // A multi-record write's key applies once per record it writes: its
     // results are judged record by record.
-    let mut applied: HashMap<(u32, u32), Vec<Applied>> = HashMap::new();
-    for (i, op) in b.ops.iter().enumerate() {
-        if let (Some(k), Outcome::Ok, true) = (op.idem, op.outcome, is_write(op)) {
-            let record = if op.txn.is_some() { op.key } else { u32::MAX };
-            applied
-                .entry((k, record))
-                .or_default()
-                .push((op.key, op.version, op.region, i));
+    // Sorted by key, record and operation: each run is one key's results.
+    let mut applied: Vec<(u32, u32, usize)> = b
+        .ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| match (op.idem, op.outcome, is_write(op)) {
+            (Some(k), Outcome::Ok, true) => {
+                let record = if op.txn.is_some() { op.key } else { u32::MAX };
+                Some((k, record, i))
+            }
+            _ => None,
+        })
+        .collect();
+    applied.sort_unstable();
+    for run in applied.chunk_by(|x, y| (x.0, x.1) == (y.0, y.1)) {
+        if run.len() < 2 {
+            continue;
         }
-    }
-    let mut keys: Vec<_> = applied.into_iter().filter(|(_, v)| v.len() > 1).collect();
-    keys.sort_unstable_by_key(|(k, _)| *k);
-    for ((k, _), mut results) in keys {
+        let k = run[0].0;
+        let mut results: Vec<Applied> = run
+            .iter()
+            .map(|&(_, _, i)| {
+                let op = &b.ops[i];
+                (op.key, op.version, op.region, i)
+            })
+            .collect();
         results.sort_unstable_by_key(|&(.., i)| b.ops[i].complete);
         let (_, v0, r0, first) = results[0];
         let mut seen: Vec<(u32, u64, Option<u32>)> = vec![(results[0].0, v0, r0)];
@@ -1032,13 +1125,13 @@ fn check_idempotency(b: &Builder, f: &mut Findings<'_>) {
             if !again {
                 seen.push((key, v, region));
                 let name = |r: Option<u32>| {
-                    r.map(|r| format!(" in {}", b.regions.names[r as usize]))
+                    r.map(|r| format!(" in {}", b.regions.name(r)))
                         .unwrap_or_default()
                 };
                 f.add(Anomaly::DuplicateApplication, &[i, first], || {
                     format!(
                         "idempotency key {} applied as version {v0}{} and again as version {v}{}",
-                        b.idems.names[k as usize],
+                        b.idems.name(k),
                         name(r0),
                         name(region)
                     )

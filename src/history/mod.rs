@@ -32,6 +32,7 @@
 mod check;
 pub mod cli;
 pub mod edn;
+mod fast;
 mod record;
 
 use std::fmt;
@@ -288,6 +289,7 @@ pub enum HistoryError {
 
 /// Borrowed form used by the parser (no allocation per field).
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct RawEvent<'a> {
     process: u64,
     #[serde(rename = "type")]
@@ -315,6 +317,7 @@ struct RawEvent<'a> {
 }
 
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct RawRecord<'a> {
     #[serde(borrow)]
     key: std::borrow::Cow<'a, str>,
@@ -324,6 +327,7 @@ struct RawRecord<'a> {
 }
 
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct RawVersion<'a> {
     #[serde(borrow)]
     key: std::borrow::Cow<'a, str>,
@@ -381,11 +385,13 @@ pub(crate) fn parse(
         if text.is_empty() {
             continue;
         }
-        let raw: RawEvent<'_> =
-            serde_json::from_str(text).map_err(|e| HistoryError::Malformed {
+        let raw: RawEvent<'_> = match fast::parse_event(text) {
+            Some(raw) => raw,
+            None => serde_json::from_str(text).map_err(|e| HistoryError::Malformed {
                 line,
                 message: format!("not a valid event: {e}"),
-            })?;
+            })?,
+        };
         let event = ParsedEvent {
             process: raw.process,
             kind: raw.kind,

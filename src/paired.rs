@@ -2,6 +2,16 @@
 //! `testing`): quorate and the raw driver measured in one run, in mirrored
 //! order, so that a noisy machine affects both sides alike; and the
 //! operations every adapter measures on the quorate side.
+//!
+//! Each measurement starts from a quiet process: after one, the next waits
+//! [`SETTLE`], longer than a client's deadline sweeper outlives its last
+//! request, so that no side runs beside a timer the side before it left.
+//!
+//! For instruction counts, `QUORATE_BENCH_COUNT=<name>:<n>` asks a
+//! benchmark to run only the operation `name`, exactly `n` times, and exit
+//! ([`counted`], [`run_counted`]); `scripts/instructions` runs it under
+//! callgrind at two lengths and reports the marginal instructions per
+//! operation.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -112,6 +122,66 @@ where
     Arc::new(move |t, i| Box::pin(f(t, i)))
 }
 
+/// The pause before each measurement: longer than a client's deadline
+/// sweeper lives on after its last attempt.
+pub const SETTLE: Duration =
+    Duration::from_millis(crate::client::deadline::SWEEPER_LINGER.as_millis() as u64 + 200);
+
+const _: () = assert!(SETTLE.as_millis() > crate::client::deadline::SWEEPER_LINGER.as_millis());
+
+/// The operation and count `QUORATE_BENCH_COUNT=<name>:<n>` asks for, if
+/// any.
+///
+/// # Panics
+///
+/// When the variable is set but not of that form (a benchmark's
+/// misconfiguration, reported at once).
+pub fn counted() -> Option<(String, u64)> {
+    let value = std::env::var("QUORATE_BENCH_COUNT").ok()?;
+    let (name, n) = value
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("QUORATE_BENCH_COUNT={value:?}: expected <operation>:<count>"));
+    let n = n
+        .parse()
+        .unwrap_or_else(|_| panic!("QUORATE_BENCH_COUNT={value:?}: the count is not a number"));
+    Some((name.to_owned(), n))
+}
+
+/// Runs the operation named `name` among `ops` exactly `total` times over
+/// `concurrency` tasks (for instruction counts, which need a fixed amount
+/// of work, not a fixed time).
+///
+/// # Panics
+///
+/// When no operation has that name; the message lists the names.
+pub async fn run_counted(concurrency: usize, name: &str, total: u64, ops: &[(&str, &Op)]) {
+    let Some((_, op)) = ops.iter().find(|(n, _)| *n == name) else {
+        let names: Vec<&str> = ops.iter().map(|(n, _)| *n).collect();
+        panic!(
+            "no operation {name:?} here; operations: {}",
+            names.join(", ")
+        );
+    };
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..concurrency.max(1))
+        .map(|t| {
+            let (op, next) = ((*op).clone(), next.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    op(t, i).await;
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        if let Err(e) = t.await {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
 /// Runs `concurrency` tasks, each looping over `op`, for `run`; operations
 /// per second.
 pub async fn throughput(concurrency: usize, run: Duration, op: &Op) -> f64 {
@@ -142,7 +212,7 @@ pub async fn throughput(concurrency: usize, run: Duration, op: &Op) -> f64 {
 /// Measures the operations in mirrored order, `rounds` times, `run` each,
 /// and returns the mean throughput of each.
 ///
-/// Mirroring (a, b, c, c, b, a) cancels a drift that is linear over a
+/// Each measurement waits [`SETTLE`] first. Mirroring (a, b, c, c, b, a) cancels a drift that is linear over a
 /// round: none profits from going first (warm caches) or last (a fuller
 /// table). But the operation in the middle runs twice back to back, and a
 /// second run after itself finds caches, pool and statements warm for it.
@@ -155,10 +225,21 @@ pub async fn interleaved<const N: usize>(
     rounds: usize,
     ops: [&Op; N],
 ) -> [f64; N] {
+    interleaved_settling(SETTLE, concurrency, run, rounds, ops).await
+}
+
+async fn interleaved_settling<const N: usize>(
+    settle: Duration,
+    concurrency: usize,
+    run: Duration,
+    rounds: usize,
+    ops: [&Op; N],
+) -> [f64; N] {
     let rounds = rounds.max(1).div_ceil(N.max(1)) * N.max(1);
     let mut sums = [0.0; N];
     for round in 0..rounds {
         for i in rotated_mirror(N, round) {
+            tokio::time::sleep(settle).await;
             sums[i] += throughput(concurrency, run, ops[i]).await;
         }
     }
@@ -194,6 +275,30 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_counted_run_makes_exactly_that_many_operations() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let counting = {
+            let calls = calls.clone();
+            op(move |_, _| {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let idle = op(|_, _| async {});
+        run_counted(
+            32,
+            "counting",
+            1001,
+            &[("idle", &idle), ("counting", &counting)],
+        )
+        .await;
+        assert_eq!(calls.load(Ordering::Relaxed), 1001);
+    }
+
+    #[tokio::test]
     async fn measures_each_operation_in_mirrored_rounds() {
         let calls: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         let ops: Vec<Op> = (0..2)
@@ -208,7 +313,14 @@ mod tests {
                 })
             })
             .collect();
-        let [fast, slow] = interleaved(2, Duration::from_millis(60), 2, [&ops[0], &ops[1]]).await;
+        let [fast, slow] = interleaved_settling(
+            Duration::from_millis(5),
+            2,
+            Duration::from_millis(60),
+            2,
+            [&ops[0], &ops[1]],
+        )
+        .await;
         assert!(fast > slow * 1.5, "{fast} vs {slow}");
         assert!(calls[0].load(Ordering::Relaxed) > calls[1].load(Ordering::Relaxed));
     }

@@ -37,6 +37,11 @@ use crate::shard::{self, Padded, SHARDS};
 /// registration starts it again.
 const IDLE_TICKS: u32 = 100;
 
+/// How long a sweeper can outlive a client's last attempt: its idle ticks
+/// at the longest tick.
+#[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
+pub(crate) const SWEEPER_LINGER: Duration = Duration::from_millis(10 * IDLE_TICKS as u64);
+
 /// The deadlines of a client's in-flight attempts.
 #[derive(Debug)]
 pub(crate) struct Deadlines {
@@ -429,8 +434,8 @@ mod tests {
         assert!(raced.is_err());
         assert_eq!(totals(&d).2, 0);
         assert!(sweeping(&d));
-        tokio::time::sleep(Duration::from_millis(10 * u64::from(IDLE_TICKS) + 50)).await;
-        assert!(!sweeping(&d), "the sweeper stopped");
+        tokio::time::sleep(SWEEPER_LINGER + Duration::from_millis(50)).await;
+        assert!(!sweeping(&d), "the sweeper stopped within SWEEPER_LINGER");
         // And starts again for the next attempt.
         let out = d
             .run(

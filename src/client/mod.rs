@@ -3,7 +3,7 @@
 //! `write.rs`, multi-record writes in `transact.rs`, what the client learns
 //! of regions in `health.rs`.
 
-mod deadline;
+pub(crate) mod deadline;
 mod health;
 mod read;
 mod transact;

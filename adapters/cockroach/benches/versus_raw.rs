@@ -19,15 +19,17 @@
 //! `QUORATE_BENCH_CONCURRENCY=N` measures only concurrency N;
 //! `QUORATE_BENCH_READS_ONLY=1` only the reads.
 //! `QUORATE_BENCH_FIXED_TIMEOUTS=1` runs the client without adaptive attempt
-//! timeouts.
+//! timeouts. `QUORATE_BENCH_COUNT=<operation>:<n>` runs one operation
+//! exactly `n` times and exits (`scripts/instructions` counts its
+//! instructions).
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use quorate_cockroach::paired::{
-    adapter_read, header, interleaved, key, levels, op, read_then_update, reads_only, row,
-    strong_read,
+    adapter_read, counted, header, interleaved, key, levels, op, read_then_update, reads_only, row,
+    run_counted, strong_read,
 };
 use quorate_cockroach::sql::commit_point;
 use quorate_cockroach::{
@@ -128,18 +130,6 @@ async fn main() {
         let quorate_read = strong_read(&client);
         // The adapter alone, without the client: what the client costs.
         let adapter_read = adapter_read(client.backend(), &Region::new("eu").unwrap());
-        let [r, q_r, a_r] = interleaved(
-            concurrency,
-            RUN,
-            ROUNDS,
-            [&raw_read, &quorate_read, &adapter_read],
-        )
-        .await;
-        row("strong point read", concurrency, r, q_r);
-        row("  adapter alone (no client)", concurrency, r, a_r);
-        if reads_only() {
-            continue;
-        }
 
         // Conditional updates, each task on its own key.
         let pool = raw.clone();
@@ -148,11 +138,14 @@ async fn main() {
             async move {
                 let c = pool.get().await.unwrap();
                 let key = key(t);
+                // The same read as quorate's: version and value.
                 let read = c
-                    .prepare_cached("SELECT version FROM quorate_records WHERE key = $1")
+                    .prepare_cached("SELECT version, value FROM quorate_records WHERE key = $1")
                     .await
                     .unwrap();
-                let version: i64 = c.query_one(&read, &[&key]).await.unwrap().get(0);
+                let row = c.query_one(&read, &[&key]).await.unwrap();
+                let (version, value): (i64, Vec<u8>) = (row.get(0), row.get(1));
+                std::hint::black_box(value);
                 let st = c
                     .prepare_cached(
                         "UPDATE quorate_records SET value = $2, version = version + 1 WHERE key = $1 AND version = $3 RETURNING version",
@@ -204,15 +197,6 @@ async fn main() {
             }
         });
         let quorate_update = read_then_update(&client);
-        let [r, r_i, q_u] = interleaved(
-            concurrency,
-            RUN,
-            ROUNDS,
-            [&raw_update, &raw_idempotent, &quorate_update],
-        )
-        .await;
-        row("read + conditional update", concurrency, r, q_u);
-        row("  vs raw + idempotency row", concurrency, r_i, q_u);
 
         // A multi-record write: each task writes its two records in one
         // transaction. Raw: BEGIN, two upserts, COMMIT. quorate: the same
@@ -296,6 +280,43 @@ async fn main() {
                 tx.commit().await.unwrap();
             }
         });
+
+        if let Some((name, n)) = counted() {
+            let ops = [
+                ("raw_read", &raw_read),
+                ("quorate_read", &quorate_read),
+                ("adapter_read", &adapter_read),
+                ("raw_update", &raw_update),
+                ("raw_idempotent_update", &raw_idempotent),
+                ("quorate_update", &quorate_update),
+                ("raw_two_record", &raw_tx),
+                ("raw_idempotent_two_record", &raw_tx_idempotent),
+                ("quorate_two_record", &quorate_tx),
+            ];
+            run_counted(concurrency, &name, n, &ops).await;
+            return;
+        }
+        let [r, q_r, a_r] = interleaved(
+            concurrency,
+            RUN,
+            ROUNDS,
+            [&raw_read, &quorate_read, &adapter_read],
+        )
+        .await;
+        row("strong point read", concurrency, r, q_r);
+        row("  adapter alone (no client)", concurrency, r, a_r);
+        if reads_only() {
+            continue;
+        }
+        let [r, r_i, q_u] = interleaved(
+            concurrency,
+            RUN,
+            ROUNDS,
+            [&raw_update, &raw_idempotent, &quorate_update],
+        )
+        .await;
+        row("read + conditional update", concurrency, r, q_u);
+        row("  vs raw + idempotency row", concurrency, r_i, q_u);
         let [r_t, r_ti, q_t] = interleaved(
             concurrency,
             RUN,

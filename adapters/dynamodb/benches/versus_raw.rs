@@ -16,6 +16,8 @@
 //! per measurement.
 //! `QUORATE_BENCH_CONCURRENCY=N` measures only concurrency N;
 //! `QUORATE_BENCH_READS_ONLY=1` only the reads.
+//! `QUORATE_BENCH_COUNT=<operation>:<n>` runs one operation exactly `n`
+//! times and exits (`scripts/instructions` counts its instructions).
 
 use std::time::Duration;
 
@@ -24,8 +26,8 @@ use quorate_dynamodb::aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWri
 use quorate_dynamodb::aws_sdk_dynamodb::{self, Client as Sdk};
 use quorate_dynamodb::item::{EXPIRES_AT, PK, RECORD_KEY, VALUE, VERSION, WRITER, WRITTEN_AT};
 use quorate_dynamodb::paired::{
-    adapter_read, header, interleaved, key, levels, op, read_then_update, reads_only, row,
-    strong_read,
+    adapter_read, counted, header, interleaved, key, levels, op, read_then_update, reads_only, row,
+    run_counted, strong_read,
 };
 use quorate_dynamodb::{
     Client, ClientConfig, DynamoBackend, DynamoConfig, Home, IdempotencyKey, Precondition, Region,
@@ -132,18 +134,6 @@ async fn main() {
         let quorate_read = strong_read(&client);
         // The adapter alone, without the client: what the client costs.
         let adapter_read = adapter_read(client.backend(), &Region::new("eu").unwrap());
-        let [r, q_r, a_r] = interleaved(
-            concurrency,
-            RUN,
-            ROUNDS,
-            [&raw_read, &quorate_read, &adapter_read],
-        )
-        .await;
-        row("strong point read", concurrency, r, q_r);
-        row("  adapter alone (no client)", concurrency, r, a_r);
-        if reads_only() {
-            continue;
-        }
 
         let sdk = raw.clone();
         let raw_update = op(move |t, _| {
@@ -206,6 +196,30 @@ async fn main() {
             }
         });
         let quorate_update = read_then_update(&client);
+        if let Some((name, n)) = counted() {
+            let ops = [
+                ("raw_read", &raw_read),
+                ("quorate_read", &quorate_read),
+                ("adapter_read", &adapter_read),
+                ("raw_update", &raw_update),
+                ("raw_idempotent_update", &raw_idempotent),
+                ("quorate_update", &quorate_update),
+            ];
+            run_counted(concurrency, &name, n, &ops).await;
+            return;
+        }
+        let [r, q_r, a_r] = interleaved(
+            concurrency,
+            RUN,
+            ROUNDS,
+            [&raw_read, &quorate_read, &adapter_read],
+        )
+        .await;
+        row("strong point read", concurrency, r, q_r);
+        row("  adapter alone (no client)", concurrency, r, a_r);
+        if reads_only() {
+            continue;
+        }
         let [r, r_i, q_u] = interleaved(
             concurrency,
             RUN,

@@ -4,8 +4,12 @@
 //!
 //! `eval "$(scripts/spanner start)" && cargo bench -p quorate-spanner --bench versus_raw`
 //!
-//! Strong point reads (quorate: a `Strong` read; raw: a single-use strong
-//! query of the same row) at concurrency 1 and 8, and a read followed by a
+//! Strong point reads at concurrency 1 and 8: quorate's `Strong` read (a
+//! unary `ExecuteSql` on a session it holds) against two raw sides, the
+//! same unary `ExecuteSql` on a held session through gcloud-spanner's
+//! low-level client (like for like: what quorate adds), and the library's
+//! own single-use query on its session pool (a streaming
+//! `ExecuteStreamingSql`: what an application would write); and a read followed by a
 //! conditional update at concurrency 1 (the emulator runs one read-write
 //! transaction at a time). Raw: a single-use strong read, then a read-write
 //! transaction that checks the version and writes the row. quorate: a
@@ -17,17 +21,112 @@
 
 use std::time::Duration;
 
+use gcloud_googleapis::spanner::v1::transaction_options::read_only::TimestampBound;
+use gcloud_googleapis::spanner::v1::transaction_options::{self, ReadOnly};
+use gcloud_googleapis::spanner::v1::{
+    transaction_selector, CreateSessionRequest, ExecuteSqlRequest, TransactionOptions,
+    TransactionSelector, Type, TypeCode,
+};
+use prost_types::{value::Kind, Struct};
+use quorate_spanner::gcloud_spanner::apiv1::conn_pool::ConnectionManager;
 use quorate_spanner::gcloud_spanner::client::Client as Raw;
+use quorate_spanner::gcloud_spanner::client::ClientConfig;
 use quorate_spanner::gcloud_spanner::mutation::{insert, insert_or_update};
 use quorate_spanner::gcloud_spanner::statement::Statement;
 use quorate_spanner::gcloud_spanner::value::CommitTimestamp;
-use quorate_spanner::paired::{header, interleaved, key, op, read_then_update, row, strong_read};
+use quorate_spanner::paired::{
+    counted, header, interleaved, key, op, read_then_update, row, run_counted, strong_read,
+};
 use quorate_spanner::{
-    Client, ClientConfig, IdempotencyKey, Precondition, SpannerBackend, SpannerConfig, WriteOptions,
+    Client, IdempotencyKey, Precondition, SpannerBackend, SpannerConfig, WriteOptions,
 };
 
 const RUN: Duration = Duration::from_secs(1);
 const ROUNDS: usize = 3;
+
+/// The low-level client and one session held for the whole run: the same
+/// request quorate's reads make, without quorate.
+struct Unary {
+    conn: ConnectionManager,
+    session: String,
+}
+
+impl Unary {
+    async fn new(database: &str) -> Unary {
+        let config = ClientConfig::default();
+        let conn = ConnectionManager::new(
+            1,
+            &config.environment,
+            &config.endpoint,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        let session = conn
+            .conn()
+            .create_session(
+                CreateSessionRequest {
+                    database: database.to_owned(),
+                    session: None,
+                },
+                true,
+                None,
+            )
+            .await
+            .unwrap()
+            .into_inner()
+            .name;
+        Unary { conn, session }
+    }
+
+    async fn read(&self, key: &str) -> i64 {
+        let request = ExecuteSqlRequest {
+            session: self.session.clone(),
+            transaction: Some(TransactionSelector {
+                selector: Some(transaction_selector::Selector::SingleUse(
+                    TransactionOptions {
+                        mode: Some(transaction_options::Mode::ReadOnly(ReadOnly {
+                            return_read_timestamp: true,
+                            timestamp_bound: Some(TimestampBound::Strong(true)),
+                        })),
+                        ..Default::default()
+                    },
+                )),
+            }),
+            sql: "SELECT version, value FROM quorate_records WHERE key = @key".to_owned(),
+            params: Some(Struct {
+                fields: [(
+                    "key".to_owned(),
+                    prost_types::Value {
+                        kind: Some(Kind::StringValue(key.to_owned())),
+                    },
+                )]
+                .into(),
+            }),
+            param_types: [(
+                "key".to_owned(),
+                Type {
+                    code: TypeCode::String as i32,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let result = self
+            .conn
+            .conn()
+            .execute_sql(request, true, None)
+            .await
+            .unwrap()
+            .into_inner();
+        let row = &result.rows[0].values;
+        match &row[0].kind {
+            Some(Kind::StringValue(v)) => v.parse().unwrap(),
+            other => panic!("version is {other:?}"),
+        }
+    }
+}
 
 async fn raw_version(raw: &Raw, key: &str) -> i64 {
     let mut tx = raw.single().await.unwrap();
@@ -106,7 +205,8 @@ async fn main() {
     let backend = SpannerBackend::connect(config).await.unwrap();
     backend.create_tables().await.unwrap();
     let raw = backend.spanner().clone();
-    let client = Client::new(backend, ClientConfig::default()).unwrap();
+    let client = Client::new(backend, quorate_spanner::ClientConfig::default()).unwrap();
+    let unary = std::sync::Arc::new(Unary::new(&database).await);
     for t in 0..8 {
         client
             .write(
@@ -128,9 +228,35 @@ async fn main() {
                 raw_version(&r, &key(t)).await;
             }
         });
+        let u = unary.clone();
+        let unary_read = op(move |t, _| {
+            let u = u.clone();
+            async move {
+                std::hint::black_box(u.read(&key(t)).await);
+            }
+        });
         let quorate_read = strong_read(&client);
-        let [r, q_r] = interleaved(concurrency, RUN, ROUNDS, [&raw_read, &quorate_read]).await;
-        row("strong point read", concurrency, r, q_r);
+        if let Some((name, n)) = counted() {
+            if concurrency == 8 {
+                let ops = [
+                    ("raw_read", &raw_read),
+                    ("raw_unary_read", &unary_read),
+                    ("quorate_read", &quorate_read),
+                ];
+                run_counted(concurrency, &name, n, &ops).await;
+                return;
+            }
+            continue;
+        }
+        let [r, u_r, q_r] = interleaved(
+            concurrency,
+            RUN,
+            ROUNDS,
+            [&raw_read, &unary_read, &quorate_read],
+        )
+        .await;
+        row("strong point read", concurrency, u_r, q_r);
+        row("  vs raw pooled query", concurrency, r, q_r);
     }
     let lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
     let ops = [false, true].map(|idempotent| {

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use quorate_cockroach::cut_proxy::{Cut, CutProxy};
+use quorate_cockroach::cut_proxy::{Cut, CutProxy, Direction, Link};
 use quorate_cockroach::{
     Backend, Bytes, Client, ClientConfig, IdempotencyKey, PgBackend, Precondition, ReadPlan,
     ReadPolicy, Region, ReplicaRole, SessionFloor, SqlQuery, SqlTransactions, Staleness, TxBody,
@@ -968,5 +968,96 @@ async fn a_fenced_multi_record_write_never_commits_and_a_later_attempt_applies_o
             .await
             .unwrap();
         assert_eq!(r.version(), Some(v.next()), "{key} applied exactly once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_then_partitioned_region_is_routed_around_and_returned_to() {
+    let Some(s) = common::servers() else { return };
+    let _serial = SERIAL.lock().await;
+    common::backend(&s, "eu").await;
+    // The us standby is reached through the fault proxy.
+    let upstream = SocketAddr::from(([127, 0, 0, 1], port_of(&s[1])));
+    let proxy = CutProxy::start(upstream).await.unwrap();
+    let mut config = common::config(&s, "us");
+    config.endpoints[1].connection = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
+        proxy.addr().port()
+    );
+    let client = Client::new(
+        PgBackend::new(config).unwrap(),
+        ClientConfig {
+            // Fixed: the slow region's answers (200 ms) arrive in time,
+            // the partitioned region's never do.
+            adaptive_timeouts: false,
+            attempt_timeout: Duration::from_millis(600),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let session = client.session();
+    let key = common::key("routed");
+    client
+        .write(
+            &session,
+            &key,
+            "1".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let bounded = ReadPolicy::BoundedStaleness(Staleness::from_millis(30_000).unwrap());
+    let served_by = |r: &quorate_cockroach::Read<Bytes>| r.freshness.region.as_str().to_owned();
+    let r = client.read(&session, &key, bounded).await.unwrap();
+    assert_eq!(
+        served_by(&r),
+        "us",
+        "the local standby serves bounded reads"
+    );
+
+    // Slow: every answer from us is 200 ms late, and the reads show it.
+    proxy.set_link(
+        Direction::ToClient,
+        Link {
+            latency: Duration::from_millis(200),
+            ..Link::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let r = client.read(&session, &key, bounded).await.unwrap();
+    assert_eq!(served_by(&r), "us");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Partitioned: reads go elsewhere, within their deadline.
+    proxy.partition();
+    for _ in 0..5 {
+        let r = client.read(&session, &key, bounded).await.unwrap();
+        assert_ne!(
+            served_by(&r),
+            "us",
+            "nothing is served across the partition"
+        );
+    }
+
+    // Healed: the region serves again once its circuit lets a trial through
+    // (no stickiness to the region that stood in).
+    proxy.heal();
+    proxy.set_link(Direction::ToClient, Link::default());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client.read(&session, &key, bounded).await.unwrap();
+        if served_by(&r) == "us" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "us never served again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -1061,3 +1061,156 @@ async fn a_slow_then_partitioned_region_is_routed_around_and_returned_to() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Puts standby 1 back on the true clock however the test ends.
+struct ClockGuard;
+
+impl Drop for ClockGuard {
+    fn drop(&mut self) {
+        let script = std::env::var("QUORATE_PG_SCRIPT").unwrap_or_default();
+        let ok = std::process::Command::new(script)
+            .args(["skew", "1", "off"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("could not put standby 1 back on the true clock; run scripts/pg skew 1 off");
+        }
+    }
+}
+
+/// A standby whose clock runs 3 s behind claims a lag 3 s smaller than it
+/// has: PostgreSQL measures it as the standby's `now()` less the replayed
+/// commit's timestamp (and delays replay by its own clock too). A client that trusts the claim reads beyond its
+/// bound; quorate's clock samples see the standby's offset and count it
+/// against the bound, so its bounded reads stay within it, and the
+/// standby still serves the bounds its real lag meets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_clock_behind_understates_its_lag_and_quorate_counts_it() {
+    let Some(s) = common::servers() else { return };
+    if !std::path::Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1").exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs libfaketime (Debian package faketime)"
+        );
+        eprintln!("skipping: libfaketime is not installed (Debian package faketime)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let backend = common::backend(&s, "us").await;
+    let _clock = ClockGuard;
+    pg_script(&["skew", "1", "-3"]).await;
+    let _reset = DelayGuard(s[1].clone());
+    // The standby applies each commit when its own clock reads 1 s past
+    // the commit's timestamp: 4 s of true time, while it claims 1 s.
+    common::apply_delay(&s[1], Some("1s")).await;
+
+    // A writer through the primary, every 100 ms: (version, when acknowledged).
+    let writer = Client::new(backend.clone(), ClientConfig::default()).unwrap();
+    let key = common::key("skewed");
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(
+        Vec::<(u64, std::time::Instant)>::new(),
+    ));
+    let writing = {
+        let (writer, key, acked) = (writer.clone(), key.clone(), acked.clone());
+        tokio::spawn(async move {
+            let session = writer.session();
+            for n in 0..120u32 {
+                let c = writer
+                    .write(
+                        &session,
+                        &key,
+                        n.to_string().into(),
+                        Precondition::Any,
+                        &WriteOptions::default(),
+                    )
+                    .await
+                    .unwrap();
+                acked
+                    .lock()
+                    .unwrap()
+                    .push((c.version.0, std::time::Instant::now()));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // The newest version acknowledged at least `bound` before `at`.
+    let required = |at: std::time::Instant, bound: Duration| -> u64 {
+        acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, t)| *t + bound <= at)
+            .map(|(v, _)| *v)
+            .max()
+            .unwrap_or(0)
+    };
+    let strict = Client::new(
+        backend.clone(),
+        ClientConfig {
+            health_checks: Some(Duration::from_millis(250)),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    // Past the replay delay, with the clocks sampled.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let bound = Staleness::from_millis(2000).unwrap();
+    let plan_region = Region::new("us").unwrap();
+    let (mut naive_beyond, mut strict_beyond, mut strict_on_standby) = (0, 0, 0);
+    for _ in 0..10 {
+        // Naive: the standby's claim, taken at its word.
+        let at = std::time::Instant::now();
+        let plan = ReadPlan {
+            key: &key,
+            region: &plan_region,
+            role: ReplicaRole::Follower,
+            policy: ReadPolicy::BoundedStaleness(bound),
+            floor: SessionFloor::default(),
+            deadline: Instant::now() + Duration::from_secs(5),
+        };
+        let read = backend.read(&plan).await.unwrap();
+        let claimed = read
+            .freshness
+            .staleness_bound
+            .expect("a standby states its lag");
+        if claimed <= bound.duration()
+            && read.version().map_or(0, |v| v.0) < required(at, bound.duration())
+        {
+            naive_beyond += 1;
+        }
+        // quorate: the same read through the client.
+        let at = std::time::Instant::now();
+        let r = strict
+            .read(&strict.session(), &key, ReadPolicy::BoundedStaleness(bound))
+            .await
+            .unwrap();
+        if r.version().map_or(0, |v| v.0) < required(at, bound.duration()) {
+            strict_beyond += 1;
+        }
+        // A bound the real lag (about 4 s) meets, with the offset counted.
+        let loose = Staleness::from_millis(15_000).unwrap();
+        let at = std::time::Instant::now();
+        let r = strict
+            .read(&strict.session(), &key, ReadPolicy::BoundedStaleness(loose))
+            .await
+            .unwrap();
+        assert!(r.version().map_or(0, |v| v.0) >= required(at, loose.duration()));
+        if r.freshness.region.as_str() == "us" {
+            strict_on_standby += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    writing.abort();
+    assert!(
+        naive_beyond >= 5,
+        "the skewed claim misleads the naive client: {naive_beyond} of 10"
+    );
+    assert_eq!(
+        strict_beyond, 0,
+        "quorate's bounded reads stay within the bound"
+    );
+    assert!(
+        strict_on_standby >= 5,
+        "the standby still serves what it can: {strict_on_standby} of 10"
+    );
+}

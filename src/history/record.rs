@@ -313,6 +313,11 @@ impl<B: Backend> RecordedClient<B> {
         &self.session
     }
 
+    /// Its process number in the history.
+    pub fn process(&self) -> u64 {
+        self.process
+    }
+
     /// Goes on in `session`, named `name` in the history: later operations
     /// of this process belong to it (the checker orders them by this
     /// process's program order within each session).

@@ -1,0 +1,387 @@
+//! Drills on the real PostgreSQL servers: a workload of writers and
+//! readers in two regions, run once by the client teams write without
+//! quorate (naive) and once by quorate (strict), while a real fault is in
+//! force; each history is recorded and judged by the same checker as the
+//! simulator's drills. The verdict rule is the drills' own: the strict run
+//! is clean and the naive run shows the anomaly the scenario is about.
+//!
+//! - **standby clock behind**: standby 1 (region `us`) runs 3 s behind
+//!   under libfaketime and replays with a 1 s delay by its own clock, so it
+//!   is 4 s behind while it claims 1 s. Readers in `us` make 2-second
+//!   bounded reads. Naive: reads the local standby whenever it claims to be
+//!   within the bound (else the primary). Anomaly: `staleness-bound`.
+//! - **replication cut**: standby 1 replicates through a fault proxy,
+//!   partitioned for part of the run (commits go on with standby 2's
+//!   acknowledgement). Each user writes in `eu` and reads back in `us`.
+//!   Naive: reads the local standby (no session carried). Anomaly:
+//!   `read-your-writes`.
+//!
+//! These change the shared servers, so they run one at a time, and put
+//! them back however they end.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use quorate_cockroach::cut_proxy::CutProxy;
+use quorate_cockroach::history::{check_events, HistoryPolicy, RecordedClient, Recorder, Report};
+use quorate_cockroach::{
+    Backend, Client, ClientConfig, PgBackend, Precondition, ReadPlan, ReadPolicy, Region,
+    ReplicaRole, SessionFloor, Staleness, WriteOptions,
+};
+use tokio::time::Instant;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Config {
+    Naive,
+    Strict,
+}
+
+fn port_of(connection: &str) -> u16 {
+    connection
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
+        .expect("the connection string names a port")
+}
+
+fn script(args: &[&str]) -> bool {
+    let script = std::env::var("QUORATE_PG_SCRIPT").unwrap_or_default();
+    std::process::Command::new(script)
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Puts standby 1 back as it was (true clock, no apply delay, replicating
+/// straight from the primary) however a drill ends.
+struct Restore {
+    standby: String,
+    primary_port: u16,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let (standby, primary_port) = (self.standby.clone(), self.primary_port);
+        let restored = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+                common::apply_delay(&standby, None).await;
+                common::exec(
+                    &standby,
+                    &format!(
+                        "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={primary_port} user=postgres application_name=s1'"
+                    ),
+                )
+                .await;
+                common::exec(&standby, "SELECT pg_reload_conf()").await;
+            })
+        })
+        .join()
+        .is_ok();
+        if !restored || !script(&["skew", "1", "off"]) {
+            eprintln!("could not restore standby 1; run scripts/pg stop && scripts/pg start");
+        }
+    }
+}
+
+fn faketime_present() -> bool {
+    let present =
+        std::path::Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1").exists();
+    assert!(
+        present || std::env::var("CI").as_deref() != Ok("true"),
+        "CI needs libfaketime (Debian package faketime)"
+    );
+    present
+}
+
+/// A writer in `eu` that writes `key` every 100 ms until `end`.
+async fn write_until(writer: RecordedClient<PgBackend>, key: String, end: Instant) {
+    let mut n = 0u64;
+    while Instant::now() < end {
+        let _ = writer
+            .write(
+                &key,
+                n.to_string().into(),
+                Precondition::Any,
+                &WriteOptions::default(),
+            )
+            .await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A naive read of `key` at `us`'s standby, recorded under `policy`: what a
+/// service reading its local replica does. With a bound, it believes the
+/// standby's stated lag and goes to the primary only when that exceeds it.
+async fn naive_read(
+    backend: &PgBackend,
+    recorder: &Recorder,
+    process: u64,
+    session: &str,
+    key: &str,
+    policy: ReadPolicy,
+) {
+    recorder.invoke_read(process, session, key, HistoryPolicy::from(policy));
+    let us = Region::new("us").unwrap();
+    let plan = |role| ReadPlan {
+        key,
+        region: &us,
+        role,
+        policy,
+        floor: SessionFloor::default(),
+        deadline: Instant::now() + Duration::from_secs(2),
+    };
+    let mut result = backend.read(&plan(ReplicaRole::Follower)).await;
+    if let (ReadPolicy::BoundedStaleness(b), Ok(r)) = (policy, &result) {
+        if r.freshness.staleness_bound.is_none_or(|s| s > b.duration()) {
+            let eu = Region::new("eu").unwrap();
+            result = backend
+                .read(&ReadPlan {
+                    region: &eu,
+                    role: ReplicaRole::Leader,
+                    ..plan(ReplicaRole::Leader)
+                })
+                .await;
+        }
+    }
+    let outcome = result.as_ref().ok().map(|r| {
+        (
+            r.observed().map_or(0, |v| v.0),
+            Some(r.freshness.region.as_str()),
+        )
+    });
+    recorder.complete_read(process, session, key, outcome);
+}
+
+async fn client(s: &[String; 3], local: &str, config: ClientConfig) -> Client<PgBackend> {
+    Client::new(common::backend(s, local).await, config).unwrap()
+}
+
+/// The standby-clock-behind scenario, under `config`.
+async fn standby_clock_behind(s: &[String; 3], config: Config) -> Report {
+    let recorder = Recorder::new();
+    let key = common::key(&format!("drill-skew-{config:?}"));
+    let writer_client = client(s, "eu", ClientConfig::default()).await;
+    let writer = RecordedClient::new(
+        writer_client.clone(),
+        writer_client.session(),
+        "writer",
+        recorder.clone(),
+    );
+    recorder.locate(writer.process(), "eu");
+    // Give the standby's replay something to trail, then run.
+    let end = Instant::now() + Duration::from_secs(9);
+    let writing = tokio::spawn(write_until(writer, key.clone(), end));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let bound = ReadPolicy::BoundedStaleness(Staleness::from_millis(2000).unwrap());
+    let strict = client(
+        s,
+        "us",
+        ClientConfig {
+            health_checks: Some(Duration::from_millis(250)),
+            ..ClientConfig::default()
+        },
+    )
+    .await;
+    let naive_backend = common::backend(s, "us").await;
+    let mut readers = Vec::new();
+    for r in 0..3 {
+        let (recorder, key, strict, naive_backend) = (
+            recorder.clone(),
+            key.clone(),
+            strict.clone(),
+            naive_backend.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let name = format!("reader-{r}");
+            let reader =
+                RecordedClient::new(strict.clone(), strict.session(), &name, recorder.clone());
+            recorder.locate(reader.process(), "us");
+            let process = recorder.process();
+            recorder.locate(process, "us");
+            while Instant::now() < end {
+                match config {
+                    Config::Strict => {
+                        let _ = reader.read(&key, bound).await;
+                    }
+                    Config::Naive => {
+                        naive_read(&naive_backend, &recorder, process, &name, &key, bound).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    writing.await.unwrap();
+    check_events(&recorder.events()).expect("a well-formed history")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_standby_clock_behind() {
+    let Some(s) = common::servers() else { return };
+    if !faketime_present() {
+        eprintln!("skipping: libfaketime is not installed (Debian package faketime)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let _restore = Restore {
+        standby: s[1].clone(),
+        primary_port: port_of(&s[0]),
+    };
+    assert!(script(&["skew", "1", "-3"]), "scripts/pg skew 1 -3");
+    common::apply_delay(&s[1], Some("1s")).await;
+    let naive = standby_clock_behind(&s, Config::Naive).await;
+    let strict = standby_clock_behind(&s, Config::Strict).await;
+    println!("standby clock behind, naive:\n{}", naive.render());
+    println!("standby clock behind, strict:\n{}", strict.render());
+    assert!(
+        naive.count(quorate_cockroach::history::Anomaly::StalenessBound) > 0,
+        "the naive run reads beyond its bound"
+    );
+    assert_eq!(strict.total(), 0, "the strict run is clean");
+    assert!(strict.ops > 50 && naive.ops > 50);
+}
+
+/// The replication-cut scenario, under `config`: users write in `eu` and
+/// read back in `us` while `proxy` cuts standby 1 from the primary for
+/// seconds 2 to 6.
+async fn replication_cut(s: &[String; 3], config: Config, proxy: &CutProxy) -> Report {
+    let recorder = Recorder::new();
+    let start = Instant::now();
+    let end = start + Duration::from_secs(8);
+    let eu = client(s, "eu", ClientConfig::default()).await;
+    let us = client(s, "us", ClientConfig::default()).await;
+    let naive_backend = common::backend(s, "us").await;
+    let mut users = Vec::new();
+    for u in 0..3 {
+        let (recorder, eu, us, naive_backend) = (
+            recorder.clone(),
+            eu.clone(),
+            us.clone(),
+            naive_backend.clone(),
+        );
+        let key = common::key(&format!("drill-cut-{config:?}-{u}"));
+        users.push(tokio::spawn(async move {
+            let name = format!("user-{u}");
+            // One process, in one session, moving between the regions'
+            // services: its writes in eu, its reads in us.
+            let session = eu.session();
+            let writer = RecordedClient::new(eu.clone(), session.clone(), &name, recorder.clone());
+            recorder.locate(writer.process(), "eu");
+            let process = recorder.process();
+            while Instant::now() < end {
+                let _ = writer
+                    .write(
+                        &key,
+                        "x".into(),
+                        Precondition::Any,
+                        &WriteOptions::default(),
+                    )
+                    .await;
+                recorder.locate(process, "us");
+                match config {
+                    Config::Strict => {
+                        let token = eu.encode_token(writer.session());
+                        let resumed = us.resume_session(&token).unwrap();
+                        let reader =
+                            RecordedClient::new(us.clone(), resumed, &name, recorder.clone());
+                        recorder.locate(reader.process(), "us");
+                        let _ = reader.read(&key, ReadPolicy::Session).await;
+                        writer.session().merge(&reader.session().token()).unwrap();
+                    }
+                    Config::Naive => {
+                        naive_read(
+                            &naive_backend,
+                            &recorder,
+                            process,
+                            &name,
+                            &key,
+                            ReadPolicy::Session,
+                        )
+                        .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    let faults = async {
+        tokio::time::sleep_until(start + Duration::from_secs(2)).await;
+        proxy.partition();
+        tokio::time::sleep_until(start + Duration::from_secs(6)).await;
+        proxy.heal();
+    };
+    let ((), ()) = tokio::join!(faults, async {
+        for u in users {
+            u.await.unwrap();
+        }
+    });
+    check_events(&recorder.events()).expect("a well-formed history")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_replication_cut() {
+    let Some(s) = common::servers() else { return };
+    let _serial = SERIAL.lock().await;
+    let primary_port = port_of(&s[0]);
+    let _restore = Restore {
+        standby: s[1].clone(),
+        primary_port,
+    };
+    // Standby 1 replicates through the fault proxy.
+    let proxy = CutProxy::start(SocketAddr::from(([127, 0, 0, 1], primary_port)))
+        .await
+        .unwrap();
+    common::exec(
+        &s[1],
+        &format!(
+            "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=s1'",
+            proxy.addr().port()
+        ),
+    )
+    .await;
+    common::exec(&s[1], "SELECT pg_reload_conf()").await;
+    // Until its WAL receiver streams through the proxy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (c, conn) = tokio_postgres::connect(&s[1], tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        let port: Option<i32> = c
+            .query_opt(
+                "SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .and_then(|r| r.get(0));
+        drop(c);
+        let _ = task.await;
+        if port == Some(i32::from(proxy.addr().port())) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "standby 1 never streamed through the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let naive = replication_cut(&s, Config::Naive, &proxy).await;
+    let strict = replication_cut(&s, Config::Strict, &proxy).await;
+    println!("replication cut, naive:\n{}", naive.render());
+    println!("replication cut, strict:\n{}", strict.render());
+    assert!(
+        naive.count(quorate_cockroach::history::Anomaly::ReadYourWrites) > 0,
+        "the naive run misses its own writes"
+    );
+    assert_eq!(strict.total(), 0, "the strict run is clean");
+    assert!(strict.ops > 50 && naive.ops > 50);
+}

@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use quorate::chaos::Chaos;
+use quorate::metric_names;
 use quorate::sim::{Sim, SimConfig};
 use quorate::{
     BoxError, Client, ClientConfig, Hedge, Precondition, ReadPolicy, Region, Staleness,
@@ -23,6 +24,12 @@ pub async fn instrumented(
 ) -> Result<(Client<Chaos<Sim>>, quorate::chaos::ChaosControl, Sim), BoxError> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
+        // A histogram, with the buckets OpenTelemetry advises (without
+        // buckets the exporter would render a summary).
+        .set_buckets_for_metric(
+            Matcher::Full(metric_names::OPERATION_DURATION.to_owned()),
+            &metric_names::OPERATION_DURATION_BUCKETS,
+        )?
         .install()?;
     let sim = Sim::new(SimConfig::new(["eu-west", "us-east", "ap-south"])?)?;
     let (backend, control) = Chaos::new(sim.at("us-east")?);

@@ -275,7 +275,7 @@ impl ClockGuard {
             // difference between the middle two, and half a lead would go
             // unseen: measure it from the lower of them.
             let known: Vec<f64> = samples.iter().flatten().map(|s| s.offset).collect();
-            let reference = if known.len() % 2 == 0 {
+            let reference = if known.len().is_multiple_of(2) {
                 let mut sorted = known;
                 sorted.sort_by(f64::total_cmp);
                 sorted[sorted.len() / 2 - 1]

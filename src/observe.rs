@@ -17,8 +17,18 @@ pub mod names {
     /// Histogram: how long each attempt against the database took, in
     /// seconds, by `db.system.name`, `db.operation.name` and, when it
     /// failed, `error.type` (OpenTelemetry's database client metric;
-    /// Prometheus shows it as `db_client_operation_duration_seconds`).
+    /// Prometheus shows it as `db_client_operation_duration`). Exporters
+    /// that need buckets take [`OPERATION_DURATION_BUCKETS`].
     pub const OPERATION_DURATION: &str = "db.client.operation.duration";
+
+    /// The bucket boundaries OpenTelemetry's semantic conventions advise
+    /// for [`OPERATION_DURATION`], in seconds (Prometheus' exporter renders
+    /// a histogram without buckets as a summary).
+    pub const OPERATION_DURATION_BUCKETS: [f64; 9] =
+        [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+
+    /// [`OPERATION_DURATION`]'s description (Prometheus' `# HELP`).
+    pub const OPERATION_DURATION_HELP: &str = "Duration of each attempt against the database, by db.system.name, db.operation.name and error.type.";
     /// Counter: reads re-served at a stronger replica because the first
     /// answer missed its policy, by `policy` and `reason`.
     pub const ESCALATIONS: &str = "quorate_escalations_total";
@@ -84,7 +94,7 @@ fn describe() {
     describe_histogram!(
         names::OPERATION_DURATION,
         Unit::Seconds,
-        "Duration of each attempt against the database, by db.system.name, db.operation.name and error.type."
+        names::OPERATION_DURATION_HELP
     );
     describe_counter!(names::READS, "Reads served, by policy, region and role.");
     describe_counter!(

@@ -438,8 +438,8 @@ impl SigningKey {
     }
 
     fn hmac(&self, body: &[u8]) -> hmac::Hmac<sha2::Sha256> {
-        use hmac::Mac;
-        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0)
+        use hmac::{KeyInit, Mac};
+        let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.0)
             .expect("HMAC accepts any key length");
         m.update(body);
         m

@@ -69,6 +69,16 @@ async fn the_endpoint_serves_every_metric() {
             .any(|l| l.starts_with("# HELP db_client_operation_duration ")),
         "db_client_operation_duration has no # HELP line"
     );
+    // A histogram with OpenTelemetry's buckets, not a summary.
+    assert!(
+        body.lines()
+            .any(|l| l == "# TYPE db_client_operation_duration histogram"),
+        "db_client_operation_duration is not a histogram:\n{body}"
+    );
+    assert!(
+        body.contains(r#"db_client_operation_duration_bucket{db_system_name="other_sql",db_operation_name="read",le="0.005"}"#),
+        "{body}"
+    );
     // Every family has its help text (promtool's check).
     for name in [
         quorate::metric_names::READS,

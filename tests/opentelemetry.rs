@@ -140,3 +140,94 @@ fn attempts_are_client_spans_with_the_database_conventions() {
         .expect("the conflicting write's attempt records error.type");
     assert_eq!(value(failed, "error.type").as_deref(), Some("conflict"));
 }
+
+/// Metrics through OpenTelemetry (`metrics-exporter-opentelemetry` into the
+/// SDK's in-memory exporter): `db.client.operation.duration` arrives as an
+/// OpenTelemetry histogram in seconds, with the convention's attributes.
+#[test]
+fn the_operation_duration_is_an_opentelemetry_histogram() {
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{
+        Aggregation, InMemoryMetricExporter, Instrument, PeriodicReader, Stream,
+    };
+
+    let exporter = InMemoryMetricExporter::default();
+    let (provider, recorder) = metrics_exporter_opentelemetry::Recorder::builder("quorate-test")
+        .with_meter_provider(|b| {
+            b.with_reader(PeriodicReader::builder(exporter.clone()).build())
+                .with_view(|i: &Instrument| {
+                    (i.name() == quorate::metric_names::OPERATION_DURATION).then(|| {
+                        Stream::builder()
+                            .with_unit("s")
+                            .with_description(quorate::metric_names::OPERATION_DURATION_HELP)
+                            .with_aggregation(Aggregation::ExplicitBucketHistogram {
+                                boundaries: quorate::metric_names::OPERATION_DURATION_BUCKETS
+                                    .to_vec(),
+                                record_min_max: true,
+                            })
+                            .build()
+                            .ok()
+                    })?
+                })
+        })
+        .build();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let sim = Sim::new(SimConfig::new(["eu", "us"]).unwrap()).unwrap();
+            let client = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
+            let session = client.session();
+            client
+                .write(
+                    &session,
+                    "acct:7",
+                    "100".into(),
+                    Precondition::IfAbsent,
+                    &WriteOptions::default(),
+                )
+                .await
+                .unwrap();
+            client
+                .read(&session, "acct:7", ReadPolicy::Strong)
+                .await
+                .unwrap();
+        });
+    });
+    provider.force_flush().unwrap();
+    let mut points = Vec::new();
+    for resource in exporter.get_finished_metrics().unwrap() {
+        for scope in resource.scope_metrics() {
+            for metric in scope.metrics() {
+                if metric.name() != quorate::metric_names::OPERATION_DURATION {
+                    continue;
+                }
+                assert_eq!(metric.unit(), "s", "in seconds");
+                let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
+                    panic!("{} is not a histogram: {:?}", metric.name(), metric.data());
+                };
+                for point in h.data_points() {
+                    let mut attributes: Vec<(String, String)> = point
+                        .attributes()
+                        .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                        .collect();
+                    attributes.sort();
+                    let bounds: Vec<f64> = point.bounds().collect();
+                    assert_eq!(bounds, quorate::metric_names::OPERATION_DURATION_BUCKETS);
+                    points.push((attributes, point.count()));
+                }
+            }
+        }
+    }
+    let operation = |op: &str| {
+        points.iter().any(|(attributes, count)| {
+            *count >= 1
+                && attributes.contains(&("db.operation.name".into(), op.into()))
+                && attributes.contains(&("db.system.name".into(), "other_sql".into()))
+        })
+    };
+    assert!(operation("read") && operation("write"), "{points:?}");
+}

@@ -822,7 +822,11 @@ fn quiet_reader(stage: &Stage, region: &str, keys: u64) -> Task {
     Box::pin(async move {
         let mut turn = 0u64;
         while actor.running() {
-            let prefix = if turn % 2 == 0 { "acct" } else { "feed" };
+            let prefix = if turn.is_multiple_of(2) {
+                "acct"
+            } else {
+                "feed"
+            };
             turn += 1;
             let key = format!("{prefix}:{}", rng.below(keys));
             actor

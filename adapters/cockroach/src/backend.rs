@@ -324,7 +324,28 @@ fn invalid(message: String) -> Error {
 
 impl PgBackend {
     /// Validates the configuration and builds one pool per endpoint
-    /// (connections open lazily).
+    /// (connections open lazily, so nothing here touches the network).
+    ///
+    /// ```
+    /// use quorate_cockroach::{Dialect, Endpoint, PgBackend, PgConfig, Region, Role};
+    ///
+    /// # fn main() -> Result<(), quorate_cockroach::Error> {
+    /// let endpoint = |region: &str, role, host: &str| -> Result<Endpoint, quorate_cockroach::Error> {
+    ///     Ok(Endpoint { region: Region::new(region)?, role, connection: format!("host={host} user=app") })
+    /// };
+    /// let endpoints = vec![
+    ///     endpoint("eu", Role::Primary, "10.0.0.1")?,
+    ///     endpoint("us", Role::Standby, "10.1.0.1")?,
+    /// ];
+    /// let backend = PgBackend::new(PgConfig::new("orders-db", Dialect::Postgres, endpoints, "us")?)?;
+    /// # drop(backend);
+    ///
+    /// // A PostgreSQL cluster without its primary is refused up front.
+    /// let standbys = vec![endpoint("us", Role::Standby, "10.1.0.1")?];
+    /// let config = PgConfig::new("orders-db", Dialect::Postgres, standbys, "us")?;
+    /// assert!(PgBackend::new(config).is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn new(config: PgConfig) -> Result<PgBackend, Error> {
         let tables = Tables::new(&config.table)?;
         if config.pool_size == 0 {

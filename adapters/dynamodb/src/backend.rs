@@ -165,6 +165,24 @@ impl DynamoBackend {
     /// Validates the configuration and builds the backend without talking
     /// to DynamoDB; [`DynamoBackend::connect`] also checks the tables and
     /// reads their mode.
+    ///
+    /// ```
+    /// use quorate_dynamodb::aws_sdk_dynamodb::{config, Client as Sdk, Config};
+    /// use quorate_dynamodb::{DynamoBackend, DynamoConfig, Region, RegionClient};
+    ///
+    /// # fn main() -> Result<(), quorate_dynamodb::Error> {
+    /// let region = |name: &str, aws: &str| -> Result<RegionClient, quorate_dynamodb::Error> {
+    ///     let sdk = Config::builder()
+    ///         .behavior_version(config::BehaviorVersion::latest())
+    ///         .region(config::Region::new(aws.to_owned()))
+    ///         .build();
+    ///     Ok(RegionClient { region: Region::new(name)?, client: Sdk::from_conf(sdk) })
+    /// };
+    /// let regions = vec![region("eu", "eu-west-1")?, region("us", "us-east-1")?];
+    /// let backend = DynamoBackend::new(DynamoConfig::new("orders-global", "orders", regions, "us")?)?;
+    /// assert_eq!(backend.table(), "orders");
+    /// # Ok(()) }
+    /// ```
     pub fn new(config: DynamoConfig) -> Result<DynamoBackend, Error> {
         Self::build(config, None)
     }
@@ -172,6 +190,27 @@ impl DynamoBackend {
     /// Builds the backend and checks, in every region, that both tables
     /// exist (a typed error names a missing one), taking the replication
     /// mode from `DescribeTable` when the table reports it.
+    ///
+    /// ```no_run
+    /// use quorate_dynamodb::{Client, ClientConfig, DynamoBackend, DynamoConfig, Region, RegionClient};
+    ///
+    /// # async fn demo() -> Result<(), quorate_dynamodb::Error> {
+    /// let mut regions = Vec::new();
+    /// for (name, aws) in [("eu", "eu-west-1"), ("us", "us-east-1")] {
+    ///     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    ///         .region(aws_config::Region::new(aws))
+    ///         .load()
+    ///         .await;
+    ///     regions.push(RegionClient {
+    ///         region: Region::new(name)?,
+    ///         client: quorate_dynamodb::aws_sdk_dynamodb::Client::new(&sdk),
+    ///     });
+    /// }
+    /// let backend = DynamoBackend::connect(DynamoConfig::new("orders-global", "orders", regions, "us")?).await?;
+    /// let client = Client::new(backend, ClientConfig::default())?;
+    /// # drop(client);
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(config: DynamoConfig) -> Result<DynamoBackend, Error> {
         let backend = Self::build(config, None)?;
         let mut reported = None;

@@ -292,6 +292,23 @@ impl SpannerBackend {
     /// Connects (sessions are created lazily by the client library).
     /// `SPANNER_EMULATOR_HOST` selects the emulator; otherwise Application
     /// Default Credentials are used.
+    ///
+    /// ```no_run
+    /// use quorate_spanner::{Client, ClientConfig, SpannerBackend, SpannerConfig};
+    ///
+    /// # async fn demo() -> Result<(), quorate_spanner::Error> {
+    /// // A multi-region instance (nam3): the client runs in us-east4.
+    /// let config = SpannerConfig::new(
+    ///     "projects/acme/instances/orders/databases/orders",
+    ///     &["us-east4", "us-east1", "us-central1"],
+    ///     "us-east4",
+    /// )?;
+    /// let backend = SpannerBackend::connect(config).await?;
+    /// backend.create_tables().await?;
+    /// let client = Client::new(backend, ClientConfig::default())?;
+    /// # drop(client);
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(config: SpannerConfig) -> Result<SpannerBackend, Error> {
         sql::database_path(&config.database)?;
         let tables = Tables::new(&config.table)?;

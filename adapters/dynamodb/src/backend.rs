@@ -2,6 +2,7 @@
 //! SDK client per region.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -110,6 +111,13 @@ pub struct DynamoConfig {
     /// Collections whose records live in tables of the application's own
     /// (see [`NativeTable`]); every other record lives in `table`.
     pub native: Catalog<NativeTable>,
+    /// The URL each region's client sends its requests to, where known:
+    /// [`DynamoConfig::from_settings`] and [`DynamoConfig::from_env`] take
+    /// it from the SDK configuration they load (AWS's regional endpoint
+    /// when none is set). Attempt spans name it as `server.address` and
+    /// `server.port`; a region without an entry is traced without them
+    /// (an SDK client does not reveal its endpoint).
+    pub endpoints: BTreeMap<Region, String>,
 }
 
 impl DynamoConfig {
@@ -134,6 +142,7 @@ impl DynamoConfig {
             mode: Mode::Eventual,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             native: Catalog::new(),
+            endpoints: BTreeMap::new(),
         })
     }
 }
@@ -1620,6 +1629,15 @@ impl Backend for DynamoBackend {
         if let Some(aws) = self.client(region).ok().and_then(|c| c.config().region()) {
             target = target.namespace(aws.to_string());
         }
+        if let Some((host, port)) = self
+            .inner
+            .config
+            .endpoints
+            .get(region)
+            .and_then(|url| server_of(url))
+        {
+            target = target.server(host, Some(port));
+        }
         target
     }
 
@@ -1985,9 +2003,54 @@ impl Backend for DynamoBackend {
     }
 }
 
+/// The host and port of an endpoint URL (the scheme's port when it names
+/// none).
+fn server_of(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let default = if scheme.eq_ignore_ascii_case("http") {
+        80
+    } else {
+        443
+    };
+    // A bracketed IPv6 literal keeps its colons.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, p.parse().ok()?),
+        _ => (authority, default),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_come_from_endpoint_urls() {
+        let cases = [
+            ("http://127.0.0.1:8000", Some(("127.0.0.1", 8000))),
+            (
+                "https://dynamodb.eu-west-1.amazonaws.com",
+                Some(("dynamodb.eu-west-1.amazonaws.com", 443)),
+            ),
+            ("http://localhost/path?x=1", Some(("localhost", 80))),
+            ("http://[::1]:8000/", Some(("::1", 8000))),
+            ("http://[::1]", Some(("::1", 80))),
+            ("https://user@db.internal:8443", Some(("db.internal", 8443))),
+            ("http://:80", None),
+            ("http://h:notaport", None),
+            ("no-scheme", None),
+        ];
+        for (url, want) in cases {
+            assert_eq!(
+                server_of(url),
+                want.map(|(h, p)| (h.to_owned(), p)),
+                "{url}"
+            );
+        }
+    }
 
     fn sdk(region: &str) -> aws_sdk_dynamodb::Client {
         let config = aws_sdk_dynamodb::Config::builder()

@@ -195,10 +195,14 @@ impl DynamoConfig {
             return Err(invalid("regions", "no region is configured"));
         }
         let mut regions = Vec::new();
+        let mut endpoints = std::collections::BTreeMap::new();
         for (name, r) in &settings.regions {
             let region = Region::new(name)
                 .map_err(|e| invalid(&format!("regions.{name}"), e.to_string()))?;
             let sdk = sdk_config(name, r).await?;
+            if let Some(url) = endpoint_of(&sdk) {
+                endpoints.insert(region.clone(), url);
+            }
             regions.push(RegionClient {
                 region,
                 client: aws_sdk_dynamodb::Client::new(&sdk),
@@ -244,6 +248,7 @@ impl DynamoConfig {
             ));
         }
         config.idempotency_ttl = settings.idempotency_ttl;
+        config.endpoints = endpoints;
         Ok(config)
     }
 
@@ -258,16 +263,35 @@ impl DynamoConfig {
         let aws_region = sdk.region().map(|r| r.to_string()).ok_or_else(|| {
             Error::InvalidInput("no AWS region: set AWS_REGION, or a region in the profile".into())
         })?;
-        DynamoConfig::new(
+        let region = Region::new(&aws_region)?;
+        let mut config = DynamoConfig::new(
             scope,
             table,
             vec![RegionClient {
-                region: Region::new(&aws_region)?,
+                region: region.clone(),
                 client: aws_sdk_dynamodb::Client::new(&sdk),
             }],
             &aws_region,
-        )
+        )?;
+        if let Some(url) = endpoint_of(&sdk) {
+            config.endpoints.insert(region, url);
+        }
+        Ok(config)
     }
+}
+
+/// Where an SDK configuration sends DynamoDB requests: its endpoint URL,
+/// else AWS's regional endpoint (unknown with FIPS or dual-stack endpoints,
+/// whose names vary).
+fn endpoint_of(sdk: &aws_config::SdkConfig) -> Option<String> {
+    if let Some(url) = sdk.endpoint_url() {
+        return Some(url.to_owned());
+    }
+    if sdk.use_fips().unwrap_or(false) || sdk.use_dual_stack().unwrap_or(false) {
+        return None;
+    }
+    sdk.region()
+        .map(|r| format!("https://dynamodb.{r}.amazonaws.com"))
 }
 
 #[cfg(test)]
@@ -311,6 +335,35 @@ mod tests {
         s.mode = Some("strong".into());
         let c = DynamoConfig::from_settings(&s).await.unwrap();
         assert_eq!((c.regions.len(), c.mode), (1, Mode::Strong));
+        assert_eq!(
+            c.endpoints
+                .get(&Region::new("eu").unwrap())
+                .map(String::as_str),
+            Some("http://127.0.0.1:9")
+        );
+        // Attempt spans name it.
+        let b = crate::DynamoBackend::new(c).unwrap();
+        let t = quorate::Backend::db_target(
+            &b,
+            quorate::DbOperation::Read,
+            &Region::new("eu").unwrap(),
+            Some("k"),
+        );
+        assert_eq!(
+            (t.server_address.as_deref(), t.server_port),
+            (Some("127.0.0.1"), Some(9))
+        );
+        // Without an endpoint: AWS's regional one.
+        let mut s = DynamoSettings::new("orders-global", "orders", "us");
+        s.regions
+            .insert("us".into(), DynamoRegionSettings::new("us-east-1"));
+        let c = DynamoConfig::from_settings(&s).await.unwrap();
+        assert_eq!(
+            c.endpoints
+                .get(&Region::new("us").unwrap())
+                .map(String::as_str),
+            Some("https://dynamodb.us-east-1.amazonaws.com")
+        );
     }
 
     #[tokio::test]

@@ -115,6 +115,9 @@ pub(crate) struct ClockGuard {
     /// Whether fresh samples from a majority were ever at hand (the client
     /// probes).
     ever_quorum: std::sync::atomic::AtomicBool,
+    /// Whether the client probes (or is about to): from then on a region
+    /// not sampled yet is unknown, not "no evidence against it".
+    probing: std::sync::atomic::AtomicBool,
     /// Whether fresh samples from a majority are at hand now.
     quorum: std::sync::atomic::AtomicBool,
 }
@@ -191,6 +194,7 @@ impl ClockGuard {
             ttl,
             longest_bound,
             ever_quorum: std::sync::atomic::AtomicBool::new(false),
+            probing: std::sync::atomic::AtomicBool::new(false),
             quorum: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -381,6 +385,13 @@ impl ClockGuard {
         }
     }
 
+    /// Notes that the client probes the regions' clocks: claims count only
+    /// once every region has been sampled.
+    pub(crate) fn probing(&self) {
+        self.probing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// How far the region's clock strays from the median, with the
     /// estimate's error; `None` without a fresh sample.
     pub(crate) fn deviation(&self, region: usize) -> Option<Duration> {
@@ -425,10 +436,12 @@ impl ClockGuard {
         // against (the leaseholder behind a follower's closed timestamp,
         // the writer of an item): one whose clock is unknown now may have
         // stepped unseen, and replication from it can still arrive where
-        // its probes do not.
-        if self.ever_quorum.load(std::sync::atomic::Ordering::Relaxed)
-            && state.samples.iter().any(Option::is_none)
-        {
+        // its probes do not. A client that probes knows nothing of a clock
+        // before its first sample either (a client that never probes
+        // relies on `clock_uncertainty` alone).
+        let probes = self.ever_quorum.load(std::sync::atomic::Ordering::Relaxed)
+            || self.probing.load(std::sync::atomic::Ordering::Relaxed);
+        if probes && state.samples.iter().any(Option::is_none) {
             return None;
         }
         // A region sampled again after it was blind: what it stamped while
@@ -788,6 +801,29 @@ mod tests {
                 let g = guard(3);
                 g.staleness_error(1, local(&g), Duration::ZERO)
             },
+            Some(Duration::ZERO)
+        );
+    }
+
+    /// A client that probes knows nothing of a clock before its first
+    /// sample: until every region has one, no claim counts (the first reads
+    /// of a client just started would otherwise take a skewed replica's
+    /// word).
+    #[tokio::test(start_paused = true)]
+    async fn a_probing_client_counts_no_claim_before_its_first_samples() {
+        let g = guard(3);
+        g.probing();
+        assert_eq!(g.staleness_error(1, local(&g), Duration::ZERO), None);
+        record(&g, 0, 0);
+        record(&g, 1, 0);
+        assert_eq!(
+            g.staleness_error(1, local(&g), Duration::ZERO),
+            None,
+            "ap unknown"
+        );
+        record(&g, 2, 0);
+        assert_eq!(
+            g.staleness_error(1, local(&g), Duration::ZERO),
             Some(Duration::ZERO)
         );
     }

@@ -806,3 +806,51 @@ async fn background_health_checks_run_while_the_client_lives() {
     .unwrap();
     assert!(matches!(outside, Err(Error::InvalidInput(_))));
 }
+
+/// A client that probes takes no replica's word for its staleness before
+/// its first probes have sampled every clock: its first bounded reads go
+/// to the leader, and once the clocks are known the local replica serves
+/// them. (Before, a client just started trusted the claims with no error
+/// at all, and on a real standby whose clock ran behind read beyond its
+/// bound.)
+#[tokio::test(start_paused = true)]
+async fn a_probing_client_trusts_no_staleness_claim_before_its_first_samples() {
+    let sim = sim();
+    let writer = Client::new(sim.at("eu").unwrap(), ClientConfig::default()).unwrap();
+    writer
+        .write(
+            &writer.session(),
+            "k",
+            "v".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = Client::new(
+        sim.at("us").unwrap(),
+        ClientConfig {
+            clock: std::sync::Arc::new(sim.clock("us").unwrap()),
+            health_checks: Some(Duration::from_millis(250)),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let bounded = ReadPolicy::BoundedStaleness(Staleness::from_millis(10_000).unwrap());
+    let first = client.read(&client.session(), "k", bounded).await.unwrap();
+    assert_eq!(
+        first.freshness.role,
+        ReplicaRole::Leader,
+        "no clock is known yet: {:?}",
+        first.freshness
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = client.read(&client.session(), "k", bounded).await.unwrap();
+    assert_eq!(
+        (later.freshness.role, later.freshness.region.as_str()),
+        (ReplicaRole::Follower, "us"),
+        "{:?}",
+        later.freshness
+    );
+}

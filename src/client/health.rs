@@ -26,6 +26,7 @@ impl<B: Backend> Client<B> {
     /// feeds the clock guard; a region that does not answer is ejected.
     pub async fn probe(&self, region: &Region) -> Result<crate::clock::OffsetSample, Error> {
         let inner = &*self.inner;
+        inner.guard.probing();
         let index = inner
             .router
             .index_of(region)

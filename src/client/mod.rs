@@ -331,6 +331,9 @@ impl<B: Backend> Client<B> {
             }),
         };
         if let Some((period, runtime)) = health_checks {
+            // Claims count once the clocks are known, not before the first
+            // probes answer.
+            client.inner.guard.probing();
             client.spawn_health_checks(&runtime, period);
         }
         Ok(client)

@@ -23,6 +23,37 @@ fn value(span: &SpanData, name: &str) -> Option<String> {
         .map(|kv| kv.value.to_string())
 }
 
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// A client in `us` of a two-region simulator that has written `acct:7`
+/// and read it back strongly.
+async fn wrote_and_read() -> (Client<Sim>, quorate::Session) {
+    let sim = Sim::new(SimConfig::new(["eu", "us"]).unwrap()).unwrap();
+    let client = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
+    let session = client.session();
+    client
+        .write(
+            &session,
+            "acct:7",
+            "100".into(),
+            Precondition::IfAbsent,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    client
+        .read(&session, "acct:7", ReadPolicy::Strong)
+        .await
+        .unwrap();
+    (client, session)
+}
+
 #[test]
 fn attempts_are_client_spans_with_the_database_conventions() {
     let exporter = InMemorySpanExporter::default();
@@ -32,29 +63,8 @@ fn attempts_are_client_spans_with_the_database_conventions() {
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("quorate-test")));
     tracing::subscriber::with_default(subscriber, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let sim = Sim::new(SimConfig::new(["eu", "us"]).unwrap()).unwrap();
-            let client = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
-            let session = client.session();
-            client
-                .write(
-                    &session,
-                    "acct:7",
-                    "100".into(),
-                    Precondition::IfAbsent,
-                    &WriteOptions::default(),
-                )
-                .await
-                .unwrap();
-            client
-                .read(&session, "acct:7", ReadPolicy::Strong)
-                .await
-                .unwrap();
+        paused_runtime().block_on(async {
+            let (client, session) = wrote_and_read().await;
             let conflict = client
                 .write(
                     &session,
@@ -172,30 +182,7 @@ fn the_operation_duration_is_an_opentelemetry_histogram() {
         })
         .build();
     metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let sim = Sim::new(SimConfig::new(["eu", "us"]).unwrap()).unwrap();
-            let client = Client::new(sim.at("us").unwrap(), ClientConfig::default()).unwrap();
-            let session = client.session();
-            client
-                .write(
-                    &session,
-                    "acct:7",
-                    "100".into(),
-                    Precondition::IfAbsent,
-                    &WriteOptions::default(),
-                )
-                .await
-                .unwrap();
-            client
-                .read(&session, "acct:7", ReadPolicy::Strong)
-                .await
-                .unwrap();
-        });
+        paused_runtime().block_on(wrote_and_read());
     });
     provider.force_flush().unwrap();
     let mut points = Vec::new();

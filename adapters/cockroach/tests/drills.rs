@@ -40,22 +40,6 @@ enum Config {
     Strict,
 }
 
-fn port_of(connection: &str) -> u16 {
-    connection
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("port="))
-        .and_then(|p| p.parse().ok())
-        .expect("the connection string names a port")
-}
-
-fn script(args: &[&str]) -> bool {
-    let script = std::env::var("QUORATE_PG_SCRIPT").unwrap_or_default();
-    std::process::Command::new(script)
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Puts standby 1 back as it was (true clock, no apply delay, replicating
 /// straight from the primary) however a drill ends.
 struct Restore {
@@ -81,7 +65,7 @@ impl Drop for Restore {
         })
         .join()
         .is_ok();
-        if !restored || !script(&["skew", "1", "off"]) {
+        if !restored || !common::pg_script(&["skew", "1", "off"]) {
             eprintln!("could not restore standby 1; run scripts/pg stop && scripts/pg start");
         }
     }
@@ -233,9 +217,12 @@ async fn drill_standby_clock_behind() {
     let _serial = SERIAL.lock().await;
     let _restore = Restore {
         standby: s[1].clone(),
-        primary_port: port_of(&s[0]),
+        primary_port: common::port_of(&s[0]),
     };
-    assert!(script(&["skew", "1", "-3"]), "scripts/pg skew 1 -3");
+    assert!(
+        common::pg_script(&["skew", "1", "-3"]),
+        "scripts/pg skew 1 -3"
+    );
     common::apply_delay(&s[1], Some("1s")).await;
     let naive = standby_clock_behind(&s, Config::Naive).await;
     let strict = standby_clock_behind(&s, Config::Strict).await;
@@ -330,7 +317,7 @@ async fn replication_cut(s: &[String; 3], config: Config, proxy: &CutProxy) -> R
 async fn drill_replication_cut() {
     let Some(s) = common::servers() else { return };
     let _serial = SERIAL.lock().await;
-    let primary_port = port_of(&s[0]);
+    let primary_port = common::port_of(&s[0]);
     let _restore = Restore {
         standby: s[1].clone(),
         primary_port,

@@ -127,26 +127,14 @@ async fn a_delayed_standby_serves_stale_reads_only_to_the_naive() {
     }
 }
 
-fn port_of(connection: &str) -> u16 {
-    connection
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("port="))
-        .and_then(|p| p.parse().ok())
-        .expect("the connection string names a port")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_lost_after_commit_is_resolved_to_exactly_once() {
     let Some(s) = common::servers() else { return };
     let _serial = SERIAL.lock().await;
     common::backend(&s, "eu").await;
-    let upstream = SocketAddr::from(([127, 0, 0, 1], port_of(&s[0])));
+    let upstream = SocketAddr::from(([127, 0, 0, 1], common::port_of(&s[0])));
     let proxy = CutProxy::start(upstream).await.unwrap();
-    let through_proxy = format!(
-        // Plain: the proxy finds its pattern in the bytes it relays.
-        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
-        proxy.addr().port()
-    );
+    let through_proxy = common::plain_loopback(proxy.addr().port());
     let mut config = common::config(&s, "eu");
     config.endpoints = common::endpoints(&through_proxy, &s);
     let client = Client::new(PgBackend::new(config).unwrap(), ClientConfig::default()).unwrap();
@@ -189,14 +177,14 @@ async fn a_connection_lost_after_commit_is_resolved_to_exactly_once() {
 }
 
 async fn pg_script(args: &[&str]) {
-    let script =
-        std::env::var("QUORATE_PG_SCRIPT").expect("scripts/pg start exports QUORATE_PG_SCRIPT");
-    let status = tokio::process::Command::new(script)
-        .args(args)
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "scripts/pg {args:?}");
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let ok = tokio::task::spawn_blocking({
+        let args = args.clone();
+        move || common::pg_script(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(ok, "scripts/pg {args:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,13 +632,9 @@ async fn a_multi_record_write_whose_commit_answer_is_lost_applies_once_and_whole
     let Some(s) = common::servers() else { return };
     let _serial = SERIAL.lock().await;
     common::backend(&s, "eu").await;
-    let upstream = SocketAddr::from(([127, 0, 0, 1], port_of(&s[0])));
+    let upstream = SocketAddr::from(([127, 0, 0, 1], common::port_of(&s[0])));
     let proxy = CutProxy::start(upstream).await.unwrap();
-    let through_proxy = format!(
-        // Plain: the proxy finds its pattern in the bytes it relays.
-        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
-        proxy.addr().port()
-    );
+    let through_proxy = common::plain_loopback(proxy.addr().port());
     let mut config = common::config(&s, "eu");
     config.endpoints = common::endpoints(&through_proxy, &s);
     let client = Client::new(PgBackend::new(config).unwrap(), ClientConfig::default()).unwrap();
@@ -839,13 +823,9 @@ async fn closure_transactions_commit_exactly_once() {
     assert!(session.token().point().is_some(), "the session advanced");
 
     // The answer to a COMMIT lost on the network.
-    let upstream = SocketAddr::from(([127, 0, 0, 1], port_of(&s[0])));
+    let upstream = SocketAddr::from(([127, 0, 0, 1], common::port_of(&s[0])));
     let proxy = CutProxy::start(upstream).await.unwrap();
-    let through_proxy = format!(
-        // Plain: the proxy finds its pattern in the bytes it relays.
-        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
-        proxy.addr().port()
-    );
+    let through_proxy = common::plain_loopback(proxy.addr().port());
     let mut config = common::config(&s, "eu");
     config.endpoints = common::endpoints(&through_proxy, &s);
     let client = Client::new(PgBackend::new(config).unwrap(), ClientConfig::default()).unwrap();
@@ -977,13 +957,10 @@ async fn a_slow_then_partitioned_region_is_routed_around_and_returned_to() {
     let _serial = SERIAL.lock().await;
     common::backend(&s, "eu").await;
     // The us standby is reached through the fault proxy.
-    let upstream = SocketAddr::from(([127, 0, 0, 1], port_of(&s[1])));
+    let upstream = SocketAddr::from(([127, 0, 0, 1], common::port_of(&s[1])));
     let proxy = CutProxy::start(upstream).await.unwrap();
     let mut config = common::config(&s, "us");
-    config.endpoints[1].connection = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
-        proxy.addr().port()
-    );
+    config.endpoints[1].connection = common::plain_loopback(proxy.addr().port());
     let client = Client::new(
         PgBackend::new(config).unwrap(),
         ClientConfig {
@@ -1067,12 +1044,7 @@ struct ClockGuard;
 
 impl Drop for ClockGuard {
     fn drop(&mut self) {
-        let script = std::env::var("QUORATE_PG_SCRIPT").unwrap_or_default();
-        let ok = std::process::Command::new(script)
-            .args(["skew", "1", "off"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
+        if !common::pg_script(&["skew", "1", "off"]) {
             eprintln!("could not put standby 1 back on the true clock; run scripts/pg skew 1 off");
         }
     }

@@ -121,3 +121,27 @@ fn run_id() -> u64 {
         nanos ^ (u64::from(std::process::id()) << 40)
     })
 }
+
+/// The port a connection string names.
+pub fn port_of(connection: &str) -> u16 {
+    connection
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
+        .expect("the connection string names a port")
+}
+
+/// A plain connection to a loopback port (a fault proxy's, which finds
+/// its patterns in the bytes it relays).
+pub fn plain_loopback(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable")
+}
+
+/// Runs `scripts/pg` with `args`; whether it succeeded.
+pub fn pg_script(args: &[&str]) -> bool {
+    let script = std::env::var("QUORATE_PG_SCRIPT").unwrap_or_default();
+    std::process::Command::new(script)
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}

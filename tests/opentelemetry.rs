@@ -23,6 +23,11 @@ fn value(span: &SpanData, name: &str) -> Option<String> {
         .map(|kv| kv.value.to_string())
 }
 
+/// The tests run one at a time: tracing caches each callsite's interest
+/// process-wide, and a callsite first reached by a test without a
+/// subscriber while the other installs one may be cached as disabled.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -56,6 +61,7 @@ async fn wrote_and_read() -> (Client<Sim>, quorate::Session) {
 
 #[test]
 fn attempts_are_client_spans_with_the_database_conventions() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
@@ -156,6 +162,7 @@ fn attempts_are_client_spans_with_the_database_conventions() {
 /// OpenTelemetry histogram in seconds, with the convention's attributes.
 #[test]
 fn the_operation_duration_is_an_opentelemetry_histogram() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
     use opentelemetry_sdk::metrics::{
         Aggregation, InMemoryMetricExporter, Instrument, PeriodicReader, Stream,

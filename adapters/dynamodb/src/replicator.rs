@@ -326,6 +326,9 @@ struct Control {
     lag_ms: AtomicU64,
     applied: AtomicU64,
     passes: AtomicU64,
+    /// Passes that read every stream without an error or a re-positioned
+    /// iterator.
+    clean_passes: AtomicU64,
     pending: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -392,12 +395,21 @@ impl Replicator {
             .clone()
     }
 
-    /// Waits until two full passes have run since the call: every change
-    /// written before it that is older than the lag has been copied,
-    /// unless the replicator is paused or a copy failed.
+    /// Waits until two passes have read every stream cleanly since the
+    /// call (a read that failed or had to re-position its iterator reads
+    /// that shard again on a later pass): every change written before it
+    /// that is older than the lag has been copied, unless the replicator is
+    /// paused or a copy failed. Gives up after twenty passes in which the
+    /// streams could not be read cleanly; [`Replicator::last_error`] says
+    /// why.
     pub async fn settle(&self) {
-        let target = self.control.passes.load(Ordering::SeqCst) + 2;
-        while self.control.passes.load(Ordering::SeqCst) < target && !self.task.is_finished() {
+        let control = &self.control;
+        let target = control.clean_passes.load(Ordering::SeqCst) + 2;
+        let give_up = control.passes.load(Ordering::SeqCst) + 20;
+        while control.clean_passes.load(Ordering::SeqCst) < target
+            && control.passes.load(Ordering::SeqCst) < give_up
+            && !self.task.is_finished()
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -633,11 +645,14 @@ struct Worker {
 impl Worker {
     async fn run(mut self) {
         loop {
-            self.read().await;
+            let clean = self.read().await;
             self.apply().await;
             self.control
                 .pending
                 .store(self.pending.len() as u64, Ordering::SeqCst);
+            if clean {
+                self.control.clean_passes.fetch_add(1, Ordering::SeqCst);
+            }
             self.control.passes.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.poll).await;
         }
@@ -664,12 +679,17 @@ impl Worker {
         matches!(value, Some(AttributeValue::S(s)) if s.starts_with(prefix.as_str()))
     }
 
-    async fn read(&mut self) {
+    /// Reads every stream once; whether every read succeeded without
+    /// re-positioning an iterator (a re-positioned shard is read on the
+    /// next pass).
+    async fn read(&mut self) -> bool {
+        let mut clean = true;
         let mut sources = std::mem::take(&mut self.sources);
         for source in &mut sources {
             let region = &self.regions[source.region];
             if source.discovered.elapsed() >= Duration::from_secs(1) {
                 if let Err(e) = source.discover(region, false).await {
+                    clean = false;
                     self.error(e.to_string());
                 }
             }
@@ -689,6 +709,7 @@ impl Worker {
                 {
                     Ok(out) => out,
                     Err(e) => {
+                        clean = false;
                         let e = e.into_service_error();
                         if e.code() == Some("ExpiredIteratorException")
                             || e.code() == Some("TrimmedDataAccessException")
@@ -768,6 +789,7 @@ impl Worker {
             }
         }
         self.sources = sources;
+        clean
     }
 
     async fn apply(&mut self) {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::deploy::Deployment;
 use super::naive::{NaiveClient, NaiveReads};
 use super::Configuration;
 use crate::backend::{Backend, IdempotencyKey, ReadPlan, WriteRequest};
@@ -27,9 +28,8 @@ pub(crate) struct Stats {
 }
 
 /// Everything the actors of one run share.
-#[derive(Clone)]
-pub(crate) struct Stage {
-    pub(crate) sim: Sim,
+pub(crate) struct Stage<D: Deployment = Sim> {
+    pub(crate) deployment: D,
     pub(crate) recorder: Arc<Recorder>,
     pub(crate) config: Configuration,
     pub(crate) naive_reads: NaiveReads,
@@ -37,19 +37,39 @@ pub(crate) struct Stage {
     pub(crate) end: Instant,
     pub(crate) stats: Arc<Mutex<Stats>>,
     pub(crate) seed: u64,
-    pub(crate) strict: Arc<Mutex<Vec<Client<Sim>>>>,
+    pub(crate) strict: Arc<Mutex<Vec<Client<D::Backend>>>>,
     /// Mechanisms the strict actors go without.
     pub(crate) without: Vec<super::Mechanism>,
 }
 
-impl Stage {
+impl<D: Deployment> Clone for Stage<D> {
+    fn clone(&self) -> Self {
+        Stage {
+            deployment: self.deployment.clone(),
+            recorder: self.recorder.clone(),
+            config: self.config,
+            naive_reads: self.naive_reads,
+            start: self.start,
+            end: self.end,
+            stats: self.stats.clone(),
+            seed: self.seed,
+            strict: self.strict.clone(),
+            without: self.without.clone(),
+        }
+    }
+}
+
+impl<D: Deployment> Stage<D> {
     /// A strict client for `region`, kept so the runner can refresh its
     /// health in the background.
-    fn strict_client(&self, region: &str, salt: u64, attempts: Option<u32>) -> Client<Sim> {
-        let backend = self.sim.at(region).expect("scenario regions exist");
+    fn strict_client(&self, region: &str, salt: u64, attempts: Option<u32>) -> Client<D::Backend> {
+        let backend = self.deployment.at(region).expect("scenario regions exist");
         let mut config = ClientConfig {
             seed: Some(self.seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-            clock: Arc::new(self.sim.clock(region).expect("scenario regions exist")),
+            clock: self
+                .deployment
+                .clock(region)
+                .expect("scenario regions exist"),
             region_ejection: Duration::from_secs(3),
             read_deadline: Duration::from_secs(3),
             write_deadline: Duration::from_secs(4),
@@ -93,21 +113,21 @@ async fn timed<T>(
         }))
 }
 
-enum Driver {
-    Naive(NaiveClient),
-    Strict(Client<Sim>),
+enum Driver<D: Deployment> {
+    Naive(NaiveClient<D::Backend>),
+    Strict(Client<D::Backend>),
     /// Straight to the database through one region's gateway: a service
     /// that does not use quorate, the same in both configurations.
-    Direct(Sim, Region),
+    Direct(D::Backend, Region),
 }
 
 /// One process of the history: a user or service in one or more regions,
 /// with one session.
-pub(crate) struct Actor {
-    stage: Stage,
+pub(crate) struct Actor<D: Deployment = Sim> {
+    stage: Stage<D>,
     process: u64,
     name: String,
-    drivers: Vec<Driver>,
+    drivers: Vec<Driver<D>>,
     /// The region of each driver: where the client is when it uses it.
     regions: Vec<String>,
     /// The session each service holds for this user (strict drivers).
@@ -125,23 +145,27 @@ pub(crate) struct Seen {
     pub(crate) value: Option<Bytes>,
 }
 
-impl Actor {
+impl<D: Deployment> Actor<D> {
     /// An actor in `regions` (it uses them in turn, one per operation, with
     /// one session).
-    pub(crate) fn new(stage: &Stage, regions: &[&str]) -> Actor {
+    pub(crate) fn new(stage: &Stage<D>, regions: &[&str]) -> Actor<D> {
         Actor::with_attempts(stage, regions, None)
     }
 
     /// An actor whose strict client makes at most `attempts` attempts per
     /// operation (`None`: as many as the deadline allows), as a service
     /// that leaves retries to its own callers does.
-    pub(crate) fn with_attempts(stage: &Stage, regions: &[&str], attempts: Option<u32>) -> Actor {
+    pub(crate) fn with_attempts(
+        stage: &Stage<D>,
+        regions: &[&str],
+        attempts: Option<u32>,
+    ) -> Actor<D> {
         let process = stage.recorder.process();
         let drivers = regions
             .iter()
             .map(|r| match stage.config {
                 Configuration::Naive => Driver::Naive(NaiveClient::new(
-                    stage.sim.at(r).expect("scenario regions exist"),
+                    stage.deployment.at(r).expect("scenario regions exist"),
                     stage.naive_reads,
                 )),
                 Configuration::Strict => Driver::Strict(stage.strict_client(r, process, attempts)),
@@ -169,7 +193,7 @@ impl Actor {
 
     /// Checks the strict client's writes in `regions` instead of every
     /// healthy region.
-    pub(crate) fn verifying(mut self, regions: VerifyRegions) -> Actor {
+    pub(crate) fn verifying(mut self, regions: VerifyRegions) -> Actor<D> {
         self.verify_regions = regions;
         self
     }
@@ -177,9 +201,9 @@ impl Actor {
     /// An actor that writes straight to the database through `region`'s
     /// gateway, in both configurations, as a service that does not use
     /// quorate does: one attempt per write, with an idempotency key.
-    pub(crate) fn direct(stage: &Stage, region: &str) -> Actor {
+    pub(crate) fn direct(stage: &Stage<D>, region: &str) -> Actor<D> {
         let process = stage.recorder.process();
-        let sim = stage.sim.at(region).expect("scenario regions exist");
+        let sim = stage.deployment.at(region).expect("scenario regions exist");
         let region = Region::new(region).expect("scenario regions are valid");
         Actor {
             stage: stage.clone(),

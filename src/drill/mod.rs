@@ -14,6 +14,7 @@
 
 mod actor;
 pub mod cli;
+mod deploy;
 mod html;
 pub mod naive;
 pub mod nemesis;
@@ -29,9 +30,10 @@ use crate::error::Error;
 use crate::history::{check_events, Event, Recorder, Report};
 use crate::sim::Sim;
 use actor::{Stage, Stats};
+pub use deploy::{Deployment, FaultState};
 pub use html::html_report;
 pub use report::{markdown, render_table, to_json};
-pub use scenarios::{scenarios, Fault, Scenario, Window};
+pub use scenarios::{scenarios, scenarios_on, Fault, Scenario, Window};
 
 /// Which client configuration a run uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -309,6 +311,24 @@ async fn run_on_virtual_time(
     seed: u64,
     variant: &Variant,
 ) -> Result<RunResult, Error> {
+    let mut system = (scenario.system)(seed);
+    system.enforce_max_offset |= variant.enforce_max_offset;
+    let sim = Sim::new(system)?;
+    run_deployed(&sim, scenario, config, seed, variant).await
+}
+
+/// Runs one scenario under one configuration on `deployment`, in the
+/// runtime's time (real time on real servers): the workload's clients are
+/// made by the deployment, and its faults are brought in force at each
+/// boundary of the scenario's windows. The deployment must have the
+/// scenario's regions and produce every fault its windows name.
+pub async fn run_deployed<D: Deployment>(
+    deployment: &D,
+    scenario: &Scenario<D>,
+    config: Configuration,
+    seed: u64,
+    variant: &Variant,
+) -> Result<RunResult, Error> {
     let variant = Variant {
         without: match config {
             Configuration::Strict => variant.without.clone(),
@@ -316,13 +336,30 @@ async fn run_on_virtual_time(
         },
         enforce_max_offset: variant.enforce_max_offset,
     };
-    let mut system = (scenario.system)(seed);
-    system.enforce_max_offset |= variant.enforce_max_offset;
-    let sim = Sim::new(system)?;
+    let system = (scenario.system)(seed);
+    let regions = deployment.regions();
+    for r in &system.regions {
+        if !regions.iter().any(|d| d == r.as_str()) {
+            return Err(Error::InvalidInput(format!(
+                "scenario {} needs region {r}, which the deployment does not have (it has {})",
+                scenario.name,
+                regions.join(", ")
+            )));
+        }
+    }
+    let unsupported = deployment.unsupported(&scenario.windows);
+    if !unsupported.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "scenario {} needs faults this deployment cannot produce: {}",
+            scenario.name,
+            unsupported.join("; ")
+        )));
+    }
+    let home = system.home.as_str().to_owned();
     let recorder = Recorder::new();
     let start = Instant::now();
     let stage = Stage {
-        sim: sim.clone(),
+        deployment: deployment.clone(),
         recorder: recorder.clone(),
         config,
         naive_reads: scenario.naive_reads,
@@ -364,18 +401,28 @@ async fn run_on_virtual_time(
             }
         });
     }
-    let clocks = Arc::new(Mutex::new(vec![sample_clocks(&sim, Duration::ZERO)]));
-    tasks.spawn(apply_faults(
-        sim.clone(),
+    let clocks = Arc::new(Mutex::new(vec![sample_clocks(deployment, Duration::ZERO)]));
+    let faults = tokio::spawn(apply_faults(
+        deployment.clone(),
         scenario.windows.clone(),
+        home,
         start,
         clocks.clone(),
     ));
+    let mut failed = None;
     while let Some(joined) = tasks.join_next().await {
-        joined.map_err(|e| Error::InvalidInput(format!("a drill task failed: {e}")))?;
+        if let Err(e) = joined {
+            failed.get_or_insert(e);
+        }
     }
+    // Every fault is lifted before the run returns, however it ended.
+    let lifted = faults.await;
+    if let Some(e) = failed {
+        return Err(Error::InvalidInput(format!("a drill task failed: {e}")));
+    }
+    lifted.map_err(|e| Error::InvalidInput(format!("the fault schedule failed: {e}")))?;
     let mut clocks = std::mem::take(&mut *clocks.lock().unwrap_or_else(|e| e.into_inner()));
-    clocks.push(sample_clocks(&sim, Instant::now() - start));
+    clocks.push(sample_clocks(deployment, Instant::now() - start));
     let events = recorder.events();
     let report = check_events(&events)
         .map_err(|e| Error::InvalidInput(format!("recorded history is invalid: {e}")))?;
@@ -403,34 +450,29 @@ async fn run_on_virtual_time(
         duration: scenario.duration,
         variant,
         clocks,
-        max_offset: sim.config().max_offset,
+        max_offset: deployment.max_offset(),
     })
 }
 
 /// Every region's clock offset now.
-fn sample_clocks(sim: &Sim, at: Duration) -> ClockSample {
-    let offsets = sim
-        .config()
-        .regions
-        .iter()
+fn sample_clocks<D: Deployment>(deployment: &D, at: Duration) -> ClockSample {
+    let offsets = deployment
+        .regions()
+        .into_iter()
         .filter_map(|r| {
-            let offset = sim.clock_offset(r.as_str()).ok()?;
-            Some((r.as_str().to_owned(), offset))
+            let offset = deployment.clock_offset(&r)?;
+            Some((r, offset))
         })
         .collect();
     ClockSample { at, offsets }
 }
 
-/// Applies each fault at its start and lifts it at its end. Overlapping
-/// faults compose: a link stays cut while any window cuts it (lifting one
-/// cut does not heal another), skews and latencies add up, a replica lags
-/// by the largest lag that covers it, a replica stays stalled and a node
-/// down or paused while any window stalls, crashes or pauses it, drift rates add up (a clock is stepped back when its last
-/// drift ends), and the lease preference is the newest lease window's (the
-/// home region's outside them).
-async fn apply_faults(
-    sim: Sim,
+/// Brings the faults in force at each boundary of `windows` (composed as
+/// [`FaultState::at`] says), and lifts every one at the end.
+async fn apply_faults<D: Deployment>(
+    deployment: D,
     windows: Vec<Window>,
+    home: String,
     start: Instant,
     clocks: Arc<Mutex<Vec<ClockSample>>>,
 ) {
@@ -438,150 +480,21 @@ async fn apply_faults(
         clocks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(sample_clocks(&sim, at));
+            .push(sample_clocks(&deployment, at));
     };
-    let regions: Vec<String> = sim
-        .config()
-        .regions
-        .iter()
-        .map(|r| r.as_str().to_owned())
-        .collect();
-    let default_lag = sim.config().replication_lag;
+    let regions = deployment.regions();
     let mut times: Vec<Duration> = windows.iter().flat_map(|w| [w.from, w.until]).collect();
     times.sort();
     times.dedup();
-    let mut cut: std::collections::BTreeSet<(String, String)> = std::collections::BTreeSet::new();
-    let mut down: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
-    let mut halted: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
-    let mut frozen: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
-    let mut stepped: std::collections::BTreeMap<String, (i64, i64)> =
-        std::collections::BTreeMap::new();
-    let home = sim.config().home.as_str().to_owned();
-    let mut preferred = home.clone();
+    let mut state = FaultState::default();
     for at in times {
         tokio::time::sleep_until(start + at).await;
         sample(at);
-        let mut in_force: Vec<&Window> = windows
-            .iter()
-            .filter(|w| w.from <= at && at < w.until)
-            .collect();
-        in_force.sort_by_key(|w| w.from);
-        let active: Vec<Fault> = in_force.iter().map(|w| w.fault).collect();
-        let mut crashed = std::collections::BTreeSet::new();
-        let mut stalled = std::collections::BTreeSet::new();
-        let mut paused = std::collections::BTreeSet::new();
-        let mut lease_to = home.as_str();
-        let mut links = std::collections::BTreeSet::new();
-        let mut skew: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
-        let mut latency: std::collections::BTreeMap<(&str, &str), u64> =
-            std::collections::BTreeMap::new();
-        let mut lag: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
-        let mut drift: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
-        for fault in &active {
-            match *fault {
-                Fault::Isolate(r) => {
-                    for o in regions.iter().filter(|o| o.as_str() != r) {
-                        links.insert((r.to_owned(), o.clone()));
-                        links.insert((o.clone(), r.to_owned()));
-                    }
-                }
-                Fault::Cut(a, b) => {
-                    links.insert((a.to_owned(), b.to_owned()));
-                    links.insert((b.to_owned(), a.to_owned()));
-                }
-                Fault::OneWay(a, b) => {
-                    links.insert((a.to_owned(), b.to_owned()));
-                }
-                Fault::Skew(r, ms) => *skew.entry(r).or_default() += ms,
-                Fault::Latency(a, b, ms) => {
-                    let pair = if a <= b { (a, b) } else { (b, a) };
-                    *latency.entry(pair).or_default() += ms;
-                }
-                Fault::Lag(r, ms) => {
-                    let l = lag.entry(r).or_default();
-                    *l = (*l).max(ms);
-                }
-                Fault::Crash(r) => {
-                    crashed.insert(r);
-                }
-                Fault::Stall(r) => {
-                    stalled.insert(r);
-                }
-                Fault::Pause(r) => {
-                    paused.insert(r);
-                }
-                Fault::Drift(r, ppm) => *drift.entry(r).or_default() += ppm,
-                Fault::LeaseTo(r) => lease_to = r,
-            }
-        }
-        let mut results = Vec::new();
-        for r in crashed.difference(&down) {
-            results.push(sim.crash(r));
-        }
-        for r in down.difference(&crashed) {
-            results.push(sim.restart(r));
-        }
-        down = crashed;
-        for r in stalled.difference(&halted) {
-            results.push(sim.stall_replica(r));
-        }
-        for r in halted.difference(&stalled) {
-            results.push(sim.resume_replica(r));
-        }
-        halted = stalled;
-        for r in paused.difference(&frozen) {
-            results.push(sim.pause(r));
-        }
-        for r in frozen.difference(&paused) {
-            results.push(sim.resume(r));
-        }
-        frozen = paused;
-        if lease_to != preferred {
-            if lease_to == home {
-                // The window ended: each range's own preference again.
-                sim.default_lease_preferences();
-            } else {
-                results.push(sim.prefer_lease(lease_to));
-            }
-            preferred = lease_to.to_owned();
-        }
-        for (a, b) in links.difference(&cut) {
-            results.push(sim.cut_one_way(a, b));
-        }
-        for (a, b) in cut.difference(&links) {
-            results.push(sim.heal_one_way(a, b));
-        }
-        cut = links;
-        for r in &regions {
-            let ms = skew.get(r.as_str()).copied().unwrap_or(0);
-            let ppm = drift.get(r.as_str()).copied().unwrap_or(0);
-            let (was_ms, was_ppm) = stepped.get(r).copied().unwrap_or((0, 0));
-            // A step when the skews change, or when a drift ends (NTP
-            // steps the clock back): either corrects what it drifted.
-            if ms != was_ms || (was_ppm != 0 && ppm == 0) {
-                results.push(sim.set_skew(r, ms * 1_000_000));
-            }
-            if ppm != was_ppm {
-                results.push(sim.set_drift(r, ppm));
-            }
-            stepped.insert(r.clone(), (ms, ppm));
-            let stall = lag.get(r.as_str()).map(|&ms| Duration::from_millis(ms));
-            results.push(sim.set_replication_lag(r, stall.unwrap_or(default_lag).max(default_lag)));
-        }
-        for (i, a) in regions.iter().enumerate() {
-            for b in &regions[i + 1..] {
-                let pair = if a <= b {
-                    (a.as_str(), b.as_str())
-                } else {
-                    (b.as_str(), a.as_str())
-                };
-                let ms = latency.get(&pair).copied().unwrap_or(0);
-                results.push(sim.set_link_latency(a, b, Duration::from_millis(ms)));
-            }
-        }
-        for e in results.into_iter().filter_map(Result::err) {
+        let next = FaultState::at(&windows, at, &regions, &home);
+        for e in deployment.apply(&state, &next).await {
             tracing::error!(error = %e, "drill fault could not be applied");
         }
+        state = next;
         sample(at);
     }
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::time::sleep;
 
 use super::actor::{Actor, Stage};
+use super::deploy::Deployment;
 use super::naive::NaiveReads;
 use super::scenarios::{
     pause, reader, rng_for, roamer, three_regions, updater, Fault, Scenario, Task, Window, AP, EU,
@@ -36,7 +37,7 @@ use crate::history::{Anomaly, HistoryPolicy, ANOMALIES};
 use crate::policy::{ReadPolicy, Staleness};
 use crate::random::SplitMix64;
 use crate::record::Precondition;
-use crate::sim::{Replication, SimConfig};
+use crate::sim::{Replication, Sim, SimConfig};
 
 const REGIONS: [&str; 3] = [EU, US, AP];
 
@@ -539,12 +540,17 @@ fn system_of(plan: Plan, seed: u64) -> SimConfig {
 
 /// Reads under a staleness bound (a background job): the naive client
 /// reads the local replica, the history records the bound it promised.
-fn bounded_reader(stage: &Stage, region: &str, keys: u64) -> Task {
+fn bounded_reader<D: Deployment>(stage: &Stage<D>, region: &str, keys: u64) -> Task {
     bounded_reader_of(stage, region, "acct", keys)
 }
 
 /// The same over the records named `prefix:N`.
-fn bounded_reader_of(stage: &Stage, region: &str, prefix: &'static str, keys: u64) -> Task {
+fn bounded_reader_of<D: Deployment>(
+    stage: &Stage<D>,
+    region: &str,
+    prefix: &'static str,
+    keys: u64,
+) -> Task {
     let mut actor = Actor::new(stage, &[region]);
     let mut rng = rng_for(stage, 0x99 + stage.recorder.process());
     let bound = Staleness::from_millis(1_000).map(ReadPolicy::BoundedStaleness);
@@ -562,7 +568,12 @@ fn bounded_reader_of(stage: &Stage, region: &str, prefix: &'static str, keys: u6
 
 /// A user whose session travels between services in `regions`: it reads
 /// under its session and now and then writes what it read on.
-fn session_writer(stage: &Stage, regions: &[&str], keys: u64, deleting: bool) -> Task {
+fn session_writer<D: Deployment>(
+    stage: &Stage<D>,
+    regions: &[&str],
+    keys: u64,
+    deleting: bool,
+) -> Task {
     let mut actor = Actor::new(stage, regions);
     let p = stage.recorder.process();
     let mut rng = rng_for(stage, 0x77 + p);
@@ -617,7 +628,7 @@ const BROWSED: u64 = 40;
 /// strongly) and writes some, unconditionally or on top of what it read.
 /// Its session must keep covering what it wrote and saw once the keys have
 /// left the token.
-fn browser(stage: &Stage, regions: &[&str], deleting: bool) -> Task {
+fn browser<D: Deployment>(stage: &Stage<D>, regions: &[&str], deleting: bool) -> Task {
     let mut actor = Actor::new(stage, regions);
     let p = stage.recorder.process();
     let mut rng = rng_for(stage, 0xaa + p);
@@ -660,7 +671,7 @@ fn browser(stage: &Stage, regions: &[&str], deleting: bool) -> Task {
 /// A user who sweeps a run of records strongly in one region, then reads
 /// the same run under its session in another: what a strong read saw, the
 /// session must not read behind later, though the keys have left the token.
-fn auditor(stage: &Stage, regions: &[&str]) -> Task {
+fn auditor<D: Deployment>(stage: &Stage<D>, regions: &[&str]) -> Task {
     let mut actor = Actor::new(stage, regions);
     let mut rng = rng_for(stage, 0xbb + stage.recorder.process());
     Box::pin(async move {
@@ -690,7 +701,7 @@ fn auditor(stage: &Stage, regions: &[&str]) -> Task {
 /// (`settle-<key>-<version>`), so that workers in two regions that see the
 /// same version perform the same transition — once, if the client keeps
 /// its promises.
-fn settler(stage: &Stage, region: &str, keys: u64) -> Task {
+fn settler<D: Deployment>(stage: &Stage<D>, region: &str, keys: u64) -> Task {
     let mut actor = Actor::new(stage, &[region]);
     let mut rng = rng_for(stage, 0x88 + stage.recorder.process());
     Box::pin(async move {
@@ -723,13 +734,13 @@ fn settler(stage: &Stage, region: &str, keys: u64) -> Task {
 /// whose own clock is right then stamps such writes beyond a reader's
 /// uncertainty; only the writer's commit wait, which quorate's writes
 /// have, keeps a strong read from missing them.)
-fn direct_writer(stage: &Stage, region: &str, keys: u64) -> Task {
+fn direct_writer<D: Deployment>(stage: &Stage<D>, region: &str, keys: u64) -> Task {
     direct_writer_during(stage, region, keys, (Duration::ZERO, DURATION))
 }
 
 /// The same, writing only from `from` to `until` into the run.
-fn direct_writer_during(
-    stage: &Stage,
+fn direct_writer_during<D: Deployment>(
+    stage: &Stage<D>,
     region: &str,
     keys: u64,
     (from, until): (Duration, Duration),
@@ -756,13 +767,18 @@ fn direct_writer_during(
 /// records blindly (a status, a heartbeat) and, told that a write did not
 /// apply, moves on to the next with a new idempotency key. A write it was
 /// told had not applied must never land later.
-fn one_shot_writer(stage: &Stage, region: &str, keys: u64) -> Task {
+fn one_shot_writer<D: Deployment>(stage: &Stage<D>, region: &str, keys: u64) -> Task {
     blind_writer(stage, region, keys, Some(1))
 }
 
 /// A writer that overwrites records blindly, its client making at most
 /// `attempts` attempts per write (`None`: as many as its deadline allows).
-fn blind_writer(stage: &Stage, region: &str, keys: u64, attempts: Option<u32>) -> Task {
+fn blind_writer<D: Deployment>(
+    stage: &Stage<D>,
+    region: &str,
+    keys: u64,
+    attempts: Option<u32>,
+) -> Task {
     let mut actor = Actor::with_attempts(stage, &[region], attempts);
     let mut rng = rng_for(stage, 0xdd + stage.recorder.process());
     Box::pin(async move {
@@ -781,7 +797,7 @@ fn blind_writer(stage: &Stage, region: &str, keys: u64, attempts: Option<u32>) -
 /// A teller: reads two records strongly and moves both on in one
 /// multi-record write, each conditioned on the version it read, so that
 /// both move or neither does.
-fn teller(stage: &Stage, region: &str, keys: u64) -> Task {
+fn teller<D: Deployment>(stage: &Stage<D>, region: &str, keys: u64) -> Task {
     let mut actor = Actor::new(stage, &[region]);
     let mut rng = rng_for(stage, 0x7e11 + stage.recorder.process());
     Box::pin(async move {
@@ -816,7 +832,7 @@ fn teller(stage: &Stage, region: &str, keys: u64) -> Task {
 /// A strict user in the quiet region who reads a record strongly now and
 /// then, alternating between the records quorate's writers write
 /// (`acct:N`) and those the service without quorate writes (`feed:N`).
-fn quiet_reader(stage: &Stage, region: &str, keys: u64) -> Task {
+fn quiet_reader<D: Deployment>(stage: &Stage<D>, region: &str, keys: u64) -> Task {
     let mut actor = Actor::new(stage, &[region]);
     let mut rng = rng_for(stage, 0xee + stage.recorder.process());
     Box::pin(async move {
@@ -838,7 +854,12 @@ fn quiet_reader(stage: &Stage, region: &str, keys: u64) -> Task {
 }
 
 /// A quiet-reader drill's workload (see [`Quiet`]).
-fn quiet_workload(stage: &Stage, home: &'static str, keys: u64, quiet: Quiet) -> Vec<Task> {
+fn quiet_workload<D: Deployment>(
+    stage: &Stage<D>,
+    home: &'static str,
+    keys: u64,
+    quiet: Quiet,
+) -> Vec<Task> {
     let mut tasks = Vec::new();
     let ms = Duration::from_millis;
     match quiet.kind {
@@ -882,7 +903,12 @@ fn quiet_workload(stage: &Stage, home: &'static str, keys: u64, quiet: Quiet) ->
 
 /// An updater (strong read, conditional write) whose writes are checked in
 /// `regions`.
-fn updater_verifying(stage: &Stage, region: &str, keys: u64, regions: VerifyRegions) -> Task {
+fn updater_verifying<D: Deployment>(
+    stage: &Stage<D>,
+    region: &str,
+    keys: u64,
+    regions: VerifyRegions,
+) -> Task {
     let mut actor = Actor::new(stage, &[region]).verifying(regions);
     let mut rng = rng_for(stage, 0x11 + stage.recorder.process());
     Box::pin(async move {
@@ -896,15 +922,15 @@ fn updater_verifying(stage: &Stage, region: &str, keys: u64, regions: VerifyRegi
     })
 }
 
-fn workload(stage: &Stage) -> Vec<Task> {
+fn workload<D: Deployment>(stage: &Stage<D>) -> Vec<Task> {
     workload_of(stage, Plan::of(stage.seed))
 }
 
-fn first_workload(stage: &Stage) -> Vec<Task> {
+fn first_workload<D: Deployment>(stage: &Stage<D>) -> Vec<Task> {
     workload_of(stage, Plan::first(stage.seed))
 }
 
-fn workload_of(stage: &Stage, plan: Plan) -> Vec<Task> {
+fn workload_of<D: Deployment>(stage: &Stage<D>, plan: Plan) -> Vec<Task> {
     if let Some(quiet) = plan.quiet {
         return quiet_workload(stage, plan.home, plan.keys, quiet);
     }
@@ -956,13 +982,19 @@ fn workload_of(stage: &Stage, plan: Plan) -> Vec<Task> {
 
 /// The schedule of `seed` as a drill scenario.
 pub fn scenario(seed: u64) -> Scenario {
+    scenario_on::<Sim>(seed)
+}
+
+/// The schedule of `seed` as a drill scenario for clients of deployment
+/// `D`.
+pub fn scenario_on<D: Deployment>(seed: u64) -> Scenario<D> {
     // The system, the workload and the faults grew since the first
     // schedules: crashes and lease moves come on top of the first faults.
     Scenario {
         system,
         workload,
         windows: Plan::of(seed).windows,
-        ..first_scenario(seed)
+        ..first_scenario_on(seed)
     }
 }
 
@@ -971,6 +1003,11 @@ pub fn scenario(seed: u64) -> Scenario {
 /// the seeds that once caught a strict anomaly replay their failing runs
 /// this way.
 pub fn first_scenario(seed: u64) -> Scenario {
+    first_scenario_on::<Sim>(seed)
+}
+
+/// [`first_scenario`] for clients of deployment `D`.
+pub fn first_scenario_on<D: Deployment>(seed: u64) -> Scenario<D> {
     let plan = Plan::first(seed);
     Scenario {
         name: "nemesis",

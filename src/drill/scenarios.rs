@@ -10,12 +10,13 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, Instant};
 
 use super::actor::{Actor, Stage};
+use super::deploy::Deployment;
 use super::naive::NaiveReads;
 use crate::history::{Anomaly, HistoryPolicy};
 use crate::policy::ReadPolicy;
 use crate::random::SplitMix64;
 use crate::record::Precondition;
-use crate::sim::{Replication, SimConfig};
+use crate::sim::{Replication, Sim, SimConfig};
 
 pub(crate) type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -88,8 +89,8 @@ pub struct Window {
     pub fault: Fault,
 }
 
-/// One drill.
-pub struct Scenario {
+/// One drill, to run on the simulator or on another [`Deployment`].
+pub struct Scenario<D: Deployment = Sim> {
     /// Its name (`--scenario`).
     pub name: &'static str,
     /// The anomaly the naive configuration must expose.
@@ -106,7 +107,7 @@ pub struct Scenario {
     pub windows: Vec<Window>,
     pub(crate) naive_reads: NaiveReads,
     pub(crate) system: fn(u64) -> SimConfig,
-    pub(crate) workload: fn(&Stage) -> Vec<Task>,
+    pub(crate) workload: fn(&Stage<D>) -> Vec<Task>,
 }
 
 fn s(secs: f64) -> Duration {
@@ -130,6 +131,11 @@ pub(crate) fn three_regions(seed: u64, home: &str) -> SimConfig {
 
 /// Every drill, in order.
 pub fn scenarios() -> Vec<Scenario> {
+    scenarios_on::<Sim>()
+}
+
+/// Every drill, in order, for clients of deployment `D`.
+pub fn scenarios_on<D: Deployment>() -> Vec<Scenario<D>> {
     vec![
         Scenario {
             name: "isolation-latency",
@@ -271,12 +277,17 @@ pub(crate) fn pause(rng: &mut SplitMix64, (lo, hi): (u64, u64)) -> Duration {
     Duration::from_millis(lo + rng.below(hi - lo + 1))
 }
 
-pub(crate) fn rng_for(stage: &Stage, salt: u64) -> SplitMix64 {
+pub(crate) fn rng_for<D: Deployment>(stage: &Stage<D>, salt: u64) -> SplitMix64 {
     SplitMix64::new(stage.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ salt)
 }
 
 /// Reads a record and writes the next version conditionally, again and again.
-pub(crate) fn updater(stage: &Stage, regions: &[&str], keys: u64, think: (u64, u64)) -> Task {
+pub(crate) fn updater<D: Deployment>(
+    stage: &Stage<D>,
+    regions: &[&str],
+    keys: u64,
+    think: (u64, u64),
+) -> Task {
     let mut actor = Actor::new(stage, regions);
     let mut rng = rng_for(stage, 0x11 + stage.recorder.process());
     Box::pin(async move {
@@ -291,7 +302,12 @@ pub(crate) fn updater(stage: &Stage, regions: &[&str], keys: u64, think: (u64, u
 }
 
 /// Reads critical records strongly.
-pub(crate) fn reader(stage: &Stage, regions: &[&str], keys: u64, think: (u64, u64)) -> Task {
+pub(crate) fn reader<D: Deployment>(
+    stage: &Stage<D>,
+    regions: &[&str],
+    keys: u64,
+    think: (u64, u64),
+) -> Task {
     let mut actor = Actor::new(stage, regions);
     let mut rng = rng_for(stage, 0x22 + stage.recorder.process());
     Box::pin(async move {
@@ -306,7 +322,7 @@ pub(crate) fn reader(stage: &Stage, regions: &[&str], keys: u64, think: (u64, u6
 }
 
 /// A user whose requests land in each of `regions` in turn, in one session.
-pub(crate) fn roamer(stage: &Stage, regions: &[&str], keys: u64) -> Task {
+pub(crate) fn roamer<D: Deployment>(stage: &Stage<D>, regions: &[&str], keys: u64) -> Task {
     let mut actor = Actor::new(stage, regions);
     let mut rng = rng_for(stage, 0x33 + stage.recorder.process());
     Box::pin(async move {
@@ -324,8 +340,8 @@ pub(crate) fn roamer(stage: &Stage, regions: &[&str], keys: u64) -> Task {
 
 /// Updates records in `region` and tells a consumer elsewhere about each
 /// committed version, as a queue would.
-fn producer_with_consumer(
-    stage: &Stage,
+fn producer_with_consumer<D: Deployment>(
+    stage: &Stage<D>,
     region: &str,
     keys: u64,
     tx: mpsc::Sender<String>,
@@ -348,7 +364,7 @@ fn producer_with_consumer(
 }
 
 /// Reads each record it is told about, strongly.
-fn consumer(stage: &Stage, region: &str, mut rx: mpsc::Receiver<String>) -> Task {
+fn consumer<D: Deployment>(stage: &Stage<D>, region: &str, mut rx: mpsc::Receiver<String>) -> Task {
     let mut actor = Actor::new(stage, &[region]);
     Box::pin(async move {
         while actor.running() {
@@ -366,7 +382,7 @@ fn consumer(stage: &Stage, region: &str, mut rx: mpsc::Receiver<String>) -> Task
 }
 
 /// Creates `orders` pending orders, one every 50 ms.
-fn order_producer(stage: &Stage, region: &str, orders: u64) -> Task {
+fn order_producer<D: Deployment>(stage: &Stage<D>, region: &str, orders: u64) -> Task {
     let mut actor = Actor::new(stage, &[region]);
     Box::pin(async move {
         for i in 0..orders {
@@ -386,7 +402,7 @@ fn order_producer(stage: &Stage, region: &str, orders: u64) -> Task {
 }
 
 /// Customers keep editing pending orders (in the home region).
-fn order_editor(stage: &Stage, region: &str, orders: u64) -> Task {
+fn order_editor<D: Deployment>(stage: &Stage<D>, region: &str, orders: u64) -> Task {
     let mut actor = Actor::new(stage, &[region]);
     let mut rng = rng_for(stage, 0x66);
     Box::pin(async move {
@@ -422,7 +438,7 @@ fn order_editor(stage: &Stage, region: &str, orders: u64) -> Task {
 
 /// Moves orders from pending to processed, each transition once (it names
 /// the transition `process-<order>`).
-fn order_worker(stage: &Stage, region: &str, orders: u64, salt: u64) -> Task {
+fn order_worker<D: Deployment>(stage: &Stage<D>, region: &str, orders: u64, salt: u64) -> Task {
     let mut actor = Actor::new(stage, &[region]);
     let region = region.to_owned();
     let mut rng = rng_for(stage, 0x55 + salt);

@@ -43,6 +43,9 @@
 // crate is the implementation, and applications do not need that module.
 #[allow(hidden_glob_reexports)]
 mod backend;
+#[cfg(feature = "drill")]
+#[cfg_attr(docsrs, doc(cfg(feature = "drill")))]
+pub mod deployment;
 mod execute;
 mod query;
 pub mod settings;

@@ -372,3 +372,77 @@ async fn drill_replication_cut() {
     assert_eq!(strict.total(), 0, "the strict run is clean");
     assert!(strict.ops > 50 && naive.ops > 50);
 }
+
+/// One of the simulator's seed scenarios, unchanged, on the real servers:
+/// its workload's clients reach the servers through the fault layer of
+/// `PgDeployment`, which the runner steers from the scenario's windows
+/// (ap-south isolated, eu-west <-> us-east slowed). Naive: reads critical
+/// records from the local standby, which the isolation cut off from the
+/// primary. Anomaly: `stale-read`. The mechanism the drill credits,
+/// strong reads, is switched off in a third run, which then reads stale
+/// records too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_isolation_scenario_runs_on_the_real_servers() {
+    use quorate_cockroach::deployment::{PgDeployment, PgServers};
+    use quorate_cockroach::drill::{run_deployed, scenarios_on, Configuration, Mechanism, Variant};
+    let Some(_) = common::servers() else { return };
+    let _serial = SERIAL.lock().await;
+    let servers = PgServers::from_env().expect("the servers' environment");
+    let base = PgDeployment::start(&servers, &["eu-west", "us-east", "ap-south"])
+        .await
+        .expect("the fault layer starts");
+    let scenario = scenarios_on::<PgDeployment>()
+        .into_iter()
+        .find(|s| s.name == "isolation-latency")
+        .expect("the scenario exists");
+    let without = Variant {
+        without: vec![Mechanism::StrongReads],
+        ..Variant::default()
+    };
+    let mut results = Vec::new();
+    for (n, (config, variant)) in [
+        (Configuration::Naive, Variant::default()),
+        (Configuration::Strict, Variant::default()),
+        (Configuration::Strict, without),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let table = common::key(&format!("drill_isolation_{n}")).replace('-', "_");
+        let deployment = base.with_table(&table).await.expect("a fresh table");
+        let run = run_deployed(&deployment, &scenario, config, 1, &variant)
+            .await
+            .expect("the run completes");
+        println!(
+            "{} {} {}:\n{}",
+            scenario.name,
+            config.label(),
+            variant.describe(),
+            run.report.render()
+        );
+        results.push(run);
+    }
+    base.restore().await.expect("the servers are put back");
+    let (naive, strict, weakened) = (&results[0], &results[1], &results[2]);
+    assert!(
+        weakened
+            .report
+            .count(quorate_cockroach::history::Anomaly::StaleRead)
+            > 0,
+        "without strong reads the strict run reads stale records too"
+    );
+    assert!(
+        naive
+            .report
+            .count(quorate_cockroach::history::Anomaly::StaleRead)
+            > 0,
+        "the naive run reads stale records from the cut-off standby"
+    );
+    assert_eq!(strict.report.total(), 0, "the strict run is clean");
+    assert!(strict.report.ops > 100 && naive.report.ops > 100);
+    // The isolated region's strong reads failed rather than went stale.
+    assert!(
+        strict.failed > 0,
+        "ap-south's strict reads could not reach the primary"
+    );
+}

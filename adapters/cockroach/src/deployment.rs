@@ -1,0 +1,650 @@
+//! The drills' scenarios on real PostgreSQL servers: a primary and its hot
+//! standbys as regions, with faults made by real mechanisms.
+//!
+//! [`PgDeployment`] puts a fault proxy ([`CutProxy`], on loopback) between
+//! every client region and every server, and between the primary and each
+//! standby, whose WAL receiver is pointed at it. The runner
+//! ([`quorate::drill::run_deployed`]) steers them from a scenario's fault
+//! windows:
+//!
+//! | Fault | On the servers |
+//! |---|---|
+//! | isolation, cut, one-way cut | the proxies hold the bytes of the cut links until healed (client links and replication) |
+//! | latency | the proxies delay both directions of the links between the two regions |
+//! | replica lag | the standby's `recovery_min_apply_delay` |
+//! | stalled replica | `pg_wal_replay_pause()` until `pg_wal_replay_resume()` |
+//! | clock skew of a standby | `scripts/pg skew` (libfaketime, changeable while it runs) |
+//!
+//! Crashes, paused nodes, clock drift, lease moves and faults of the
+//! primary's own clock or replay are refused before a run starts
+//! ([`Deployment::unsupported`]), not approximated. Clients in every region
+//! share this machine's clock.
+//!
+//! Everything is put back by [`PgDeployment::restore`], or when the last
+//! handle is dropped: the links healed, every standby streaming straight
+//! from the primary again with no apply delay, replay resumed and its clock
+//! true.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quorate::cut_proxy::{CutProxy, Direction, Link};
+use quorate::drill::{Deployment, Fault, FaultState, Window};
+use quorate::{Clock, SystemClock};
+use quorate::{Error, Region};
+
+use crate::{Dialect, Endpoint, PgBackend, PgConfig, Role};
+
+/// The servers of a deployment: a primary and its standbys, by connection
+/// string (`host` and `port` on loopback), and the script that skews a
+/// standby's clock (`scripts/pg`; `None`: skew is not offered).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PgServers {
+    /// The primary's connection string.
+    pub primary: String,
+    /// Each standby's connection string; standby `n` (from 1) is what
+    /// `scripts/pg skew n` skews.
+    pub standbys: Vec<String>,
+    /// `scripts/pg`, for clock skew.
+    pub script: Option<PathBuf>,
+}
+
+impl PgServers {
+    /// The servers `scripts/pg start` runs, from its environment
+    /// (`QUORATE_PG_PRIMARY`, `QUORATE_PG_STANDBY1`, `QUORATE_PG_STANDBY2`,
+    /// `QUORATE_PG_SCRIPT`); `None` when the primary is not named.
+    pub fn from_env() -> Option<PgServers> {
+        let primary = std::env::var("QUORATE_PG_PRIMARY").ok()?;
+        let standbys = ["QUORATE_PG_STANDBY1", "QUORATE_PG_STANDBY2"]
+            .iter()
+            .filter_map(|v| std::env::var(v).ok())
+            .collect();
+        Some(PgServers {
+            primary,
+            standbys,
+            script: std::env::var_os("QUORATE_PG_SCRIPT").map(PathBuf::from),
+        })
+    }
+}
+
+/// Real PostgreSQL servers as a drill deployment; see the
+/// [module docs](self). Cheap to clone: clones share the fault layer.
+#[derive(Clone)]
+pub struct PgDeployment {
+    links: Arc<Links>,
+    table: String,
+    backends: Arc<Mutex<HashMap<String, PgBackend>>>,
+}
+
+impl std::fmt::Debug for PgDeployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgDeployment")
+            .field("regions", &self.links.regions)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fault layer, shared by every clone.
+struct Links {
+    /// The regions: the primary's first, then each standby's.
+    regions: Vec<String>,
+    /// Each server's connection string, in region order.
+    servers: Vec<String>,
+    /// `proxies[c][s]`: clients in region `c` to server `s`.
+    proxies: Vec<Vec<CutProxy>>,
+    /// `replication[i]`: standby `i + 1` to the primary.
+    replication: Vec<CutProxy>,
+    /// Each standby's `primary_conninfo` before the deployment changed it.
+    conninfo: Vec<String>,
+    script: Option<PathBuf>,
+    /// The clock skew in force per region, in milliseconds.
+    skew_ms: Mutex<BTreeMap<String, i64>>,
+    restored: std::sync::atomic::AtomicBool,
+}
+
+/// The `key=value` of a connection string.
+fn setting<'a>(connection: &'a str, key: &str) -> Option<&'a str> {
+    connection
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// `connection` with its `port` replaced.
+fn with_port(connection: &str, port: u16) -> String {
+    let mut out: Vec<String> = connection
+        .split_whitespace()
+        .filter(|kv| !kv.starts_with("port="))
+        .map(str::to_owned)
+        .collect();
+    out.push(format!("port={port}"));
+    out.join(" ")
+}
+
+/// A server's address on loopback; anything else is refused (the fault
+/// layer only ever sends traffic to this machine).
+fn loopback(connection: &str) -> Result<SocketAddr, Error> {
+    let host = setting(connection, "host").unwrap_or("127.0.0.1");
+    let port: u16 = setting(connection, "port")
+        .unwrap_or("5432")
+        .parse()
+        .map_err(|_| Error::InvalidInput(format!("no valid port in {connection:?}")))?;
+    let addr = (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.find(SocketAddr::is_ipv4))
+        .ok_or_else(|| Error::InvalidInput(format!("cannot resolve host {host:?}")))?;
+    if !addr.ip().is_loopback() {
+        return Err(Error::InvalidInput(format!(
+            "the fault layer runs on loopback only; {host:?} is not (for a cluster of your own, run the workload without it and inject faults with your own tools)"
+        )));
+    }
+    Ok(addr)
+}
+
+fn failed(what: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(what.to_string())
+}
+
+/// Runs `sql` on one server, directly (not through the fault layer).
+async fn exec(connection: &str, sql: &str) -> Result<(), Error> {
+    let (client, conn) = tokio_postgres::connect(connection, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| failed(format_args!("connecting to {connection}: {e}")))?;
+    let task = tokio::spawn(conn);
+    let result = client
+        .batch_execute(sql)
+        .await
+        .map_err(|e| failed(format_args!("{sql}: {e}")));
+    drop(client);
+    let _ = task.await;
+    result
+}
+
+async fn query_one(connection: &str, sql: &str) -> Result<Option<String>, Error> {
+    let (client, conn) = tokio_postgres::connect(connection, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| failed(format_args!("connecting to {connection}: {e}")))?;
+    let task = tokio::spawn(conn);
+    let result = client
+        .simple_query(sql)
+        .await
+        .map_err(|e| failed(format_args!("{sql}: {e}")));
+    drop(client);
+    let _ = task.await;
+    Ok(result?.into_iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    }))
+}
+
+/// Sets a server parameter with `ALTER SYSTEM` and reloads.
+async fn alter_system(connection: &str, name: &str, value: Option<&str>) -> Result<(), Error> {
+    let sql = match value {
+        Some(v) => format!("ALTER SYSTEM SET {name} = '{}'", v.replace('\'', "''")),
+        None => format!("ALTER SYSTEM RESET {name}"),
+    };
+    // ALTER SYSTEM cannot share an implicit transaction with anything else.
+    exec(connection, &sql).await?;
+    exec(connection, "SELECT pg_reload_conf()").await
+}
+
+impl PgDeployment {
+    /// Starts the fault layer in front of `servers`, naming the primary's
+    /// region `regions[0]` and standby `n`'s `regions[n]`, and waits until
+    /// every standby streams through its replication proxy. Records live
+    /// in `table` (see [`PgDeployment::with_table`]).
+    pub async fn start(servers: &PgServers, regions: &[&str]) -> Result<PgDeployment, Error> {
+        let mut connections = vec![servers.primary.clone()];
+        connections.extend(servers.standbys.iter().cloned());
+        if regions.len() != connections.len() {
+            return Err(failed(format_args!(
+                "{} regions named for {} servers",
+                regions.len(),
+                connections.len()
+            )));
+        }
+        for r in regions {
+            Region::new(r)?;
+        }
+        let addrs = connections
+            .iter()
+            .map(|c| loopback(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut proxies = Vec::new();
+        for _ in regions {
+            let mut row = Vec::new();
+            for &addr in &addrs {
+                row.push(CutProxy::start(addr).await.map_err(failed)?);
+            }
+            proxies.push(row);
+        }
+        let mut replication = Vec::new();
+        let mut conninfo = Vec::new();
+        for standby in &servers.standbys {
+            replication.push(CutProxy::start(addrs[0]).await.map_err(failed)?);
+            conninfo.push(
+                query_one(standby, "SHOW primary_conninfo")
+                    .await?
+                    .unwrap_or_default(),
+            );
+        }
+        let links = Arc::new(Links {
+            regions: regions.iter().map(|r| (*r).to_owned()).collect(),
+            servers: connections,
+            proxies,
+            replication,
+            conninfo,
+            script: servers.script.clone(),
+            skew_ms: Mutex::new(BTreeMap::new()),
+            restored: std::sync::atomic::AtomicBool::new(false),
+        });
+        for (i, standby) in servers.standbys.iter().enumerate() {
+            let port = links.replication[i].addr().port();
+            alter_system(
+                standby,
+                "primary_conninfo",
+                Some(&with_port(&links.conninfo[i], port)),
+            )
+            .await?;
+            streaming_from(standby, port).await?;
+        }
+        Ok(PgDeployment {
+            links,
+            table: "quorate_drill".to_owned(),
+            backends: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// This deployment with its records in `table` (created if missing):
+    /// a fresh table per run keeps one run's versions out of the next
+    /// one's history. Shares the fault layer.
+    pub async fn with_table(&self, table: &str) -> Result<PgDeployment, Error> {
+        let deployment = PgDeployment {
+            links: self.links.clone(),
+            table: table.to_owned(),
+            backends: Arc::new(Mutex::new(HashMap::new())),
+        };
+        // Straight to the primary: the links may be cut.
+        let config = PgConfig {
+            table: table.to_owned(),
+            ..PgConfig::new(
+                "quorate-drill",
+                Dialect::Postgres,
+                vec![Endpoint {
+                    region: Region::new(&self.links.regions[0])?,
+                    role: Role::Primary,
+                    connection: self.links.servers[0].clone(),
+                }],
+                &self.links.regions[0],
+            )?
+        };
+        PgBackend::new(config)?.create_schema().await?;
+        Ok(deployment)
+    }
+
+    /// The connection string clients in `from` use for the server of
+    /// region `to`: through the proxy of that link.
+    pub fn connection(&self, from: &str, to: &str) -> Result<String, Error> {
+        let (c, s) = (self.index(from)?, self.index(to)?);
+        Ok(with_port(
+            &self.links.servers[s],
+            self.links.proxies[c][s].addr().port(),
+        ))
+    }
+
+    fn index(&self, region: &str) -> Result<usize, Error> {
+        self.links
+            .regions
+            .iter()
+            .position(|r| r == region)
+            .ok_or_else(|| match Region::new(region) {
+                Ok(r) => Error::Topology(quorate::TopologyError::UnknownRegion(r)),
+                Err(e) => Error::Topology(e),
+            })
+    }
+
+    /// Heals every link and puts every standby back as it was; also done
+    /// when the last handle is dropped.
+    pub async fn restore(&self) -> Result<(), Error> {
+        self.links.restore().await
+    }
+}
+
+/// Waits (up to 30 s) until `standby`'s WAL receiver streams from `port`.
+async fn streaming_from(standby: &str, port: u16) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let sender = query_one(
+            standby,
+            "SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+        )
+        .await?;
+        if sender.as_deref() == Some(port.to_string().as_str()) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(failed(format_args!(
+                "the standby at {standby} never streamed through port {port}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Links {
+    /// Sets the proxies to `state`'s links.
+    fn steer(&self, state: &FaultState) {
+        let Some(home) = self.regions.first() else {
+            return;
+        };
+        for (c, row) in self.proxies.iter().enumerate() {
+            for (s, proxy) in row.iter().enumerate() {
+                if c == s {
+                    continue;
+                }
+                let (from, to) = (&self.regions[c], &self.regions[s]);
+                let latency = state.latency(from, to);
+                proxy.set_link(
+                    Direction::ToServer,
+                    Link {
+                        latency,
+                        blocked: state.is_cut(from, to),
+                        ..Link::default()
+                    },
+                );
+                proxy.set_link(
+                    Direction::ToClient,
+                    Link {
+                        latency,
+                        blocked: state.is_cut(to, from),
+                        ..Link::default()
+                    },
+                );
+            }
+        }
+        for (i, proxy) in self
+            .replication
+            .iter()
+            .enumerate()
+            .take(self.regions.len() - 1)
+        {
+            let standby = &self.regions[i + 1];
+            let latency = state.latency(home, standby);
+            proxy.set_link(
+                Direction::ToServer,
+                Link {
+                    latency,
+                    blocked: state.is_cut(standby, home),
+                    ..Link::default()
+                },
+            );
+            proxy.set_link(
+                Direction::ToClient,
+                Link {
+                    latency,
+                    blocked: state.is_cut(home, standby),
+                    ..Link::default()
+                },
+            );
+        }
+    }
+
+    /// Brings the standbys' replay and clocks from `from` to `to`.
+    async fn replay(&self, from: &FaultState, to: &FaultState) -> Vec<Error> {
+        let mut errors = Vec::new();
+        for (i, region) in self.regions.iter().enumerate().skip(1) {
+            let standby = &self.servers[i];
+            let lag = to.lag_ms.get(region).copied().unwrap_or(0);
+            if lag != from.lag_ms.get(region).copied().unwrap_or(0) {
+                let value = format!("{lag}ms");
+                let value = (lag > 0).then_some(value.as_str());
+                if let Err(e) = alter_system(standby, "recovery_min_apply_delay", value).await {
+                    errors.push(e);
+                }
+            }
+            let stalled = to.stalled.contains(region);
+            if stalled != from.stalled.contains(region) {
+                let sql = if stalled {
+                    "SELECT pg_wal_replay_pause()"
+                } else {
+                    "SELECT pg_wal_replay_resume()"
+                };
+                if let Err(e) = exec(standby, sql).await {
+                    errors.push(e);
+                }
+            }
+            let skew = to.skew_ms.get(region).copied().unwrap_or(0);
+            if skew != from.skew_ms.get(region).copied().unwrap_or(0) {
+                let seconds = format!("{:+.3}", skew as f64 / 1000.0);
+                match self.skew(i, &seconds).await {
+                    Ok(()) => {
+                        self.skew_ms
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(region.clone(), skew);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        errors
+    }
+
+    /// `scripts/pg skew n seconds`.
+    async fn skew(&self, n: usize, seconds: &str) -> Result<(), Error> {
+        let script = self
+            .script
+            .clone()
+            .ok_or_else(|| failed("clock skew needs scripts/pg (QUORATE_PG_SCRIPT)"))?;
+        let args = ["skew".to_owned(), n.to_string(), seconds.to_owned()];
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(&script).args(&args).status()
+        })
+        .await
+        .map_err(failed)?
+        .map_err(failed)?;
+        if !status.success() {
+            return Err(failed(format_args!(
+                "scripts/pg skew {n} {seconds} failed ({status})"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn restore(&self) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        if self.restored.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.steer(&FaultState::default());
+        let mut first = None;
+        let skewed: Vec<String> = self
+            .skew_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, &ms)| ms != 0)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for (i, standby) in self.servers.iter().enumerate().skip(1) {
+            let steps = [
+                alter_system(standby, "recovery_min_apply_delay", None).await,
+                exec(standby, "SELECT pg_wal_replay_resume()").await,
+                alter_system(standby, "primary_conninfo", Some(&self.conninfo[i - 1])).await,
+            ];
+            for r in steps {
+                if let Err(e) = r {
+                    first.get_or_insert(e);
+                }
+            }
+            if skewed.contains(&self.regions[i]) {
+                if let Err(e) = self.skew(i, "off").await {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        if self.restored.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        // No runtime can be borrowed in a destructor: the restore gets one
+        // of its own, on a thread of its own.
+        let links = Links {
+            regions: std::mem::take(&mut self.regions),
+            servers: std::mem::take(&mut self.servers),
+            proxies: Vec::new(),
+            replication: Vec::new(),
+            conninfo: std::mem::take(&mut self.conninfo),
+            script: self.script.take(),
+            skew_ms: Mutex::new(std::mem::take(
+                &mut *self.skew_ms.lock().unwrap_or_else(|p| p.into_inner()),
+            )),
+            restored: std::sync::atomic::AtomicBool::new(false),
+        };
+        self.restored
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let restored = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(failed)
+                .and_then(|rt| rt.block_on(links.restore()))
+        })
+        .join();
+        if !matches!(restored, Ok(Ok(()))) {
+            tracing::error!("the drill deployment could not put the standbys back; run scripts/pg stop && scripts/pg start");
+        }
+    }
+}
+
+impl Deployment for PgDeployment {
+    type Backend = PgBackend;
+
+    fn regions(&self) -> Vec<String> {
+        self.links.regions.clone()
+    }
+
+    fn at(&self, region: &str) -> Result<PgBackend, Error> {
+        let mut backends = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = backends.get(region) {
+            return Ok(b.clone());
+        }
+        let mut endpoints = Vec::new();
+        for (s, to) in self.links.regions.iter().enumerate() {
+            endpoints.push(Endpoint {
+                region: Region::new(to)?,
+                role: if s == 0 { Role::Primary } else { Role::Standby },
+                connection: self.connection(region, to)?,
+            });
+        }
+        let config = PgConfig {
+            table: self.table.clone(),
+            ..PgConfig::new("quorate-drill", Dialect::Postgres, endpoints, region)?
+        };
+        let backend = PgBackend::new(config)?;
+        backends.insert(region.to_owned(), backend.clone());
+        Ok(backend)
+    }
+
+    fn clock(&self, region: &str) -> Result<Arc<dyn Clock>, Error> {
+        self.index(region)?;
+        Ok(Arc::new(SystemClock))
+    }
+
+    async fn apply(&self, from: &FaultState, to: &FaultState) -> Vec<Error> {
+        self.links.steer(to);
+        self.links.replay(from, to).await
+    }
+
+    fn unsupported(&self, windows: &[Window]) -> Vec<String> {
+        let home = &self.links.regions[0];
+        let known = |r: &str| self.links.regions.iter().any(|x| x == r);
+        let mut refused = Vec::new();
+        for w in windows {
+            let why = match w.fault {
+                Fault::Crash(_) => Some("crashing a server"),
+                Fault::Pause(_) => Some("pausing a server"),
+                Fault::Drift(..) => Some("clock drift"),
+                Fault::LeaseTo(_) => Some("moving a lease (PostgreSQL has one primary)"),
+                Fault::Skew(r, _) if r == home => Some("skewing the primary's clock"),
+                Fault::Skew(..) if self.links.script.is_none() => {
+                    Some("clock skew without scripts/pg")
+                }
+                Fault::Lag(r, _) | Fault::Stall(r) if r == home => {
+                    Some("delaying the primary's replay (it has none)")
+                }
+                _ => None,
+            };
+            let named = match w.fault {
+                Fault::Isolate(r)
+                | Fault::Skew(r, _)
+                | Fault::Lag(r, _)
+                | Fault::Crash(r)
+                | Fault::Pause(r)
+                | Fault::Stall(r)
+                | Fault::Drift(r, _)
+                | Fault::LeaseTo(r) => vec![r],
+                Fault::Cut(a, b) | Fault::Latency(a, b, _) | Fault::OneWay(a, b) => vec![a, b],
+            };
+            if let Some(why) = why {
+                refused.push(format!("{} ({why})", w.fault.label()));
+            } else if let Some(r) = named.iter().find(|r| !known(r)) {
+                refused.push(format!("{} (no region {r})", w.fault.label()));
+            }
+        }
+        refused
+    }
+
+    fn clock_offset(&self, region: &str) -> Option<i64> {
+        self.index(region).ok()?;
+        let skew = self
+            .links
+            .skew_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(region)
+            .copied()
+            .unwrap_or(0);
+        Some(skew * 1_000_000)
+    }
+
+    fn max_offset(&self) -> Duration {
+        // PostgreSQL has none; CockroachDB's default, for the report's
+        // clock panel.
+        Duration::from_millis(500)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings_are_rewritten_and_checked() {
+        let c = "host=127.0.0.1 port=54321 user=postgres dbname=postgres";
+        assert_eq!(setting(c, "port"), Some("54321"));
+        assert_eq!(
+            with_port(c, 7),
+            "host=127.0.0.1 user=postgres dbname=postgres port=7"
+        );
+        assert_eq!(loopback(c).unwrap().port(), 54321);
+        assert!(matches!(
+            loopback("host=192.0.2.1 port=5432"),
+            Err(Error::InvalidInput(m)) if m.contains("loopback")
+        ));
+        assert!(loopback("host=127.0.0.1 port=x").is_err());
+    }
+}

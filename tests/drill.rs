@@ -574,3 +574,171 @@ fn quiet_reader_drills() {
         assert_eq!(run.report.total(), 0, "{d}\n{}", run.report.render());
     }
 }
+
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+/// `drill --backend` drives any deployment through the same runner: given
+/// fresh simulators, it makes the simulator's own runs.
+#[tokio::test(start_paused = true)]
+async fn the_deployed_command_runs_the_scenarios_on_the_deployment_it_is_given() {
+    let fresh = |name: String| async move {
+        let scenario = drill::scenarios()
+            .into_iter()
+            .find(|s| name.starts_with(s.name))
+            .expect("a run of a known scenario");
+        quorate::sim::Sim::new(scenario.simulated_system(1))
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = drill::cli::main_deployed(
+        "sim",
+        owned(&["--scenario", "isolation-latency", "--json"]),
+        fresh,
+        &mut out,
+        &mut err,
+    )
+    .await;
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(json["backend"], "sim");
+    let runs = json["scenarios"].as_array().expect("the runs");
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["config"], "naive");
+    assert!(runs[0]["anomalies"]["stale-read"].as_u64().unwrap() > 0);
+    assert_eq!(runs[1]["config"], "strict");
+    let strict: u64 = runs[1]["anomalies"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(strict, 0);
+}
+
+/// A deployment that cannot make some faults: the scenarios that need them
+/// are named as not run, with the faults, and a command that ran nothing
+/// does not pass.
+#[derive(Clone)]
+struct NoIsolation(quorate::sim::Sim, Claim);
+
+/// What the test deployment claims.
+#[derive(Clone, Copy, PartialEq)]
+enum Claim {
+    /// That it cannot isolate a region.
+    CannotIsolate,
+    /// That it prevents the isolation scenario's anomaly (it does not).
+    PreventsStaleReads,
+}
+
+impl drill::Deployment for NoIsolation {
+    type Backend = quorate::sim::Sim;
+    fn regions(&self) -> Vec<String> {
+        self.0.regions()
+    }
+    fn at(&self, region: &str) -> Result<quorate::sim::Sim, quorate::Error> {
+        drill::Deployment::at(&self.0, region)
+    }
+    fn clock(&self, region: &str) -> Result<std::sync::Arc<dyn quorate::Clock>, quorate::Error> {
+        drill::Deployment::clock(&self.0, region)
+    }
+    async fn apply(&self, from: &drill::FaultState, to: &drill::FaultState) -> Vec<quorate::Error> {
+        self.0.apply(from, to).await
+    }
+    fn prevents(&self, scenario: &str) -> Option<String> {
+        (self.1 == Claim::PreventsStaleReads && scenario == "isolation-latency")
+            .then(|| "a claim the naive run refutes".to_owned())
+    }
+    fn unsupported(&self, windows: &[drill::Window]) -> Vec<String> {
+        windows
+            .iter()
+            .filter(|_| self.1 == Claim::CannotIsolate)
+            .filter(|w| matches!(w.fault, drill::Fault::Isolate(_)))
+            .map(|w| w.fault.label())
+            .collect()
+    }
+    fn clock_offset(&self, region: &str) -> Option<i64> {
+        drill::Deployment::clock_offset(&self.0, region)
+    }
+    fn max_offset(&self) -> std::time::Duration {
+        drill::Deployment::max_offset(&self.0)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn scenarios_a_deployment_cannot_fault_are_named_not_run() {
+    let fresh = |_: String| async {
+        let system = drill::scenarios()[0].simulated_system(1);
+        Ok(NoIsolation(
+            quorate::sim::Sim::new(system)?,
+            Claim::CannotIsolate,
+        ))
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = drill::cli::main_deployed(
+        "no-isolation",
+        owned(&["--scenario", "isolation-latency"]),
+        fresh,
+        &mut out,
+        &mut err,
+    )
+    .await;
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, 1, "nothing ran: {out}");
+    assert!(
+        out.contains(
+            "isolation-latency: not run on no-isolation, which cannot make: ap-south isolated"
+        ),
+        "{out}"
+    );
+    // And a run refused by the runner itself, for the same reason.
+    let deployment = fresh(String::new()).await.unwrap();
+    let scenario = drill::scenarios_on::<NoIsolation>().remove(0);
+    let refused = drill::run_deployed(
+        &deployment,
+        &scenario,
+        Configuration::Strict,
+        1,
+        &drill::Variant::default(),
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(quorate::Error::InvalidInput(m)) if m.contains("cannot produce")),
+        "{:?}",
+        refused.map(|r| r.report.ops)
+    );
+}
+
+/// A deployment's claim that its database prevents an anomaly is tested:
+/// the naive run that shows it anyway fails the drill.
+#[tokio::test(start_paused = true)]
+async fn a_claim_that_the_database_prevents_the_anomaly_is_tested() {
+    let fresh = |_: String| async {
+        let system = drill::scenarios()[0].simulated_system(1);
+        Ok(NoIsolation(
+            quorate::sim::Sim::new(system)?,
+            Claim::PreventsStaleReads,
+        ))
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = drill::cli::main_deployed(
+        "claiming",
+        owned(&["--scenario", "isolation-latency"]),
+        fresh,
+        &mut out,
+        &mut err,
+    )
+    .await;
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL: shows stale-read, said to be prevented"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "isolation-latency: claiming prevents stale-read: a claim the naive run refutes"
+        ),
+        "{out}"
+    );
+}

@@ -245,3 +245,153 @@ fn nemesis(args: &Args, seeds: u64, out: &mut impl Write, err: &mut impl Write) 
         1
     }
 }
+
+/// The name of one run on a deployment: `<scenario>-<config>`, with
+/// `-nemesis-<seed>` for a schedule of the nemesis.
+fn run_name(scenario: &str, config: super::Configuration) -> String {
+    format!("{scenario}-{}", config.label())
+}
+
+/// `drill --backend NAME` on a deployment the caller provides: the
+/// scenarios (or `--nemesis` schedules) naive and strict, each run on a
+/// fresh deployment from `fresh` (given the run's name, to name a fresh
+/// table after), with the options, output and exit codes of [`main`]. A
+/// scenario with faults the deployment cannot produce is not run, and the
+/// output says which faults and why; the verdict covers the runs made
+/// (and fails when none was).
+pub async fn main_deployed<D, F, Fut>(
+    backend: &str,
+    args: impl IntoIterator<Item = String>,
+    mut fresh: F,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> u8
+where
+    D: super::Deployment,
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<D, Error>>,
+{
+    use super::{nemesis, run_deployed, scenarios_on, Configuration};
+    let args = match parse_args(args) {
+        Ok(a) if a.help => {
+            let _ = writeln!(out, "{USAGE}");
+            return 0;
+        }
+        Ok(a) => a,
+        Err(e) => {
+            let _ = writeln!(err, "drill: {e}\n{USAGE}");
+            return 2;
+        }
+    };
+    if args.markdown {
+        let _ = writeln!(err, "drill: --markdown is for the simulator's drills");
+        return 2;
+    }
+    let selected: Vec<(String, super::Scenario<D>)> = match args.nemesis {
+        Some(seeds) => (args.options.seed..args.options.seed + seeds)
+            .map(|seed| (format!("nemesis-{seed}"), nemesis::scenario_on::<D>(seed)))
+            .collect(),
+        None => {
+            let all = scenarios_on::<D>();
+            if let Some(name) = &args.options.scenario {
+                if !all.iter().any(|s| s.name == name) {
+                    let names: Vec<&str> = all.iter().map(|s| s.name).collect();
+                    let _ = writeln!(
+                        err,
+                        "drill: unknown scenario {name:?}; scenarios: {}",
+                        names.join(", ")
+                    );
+                    return 2;
+                }
+            }
+            all.into_iter()
+                .filter(|s| args.options.scenario.as_deref().is_none_or(|n| n == s.name))
+                .map(|s| (s.name.to_owned(), s))
+                .collect()
+        }
+    };
+    let mut results = Vec::new();
+    let mut skipped = Vec::new();
+    for (label, scenario) in &selected {
+        for config in [Configuration::Naive, Configuration::Strict] {
+            let deployment = match fresh(run_name(label, config)).await {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = writeln!(err, "drill: {backend}: {e}");
+                    return 1;
+                }
+            };
+            let refused = deployment.unsupported(&scenario.windows);
+            if !refused.is_empty() {
+                skipped.push((label.clone(), refused));
+                break;
+            }
+            let seed = match args.nemesis {
+                Some(_) => label
+                    .strip_prefix("nemesis-")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(args.options.seed),
+                None => args.options.seed,
+            };
+            let run =
+                run_deployed(&deployment, scenario, config, seed, &args.options.variant).await;
+            let run = match run {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = writeln!(err, "drill: {backend}: {label}: {e}");
+                    return 1;
+                }
+            };
+            if let Some(base) = &args.history {
+                let path = history_path(base, label, config.label());
+                let written = std::fs::File::create(&path)
+                    .map(std::io::BufWriter::new)
+                    .and_then(|f| crate::history::write_jsonl(f, run.events.iter()));
+                if let Err(e) = written {
+                    let _ = writeln!(err, "drill: cannot write {}: {e}", path.display());
+                    return 2;
+                }
+            }
+            results.push(run);
+        }
+    }
+    if let Some(path) = &args.report {
+        if let Err(e) = std::fs::write(path, html_report(&results)) {
+            let _ = writeln!(err, "drill: cannot write {}: {e}", path.display());
+            return 2;
+        }
+    }
+    if args.json {
+        let mut json = to_json(&results);
+        if let Some(o) = json.as_object_mut() {
+            o.insert("backend".into(), backend.into());
+            o.insert(
+                "not_run".into(),
+                skipped
+                    .iter()
+                    .map(|(s, why)| serde_json::json!({ "scenario": s, "faults": why }))
+                    .collect(),
+            );
+        }
+        let _ = writeln!(out, "{json}");
+    } else {
+        let _ = write!(out, "{}", render_table(&results));
+        for r in &results {
+            if let (super::Configuration::Naive, Some(why)) = (r.config, &r.prevented) {
+                let _ = writeln!(out, "{}: {backend} prevents {}: {why}", r.scenario, r.about);
+            }
+        }
+        for (s, why) in &skipped {
+            let _ = writeln!(
+                out,
+                "{s}: not run on {backend}, which cannot make: {}",
+                why.join("; ")
+            );
+        }
+    }
+    if verdict(&results) {
+        0
+    } else {
+        1
+    }
+}

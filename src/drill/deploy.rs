@@ -48,6 +48,15 @@ pub trait Deployment: Clone + Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Why the database itself prevents the anomaly scenario `scenario` is
+    /// about, if it does (`None`: the naive run must expose it). A naive
+    /// run that shows the anomaly anyway fails: the claim is tested, not
+    /// taken.
+    fn prevents(&self, scenario: &str) -> Option<String> {
+        let _ = scenario;
+        None
+    }
+
     /// A region's clock offset from true time in nanoseconds, if known.
     fn clock_offset(&self, region: &str) -> Option<i64>;
 

@@ -225,6 +225,10 @@ pub struct RunResult {
     pub clocks: Vec<ClockSample>,
     /// The clock offset the database tolerates.
     pub max_offset: Duration,
+    /// Why the database itself prevents the scenario's anomaly, when the
+    /// deployment says it does ([`Deployment::prevents`]): the naive run
+    /// then passes by showing none of it (and fails if it shows any).
+    pub prevented: Option<String>,
 }
 
 impl RunResult {
@@ -242,7 +246,13 @@ impl RunResult {
     pub fn passed(&self) -> bool {
         match self.config {
             Configuration::Strict => self.report.total() == 0 && self.report.ops > 0,
-            Configuration::Naive => self.report.anomalies.get(self.about).copied().unwrap_or(0) > 0,
+            Configuration::Naive => {
+                let seen = self.report.anomalies.get(self.about).copied().unwrap_or(0);
+                match self.prevented {
+                    None => seen > 0,
+                    Some(_) => seen == 0 && self.report.ops > 0,
+                }
+            }
         }
     }
 }
@@ -451,6 +461,7 @@ pub async fn run_deployed<D: Deployment>(
         variant,
         clocks,
         max_offset: deployment.max_offset(),
+        prevented: deployment.prevents(scenario.name),
     })
 }
 

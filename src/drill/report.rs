@@ -27,6 +27,12 @@ pub(super) fn anomalies_text(r: &RunResult) -> String {
 
 pub(super) fn verdict_text(r: &RunResult) -> String {
     match (r.config, r.passed()) {
+        (Configuration::Naive, true) if r.prevented.is_some() => {
+            "ok: the database prevents it".into()
+        }
+        (Configuration::Naive, false) if r.prevented.is_some() => {
+            format!("FAIL: shows {}, said to be prevented", r.about)
+        }
         (Configuration::Naive, true) => format!("ok: exposes {}", r.about),
         (Configuration::Naive, false) => format!("FAIL: does not expose {}", r.about),
         (Configuration::Strict, true) => "ok: no anomaly".into(),
@@ -147,6 +153,7 @@ pub fn to_json(results: &[RunResult]) -> serde_json::Value {
                 "p99_ms": ms(r.p99),
                 "without": r.variant.without.iter().map(|m| m.name()).collect::<Vec<_>>(),
                 "enforce_max_offset": r.variant.enforce_max_offset,
+                "prevented": r.prevented,
             })
         })
         .collect();

@@ -110,6 +110,15 @@ pub struct Scenario<D: Deployment = Sim> {
     pub(crate) workload: fn(&Stage<D>) -> Vec<Task>,
 }
 
+impl<D: Deployment> Scenario<D> {
+    /// The simulated system the scenario is written for, with `seed`: its
+    /// regions, home region, replication and clocks. A deployment of real
+    /// servers needs at least its regions.
+    pub fn simulated_system(&self, seed: u64) -> SimConfig {
+        (self.system)(seed)
+    }
+}
+
 fn s(secs: f64) -> Duration {
     Duration::from_secs_f64(secs)
 }

@@ -608,6 +608,19 @@ impl Deployment for PgDeployment {
         refused
     }
 
+    fn prevents(&self, scenario: &str) -> Option<String> {
+        let why = match scenario {
+            "clock-skew-600ms" => {
+                "every write commits on the one primary, in the order of its WAL; no other server's clock orders anything, so a skewed server cannot place a write before one already read"
+            }
+            "partition-global-tables" => {
+                "there is one primary, not a writer per region: a region cut off from it cannot write, and a conditional write refused there cannot apply a transition twice"
+            }
+            _ => return None,
+        };
+        Some(why.to_owned())
+    }
+
     fn clock_offset(&self, region: &str) -> Option<i64> {
         self.index(region).ok()?;
         let skew = self

@@ -27,7 +27,7 @@ fn command() -> Command {
         .arg_required_else_help(true)
         .subcommand(passthrough(
             "drill",
-            "Every chaos drill, naive and strict (exit 0: strict clean, naive exposes its anomaly; 1: not; 2: bad arguments). `quorate drill --help` lists the options.",
+            "Every chaos drill, naive and strict (exit 0: strict clean, naive exposes its anomaly; 1: not; 2: bad arguments). `quorate drill --help` lists the options. With the `postgres` feature, `--backend postgres` runs the scenarios on the servers of scripts/pg, and `--backend postgres --cluster FILE --not-production [--duration D] [--strict-only]` runs their workloads on a cluster of your own while your tools inject faults (docs/runbook-cluster-drill.md).",
         ))
         .subcommand(passthrough(
             "check",
@@ -99,6 +99,16 @@ fn postgres(_: Vec<String>) -> u8 {
 #[cfg(feature = "postgres")]
 fn postgres(args: Vec<String>) -> u8 {
     use quorate_cockroach::deployment::{PgDeployment, PgServers};
+    if let Some(at) = args.iter().position(|a| a == "--cluster") {
+        return cluster(at, args);
+    }
+    if let Some(flag) = args
+        .iter()
+        .find(|a| ["--not-production", "--duration", "--strict-only"].contains(&a.as_str()))
+    {
+        eprintln!("drill: {flag} goes with --cluster FILE");
+        return 2;
+    }
     let Some(servers) = PgServers::from_env() else {
         eprintln!(
             "drill: --backend postgres needs QUORATE_PG_PRIMARY, QUORATE_PG_STANDBY1 and QUORATE_PG_STANDBY2 (scripts/pg start prints them), and QUORATE_PG_SCRIPT for clock skew"
@@ -147,6 +157,140 @@ fn postgres(args: Vec<String>) -> u8 {
             return 1;
         }
         code
+    })
+}
+
+/// Takes `--name VALUE` out of `args`.
+#[cfg(feature = "postgres")]
+fn take_value(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> {
+    let Some(at) = args.iter().position(|a| a == name) else {
+        return Ok(None);
+    };
+    args.remove(at);
+    if at >= args.len() {
+        return Err(format!("{name} needs a value"));
+    }
+    Ok(Some(args.remove(at)))
+}
+
+/// Takes the flag `name` out of `args`; whether it was there.
+#[cfg(feature = "postgres")]
+fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
+    let before = args.len();
+    args.retain(|a| a != name);
+    args.len() != before
+}
+
+/// `drill --backend postgres --cluster FILE --not-production`: the
+/// scenarios' workloads against a cluster of the team's own, named by a
+/// settings file (section `[postgres]`, as the service's own; variables
+/// `QUORATE__POSTGRES__…` override it), with faults from the team's own
+/// tools.
+#[cfg(feature = "postgres")]
+fn cluster(_: usize, mut args: Vec<String>) -> u8 {
+    use quorate_cockroach::deployment::PgCluster;
+    use quorate_cockroach::settings::{redact, Loader, PgSettings};
+    let parsed = (|| -> Result<_, String> {
+        let file = take_value(&mut args, "--cluster")?.unwrap_or_default();
+        let duration = match take_value(&mut args, "--duration")? {
+            None => std::time::Duration::from_secs(120),
+            Some(d) => {
+                quorate::settings::parse_duration(&d).map_err(|e| format!("--duration: {e}"))?
+            }
+        };
+        if duration.is_zero() {
+            return Err("--duration must be positive".into());
+        }
+        let not_production = take_flag(&mut args, "--not-production");
+        let strict_only = take_flag(&mut args, "--strict-only");
+        Ok((file, duration, not_production, strict_only))
+    })();
+    let (file, duration, not_production, strict_only) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("drill: {e}");
+            return 2;
+        }
+    };
+    let settings = match PgSettings::load(&Loader::new().file(&file).env_prefix("QUORATE")) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("drill: {file}: {e}");
+            return 2;
+        }
+    };
+    let endpoints: Vec<String> = settings
+        .regions
+        .iter()
+        .flat_map(|(region, s)| {
+            s.primary
+                .iter()
+                .chain(&s.standbys)
+                .chain(&s.gateways)
+                .map(move |c| format!("{region}: {}", redact(c)))
+        })
+        .collect();
+    if !not_production {
+        eprintln!(
+            "drill: refusing to run against\n  {}\nwithout --not-production. The drill writes tables of its own there, runs a client without quorate's guarantees against them, and loads the cluster while your tools inject faults: pass --not-production to state that this cluster is not production.",
+            endpoints.join("\n  ")
+        );
+        return 2;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("drill: cannot start a runtime: {e}");
+            return 1;
+        }
+    };
+    runtime.block_on(async move {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut runs = 0u32;
+        let fresh = |run: String| {
+            runs += 1;
+            let table = format!("quorate_drill_{stamp}_{runs}");
+            let settings = settings.clone();
+            async move {
+                let scenario = quorate::drill::scenarios_on::<PgCluster>()
+                    .into_iter()
+                    .find(|s| run.starts_with(&format!("{}-", s.name)))
+                    .ok_or_else(|| {
+                        quorate::Error::InvalidInput(format!("no scenario for {run}"))
+                    })?;
+                let system = scenario.simulated_system(1);
+                let regions: Vec<&str> = system.regions.iter().map(|r| r.as_str()).collect();
+                let cluster = PgCluster::connect(&settings, &regions, &table).await?;
+                eprintln!(
+                    "drill: {run} writes table {table}; regions {}",
+                    cluster
+                        .mapping()
+                        .iter()
+                        .map(|(s, c)| format!("{s} = {c}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                Ok(cluster)
+            }
+        };
+        let mut how = quorate::drill::cli::Deployed::own_faults(duration);
+        if strict_only {
+            how = how.strict_only();
+        }
+        quorate::drill::cli::main_deployed_with(
+            "postgres",
+            &how,
+            args,
+            fresh,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )
+        .await
     })
 }
 

@@ -262,6 +262,52 @@ fn run_name(scenario: &str, config: super::Configuration) -> String {
 pub async fn main_deployed<D, F, Fut>(
     backend: &str,
     args: impl IntoIterator<Item = String>,
+    fresh: F,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> u8
+where
+    D: super::Deployment,
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<D, Error>>,
+{
+    main_deployed_with(backend, &Deployed::default(), args, fresh, out, err).await
+}
+
+/// How [`main_deployed_with`] departs from the scenarios.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Deployed {
+    /// The faults come from the team's own tools (a cluster of its own):
+    /// each scenario's workload runs this long with no scheduled fault,
+    /// and the drill passes when every strict run is clean (the naive
+    /// runs show what the faults did to a client without quorate).
+    pub own_faults: Option<std::time::Duration>,
+    /// Skip the naive runs.
+    pub strict_only: bool,
+}
+
+impl Deployed {
+    /// Faults from the team's own tools during `duration` per run.
+    pub fn own_faults(duration: std::time::Duration) -> Deployed {
+        Deployed {
+            own_faults: Some(duration),
+            strict_only: false,
+        }
+    }
+
+    /// Without the naive runs.
+    pub fn strict_only(mut self) -> Deployed {
+        self.strict_only = true;
+        self
+    }
+}
+
+/// [`main_deployed`], departing from the scenarios as `how` says.
+pub async fn main_deployed_with<D, F, Fut>(
+    backend: &str,
+    how: &Deployed,
+    args: impl IntoIterator<Item = String>,
     mut fresh: F,
     out: &mut impl Write,
     err: &mut impl Write,
@@ -287,7 +333,14 @@ where
         let _ = writeln!(err, "drill: --markdown is for the simulator's drills");
         return 2;
     }
-    let selected: Vec<(String, super::Scenario<D>)> = match args.nemesis {
+    if how.own_faults.is_some() && args.nemesis.is_some() {
+        let _ = writeln!(
+            err,
+            "drill: --nemesis schedules faults; with faults from your own tools, run the scenarios' workloads (--scenario NAME)"
+        );
+        return 2;
+    }
+    let mut selected: Vec<(String, super::Scenario<D>)> = match args.nemesis {
         Some(seeds) => (args.options.seed..args.options.seed + seeds)
             .map(|seed| (format!("nemesis-{seed}"), nemesis::scenario_on::<D>(seed)))
             .collect(),
@@ -310,10 +363,21 @@ where
                 .collect()
         }
     };
+    if let Some(duration) = how.own_faults {
+        for (_, scenario) in &mut selected {
+            scenario.windows.clear();
+            scenario.duration = duration;
+        }
+    }
+    let configs: &[Configuration] = if how.strict_only {
+        &[Configuration::Strict]
+    } else {
+        &[Configuration::Naive, Configuration::Strict]
+    };
     let mut results = Vec::new();
     let mut skipped = Vec::new();
     for (label, scenario) in &selected {
-        for config in [Configuration::Naive, Configuration::Strict] {
+        for &config in configs {
             let deployment = match fresh(run_name(label, config)).await {
                 Ok(d) => d,
                 Err(e) => {
@@ -365,6 +429,7 @@ where
         let mut json = to_json(&results);
         if let Some(o) = json.as_object_mut() {
             o.insert("backend".into(), backend.into());
+            o.insert("own_faults".into(), how.own_faults.is_some().into());
             o.insert(
                 "not_run".into(),
                 skipped
@@ -375,7 +440,11 @@ where
         }
         let _ = writeln!(out, "{json}");
     } else {
-        let _ = write!(out, "{}", render_table(&results));
+        let table = match how.own_faults {
+            Some(_) => super::report::table_rows(&results, true),
+            None => render_table(&results),
+        };
+        let _ = write!(out, "{table}");
         for r in &results {
             if let (super::Configuration::Naive, Some(why)) = (r.config, &r.prevented) {
                 let _ = writeln!(out, "{}: {backend} prevents {}: {why}", r.scenario, r.about);
@@ -389,7 +458,32 @@ where
             );
         }
     }
-    if verdict(&results) {
+    let passed = match how.own_faults {
+        // The faults were the team's: what is demanded is that quorate
+        // kept every strict run clean through them.
+        Some(d) => {
+            let strict: Vec<&super::RunResult> = results
+                .iter()
+                .filter(|r| r.config == Configuration::Strict)
+                .collect();
+            let clean = !strict.is_empty() && strict.iter().all(|r| r.passed());
+            if !args.json {
+                let _ = writeln!(
+                    out,
+                    "faults: from your own tools, during the {} s of each run; {}",
+                    d.as_secs(),
+                    if clean {
+                        "PASS: every strict run is clean"
+                    } else {
+                        "FAIL: a strict run shows anomalies (or none ran)"
+                    }
+                );
+            }
+            clean
+        }
+        None => verdict(&results),
+    };
+    if passed {
         0
     } else {
         1

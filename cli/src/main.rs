@@ -67,23 +67,105 @@ fn backend(mut args: Vec<String>) -> u8 {
     let at = args.iter().position(|a| a == "--backend").unwrap_or(0);
     args.remove(at);
     if at >= args.len() {
-        eprintln!("drill: --backend needs a value: postgres");
+        eprintln!("drill: --backend needs a value: postgres or dynamodb");
         return 2;
     }
     let name = args.remove(at);
     match name.as_str() {
         "postgres" => postgres(args),
-        "dynamodb" | "spanner" => {
+        "dynamodb" => dynamodb(args),
+        "spanner" => {
             eprintln!(
                 "drill: --backend {name} is not available yet; its real-server drills run as `cargo test -p quorate-{name} --test drills`"
             );
             2
         }
         other => {
-            eprintln!("drill: unknown backend {other:?}; backends: postgres");
+            eprintln!("drill: unknown backend {other:?}; backends: postgres, dynamodb");
             2
         }
     }
+}
+
+/// Runs `drill` on a runtime of its own.
+#[cfg(any(feature = "postgres", feature = "dynamodb"))]
+fn on_runtime(drill: impl std::future::Future<Output = u8>) -> u8 {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(drill),
+        Err(e) => {
+            eprintln!("drill: cannot start a runtime: {e}");
+            1
+        }
+    }
+}
+
+/// A fresh table's name per run, short enough for its idempotency
+/// table's.
+#[cfg(any(feature = "postgres", feature = "dynamodb"))]
+fn table_names(prefix: &'static str) -> impl FnMut() -> String {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut runs = 0u32;
+    move || {
+        runs += 1;
+        format!("{prefix}{stamp}_{runs}")
+    }
+}
+
+#[cfg(not(feature = "dynamodb"))]
+fn dynamodb(_: Vec<String>) -> u8 {
+    eprintln!(
+        "drill: this quorate was built without DynamoDB; install it with `cargo install quorate-cli --features dynamodb`"
+    );
+    2
+}
+
+/// The scenarios on the DynamoDB Local of `scripts/dynamodb start` (named
+/// by `QUORATE_DYNAMODB_ENDPOINT`): three regions joined by the
+/// replicator, fresh tables per run.
+#[cfg(feature = "dynamodb")]
+fn dynamodb(args: Vec<String>) -> u8 {
+    use quorate_dynamodb::deployment::DynamoDeployment;
+    let Ok(endpoint) = std::env::var("QUORATE_DYNAMODB_ENDPOINT") else {
+        eprintln!(
+            "drill: --backend dynamodb needs QUORATE_DYNAMODB_ENDPOINT (scripts/dynamodb start prints it)"
+        );
+        return 2;
+    };
+    on_runtime(async move {
+        let regions = [
+            ("eu-west", "eu-west-1"),
+            ("us-east", "us-east-1"),
+            ("ap-south", "ap-south-1"),
+        ];
+        let base = match DynamoDeployment::start(&endpoint, &regions).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("drill: the fault layer could not start: {e}");
+                return 1;
+            }
+        };
+        let mut name = table_names("quorate-drill-");
+        let fresh = |_run: String| {
+            let (base, table) = (base.clone(), name());
+            async move {
+                base.with_table(&table, std::time::Duration::from_millis(100))
+                    .await
+            }
+        };
+        quorate::drill::cli::main_deployed(
+            "dynamodb",
+            args,
+            fresh,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )
+        .await
+    })
 }
 
 #[cfg(not(feature = "postgres"))]
@@ -115,17 +197,7 @@ fn postgres(args: Vec<String>) -> u8 {
         );
         return 2;
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("drill: cannot start a runtime: {e}");
-            return 1;
-        }
-    };
-    runtime.block_on(async move {
+    on_runtime(async move {
         let base = match PgDeployment::start(&servers, &["eu-west", "us-east", "ap-south"]).await {
             Ok(d) => d,
             Err(e) => {
@@ -133,15 +205,9 @@ fn postgres(args: Vec<String>) -> u8 {
                 return 1;
             }
         };
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        // A table per run, short enough for its idempotency table's name.
-        let mut runs = 0u32;
+        let mut name = table_names("quorate_drill_");
         let fresh = |_run: String| {
-            runs += 1;
-            let base = base.clone();
-            let table = format!("quorate_drill_{stamp}_{runs}");
+            let (base, table) = (base.clone(), name());
             async move { base.with_table(&table).await }
         };
         let code = quorate::drill::cli::main_deployed(
@@ -237,24 +303,10 @@ fn cluster(_: usize, mut args: Vec<String>) -> u8 {
         );
         return 2;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("drill: cannot start a runtime: {e}");
-            return 1;
-        }
-    };
-    runtime.block_on(async move {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut runs = 0u32;
+    on_runtime(async move {
+        let mut name = table_names("quorate_drill_");
         let fresh = |run: String| {
-            runs += 1;
-            let table = format!("quorate_drill_{stamp}_{runs}");
+            let table = name();
             let settings = settings.clone();
             async move {
                 let scenario = quorate::drill::scenarios_on::<PgCluster>()

@@ -16,6 +16,9 @@ mod actor;
 pub mod cli;
 mod deploy;
 mod html;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod links;
 pub mod naive;
 pub mod nemesis;
 mod report;

@@ -60,6 +60,21 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// The regions the fault names.
+    pub fn regions(&self) -> Vec<&'static str> {
+        match *self {
+            Fault::Isolate(r)
+            | Fault::Skew(r, _)
+            | Fault::Lag(r, _)
+            | Fault::Crash(r)
+            | Fault::Pause(r)
+            | Fault::Stall(r)
+            | Fault::Drift(r, _)
+            | Fault::LeaseTo(r) => vec![r],
+            Fault::Cut(a, b) | Fault::Latency(a, b, _) | Fault::OneWay(a, b) => vec![a, b],
+        }
+    }
+
     /// A short label for reports.
     pub fn label(&self) -> String {
         match self {

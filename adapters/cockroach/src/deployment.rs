@@ -31,7 +31,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quorate::cut_proxy::{CutProxy, Direction, Link};
+use quorate::cut_proxy::CutProxy;
+use quorate::drill::links::{steer_link, ClientLinks};
 use quorate::drill::{Deployment, Fault, FaultState, Window};
 use quorate::{Clock, SystemClock};
 use quorate::{Error, Region};
@@ -95,8 +96,9 @@ struct Links {
     regions: Vec<String>,
     /// Each server's connection string, in region order.
     servers: Vec<String>,
-    /// `proxies[c][s]`: clients in region `c` to server `s`.
-    proxies: Vec<Vec<CutProxy>>,
+    /// Clients in each region to each server (`None` once restored by
+    /// the destructor).
+    clients: Option<ClientLinks>,
     /// `replication[i]`: standby `i + 1` to the primary.
     replication: Vec<CutProxy>,
     /// Each standby's `primary_conninfo` before the deployment changed it.
@@ -215,14 +217,8 @@ impl PgDeployment {
             .iter()
             .map(|c| loopback(c))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut proxies = Vec::new();
-        for _ in regions {
-            let mut row = Vec::new();
-            for &addr in &addrs {
-                row.push(CutProxy::start(addr).await.map_err(failed)?);
-            }
-            proxies.push(row);
-        }
+        let names: Vec<String> = regions.iter().map(|r| (*r).to_owned()).collect();
+        let clients = ClientLinks::start(&names, &addrs).await.map_err(failed)?;
         let mut replication = Vec::new();
         let mut conninfo = Vec::new();
         for standby in &servers.standbys {
@@ -234,9 +230,9 @@ impl PgDeployment {
             );
         }
         let links = Arc::new(Links {
-            regions: regions.iter().map(|r| (*r).to_owned()).collect(),
+            regions: names,
             servers: connections,
-            proxies,
+            clients: Some(clients),
             replication,
             conninfo,
             script: servers.script.clone(),
@@ -290,11 +286,15 @@ impl PgDeployment {
     /// The connection string clients in `from` use for the server of
     /// region `to`: through the proxy of that link.
     pub fn connection(&self, from: &str, to: &str) -> Result<String, Error> {
-        let (c, s) = (self.index(from)?, self.index(to)?);
-        Ok(with_port(
-            &self.links.servers[s],
-            self.links.proxies[c][s].addr().port(),
-        ))
+        let s = self.index(to)?;
+        self.index(from)?;
+        let addr = self
+            .links
+            .clients
+            .as_ref()
+            .and_then(|c| c.addr(from, to))
+            .ok_or_else(|| failed("the fault layer was restored"))?;
+        Ok(with_port(&self.links.servers[s], addr.port()))
     }
 
     fn index(&self, region: &str) -> Result<usize, Error> {
@@ -342,55 +342,12 @@ impl Links {
         let Some(home) = self.regions.first() else {
             return;
         };
-        for (c, row) in self.proxies.iter().enumerate() {
-            for (s, proxy) in row.iter().enumerate() {
-                if c == s {
-                    continue;
-                }
-                let (from, to) = (&self.regions[c], &self.regions[s]);
-                let latency = state.latency(from, to);
-                proxy.set_link(
-                    Direction::ToServer,
-                    Link {
-                        latency,
-                        blocked: state.is_cut(from, to),
-                        ..Link::default()
-                    },
-                );
-                proxy.set_link(
-                    Direction::ToClient,
-                    Link {
-                        latency,
-                        blocked: state.is_cut(to, from),
-                        ..Link::default()
-                    },
-                );
-            }
+        if let Some(clients) = &self.clients {
+            clients.steer(state);
         }
-        for (i, proxy) in self
-            .replication
-            .iter()
-            .enumerate()
-            .take(self.regions.len() - 1)
-        {
-            let standby = &self.regions[i + 1];
-            let latency = state.latency(home, standby);
-            proxy.set_link(
-                Direction::ToServer,
-                Link {
-                    latency,
-                    blocked: state.is_cut(standby, home),
-                    ..Link::default()
-                },
-            );
-            proxy.set_link(
-                Direction::ToClient,
-                Link {
-                    latency,
-                    blocked: state.is_cut(home, standby),
-                    ..Link::default()
-                },
-            );
+        // A standby is the client of its replication link.
+        for (proxy, standby) in self.replication.iter().zip(self.regions.iter().skip(1)) {
+            steer_link(proxy, state, standby, home);
         }
     }
 
@@ -505,7 +462,7 @@ impl Drop for Links {
         let links = Links {
             regions: std::mem::take(&mut self.regions),
             servers: std::mem::take(&mut self.servers),
-            proxies: Vec::new(),
+            clients: None,
             replication: Vec::new(),
             conninfo: std::mem::take(&mut self.conninfo),
             script: self.script.take(),
@@ -588,20 +545,9 @@ impl Deployment for PgDeployment {
                 }
                 _ => None,
             };
-            let named = match w.fault {
-                Fault::Isolate(r)
-                | Fault::Skew(r, _)
-                | Fault::Lag(r, _)
-                | Fault::Crash(r)
-                | Fault::Pause(r)
-                | Fault::Stall(r)
-                | Fault::Drift(r, _)
-                | Fault::LeaseTo(r) => vec![r],
-                Fault::Cut(a, b) | Fault::Latency(a, b, _) | Fault::OneWay(a, b) => vec![a, b],
-            };
             if let Some(why) = why {
                 refused.push(format!("{} ({why})", w.fault.label()));
-            } else if let Some(r) = named.iter().find(|r| !known(r)) {
+            } else if let Some(r) = w.fault.regions().into_iter().find(|r| !known(r)) {
                 refused.push(format!("{} (no region {r})", w.fault.label()));
             }
         }

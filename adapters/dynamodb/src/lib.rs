@@ -60,6 +60,9 @@
 // crate is the implementation, and applications do not need that module.
 #[allow(hidden_glob_reexports)]
 mod backend;
+#[cfg(feature = "drill")]
+#[cfg_attr(docsrs, doc(cfg(feature = "drill")))]
+pub mod deployment;
 pub mod item;
 mod native;
 mod query;

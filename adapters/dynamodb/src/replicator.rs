@@ -301,7 +301,10 @@ impl ReplicatorBuilder {
                 sources.push(source);
             }
         }
-        let control = Arc::new(Control::default());
+        let control = Arc::new(Control {
+            regions: self.regions.iter().map(|r| r.region.clone()).collect(),
+            ..Control::default()
+        });
         control.lag_ms.store(millis(self.lag), Ordering::SeqCst);
         let worker = Worker {
             regions: self.regions,
@@ -329,6 +332,12 @@ struct Control {
     /// Passes that read every stream without an error or a re-positioned
     /// iterator.
     clean_passes: AtomicU64,
+    /// The regions, in the worker's order.
+    regions: Vec<Region>,
+    /// Links whose copies are held: (from, to), by region index.
+    cut: Mutex<HashSet<(usize, usize)>>,
+    /// Extra lag of the copies into a region, in milliseconds.
+    lag_into: Mutex<HashMap<usize, u64>>,
     pending: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -372,6 +381,54 @@ impl Replicator {
     /// Changes the lag; changes already waiting wait for the new one.
     pub fn set_lag(&self, lag: Duration) {
         self.control.lag_ms.store(millis(lag), Ordering::SeqCst);
+    }
+
+    fn index(&self, region: &Region) -> Result<usize, Error> {
+        self.control
+            .regions
+            .iter()
+            .position(|r| r == region)
+            .ok_or_else(|| Error::Topology(quorate::TopologyError::UnknownRegion(region.clone())))
+    }
+
+    /// Holds the changes made in `from` back from `to` only (a partition
+    /// of one link, or one direction of it); they wait, none lost.
+    pub fn pause_link(&self, from: &Region, to: &Region) -> Result<(), Error> {
+        let link = (self.index(from)?, self.index(to)?);
+        self.control
+            .cut
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(link);
+        Ok(())
+    }
+
+    /// Lets the changes of `from` reach `to` again.
+    pub fn resume_link(&self, from: &Region, to: &Region) -> Result<(), Error> {
+        let link = (self.index(from)?, self.index(to)?);
+        self.control
+            .cut
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&link);
+        Ok(())
+    }
+
+    /// Copies into `region` wait at least `lag` (a lagging replica), on
+    /// top of the replicator's own lag; zero removes it.
+    pub fn set_lag_into(&self, region: &Region, lag: Duration) -> Result<(), Error> {
+        let to = self.index(region)?;
+        let mut lags = self
+            .control
+            .lag_into
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if lag.is_zero() {
+            lags.remove(&to);
+        } else {
+            lags.insert(to, millis(lag));
+        }
+        Ok(())
     }
 
     /// Copies written into some region so far (including the ones that
@@ -804,7 +861,35 @@ impl Worker {
                 continue;
             }
             let mut left = Vec::new();
+            let (cut, lag_into) = {
+                let cut = self.control.cut.lock().unwrap_or_else(|p| p.into_inner());
+                let lags = self
+                    .control
+                    .lag_into
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let held: Vec<usize> = change
+                    .to
+                    .iter()
+                    .copied()
+                    .filter(|&to| cut.contains(&(change.from, to)))
+                    .collect();
+                let lagging: Vec<usize> = change
+                    .to
+                    .iter()
+                    .copied()
+                    .filter(|to| {
+                        lags.get(to)
+                            .is_some_and(|&ms| change.seen.elapsed() < Duration::from_millis(ms))
+                    })
+                    .collect();
+                (held, lagging)
+            };
             for &to in &change.to {
+                if cut.contains(&to) || lag_into.contains(&to) {
+                    left.push(to);
+                    continue;
+                }
                 match self.copy(&change, to).await {
                     Ok(()) => {
                         self.control.applied.fetch_add(1, Ordering::SeqCst);

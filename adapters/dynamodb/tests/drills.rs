@@ -227,3 +227,65 @@ async fn drill_partitioned_global_table() {
     assert_eq!(strict.total(), 0, "the strict run is clean");
     assert!(naive.ops as usize >= 2 * ORDERS && strict.ops as usize >= 2 * ORDERS);
 }
+
+/// The simulator's seed scenarios, unchanged, on DynamoDB Local: three
+/// regions joined by the replicator, reached through the fault layer of
+/// `DynamoDeployment`, which the runner steers from each scenario's
+/// windows. Scenarios that need a region's clock skewed are refused, by
+/// name, before they start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_scenarios_run_on_dynamodb_local() {
+    use quorate_dynamodb::deployment::DynamoDeployment;
+    use quorate_dynamodb::drill::{run_deployed, scenarios_on, Configuration, Deployment, Variant};
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let base = DynamoDeployment::start(
+        &endpoint,
+        &[
+            ("eu-west", "eu-west-1"),
+            ("us-east", "us-east-1"),
+            ("ap-south", "ap-south-1"),
+        ],
+    )
+    .await
+    .expect("the fault layer starts");
+    let mut ran = Vec::new();
+    for scenario in scenarios_on::<DynamoDeployment>() {
+        let refused = base.unsupported(&scenario.windows);
+        if !refused.is_empty() {
+            println!("{}: not run: {}", scenario.name, refused.join("; "));
+            assert!(
+                refused.iter().all(|r| r.contains("clock")),
+                "only clock faults are refused: {refused:?}"
+            );
+            continue;
+        }
+        for config in [Configuration::Naive, Configuration::Strict] {
+            let table = common::key(&format!("Drill-{}-{}", scenario.name, config.label()));
+            let deployment = base
+                .with_table(&table, Duration::from_millis(100))
+                .await
+                .expect("fresh tables");
+            let run = run_deployed(&deployment, &scenario, config, 1, &Variant::default())
+                .await
+                .expect("the run completes");
+            println!(
+                "{} {}:\n{}",
+                scenario.name,
+                config.label(),
+                run.report.render()
+            );
+            assert!(run.report.ops > 100, "{} {}", scenario.name, config.label());
+            assert!(
+                run.passed(),
+                "{} {}: {}",
+                scenario.name,
+                config.label(),
+                run.report.render()
+            );
+            ran.push(scenario.name);
+        }
+    }
+    assert!(ran.contains(&"isolation-latency") && ran.contains(&"partition-global-tables"));
+}

@@ -303,3 +303,68 @@ async fn settle_waits_for_shards_whose_iterators_were_re_positioned() {
         );
     }
 }
+
+/// One direction of one link held back, and a lag into one region only:
+/// the other direction goes on, and nothing held is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_link_can_be_cut_or_slowed_without_the_others() {
+    use quorate_dynamodb::Region;
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let table = common::key("Links");
+    hand_made(&endpoint, &table).await;
+    let replicator = common::replicator::builder(&endpoint, Duration::ZERO)
+        .table(ReplicatedTable::new(&table).unwrap())
+        .start()
+        .await
+        .unwrap();
+    let (eu, us) = (Region::new("eu").unwrap(), Region::new("us").unwrap());
+    assert!(replicator
+        .pause_link(&eu, &Region::new("ap").unwrap())
+        .is_err());
+    replicator.pause_link(&eu, &us).unwrap();
+    put(&endpoint, 0, &table, "from-eu", "x", 1).await;
+    put(&endpoint, 1, &table, "from-us", "y", 1).await;
+    replicator.settle().await;
+    replicator.settle().await;
+    assert_eq!(
+        get(&endpoint, 1, &table, "from-eu").await,
+        None,
+        "eu -> us is cut"
+    );
+    assert_eq!(
+        get(&endpoint, 0, &table, "from-us").await.as_deref(),
+        Some("y"),
+        "us -> eu goes on"
+    );
+    replicator.resume_link(&eu, &us).unwrap();
+    replicator.settle().await;
+    assert_eq!(
+        get(&endpoint, 1, &table, "from-eu").await.as_deref(),
+        Some("x"),
+        "the held change arrives once the link heals"
+    );
+
+    replicator
+        .set_lag_into(&us, Duration::from_millis(800))
+        .unwrap();
+    put(&endpoint, 0, &table, "late", "z", 2).await;
+    put(&endpoint, 1, &table, "prompt", "w", 2).await;
+    replicator.settle().await;
+    assert_eq!(get(&endpoint, 1, &table, "late").await, None, "us lags");
+    assert_eq!(
+        get(&endpoint, 0, &table, "prompt").await.as_deref(),
+        Some("w")
+    );
+    let arrived = common::eventually(Duration::from_secs(10), || async {
+        get(&endpoint, 1, &table, "late").await.as_deref() == Some("z")
+    })
+    .await;
+    assert!(
+        arrived,
+        "the lagging copy arrives: {:?}",
+        replicator.last_error()
+    );
+    replicator.set_lag_into(&us, Duration::ZERO).unwrap();
+}

@@ -1,0 +1,332 @@
+//! The drills' scenarios on DynamoDB Local: each region a database of its
+//! own on one DynamoDB Local (it keeps one per AWS region), joined by the
+//! [`Replicator`] the way global tables join regions (asynchronously,
+//! last writer wins), with faults made by real mechanisms.
+//!
+//! [`DynamoDeployment`] puts a fault proxy ([`ClientLinks`], on loopback)
+//! between every client region and every region's endpoint. The runner
+//! ([`quorate::drill::run_deployed`]) steers it and the replicator from a
+//! scenario's fault windows:
+//!
+//! | Fault | On DynamoDB Local |
+//! |---|---|
+//! | isolation, cut, one-way cut | the proxies hold the cut links' bytes until healed; the replicator holds the copies of each cut direction |
+//! | latency | the proxies delay both directions of the client links between the two regions |
+//! | replica lag | copies into the region wait that long |
+//! | stalled replica | no copy reaches the region until it resumes |
+//!
+//! Clock skew and drift (every region's writes are stamped by this
+//! machine's clock), crashes, paused nodes and lease moves are refused
+//! before a run starts ([`Deployment::unsupported`]).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials};
+use quorate::drill::links::ClientLinks;
+use quorate::drill::{Deployment, Fault, FaultState, Window};
+use quorate::{Clock, Error, Region, SystemClock};
+
+use crate::replicator::Replicator;
+use crate::{DynamoBackend, DynamoConfig, Home, RegionClient};
+
+fn failed(what: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(what.to_string())
+}
+
+/// An SDK client for `aws_region` at `endpoint`, without SDK retries
+/// (quorate retries), with DynamoDB Local's static credentials.
+fn sdk(endpoint: &str, aws_region: &str) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new(aws_region.to_owned()))
+            .endpoint_url(endpoint)
+            .credentials_provider(Credentials::new("quorate", "quorate", None, None, "static"))
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build(),
+    )
+}
+
+fn streams(endpoint: &str, aws_region: &str) -> aws_sdk_dynamodbstreams::Client {
+    use aws_sdk_dynamodbstreams::config;
+    aws_sdk_dynamodbstreams::Client::from_conf(
+        config::Builder::new()
+            .behavior_version(config::BehaviorVersion::latest())
+            .region(config::Region::new(aws_region.to_owned()))
+            .endpoint_url(endpoint)
+            .credentials_provider(config::Credentials::new(
+                "quorate", "quorate", None, None, "static",
+            ))
+            .build(),
+    )
+}
+
+/// DynamoDB Local's address, on loopback only.
+fn loopback(endpoint: &str) -> Result<SocketAddr, Error> {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .ok_or_else(|| failed(format_args!("{endpoint:?}: DynamoDB Local speaks http://")))?;
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let addr = host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.find(SocketAddr::is_ipv4))
+        .ok_or_else(|| failed(format_args!("cannot resolve {host_port:?}")))?;
+    if !addr.ip().is_loopback() {
+        return Err(failed(format_args!(
+            "the fault layer runs on loopback only; {host_port:?} is not"
+        )));
+    }
+    Ok(addr)
+}
+
+/// DynamoDB Local as a drill deployment; see the [module docs](self).
+/// Cheap to clone: clones share the fault layer and the replicator.
+#[derive(Clone)]
+pub struct DynamoDeployment {
+    shared: Arc<Shared>,
+    run: Option<Arc<Run>>,
+}
+
+struct Shared {
+    endpoint: String,
+    /// (quorate region, AWS region), the home region first.
+    regions: Vec<(String, String)>,
+    clients: ClientLinks,
+}
+
+/// One run's tables and their replicator.
+struct Run {
+    table: String,
+    replicator: Replicator,
+    backends: Mutex<HashMap<String, DynamoBackend>>,
+}
+
+impl std::fmt::Debug for DynamoDeployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoDeployment")
+            .field("regions", &self.shared.regions)
+            .field("table", &self.run.as_ref().map(|r| &r.table))
+            .finish_non_exhaustive()
+    }
+}
+
+impl DynamoDeployment {
+    /// Starts the fault layer in front of DynamoDB Local at `endpoint`
+    /// (`http://127.0.0.1:PORT`), one region per `(quorate region, AWS
+    /// region)` pair, every key homed in the first. Tables come with
+    /// [`DynamoDeployment::with_table`].
+    pub async fn start(
+        endpoint: &str,
+        regions: &[(&str, &str)],
+    ) -> Result<DynamoDeployment, Error> {
+        if regions.is_empty() {
+            return Err(failed("a deployment needs a region"));
+        }
+        for (r, _) in regions {
+            Region::new(r)?;
+        }
+        let addr = loopback(endpoint)?;
+        let names: Vec<String> = regions.iter().map(|(r, _)| (*r).to_owned()).collect();
+        let clients = ClientLinks::start(&names, &vec![addr; names.len()])
+            .await
+            .map_err(failed)?;
+        Ok(DynamoDeployment {
+            shared: Arc::new(Shared {
+                endpoint: endpoint.to_owned(),
+                regions: regions
+                    .iter()
+                    .map(|(r, a)| ((*r).to_owned(), (*a).to_owned()))
+                    .collect(),
+                clients,
+            }),
+            run: None,
+        })
+    }
+
+    fn config(
+        &self,
+        table: &str,
+        local: &str,
+        endpoint_of: impl Fn(&str) -> String,
+    ) -> Result<DynamoConfig, Error> {
+        let regions = self
+            .shared
+            .regions
+            .iter()
+            .map(|(r, aws)| {
+                Ok(RegionClient {
+                    region: Region::new(r)?,
+                    client: sdk(&endpoint_of(r), aws),
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let mut config = DynamoConfig::new("quorate-drill", table, regions, local)?;
+        config.home = Home::Region(Region::new(&self.shared.regions[0].0)?);
+        Ok(config)
+    }
+
+    /// This deployment with its records in `table` (created in every
+    /// region if missing), replicated with `lag` by a replicator of its
+    /// own, which stops when the last clone of the result is dropped.
+    pub async fn with_table(&self, table: &str, lag: Duration) -> Result<DynamoDeployment, Error> {
+        let home = &self.shared.regions[0].0;
+        let direct = self.config(table, home, |_| self.shared.endpoint.clone())?;
+        let backend = DynamoBackend::new(direct)?;
+        backend.create_tables().await?;
+        let mut builder = Replicator::builder().lag(lag);
+        for (r, aws) in &self.shared.regions {
+            builder = builder.region_clients(
+                Region::new(r)?,
+                sdk(&self.shared.endpoint, aws),
+                streams(&self.shared.endpoint, aws),
+            );
+        }
+        let replicator = builder.tables_of(&backend).start().await?;
+        Ok(DynamoDeployment {
+            shared: self.shared.clone(),
+            run: Some(Arc::new(Run {
+                table: table.to_owned(),
+                replicator,
+                backends: Mutex::new(HashMap::new()),
+            })),
+        })
+    }
+
+    fn run(&self) -> Result<&Run, Error> {
+        self.run
+            .as_deref()
+            .ok_or_else(|| failed("no table yet: use DynamoDeployment::with_table"))
+    }
+
+    fn index(&self, region: &str) -> Result<usize, Error> {
+        self.shared
+            .regions
+            .iter()
+            .position(|(r, _)| r == region)
+            .ok_or_else(|| match Region::new(region) {
+                Ok(r) => Error::Topology(quorate::TopologyError::UnknownRegion(r)),
+                Err(e) => Error::Topology(e),
+            })
+    }
+
+    /// The replicator of this deployment's table.
+    pub fn replicator(&self) -> Result<&Replicator, Error> {
+        Ok(&self.run()?.replicator)
+    }
+}
+
+impl Deployment for DynamoDeployment {
+    type Backend = DynamoBackend;
+
+    fn regions(&self) -> Vec<String> {
+        self.shared.regions.iter().map(|(r, _)| r.clone()).collect()
+    }
+
+    fn at(&self, region: &str) -> Result<DynamoBackend, Error> {
+        self.index(region)?;
+        let run = self.run()?;
+        let mut backends = run.backends.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = backends.get(region) {
+            return Ok(b.clone());
+        }
+        let clients = &self.shared.clients;
+        let config = self.config(&run.table, region, |to| {
+            clients
+                .addr(region, to)
+                .map_or_else(String::new, |a| format!("http://{a}"))
+        })?;
+        let backend = DynamoBackend::new(config)?;
+        backends.insert(region.to_owned(), backend.clone());
+        Ok(backend)
+    }
+
+    fn clock(&self, region: &str) -> Result<Arc<dyn Clock>, Error> {
+        self.index(region)?;
+        Ok(Arc::new(SystemClock))
+    }
+
+    async fn apply(&self, _from: &FaultState, to: &FaultState) -> Vec<Error> {
+        self.shared.clients.steer(to);
+        let Ok(run) = self.run() else {
+            return vec![failed("no table yet")];
+        };
+        let mut errors = Vec::new();
+        let regions = self.regions();
+        for a in &regions {
+            let ra = match Region::new(a) {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(e.into());
+                    continue;
+                }
+            };
+            for b in regions.iter().filter(|b| *b != a) {
+                let Ok(rb) = Region::new(b) else { continue };
+                // A stalled region receives nothing, as a cut link would.
+                let held = to.is_cut(a, b) || to.stalled.contains(b);
+                let r = if held {
+                    run.replicator.pause_link(&ra, &rb)
+                } else {
+                    run.replicator.resume_link(&ra, &rb)
+                };
+                if let Err(e) = r {
+                    errors.push(e);
+                }
+            }
+            let lag = Duration::from_millis(to.lag_ms.get(a).copied().unwrap_or(0));
+            if let Err(e) = run.replicator.set_lag_into(&ra, lag) {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    fn unsupported(&self, windows: &[Window]) -> Vec<String> {
+        let known = |r: &str| self.shared.regions.iter().any(|(x, _)| x == r);
+        let mut refused = Vec::new();
+        for w in windows {
+            let why = match w.fault {
+                Fault::Skew(..) | Fault::Drift(..) => Some(
+                    "skewing a region's clock: every region's writes are stamped by this machine's",
+                ),
+                Fault::Crash(_) => Some("crashing a region"),
+                Fault::Pause(_) => Some("pausing a region"),
+                Fault::LeaseTo(_) => Some("moving a lease (global tables have none)"),
+                _ => None,
+            };
+            if let Some(why) = why {
+                refused.push(format!("{} ({why})", w.fault.label()));
+            } else if let Some(r) = w.fault.regions().into_iter().find(|r| !known(r)) {
+                refused.push(format!("{} (no region {r})", w.fault.label()));
+            }
+        }
+        refused
+    }
+
+    fn clock_offset(&self, region: &str) -> Option<i64> {
+        self.index(region).ok().map(|_| 0)
+    }
+
+    fn max_offset(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_endpoints_are_taken() {
+        assert_eq!(loopback("http://127.0.0.1:8000").unwrap().port(), 8000);
+        assert!(loopback("https://dynamodb.eu-west-1.amazonaws.com").is_err());
+        assert!(matches!(
+            loopback("http://192.0.2.1:8000"),
+            Err(Error::InvalidInput(m)) if m.contains("loopback")
+        ));
+    }
+}

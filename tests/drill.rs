@@ -742,3 +742,53 @@ async fn a_claim_that_the_database_prevents_the_anomaly_is_tested() {
         "{out}"
     );
 }
+
+/// `--nemesis` on a deployment runs each seed's schedule with the faults
+/// the deployment can make, names the ones it cannot, and passes when
+/// every strict run is clean.
+#[tokio::test(start_paused = true)]
+async fn nemesis_schedules_run_on_a_deployment_without_what_it_cannot_make() {
+    let fresh = |run: String| async move {
+        let seed: u64 = run
+            .strip_prefix("nemesis-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|s| s.parse().ok())
+            .expect("a nemesis run");
+        let system = drill::nemesis::scenario(seed).simulated_system(seed);
+        Ok(NoIsolation(
+            quorate::sim::Sim::new(system)?,
+            Claim::CannotIsolate,
+        ))
+    };
+    // Seeds 1 to 60 include schedules with an isolation.
+    let isolating = (1..=60u64).find(|&s| {
+        drill::nemesis::scenario(s)
+            .windows
+            .iter()
+            .any(|w| matches!(w.fault, drill::Fault::Isolate(_)))
+    });
+    let Some(seed) = isolating else {
+        panic!("no schedule of seeds 1 to 60 isolates a region");
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = drill::cli::main_deployed(
+        "no-isolation",
+        owned(&["--nemesis", "1", "--seed", &seed.to_string()]),
+        fresh,
+        &mut out,
+        &mut err,
+    )
+    .await;
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, 0, "{out}\n{}", String::from_utf8_lossy(&err));
+    assert!(
+        out.contains(&format!(
+            "nemesis-{seed}: ran without what no-isolation cannot make: "
+        )) && out.contains("isolated"),
+        "{out}"
+    );
+    assert!(
+        out.contains("nemesis on no-isolation: 1 of 1 seeds run") && out.contains("PASS"),
+        "{out}"
+    );
+}

@@ -376,8 +376,11 @@ where
     };
     let mut results = Vec::new();
     let mut skipped = Vec::new();
-    for (label, scenario) in &selected {
-        for &config in configs {
+    // Nemesis schedules run with the faults the deployment can make; the
+    // ones it cannot are named per seed.
+    let mut restricted: Vec<(String, Vec<String>)> = Vec::new();
+    for (label, scenario) in &mut selected {
+        for (n, &config) in configs.iter().enumerate() {
             let deployment = match fresh(run_name(label, config)).await {
                 Ok(d) => d,
                 Err(e) => {
@@ -385,6 +388,19 @@ where
                     return 1;
                 }
             };
+            if args.nemesis.is_some() && n == 0 {
+                let (kept, dropped): (Vec<super::Window>, Vec<super::Window>) = scenario
+                    .windows
+                    .iter()
+                    .partition(|w| deployment.unsupported(std::slice::from_ref(*w)).is_empty());
+                if !dropped.is_empty() {
+                    restricted.push((
+                        label.clone(),
+                        dropped.iter().map(|w| w.fault.label()).collect(),
+                    ));
+                }
+                scenario.windows = kept;
+            }
             let refused = deployment.unsupported(&scenario.windows);
             if !refused.is_empty() {
                 skipped.push((label.clone(), refused));
@@ -406,6 +422,13 @@ where
                     return 1;
                 }
             };
+            let _ = writeln!(
+                err,
+                "drill: {label} {}: {} operations, {}",
+                config.label(),
+                run.report.ops,
+                super::report::anomalies_text(&run)
+            );
             if let Some(base) = &args.history {
                 let path = history_path(base, label, config.label());
                 let written = std::fs::File::create(&path)
@@ -431,6 +454,13 @@ where
             o.insert("backend".into(), backend.into());
             o.insert("own_faults".into(), how.own_faults.is_some().into());
             o.insert(
+                "ran_without".into(),
+                restricted
+                    .iter()
+                    .map(|(s, why)| serde_json::json!({ "scenario": s, "faults": why }))
+                    .collect(),
+            );
+            o.insert(
                 "not_run".into(),
                 skipped
                     .iter()
@@ -440,15 +470,23 @@ where
         }
         let _ = writeln!(out, "{json}");
     } else {
-        let table = match how.own_faults {
-            Some(_) => super::report::table_rows(&results, true),
-            None => render_table(&results),
+        let table = if how.own_faults.is_some() || args.nemesis.is_some() {
+            super::report::table_rows(&results, true)
+        } else {
+            render_table(&results)
         };
         let _ = write!(out, "{table}");
         for r in &results {
             if let (super::Configuration::Naive, Some(why)) = (r.config, &r.prevented) {
                 let _ = writeln!(out, "{}: {backend} prevents {}: {why}", r.scenario, r.about);
             }
+        }
+        for (s, dropped) in &restricted {
+            let _ = writeln!(
+                out,
+                "{s}: ran without what {backend} cannot make: {}",
+                dropped.join("; ")
+            );
         }
         for (s, why) in &skipped {
             let _ = writeln!(
@@ -458,31 +496,68 @@ where
             );
         }
     }
-    let passed = match how.own_faults {
-        // The faults were the team's: what is demanded is that quorate
-        // kept every strict run clean through them.
-        Some(d) => {
-            let strict: Vec<&super::RunResult> = results
-                .iter()
-                .filter(|r| r.config == Configuration::Strict)
-                .collect();
-            let clean = !strict.is_empty() && strict.iter().all(|r| r.passed());
-            if !args.json {
-                let _ = writeln!(
+    let passed =
+        match (how.own_faults, args.nemesis) {
+            // Random schedules: what is demanded of them everywhere is that
+            // every strict run is clean; the naive runs show what the faults
+            // did.
+            (None, Some(seeds)) => {
+                let strict: Vec<&super::RunResult> = results
+                    .iter()
+                    .filter(|r| r.config == Configuration::Strict)
+                    .collect();
+                let clean = !strict.is_empty() && strict.iter().all(|r| r.passed());
+                if !args.json {
+                    let mut naive: std::collections::BTreeMap<&str, u64> = Default::default();
+                    for r in results.iter().filter(|r| r.config == Configuration::Naive) {
+                        for (k, v) in &r.report.anomalies {
+                            *naive.entry(k).or_default() += v;
+                        }
+                    }
+                    let naive: Vec<String> = naive
+                        .iter()
+                        .filter(|(_, v)| **v > 0)
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    let _ =
+                        writeln!(
                     out,
-                    "faults: from your own tools, during the {} s of each run; {}",
-                    d.as_secs(),
+                    "nemesis on {backend}: {} of {seeds} seeds run, naive anomalies: {}; {}",
+                    strict.len(),
+                    if naive.is_empty() { "none".to_owned() } else { naive.join(" ") },
                     if clean {
                         "PASS: every strict run is clean"
                     } else {
                         "FAIL: a strict run shows anomalies (or none ran)"
                     }
                 );
+                }
+                clean
             }
-            clean
-        }
-        None => verdict(&results),
-    };
+            // The faults were the team's: what is demanded is that quorate
+            // kept every strict run clean through them.
+            (Some(d), _) => {
+                let strict: Vec<&super::RunResult> = results
+                    .iter()
+                    .filter(|r| r.config == Configuration::Strict)
+                    .collect();
+                let clean = !strict.is_empty() && strict.iter().all(|r| r.passed());
+                if !args.json {
+                    let _ = writeln!(
+                        out,
+                        "faults: from your own tools, during the {} s of each run; {}",
+                        d.as_secs(),
+                        if clean {
+                            "PASS: every strict run is clean"
+                        } else {
+                            "FAIL: a strict run shows anomalies (or none ran)"
+                        }
+                    );
+                }
+                clean
+            }
+            (None, None) => verdict(&results),
+        };
     if passed {
         0
     } else {

@@ -583,7 +583,8 @@ fn owned(args: &[&str]) -> Vec<String> {
 /// fresh simulators, it makes the simulator's own runs.
 #[tokio::test(start_paused = true)]
 async fn the_deployed_command_runs_the_scenarios_on_the_deployment_it_is_given() {
-    let fresh = |name: String| async move {
+    let fresh = |run: cli::RunSpec| async move {
+        let name = run.name;
         let scenario = drill::scenarios()
             .into_iter()
             .find(|s| name.starts_with(s.name))
@@ -667,7 +668,7 @@ impl drill::Deployment for NoIsolation {
 
 #[tokio::test(start_paused = true)]
 async fn scenarios_a_deployment_cannot_fault_are_named_not_run() {
-    let fresh = |_: String| async {
+    let fresh = |_: cli::RunSpec| async {
         let system = drill::scenarios()[0].simulated_system(1);
         Ok(NoIsolation(
             quorate::sim::Sim::new(system)?,
@@ -692,7 +693,10 @@ async fn scenarios_a_deployment_cannot_fault_are_named_not_run() {
         "{out}"
     );
     // And a run refused by the runner itself, for the same reason.
-    let deployment = fresh(String::new()).await.unwrap();
+    let deployment = NoIsolation(
+        quorate::sim::Sim::new(drill::scenarios()[0].simulated_system(1)).unwrap(),
+        Claim::CannotIsolate,
+    );
     let scenario = drill::scenarios_on::<NoIsolation>().remove(0);
     let refused = drill::run_deployed(
         &deployment,
@@ -713,7 +717,7 @@ async fn scenarios_a_deployment_cannot_fault_are_named_not_run() {
 /// the naive run that shows it anyway fails the drill.
 #[tokio::test(start_paused = true)]
 async fn a_claim_that_the_database_prevents_the_anomaly_is_tested() {
-    let fresh = |_: String| async {
+    let fresh = |_: cli::RunSpec| async {
         let system = drill::scenarios()[0].simulated_system(1);
         Ok(NoIsolation(
             quorate::sim::Sim::new(system)?,
@@ -748,8 +752,9 @@ async fn a_claim_that_the_database_prevents_the_anomaly_is_tested() {
 /// every strict run is clean.
 #[tokio::test(start_paused = true)]
 async fn nemesis_schedules_run_on_a_deployment_without_what_it_cannot_make() {
-    let fresh = |run: String| async move {
+    let fresh = |run: cli::RunSpec| async move {
         let seed: u64 = run
+            .name
             .strip_prefix("nemesis-")
             .and_then(|r| r.split('-').next())
             .and_then(|s| s.parse().ok())
@@ -781,12 +786,12 @@ async fn nemesis_schedules_run_on_a_deployment_without_what_it_cannot_make() {
     .await;
     let out = String::from_utf8(out).unwrap();
     assert_eq!(code, 0, "{out}\n{}", String::from_utf8_lossy(&err));
-    assert!(
-        out.contains(&format!(
-            "nemesis-{seed}: ran without what no-isolation cannot make: "
-        )) && out.contains("isolated"),
-        "{out}"
-    );
+    let prefix = format!("nemesis-{seed}: ran without what no-isolation cannot make: ");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no ran-without line: {out}"));
+    assert!(line.contains("isolated"), "{line}");
     assert!(
         out.contains("nemesis on no-isolation: 1 of 1 seeds run") && out.contains("PASS"),
         "{out}"

@@ -150,11 +150,11 @@ fn dynamodb(args: Vec<String>) -> u8 {
             }
         };
         let mut name = table_names("quorate-drill-");
-        let fresh = |_run: String| {
+        let fresh = |run: quorate::drill::cli::RunSpec| {
             let (base, table) = (base.clone(), name());
             async move {
-                base.with_table(&table, std::time::Duration::from_millis(100))
-                    .await
+                let lag = std::time::Duration::from_millis(100);
+                base.with_table(&table, &run.home, lag).await
             }
         };
         quorate::drill::cli::main_deployed(
@@ -206,9 +206,9 @@ fn postgres(args: Vec<String>) -> u8 {
             }
         };
         let mut name = table_names("quorate_drill_");
-        let fresh = |_run: String| {
+        let fresh = |run: quorate::drill::cli::RunSpec| {
             let (base, table) = (base.clone(), name());
-            async move { base.with_table(&table).await }
+            async move { base.with_table_at(&table, &run.home).await }
         };
         let code = quorate::drill::cli::main_deployed(
             "postgres",
@@ -296,6 +296,7 @@ fn cluster(_: usize, mut args: Vec<String>) -> u8 {
                 .map(move |c| format!("{region}: {}", redact(c)))
         })
         .collect();
+    eprintln!("drill: the cluster:\n  {}", endpoints.join("\n  "));
     if !not_production {
         eprintln!(
             "drill: refusing to run against\n  {}\nwithout --not-production. The drill writes tables of its own there, runs a client without quorate's guarantees against them, and loads the cluster while your tools inject faults: pass --not-production to state that this cluster is not production.",
@@ -305,21 +306,15 @@ fn cluster(_: usize, mut args: Vec<String>) -> u8 {
     }
     on_runtime(async move {
         let mut name = table_names("quorate_drill_");
-        let fresh = |run: String| {
+        let fresh = |run: quorate::drill::cli::RunSpec| {
             let table = name();
             let settings = settings.clone();
             async move {
-                let scenario = quorate::drill::scenarios_on::<PgCluster>()
-                    .into_iter()
-                    .find(|s| run.starts_with(&format!("{}-", s.name)))
-                    .ok_or_else(|| {
-                        quorate::Error::InvalidInput(format!("no scenario for {run}"))
-                    })?;
-                let system = scenario.simulated_system(1);
-                let regions: Vec<&str> = system.regions.iter().map(|r| r.as_str()).collect();
+                let regions: Vec<&str> = run.regions.iter().map(String::as_str).collect();
                 let cluster = PgCluster::connect(&settings, &regions, &table).await?;
                 eprintln!(
-                    "drill: {run} writes table {table}; regions {}",
+                    "drill: {} writes table {table}; regions {}",
+                    run.name,
                     cluster
                         .mapping()
                         .iter()

@@ -246,10 +246,17 @@ fn nemesis(args: &Args, seeds: u64, out: &mut impl Write, err: &mut impl Write) 
     }
 }
 
-/// The name of one run on a deployment: `<scenario>-<config>`, with
-/// `-nemesis-<seed>` for a schedule of the nemesis.
-fn run_name(scenario: &str, config: super::Configuration) -> String {
-    format!("{scenario}-{}", config.label())
+/// One run a deployment is asked for.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RunSpec {
+    /// `<scenario>-<config>`, `nemesis-<seed>-<config>` for a schedule of
+    /// the nemesis: something to name a fresh table after.
+    pub name: String,
+    /// The scenario's regions, its home first.
+    pub regions: Vec<String>,
+    /// The scenario's home region, where its writes are coordinated.
+    pub home: String,
 }
 
 /// `drill --backend NAME` on a deployment the caller provides: the
@@ -268,7 +275,7 @@ pub async fn main_deployed<D, F, Fut>(
 ) -> u8
 where
     D: super::Deployment,
-    F: FnMut(String) -> Fut,
+    F: FnMut(RunSpec) -> Fut,
     Fut: std::future::Future<Output = Result<D, Error>>,
 {
     main_deployed_with(backend, &Deployed::default(), args, fresh, out, err).await
@@ -314,7 +321,7 @@ pub async fn main_deployed_with<D, F, Fut>(
 ) -> u8
 where
     D: super::Deployment,
-    F: FnMut(String) -> Fut,
+    F: FnMut(RunSpec) -> Fut,
     Fut: std::future::Future<Output = Result<D, Error>>,
 {
     use super::{nemesis, run_deployed, scenarios_on, Configuration};
@@ -331,6 +338,13 @@ where
     };
     if args.markdown {
         let _ = writeln!(err, "drill: --markdown is for the simulator's drills");
+        return 2;
+    }
+    if args.options.variant.enforce_max_offset {
+        let _ = writeln!(
+            err,
+            "drill: --enforce-max-offset changes the simulated database; a deployment's database enforces what it enforces"
+        );
         return 2;
     }
     if how.own_faults.is_some() && args.nemesis.is_some() {
@@ -381,7 +395,29 @@ where
     let mut restricted: Vec<(String, Vec<String>)> = Vec::new();
     for (label, scenario) in &mut selected {
         for (n, &config) in configs.iter().enumerate() {
-            let deployment = match fresh(run_name(label, config)).await {
+            let seed = match args.nemesis {
+                Some(_) => label
+                    .strip_prefix("nemesis-")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(args.options.seed),
+                None => args.options.seed,
+            };
+            let system = scenario.simulated_system(seed);
+            let home = system.home.as_str().to_owned();
+            let mut regions = vec![home.clone()];
+            regions.extend(
+                system
+                    .regions
+                    .iter()
+                    .map(|r| r.as_str().to_owned())
+                    .filter(|r| *r != home),
+            );
+            let spec = RunSpec {
+                name: format!("{label}-{}", config.label()),
+                regions,
+                home,
+            };
+            let deployment = match fresh(spec).await {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = writeln!(err, "drill: {backend}: {e}");
@@ -406,13 +442,6 @@ where
                 skipped.push((label.clone(), refused));
                 break;
             }
-            let seed = match args.nemesis {
-                Some(_) => label
-                    .strip_prefix("nemesis-")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(args.options.seed),
-                None => args.options.seed,
-            };
             let run =
                 run_deployed(&deployment, scenario, config, seed, &args.options.variant).await;
             let run = match run {

@@ -48,6 +48,14 @@ pub trait Deployment: Clone + Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The region where the deployment coordinates every key's writes
+    /// (the primary's, a global table's home), if it has one: the runner
+    /// refuses a scenario whose home differs, since the scenario's
+    /// services are placed by it.
+    fn home(&self) -> Option<String> {
+        None
+    }
+
     /// Why the database itself prevents the anomaly scenario `scenario` is
     /// about, if it does (`None`: the naive run must expose it). A naive
     /// run that shows the anomaly anyway fails: the claim is tested, not
@@ -194,6 +202,10 @@ impl Deployment for Sim {
     fn apply(&self, from: &FaultState, to: &FaultState) -> impl Future<Output = Vec<Error>> + Send {
         let results = self.apply_now(from, to);
         async move { results.into_iter().filter_map(Result::err).collect() }
+    }
+
+    fn home(&self) -> Option<String> {
+        Some(self.config().home.as_str().to_owned())
     }
 
     fn clock_offset(&self, region: &str) -> Option<i64> {

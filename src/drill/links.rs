@@ -1,10 +1,26 @@
 //! Fault proxies between client regions and servers on loopback, steered
 //! from a [`FaultState`]: the fault layer of deployments of real servers.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 
 use super::deploy::FaultState;
 use crate::cut_proxy::{CutProxy, Direction, Link};
+
+/// `host:port` resolved to an IPv4 address on loopback; anything else is
+/// refused: the fault layer only ever sends traffic to this machine.
+pub fn loopback(host: &str, port: u16) -> Result<SocketAddr, crate::Error> {
+    let addr = (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.find(SocketAddr::is_ipv4))
+        .ok_or_else(|| crate::Error::InvalidInput(format!("cannot resolve host {host:?}")))?;
+    if !addr.ip().is_loopback() {
+        return Err(crate::Error::InvalidInput(format!(
+            "the fault layer runs on loopback only; {host:?} is not (for a cluster of your own, run the workload without it and inject faults with your own tools)"
+        )));
+    }
+    Ok(addr)
+}
 
 /// Sets `proxy`, which carries what clients in `client` send to the
 /// server of region `server`, to `state`: each direction blocked while
@@ -73,12 +89,25 @@ impl ClientLinks {
         Some(self.proxies[c][s].addr())
     }
 
+    /// Where clients of the `c`-th region connect to reach the server of
+    /// the `s`-th.
+    pub fn addr_at(&self, c: usize, s: usize) -> Option<SocketAddr> {
+        Some(self.proxies.get(c)?.get(s)?.addr())
+    }
+
     /// Sets every link between two regions to `state`.
     pub fn steer(&self, state: &FaultState) {
+        self.steer_named(&self.regions, state);
+    }
+
+    /// [`ClientLinks::steer`], the regions (in the order they were
+    /// started) named `names` for this state: a run may give them the
+    /// names of its scenario.
+    pub fn steer_named(&self, names: &[String], state: &FaultState) {
         for (c, row) in self.proxies.iter().enumerate() {
             for (s, proxy) in row.iter().enumerate() {
-                if c != s {
-                    steer_link(proxy, state, &self.regions[c], &self.regions[s]);
+                if let (true, Some(from), Some(to)) = (c != s, names.get(c), names.get(s)) {
+                    steer_link(proxy, state, from, to);
                 }
             }
         }

@@ -232,6 +232,10 @@ pub struct RunResult {
     /// deployment says it does ([`Deployment::prevents`]): the naive run
     /// then passes by showing none of it (and fails if it shows any).
     pub prevented: Option<String>,
+    /// Faults the deployment could not bring in force or lift, with when
+    /// (from the start of the run): a run with any did not run its
+    /// scenario, and does not pass.
+    pub fault_errors: Vec<(Duration, String)>,
 }
 
 impl RunResult {
@@ -247,6 +251,9 @@ impl RunResult {
 
     /// Whether this run did what the drill demands of it.
     pub fn passed(&self) -> bool {
+        if !self.fault_errors.is_empty() {
+            return false;
+        }
         match self.config {
             Configuration::Strict => self.report.total() == 0 && self.report.ops > 0,
             Configuration::Naive => {
@@ -368,7 +375,21 @@ pub async fn run_deployed<D: Deployment>(
             unsupported.join("; ")
         )));
     }
+    // Every client the workload will make, made here first: a deployment
+    // that cannot serve a region fails the run, not the workload.
+    for r in &system.regions {
+        deployment.at(r.as_str())?;
+        deployment.clock(r.as_str())?;
+    }
     let home = system.home.as_str().to_owned();
+    if let Some(theirs) = deployment.home() {
+        if theirs != home {
+            return Err(Error::InvalidInput(format!(
+                "scenario {} places its services around home region {home}; the deployment's home is {theirs}",
+                scenario.name
+            )));
+        }
+    }
     let recorder = Recorder::new();
     let start = Instant::now();
     let stage = Stage {
@@ -415,12 +436,14 @@ pub async fn run_deployed<D: Deployment>(
         });
     }
     let clocks = Arc::new(Mutex::new(vec![sample_clocks(deployment, Duration::ZERO)]));
+    let fault_errors = Arc::new(Mutex::new(Vec::new()));
     let faults = tokio::spawn(apply_faults(
         deployment.clone(),
         scenario.windows.clone(),
         home,
         start,
         clocks.clone(),
+        fault_errors.clone(),
     ));
     let mut failed = None;
     while let Some(joined) = tasks.join_next().await {
@@ -436,6 +459,8 @@ pub async fn run_deployed<D: Deployment>(
     lifted.map_err(|e| Error::InvalidInput(format!("the fault schedule failed: {e}")))?;
     let mut clocks = std::mem::take(&mut *clocks.lock().unwrap_or_else(|e| e.into_inner()));
     clocks.push(sample_clocks(deployment, Instant::now() - start));
+    let faults_failed =
+        std::mem::take(&mut *fault_errors.lock().unwrap_or_else(|e| e.into_inner()));
     let events = recorder.events();
     let report = check_events(&events)
         .map_err(|e| Error::InvalidInput(format!("recorded history is invalid: {e}")))?;
@@ -465,6 +490,7 @@ pub async fn run_deployed<D: Deployment>(
         clocks,
         max_offset: deployment.max_offset(),
         prevented: deployment.prevents(scenario.name),
+        fault_errors: faults_failed,
     })
 }
 
@@ -489,6 +515,7 @@ async fn apply_faults<D: Deployment>(
     home: String,
     start: Instant,
     clocks: Arc<Mutex<Vec<ClockSample>>>,
+    errors: Arc<Mutex<Vec<(Duration, String)>>>,
 ) {
     let sample = |at: Duration| {
         clocks
@@ -507,6 +534,10 @@ async fn apply_faults<D: Deployment>(
         let next = FaultState::at(&windows, at, &regions, &home);
         for e in deployment.apply(&state, &next).await {
             tracing::error!(error = %e, "drill fault could not be applied");
+            errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((at, e.to_string()));
         }
         state = next;
         sample(at);

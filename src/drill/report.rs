@@ -26,6 +26,9 @@ pub(super) fn anomalies_text(r: &RunResult) -> String {
 }
 
 pub(super) fn verdict_text(r: &RunResult) -> String {
+    if let Some((at, e)) = r.fault_errors.first() {
+        return format!("FAIL: a fault failed at {:.1} s: {e}", at.as_secs_f64());
+    }
     match (r.config, r.passed()) {
         (Configuration::Naive, true) if r.prevented.is_some() => {
             "ok: the database prevents it".into()
@@ -164,6 +167,7 @@ pub fn to_json(results: &[RunResult]) -> serde_json::Value {
                 "without": r.variant.without.iter().map(|m| m.name()).collect::<Vec<_>>(),
                 "enforce_max_offset": r.variant.enforce_max_offset,
                 "prevented": r.prevented,
+                "fault_errors": r.fault_errors.iter().map(|(at, e)| serde_json::json!({"at_ms": ms(*at), "error": e})).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -14,9 +14,11 @@
 //! | replica lag | the standby's `recovery_min_apply_delay` |
 //! | stalled replica | `pg_wal_replay_pause()` until `pg_wal_replay_resume()` |
 //! | clock skew of a standby | `scripts/pg skew` (libfaketime, changeable while it runs) |
+//! | a standby's node down | `scripts/pg crash-standby` (immediate shutdown), `start-standby` when the window ends |
+//! | a standby's node paused | `scripts/pg pause-standby` (SIGSTOP of its processes), `resume-standby` |
 //!
-//! Crashes, paused nodes, clock drift, lease moves and faults of the
-//! primary's own clock or replay are refused before a run starts
+//! Clock drift, lease moves and faults of the primary itself (its clock,
+//! replay, crash or pause) are refused before a run starts
 //! ([`Deployment::unsupported`]), not approximated. Clients in every region
 //! share this machine's clock.
 //!
@@ -25,8 +27,8 @@
 //! from the primary again with no apply delay, replay resumed and its clock
 //! true.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,9 +62,11 @@ impl PgServers {
     /// `QUORATE_PG_SCRIPT`); `None` when the primary is not named.
     pub fn from_env() -> Option<PgServers> {
         let primary = std::env::var("QUORATE_PG_PRIMARY").ok()?;
+        // In order, up to the first one missing: standby n is the one
+        // `scripts/pg` numbers n.
         let standbys = ["QUORATE_PG_STANDBY1", "QUORATE_PG_STANDBY2"]
             .iter()
-            .filter_map(|v| std::env::var(v).ok())
+            .map_while(|v| std::env::var(v).ok())
             .collect();
         Some(PgServers {
             primary,
@@ -77,6 +81,8 @@ impl PgServers {
 #[derive(Clone)]
 pub struct PgDeployment {
     links: Arc<Links>,
+    /// This run's name of each server's region: the primary's first.
+    names: Arc<Vec<String>>,
     table: String,
     backends: Arc<Mutex<HashMap<String, PgBackend>>>,
 }
@@ -84,7 +90,7 @@ pub struct PgDeployment {
 impl std::fmt::Debug for PgDeployment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgDeployment")
-            .field("regions", &self.links.regions)
+            .field("regions", &self.names)
             .field("table", &self.table)
             .finish_non_exhaustive()
     }
@@ -104,8 +110,11 @@ struct Links {
     /// Each standby's `primary_conninfo` before the deployment changed it.
     conninfo: Vec<String>,
     script: Option<PathBuf>,
-    /// The clock skew in force per region, in milliseconds.
-    skew_ms: Mutex<BTreeMap<String, i64>>,
+    /// The clock skew in force per server, in milliseconds.
+    skew_ms: Mutex<BTreeMap<usize, i64>>,
+    /// Standbys (by number) this layer crashed or froze, to bring back.
+    crashed: Mutex<BTreeSet<usize>>,
+    paused: Mutex<BTreeSet<usize>>,
     restored: std::sync::atomic::AtomicBool,
 }
 
@@ -135,17 +144,7 @@ fn loopback(connection: &str) -> Result<SocketAddr, Error> {
         .unwrap_or("5432")
         .parse()
         .map_err(|_| Error::InvalidInput(format!("no valid port in {connection:?}")))?;
-    let addr = (host, port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.find(SocketAddr::is_ipv4))
-        .ok_or_else(|| Error::InvalidInput(format!("cannot resolve host {host:?}")))?;
-    if !addr.ip().is_loopback() {
-        return Err(Error::InvalidInput(format!(
-            "the fault layer runs on loopback only; {host:?} is not (for a cluster of your own, run the workload without it and inject faults with your own tools)"
-        )));
-    }
-    Ok(addr)
+    quorate::drill::links::loopback(host, port)
 }
 
 fn failed(what: impl std::fmt::Display) -> Error {
@@ -223,11 +222,12 @@ impl PgDeployment {
         let mut conninfo = Vec::new();
         for standby in &servers.standbys {
             replication.push(CutProxy::start(addrs[0]).await.map_err(failed)?);
-            conninfo.push(
-                query_one(standby, "SHOW primary_conninfo")
-                    .await?
-                    .unwrap_or_default(),
-            );
+            // What it was before, pointed at the primary itself: a drill
+            // that was killed may have left it on a proxy that is gone.
+            let was = query_one(standby, "SHOW primary_conninfo")
+                .await?
+                .unwrap_or_default();
+            conninfo.push(with_port(&was, addrs[0].port()));
         }
         let links = Arc::new(Links {
             regions: names,
@@ -237,6 +237,8 @@ impl PgDeployment {
             conninfo,
             script: servers.script.clone(),
             skew_ms: Mutex::new(BTreeMap::new()),
+            crashed: Mutex::new(BTreeSet::new()),
+            paused: Mutex::new(BTreeSet::new()),
             restored: std::sync::atomic::AtomicBool::new(false),
         });
         for (i, standby) in servers.standbys.iter().enumerate() {
@@ -247,9 +249,22 @@ impl PgDeployment {
                 Some(&with_port(&links.conninfo[i], port)),
             )
             .await?;
+            // Under libfaketime from the start, at no offset, so that a
+            // scheduled skew changes the clock of a running server rather
+            // than restarting it.
+            if links.script.is_some() && faketime_installed() {
+                let n = (i + 1).to_string();
+                links.script(&["skew", &n, "+0"]).await?;
+                links
+                    .skew_ms
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(i + 1, 0);
+            }
             streaming_from(standby, port).await?;
         }
         Ok(PgDeployment {
+            names: Arc::new(links.regions.clone()),
             links,
             table: "quorate_drill".to_owned(),
             backends: Arc::new(Mutex::new(HashMap::new())),
@@ -260,8 +275,23 @@ impl PgDeployment {
     /// a fresh table per run keeps one run's versions out of the next
     /// one's history. Shares the fault layer.
     pub async fn with_table(&self, table: &str) -> Result<PgDeployment, Error> {
+        self.with_table_at(table, &self.names[0]).await
+    }
+
+    /// [`PgDeployment::with_table`], with the primary's region named
+    /// `home` (a scenario's home region, where its writes are
+    /// coordinated) and the standbys' regions the other names, in order.
+    pub async fn with_table_at(&self, table: &str, home: &str) -> Result<PgDeployment, Error> {
+        if !self.names.iter().any(|n| n == home) {
+            return Err(Error::Topology(quorate::TopologyError::UnknownRegion(
+                Region::new(home)?,
+            )));
+        }
+        let mut names = vec![home.to_owned()];
+        names.extend(self.links.regions.iter().filter(|n| *n != home).cloned());
         let deployment = PgDeployment {
             links: self.links.clone(),
+            names: Arc::new(names),
             table: table.to_owned(),
             backends: Arc::new(Mutex::new(HashMap::new())),
         };
@@ -272,11 +302,11 @@ impl PgDeployment {
                 "quorate-drill",
                 Dialect::Postgres,
                 vec![Endpoint {
-                    region: Region::new(&self.links.regions[0])?,
+                    region: Region::new(home)?,
                     role: Role::Primary,
                     connection: self.links.servers[0].clone(),
                 }],
-                &self.links.regions[0],
+                home,
             )?
         };
         PgBackend::new(config)?.create_schema().await?;
@@ -286,20 +316,18 @@ impl PgDeployment {
     /// The connection string clients in `from` use for the server of
     /// region `to`: through the proxy of that link.
     pub fn connection(&self, from: &str, to: &str) -> Result<String, Error> {
-        let s = self.index(to)?;
-        self.index(from)?;
+        let (c, s) = (self.index(from)?, self.index(to)?);
         let addr = self
             .links
             .clients
             .as_ref()
-            .and_then(|c| c.addr(from, to))
+            .and_then(|links| links.addr_at(c, s))
             .ok_or_else(|| failed("the fault layer was restored"))?;
         Ok(with_port(&self.links.servers[s], addr.port()))
     }
 
     fn index(&self, region: &str) -> Result<usize, Error> {
-        self.links
-            .regions
+        self.names
             .iter()
             .position(|r| r == region)
             .ok_or_else(|| match Region::new(region) {
@@ -313,6 +341,15 @@ impl PgDeployment {
     pub async fn restore(&self) -> Result<(), Error> {
         self.links.restore().await
     }
+}
+
+/// Whether libfaketime is where `scripts/pg` looks for it.
+fn faketime_installed() -> bool {
+    let lib = std::env::var_os("FAKETIME_LIB").map_or_else(
+        || PathBuf::from("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+        PathBuf::from,
+    );
+    lib.exists()
 }
 
 /// Waits (up to 30 s) until `standby`'s WAL receiver streams from `port`.
@@ -337,24 +374,37 @@ async fn streaming_from(standby: &str, port: u16) -> Result<(), Error> {
 }
 
 impl Links {
-    /// Sets the proxies to `state`'s links.
-    fn steer(&self, state: &FaultState) {
-        let Some(home) = self.regions.first() else {
+    /// Sets the proxies to `state`'s links, the servers' regions named
+    /// `names`.
+    fn steer(&self, names: &[String], state: &FaultState) {
+        let Some(home) = names.first() else {
             return;
         };
         if let Some(clients) = &self.clients {
-            clients.steer(state);
+            clients.steer_named(names, state);
         }
         // A standby is the client of its replication link.
-        for (proxy, standby) in self.replication.iter().zip(self.regions.iter().skip(1)) {
+        for (proxy, standby) in self.replication.iter().zip(names.iter().skip(1)) {
             steer_link(proxy, state, standby, home);
         }
     }
 
     /// Brings the standbys' replay and clocks from `from` to `to`.
-    async fn replay(&self, from: &FaultState, to: &FaultState) -> Vec<Error> {
+    async fn replay(&self, names: &[String], from: &FaultState, to: &FaultState) -> Vec<Error> {
         let mut errors = Vec::new();
-        for (i, region) in self.regions.iter().enumerate().skip(1) {
+        // Nodes come back before anything is asked of them, and go down
+        // after.
+        for (i, region) in names.iter().enumerate().skip(1) {
+            if from.crashed.contains(region) && !to.crashed.contains(region) {
+                errors.extend(self.script(&["start-standby", &i.to_string()]).await.err());
+                self.down(i, false);
+            }
+            if from.paused.contains(region) && !to.paused.contains(region) {
+                errors.extend(self.script(&["resume-standby", &i.to_string()]).await.err());
+                self.frozen(i, false);
+            }
+        }
+        for (i, region) in names.iter().enumerate().skip(1) {
             let standby = &self.servers[i];
             let lag = to.lag_ms.get(region).copied().unwrap_or(0);
             if lag != from.lag_ms.get(region).copied().unwrap_or(0) {
@@ -378,39 +428,70 @@ impl Links {
             let skew = to.skew_ms.get(region).copied().unwrap_or(0);
             if skew != from.skew_ms.get(region).copied().unwrap_or(0) {
                 let seconds = format!("{:+.3}", skew as f64 / 1000.0);
-                match self.skew(i, &seconds).await {
+                match self.script(&["skew", &i.to_string(), &seconds]).await {
                     Ok(()) => {
                         self.skew_ms
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .insert(region.clone(), skew);
+                            .insert(i, skew);
                     }
                     Err(e) => errors.push(e),
                 }
             }
         }
+        for (i, region) in names.iter().enumerate().skip(1) {
+            if to.paused.contains(region) && !from.paused.contains(region) {
+                self.frozen(i, true);
+                errors.extend(self.script(&["pause-standby", &i.to_string()]).await.err());
+            }
+            if to.crashed.contains(region) && !from.crashed.contains(region) {
+                self.down(i, true);
+                errors.extend(self.script(&["crash-standby", &i.to_string()]).await.err());
+            }
+        }
         errors
     }
 
-    /// `scripts/pg skew n seconds`.
-    async fn skew(&self, n: usize, seconds: &str) -> Result<(), Error> {
+    /// Runs `scripts/pg` with `args`.
+    async fn script(&self, args: &[&str]) -> Result<(), Error> {
         let script = self
             .script
             .clone()
-            .ok_or_else(|| failed("clock skew needs scripts/pg (QUORATE_PG_SCRIPT)"))?;
-        let args = ["skew".to_owned(), n.to_string(), seconds.to_owned()];
+            .ok_or_else(|| failed("this fault needs scripts/pg (QUORATE_PG_SCRIPT)"))?;
+        let owned: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let status = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(&script).args(&args).status()
+            std::process::Command::new(&script).args(&owned).status()
         })
         .await
         .map_err(failed)?
         .map_err(failed)?;
         if !status.success() {
             return Err(failed(format_args!(
-                "scripts/pg skew {n} {seconds} failed ({status})"
+                "scripts/pg {} failed ({status})",
+                args.join(" ")
             )));
         }
         Ok(())
+    }
+
+    /// Records that standby `n` is (or no longer is) down.
+    fn down(&self, n: usize, down: bool) {
+        let mut nodes = self.crashed.lock().unwrap_or_else(|p| p.into_inner());
+        if down {
+            nodes.insert(n);
+        } else {
+            nodes.remove(&n);
+        }
+    }
+
+    /// Records that standby `n` is (or no longer is) frozen.
+    fn frozen(&self, n: usize, frozen: bool) {
+        let mut nodes = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        if frozen {
+            nodes.insert(n);
+        } else {
+            nodes.remove(&n);
+        }
     }
 
     async fn restore(&self) -> Result<(), Error> {
@@ -418,15 +499,35 @@ impl Links {
         if self.restored.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        self.steer(&FaultState::default());
+        let names = self.regions.clone();
+        self.steer(&names, &FaultState::default());
         let mut first = None;
-        let skewed: Vec<String> = self
+        let frozen: Vec<usize> =
+            std::mem::take(&mut *self.paused.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
+        let down: Vec<usize> =
+            std::mem::take(&mut *self.crashed.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
+        for n in frozen {
+            if let Err(e) = self.script(&["resume-standby", &n.to_string()]).await {
+                first.get_or_insert(e);
+            }
+        }
+        for n in down {
+            if let Err(e) = self.script(&["start-standby", &n.to_string()]).await {
+                first.get_or_insert(e);
+            }
+        }
+        // A standby under libfaketime runs on the true clock again even
+        // at a zero offset.
+        let skewed: Vec<usize> = self
             .skew_ms
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(_, &ms)| ms != 0)
-            .map(|(r, _)| r.clone())
+            .keys()
+            .copied()
             .collect();
         for (i, standby) in self.servers.iter().enumerate().skip(1) {
             let steps = [
@@ -439,8 +540,8 @@ impl Links {
                     first.get_or_insert(e);
                 }
             }
-            if skewed.contains(&self.regions[i]) {
-                if let Err(e) = self.skew(i, "off").await {
+            if skewed.contains(&i) {
+                if let Err(e) = self.script(&["skew", &i.to_string(), "off"]).await {
                     first.get_or_insert(e);
                 }
             }
@@ -469,6 +570,12 @@ impl Drop for Links {
             skew_ms: Mutex::new(std::mem::take(
                 &mut *self.skew_ms.lock().unwrap_or_else(|p| p.into_inner()),
             )),
+            crashed: Mutex::new(std::mem::take(
+                &mut *self.crashed.lock().unwrap_or_else(|p| p.into_inner()),
+            )),
+            paused: Mutex::new(std::mem::take(
+                &mut *self.paused.lock().unwrap_or_else(|p| p.into_inner()),
+            )),
             restored: std::sync::atomic::AtomicBool::new(false),
         };
         self.restored
@@ -491,7 +598,7 @@ impl Deployment for PgDeployment {
     type Backend = PgBackend;
 
     fn regions(&self) -> Vec<String> {
-        self.links.regions.clone()
+        self.names.to_vec()
     }
 
     fn at(&self, region: &str) -> Result<PgBackend, Error> {
@@ -500,7 +607,7 @@ impl Deployment for PgDeployment {
             return Ok(b.clone());
         }
         let mut endpoints = Vec::new();
-        for (s, to) in self.links.regions.iter().enumerate() {
+        for (s, to) in self.names.iter().enumerate() {
             endpoints.push(Endpoint {
                 region: Region::new(to)?,
                 role: if s == 0 { Role::Primary } else { Role::Standby },
@@ -522,18 +629,21 @@ impl Deployment for PgDeployment {
     }
 
     async fn apply(&self, from: &FaultState, to: &FaultState) -> Vec<Error> {
-        self.links.steer(to);
-        self.links.replay(from, to).await
+        self.links.steer(&self.names, to);
+        self.links.replay(&self.names, from, to).await
     }
 
     fn unsupported(&self, windows: &[Window]) -> Vec<String> {
-        let home = &self.links.regions[0];
-        let known = |r: &str| self.links.regions.iter().any(|x| x == r);
+        let home = &self.names[0];
+        let known = |r: &str| self.names.iter().any(|x| x == r);
         let mut refused = Vec::new();
         for w in windows {
             let why = match w.fault {
-                Fault::Crash(_) => Some("crashing a server"),
-                Fault::Pause(_) => Some("pausing a server"),
+                Fault::Crash(r) if r == home => Some("crashing the primary"),
+                Fault::Pause(r) if r == home => Some("pausing the primary"),
+                Fault::Crash(_) | Fault::Pause(_) if self.links.script.is_none() => {
+                    Some("stopping a standby without scripts/pg")
+                }
                 Fault::Drift(..) => Some("clock drift"),
                 Fault::LeaseTo(_) => Some("moving a lease (PostgreSQL has one primary)"),
                 Fault::Skew(r, _) if r == home => Some("skewing the primary's clock"),
@@ -567,14 +677,18 @@ impl Deployment for PgDeployment {
         Some(why.to_owned())
     }
 
+    fn home(&self) -> Option<String> {
+        self.names.first().cloned()
+    }
+
     fn clock_offset(&self, region: &str) -> Option<i64> {
-        self.index(region).ok()?;
+        let server = self.index(region).ok()?;
         let skew = self
             .links
             .skew_ms
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(region)
+            .get(&server)
             .copied()
             .unwrap_or(0);
         Some(skew * 1_000_000)
@@ -727,6 +841,10 @@ impl Deployment for PgCluster {
             .iter()
             .map(|w| format!("{} (faults come from your own tools)", w.fault.label()))
             .collect()
+    }
+
+    fn home(&self) -> Option<String> {
+        self.map.first().map(|(s, _)| s.clone())
     }
 
     fn clock_offset(&self, region: &str) -> Option<i64> {

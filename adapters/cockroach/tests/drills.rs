@@ -446,3 +446,48 @@ async fn the_isolation_scenario_runs_on_the_real_servers() {
         "ap-south's strict reads could not reach the primary"
     );
 }
+
+/// A standby's crash and pause, steered through the deployment as the
+/// runner does: down (nothing answers), frozen (connections hang), and
+/// back in both cases when the window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_crashes_and_pauses_and_comes_back() {
+    use quorate_cockroach::deployment::{PgDeployment, PgServers};
+    use quorate_cockroach::drill::{Deployment, FaultState};
+    let Some(s) = common::servers() else { return };
+    let _serial = SERIAL.lock().await;
+    let servers = PgServers::from_env().expect("the servers' environment");
+    let deployment = PgDeployment::start(&servers, &["eu-west", "us-east", "ap-south"])
+        .await
+        .expect("the fault layer starts");
+    let answers = |connection: String| async move {
+        let attempt = async {
+            let (c, conn) = tokio_postgres::connect(&connection, tokio_postgres::NoTls).await?;
+            let task = tokio::spawn(conn);
+            let r = c.simple_query("SELECT 1").await.map(drop);
+            drop(c);
+            let _ = task.await;
+            r
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), attempt).await,
+            Ok(Ok(()))
+        )
+    };
+    assert!(answers(s[1].clone()).await);
+    let clear = FaultState::default();
+    let mut crashed = FaultState::default();
+    crashed.crashed.insert("us-east".to_owned());
+    assert!(deployment.apply(&clear, &crashed).await.is_empty());
+    assert!(!answers(s[1].clone()).await, "standby 1 is down");
+    assert!(answers(s[2].clone()).await, "standby 2 is not");
+    assert!(deployment.apply(&crashed, &clear).await.is_empty());
+    assert!(answers(s[1].clone()).await, "standby 1 is back");
+    let mut paused = FaultState::default();
+    paused.paused.insert("ap-south".to_owned());
+    assert!(deployment.apply(&clear, &paused).await.is_empty());
+    assert!(!answers(s[2].clone()).await, "standby 2 is frozen");
+    // Left frozen: restoring the deployment thaws it.
+    deployment.restore().await.expect("restored");
+    assert!(answers(s[2].clone()).await, "standby 2 runs again");
+}

@@ -20,7 +20,7 @@
 //! before a run starts ([`Deployment::unsupported`]).
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,17 +70,13 @@ fn loopback(endpoint: &str) -> Result<SocketAddr, Error> {
         .strip_prefix("http://")
         .ok_or_else(|| failed(format_args!("{endpoint:?}: DynamoDB Local speaks http://")))?;
     let host_port = rest.split('/').next().unwrap_or(rest);
-    let addr = host_port
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.find(SocketAddr::is_ipv4))
-        .ok_or_else(|| failed(format_args!("cannot resolve {host_port:?}")))?;
-    if !addr.ip().is_loopback() {
-        return Err(failed(format_args!(
-            "the fault layer runs on loopback only; {host_port:?} is not"
-        )));
-    }
-    Ok(addr)
+    let (host, port) = host_port
+        .rsplit_once(':')
+        .ok_or_else(|| failed(format_args!("{endpoint:?} names no port")))?;
+    let port = port
+        .parse()
+        .map_err(|_| failed(format_args!("no valid port in {endpoint:?}")))?;
+    quorate::drill::links::loopback(host, port)
 }
 
 /// DynamoDB Local as a drill deployment; see the [module docs](self).
@@ -101,6 +97,8 @@ struct Shared {
 /// One run's tables and their replicator.
 struct Run {
     table: String,
+    /// Where every key lives.
+    home: String,
     replicator: Replicator,
     backends: Mutex<HashMap<String, DynamoBackend>>,
 }
@@ -117,8 +115,7 @@ impl std::fmt::Debug for DynamoDeployment {
 impl DynamoDeployment {
     /// Starts the fault layer in front of DynamoDB Local at `endpoint`
     /// (`http://127.0.0.1:PORT`), one region per `(quorate region, AWS
-    /// region)` pair, every key homed in the first. Tables come with
-    /// [`DynamoDeployment::with_table`].
+    /// region)` pair. Tables come with [`DynamoDeployment::with_table`].
     pub async fn start(
         endpoint: &str,
         regions: &[(&str, &str)],
@@ -150,6 +147,7 @@ impl DynamoDeployment {
     fn config(
         &self,
         table: &str,
+        home: &str,
         local: &str,
         endpoint_of: impl Fn(&str) -> String,
     ) -> Result<DynamoConfig, Error> {
@@ -165,16 +163,23 @@ impl DynamoDeployment {
             })
             .collect::<Result<Vec<_>, Error>>()?;
         let mut config = DynamoConfig::new("quorate-drill", table, regions, local)?;
-        config.home = Home::Region(Region::new(&self.shared.regions[0].0)?);
+        config.home = Home::Region(Region::new(home)?);
         Ok(config)
     }
 
     /// This deployment with its records in `table` (created in every
-    /// region if missing), replicated with `lag` by a replicator of its
-    /// own, which stops when the last clone of the result is dropped.
-    pub async fn with_table(&self, table: &str, lag: Duration) -> Result<DynamoDeployment, Error> {
-        let home = &self.shared.regions[0].0;
-        let direct = self.config(table, home, |_| self.shared.endpoint.clone())?;
+    /// region if missing), every key homed in region `home` (a
+    /// scenario's home, where its writes are coordinated), replicated
+    /// with `lag` by a replicator of its own, which stops when the last
+    /// clone of the result is dropped.
+    pub async fn with_table(
+        &self,
+        table: &str,
+        home: &str,
+        lag: Duration,
+    ) -> Result<DynamoDeployment, Error> {
+        self.index(home)?;
+        let direct = self.config(table, home, home, |_| self.shared.endpoint.clone())?;
         let backend = DynamoBackend::new(direct)?;
         backend.create_tables().await?;
         let mut builder = Replicator::builder().lag(lag);
@@ -190,6 +195,7 @@ impl DynamoDeployment {
             shared: self.shared.clone(),
             run: Some(Arc::new(Run {
                 table: table.to_owned(),
+                home: home.to_owned(),
                 replicator,
                 backends: Mutex::new(HashMap::new()),
             })),
@@ -234,7 +240,7 @@ impl Deployment for DynamoDeployment {
             return Ok(b.clone());
         }
         let clients = &self.shared.clients;
-        let config = self.config(&run.table, region, |to| {
+        let config = self.config(&run.table, &run.home, region, |to| {
             clients
                 .addr(region, to)
                 .map_or_else(String::new, |a| format!("http://{a}"))
@@ -305,6 +311,10 @@ impl Deployment for DynamoDeployment {
             }
         }
         refused
+    }
+
+    fn home(&self) -> Option<String> {
+        self.run.as_ref().map(|r| r.home.clone())
     }
 
     fn clock_offset(&self, region: &str) -> Option<i64> {

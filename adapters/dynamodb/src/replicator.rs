@@ -414,8 +414,9 @@ impl Replicator {
         Ok(())
     }
 
-    /// Copies into `region` wait at least `lag` (a lagging replica), on
-    /// top of the replicator's own lag; zero removes it.
+    /// Copies into `region` wait at least `lag` from when the change was
+    /// read (a lagging replica): the larger of this and the replicator's
+    /// own lag holds; zero removes it.
     pub fn set_lag_into(&self, region: &Region, lag: Duration) -> Result<(), Error> {
         let to = self.index(region)?;
         let mut lags = self
@@ -456,17 +457,21 @@ impl Replicator {
     /// call (a read that failed or had to re-position its iterator reads
     /// that shard again on a later pass): every change written before it
     /// that is older than the lag has been copied, unless the replicator is
-    /// paused or a copy failed. Gives up after twenty passes in which the
-    /// streams could not be read cleanly; [`Replicator::last_error`] says
-    /// why.
-    pub async fn settle(&self) {
+    /// paused, a link held ([`Replicator::pause_link`]) or lagging
+    /// ([`Replicator::set_lag_into`]), or a copy failed. Gives up after
+    /// twenty passes in which the streams could not be read cleanly, and
+    /// says so by returning `false` ([`Replicator::last_error`] says why).
+    pub async fn settle(&self) -> bool {
         let control = &self.control;
         let target = control.clean_passes.load(Ordering::SeqCst) + 2;
         let give_up = control.passes.load(Ordering::SeqCst) + 20;
-        while control.clean_passes.load(Ordering::SeqCst) < target
-            && control.passes.load(Ordering::SeqCst) < give_up
-            && !self.task.is_finished()
-        {
+        loop {
+            if control.clean_passes.load(Ordering::SeqCst) >= target {
+                return true;
+            }
+            if control.passes.load(Ordering::SeqCst) >= give_up || self.task.is_finished() {
+                return false;
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }

@@ -263,8 +263,9 @@ async fn the_seed_scenarios_run_on_dynamodb_local() {
         }
         for config in [Configuration::Naive, Configuration::Strict] {
             let table = common::key(&format!("Drill-{}-{}", scenario.name, config.label()));
+            let home = scenario.simulated_system(1).home;
             let deployment = base
-                .with_table(&table, Duration::from_millis(100))
+                .with_table(&table, home.as_str(), Duration::from_millis(100))
                 .await
                 .expect("fresh tables");
             let run = run_deployed(&deployment, &scenario, config, 1, &Variant::default())

@@ -294,7 +294,7 @@ async fn settle_waits_for_shards_whose_iterators_were_re_positioned() {
         }
         let id = format!("k{round}");
         put(&endpoint, 0, &quiet, &id, "v", round + 1).await;
-        replicator.settle().await;
+        assert!(replicator.settle().await, "settled");
         assert_eq!(
             get(&endpoint, 1, &quiet, &id).await.as_deref(),
             Some("v"),

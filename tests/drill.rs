@@ -797,3 +797,50 @@ async fn nemesis_schedules_run_on_a_deployment_without_what_it_cannot_make() {
         "{out}"
     );
 }
+
+/// A multi-writer database's stand-in, for the nemesis's draws.
+#[derive(Clone)]
+struct GlobalTable(quorate::sim::Sim);
+
+impl drill::Deployment for GlobalTable {
+    type Backend = quorate::sim::Sim;
+    const MULTI_WRITER: bool = true;
+    fn regions(&self) -> Vec<String> {
+        drill::Deployment::regions(&self.0)
+    }
+    fn at(&self, region: &str) -> Result<quorate::sim::Sim, quorate::Error> {
+        drill::Deployment::at(&self.0, region)
+    }
+    fn clock(&self, region: &str) -> Result<std::sync::Arc<dyn quorate::Clock>, quorate::Error> {
+        drill::Deployment::clock(&self.0, region)
+    }
+    async fn apply(&self, from: &drill::FaultState, to: &drill::FaultState) -> Vec<quorate::Error> {
+        self.0.apply(from, to).await
+    }
+    fn clock_offset(&self, region: &str) -> Option<i64> {
+        drill::Deployment::clock_offset(&self.0, region)
+    }
+    fn max_offset(&self) -> std::time::Duration {
+        drill::Deployment::max_offset(&self.0)
+    }
+}
+
+/// On a multi-writer database the nemesis draws only schedules for
+/// multi-writer tables, and leaves the simulator's own draws alone.
+#[test]
+fn the_nemesis_draws_multi_writer_schedules_for_a_multi_writer_database() {
+    use quorate::sim::Replication;
+    let mut consensus = 0;
+    for seed in 1..=40 {
+        let own = drill::nemesis::scenario(seed).simulated_system(seed);
+        let global = drill::nemesis::scenario_on::<GlobalTable>(seed).simulated_system(seed);
+        assert_eq!(global.replication, Replication::MultiWriter, "seed {seed}");
+        if own.replication != Replication::MultiWriter {
+            consensus += 1;
+        }
+    }
+    assert!(
+        consensus > 20,
+        "the simulator's own draws stay mostly consensus"
+    );
+}

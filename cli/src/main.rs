@@ -116,6 +116,23 @@ fn table_names(prefix: &'static str) -> impl FnMut() -> String {
     }
 }
 
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM), with
+/// the signal's name.
+#[cfg(feature = "postgres")]
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupted",
+            _ = term.recv() => "terminated",
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupted"
+        }
+    }
+}
+
 #[cfg(not(feature = "dynamodb"))]
 fn dynamodb(_: Vec<String>) -> u8 {
     eprintln!(
@@ -210,14 +227,16 @@ fn postgres(args: Vec<String>) -> u8 {
             let (base, table) = (base.clone(), name());
             async move { base.with_table_at(&table, &run.home).await }
         };
-        let code = quorate::drill::cli::main_deployed(
-            "postgres",
-            args,
-            fresh,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )
-        .await;
+        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+        let drill = quorate::drill::cli::main_deployed("postgres", args, fresh, &mut out, &mut err);
+        // Interrupted, the servers are put back all the same.
+        let code = tokio::select! {
+            code = drill => code,
+            signal = interrupted() => {
+                eprintln!("drill: {signal}: putting the servers back");
+                130
+            }
+        };
         if let Err(e) = base.restore().await {
             eprintln!("drill: the servers could not be put back: {e}; run scripts/pg stop && scripts/pg start");
             return 1;

@@ -108,6 +108,25 @@ pub fn history_path(base: &Path, scenario: &str, config: &str) -> PathBuf {
     base.with_file_name(name)
 }
 
+/// Saves one run's history next to `base` (see [`history_path`]); the
+/// message says which file could not be written.
+fn save_history(base: &Path, scenario: &str, run: &super::RunResult) -> Result<(), String> {
+    let path = history_path(base, scenario, run.config.label());
+    std::fs::File::create(&path)
+        .map(std::io::BufWriter::new)
+        .and_then(|f| crate::history::write_jsonl(f, run.events.iter()))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Whether every strict run is clean, and there was one.
+fn strict_clean(results: &[super::RunResult]) -> bool {
+    let mut strict = results
+        .iter()
+        .filter(|r| r.config == super::Configuration::Strict)
+        .peekable();
+    strict.peek().is_some() && strict.all(super::RunResult::passed)
+}
+
 /// Runs the command: 0 when the drill passes, 1 when it does not, 2 for
 /// bad arguments or files that cannot be written.
 pub fn main(
@@ -142,12 +161,8 @@ pub fn main(
     };
     if let Some(base) = &args.history {
         for r in &results {
-            let path = history_path(base, r.scenario, r.config.label());
-            let written = std::fs::File::create(&path)
-                .map(std::io::BufWriter::new)
-                .and_then(|f| crate::history::write_jsonl(f, r.events.iter()));
-            if let Err(e) = written {
-                let _ = writeln!(err, "drill: cannot write {}: {e}", path.display());
+            if let Err(e) = save_history(base, r.scenario, r) {
+                let _ = writeln!(err, "drill: {e}");
                 return 2;
             }
         }
@@ -186,12 +201,8 @@ fn nemesis(args: &Args, seeds: u64, out: &mut impl Write, err: &mut impl Write) 
     let variant = &args.options.variant;
     let summary = super::nemesis::run_seeds(args.options.seed, seeds, variant, |seed, result| {
         if let Some(base) = &args.history {
-            let path = history_path(base, &format!("nemesis-{seed}"), result.config.label());
-            let written = std::fs::File::create(&path)
-                .map(std::io::BufWriter::new)
-                .and_then(|f| crate::history::write_jsonl(f, result.events.iter()));
-            if let Err(e) = written {
-                failed_write.get_or_insert(format!("cannot write {}: {e}", path.display()));
+            if let Err(e) = save_history(base, &format!("nemesis-{seed}"), result) {
+                failed_write.get_or_insert(e);
             }
         }
         if args.report.is_some() {
@@ -459,12 +470,8 @@ where
                 super::report::anomalies_text(&run)
             );
             if let Some(base) = &args.history {
-                let path = history_path(base, label, config.label());
-                let written = std::fs::File::create(&path)
-                    .map(std::io::BufWriter::new)
-                    .and_then(|f| crate::history::write_jsonl(f, run.events.iter()));
-                if let Err(e) = written {
-                    let _ = writeln!(err, "drill: cannot write {}: {e}", path.display());
+                if let Err(e) = save_history(base, label, &run) {
+                    let _ = writeln!(err, "drill: {e}");
                     return 2;
                 }
             }
@@ -525,68 +532,64 @@ where
             );
         }
     }
-    let passed =
-        match (how.own_faults, args.nemesis) {
-            // Random schedules: what is demanded of them everywhere is that
-            // every strict run is clean; the naive runs show what the faults
-            // did.
-            (None, Some(seeds)) => {
-                let strict: Vec<&super::RunResult> = results
+    let verdict_line = |clean: bool| {
+        if clean {
+            "PASS: every strict run is clean"
+        } else {
+            "FAIL: a strict run shows anomalies (or none ran)"
+        }
+    };
+    let passed = match (how.own_faults, args.nemesis) {
+        // Random schedules: what is demanded of them everywhere is that
+        // every strict run is clean; the naive runs show what the faults
+        // did.
+        (None, Some(seeds)) => {
+            let clean = strict_clean(&results);
+            if !args.json {
+                let mut naive: std::collections::BTreeMap<&str, u64> = Default::default();
+                for r in results.iter().filter(|r| r.config == Configuration::Naive) {
+                    for (k, v) in &r.report.anomalies {
+                        *naive.entry(k).or_default() += v;
+                    }
+                }
+                let naive: Vec<String> = naive
+                    .iter()
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let ran = results
                     .iter()
                     .filter(|r| r.config == Configuration::Strict)
-                    .collect();
-                let clean = !strict.is_empty() && strict.iter().all(|r| r.passed());
-                if !args.json {
-                    let mut naive: std::collections::BTreeMap<&str, u64> = Default::default();
-                    for r in results.iter().filter(|r| r.config == Configuration::Naive) {
-                        for (k, v) in &r.report.anomalies {
-                            *naive.entry(k).or_default() += v;
-                        }
-                    }
-                    let naive: Vec<String> = naive
-                        .iter()
-                        .filter(|(_, v)| **v > 0)
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect();
-                    let _ =
-                        writeln!(
+                    .count();
+                let naive = if naive.is_empty() {
+                    "none".to_owned()
+                } else {
+                    naive.join(" ")
+                };
+                let _ = writeln!(
                     out,
-                    "nemesis on {backend}: {} of {seeds} seeds run, naive anomalies: {}; {}",
-                    strict.len(),
-                    if naive.is_empty() { "none".to_owned() } else { naive.join(" ") },
-                    if clean {
-                        "PASS: every strict run is clean"
-                    } else {
-                        "FAIL: a strict run shows anomalies (or none ran)"
-                    }
+                    "nemesis on {backend}: {ran} of {seeds} seeds run, naive anomalies: {naive}; {}",
+                    verdict_line(clean)
                 );
-                }
-                clean
             }
-            // The faults were the team's: what is demanded is that quorate
-            // kept every strict run clean through them.
-            (Some(d), _) => {
-                let strict: Vec<&super::RunResult> = results
-                    .iter()
-                    .filter(|r| r.config == Configuration::Strict)
-                    .collect();
-                let clean = !strict.is_empty() && strict.iter().all(|r| r.passed());
-                if !args.json {
-                    let _ = writeln!(
-                        out,
-                        "faults: from your own tools, during the {} s of each run; {}",
-                        d.as_secs(),
-                        if clean {
-                            "PASS: every strict run is clean"
-                        } else {
-                            "FAIL: a strict run shows anomalies (or none ran)"
-                        }
-                    );
-                }
-                clean
+            clean
+        }
+        // The faults were the team's: what is demanded is that quorate
+        // kept every strict run clean through them.
+        (Some(d), _) => {
+            let clean = strict_clean(&results);
+            if !args.json {
+                let _ = writeln!(
+                    out,
+                    "faults: from your own tools, during the {} s of each run; {}",
+                    d.as_secs(),
+                    verdict_line(clean)
+                );
             }
-            (None, None) => verdict(&results),
-        };
+            clean
+        }
+        (None, None) => verdict(&results),
+    };
     if passed {
         0
     } else {

@@ -27,6 +27,12 @@ pub trait Deployment: Clone + Send + Sync + 'static {
     /// The backend a client uses.
     type Backend: Backend + Clone + Send + Sync + 'static;
 
+    /// Whether the database takes each key's writes in every region and
+    /// reconciles them later (a global table), rather than ordering them
+    /// in one place. The nemesis then draws only schedules for such
+    /// tables.
+    const MULTI_WRITER: bool = false;
+
     /// The regions, in order.
     fn regions(&self) -> Vec<String>;
 

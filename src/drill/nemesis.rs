@@ -149,19 +149,27 @@ fn two(rng: &mut SplitMix64) -> (&'static str, &'static str) {
 impl Plan {
     /// The plan of `seed`.
     fn of(seed: u64) -> Plan {
-        Plan::drawn(seed, true)
+        Plan::drawn(seed, true, false)
+    }
+
+    /// The plan of `seed` for deployment `D`: on a multi-writer database
+    /// ([`Deployment::MULTI_WRITER`]) every plan is one for a multi-writer
+    /// table (no service writing outside quorate next to a home it does
+    /// not own, which no client could keep strict reads ahead of).
+    fn of_for<D: Deployment>(seed: u64) -> Plan {
+        Plan::drawn(seed, true, D::MULTI_WRITER)
     }
 
     /// The plan of `seed` as the schedules first drew it: every database
     /// enforcing `max_offset`, no sessions over many records. The seeds
     /// caught then replay this way.
     fn first(seed: u64) -> Plan {
-        Plan::drawn(seed, false)
+        Plan::drawn(seed, false, false)
     }
 
-    fn drawn(seed: u64, current: bool) -> Plan {
+    fn drawn(seed: u64, current: bool, multi_writer_only: bool) -> Plan {
         let mut rng = SplitMix64::new(seed ^ 0x6e65_6d65_7369_7321);
-        let multi_writer = rng.below(4) == 0;
+        let multi_writer = rng.below(4) == 0 || multi_writer_only;
         // Drawn from a stream of its own, so that adding it left every
         // other choice of a seed as it was.
         let trusts_clocks =
@@ -516,8 +524,8 @@ fn quiet_faults(seed: u64, home: &'static str, windows: &mut Vec<Window>) -> Opt
     Some(Quiet { reader, busy, kind })
 }
 
-fn system(seed: u64) -> SimConfig {
-    system_of(Plan::of(seed), seed)
+fn system_for<D: Deployment>(seed: u64) -> SimConfig {
+    system_of(Plan::of_for::<D>(seed), seed)
 }
 
 fn first_system(seed: u64) -> SimConfig {
@@ -923,7 +931,7 @@ fn updater_verifying<D: Deployment>(
 }
 
 fn workload<D: Deployment>(stage: &Stage<D>) -> Vec<Task> {
-    workload_of(stage, Plan::of(stage.seed))
+    workload_of(stage, Plan::of_for::<D>(stage.seed))
 }
 
 fn first_workload<D: Deployment>(stage: &Stage<D>) -> Vec<Task> {
@@ -991,9 +999,9 @@ pub fn scenario_on<D: Deployment>(seed: u64) -> Scenario<D> {
     // The system, the workload and the faults grew since the first
     // schedules: crashes and lease moves come on top of the first faults.
     Scenario {
-        system,
+        system: system_for::<D>,
         workload,
-        windows: Plan::of(seed).windows,
+        windows: Plan::of_for::<D>(seed).windows,
         ..first_scenario_on(seed)
     }
 }

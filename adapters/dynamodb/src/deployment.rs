@@ -228,6 +228,8 @@ impl DynamoDeployment {
 impl Deployment for DynamoDeployment {
     type Backend = DynamoBackend;
 
+    const MULTI_WRITER: bool = true;
+
     fn regions(&self) -> Vec<String> {
         self.shared.regions.iter().map(|(r, _)| r.clone()).collect()
     }

@@ -1,0 +1,102 @@
+//! `quorate drill --backend postgres`, interrupted: the servers are put
+//! back all the same.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quorate_cockroach::tokio_postgres;
+
+/// Standby `s`'s `primary_conninfo` and whether its WAL receiver streams.
+async fn replication_of(standby: &str) -> (String, bool) {
+    let (client, conn) = tokio_postgres::connect(standby, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    let conninfo: String = client
+        .query_one("SHOW primary_conninfo", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let streaming = client
+        .query_opt(
+            "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_some();
+    drop(client);
+    let _ = task.await;
+    (conninfo, streaming)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_drill_puts_the_servers_back() {
+    let Some([primary, s1, s2]) = quorate::conformance::server_env(
+        [
+            "QUORATE_PG_PRIMARY",
+            "QUORATE_PG_STANDBY1",
+            "QUORATE_PG_STANDBY2",
+        ],
+        "PostgreSQL servers",
+        "scripts/pg",
+    ) else {
+        return;
+    };
+    let port = primary
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .unwrap()
+        .to_owned();
+    let drill = Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args([
+            "drill",
+            "--backend",
+            "postgres",
+            "--scenario",
+            "isolation-latency",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the fault layer has moved a standby's replication onto its
+    // proxy: the run is under way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (conninfo, _) = replication_of(&s1).await;
+        if !conninfo.contains(&format!("port={port}")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the drill never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // SIGTERM, by the child's PID.
+    let killed = Command::new("kill")
+        .args(["-TERM", &drill.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = drill.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("terminated: putting the servers back"),
+        "{stderr}"
+    );
+    for standby in [&s1, &s2] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (conninfo, streaming) = replication_of(standby).await;
+            if conninfo.contains(&format!("port={port}")) && streaming {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{standby} was not put back: {conninfo}, streaming {streaming}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

@@ -96,6 +96,15 @@ impl std::fmt::Debug for PgDeployment {
     }
 }
 
+/// What the fault layer's statements set on the standbys, by number.
+#[derive(Default)]
+struct Applied {
+    /// `recovery_min_apply_delay`, in milliseconds.
+    lag: BTreeMap<usize, u64>,
+    /// Replay paused.
+    stalled: BTreeSet<usize>,
+}
+
 /// The fault layer, shared by every clone.
 struct Links {
     /// The regions: the primary's first, then each standby's.
@@ -115,6 +124,8 @@ struct Links {
     /// Standbys (by number) this layer crashed or froze, to bring back.
     crashed: Mutex<BTreeSet<usize>>,
     paused: Mutex<BTreeSet<usize>>,
+    /// What statements set on each standby (by number).
+    applied: Mutex<Applied>,
     restored: std::sync::atomic::AtomicBool,
 }
 
@@ -151,8 +162,19 @@ fn failed(what: impl std::fmt::Display) -> Error {
     Error::InvalidInput(what.to_string())
 }
 
+/// How long a statement of the fault layer may take: a server that does
+/// not answer (frozen, or gone) fails the fault instead of stalling the
+/// schedule.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs `sql` on one server, directly (not through the fault layer).
 async fn exec(connection: &str, sql: &str) -> Result<(), Error> {
+    tokio::time::timeout(ADMIN_TIMEOUT, exec_now(connection, sql))
+        .await
+        .map_err(|_| failed(format_args!("{sql}: no answer from {connection}")))?
+}
+
+async fn exec_now(connection: &str, sql: &str) -> Result<(), Error> {
     let (client, conn) = tokio_postgres::connect(connection, tokio_postgres::NoTls)
         .await
         .map_err(|e| failed(format_args!("connecting to {connection}: {e}")))?;
@@ -167,6 +189,12 @@ async fn exec(connection: &str, sql: &str) -> Result<(), Error> {
 }
 
 async fn query_one(connection: &str, sql: &str) -> Result<Option<String>, Error> {
+    tokio::time::timeout(ADMIN_TIMEOUT, query_one_now(connection, sql))
+        .await
+        .map_err(|_| failed(format_args!("{sql}: no answer from {connection}")))?
+}
+
+async fn query_one_now(connection: &str, sql: &str) -> Result<Option<String>, Error> {
     let (client, conn) = tokio_postgres::connect(connection, tokio_postgres::NoTls)
         .await
         .map_err(|e| failed(format_args!("connecting to {connection}: {e}")))?;
@@ -239,6 +267,7 @@ impl PgDeployment {
             skew_ms: Mutex::new(BTreeMap::new()),
             crashed: Mutex::new(BTreeSet::new()),
             paused: Mutex::new(BTreeSet::new()),
+            applied: Mutex::new(Applied::default()),
             restored: std::sync::atomic::AtomicBool::new(false),
         });
         for (i, standby) in servers.standbys.iter().enumerate() {
@@ -393,11 +422,18 @@ impl Links {
     async fn replay(&self, names: &[String], from: &FaultState, to: &FaultState) -> Vec<Error> {
         let mut errors = Vec::new();
         // Nodes come back before anything is asked of them, and go down
-        // after.
+        // after; what is set by statements is set only on a node that
+        // answers, and brought to the state in force when it is back.
         for (i, region) in names.iter().enumerate().skip(1) {
             if from.crashed.contains(region) && !to.crashed.contains(region) {
                 errors.extend(self.script(&["start-standby", &i.to_string()]).await.err());
                 self.down(i, false);
+                // A restarted standby replays again.
+                self.applied
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .stalled
+                    .remove(&i);
             }
             if from.paused.contains(region) && !to.paused.contains(region) {
                 errors.extend(self.script(&["resume-standby", &i.to_string()]).await.err());
@@ -406,25 +442,49 @@ impl Links {
         }
         for (i, region) in names.iter().enumerate().skip(1) {
             let standby = &self.servers[i];
+            // Up now (one coming back was brought back above) and not
+            // going down at this boundary.
+            let answers = !to.crashed.contains(region) && !to.paused.contains(region);
+            let (applied_lag, applied_stall) = {
+                let a = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+                (a.lag.get(&i).copied().unwrap_or(0), a.stalled.contains(&i))
+            };
             let lag = to.lag_ms.get(region).copied().unwrap_or(0);
-            if lag != from.lag_ms.get(region).copied().unwrap_or(0) {
+            if answers && lag != applied_lag {
                 let value = format!("{lag}ms");
                 let value = (lag > 0).then_some(value.as_str());
-                if let Err(e) = alter_system(standby, "recovery_min_apply_delay", value).await {
-                    errors.push(e);
+                match alter_system(standby, "recovery_min_apply_delay", value).await {
+                    Ok(()) => {
+                        self.applied
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .lag
+                            .insert(i, lag);
+                    }
+                    Err(e) => errors.push(e),
                 }
             }
             let stalled = to.stalled.contains(region);
-            if stalled != from.stalled.contains(region) {
+            if answers && stalled != applied_stall {
                 let sql = if stalled {
                     "SELECT pg_wal_replay_pause()"
                 } else {
                     "SELECT pg_wal_replay_resume()"
                 };
-                if let Err(e) = exec(standby, sql).await {
-                    errors.push(e);
+                match exec(standby, sql).await {
+                    Ok(()) => {
+                        let mut a = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+                        if stalled {
+                            a.stalled.insert(i);
+                        } else {
+                            a.stalled.remove(&i);
+                        }
+                    }
+                    Err(e) => errors.push(e),
                 }
             }
+            // The clock file is read by libfaketime: it changes whether
+            // the node answers or not.
             let skew = to.skew_ms.get(region).copied().unwrap_or(0);
             if skew != from.skew_ms.get(region).copied().unwrap_or(0) {
                 let seconds = format!("{:+.3}", skew as f64 / 1000.0);
@@ -575,6 +635,9 @@ impl Drop for Links {
             )),
             paused: Mutex::new(std::mem::take(
                 &mut *self.paused.lock().unwrap_or_else(|p| p.into_inner()),
+            )),
+            applied: Mutex::new(std::mem::take(
+                &mut *self.applied.lock().unwrap_or_else(|p| p.into_inner()),
             )),
             restored: std::sync::atomic::AtomicBool::new(false),
         };

@@ -487,6 +487,27 @@ async fn a_standby_crashes_and_pauses_and_comes_back() {
     paused.paused.insert("ap-south".to_owned());
     assert!(deployment.apply(&clear, &paused).await.is_empty());
     assert!(!answers(s[2].clone()).await, "standby 2 is frozen");
+    // A replay delay scheduled while it is frozen waits until it is back,
+    // rather than stalling the schedule on a server that cannot answer.
+    let mut lagging = paused.clone();
+    lagging.lag_ms.insert("ap-south".to_owned(), 1500);
+    let started = std::time::Instant::now();
+    assert!(deployment.apply(&paused, &lagging).await.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let mut back = FaultState::default();
+    back.lag_ms.insert("ap-south".to_owned(), 1500);
+    assert!(deployment.apply(&lagging, &back).await.is_empty());
+    let (c, conn) = tokio_postgres::connect(&s[2], tokio_postgres::NoTls).await.unwrap();
+    let task = tokio::spawn(conn);
+    let delay: String = c
+        .query_one("SHOW recovery_min_apply_delay", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(c);
+    let _ = task.await;
+    assert_eq!(delay, "1500ms", "set once standby 2 answered again");
+    assert!(deployment.apply(&back, &paused).await.is_empty());
     // Left frozen: restoring the deployment thaws it.
     deployment.restore().await.expect("restored");
     assert!(answers(s[2].clone()).await, "standby 2 runs again");

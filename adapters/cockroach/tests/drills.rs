@@ -493,11 +493,17 @@ async fn a_standby_crashes_and_pauses_and_comes_back() {
     lagging.lag_ms.insert("ap-south".to_owned(), 1500);
     let started = std::time::Instant::now();
     assert!(deployment.apply(&paused, &lagging).await.is_empty());
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     let mut back = FaultState::default();
     back.lag_ms.insert("ap-south".to_owned(), 1500);
     assert!(deployment.apply(&lagging, &back).await.is_empty());
-    let (c, conn) = tokio_postgres::connect(&s[2], tokio_postgres::NoTls).await.unwrap();
+    let (c, conn) = tokio_postgres::connect(&s[2], tokio_postgres::NoTls)
+        .await
+        .unwrap();
     let task = tokio::spawn(conn);
     let delay: String = c
         .query_one("SHOW recovery_min_apply_delay", &[])

@@ -116,19 +116,28 @@ fn table_names(prefix: &'static str) -> impl FnMut() -> String {
     }
 }
 
-/// Resolves when the process is asked to stop (SIGINT or SIGTERM), with
-/// the signal's name.
+/// SIGINT and SIGTERM, caught from when it is made.
 #[cfg(feature = "postgres")]
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => "interrupted",
-            _ = term.recv() => "terminated",
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            "interrupted"
+struct Stop {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+#[cfg(feature = "postgres")]
+impl Stop {
+    fn listen() -> std::io::Result<Stop> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Stop {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next of them, by name.
+    async fn wait(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "interrupted",
+            _ = self.term.recv() => "terminated",
         }
     }
 }
@@ -215,7 +224,24 @@ fn postgres(args: Vec<String>) -> u8 {
         return 2;
     };
     on_runtime(async move {
-        let base = match PgDeployment::start(&servers, &["eu-west", "us-east", "ap-south"]).await {
+        // Listening before anything on the servers changes: interrupted
+        // at any point, what was changed is put back (a fault layer that
+        // was starting puts itself back when dropped).
+        let mut stop = match Stop::listen() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("drill: cannot listen for signals: {e}");
+                return 1;
+            }
+        };
+        let started = tokio::select! {
+            started = PgDeployment::start(&servers, &["eu-west", "us-east", "ap-south"]) => started,
+            signal = stop.wait() => {
+                eprintln!("drill: {signal}: putting the servers back");
+                return 130;
+            }
+        };
+        let base = match started {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("drill: the fault layer could not start: {e}");
@@ -232,7 +258,7 @@ fn postgres(args: Vec<String>) -> u8 {
         // Interrupted, the servers are put back all the same.
         let code = tokio::select! {
             code = drill => code,
-            signal = interrupted() => {
+            signal = stop.wait() => {
                 eprintln!("drill: {signal}: putting the servers back");
                 130
             }

@@ -282,13 +282,15 @@ impl PgDeployment {
             // scheduled skew changes the clock of a running server rather
             // than restarting it.
             if links.script.is_some() && faketime_installed() {
-                let n = (i + 1).to_string();
-                links.script(&["skew", &n, "+0"]).await?;
+                // Recorded first: however this ends, the restore takes
+                // it off libfaketime again.
                 links
                     .skew_ms
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(i + 1, 0);
+                let n = (i + 1).to_string();
+                links.script(&["skew", &n, "+0"]).await?;
             }
             streaming_from(standby, port).await?;
         }
@@ -488,14 +490,14 @@ impl Links {
             let skew = to.skew_ms.get(region).copied().unwrap_or(0);
             if skew != from.skew_ms.get(region).copied().unwrap_or(0) {
                 let seconds = format!("{:+.3}", skew as f64 / 1000.0);
-                match self.script(&["skew", &i.to_string(), &seconds]).await {
-                    Ok(()) => {
-                        self.skew_ms
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(i, skew);
-                    }
-                    Err(e) => errors.push(e),
+                // Recorded first, so that the restore takes the standby
+                // off libfaketime whatever the script got to.
+                self.skew_ms
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(i, skew);
+                if let Err(e) = self.script(&["skew", &i.to_string(), &seconds]).await {
+                    errors.push(e);
                 }
             }
         }

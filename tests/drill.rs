@@ -139,6 +139,46 @@ fn saved_histories_re_check_the_same() {
     assert!(json["anomalies"]["stale-read"].as_u64().unwrap() > 0);
     let (code, out, _) = check_cli(&[strict.to_str().unwrap()], &b""[..]);
     assert_eq!(code, 0, "{out}");
+    // Each of the scenario's fault windows is in the file: a start line
+    // and a stop line, at the times the fault was brought in force and
+    // lifted, among the operations they affected.
+    let scenario = drill::scenarios()
+        .into_iter()
+        .find(|s| s.name == "clock-skew-600ms")
+        .unwrap();
+    let text = std::fs::read_to_string(&strict).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let faults: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.get("nemesis").is_some())
+        .collect();
+    assert_eq!(faults.len(), 2 * scenario.windows.len(), "{faults:?}");
+    for w in &scenario.windows {
+        let at = |phase: &str| -> u64 {
+            let line = faults
+                .iter()
+                .find(|f| f["nemesis"] == phase && f["fault"] == w.fault.label().as_str())
+                .unwrap_or_else(|| panic!("no {phase} line for {}", w.fault.label()));
+            assert!(line.get("error").is_none(), "{line}");
+            line["time"].as_u64().unwrap()
+        };
+        let (from, until) = (at("start"), at("stop"));
+        assert_eq!(u128::from(from), w.from.as_nanos(), "virtual time: exact");
+        assert_eq!(u128::from(until), w.until.as_nanos());
+    }
+    let times: Vec<u64> = lines.iter().map(|l| l["time"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|t| t[0] <= t[1]), "in time order");
+    let first_fault = lines
+        .iter()
+        .position(|l| l.get("nemesis").is_some())
+        .unwrap();
+    assert!(
+        first_fault > 0 && first_fault < lines.len() - 1,
+        "among the operations"
+    );
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(
         html.starts_with("<!doctype html>") && html.contains("<svg") && html.contains("stale-read")

@@ -114,7 +114,7 @@ fn save_history(base: &Path, scenario: &str, run: &super::RunResult) -> Result<(
     let path = history_path(base, scenario, run.config.label());
     std::fs::File::create(&path)
         .map(std::io::BufWriter::new)
-        .and_then(|f| crate::history::write_jsonl(f, run.events.iter()))
+        .and_then(|f| crate::history::write_jsonl_with_faults(f, &run.events, &run.faults))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 

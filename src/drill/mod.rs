@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::history::{check_events, Event, Recorder, Report};
+use crate::history::{check_events, Event, FaultEvent, FaultPhase, Recorder, Report};
 use crate::sim::Sim;
 use actor::{Stage, Stats};
 pub use deploy::{Deployment, FaultState};
@@ -236,6 +236,9 @@ pub struct RunResult {
     /// (from the start of the run): a run with any did not run its
     /// scenario, and does not pass.
     pub fault_errors: Vec<(Duration, String)>,
+    /// When each fault was brought in force and lifted, on the history's
+    /// clock: the history file carries them as fault lines.
+    pub faults: Vec<FaultEvent>,
 }
 
 impl RunResult {
@@ -437,13 +440,18 @@ pub async fn run_deployed<D: Deployment>(
     }
     let clocks = Arc::new(Mutex::new(vec![sample_clocks(deployment, Duration::ZERO)]));
     let fault_errors = Arc::new(Mutex::new(Vec::new()));
+    let fault_lines = Arc::new(Mutex::new(Vec::new()));
     let faults = tokio::spawn(apply_faults(
         deployment.clone(),
         scenario.windows.clone(),
         home,
         start,
-        clocks.clone(),
-        fault_errors.clone(),
+        Applied {
+            clocks: clocks.clone(),
+            errors: fault_errors.clone(),
+            lines: fault_lines.clone(),
+            recorder: recorder.clone(),
+        },
     ));
     let mut failed = None;
     while let Some(joined) = tasks.join_next().await {
@@ -462,6 +470,7 @@ pub async fn run_deployed<D: Deployment>(
     let faults_failed =
         std::mem::take(&mut *fault_errors.lock().unwrap_or_else(|e| e.into_inner()));
     let events = recorder.events();
+    let faults = std::mem::take(&mut *fault_lines.lock().unwrap_or_else(|e| e.into_inner()));
     let report = check_events(&events)
         .map_err(|e| Error::InvalidInput(format!("recorded history is invalid: {e}")))?;
     let stats = stage.stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -491,6 +500,7 @@ pub async fn run_deployed<D: Deployment>(
         max_offset: deployment.max_offset(),
         prevented: deployment.prevents(scenario.name),
         fault_errors: faults_failed,
+        faults,
     })
 }
 
@@ -507,6 +517,14 @@ fn sample_clocks<D: Deployment>(deployment: &D, at: Duration) -> ClockSample {
     ClockSample { at, offsets }
 }
 
+/// What [`apply_faults`] records as it goes.
+struct Applied {
+    clocks: Arc<Mutex<Vec<ClockSample>>>,
+    errors: Arc<Mutex<Vec<(Duration, String)>>>,
+    lines: Arc<Mutex<Vec<FaultEvent>>>,
+    recorder: Arc<Recorder>,
+}
+
 /// Brings the faults in force at each boundary of `windows` (composed as
 /// [`FaultState::at`] says), and lifts every one at the end.
 async fn apply_faults<D: Deployment>(
@@ -514,11 +532,11 @@ async fn apply_faults<D: Deployment>(
     windows: Vec<Window>,
     home: String,
     start: Instant,
-    clocks: Arc<Mutex<Vec<ClockSample>>>,
-    errors: Arc<Mutex<Vec<(Duration, String)>>>,
+    applied: Applied,
 ) {
     let sample = |at: Duration| {
-        clocks
+        applied
+            .clocks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(sample_clocks(&deployment, at));
@@ -532,9 +550,35 @@ async fn apply_faults<D: Deployment>(
         tokio::time::sleep_until(start + at).await;
         sample(at);
         let next = FaultState::at(&windows, at, &regions, &home);
-        for e in deployment.apply(&state, &next).await {
+        let failed = deployment.apply(&state, &next).await;
+        let time = applied.recorder.now();
+        let error = (!failed.is_empty()).then(|| {
+            let all: Vec<String> = failed.iter().map(Error::to_string).collect();
+            all.join("; ")
+        });
+        let mut lines = applied.lines.lock().unwrap_or_else(|e| e.into_inner());
+        // What ends here, then what starts.
+        for phase in [FaultPhase::Stop, FaultPhase::Start] {
+            for w in &windows {
+                let edge = match phase {
+                    FaultPhase::Stop => w.until,
+                    FaultPhase::Start => w.from,
+                };
+                if edge == at {
+                    lines.push(FaultEvent {
+                        nemesis: phase,
+                        fault: w.fault.label(),
+                        error: error.clone(),
+                        time,
+                    });
+                }
+            }
+        }
+        drop(lines);
+        for e in failed {
             tracing::error!(error = %e, "drill fault could not be applied");
-            errors
+            applied
+                .errors
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push((at, e.to_string()));

@@ -9,7 +9,8 @@
 //! register form and are left out; a trailing comment counts them.
 //! Policies, sessions, regions and idempotency keys ride along as extra
 //! keys (`:policy`, `:session`, `:region`, `:idem`) that Jepsen's checkers
-//! ignore and its viewers show.
+//! ignore and its viewers show. Fault lines become `:info` events of the
+//! `:nemesis` process, `:f` `:start` or `:stop`, the fault as `:value`.
 //!
 //! ```
 //! let history = r#"{"process":0,"type":"invoke","op":"read","key":"a","policy":"strong","time":1}
@@ -28,7 +29,7 @@ use std::io::{BufRead, Write};
 use super::{parse, EventSink, EventType, HistoryError, HistoryPolicy, OpKind, ParsedEvent};
 
 /// Writes `input` (JSON Lines) as EDN, one map per line; returns the
-/// number of operations written. Malformed input is the checker's
+/// number of events written (operations and faults). Malformed input is the checker's
 /// [`HistoryError`], naming the line.
 pub fn export(input: impl BufRead, out: &mut impl Write) -> Result<u64, HistoryError> {
     let mut sink = Edn {
@@ -87,7 +88,37 @@ fn version(v: Option<u64>) -> String {
     }
 }
 
+impl<W: Write> Edn<'_, W> {
+    fn write(&mut self, line: &str) {
+        if self.error.is_none() {
+            if let Err(err) = writeln!(self.out, "{line}") {
+                self.error = Some(err);
+            }
+        }
+        self.index += 1;
+    }
+}
+
 impl<W: Write> EventSink for Edn<'_, W> {
+    fn fault(&mut self, _line: usize, f: super::FaultEvent) -> Result<(), String> {
+        let phase = match f.nemesis {
+            super::FaultPhase::Start => "start",
+            super::FaultPhase::Stop => "stop",
+        };
+        let mut line = format!(
+            "{{:index {}, :type :info, :f :{phase}, :process :nemesis, :time {}, :value {}",
+            self.index,
+            f.time,
+            string(&f.fault)
+        );
+        if let Some(e) = &f.error {
+            line.push_str(&format!(", :error {}", string(e)));
+        }
+        line.push('}');
+        self.write(&line);
+        Ok(())
+    }
+
     fn event(&mut self, _line: usize, e: ParsedEvent<'_>) -> Result<(), String> {
         if e.op == OpKind::Txn {
             self.skipped += 1;
@@ -145,12 +176,7 @@ impl<W: Write> EventSink for Edn<'_, W> {
             }
         }
         line.push('}');
-        if self.error.is_none() {
-            if let Err(err) = writeln!(self.out, "{line}") {
-                self.error = Some(err);
-            }
-        }
-        self.index += 1;
+        self.write(&line);
         Ok(())
     }
 }
@@ -171,10 +197,11 @@ mod tests {
             r#"{"process":3,"type":"ok","op":"txn","key":"a","versions":[{"key":"a","version":1}],"time":6}"#,
             r#"{"process":4,"type":"invoke","op":"read","key":"k\"1","policy":"bounded:50","session":"s","time":7}"#,
             r#"{"process":4,"type":"ok","op":"read","key":"k\"1","version":0,"time":8}"#,
+            r#"{"nemesis":"start","fault":"eu \"x\" cut","time":9}"#,
         ]
         .join("\n");
         let mut out = Vec::new();
-        assert_eq!(export(history.as_bytes(), &mut out).unwrap(), 6);
+        assert_eq!(export(history.as_bytes(), &mut out).unwrap(), 7);
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -196,6 +223,10 @@ mod tests {
         );
         assert_eq!(
             lines[6],
+            r#"{:index 6, :type :info, :f :start, :process :nemesis, :time 9, :value "eu \"x\" cut"}"#
+        );
+        assert_eq!(
+            lines[7],
             ";; 2 multi-record write events left out (no register form)"
         );
     }

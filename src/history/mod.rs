@@ -24,6 +24,17 @@
 //! {"process":3,"type":"ok","op":"txn","key":"acct:1","versions":[{"key":"acct:1","version":5},{"key":"acct:2","version":10}],"time":2100}
 //! ```
 //!
+//! A drill also records each fault it brings in force and lifts, as a
+//! line of its own (Jepsen's `:nemesis` process): `nemesis` is `start` or
+//! `stop`, `fault` names it, `error` (optional) says why it could not be
+//! applied. The checks read and validate these lines and judge only the
+//! operations; the EDN export passes them on as `:nemesis` events.
+//!
+//! ```text
+//! {"nemesis":"start","fault":"eu-west isolated","time":3000000000}
+//! {"nemesis":"stop","fault":"eu-west isolated","time":9000000000}
+//! ```
+//!
 //! A process has at most one operation in flight; a completion (`ok`,
 //! `fail`, `info`) closes that process's open `invoke`. `time` is in
 //! nanoseconds of one monotonic clock; `a` precedes `b` when `a`'s completion
@@ -239,6 +250,34 @@ pub struct Event {
     pub time: u64,
 }
 
+/// Whether a fault line brings its fault in force or lifts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultPhase {
+    /// The fault is in force from `time` on.
+    Start,
+    /// The fault is lifted at `time`.
+    Stop,
+}
+
+/// One fault line of a history: a drill's fault brought in force or
+/// lifted. The checks skip it; it says when each fault held.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultEvent {
+    /// Start or stop.
+    pub nemesis: FaultPhase,
+    /// The fault, as reports label it (`eu-west isolated`).
+    pub fault: String,
+    /// Why the fault could not be brought in force or lifted, if it could
+    /// not: the run then did not run its scenario.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Nanoseconds of the recorder's monotonic clock, once the change was
+    /// made.
+    pub time: u64,
+}
+
 impl Event {
     /// An event with only the required fields set.
     pub fn new(process: u64, kind: EventType, op: OpKind, key: &str, time: u64) -> Event {
@@ -337,6 +376,12 @@ struct RawVersion<'a> {
 /// Receives validated events from [`parse`].
 pub(crate) trait EventSink {
     fn event(&mut self, line: usize, e: ParsedEvent<'_>) -> Result<(), String>;
+
+    /// A fault line; the checks have no use for it.
+    fn fault(&mut self, line: usize, f: FaultEvent) -> Result<(), String> {
+        let _ = (line, f);
+        Ok(())
+    }
 }
 
 /// A validated event, borrowing from the line.
@@ -387,10 +432,16 @@ pub(crate) fn parse(
         }
         let raw: RawEvent<'_> = match fast::parse_event(text) {
             Some(raw) => raw,
-            None => serde_json::from_str(text).map_err(|e| HistoryError::Malformed {
-                line,
-                message: format!("not a valid event: {e}"),
-            })?,
+            None => match serde_json::from_str(text) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    let fault = fault_line(text, e)
+                        .map_err(|message| HistoryError::Malformed { line, message })?;
+                    sink.fault(line, fault)
+                        .map_err(|message| HistoryError::Malformed { line, message })?;
+                    continue;
+                }
+            },
         };
         let event = ParsedEvent {
             process: raw.process,
@@ -418,6 +469,17 @@ pub(crate) fn parse(
         sink.event(line, event)
             .map_err(|message| HistoryError::Malformed { line, message })?;
     }
+}
+
+/// A line that is not an operation event: a fault line, or the event's
+/// own error (`event_error`) when it is not one either.
+fn fault_line(text: &str, event_error: serde_json::Error) -> Result<FaultEvent, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| format!("not a valid event: {event_error}"))?;
+    if value.get("nemesis").is_none() {
+        return Err(format!("not a valid event: {event_error}"));
+    }
+    serde_json::from_value(value).map_err(|e| format!("not a valid fault line: {e}"))
 }
 
 fn validate(e: &ParsedEvent<'_>) -> Result<(), String> {
@@ -506,6 +568,29 @@ fn validate_txn(e: &ParsedEvent<'_>) -> Result<(), String> {
     }
 }
 
+/// Writes events and fault lines as JSON Lines, merged in time order (an
+/// event before a fault line of the same time).
+pub fn write_jsonl_with_faults(
+    mut out: impl std::io::Write,
+    events: &[Event],
+    faults: &[FaultEvent],
+) -> std::io::Result<()> {
+    let mut faults = faults.iter().peekable();
+    for e in events {
+        while let Some(f) = faults.next_if(|f| f.time < e.time) {
+            serde_json::to_writer(&mut out, f)?;
+            out.write_all(b"\n")?;
+        }
+        serde_json::to_writer(&mut out, e)?;
+        out.write_all(b"\n")?;
+    }
+    for f in faults {
+        serde_json::to_writer(&mut out, f)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
 /// Writes events as JSON Lines.
 pub fn write_jsonl<'a>(
     mut out: impl std::io::Write,
@@ -563,6 +648,73 @@ mod tests {
 {"process":2,"type":"ok","op":"read","key":"acct:7","session":"s2","version":3,"region":"eu-west","time":1420,"value":{"x":[1,2]}}
 "#;
         assert_eq!(parse_str(text).unwrap(), 4);
+    }
+
+    #[test]
+    fn fault_lines_are_read_apart_from_operations() {
+        struct Both(usize, Vec<FaultEvent>);
+        impl EventSink for Both {
+            fn event(&mut self, _: usize, _: ParsedEvent<'_>) -> Result<(), String> {
+                self.0 += 1;
+                Ok(())
+            }
+            fn fault(&mut self, _: usize, f: FaultEvent) -> Result<(), String> {
+                self.1.push(f);
+                Ok(())
+            }
+        }
+        let text = r#"{"nemesis":"start","fault":"eu-west isolated","time":5}
+{"process":1,"type":"invoke","op":"read","key":"k","policy":"strong","time":6}
+{"nemesis":"stop","fault":"eu-west isolated","error":"proxy gone","time":7}
+{"process":1,"type":"ok","op":"read","key":"k","version":0,"time":8}
+"#;
+        let mut sink = Both(0, Vec::new());
+        parse(text.as_bytes(), &mut sink).unwrap();
+        assert_eq!(sink.0, 2);
+        assert_eq!(
+            sink.1,
+            vec![
+                FaultEvent {
+                    nemesis: FaultPhase::Start,
+                    fault: "eu-west isolated".into(),
+                    error: None,
+                    time: 5
+                },
+                FaultEvent {
+                    nemesis: FaultPhase::Stop,
+                    fault: "eu-west isolated".into(),
+                    error: Some("proxy gone".into()),
+                    time: 7
+                },
+            ]
+        );
+        // Written back merged by time, read back the same.
+        let events = [
+            Event::new(1, EventType::Invoke, OpKind::Read, "k", 6),
+            Event::new(1, EventType::Ok, OpKind::Read, "k", 8),
+        ];
+        let mut out = Vec::new();
+        write_jsonl_with_faults(&mut out, &events, &sink.1).unwrap();
+        let written = String::from_utf8(out).unwrap();
+        let times: Vec<&str> = written
+            .lines()
+            .map(|l| l.rsplit("\"time\":").next().unwrap())
+            .collect();
+        assert_eq!(times, ["5}", "6}", "7}", "8}"]);
+        // Bad fault lines are named as such.
+        for (bad, says) in [
+            (r#"{"nemesis":"begin","fault":"x","time":1}"#, "fault line"),
+            (r#"{"nemesis":"start","time":1}"#, "fault line"),
+            (
+                r#"{"nemesis":"start","fault":"x","time":1,"process":2}"#,
+                "fault line",
+            ),
+            (r#"{"nemesis":"stop","fault":"x","time":-1}"#, "fault line"),
+            (r#"{"fault":"x","time":1}"#, "not a valid event"),
+        ] {
+            let e = parse_str(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

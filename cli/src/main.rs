@@ -27,7 +27,7 @@ fn command() -> Command {
         .arg_required_else_help(true)
         .subcommand(passthrough(
             "drill",
-            "Every chaos drill, naive and strict (exit 0: strict clean, naive exposes its anomaly; 1: not; 2: bad arguments). `quorate drill --help` lists the options. With the `postgres` feature, `--backend postgres` runs the scenarios on the servers of scripts/pg, and `--backend postgres --cluster FILE --not-production [--duration D] [--strict-only]` runs their workloads on a cluster of your own while your tools inject faults (docs/runbook-cluster-drill.md).",
+            "Every chaos drill, naive and strict (exit 0: strict clean, naive exposes its anomaly; 1: not; 2: bad arguments). `quorate drill --help` lists the options. With the `postgres`, `dynamodb` or `spanner` feature, `--backend NAME` runs the scenarios on the servers of scripts/pg, scripts/dynamodb or scripts/spanner, and `--backend postgres --cluster FILE --not-production [--duration D] [--strict-only]` runs their workloads on a cluster of your own while your tools inject faults (docs/runbook-cluster-drill.md).",
         ))
         .subcommand(passthrough(
             "check",
@@ -67,28 +67,23 @@ fn backend(mut args: Vec<String>) -> u8 {
     let at = args.iter().position(|a| a == "--backend").unwrap_or(0);
     args.remove(at);
     if at >= args.len() {
-        eprintln!("drill: --backend needs a value: postgres or dynamodb");
+        eprintln!("drill: --backend needs a value: postgres, dynamodb or spanner");
         return 2;
     }
     let name = args.remove(at);
     match name.as_str() {
         "postgres" => postgres(args),
         "dynamodb" => dynamodb(args),
-        "spanner" => {
-            eprintln!(
-                "drill: --backend {name} is not available yet; its real-server drills run as `cargo test -p quorate-{name} --test drills`"
-            );
-            2
-        }
+        "spanner" => spanner(args),
         other => {
-            eprintln!("drill: unknown backend {other:?}; backends: postgres, dynamodb");
+            eprintln!("drill: unknown backend {other:?}; backends: postgres, dynamodb, spanner");
             2
         }
     }
 }
 
 /// Runs `drill` on a runtime of its own.
-#[cfg(any(feature = "postgres", feature = "dynamodb"))]
+#[cfg(any(feature = "postgres", feature = "dynamodb", feature = "spanner"))]
 fn on_runtime(drill: impl std::future::Future<Output = u8>) -> u8 {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -104,7 +99,7 @@ fn on_runtime(drill: impl std::future::Future<Output = u8>) -> u8 {
 
 /// A fresh table's name per run, short enough for its idempotency
 /// table's.
-#[cfg(any(feature = "postgres", feature = "dynamodb"))]
+#[cfg(any(feature = "postgres", feature = "dynamodb", feature = "spanner"))]
 fn table_names(prefix: &'static str) -> impl FnMut() -> String {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -168,30 +163,89 @@ fn dynamodb(args: Vec<String>) -> u8 {
             ("us-east", "us-east-1"),
             ("ap-south", "ap-south-1"),
         ];
-        let base = match DynamoDeployment::start(&endpoint, &regions).await {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("drill: the fault layer could not start: {e}");
-                return 1;
-            }
-        };
-        let mut name = table_names("quorate-drill-");
-        let fresh = |run: quorate::drill::cli::RunSpec| {
-            let (base, table) = (base.clone(), name());
-            async move {
-                let lag = std::time::Duration::from_millis(100);
-                base.with_table(&table, &run.home, lag).await
-            }
-        };
-        quorate::drill::cli::main_deployed(
+        let base = DynamoDeployment::start(&endpoint, &regions).await;
+        deployed(
             "dynamodb",
             args,
-            fresh,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
+            base,
+            "quorate-drill-",
+            |base, table, run| async move {
+                let lag = std::time::Duration::from_millis(100);
+                base.with_table(&table, &run.home, lag).await
+            },
         )
         .await
     })
+}
+
+#[cfg(not(feature = "spanner"))]
+fn spanner(_: Vec<String>) -> u8 {
+    eprintln!(
+        "drill: this quorate was built without Spanner; install it with `cargo install quorate-cli --features spanner`"
+    );
+    2
+}
+
+/// The scenarios on the emulator of `scripts/spanner start` (named by
+/// `SPANNER_EMULATOR_HOST` and `QUORATE_SPANNER_DATABASE`), standing in
+/// each run's home region, a fresh table per run.
+#[cfg(feature = "spanner")]
+fn spanner(args: Vec<String>) -> u8 {
+    use quorate_spanner::deployment::SpannerDeployment;
+    let (Ok(emulator), Ok(database)) = (
+        std::env::var("SPANNER_EMULATOR_HOST"),
+        std::env::var("QUORATE_SPANNER_DATABASE"),
+    ) else {
+        eprintln!(
+            "drill: --backend spanner needs SPANNER_EMULATOR_HOST and QUORATE_SPANNER_DATABASE (scripts/spanner start prints them)"
+        );
+        return 2;
+    };
+    on_runtime(async move {
+        let regions = ["eu-west", "us-east", "ap-south"];
+        let base = SpannerDeployment::start(&emulator, &database, &regions).await;
+        deployed(
+            "spanner",
+            args,
+            base,
+            "quorate_drill_",
+            |base, table, run| async move { base.with_table(&table, &run.home).await },
+        )
+        .await
+    })
+}
+
+/// `main_deployed` on `base` (the fault layer, or why it did not start),
+/// each run on what `fresh` makes of it with a table of its own.
+#[cfg(any(feature = "dynamodb", feature = "spanner"))]
+async fn deployed<D, F, Fut>(
+    backend: &str,
+    args: Vec<String>,
+    base: Result<D, quorate::Error>,
+    prefix: &'static str,
+    fresh: F,
+) -> u8
+where
+    D: quorate::drill::Deployment,
+    F: Fn(D, String, quorate::drill::cli::RunSpec) -> Fut,
+    Fut: std::future::Future<Output = Result<D, quorate::Error>>,
+{
+    let base = match base {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("drill: the fault layer could not start: {e}");
+            return 1;
+        }
+    };
+    let mut name = table_names(prefix);
+    quorate::drill::cli::main_deployed(
+        backend,
+        args,
+        |run| fresh(base.clone(), name(), run),
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    )
+    .await
 }
 
 #[cfg(not(feature = "postgres"))]

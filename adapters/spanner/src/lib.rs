@@ -64,6 +64,9 @@
 // crate is the implementation, and applications do not need that module.
 #[allow(hidden_glob_reexports)]
 mod backend;
+#[cfg(feature = "drill")]
+#[cfg_attr(docsrs, doc(cfg(feature = "drill")))]
+pub mod deployment;
 mod directed;
 mod query;
 pub mod settings;

@@ -1,0 +1,282 @@
+//! The drills' scenarios on the Spanner emulator, behind quorate's fault
+//! layer.
+//!
+//! The emulator is one server. [`SpannerDeployment`] places it in a run's
+//! home region (where a Spanner instance's default leader would be) and
+//! puts a fault proxy ([`ClientLinks`], on loopback) between every client
+//! region and it. The runner ([`quorate::drill::run_deployed`]) steers the
+//! proxies from a scenario's fault windows:
+//!
+//! | Fault | On the emulator |
+//! |---|---|
+//! | a region isolated, a cut between the home and another region | the proxies hold that region's requests and answers until healed: its clients reach nothing |
+//! | a one-way cut from the home to a region | requests arrive and commit, their answers are held: lost commit answers |
+//! | a one-way cut from a region to the home | requests are held; nothing arrives |
+//! | latency between the home and a region | both directions of that region's link are delayed |
+//! | a cut or latency between two other regions | carries no client traffic (nothing but the emulator serves): in force, with nothing to touch |
+//!
+//! Replica lag and stalls, clock skew and drift, crashes, pauses and lease
+//! moves need servers of their own, which one emulator process does not
+//! have: they are refused before a run starts ([`Deployment::unsupported`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quorate::drill::links::{loopback, ClientLinks};
+use quorate::drill::{Deployment, Fault, FaultState, Window};
+use quorate::{Clock, Error, Region, SystemClock};
+
+use crate::{SpannerBackend, SpannerConfig};
+
+fn failed(what: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(what.to_string())
+}
+
+/// The Spanner emulator as a drill deployment; see the
+/// [module docs](self). Cheap to clone: clones share the fault layer.
+#[derive(Clone)]
+pub struct SpannerDeployment {
+    shared: Arc<Shared>,
+    run: Option<Arc<Run>>,
+}
+
+struct Shared {
+    /// `host:port` of the emulator.
+    emulator: String,
+    database: String,
+    regions: Vec<String>,
+    links: ClientLinks,
+}
+
+/// One run's table and home.
+struct Run {
+    table: String,
+    home: String,
+    /// Each region's clients' backend.
+    backends: HashMap<String, SpannerBackend>,
+}
+
+impl std::fmt::Debug for SpannerDeployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpannerDeployment")
+            .field("emulator", &self.shared.emulator)
+            .field("regions", &self.shared.regions)
+            .field("table", &self.run.as_ref().map(|r| &r.table))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpannerDeployment {
+    /// Starts the fault layer in front of the emulator at `emulator`
+    /// (`host:port` on loopback, as `SPANNER_EMULATOR_HOST` names it),
+    /// serving `database` (`projects/<p>/instances/<i>/databases/<d>`),
+    /// with clients in `regions`. Tables come with
+    /// [`SpannerDeployment::with_table`].
+    pub async fn start(
+        emulator: &str,
+        database: &str,
+        regions: &[&str],
+    ) -> Result<SpannerDeployment, Error> {
+        if regions.is_empty() {
+            return Err(failed("a deployment needs a region"));
+        }
+        crate::sql::database_path(database)?;
+        let mut names: Vec<String> = Vec::new();
+        for r in regions {
+            Region::new(r)?;
+            if names.iter().any(|n| n == r) {
+                return Err(failed(format_args!("region {r} is named twice")));
+            }
+            names.push((*r).to_owned());
+        }
+        let (host, port) = emulator
+            .rsplit_once(':')
+            .ok_or_else(|| failed(format_args!("{emulator:?} names no port")))?;
+        let port = port
+            .parse()
+            .map_err(|_| failed(format_args!("no valid port in {emulator:?}")))?;
+        let addr = loopback(host, port)?;
+        let links = ClientLinks::start(&names, &vec![addr; names.len()])
+            .await
+            .map_err(failed)?;
+        Ok(SpannerDeployment {
+            shared: Arc::new(Shared {
+                emulator: emulator.to_owned(),
+                database: database.to_owned(),
+                regions: names,
+                links,
+            }),
+            run: None,
+        })
+    }
+
+    fn config(&self, table: &str, local: &str, emulator: String) -> Result<SpannerConfig, Error> {
+        let regions: Vec<&str> = self.shared.regions.iter().map(String::as_str).collect();
+        let mut config = SpannerConfig::new(&self.shared.database, &regions, local)?;
+        config.table = table.to_owned();
+        config.serialize_read_write = true;
+        config.emulator_host = Some(emulator);
+        Ok(config)
+    }
+
+    /// This deployment with its records in `table` (created if missing),
+    /// the emulator standing in region `home` (a scenario's home).
+    pub async fn with_table(&self, table: &str, home: &str) -> Result<SpannerDeployment, Error> {
+        self.index(home)?;
+        let direct = self.config(table, home, self.shared.emulator.clone())?;
+        SpannerBackend::connect(direct)
+            .await?
+            .create_tables()
+            .await?;
+        // Each region's clients reach the emulator through their link.
+        let mut backends = HashMap::new();
+        for region in &self.shared.regions {
+            let proxy = self
+                .shared
+                .links
+                .addr(region, home)
+                .ok_or_else(|| failed(format_args!("no link from {region} to {home}")))?;
+            let config = self.config(table, region, proxy.to_string())?;
+            backends.insert(region.clone(), SpannerBackend::connect(config).await?);
+        }
+        Ok(SpannerDeployment {
+            shared: self.shared.clone(),
+            run: Some(Arc::new(Run {
+                table: table.to_owned(),
+                home: home.to_owned(),
+                backends,
+            })),
+        })
+    }
+
+    fn run(&self) -> Result<&Run, Error> {
+        self.run
+            .as_deref()
+            .ok_or_else(|| failed("no table yet: use SpannerDeployment::with_table"))
+    }
+
+    fn index(&self, region: &str) -> Result<usize, Error> {
+        self.shared
+            .regions
+            .iter()
+            .position(|r| r == region)
+            .ok_or_else(|| match Region::new(region) {
+                Ok(r) => Error::Topology(quorate::TopologyError::UnknownRegion(r)),
+                Err(e) => Error::Topology(e),
+            })
+    }
+}
+
+impl Deployment for SpannerDeployment {
+    type Backend = SpannerBackend;
+
+    fn regions(&self) -> Vec<String> {
+        self.shared.regions.clone()
+    }
+
+    fn at(&self, region: &str) -> Result<SpannerBackend, Error> {
+        self.index(region)?;
+        self.run()?
+            .backends
+            .get(region)
+            .cloned()
+            .ok_or_else(|| failed(format_args!("no backend for {region}")))
+    }
+
+    fn clock(&self, region: &str) -> Result<Arc<dyn Clock>, Error> {
+        self.index(region)?;
+        Ok(Arc::new(SystemClock))
+    }
+
+    async fn apply(&self, _from: &FaultState, to: &FaultState) -> Vec<Error> {
+        self.shared.links.steer(to);
+        Vec::new()
+    }
+
+    fn unsupported(&self, windows: &[Window]) -> Vec<String> {
+        let known = |r: &str| self.shared.regions.iter().any(|x| x == r);
+        let mut refused = Vec::new();
+        for w in windows {
+            let why = match w.fault {
+                Fault::Skew(..) | Fault::Drift(..) => Some(
+                    "skewing a region's clock: the emulator is one process, and Spanner orders commits by TrueTime, not by a region's clock",
+                ),
+                Fault::Lag(..) | Fault::Stall(..) => {
+                    Some("delaying a replica: the emulator has none of its own")
+                }
+                Fault::Crash(_) => Some("crashing a region: the emulator is one process"),
+                Fault::Pause(_) => Some("pausing a region: the emulator is one process"),
+                Fault::LeaseTo(_) => Some("moving the leader: the emulator has one"),
+                _ => None,
+            };
+            if let Some(why) = why {
+                refused.push(format!("{} ({why})", w.fault.label()));
+            } else if let Some(r) = w.fault.regions().into_iter().find(|r| !known(r)) {
+                refused.push(format!("{} (no region {r})", w.fault.label()));
+            }
+        }
+        refused
+    }
+
+    fn home(&self) -> Option<String> {
+        self.run.as_ref().map(|r| r.home.clone())
+    }
+
+    fn prevents(&self, scenario: &str) -> Option<String> {
+        let why = match scenario {
+            "isolation-latency" => {
+                "a Spanner replica serves a strong read only once it has applied every commit up to the read's timestamp, so even a local replica's strong read is never stale; a region cut off from the leader cannot serve one at all"
+            }
+            "partition-global-tables" => {
+                "every key has one leader that orders its writes, not a writer per region: a region cut off from it cannot commit, and a conditional write refused there cannot apply a transition twice"
+            }
+            _ => return None,
+        };
+        Some(why.to_owned())
+    }
+
+    fn clock_offset(&self, region: &str) -> Option<i64> {
+        self.index(region).ok().map(|_| 0)
+    }
+
+    fn max_offset(&self) -> Duration {
+        // TrueTime's bound is what commit wait absorbs; the report's clock
+        // panel needs a line, and no clock here moves.
+        Duration::from_millis(7)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_loopback_emulators_are_taken() {
+        let db = "projects/p/instances/i/databases/d";
+        for (emulator, says) in [
+            ("203.0.113.7:443", "loopback"),
+            ("192.0.2.1:9010", "loopback"),
+            ("127.0.0.1", "port"),
+            ("127.0.0.1:x", "port"),
+        ] {
+            let e = SpannerDeployment::start(emulator, db, &["eu-west"])
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{emulator}: {e}");
+        }
+        let e = SpannerDeployment::start("127.0.0.1:9010", "orders", &["eu-west"])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        let e = SpannerDeployment::start("127.0.0.1:9010", db, &["eu-west", "eu-west"])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+        let e = SpannerDeployment::start("127.0.0.1:9010", db, &[])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("a region"), "{e}");
+    }
+}

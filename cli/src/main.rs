@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Arg, Command};
 
+#[cfg(any(feature = "postgres", feature = "dynamodb", feature = "spanner"))]
+mod cluster;
+
 fn passthrough(name: &'static str, about: &'static str) -> Command {
     Command::new(name)
         .about(about)
@@ -149,8 +152,16 @@ fn dynamodb(_: Vec<String>) -> u8 {
 /// by `QUORATE_DYNAMODB_ENDPOINT`): three regions joined by the
 /// replicator, fresh tables per run.
 #[cfg(feature = "dynamodb")]
-fn dynamodb(args: Vec<String>) -> u8 {
+fn dynamodb(mut args: Vec<String>) -> u8 {
     use quorate_dynamodb::deployment::DynamoDeployment;
+    match cluster::Own::take(&mut args) {
+        Ok(Some(own)) => return dynamodb_cluster(own, args),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("drill: {e}");
+            return 2;
+        }
+    }
     let Ok(endpoint) = std::env::var("QUORATE_DYNAMODB_ENDPOINT") else {
         eprintln!(
             "drill: --backend dynamodb needs QUORATE_DYNAMODB_ENDPOINT (scripts/dynamodb start prints it)"
@@ -190,8 +201,16 @@ fn spanner(_: Vec<String>) -> u8 {
 /// `SPANNER_EMULATOR_HOST` and `QUORATE_SPANNER_DATABASE`), standing in
 /// each run's home region, a fresh table per run.
 #[cfg(feature = "spanner")]
-fn spanner(args: Vec<String>) -> u8 {
+fn spanner(mut args: Vec<String>) -> u8 {
     use quorate_spanner::deployment::SpannerDeployment;
+    match cluster::Own::take(&mut args) {
+        Ok(Some(own)) => return spanner_cluster(own, args),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("drill: {e}");
+            return 2;
+        }
+    }
     let (Ok(emulator), Ok(database)) = (
         std::env::var("SPANNER_EMULATOR_HOST"),
         std::env::var("QUORATE_SPANNER_DATABASE"),
@@ -259,17 +278,15 @@ fn postgres(_: Vec<String>) -> u8 {
 /// The scenarios on the servers `scripts/pg start` runs (named by its
 /// environment), a fresh table per run.
 #[cfg(feature = "postgres")]
-fn postgres(args: Vec<String>) -> u8 {
+fn postgres(mut args: Vec<String>) -> u8 {
     use quorate_cockroach::deployment::{PgDeployment, PgServers};
-    if let Some(at) = args.iter().position(|a| a == "--cluster") {
-        return cluster(at, args);
-    }
-    if let Some(flag) = args
-        .iter()
-        .find(|a| ["--not-production", "--duration", "--strict-only"].contains(&a.as_str()))
-    {
-        eprintln!("drill: {flag} goes with --cluster FILE");
-        return 2;
+    match cluster::Own::take(&mut args) {
+        Ok(Some(own)) => return postgres_cluster(own, args),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("drill: {e}");
+            return 2;
+        }
     }
     let Some(servers) = PgServers::from_env() else {
         eprintln!(
@@ -325,62 +342,16 @@ fn postgres(args: Vec<String>) -> u8 {
     })
 }
 
-/// Takes `--name VALUE` out of `args`.
+/// `drill --backend postgres --cluster FILE --not-production`: section
+/// `[postgres]` of the settings file, a table of its own per run.
 #[cfg(feature = "postgres")]
-fn take_value(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> {
-    let Some(at) = args.iter().position(|a| a == name) else {
-        return Ok(None);
-    };
-    args.remove(at);
-    if at >= args.len() {
-        return Err(format!("{name} needs a value"));
-    }
-    Ok(Some(args.remove(at)))
-}
-
-/// Takes the flag `name` out of `args`; whether it was there.
-#[cfg(feature = "postgres")]
-fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
-    let before = args.len();
-    args.retain(|a| a != name);
-    args.len() != before
-}
-
-/// `drill --backend postgres --cluster FILE --not-production`: the
-/// scenarios' workloads against a cluster of the team's own, named by a
-/// settings file (section `[postgres]`, as the service's own; variables
-/// `QUORATE__POSTGRES__…` override it), with faults from the team's own
-/// tools.
-#[cfg(feature = "postgres")]
-fn cluster(_: usize, mut args: Vec<String>) -> u8 {
-    use quorate_cockroach::deployment::PgCluster;
+fn postgres_cluster(own: cluster::Own, args: Vec<String>) -> u8 {
+    use quorate_cockroach::deployment::pg_cluster;
     use quorate_cockroach::settings::{redact, Loader, PgSettings};
-    let parsed = (|| -> Result<_, String> {
-        let file = take_value(&mut args, "--cluster")?.unwrap_or_default();
-        let duration = match take_value(&mut args, "--duration")? {
-            None => std::time::Duration::from_secs(120),
-            Some(d) => {
-                quorate::settings::parse_duration(&d).map_err(|e| format!("--duration: {e}"))?
-            }
-        };
-        if duration.is_zero() {
-            return Err("--duration must be positive".into());
-        }
-        let not_production = take_flag(&mut args, "--not-production");
-        let strict_only = take_flag(&mut args, "--strict-only");
-        Ok((file, duration, not_production, strict_only))
-    })();
-    let (file, duration, not_production, strict_only) = match parsed {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("drill: {e}");
-            return 2;
-        }
-    };
-    let settings = match PgSettings::load(&Loader::new().file(&file).env_prefix("QUORATE")) {
+    let settings = match PgSettings::load(&Loader::new().file(&own.file).env_prefix("QUORATE")) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("drill: {file}: {e}");
+            eprintln!("drill: {}: {e}", own.file);
             return 2;
         }
     };
@@ -395,49 +366,122 @@ fn cluster(_: usize, mut args: Vec<String>) -> u8 {
                 .map(move |c| format!("{region}: {}", redact(c)))
         })
         .collect();
-    eprintln!("drill: the cluster:\n  {}", endpoints.join("\n  "));
-    if !not_production {
-        eprintln!(
-            "drill: refusing to run against\n  {}\nwithout --not-production. The drill writes tables of its own there, runs a client without quorate's guarantees against them, and loads the cluster while your tools inject faults: pass --not-production to state that this cluster is not production.",
-            endpoints.join("\n  ")
-        );
-        return 2;
+    if let Err(code) = own.admit(&endpoints) {
+        return code;
     }
     on_runtime(async move {
-        let mut name = table_names("quorate_drill_");
-        let fresh = |run: quorate::drill::cli::RunSpec| {
-            let table = name();
+        let connect = |run: quorate::drill::cli::RunSpec, table: String| {
             let settings = settings.clone();
             async move {
                 let regions: Vec<&str> = run.regions.iter().map(String::as_str).collect();
-                let cluster = PgCluster::connect(&settings, &regions, &table).await?;
-                eprintln!(
-                    "drill: {} writes table {table}; regions {}",
-                    run.name,
-                    cluster
-                        .mapping()
-                        .iter()
-                        .map(|(s, c)| format!("{s} = {c}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                Ok(cluster)
+                let cluster = pg_cluster(&settings, &regions, &table).await?;
+                Ok((cluster, format!("table {table}")))
             }
         };
-        let mut how = quorate::drill::cli::Deployed::own_faults(duration);
-        if strict_only {
-            how = how.strict_only();
-        }
-        quorate::drill::cli::main_deployed_with(
-            "postgres",
-            &how,
-            args,
-            fresh,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )
-        .await
+        own.run("postgres", args, table_names("quorate_drill_"), connect)
+            .await
     })
+}
+
+/// `drill --backend dynamodb --cluster FILE --not-production`: section
+/// `[dynamodb]` of the settings file (its global table, which must
+/// exist), a key prefix of its own per run.
+#[cfg(feature = "dynamodb")]
+fn dynamodb_cluster(own: cluster::Own, args: Vec<String>) -> u8 {
+    use quorate_dynamodb::deployment::dynamo_cluster;
+    use quorate_dynamodb::settings::{DynamoSettings, Loader};
+    let settings = match DynamoSettings::load(&Loader::new().file(&own.file).env_prefix("QUORATE"))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("drill: {}: {e}", own.file);
+            return 2;
+        }
+    };
+    let endpoints: Vec<String> = settings
+        .regions
+        .iter()
+        .map(|(region, r)| {
+            let mut line = format!("{region}: table {} in {}", settings.table, r.aws_region);
+            if let Some(e) = &r.endpoint {
+                line.push_str(&format!(" at {e}"));
+            }
+            if let Some(p) = &r.profile {
+                line.push_str(&format!(" (profile {p})"));
+            }
+            line
+        })
+        .collect();
+    if let Err(code) = own.admit(&endpoints) {
+        return code;
+    }
+    on_runtime(async move {
+        let connect = |run: quorate::drill::cli::RunSpec, prefix: String| {
+            let settings = settings.clone();
+            async move {
+                let regions: Vec<&str> = run.regions.iter().map(String::as_str).collect();
+                let cluster = dynamo_cluster(&settings, &regions, &prefix).await?;
+                Ok((
+                    cluster,
+                    format!("keys {prefix}* of table {}", settings.table),
+                ))
+            }
+        };
+        own.run("dynamodb", args, key_prefixes(), connect).await
+    })
+}
+
+/// `drill --backend spanner --cluster FILE --not-production`: section
+/// `[spanner]` of the settings file, a key prefix of its own per run.
+#[cfg(feature = "spanner")]
+fn spanner_cluster(own: cluster::Own, args: Vec<String>) -> u8 {
+    use quorate_spanner::deployment::spanner_cluster;
+    use quorate_spanner::settings::{Loader, SpannerSettings};
+    let settings = match SpannerSettings::load(&Loader::new().file(&own.file).env_prefix("QUORATE"))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("drill: {}: {e}", own.file);
+            return 2;
+        }
+    };
+    let mut endpoint = settings.database.clone();
+    if let Some(e) = settings
+        .emulator_host
+        .as_ref()
+        .or(settings.endpoint.as_ref())
+    {
+        endpoint.push_str(&format!(" at {e}"));
+    }
+    let endpoints = vec![format!(
+        "{}: table {} of {endpoint}",
+        settings.regions.join(", "),
+        settings.table
+    )];
+    if let Err(code) = own.admit(&endpoints) {
+        return code;
+    }
+    on_runtime(async move {
+        let connect = |run: quorate::drill::cli::RunSpec, prefix: String| {
+            let settings = settings.clone();
+            async move {
+                let regions: Vec<&str> = run.regions.iter().map(String::as_str).collect();
+                let cluster = spanner_cluster(&settings, &regions, &prefix).await?;
+                Ok((
+                    cluster,
+                    format!("keys {prefix}* of table {}", settings.table),
+                ))
+            }
+        };
+        own.run("spanner", args, key_prefixes(), connect).await
+    })
+}
+
+/// A key prefix per run on a table runs share.
+#[cfg(any(feature = "dynamodb", feature = "spanner"))]
+fn key_prefixes() -> impl FnMut() -> String {
+    let mut names = table_names("quorate-drill-");
+    move || format!("{}/", names())
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ fn the_scenarios_and_the_nemesis_run_on_the_spanner_emulator() {
     {
         return;
     }
+    let _one = EMULATOR.blocking_lock();
     let dir = std::env::temp_dir().join(format!("quorate-spanner-drill-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let base = dir.join("h.jsonl");
@@ -136,3 +137,109 @@ fn the_scenarios_and_the_nemesis_run_on_the_spanner_emulator() {
         "{out}"
     );
 }
+
+/// `quorate drill --backend spanner --cluster FILE`: the scenarios'
+/// workloads against the database the service's settings file names,
+/// while the team's own tool injects the fault. Here the "instance" is
+/// the emulator, reached through a proxy that stands in for the network,
+/// and the tool is this test partitioning it for the middle of each run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_your_own_is_drilled_while_your_tool_partitions_it() {
+    use quorate::cut_proxy::CutProxy;
+    use std::net::ToSocketAddrs;
+    use std::time::Duration;
+
+    let Some([emulator, database]) = quorate::conformance::server_env(
+        ["SPANNER_EMULATOR_HOST", "QUORATE_SPANNER_DATABASE"],
+        "the Spanner emulator",
+        "scripts/spanner",
+    ) else {
+        return;
+    };
+    // One drill on the emulator at a time: it runs one read-write
+    // transaction at a time, and each drill is a process of its own.
+    let _one = EMULATOR.lock().await;
+    let upstream = emulator.to_socket_addrs().unwrap().next().unwrap();
+    let network = CutProxy::start(upstream).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("quorate-byoc-spanner-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("staging.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[spanner]\ndatabase = \"{database}\"\nregions = [\"eu\", \"us\", \"ap\"]\nlocal = \"eu\"\ntable = \"quorate_byoc_{}\"\nserialize_read_write = true\nemulator_host = \"{}\"\n",
+            std::process::id(),
+            network.addr()
+        ),
+    )
+    .unwrap();
+
+    // Without the flag: refused, the database named.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args(["drill", "--backend", "spanner", "--cluster"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("refusing to run against"), "{stderr}");
+    assert!(stderr.contains(&database), "{stderr}");
+
+    let history = dir.join("h.jsonl");
+    let drill = tokio::process::Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args(["drill", "--backend", "spanner", "--cluster"])
+        .arg(&file)
+        .args([
+            "--not-production",
+            "--duration",
+            "7s",
+            "--scenario",
+            "isolation-latency",
+            "--history",
+        ])
+        .arg(&history)
+        .output();
+    // The operator's tool: the network to the database is cut from the
+    // 2nd to the 4th second of each of the two runs.
+    let tool = async {
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            network.partition();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            network.heal();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    };
+    let (out, ()) = tokio::join!(drill, tool);
+    let out = out.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("PASS: every strict run is clean"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("regions eu-west = eu, us-east = us, ap-south = ap"),
+        "{stderr}"
+    );
+    // The partition reached the runs: operations failed during it.
+    for config in ["naive", "strict"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with("isolation-latency") && l.contains(config))
+            .expect("a row per run");
+        assert!(!row.contains("100.0%"), "{config}: nothing failed: {row}");
+        let saved = dir.join(format!("h-isolation-latency-{config}.jsonl"));
+        let text = std::fs::read_to_string(&saved).unwrap();
+        assert!(
+            text.lines().all(|l| l.contains(r#""key":"quorate-drill-"#)),
+            "{config}: every key prefixed"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+static EMULATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

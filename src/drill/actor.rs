@@ -40,6 +40,9 @@ pub(crate) struct Stage<D: Deployment = Sim> {
     pub(crate) strict: Arc<Mutex<Vec<Client<D::Backend>>>>,
     /// Mechanisms the strict actors go without.
     pub(crate) without: Vec<super::Mechanism>,
+    /// What every key and idempotency key of the run begins with
+    /// ([`Deployment::key_prefix`]).
+    pub(crate) prefix: Arc<str>,
 }
 
 impl<D: Deployment> Clone for Stage<D> {
@@ -55,11 +58,21 @@ impl<D: Deployment> Clone for Stage<D> {
             seed: self.seed,
             strict: self.strict.clone(),
             without: self.without.clone(),
+            prefix: self.prefix.clone(),
         }
     }
 }
 
 impl<D: Deployment> Stage<D> {
+    /// `key` (or an idempotency key) as this run writes it.
+    pub(crate) fn prefixed<'a>(&self, key: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.prefix.is_empty() {
+            std::borrow::Cow::Borrowed(key)
+        } else {
+            std::borrow::Cow::Owned(format!("{}{key}", self.prefix))
+        }
+    }
+
     /// A strict client for `region`, kept so the runner can refresh its
     /// health in the background.
     fn strict_client(&self, region: &str, salt: u64, attempts: Option<u32>) -> Client<D::Backend> {
@@ -263,6 +276,8 @@ impl<D: Deployment> Actor<D> {
         policy: ReadPolicy,
         label: HistoryPolicy,
     ) -> Option<Seen> {
+        let key = self.stage.prefixed(key);
+        let key = key.as_ref();
         let turn = turn % self.drivers.len();
         self.hand_over(turn);
         let history_policy = match self.stage.config {
@@ -350,7 +365,11 @@ impl<D: Deployment> Actor<D> {
         let turn = turn % self.drivers.len();
         self.hand_over(turn);
         self.writes += 1;
-        let idem = format!("{}-w{}", self.name, self.writes);
+        let idem = format!("{}{}-w{}", self.stage.prefix, self.name, self.writes);
+        let records: Vec<(String, Option<String>, Precondition)> = records
+            .iter()
+            .map(|(k, v, p)| (self.stage.prefixed(k).into_owned(), v.clone(), *p))
+            .collect();
         let values: Vec<Option<Bytes>> = records
             .iter()
             .map(|(_, v, _)| v.as_ref().map(|v| Bytes::from(v.clone())))
@@ -432,10 +451,15 @@ impl<D: Deployment> Actor<D> {
         precondition: Precondition,
         idem: Option<String>,
     ) -> Option<Committed> {
+        let key = self.stage.prefixed(key);
+        let key = key.as_ref();
         let turn = turn % self.drivers.len();
         self.hand_over(turn);
         self.writes += 1;
-        let idem = idem.unwrap_or_else(|| format!("{}-w{}", self.name, self.writes));
+        let idem = match idem {
+            Some(idem) => self.stage.prefixed(&idem).into_owned(),
+            None => format!("{}{}-w{}", self.stage.prefix, self.name, self.writes),
+        };
         let expect = precondition.expected();
         let recorder = &self.stage.recorder;
         match value {

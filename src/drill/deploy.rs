@@ -71,6 +71,15 @@ pub trait Deployment: Clone + Send + Sync + 'static {
         None
     }
 
+    /// What every key and idempotency key a run writes begins with: a
+    /// deployment whose runs share a table (a cluster of the team's own)
+    /// gives each run a prefix of its own, so that no run reads another's
+    /// records or resolves a retry through another's idempotency record.
+    /// The history records the keys with it.
+    fn key_prefix(&self) -> String {
+        String::new()
+    }
+
     /// A region's clock offset from true time in nanoseconds, if known.
     fn clock_offset(&self, region: &str) -> Option<i64>;
 

@@ -21,6 +21,7 @@ mod html;
 pub mod links;
 pub mod naive;
 pub mod nemesis;
+mod own;
 mod report;
 mod scenarios;
 
@@ -35,6 +36,7 @@ use crate::sim::Sim;
 use actor::{Stage, Stats};
 pub use deploy::{Deployment, FaultState};
 pub use html::html_report;
+pub use own::OwnCluster;
 pub use report::{markdown, render_table, to_json};
 pub use scenarios::{scenarios, scenarios_on, Fault, Scenario, Window};
 
@@ -406,6 +408,7 @@ pub async fn run_deployed<D: Deployment>(
         seed,
         strict: Arc::new(Mutex::new(Vec::new())),
         without: variant.without.clone(),
+        prefix: deployment.key_prefix().into(),
     };
     let mut tasks = tokio::task::JoinSet::new();
     for task in (scenario.workload)(&stage) {

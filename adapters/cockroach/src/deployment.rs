@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use quorate::cut_proxy::CutProxy;
 use quorate::drill::links::{steer_link, ClientLinks};
-use quorate::drill::{Deployment, Fault, FaultState, Window};
+use quorate::drill::{Deployment, Fault, FaultState, OwnCluster, Window};
 use quorate::{Clock, SystemClock};
 use quorate::{Error, Region};
 
@@ -766,6 +766,48 @@ impl Deployment for PgDeployment {
     }
 }
 
+/// A cluster of the team's own (staging) as a drill deployment (see
+/// [`OwnCluster`]): the scenarios' workloads run against the endpoints its
+/// settings name while the team's own tools inject faults.
+pub type PgCluster = OwnCluster<PgBackend>;
+
+/// The cluster `settings` describe, with `scenario_regions` (home first)
+/// mapped onto its regions: the scenario's home onto the region of the
+/// primary (or the first region of a CockroachDB cluster). The records go
+/// to `table`, created if missing and left in place.
+pub async fn pg_cluster(
+    settings: &crate::settings::PgSettings,
+    scenario_regions: &[&str],
+    table: &str,
+) -> Result<PgCluster, Error> {
+    // Every field checked, as a service would.
+    PgConfig::from_settings(settings)?;
+    let home = settings
+        .regions
+        .iter()
+        .find(|(_, s)| s.primary.is_some())
+        .map(|(r, _)| r.clone())
+        .or_else(|| settings.regions.keys().next().cloned())
+        .ok_or_else(|| failed("the cluster's settings name no region"))?;
+    let mut cluster: Vec<String> = vec![home.clone()];
+    cluster.extend(settings.regions.keys().filter(|r| **r != home).cloned());
+    let map = OwnCluster::<PgBackend>::map_regions(scenario_regions, &cluster)?;
+    let mut settings = settings.clone();
+    settings.table = table.to_owned();
+    settings.local = home;
+    PgBackend::new(PgConfig::from_settings(&settings)?)?
+        .create_schema()
+        .await?;
+    let mut backends = Vec::new();
+    for (_, local) in &map {
+        let mut settings = settings.clone();
+        settings.local = local.clone();
+        backends.push(PgBackend::new(PgConfig::from_settings(&settings)?)?);
+    }
+    // A table of its own per run: no key prefix needed.
+    OwnCluster::new(map, backends, "")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,140 +826,5 @@ mod tests {
             Err(Error::InvalidInput(m)) if m.contains("loopback")
         ));
         assert!(loopback("host=127.0.0.1 port=x").is_err());
-    }
-}
-
-/// A cluster of the team's own (staging) as a drill deployment: the
-/// scenarios' workloads run against the endpoints its settings name, and
-/// faults come from the team's own tools (Chaos Mesh, `tc`, stopping a
-/// node, pausing a standby's replay) while the drill runs; nothing here
-/// injects any. The scenario's regions are mapped onto the cluster's: its
-/// home region onto the region of the primary (or the first region of a
-/// CockroachDB cluster), the others onto the remaining regions in order.
-/// Each run writes a table of its own, which is left in place.
-#[derive(Clone, Debug)]
-pub struct PgCluster {
-    settings: crate::settings::PgSettings,
-    /// (scenario region, cluster region)
-    map: Vec<(String, String)>,
-    table: String,
-    backends: Arc<Mutex<HashMap<String, PgBackend>>>,
-}
-
-impl PgCluster {
-    /// The cluster `settings` describe, with `scenario_regions` (home
-    /// first) mapped onto its regions; the records go to `table`, created
-    /// if missing.
-    pub async fn connect(
-        settings: &crate::settings::PgSettings,
-        scenario_regions: &[&str],
-        table: &str,
-    ) -> Result<PgCluster, Error> {
-        // Every field checked, as a service would.
-        PgConfig::from_settings(settings)?;
-        let home = settings
-            .regions
-            .iter()
-            .find(|(_, s)| s.primary.is_some())
-            .map(|(r, _)| r.clone())
-            .or_else(|| settings.regions.keys().next().cloned())
-            .ok_or_else(|| failed("the cluster's settings name no region"))?;
-        let mut cluster: Vec<String> = vec![home.clone()];
-        cluster.extend(settings.regions.keys().filter(|r| **r != home).cloned());
-        if scenario_regions.len() > cluster.len() {
-            return Err(failed(format_args!(
-                "the scenario needs {} regions; the cluster has {} ({})",
-                scenario_regions.len(),
-                cluster.len(),
-                cluster.join(", ")
-            )));
-        }
-        let map = scenario_regions
-            .iter()
-            .zip(&cluster)
-            .map(|(s, c)| ((*s).to_owned(), c.clone()))
-            .collect();
-        let mut settings = settings.clone();
-        settings.table = table.to_owned();
-        settings.local = home;
-        PgBackend::new(PgConfig::from_settings(&settings)?)?
-            .create_schema()
-            .await?;
-        Ok(PgCluster {
-            settings,
-            map,
-            table: table.to_owned(),
-            backends: Arc::new(Mutex::new(HashMap::new())),
-        })
-    }
-
-    /// Which cluster region plays each scenario region.
-    pub fn mapping(&self) -> &[(String, String)] {
-        &self.map
-    }
-
-    /// The table this deployment's runs write.
-    pub fn table(&self) -> &str {
-        &self.table
-    }
-
-    fn cluster_region(&self, region: &str) -> Result<&str, Error> {
-        self.map
-            .iter()
-            .find(|(s, _)| s == region)
-            .map(|(_, c)| c.as_str())
-            .ok_or_else(|| failed(format_args!("the scenario region {region} is not mapped")))
-    }
-}
-
-impl Deployment for PgCluster {
-    type Backend = PgBackend;
-
-    fn regions(&self) -> Vec<String> {
-        self.map.iter().map(|(s, _)| s.clone()).collect()
-    }
-
-    fn at(&self, region: &str) -> Result<PgBackend, Error> {
-        let local = self.cluster_region(region)?.to_owned();
-        let mut backends = self.backends.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = backends.get(&local) {
-            return Ok(b.clone());
-        }
-        let mut settings = self.settings.clone();
-        settings.local = local.clone();
-        let backend = PgBackend::new(PgConfig::from_settings(&settings)?)?;
-        backends.insert(local, backend.clone());
-        Ok(backend)
-    }
-
-    fn clock(&self, region: &str) -> Result<Arc<dyn Clock>, Error> {
-        self.cluster_region(region)?;
-        Ok(Arc::new(SystemClock))
-    }
-
-    async fn apply(&self, _from: &FaultState, _to: &FaultState) -> Vec<Error> {
-        // The team's own tools inject the faults.
-        Vec::new()
-    }
-
-    fn unsupported(&self, windows: &[Window]) -> Vec<String> {
-        // Scheduled faults would silently not happen here.
-        windows
-            .iter()
-            .map(|w| format!("{} (faults come from your own tools)", w.fault.label()))
-            .collect()
-    }
-
-    fn home(&self) -> Option<String> {
-        self.map.first().map(|(s, _)| s.clone())
-    }
-
-    fn clock_offset(&self, region: &str) -> Option<i64> {
-        self.cluster_region(region).ok()?;
-        None
-    }
-
-    fn max_offset(&self) -> Duration {
-        Duration::from_millis(500)
     }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials};
 use quorate::drill::links::ClientLinks;
-use quorate::drill::{Deployment, Fault, FaultState, Window};
+use quorate::drill::{Deployment, Fault, FaultState, OwnCluster, Window};
 use quorate::{Clock, Error, Region, SystemClock};
 
 use crate::replicator::Replicator;
@@ -326,6 +326,57 @@ impl Deployment for DynamoDeployment {
     fn max_offset(&self) -> Duration {
         Duration::from_millis(500)
     }
+}
+
+/// A global table of the team's own (staging) as a drill deployment (see
+/// [`OwnCluster`]): the scenarios' workloads run against the table and
+/// regions the service's settings name, with the service's own AWS
+/// credentials (AWS's chain, each region's profile), while the team's own
+/// tools inject faults (AWS FIS pausing replication, a network policy).
+pub type DynamoCluster = OwnCluster<DynamoBackend>;
+
+/// The global table `settings` describe, with `scenario_regions` (home
+/// first) mapped onto its regions: the scenario's home onto the table's
+/// `home` region (the first region when none is set), the others onto the
+/// rest in name order. The table must exist (quorate creates no global
+/// table); every key and idempotency key the run writes begins with
+/// `key_prefix`, so that runs sharing the table never meet. Homes hashed
+/// over the regions are refused: the scenarios place their services
+/// around one home.
+pub async fn dynamo_cluster(
+    settings: &crate::settings::DynamoSettings,
+    scenario_regions: &[&str],
+    key_prefix: &str,
+) -> Result<DynamoCluster, Error> {
+    // Every field checked, as a service would.
+    DynamoConfig::from_settings(settings).await?;
+    let home = match settings.home.as_deref() {
+        Some("hashed") => {
+            return Err(failed(
+                "the drill's scenarios place their services around one home region; set [dynamodb] home to a region for the drill (or QUORATE__DYNAMODB__HOME)",
+            ))
+        }
+        Some(r) => r.to_owned(),
+        None => settings
+            .regions
+            .keys()
+            .next()
+            .cloned()
+            .ok_or_else(|| failed("the table's settings name no region"))?,
+    };
+    let mut cluster: Vec<String> = vec![home.clone()];
+    cluster.extend(settings.regions.keys().filter(|r| **r != home).cloned());
+    let map = OwnCluster::<DynamoBackend>::map_regions(scenario_regions, &cluster)?;
+    let mut backends = Vec::new();
+    for (_, local) in &map {
+        let mut settings = settings.clone();
+        settings.local = local.clone();
+        settings.home = Some(home.clone());
+        backends.push(DynamoBackend::new(
+            DynamoConfig::from_settings(&settings).await?,
+        )?);
+    }
+    OwnCluster::new(map, backends, key_prefix)
 }
 
 #[cfg(test)]

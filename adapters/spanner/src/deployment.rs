@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quorate::drill::links::{loopback, ClientLinks};
-use quorate::drill::{Deployment, Fault, FaultState, Window};
+use quorate::drill::{Deployment, Fault, FaultState, OwnCluster, Window};
 use quorate::{Clock, Error, Region, SystemClock};
 
 use crate::{SpannerBackend, SpannerConfig};
@@ -245,6 +245,44 @@ impl Deployment for SpannerDeployment {
         // panel needs a line, and no clock here moves.
         Duration::from_millis(7)
     }
+}
+
+/// A Spanner instance of the team's own (staging) as a drill deployment
+/// (see [`OwnCluster`]): the scenarios' workloads run against the database
+/// the service's settings name, with its own credentials, while the
+/// team's own tools inject faults.
+pub type SpannerCluster = OwnCluster<SpannerBackend>;
+
+/// The database `settings` describe, with `scenario_regions` (home first)
+/// mapped onto its regions in the order the settings list them: the
+/// scenario's home onto the first (list the default leader's region
+/// first), the others onto the rest. The records go to the settings' table (created
+/// if missing); every key and idempotency key the run writes begins with
+/// `key_prefix`, so that runs sharing the table never meet.
+pub async fn spanner_cluster(
+    settings: &crate::settings::SpannerSettings,
+    scenario_regions: &[&str],
+    key_prefix: &str,
+) -> Result<SpannerCluster, Error> {
+    // Every field checked, as a service would.
+    let config = SpannerConfig::from_settings(settings)?;
+    let cluster: Vec<String> = config
+        .regions
+        .iter()
+        .map(|r| r.as_str().to_owned())
+        .collect();
+    let map = OwnCluster::<SpannerBackend>::map_regions(scenario_regions, &cluster)?;
+    SpannerBackend::connect(config)
+        .await?
+        .create_tables()
+        .await?;
+    let mut backends = Vec::new();
+    for (_, local) in &map {
+        let mut settings = settings.clone();
+        settings.local = local.clone();
+        backends.push(SpannerBackend::connect(SpannerConfig::from_settings(&settings)?).await?);
+    }
+    OwnCluster::new(map, backends, key_prefix)
 }
 
 #[cfg(test)]

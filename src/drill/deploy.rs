@@ -193,6 +193,12 @@ impl FaultState {
     pub fn is_cut(&self, from: &str, to: &str) -> bool {
         self.cut.contains(&(from.to_owned(), to.to_owned()))
     }
+
+    /// Whether `region`'s node is down or paused: nothing it is sent is
+    /// answered until it is back.
+    pub fn is_down(&self, region: &str) -> bool {
+        self.crashed.contains(region) || self.paused.contains(region)
+    }
 }
 
 impl Deployment for Sim {

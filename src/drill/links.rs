@@ -24,30 +24,37 @@ pub fn loopback(host: &str, port: u16) -> Result<SocketAddr, crate::Error> {
 
 /// Sets `proxy`, which carries what clients in `client` send to the
 /// server of region `server`, to `state`: each direction blocked while
-/// that direction of the link is cut, both delayed by the link's latency.
+/// that direction of the link is cut or the server is down or paused
+/// ([`FaultState::is_down`]), both delayed by the link's latency with the
+/// simulator's jitter ([`SimConfig::jitter`]'s default share of it).
+///
+/// [`SimConfig::jitter`]: crate::sim::SimConfig::jitter
 pub fn steer_link(proxy: &CutProxy, state: &FaultState, client: &str, server: &str) {
     let latency = state.latency(client, server);
+    let jitter = latency.mul_f64(crate::sim::DEFAULT_JITTER);
+    let down = state.is_down(server);
     proxy.set_link(
         Direction::ToServer,
         Link {
             latency,
-            blocked: state.is_cut(client, server),
-            ..Link::default()
+            jitter,
+            blocked: down || state.is_cut(client, server),
         },
     );
     proxy.set_link(
         Direction::ToClient,
         Link {
             latency,
-            blocked: state.is_cut(server, client),
-            ..Link::default()
+            jitter,
+            blocked: down || state.is_cut(server, client),
         },
     );
 }
 
 /// A fault proxy from every client region to every region's server.
 /// Clients in a region reach their own region's server through a proxy
-/// too, which no fault touches (faults are between regions).
+/// too, which only the server's own faults touch (a node down or paused:
+/// faults between regions leave it alone).
 pub struct ClientLinks {
     regions: Vec<String>,
     /// `proxies[c][s]`: clients in region `c` to the server of region `s`.
@@ -95,6 +102,16 @@ impl ClientLinks {
         Some(self.proxies.get(c)?.get(s)?.addr())
     }
 
+    /// Ends every open connection to the server of the `s`-th region (in
+    /// the order they were started), as its crash does.
+    pub fn reset_server(&self, s: usize) {
+        for row in &self.proxies {
+            if let Some(proxy) = row.get(s) {
+                proxy.reset();
+            }
+        }
+    }
+
     /// Sets every link between two regions to `state`.
     pub fn steer(&self, state: &FaultState) {
         self.steer_named(&self.regions, state);
@@ -106,7 +123,7 @@ impl ClientLinks {
     pub fn steer_named(&self, names: &[String], state: &FaultState) {
         for (c, row) in self.proxies.iter().enumerate() {
             for (s, proxy) in row.iter().enumerate() {
-                if let (true, Some(from), Some(to)) = (c != s, names.get(c), names.get(s)) {
+                if let (Some(from), Some(to)) = (names.get(c), names.get(s)) {
                     steer_link(proxy, state, from, to);
                 }
             }

@@ -68,6 +68,10 @@ pub enum Replication {
     MultiWriter,
 }
 
+/// The default [`SimConfig::jitter`]: a link's latency varies by up to a
+/// tenth of it. The real-server fault layer gives its links the same.
+pub const DEFAULT_JITTER: f64 = 0.1;
+
 /// The simulated system's parameters.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -153,7 +157,7 @@ impl SimConfig {
             hashed_homes: false,
             lease_duration: Duration::from_secs(2),
             request_timeout: Duration::from_secs(1),
-            jitter: 0.1,
+            jitter: DEFAULT_JITTER,
             seed: 1,
         })
     }

@@ -16,11 +16,13 @@
 //! | clock skew of a standby | `scripts/pg skew` (libfaketime, changeable while it runs) |
 //! | a standby's node down | `scripts/pg crash-standby` (immediate shutdown), `start-standby` when the window ends |
 //! | a standby's node paused | `scripts/pg pause-standby` (SIGSTOP of its processes), `resume-standby` |
+//! | the primary down | every link to it, its own region's clients' included, holds its bytes, and every session to it ends (the proxies reset their connections: the server aborts what was in flight, or commits it with its answer lost, as in a crash); its data stays, as after a crash's recovery |
+//! | the primary paused | every link to it holds its bytes until it resumes (the process keeps running: what it does on its own, such as timeouts, goes on) |
 //!
-//! Clock drift, lease moves and faults of the primary itself (its clock,
-//! replay, crash or pause) are refused before a run starts
-//! ([`Deployment::unsupported`]), not approximated. Clients in every region
-//! share this machine's clock.
+//! Latency comes with the simulator's jitter. Clock drift, lease moves
+//! and the primary's own clock and replay are refused before a run starts
+//! ([`Deployment::unsupported`]), not approximated. Clients in every
+//! region share this machine's clock.
 //!
 //! Everything is put back by [`PgDeployment::restore`], or when the last
 //! handle is dropped: the links healed, every standby streaming straight
@@ -407,6 +409,17 @@ async fn streaming_from(standby: &str, port: u16) -> Result<(), Error> {
 impl Links {
     /// Sets the proxies to `state`'s links, the servers' regions named
     /// `names`.
+    /// Ends every session to the primary: the clients' connections and
+    /// the standbys' replication streams.
+    fn end_primary_sessions(&self) {
+        if let Some(clients) = &self.clients {
+            clients.reset_server(0);
+        }
+        for proxy in &self.replication {
+            proxy.reset();
+        }
+    }
+
     fn steer(&self, names: &[String], state: &FaultState) {
         let Some(home) = names.first() else {
             return;
@@ -694,7 +707,15 @@ impl Deployment for PgDeployment {
     }
 
     async fn apply(&self, from: &FaultState, to: &FaultState) -> Vec<Error> {
+        // A primary down or paused answers nothing: its links hold every
+        // byte (steer). Down, its sessions end too: what was in flight is
+        // aborted by the server, or committed with its answer lost, as in
+        // a crash.
         self.links.steer(&self.names, to);
+        let home = &self.names[0];
+        if to.crashed.contains(home) && !from.crashed.contains(home) {
+            self.links.end_primary_sessions();
+        }
         self.links.replay(&self.names, from, to).await
     }
 
@@ -704,8 +725,9 @@ impl Deployment for PgDeployment {
         let mut refused = Vec::new();
         for w in windows {
             let why = match w.fault {
-                Fault::Crash(r) if r == home => Some("crashing the primary"),
-                Fault::Pause(r) if r == home => Some("pausing the primary"),
+                Fault::Crash(r) | Fault::Pause(r) if r == home && self.links.clients.is_none() => {
+                    Some("stopping the primary without its fault proxies")
+                }
                 Fault::Crash(_) | Fault::Pause(_) if self.links.script.is_none() => {
                     Some("stopping a standby without scripts/pg")
                 }

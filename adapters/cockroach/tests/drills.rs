@@ -518,3 +518,75 @@ async fn a_standby_crashes_and_pauses_and_comes_back() {
     deployment.restore().await.expect("restored");
     assert!(answers(s[2].clone()).await, "standby 2 runs again");
 }
+
+/// The primary's own crash and pause, steered through the deployment as
+/// the runner does: every link to it holds its bytes (its own region's
+/// clients' too), a crash also ends every session to it, and writes go
+/// through again once the window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_goes_down_and_pauses_through_its_links() {
+    use quorate_cockroach::deployment::{PgDeployment, PgServers};
+    use quorate_cockroach::drill::{Deployment, FaultState};
+    let Some(_) = common::servers() else { return };
+    let _serial = SERIAL.lock().await;
+    let servers = PgServers::from_env().expect("the servers' environment");
+    let base = PgDeployment::start(&servers, &["eu-west", "us-east", "ap-south"])
+        .await
+        .expect("the fault layer starts");
+    let table = common::key("drill_primary").replace('-', "_");
+    let deployment = base.with_table(&table).await.expect("a fresh table");
+    let client = |region: &str| {
+        let config = ClientConfig {
+            write_deadline: Duration::from_millis(1500),
+            ..ClientConfig::default()
+        };
+        Client::new(deployment.at(region).unwrap(), config).unwrap()
+    };
+    let (eu, us) = (client("eu-west"), client("us-east"));
+    let writes = |c: &Client<PgBackend>, n: u32| {
+        let c = c.clone();
+        async move {
+            let s = c.session();
+            c.write(
+                &s,
+                &format!("k{n}"),
+                "v".into(),
+                Precondition::Any,
+                &WriteOptions::default(),
+            )
+            .await
+            .is_ok()
+        }
+    };
+    assert!(writes(&eu, 1).await && writes(&us, 2).await, "up");
+    let clear = FaultState::default();
+    for (n, fault) in ["crashed", "paused"].into_iter().enumerate() {
+        let mut down = FaultState::default();
+        match fault {
+            "crashed" => down.crashed.insert("eu-west".to_owned()),
+            _ => down.paused.insert("eu-west".to_owned()),
+        };
+        assert!(deployment.apply(&clear, &down).await.is_empty());
+        let n = 10 * (n as u32 + 1);
+        assert!(
+            !writes(&us, n).await,
+            "{fault}: nothing reaches the primary"
+        );
+        assert!(
+            !writes(&eu, n + 1).await,
+            "{fault}: not even from its own region"
+        );
+        assert!(deployment.apply(&down, &clear).await.is_empty());
+        let back = async {
+            for attempt in 0..20 {
+                if writes(&eu, n + 2 + attempt).await && writes(&us, n + 3 + attempt).await {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            false
+        };
+        assert!(back.await, "{fault}: writes go through once it is back");
+    }
+    base.restore().await.expect("the servers are put back");
+}

@@ -884,3 +884,65 @@ fn the_nemesis_draws_multi_writer_schedules_for_a_multi_writer_database() {
         "the simulator's own draws stay mostly consensus"
     );
 }
+
+/// A deployment whose writes are coordinated in another region than the
+/// scenario's home is refused before anything runs: the scenario's
+/// services are placed around its home.
+#[tokio::test(start_paused = true)]
+async fn a_deployment_with_another_home_is_refused() {
+    let scenario = scenario("isolation-latency");
+    let mut system = scenario.simulated_system(1);
+    system.home = quorate::Region::new("us-east").unwrap();
+    let elsewhere = quorate::sim::Sim::new(system).unwrap();
+    let refused = drill::run_deployed(
+        &elsewhere,
+        &scenario,
+        Configuration::Strict,
+        1,
+        &drill::Variant::default(),
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(quorate::Error::InvalidInput(m))
+            if m.contains("home region eu-west") && m.contains("home is us-east")),
+        "{:?}",
+        refused.map(|r| r.report.ops)
+    );
+}
+
+/// A cluster of the team's own gives each run a key prefix: every key and
+/// idempotency key of the history carries it, and the run is judged as
+/// any other.
+#[tokio::test(start_paused = true)]
+async fn runs_on_a_shared_table_write_under_their_own_prefix() {
+    let system = scenario("isolation-latency").simulated_system(1);
+    let sim = quorate::sim::Sim::new(system.clone()).unwrap();
+    let home = system.home.as_str().to_owned();
+    let mut regions = vec![home.clone()];
+    regions.extend(
+        system
+            .regions
+            .iter()
+            .map(|r| r.as_str().to_owned())
+            .filter(|r| *r != home),
+    );
+    let names: Vec<&str> = regions.iter().map(String::as_str).collect();
+    let map = drill::OwnCluster::<quorate::sim::Sim>::map_regions(&names, &regions).unwrap();
+    let backends = vec![sim; map.len()];
+    let own = drill::OwnCluster::new(map, backends, "run-7/").unwrap();
+    let mut scenario = drill::scenarios_on::<drill::OwnCluster<quorate::sim::Sim>>().remove(0);
+    scenario.windows.clear();
+    let run = drill::run_deployed(
+        &own,
+        &scenario,
+        Configuration::Strict,
+        1,
+        &drill::Variant::default(),
+    )
+    .await
+    .unwrap();
+    assert!(run.report.ops > 100 && run.report.total() == 0);
+    assert!(run.events.iter().all(|e| e.key.starts_with("run-7/acct:")));
+    let idems: Vec<&String> = run.events.iter().filter_map(|e| e.idem.as_ref()).collect();
+    assert!(!idems.is_empty() && idems.iter().all(|i| i.starts_with("run-7/")));
+}

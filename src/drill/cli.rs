@@ -127,6 +127,40 @@ fn strict_clean(results: &[super::RunResult]) -> bool {
     strict.peek().is_some() && strict.all(super::RunResult::passed)
 }
 
+/// The arguments, or the exit code when there is nothing to run (0 after
+/// `--help`, 2 with the usage after bad arguments).
+fn parsed(
+    args: impl IntoIterator<Item = String>,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> Result<Args, u8> {
+    match parse_args(args) {
+        Ok(a) if a.help => {
+            let _ = writeln!(out, "{USAGE}");
+            Err(0)
+        }
+        Ok(a) => Ok(a),
+        Err(e) => {
+            let _ = writeln!(err, "drill: {e}\n{USAGE}");
+            Err(2)
+        }
+    }
+}
+
+/// Writes the HTML report of `results` to `path`, if asked; exit code 2
+/// when it cannot.
+fn write_report(
+    path: Option<&Path>,
+    results: &[super::RunResult],
+    err: &mut impl Write,
+) -> Result<(), u8> {
+    let Some(path) = path else { return Ok(()) };
+    std::fs::write(path, html_report(results)).map_err(|e| {
+        let _ = writeln!(err, "drill: cannot write {}: {e}", path.display());
+        2
+    })
+}
+
 /// Runs the command: 0 when the drill passes, 1 when it does not, 2 for
 /// bad arguments or files that cannot be written.
 pub fn main(
@@ -134,16 +168,9 @@ pub fn main(
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> u8 {
-    let args = match parse_args(args) {
-        Ok(a) if a.help => {
-            let _ = writeln!(out, "{USAGE}");
-            return 0;
-        }
+    let args = match parsed(args, out, err) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = writeln!(err, "drill: {e}\n{USAGE}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     if let Some(seeds) = args.nemesis {
         return nemesis(&args, seeds, out, err);
@@ -167,11 +194,8 @@ pub fn main(
             }
         }
     }
-    if let Some(path) = &args.report {
-        if let Err(e) = std::fs::write(path, html_report(&results)) {
-            let _ = writeln!(err, "drill: cannot write {}: {e}", path.display());
-            return 2;
-        }
+    if let Err(code) = write_report(args.report.as_deref(), &results, err) {
+        return code;
     }
     let _ = if args.json {
         writeln!(out, "{}", to_json(&results))
@@ -220,11 +244,8 @@ fn nemesis(args: &Args, seeds: u64, out: &mut impl Write, err: &mut impl Write) 
         let _ = writeln!(err, "drill: {e}");
         return 2;
     }
-    if let Some(path) = &args.report {
-        if let Err(e) = std::fs::write(path, html_report(&kept)) {
-            let _ = writeln!(err, "drill: cannot write {}: {e}", path.display());
-            return 2;
-        }
+    if let Err(code) = write_report(args.report.as_deref(), &kept, err) {
+        return code;
     }
     if args.json {
         #[derive(serde::Serialize)]
@@ -336,16 +357,9 @@ where
     Fut: std::future::Future<Output = Result<D, Error>>,
 {
     use super::{nemesis, run_deployed, scenarios_on, Configuration};
-    let args = match parse_args(args) {
-        Ok(a) if a.help => {
-            let _ = writeln!(out, "{USAGE}");
-            return 0;
-        }
+    let args = match parsed(args, out, err) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = writeln!(err, "drill: {e}\n{USAGE}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     if args.markdown {
         let _ = writeln!(err, "drill: --markdown is for the simulator's drills");
@@ -369,24 +383,20 @@ where
         Some(seeds) => (args.options.seed..args.options.seed + seeds)
             .map(|seed| (format!("nemesis-{seed}"), nemesis::scenario_on::<D>(seed)))
             .collect(),
-        None => {
-            let all = scenarios_on::<D>();
-            if let Some(name) = &args.options.scenario {
-                if !all.iter().any(|s| s.name == name) {
-                    let names: Vec<&str> = all.iter().map(|s| s.name).collect();
-                    let _ = writeln!(
-                        err,
-                        "drill: unknown scenario {name:?}; scenarios: {}",
-                        names.join(", ")
-                    );
-                    return 2;
-                }
-            }
-            all.into_iter()
-                .filter(|s| args.options.scenario.as_deref().is_none_or(|n| n == s.name))
+        None => match super::select(scenarios_on::<D>(), args.options.scenario.as_deref()) {
+            Ok(selected) => selected
+                .into_iter()
                 .map(|s| (s.name.to_owned(), s))
-                .collect()
-        }
+                .collect(),
+            Err(e) => {
+                let message = match e {
+                    Error::InvalidInput(m) => m,
+                    other => other.to_string(),
+                };
+                let _ = writeln!(err, "drill: {message}");
+                return 2;
+            }
+        },
     };
     if let Some(duration) = how.own_faults {
         for (_, scenario) in &mut selected {
@@ -478,11 +488,8 @@ where
             results.push(run);
         }
     }
-    if let Some(path) = &args.report {
-        if let Err(e) = std::fs::write(path, html_report(&results)) {
-            let _ = writeln!(err, "drill: cannot write {}: {e}", path.display());
-            return 2;
-        }
+    if let Err(code) = write_report(args.report.as_deref(), &results, err) {
+        return code;
     }
     if args.json {
         let mut json = to_json(&results);

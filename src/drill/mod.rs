@@ -280,23 +280,8 @@ pub fn verdict(results: &[RunResult]) -> bool {
 /// Runs the selected scenarios, naive then strict, each on its own paused
 /// runtime (virtual time: deterministic by seed, seconds of wall time).
 pub fn run_all(options: &DrillOptions) -> Result<Vec<RunResult>, Error> {
-    let all = scenarios();
-    let selected: Vec<&Scenario> = match &options.scenario {
-        None => all.iter().collect(),
-        Some(name) => {
-            let found: Vec<&Scenario> = all.iter().filter(|s| s.name == name).collect();
-            if found.is_empty() {
-                let names: Vec<&str> = all.iter().map(|s| s.name).collect();
-                return Err(Error::InvalidInput(format!(
-                    "unknown scenario {name:?}; scenarios: {}",
-                    names.join(", ")
-                )));
-            }
-            found
-        }
-    };
     let mut results = Vec::new();
-    for scenario in selected {
+    for scenario in &select(scenarios(), options.scenario.as_deref())? {
         for config in [Configuration::Naive, Configuration::Strict] {
             results.push(run_variant(
                 scenario,
@@ -307,6 +292,23 @@ pub fn run_all(options: &DrillOptions) -> Result<Vec<RunResult>, Error> {
         }
     }
     Ok(results)
+}
+
+/// The scenario named `name` of `all` (every one without a name), or an
+/// error naming the scenarios there are.
+fn select<D: Deployment>(
+    all: Vec<Scenario<D>>,
+    name: Option<&str>,
+) -> Result<Vec<Scenario<D>>, Error> {
+    let Some(name) = name else { return Ok(all) };
+    if !all.iter().any(|s| s.name == name) {
+        let names: Vec<&str> = all.iter().map(|s| s.name).collect();
+        return Err(Error::InvalidInput(format!(
+            "unknown scenario {name:?}; scenarios: {}",
+            names.join(", ")
+        )));
+    }
+    Ok(all.into_iter().filter(|s| s.name == name).collect())
 }
 
 /// Runs one scenario under one configuration.

@@ -3,6 +3,20 @@
 
 use std::process::Command;
 
+/// `quorate drill --backend dynamodb ARGS`: exit code, stdout, stderr.
+fn drill(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args(["drill", "--backend", "dynamodb"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn the_partition_scenario_runs_on_dynamodb_local_from_the_command_line() {
     let Some([_endpoint]) = quorate::conformance::server_env(
@@ -12,20 +26,8 @@ fn the_partition_scenario_runs_on_dynamodb_local_from_the_command_line() {
     ) else {
         return;
     };
-    let out = Command::new(env!("CARGO_BIN_EXE_quorate"))
-        .args([
-            "drill",
-            "--backend",
-            "dynamodb",
-            "--scenario",
-            "partition-global-tables",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let (code, stdout, stderr) = drill(&["--scenario", "partition-global-tables", "--json"]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
     assert_eq!(json["backend"], "dynamodb");
     let runs = json["scenarios"].as_array().unwrap();
@@ -42,18 +44,8 @@ fn the_partition_scenario_runs_on_dynamodb_local_from_the_command_line() {
         .values()
         .all(|v| v == 0));
     // A scenario it cannot fault is refused by name, and nothing runs.
-    let out = Command::new(env!("CARGO_BIN_EXE_quorate"))
-        .args([
-            "drill",
-            "--backend",
-            "dynamodb",
-            "--scenario",
-            "clock-skew-600ms",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let (code, stdout, _) = drill(&["--scenario", "clock-skew-600ms"]);
+    assert_eq!(code, Some(1), "{stdout}");
     assert!(
         stdout.contains(
             "clock-skew-600ms: not run on dynamodb, which cannot make: ap-south clock +300 ms"
@@ -63,22 +55,9 @@ fn the_partition_scenario_runs_on_dynamodb_local_from_the_command_line() {
 
     // Two of the nemesis's random schedules, with what DynamoDB Local
     // cannot make left out by name: every strict run clean.
-    let out = Command::new(env!("CARGO_BIN_EXE_quorate"))
-        .args([
-            "drill",
-            "--backend",
-            "dynamodb",
-            "--nemesis",
-            "2",
-            "--seed",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stdout, stderr) = drill(&["--nemesis", "2", "--seed", "1"]);
     println!("{stdout}");
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(
         stdout.contains("nemesis on dynamodb: 2 of 2 seeds run") && stdout.contains("PASS"),
         "{stdout}"

@@ -619,6 +619,23 @@ fn owned(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
 }
 
+/// `drill --backend NAME ARGS` on the deployments `fresh` makes: the exit
+/// code, the output and the errors.
+async fn deployed<D, F, Fut>(backend: &str, args: &[&str], fresh: F) -> (u8, String, String)
+where
+    D: drill::Deployment,
+    F: FnMut(cli::RunSpec) -> Fut,
+    Fut: std::future::Future<Output = Result<D, quorate::Error>>,
+{
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = drill::cli::main_deployed(backend, owned(args), fresh, &mut out, &mut err).await;
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
 /// `drill --backend` drives any deployment through the same runner: given
 /// fresh simulators, it makes the simulator's own runs.
 #[tokio::test(start_paused = true)]
@@ -631,17 +648,10 @@ async fn the_deployed_command_runs_the_scenarios_on_the_deployment_it_is_given()
             .expect("a run of a known scenario");
         quorate::sim::Sim::new(scenario.simulated_system(1))
     };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = drill::cli::main_deployed(
-        "sim",
-        owned(&["--scenario", "isolation-latency", "--json"]),
-        fresh,
-        &mut out,
-        &mut err,
-    )
-    .await;
-    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
-    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let (code, out, err) =
+        deployed("sim", &["--scenario", "isolation-latency", "--json"], fresh).await;
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["backend"], "sim");
     let runs = json["scenarios"].as_array().expect("the runs");
     assert_eq!(runs.len(), 2);
@@ -715,16 +725,8 @@ async fn scenarios_a_deployment_cannot_fault_are_named_not_run() {
             Claim::CannotIsolate,
         ))
     };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = drill::cli::main_deployed(
-        "no-isolation",
-        owned(&["--scenario", "isolation-latency"]),
-        fresh,
-        &mut out,
-        &mut err,
-    )
-    .await;
-    let out = String::from_utf8(out).unwrap();
+    let (code, out, _) =
+        deployed("no-isolation", &["--scenario", "isolation-latency"], fresh).await;
     assert_eq!(code, 1, "nothing ran: {out}");
     assert!(
         out.contains(
@@ -764,16 +766,7 @@ async fn a_claim_that_the_database_prevents_the_anomaly_is_tested() {
             Claim::PreventsStaleReads,
         ))
     };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = drill::cli::main_deployed(
-        "claiming",
-        owned(&["--scenario", "isolation-latency"]),
-        fresh,
-        &mut out,
-        &mut err,
-    )
-    .await;
-    let out = String::from_utf8(out).unwrap();
+    let (code, out, _) = deployed("claiming", &["--scenario", "isolation-latency"], fresh).await;
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("FAIL: shows stale-read, said to be prevented"),
@@ -815,17 +808,13 @@ async fn nemesis_schedules_run_on_a_deployment_without_what_it_cannot_make() {
     let Some(seed) = isolating else {
         panic!("no schedule of seeds 1 to 60 isolates a region");
     };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = drill::cli::main_deployed(
+    let (code, out, err) = deployed(
         "no-isolation",
-        owned(&["--nemesis", "1", "--seed", &seed.to_string()]),
+        &["--nemesis", "1", "--seed", &seed.to_string()],
         fresh,
-        &mut out,
-        &mut err,
     )
     .await;
-    let out = String::from_utf8(out).unwrap();
-    assert_eq!(code, 0, "{out}\n{}", String::from_utf8_lossy(&err));
+    assert_eq!(code, 0, "{out}\n{err}");
     let prefix = format!("nemesis-{seed}: ran without what no-isolation cannot make: ");
     let line = out
         .lines()

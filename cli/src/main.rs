@@ -6,7 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Arg, Command};
 
-#[cfg(any(feature = "postgres", feature = "dynamodb", feature = "spanner"))]
+// Read for every backend; run only by the ones built in.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "dynamodb", feature = "spanner")),
+    allow(dead_code)
+)]
 mod cluster;
 
 fn passthrough(name: &'static str, about: &'static str) -> Command {
@@ -30,7 +34,7 @@ fn command() -> Command {
         .arg_required_else_help(true)
         .subcommand(passthrough(
             "drill",
-            "Every chaos drill, naive and strict (exit 0: strict clean, naive exposes its anomaly; 1: not; 2: bad arguments). `quorate drill --help` lists the options. With the `postgres`, `dynamodb` or `spanner` feature, `--backend NAME` runs the scenarios on the servers of scripts/pg, scripts/dynamodb or scripts/spanner, and `--backend postgres --cluster FILE --not-production [--duration D] [--strict-only]` runs their workloads on a cluster of your own while your tools inject faults (docs/runbook-cluster-drill.md).",
+            "Every chaos drill, naive and strict (exit 0: strict clean, naive exposes its anomaly; 1: not; 2: bad arguments). `quorate drill --help` lists the options. With the `postgres`, `dynamodb` or `spanner` feature, `--backend NAME` runs the scenarios on the servers of scripts/pg, scripts/dynamodb or scripts/spanner, and `--backend NAME --cluster FILE --not-production [--duration D] [--strict-only]` runs their workloads on a cluster of your own while your tools inject faults (docs/runbook-cluster-drill.md).",
         ))
         .subcommand(passthrough(
             "check",
@@ -74,10 +78,17 @@ fn backend(mut args: Vec<String>) -> u8 {
         return 2;
     }
     let name = args.remove(at);
+    let own = match cluster::Own::take(&mut args) {
+        Ok(own) => own,
+        Err(e) => {
+            eprintln!("drill: {e}");
+            return 2;
+        }
+    };
     match name.as_str() {
-        "postgres" => postgres(args),
-        "dynamodb" => dynamodb(args),
-        "spanner" => spanner(args),
+        "postgres" => postgres(args, own),
+        "dynamodb" => dynamodb(args, own),
+        "spanner" => spanner(args, own),
         other => {
             eprintln!("drill: unknown backend {other:?}; backends: postgres, dynamodb, spanner");
             2
@@ -104,13 +115,15 @@ fn on_runtime(drill: impl std::future::Future<Output = u8>) -> u8 {
 /// table's.
 #[cfg(any(feature = "postgres", feature = "dynamodb", feature = "spanner"))]
 fn table_names(prefix: &'static str) -> impl FnMut() -> String {
+    // Two drills started in the same second differ by process.
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let pid = std::process::id();
     let mut runs = 0u32;
     move || {
         runs += 1;
-        format!("{prefix}{stamp}_{runs}")
+        format!("{prefix}{stamp}_{pid}_{runs}")
     }
 }
 
@@ -141,7 +154,7 @@ impl Stop {
 }
 
 #[cfg(not(feature = "dynamodb"))]
-fn dynamodb(_: Vec<String>) -> u8 {
+fn dynamodb(_: Vec<String>, _: Option<cluster::Own>) -> u8 {
     eprintln!(
         "drill: this quorate was built without DynamoDB; install it with `cargo install quorate-cli --features dynamodb`"
     );
@@ -152,15 +165,10 @@ fn dynamodb(_: Vec<String>) -> u8 {
 /// by `QUORATE_DYNAMODB_ENDPOINT`): three regions joined by the
 /// replicator, fresh tables per run.
 #[cfg(feature = "dynamodb")]
-fn dynamodb(mut args: Vec<String>) -> u8 {
+fn dynamodb(args: Vec<String>, own: Option<cluster::Own>) -> u8 {
     use quorate_dynamodb::deployment::DynamoDeployment;
-    match cluster::Own::take(&mut args) {
-        Ok(Some(own)) => return dynamodb_cluster(own, args),
-        Ok(None) => {}
-        Err(e) => {
-            eprintln!("drill: {e}");
-            return 2;
-        }
+    if let Some(own) = own {
+        return dynamodb_cluster(own, args);
     }
     let Ok(endpoint) = std::env::var("QUORATE_DYNAMODB_ENDPOINT") else {
         eprintln!(
@@ -190,7 +198,7 @@ fn dynamodb(mut args: Vec<String>) -> u8 {
 }
 
 #[cfg(not(feature = "spanner"))]
-fn spanner(_: Vec<String>) -> u8 {
+fn spanner(_: Vec<String>, _: Option<cluster::Own>) -> u8 {
     eprintln!(
         "drill: this quorate was built without Spanner; install it with `cargo install quorate-cli --features spanner`"
     );
@@ -201,15 +209,10 @@ fn spanner(_: Vec<String>) -> u8 {
 /// `SPANNER_EMULATOR_HOST` and `QUORATE_SPANNER_DATABASE`), standing in
 /// each run's home region, a fresh table per run.
 #[cfg(feature = "spanner")]
-fn spanner(mut args: Vec<String>) -> u8 {
+fn spanner(args: Vec<String>, own: Option<cluster::Own>) -> u8 {
     use quorate_spanner::deployment::SpannerDeployment;
-    match cluster::Own::take(&mut args) {
-        Ok(Some(own)) => return spanner_cluster(own, args),
-        Ok(None) => {}
-        Err(e) => {
-            eprintln!("drill: {e}");
-            return 2;
-        }
+    if let Some(own) = own {
+        return spanner_cluster(own, args);
     }
     let (Ok(emulator), Ok(database)) = (
         std::env::var("SPANNER_EMULATOR_HOST"),
@@ -268,7 +271,7 @@ where
 }
 
 #[cfg(not(feature = "postgres"))]
-fn postgres(_: Vec<String>) -> u8 {
+fn postgres(_: Vec<String>, _: Option<cluster::Own>) -> u8 {
     eprintln!(
         "drill: this quorate was built without PostgreSQL; install it with `cargo install quorate-cli --features postgres`"
     );
@@ -278,15 +281,10 @@ fn postgres(_: Vec<String>) -> u8 {
 /// The scenarios on the servers `scripts/pg start` runs (named by its
 /// environment), a fresh table per run.
 #[cfg(feature = "postgres")]
-fn postgres(mut args: Vec<String>) -> u8 {
+fn postgres(args: Vec<String>, own: Option<cluster::Own>) -> u8 {
     use quorate_cockroach::deployment::{PgDeployment, PgServers};
-    match cluster::Own::take(&mut args) {
-        Ok(Some(own)) => return postgres_cluster(own, args),
-        Ok(None) => {}
-        Err(e) => {
-            eprintln!("drill: {e}");
-            return 2;
-        }
+    if let Some(own) = own {
+        return postgres_cluster(own, args);
     }
     let Some(servers) = PgServers::from_env() else {
         eprintln!(

@@ -555,8 +555,10 @@ async fn apply_faults<D: Deployment>(
         tokio::time::sleep_until(start + at).await;
         sample(at);
         let next = FaultState::at(&windows, at, &regions, &home);
-        let failed = deployment.apply(&state, &next).await;
+        // The time the change began: a proxy's faults hold from then on, a
+        // statement's once it has answered (within the same boundary).
         let time = applied.recorder.now();
+        let failed = deployment.apply(&state, &next).await;
         let error = (!failed.is_empty()).then(|| {
             let all: Vec<String> = failed.iter().map(Error::to_string).collect();
             all.join("; ")

@@ -56,6 +56,32 @@ impl<B> OwnCluster<B> {
             .collect())
     }
 
+    /// The deployment for a scenario with `scenario` regions (its home
+    /// first) on a cluster with `regions`, whose home is `home`: the
+    /// scenario's home plays the cluster's, the others the rest in
+    /// order ([`OwnCluster::map_regions`]), and `backend` makes a client's
+    /// backend in each cluster region that plays one.
+    pub async fn connect<F, Fut>(
+        scenario: &[&str],
+        home: &str,
+        regions: &[String],
+        key_prefix: &str,
+        mut backend: F,
+    ) -> Result<OwnCluster<B>, Error>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = Result<B, Error>>,
+    {
+        let mut cluster = vec![home.to_owned()];
+        cluster.extend(regions.iter().filter(|r| *r != home).cloned());
+        let map = Self::map_regions(scenario, &cluster)?;
+        let mut backends = Vec::with_capacity(map.len());
+        for (_, region) in &map {
+            backends.push(backend(region.clone()).await?);
+        }
+        OwnCluster::new(map, backends, key_prefix)
+    }
+
     /// The deployment: `backends[i]` is a client's backend in the cluster
     /// region `map[i]` plays; every key and idempotency key of its run
     /// begins with `key_prefix` (so that runs sharing a table never meet).

@@ -93,6 +93,11 @@ pub struct Report {
     /// of the JSON report.
     #[serde(skip)]
     pub flagged: Vec<bool>,
+    /// The history's fault lines that say a fault could not be applied
+    /// (`line N: start eu-west isolated: why`): the drill that recorded
+    /// them did not run its scenario as written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fault_errors: Vec<String>,
 }
 
 impl Report {
@@ -114,6 +119,15 @@ impl Report {
         for name in ANOMALIES {
             let n = self.anomalies.get(name).copied().unwrap_or(0);
             let _ = writeln!(s, "  {name:<22} {n}");
+        }
+        if !self.fault_errors.is_empty() {
+            let _ = writeln!(
+                s,
+                "faults that could not be applied (the drill did not run as written):"
+            );
+            for e in &self.fault_errors {
+                let _ = writeln!(s, "  {e}");
+            }
         }
         for ex in &self.examples {
             let _ = writeln!(s, "\n{} on {}: {}", ex.anomaly, ex.key, ex.explanation);
@@ -267,6 +281,8 @@ struct Builder {
     sessions: Interner,
     idems: Interner,
     regions: Interner,
+    /// Fault lines with an error, as the report shows them.
+    fault_errors: Vec<String>,
 }
 
 /// An operation invoked and not yet completed.
@@ -279,6 +295,18 @@ struct Open {
 }
 
 impl EventSink for Builder {
+    fn fault(&mut self, line: usize, f: super::FaultEvent) -> Result<(), String> {
+        if let Some(e) = f.error {
+            let phase = match f.nemesis {
+                super::FaultPhase::Start => "start",
+                super::FaultPhase::Stop => "stop",
+            };
+            self.fault_errors
+                .push(format!("line {line}: {phase} {}: {e}", f.fault));
+        }
+        Ok(())
+    }
+
     fn event(&mut self, line: usize, e: ParsedEvent<'_>) -> Result<(), String> {
         if e.kind == EventType::Invoke {
             if let Some(open) = self.open.get(&e.process) {
@@ -650,6 +678,7 @@ fn analyse(b: &Builder) -> Report {
         anomalies,
         examples: f.examples,
         flagged: f.flagged,
+        fault_errors: b.fault_errors.clone(),
     }
 }
 

@@ -26,8 +26,8 @@
 //!
 //! A drill also records each fault it brings in force and lifts, as a
 //! line of its own (Jepsen's `:nemesis` process): `nemesis` is `start` or
-//! `stop`, `fault` names it, `error` (optional) says why it could not be
-//! applied. The checks read and validate these lines and judge only the
+//! `stop`, `fault` names it, `time` is when the change began, and `error`
+//! (optional) says what could not be applied at that moment. The checks read and validate these lines and judge only the
 //! operations; the EDN export passes them on as `:nemesis` events.
 //!
 //! ```text
@@ -269,12 +269,14 @@ pub struct FaultEvent {
     pub nemesis: FaultPhase,
     /// The fault, as reports label it (`eu-west isolated`).
     pub fault: String,
-    /// Why the fault could not be brought in force or lifted, if it could
-    /// not: the run then did not run its scenario.
+    /// What could not be applied at this boundary, if anything (this
+    /// fault, or another changed at the same moment: a deployment applies
+    /// a boundary's changes together): the run then did not run its
+    /// scenario.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Nanoseconds of the recorder's monotonic clock, once the change was
-    /// made.
+    /// Nanoseconds of the recorder's monotonic clock when the change
+    /// began (as Jepsen's nemesis records its invoke).
     pub time: u64,
 }
 
@@ -575,17 +577,21 @@ pub fn write_jsonl_with_faults(
     events: &[Event],
     faults: &[FaultEvent],
 ) -> std::io::Result<()> {
-    let mut faults = faults.iter().peekable();
-    for e in events {
-        while let Some(f) = faults.next_if(|f| f.time < e.time) {
-            serde_json::to_writer(&mut out, f)?;
-            out.write_all(b"\n")?;
+    // Stable: events of one time keep their order, and come before the
+    // fault lines of that time.
+    let mut lines: Vec<(u64, bool, usize)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.time, false, i))
+        .chain(faults.iter().enumerate().map(|(i, f)| (f.time, true, i)))
+        .collect();
+    lines.sort_by_key(|&(time, fault, _)| (time, fault));
+    for (_, fault, i) in lines {
+        if fault {
+            serde_json::to_writer(&mut out, &faults[i])?;
+        } else {
+            serde_json::to_writer(&mut out, &events[i])?;
         }
-        serde_json::to_writer(&mut out, e)?;
-        out.write_all(b"\n")?;
-    }
-    for f in faults {
-        serde_json::to_writer(&mut out, f)?;
         out.write_all(b"\n")?;
     }
     out.flush()
@@ -671,6 +677,20 @@ mod tests {
         let mut sink = Both(0, Vec::new());
         parse(text.as_bytes(), &mut sink).unwrap();
         assert_eq!(sink.0, 2);
+        // The checker judges the operations and names the fault that
+        // could not be applied.
+        let report = check(text.as_bytes()).unwrap();
+        assert_eq!((report.ops, report.total()), (1, 0));
+        assert_eq!(
+            report.fault_errors,
+            ["line 3: stop eu-west isolated: proxy gone"]
+        );
+        assert!(report.render().contains("could not be applied"));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["fault_errors"][0],
+            "line 3: stop eu-west isolated: proxy gone"
+        );
         assert_eq!(
             sink.1,
             vec![

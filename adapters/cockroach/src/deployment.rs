@@ -14,8 +14,8 @@
 //! | replica lag | the standby's `recovery_min_apply_delay` |
 //! | stalled replica | `pg_wal_replay_pause()` until `pg_wal_replay_resume()` |
 //! | clock skew of a standby | `scripts/pg skew` (libfaketime, changeable while it runs) |
-//! | a standby's node down | `scripts/pg crash-standby` (immediate shutdown), `start-standby` when the window ends |
-//! | a standby's node paused | `scripts/pg pause-standby` (SIGSTOP of its processes), `resume-standby` |
+//! | a standby's node down | `scripts/pg crash-standby` (immediate shutdown), `start-standby` when the window ends; the links to it hold their bytes meanwhile |
+//! | a standby's node paused | `scripts/pg pause-standby` (SIGSTOP of its processes), `resume-standby`; the links to it hold their bytes meanwhile |
 //! | the primary down | every link to it, its own region's clients' included, holds its bytes, and every session to it ends (the proxies reset their connections: the server aborts what was in flight, or commits it with its answer lost, as in a crash); its data stays, as after a crash's recovery |
 //! | the primary paused | every link to it holds its bytes until it resumes (the process keeps running: what it does on its own, such as timeouts, goes on) |
 //!
@@ -407,8 +407,6 @@ async fn streaming_from(standby: &str, port: u16) -> Result<(), Error> {
 }
 
 impl Links {
-    /// Sets the proxies to `state`'s links, the servers' regions named
-    /// `names`.
     /// Ends every session to the primary: the clients' connections and
     /// the standbys' replication streams.
     fn end_primary_sessions(&self) {
@@ -420,6 +418,8 @@ impl Links {
         }
     }
 
+    /// Sets the proxies to `state`'s links, the servers' regions named
+    /// `names`.
     fn steer(&self, names: &[String], state: &FaultState) {
         let Some(home) = names.first() else {
             return;
@@ -728,7 +728,7 @@ impl Deployment for PgDeployment {
                 Fault::Crash(r) | Fault::Pause(r) if r == home && self.links.clients.is_none() => {
                     Some("stopping the primary without its fault proxies")
                 }
-                Fault::Crash(_) | Fault::Pause(_) if self.links.script.is_none() => {
+                Fault::Crash(r) | Fault::Pause(r) if r != home && self.links.script.is_none() => {
                     Some("stopping a standby without scripts/pg")
                 }
                 Fault::Drift(..) => Some("clock drift"),
@@ -811,23 +811,22 @@ pub async fn pg_cluster(
         .map(|(r, _)| r.clone())
         .or_else(|| settings.regions.keys().next().cloned())
         .ok_or_else(|| failed("the cluster's settings name no region"))?;
-    let mut cluster: Vec<String> = vec![home.clone()];
-    cluster.extend(settings.regions.keys().filter(|r| **r != home).cloned());
-    let map = OwnCluster::<PgBackend>::map_regions(scenario_regions, &cluster)?;
+    let regions: Vec<String> = settings.regions.keys().cloned().collect();
+    // Checked before anything is created.
+    OwnCluster::<PgBackend>::map_regions(scenario_regions, &regions)?;
     let mut settings = settings.clone();
     settings.table = table.to_owned();
-    settings.local = home;
+    settings.local = home.clone();
     PgBackend::new(PgConfig::from_settings(&settings)?)?
         .create_schema()
         .await?;
-    let mut backends = Vec::new();
-    for (_, local) in &map {
-        let mut settings = settings.clone();
-        settings.local = local.clone();
-        backends.push(PgBackend::new(PgConfig::from_settings(&settings)?)?);
-    }
     // A table of its own per run: no key prefix needed.
-    OwnCluster::new(map, backends, "")
+    OwnCluster::connect(scenario_regions, &home, &regions, "", |local| {
+        let mut settings = settings.clone();
+        settings.local = local;
+        async move { PgBackend::new(PgConfig::from_settings(&settings)?) }
+    })
+    .await
 }
 
 #[cfg(test)]

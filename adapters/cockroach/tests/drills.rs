@@ -526,13 +526,31 @@ async fn a_standby_crashes_and_pauses_and_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_goes_down_and_pauses_through_its_links() {
     use quorate_cockroach::deployment::{PgDeployment, PgServers};
-    use quorate_cockroach::drill::{Deployment, FaultState};
+    use quorate_cockroach::drill::{Deployment, Fault, FaultState, Window};
     let Some(_) = common::servers() else { return };
     let _serial = SERIAL.lock().await;
     let servers = PgServers::from_env().expect("the servers' environment");
+    // Made from the links alone: scripts/pg is not needed for them.
+    let windows: Vec<Window> = [Fault::Crash("eu-west"), Fault::Pause("eu-west")]
+        .into_iter()
+        .map(|fault| Window {
+            from: Duration::ZERO,
+            until: Duration::from_secs(1),
+            fault,
+        })
+        .collect();
+    let mut unscripted = servers.clone();
+    unscripted.script = None;
+    let bare = PgDeployment::start(&unscripted, &["eu-west", "us-east", "ap-south"])
+        .await
+        .expect("a fault layer without the script");
+    assert!(bare.unsupported(&windows).is_empty());
+    bare.restore().await.expect("put back");
+    drop(bare);
     let base = PgDeployment::start(&servers, &["eu-west", "us-east", "ap-south"])
         .await
         .expect("the fault layer starts");
+    assert!(base.unsupported(&windows).is_empty());
     let table = common::key("drill_primary").replace('-', "_");
     let deployment = base.with_table(&table).await.expect("a fresh table");
     let client = |region: &str| {
@@ -541,6 +559,22 @@ async fn the_primary_goes_down_and_pauses_through_its_links() {
             ..ClientConfig::default()
         };
         Client::new(deployment.at(region).unwrap(), config).unwrap()
+    };
+    // The standbys stream from the primary, straight or through the
+    // fault layer: how many senders the primary has.
+    let streams = || async {
+        let (c, conn) = tokio_postgres::connect(&servers.primary, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM pg_stat_replication", &[])
+            .await
+            .unwrap()
+            .get(0);
+        drop(c);
+        let _ = task.await;
+        n
     };
     let (eu, us) = (client("eu-west"), client("us-east"));
     let writes = |c: &Client<PgBackend>, n: u32| {
@@ -566,7 +600,17 @@ async fn the_primary_goes_down_and_pauses_through_its_links() {
             "crashed" => down.crashed.insert("eu-west".to_owned()),
             _ => down.paused.insert("eu-west".to_owned()),
         };
+        let before = streams().await;
+        assert_eq!(before, 2, "both standbys stream");
         assert!(deployment.apply(&clear, &down).await.is_empty());
+        // A crash ends every session to the primary, replication's too;
+        // a pause only holds them.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let during = streams().await;
+        match fault {
+            "crashed" => assert_eq!(during, 0, "the crash ended the replication streams"),
+            _ => assert_eq!(during, 2, "a pause holds the streams"),
+        }
         let n = 10 * (n as u32 + 1);
         assert!(
             !writes(&us, n).await,
@@ -587,6 +631,16 @@ async fn the_primary_goes_down_and_pauses_through_its_links() {
             false
         };
         assert!(back.await, "{fault}: writes go through once it is back");
+        // The standbys stream again before the next fault.
+        let mut streaming = 0;
+        for _ in 0..100 {
+            streaming = streams().await;
+            if streaming == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(streaming, 2, "{fault}: the standbys stream again");
     }
     base.restore().await.expect("the servers are put back");
 }

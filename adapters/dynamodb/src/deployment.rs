@@ -364,19 +364,14 @@ pub async fn dynamo_cluster(
             .cloned()
             .ok_or_else(|| failed("the table's settings name no region"))?,
     };
-    let mut cluster: Vec<String> = vec![home.clone()];
-    cluster.extend(settings.regions.keys().filter(|r| **r != home).cloned());
-    let map = OwnCluster::<DynamoBackend>::map_regions(scenario_regions, &cluster)?;
-    let mut backends = Vec::new();
-    for (_, local) in &map {
+    let regions: Vec<String> = settings.regions.keys().cloned().collect();
+    OwnCluster::connect(scenario_regions, &home, &regions, key_prefix, |local| {
         let mut settings = settings.clone();
-        settings.local = local.clone();
+        settings.local = local;
         settings.home = Some(home.clone());
-        backends.push(DynamoBackend::new(
-            DynamoConfig::from_settings(&settings).await?,
-        )?);
-    }
-    OwnCluster::new(map, backends, key_prefix)
+        async move { DynamoBackend::new(DynamoConfig::from_settings(&settings).await?) }
+    })
+    .await
 }
 
 #[cfg(test)]

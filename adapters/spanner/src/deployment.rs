@@ -13,11 +13,12 @@
 //! | a one-way cut from the home to a region | requests arrive and commit, their answers are held: lost commit answers |
 //! | a one-way cut from a region to the home | requests are held; nothing arrives |
 //! | latency between the home and a region | both directions of that region's link are delayed |
-//! | a cut or latency between two other regions | carries no client traffic (nothing but the emulator serves): in force, with nothing to touch |
 //!
-//! Replica lag and stalls, clock skew and drift, crashes, pauses and lease
-//! moves need servers of their own, which one emulator process does not
-//! have: they are refused before a run starts ([`Deployment::unsupported`]).
+//! A cut or latency between two regions neither of which holds the
+//! emulator would touch no traffic; replica lag and stalls, clock skew and
+//! drift, crashes, pauses and lease moves need servers of their own, which
+//! one emulator process does not have. All of them are refused before a
+//! run starts ([`Deployment::unsupported`]), by name.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -196,9 +197,16 @@ impl Deployment for SpannerDeployment {
 
     fn unsupported(&self, windows: &[Window]) -> Vec<String> {
         let known = |r: &str| self.shared.regions.iter().any(|x| x == r);
+        let home = self.run.as_ref().map(|r| r.home.as_str());
+        let elsewhere = |a: &str, b: &str| home.is_some_and(|h| a != h && b != h);
         let mut refused = Vec::new();
         for w in windows {
             let why = match w.fault {
+                Fault::Cut(a, b) | Fault::OneWay(a, b) | Fault::Latency(a, b, _)
+                    if elsewhere(a, b) =>
+                {
+                    Some("a link between two regions the emulator is not in: no traffic crosses it")
+                }
                 Fault::Skew(..) | Fault::Drift(..) => Some(
                     "skewing a region's clock: the emulator is one process, and Spanner orders commits by TrueTime, not by a region's clock",
                 ),
@@ -266,23 +274,24 @@ pub async fn spanner_cluster(
 ) -> Result<SpannerCluster, Error> {
     // Every field checked, as a service would.
     let config = SpannerConfig::from_settings(settings)?;
-    let cluster: Vec<String> = config
+    let regions: Vec<String> = config
         .regions
         .iter()
         .map(|r| r.as_str().to_owned())
         .collect();
-    let map = OwnCluster::<SpannerBackend>::map_regions(scenario_regions, &cluster)?;
+    // Checked before anything is created.
+    OwnCluster::<SpannerBackend>::map_regions(scenario_regions, &regions)?;
+    let home = regions.first().cloned().unwrap_or_default();
     SpannerBackend::connect(config)
         .await?
         .create_tables()
         .await?;
-    let mut backends = Vec::new();
-    for (_, local) in &map {
+    OwnCluster::connect(scenario_regions, &home, &regions, key_prefix, |local| {
         let mut settings = settings.clone();
-        settings.local = local.clone();
-        backends.push(SpannerBackend::connect(SpannerConfig::from_settings(&settings)?).await?);
-    }
-    OwnCluster::new(map, backends, key_prefix)
+        settings.local = local;
+        async move { SpannerBackend::connect(SpannerConfig::from_settings(&settings)?).await }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! `quorate`: the chaos drills on the embedded simulator (`quorate drill`)
+//! `quorate`: the chaos drills on the embedded simulator and on real
+//! servers (`quorate drill`)
 //! and the history checker (`quorate check`), with the options and exit
 //! codes of the `drill` and `check` examples (the same parser reads them).
 
@@ -29,7 +30,7 @@ fn passthrough(name: &'static str, about: &'static str) -> Command {
 fn command() -> Command {
     Command::new("quorate")
         .version(env!("CARGO_PKG_VERSION"))
-        .about("Chaos drills on the embedded simulator, and the history checker")
+        .about("Chaos drills on the embedded simulator and on real servers, and the history checker")
         .subcommand_required(true)
         .arg_required_else_help(true)
         .subcommand(passthrough(
@@ -288,7 +289,7 @@ fn postgres(args: Vec<String>, own: Option<cluster::Own>) -> u8 {
     }
     let Some(servers) = PgServers::from_env() else {
         eprintln!(
-            "drill: --backend postgres needs QUORATE_PG_PRIMARY, QUORATE_PG_STANDBY1 and QUORATE_PG_STANDBY2 (scripts/pg start prints them), and QUORATE_PG_SCRIPT for clock skew"
+            "drill: --backend postgres needs QUORATE_PG_PRIMARY, QUORATE_PG_STANDBY1 and QUORATE_PG_STANDBY2 (scripts/pg start prints them), and QUORATE_PG_SCRIPT for a standby's clock skew, crash and pause"
         );
         return 2;
     };

@@ -8,7 +8,7 @@ use crate::error::Error;
 
 /// The usage line.
 pub const USAGE: &str =
-    "usage: drill [--json | --markdown] [--scenario NAME] [--seed N] [--without MECHANISMS] [--enforce-max-offset] [--history FILE] [--report FILE.html]\n       drill --nemesis SEEDS [--seed FIRST] [--without MECHANISMS] [--enforce-max-offset] [--expect-every-anomaly] [--json] [--history FILE] [--report FILE.html]\n  MECHANISMS: comma-separated, of strong-reads, clock-guard, verify, session-tokens, home-writes (the strict runs go without them)";
+    "usage: drill [--json | --markdown] [--scenario NAME] [--seed N] [--without MECHANISMS] [--enforce-max-offset] [--history FILE] [--report FILE.html]\n       drill --nemesis SEEDS [--seed FIRST] [--without MECHANISMS] [--enforce-max-offset] [--expect-every-anomaly] [--json] [--history FILE] [--report FILE.html]\n       drill --backend postgres|dynamodb|spanner [--scenario NAME | --nemesis SEEDS] [--seed N] [--json] [--history FILE] [--report FILE.html]   (the quorate command, built with the backend's feature)\n       drill --backend NAME --cluster FILE --not-production [--duration D] [--strict-only] [--scenario NAME] ...   (a cluster of your own; docs/runbook-cluster-drill.md)\n  MECHANISMS: comma-separated, of strong-reads, clock-guard, verify, session-tokens, home-writes (the strict runs go without them)";
 
 /// Parsed arguments.
 #[derive(Debug, Default)]

@@ -9,7 +9,7 @@
 //!
 //! | Fault | On the emulator |
 //! |---|---|
-//! | a region isolated, a cut between the home and another region | the proxies hold that region's requests and answers until healed: its clients reach nothing |
+//! | a region isolated, a cut between the home and another region | the proxies hold that region's requests and answers until healed: its clients reach nothing (the home isolated: every other region's clients) |
 //! | a one-way cut from the home to a region | requests arrive and commit, their answers are held: lost commit answers |
 //! | a one-way cut from a region to the home | requests are held; nothing arrives |
 //! | latency between the home and a region | both directions of that region's link are delayed |

@@ -13,21 +13,21 @@
 //! | latency | the proxies delay both directions of the links between the two regions |
 //! | replica lag | the standby's `recovery_min_apply_delay` |
 //! | stalled replica | `pg_wal_replay_pause()` until `pg_wal_replay_resume()` |
-//! | clock skew of a standby | `scripts/pg skew` (libfaketime, changeable while it runs) |
+//! | clock skew of a server, the primary's included | `scripts/pg skew` (libfaketime, changeable while it runs; every server runs under it, at no offset, from the deployment's start) |
 //! | a standby's node down | `scripts/pg crash-standby` (immediate shutdown), `start-standby` when the window ends; the links to it hold their bytes meanwhile |
 //! | a standby's node paused | `scripts/pg pause-standby` (SIGSTOP of its processes), `resume-standby`; the links to it hold their bytes meanwhile |
 //! | the primary down | every link to it, its own region's clients' included, holds its bytes, and every session to it ends (the proxies reset their connections: the server aborts what was in flight, or commits it with its answer lost, as in a crash); its data stays, as after a crash's recovery |
 //! | the primary paused | every link to it holds its bytes until it resumes (the process keeps running: what it does on its own, such as timeouts, goes on) |
 //!
 //! Latency comes with the simulator's jitter. Clock drift, lease moves
-//! and the primary's own clock and replay are refused before a run starts
+//! and the primary's own replay are refused before a run starts
 //! ([`Deployment::unsupported`]), not approximated. Clients in every
 //! region share this machine's clock.
 //!
 //! Everything is put back by [`PgDeployment::restore`], or when the last
 //! handle is dropped: the links healed, every standby streaming straight
-//! from the primary again with no apply delay, replay resumed and its clock
-//! true.
+//! from the primary again with no apply delay, replay resumed, and every
+//! server's clock true.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -272,6 +272,21 @@ impl PgDeployment {
             applied: Mutex::new(Applied::default()),
             restored: std::sync::atomic::AtomicBool::new(false),
         });
+        // Every server under libfaketime from the start, at no offset, so
+        // that a scheduled skew changes the clock of a running server
+        // rather than restarting it; the primary first, before the
+        // standbys stream from it.
+        let faketime = links.script.is_some() && faketime_installed();
+        if faketime {
+            // Recorded first: however this ends, the restore takes it off
+            // libfaketime again.
+            links
+                .skew_ms
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(0, 0);
+            links.script(&["skew", "0", "+0"]).await?;
+        }
         for (i, standby) in servers.standbys.iter().enumerate() {
             let port = links.replication[i].addr().port();
             alter_system(
@@ -280,12 +295,7 @@ impl PgDeployment {
                 Some(&with_port(&links.conninfo[i], port)),
             )
             .await?;
-            // Under libfaketime from the start, at no offset, so that a
-            // scheduled skew changes the clock of a running server rather
-            // than restarting it.
-            if links.script.is_some() && faketime_installed() {
-                // Recorded first: however this ends, the restore takes
-                // it off libfaketime again.
+            if faketime {
                 links
                     .skew_ms
                     .lock()
@@ -498,13 +508,15 @@ impl Links {
                     Err(e) => errors.push(e),
                 }
             }
-            // The clock file is read by libfaketime: it changes whether
-            // the node answers or not.
+        }
+        // The clock file is read by libfaketime: it changes whether the
+        // node answers or not. The primary's clock too.
+        for (i, region) in names.iter().enumerate() {
             let skew = to.skew_ms.get(region).copied().unwrap_or(0);
             if skew != from.skew_ms.get(region).copied().unwrap_or(0) {
                 let seconds = format!("{:+.3}", skew as f64 / 1000.0);
-                // Recorded first, so that the restore takes the standby
-                // off libfaketime whatever the script got to.
+                // Recorded first, so that the restore takes the node off
+                // libfaketime whatever the script got to.
                 self.skew_ms
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -621,6 +633,13 @@ impl Links {
                 }
             }
         }
+        // The primary last: its restart ends the standbys' streams, which
+        // they take up again on their own.
+        if skewed.contains(&0) {
+            if let Err(e) = self.script(&["skew", "0", "off"]).await {
+                first.get_or_insert(e);
+            }
+        }
         match first {
             Some(e) => Err(e),
             None => Ok(()),
@@ -733,7 +752,6 @@ impl Deployment for PgDeployment {
                 }
                 Fault::Drift(..) => Some("clock drift"),
                 Fault::LeaseTo(_) => Some("moving a lease (PostgreSQL has one primary)"),
-                Fault::Skew(r, _) if r == home => Some("skewing the primary's clock"),
                 Fault::Skew(..) if self.links.script.is_none() => {
                     Some("clock skew without scripts/pg")
                 }

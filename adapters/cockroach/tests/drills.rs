@@ -644,3 +644,89 @@ async fn the_primary_goes_down_and_pauses_through_its_links() {
     }
     base.restore().await.expect("the servers are put back");
 }
+
+/// The primary's clock is skewed while it runs, as a standby's is: every
+/// server runs under libfaketime from the deployment's start, so a skew
+/// window changes the primary's wall clock (`clock_timestamp()`) without a
+/// restart, the deployment reports the offset, and the restore puts the
+/// primary back on the true clock with both standbys streaming from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primarys_clock_is_skewed_while_it_runs_and_put_back() {
+    use quorate_cockroach::deployment::{PgDeployment, PgServers};
+    use quorate_cockroach::drill::{Deployment, Fault, FaultState, Window};
+    let Some(_) = common::servers() else { return };
+    if !faketime_present() {
+        eprintln!("skipping: libfaketime is not installed (Debian package faketime)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let servers = PgServers::from_env().expect("the servers' environment");
+    let primary = servers.primary.clone();
+    // The primary's wall clock minus this machine's, in milliseconds, and
+    // how many standbys stream from it.
+    let ask = || async {
+        let (c, conn) = tokio_postgres::connect(&primary, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        let row = c
+            .query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::float8, \
+                 (SELECT count(*) FROM pg_stat_replication)",
+                &[],
+            )
+            .await
+            .unwrap();
+        let local = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+            * 1000.0;
+        drop(c);
+        let _ = task.await;
+        let (server, streams): (f64, i64) = (row.get(0), row.get(1));
+        ((server - local).round() as i64, streams)
+    };
+    let deployment = PgDeployment::start(&servers, &["eu-west", "us-east", "ap-south"])
+        .await
+        .expect("the fault layer starts");
+    let skew = Window {
+        from: Duration::ZERO,
+        until: Duration::from_secs(1),
+        fault: Fault::Skew("eu-west", -1500),
+    };
+    assert!(deployment.unsupported(&[skew]).is_empty());
+    let healthy = FaultState::default();
+    let mut behind = FaultState::default();
+    behind.skew_ms.insert("eu-west".to_owned(), -1500);
+    let (offset, _) = ask().await;
+    assert!(
+        offset.abs() < 100,
+        "the primary starts on true time: {offset} ms"
+    );
+    assert!(deployment.apply(&healthy, &behind).await.is_empty());
+    let (offset, streams) = ask().await;
+    assert!((-1600..=-1400).contains(&offset), "{offset} ms");
+    assert_eq!(streams, 2, "a skew restarts nothing");
+    assert_eq!(deployment.clock_offset("eu-west"), Some(-1_500_000_000));
+    assert!(deployment.apply(&behind, &healthy).await.is_empty());
+    let (offset, _) = ask().await;
+    assert!(offset.abs() < 100, "{offset} ms");
+    deployment.restore().await.expect("put back");
+    let dir = std::env::var("QUORATE_PG_DIR").unwrap_or_else(|_| "/tmp/quorate-pg".to_owned());
+    assert!(
+        !std::path::Path::new(&dir).join("clock0").exists(),
+        "the primary runs on the true clock again"
+    );
+    let mut streams = 0;
+    for _ in 0..100 {
+        let (offset, n) = ask().await;
+        assert!(offset.abs() < 100, "{offset} ms");
+        streams = n;
+        if n == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(streams, 2, "both standbys stream from the primary again");
+}

@@ -26,6 +26,51 @@ impl Clock for SystemClock {
     }
 }
 
+/// This machine's clock off by an offset that can change while it runs:
+/// a host whose clock is wrong, for drills and tests.
+///
+/// ```
+/// use quorate::{Clock, SkewedClock, SystemClock};
+///
+/// let clock = SkewedClock::new(600);
+/// let ahead = clock.now_nanos() as i64 - SystemClock.now_nanos() as i64;
+/// assert!(ahead > 500_000_000);
+/// clock.set_offset_ms(0);
+/// assert_eq!(clock.offset_ms(), 0);
+/// ```
+#[derive(Debug, Default)]
+pub struct SkewedClock {
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl SkewedClock {
+    /// A clock `offset_ms` milliseconds ahead of this machine's (behind
+    /// when negative).
+    pub fn new(offset_ms: i64) -> SkewedClock {
+        SkewedClock {
+            offset_ms: std::sync::atomic::AtomicI64::new(offset_ms),
+        }
+    }
+
+    /// How far ahead of this machine's clock it runs, in milliseconds.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets how far ahead it runs from now on.
+    pub fn set_offset_ms(&self, offset_ms: i64) {
+        self.offset_ms
+            .store(offset_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clock for SkewedClock {
+    fn now_nanos(&self) -> u64 {
+        let now = i128::from(SystemClock.now_nanos()) + i128::from(self.offset_ms()) * 1_000_000;
+        u64::try_from(now.max(0)).unwrap_or(u64::MAX)
+    }
+}
+
 /// One NTP-style estimate of a server's clock offset against ours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OffsetSample {

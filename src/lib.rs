@@ -114,7 +114,7 @@ pub use client::{
     Client, ClientConfig, Hedge, Queried, QueryPlan, RegionHealth, ShownPoint, Transaction, Verify,
     VerifyRegions, WriteOptions,
 };
-pub use clock::{Clock, OffsetSample, SystemClock};
+pub use clock::{Clock, OffsetSample, SkewedClock, SystemClock};
 pub use collection::{
     Class, Collection, Critical, DataClass, Peripheral, PolicyBook, PolicyEntry, Records,
     DEFAULT_UPDATE_ATTEMPTS, MAX_BATCH,

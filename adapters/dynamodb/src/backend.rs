@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
@@ -18,9 +18,9 @@ use aws_sdk_dynamodb::types::{
 };
 use bytes::Bytes;
 use quorate::{
-    Backend, Capabilities, Catalog, Committed, Error, Freshness, IdempotencyKey, Point,
+    Backend, Capabilities, Catalog, Clock, Committed, Error, Freshness, IdempotencyKey, Point,
     Precondition, Probe, Read, ReadPlan, Region, RegionSpec, ReplicaRole, Retryability, Scope,
-    Topology, TransactRequest, Transacted, TxAction, Version, Versioned, WriteRequest,
+    SystemClock, Topology, TransactRequest, Transacted, TxAction, Version, Versioned, WriteRequest,
 };
 
 use crate::item::{self, n, s, Fields, Item, Names};
@@ -118,6 +118,12 @@ pub struct DynamoConfig {
     /// `server.port`; a region without an entry is traced without them
     /// (an SDK client does not reveal its endpoint).
     pub endpoints: BTreeMap<Region, String>,
+    /// The clock this process stamps writes with (`written_at`, which
+    /// orders a global table's concurrent writes, last writer wins) and
+    /// measures a replica's staleness by: the system clock unless set. A
+    /// host whose clock is off stamps its writes off by as much; the
+    /// drills skew it per region this way.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl DynamoConfig {
@@ -143,6 +149,7 @@ impl DynamoConfig {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             native: Catalog::new(),
             endpoints: BTreeMap::new(),
+            clock: Arc::new(SystemClock),
         })
     }
 }
@@ -545,12 +552,14 @@ impl DynamoBackend {
         }
     }
 
+    /// Now by the configured clock, in nanoseconds since the epoch.
+    fn now_nanos(&self) -> u64 {
+        self.inner.config.clock.now_nanos()
+    }
+
     /// Nanoseconds since the epoch, strictly increasing within this process.
     fn next_start(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let now = self.now_nanos();
         let mut last = self.inner.last_start.load(Ordering::Relaxed);
         loop {
             let next = now.max(last + 1);
@@ -597,9 +606,7 @@ impl DynamoBackend {
     }
 
     fn expires_at(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
+        Duration::from_nanos(self.now_nanos())
             .saturating_add(self.inner.config.idempotency_ttl)
             .as_secs()
     }
@@ -1739,12 +1746,8 @@ impl Backend for DynamoBackend {
                     wall: w,
                     logical: 0,
                 }),
-                staleness_bound: written_at.and_then(|w| {
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as u64);
-                    now.checked_sub(w).map(Duration::from_nanos)
-                }),
+                staleness_bound: written_at
+                    .and_then(|w| self.now_nanos().checked_sub(w).map(Duration::from_nanos)),
             }
         };
         Ok(Read {
@@ -1979,7 +1982,7 @@ impl Backend for DynamoBackend {
 
     async fn probe(&self, region: &Region) -> Result<Probe, Error> {
         let client = self.client(region)?;
-        let sent = SystemTime::now();
+        let sent = self.now_nanos();
         client
             .get_item()
             .table_name(&self.inner.config.table)
@@ -1990,14 +1993,10 @@ impl Backend for DynamoBackend {
         // DynamoDB reports no clock of its own: the probe measures
         // reachability and latency, and states the midpoint of the round
         // trip by this process's clock (an offset of zero).
-        let received = SystemTime::now();
-        let mid = sent + received.duration_since(sent).unwrap_or_default() / 2;
+        let received = self.now_nanos();
         Ok(Probe {
             region: region.clone(),
-            server_time_nanos: mid
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0),
+            server_time_nanos: sent + received.saturating_sub(sent) / 2,
             replica_lag: None,
         })
     }

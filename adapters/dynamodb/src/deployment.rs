@@ -14,10 +14,12 @@
 //! | latency | the proxies delay both directions of the client links between the two regions |
 //! | replica lag | copies into the region wait that long |
 //! | stalled replica | no copy reaches the region until it resumes |
+//! | clock skew | the clock of the region's clients runs off by the skew: the clock their writes are stamped with (`written_at`, by which the replicator orders concurrent writes, last writer wins) and their staleness arithmetic reads ([`DynamoConfig::clock`]) |
 //!
-//! Clock skew and drift (every region's writes are stamped by this
-//! machine's clock), crashes, paused nodes and lease moves are refused
-//! before a run starts ([`Deployment::unsupported`]).
+//! DynamoDB keeps its own clocks, and nothing of the application's sets
+//! them: a region's skewed clock is its hosts'. Clock drift, crashes,
+//! paused nodes and lease moves are refused before a run starts
+//! ([`Deployment::unsupported`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +29,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials};
 use quorate::drill::links::ClientLinks;
 use quorate::drill::{Deployment, Fault, FaultState, OwnCluster, Window};
-use quorate::{Clock, Error, Region, SystemClock};
+use quorate::{Clock, Error, Region, SkewedClock};
 
 use crate::replicator::Replicator;
 use crate::{DynamoBackend, DynamoConfig, Home, RegionClient};
@@ -92,6 +94,8 @@ struct Shared {
     /// (quorate region, AWS region), the home region first.
     regions: Vec<(String, String)>,
     clients: ClientLinks,
+    /// Each region's hosts' clock, in the order of `regions`.
+    clocks: Vec<Arc<SkewedClock>>,
 }
 
 /// One run's tables and their replicator.
@@ -139,6 +143,7 @@ impl DynamoDeployment {
                     .map(|(r, a)| ((*r).to_owned(), (*a).to_owned()))
                     .collect(),
                 clients,
+                clocks: regions.iter().map(|_| Arc::default()).collect(),
             }),
             run: None,
         })
@@ -191,6 +196,10 @@ impl DynamoDeployment {
             );
         }
         let replicator = builder.tables_of(&backend).start().await?;
+        // Every region's clock true again: a run begins unskewed.
+        for clock in &self.shared.clocks {
+            clock.set_offset_ms(0);
+        }
         Ok(DynamoDeployment {
             shared: self.shared.clone(),
             run: Some(Arc::new(Run {
@@ -235,30 +244,34 @@ impl Deployment for DynamoDeployment {
     }
 
     fn at(&self, region: &str) -> Result<DynamoBackend, Error> {
-        self.index(region)?;
+        let i = self.index(region)?;
         let run = self.run()?;
         let mut backends = run.backends.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = backends.get(region) {
             return Ok(b.clone());
         }
         let clients = &self.shared.clients;
-        let config = self.config(&run.table, &run.home, region, |to| {
+        let mut config = self.config(&run.table, &run.home, region, |to| {
             clients
                 .addr(region, to)
                 .map_or_else(String::new, |a| format!("http://{a}"))
         })?;
+        config.clock = self.shared.clocks[i].clone();
         let backend = DynamoBackend::new(config)?;
         backends.insert(region.to_owned(), backend.clone());
         Ok(backend)
     }
 
     fn clock(&self, region: &str) -> Result<Arc<dyn Clock>, Error> {
-        self.index(region)?;
-        Ok(Arc::new(SystemClock))
+        Ok(self.shared.clocks[self.index(region)?].clone())
     }
 
     async fn apply(&self, _from: &FaultState, to: &FaultState) -> Vec<Error> {
         self.shared.clients.steer(to);
+        for ((r, _), clock) in self.shared.regions.iter().zip(&self.shared.clocks) {
+            let skew = to.skew_ms.get(r).copied().unwrap_or(0);
+            clock.set_offset_ms(skew);
+        }
         let Ok(run) = self.run() else {
             return vec![failed("no table yet")];
         };
@@ -298,9 +311,7 @@ impl Deployment for DynamoDeployment {
         let mut refused = Vec::new();
         for w in windows {
             let why = match w.fault {
-                Fault::Skew(..) | Fault::Drift(..) => Some(
-                    "skewing a region's clock: every region's writes are stamped by this machine's",
-                ),
+                Fault::Drift(..) => Some("drifting a region's clock"),
                 Fault::Crash(_) => Some("crashing a region"),
                 Fault::Pause(_) => Some("pausing a region"),
                 Fault::LeaseTo(_) => Some("moving a lease (global tables have none)"),
@@ -320,7 +331,8 @@ impl Deployment for DynamoDeployment {
     }
 
     fn clock_offset(&self, region: &str) -> Option<i64> {
-        self.index(region).ok().map(|_| 0)
+        let clock = &self.shared.clocks[self.index(region).ok()?];
+        Some(clock.offset_ms() * 1_000_000)
     }
 
     fn max_offset(&self) -> Duration {
@@ -377,6 +389,36 @@ pub async fn dynamo_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What DynamoDB Local cannot be made to do is refused by name; a
+    /// region's clock skew is not among it.
+    #[tokio::test]
+    async fn faults_without_a_mechanism_are_refused_by_name() {
+        let deployment = DynamoDeployment::start(
+            "http://127.0.0.1:9",
+            &[("eu-west", "eu-west-1"), ("us-east", "us-east-1")],
+        )
+        .await
+        .unwrap();
+        let window = |fault| Window {
+            from: Duration::ZERO,
+            until: Duration::from_secs(1),
+            fault,
+        };
+        let refused = deployment.unsupported(&[
+            window(Fault::Skew("us-east", 600)),
+            window(Fault::Drift("us-east", 100)),
+            window(Fault::Crash("eu-west")),
+            window(Fault::Cut("eu-west", "ap-south")),
+        ]);
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert!(
+            refused[0].contains("drifting a region's clock"),
+            "{refused:?}"
+        );
+        assert!(refused[1].contains("crashing a region"), "{refused:?}");
+        assert!(refused[2].contains("no region ap-south"), "{refused:?}");
+    }
 
     #[test]
     fn only_loopback_endpoints_are_taken() {

@@ -1,7 +1,7 @@
 //! [`SpannerBackend`]: quorate's backend contract over gcloud-spanner.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use gcloud_gax::grpc::{Code, Status};
@@ -11,9 +11,10 @@ use gcloud_spanner::statement::Statement;
 use gcloud_spanner::transaction_rw::ReadWriteTransaction;
 use gcloud_spanner::value::CommitTimestamp;
 use quorate::{
-    Backend, Capabilities, Catalog, Committed, Error, Freshness, IdempotencyKey, Mutation, Point,
-    Precondition, Probe, Read, ReadPlan, Region, RegionSpec, ReplicaRole, Retryability, Scope,
-    Topology, TransactRequest, Transacted, TxAction, Version, Versioned, WriteRequest,
+    Backend, Capabilities, Catalog, Clock, Committed, Error, Freshness, IdempotencyKey, Mutation,
+    Point, Precondition, Probe, Read, ReadPlan, Region, RegionSpec, ReplicaRole, Retryability,
+    Scope, SystemClock, Topology, TransactRequest, Transacted, TxAction, Version, Versioned,
+    WriteRequest,
 };
 
 use crate::sql::{self, NativeTable, Tables};
@@ -53,6 +54,12 @@ pub struct SpannerConfig {
     /// Collections whose records live in tables of the application's own
     /// (see [`NativeTable`]); every other record lives in `table`.
     pub native: Catalog<NativeTable>,
+    /// The clock a follower read's staleness is measured by (now minus
+    /// the read timestamp Spanner reports): the system clock unless set.
+    /// Spanner orders commits by TrueTime, not by this clock; a host whose
+    /// clock is off misjudges only that age. The drills skew it per region
+    /// this way.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl SpannerConfig {
@@ -73,6 +80,7 @@ impl SpannerConfig {
             credentials: Credentials::Default,
             endpoint: None,
             native: Catalog::new(),
+            clock: Arc::new(SystemClock),
         })
     }
 }
@@ -195,13 +203,6 @@ impl std::fmt::Debug for SpannerBackend {
             .field("topology", &self.inner.topology)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 fn point_of(seconds: i64, nanos: i32) -> Point {
@@ -405,6 +406,11 @@ impl SpannerBackend {
     }
 
     /// The directed reads' sessions.
+    /// Now by the configured clock, in nanoseconds since the epoch.
+    pub(crate) fn now_nanos(&self) -> u64 {
+        self.inner.config.clock.now_nanos()
+    }
+
     pub(crate) fn reads(&self) -> &crate::directed::Sessions {
         &self.inner.reads
     }
@@ -1149,7 +1155,7 @@ impl Backend for SpannerBackend {
             ReplicaRole::Leader => Some(Duration::ZERO),
             _ => read
                 .read_at
-                .map(|p| Duration::from_nanos(now_nanos().saturating_sub(p.wall))),
+                .map(|p| Duration::from_nanos(self.now_nanos().saturating_sub(p.wall))),
         };
         Ok(Read {
             value,

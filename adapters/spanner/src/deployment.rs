@@ -13,12 +13,15 @@
 //! | a one-way cut from the home to a region | requests arrive and commit, their answers are held: lost commit answers |
 //! | a one-way cut from a region to the home | requests are held; nothing arrives |
 //! | latency between the home and a region | both directions of that region's link are delayed |
+//! | clock skew of a region | the clock of the region's clients runs off by the skew ([`SpannerConfig::clock`]: what they measure a follower read's age by) |
 //!
-//! A cut or latency between two regions neither of which holds the
-//! emulator would touch no traffic; replica lag and stalls, clock skew and
-//! drift, crashes, pauses and lease moves need servers of their own, which
-//! one emulator process does not have. All of them are refused before a
-//! run starts ([`Deployment::unsupported`]), by name.
+//! Spanner's own clocks are TrueTime's, not the application's to skew: a
+//! region's skewed clock is its hosts'. A cut or latency between two
+//! regions neither of which holds the emulator would touch no traffic;
+//! replica lag and stalls, clock drift, crashes, pauses and lease moves
+//! need servers of their own, which one emulator process does not have.
+//! All of them are refused before a run starts
+//! ([`Deployment::unsupported`]), by name.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use std::time::Duration;
 
 use quorate::drill::links::{loopback, ClientLinks};
 use quorate::drill::{Deployment, Fault, FaultState, OwnCluster, Window};
-use quorate::{Clock, Error, Region, SystemClock};
+use quorate::{Clock, Error, Region, SkewedClock};
 
 use crate::{SpannerBackend, SpannerConfig};
 
@@ -48,6 +51,8 @@ struct Shared {
     database: String,
     regions: Vec<String>,
     links: ClientLinks,
+    /// Each region's hosts' clock, in the order of `regions`.
+    clocks: Vec<Arc<SkewedClock>>,
 }
 
 /// One run's table and home.
@@ -105,6 +110,7 @@ impl SpannerDeployment {
             shared: Arc::new(Shared {
                 emulator: emulator.to_owned(),
                 database: database.to_owned(),
+                clocks: names.iter().map(|_| Arc::default()).collect(),
                 regions: names,
                 links,
             }),
@@ -130,6 +136,10 @@ impl SpannerDeployment {
             .await?
             .create_tables()
             .await?;
+        // Every region's clock true again: a run begins unskewed.
+        for clock in &self.shared.clocks {
+            clock.set_offset_ms(0);
+        }
         // Each region's clients reach the emulator through their link.
         let mut backends = HashMap::new();
         for region in &self.shared.regions {
@@ -138,7 +148,8 @@ impl SpannerDeployment {
                 .links
                 .addr(region, home)
                 .ok_or_else(|| failed(format_args!("no link from {region} to {home}")))?;
-            let config = self.config(table, region, proxy.to_string())?;
+            let mut config = self.config(table, region, proxy.to_string())?;
+            config.clock = self.shared.clocks[self.index(region)?].clone();
             backends.insert(region.clone(), SpannerBackend::connect(config).await?);
         }
         Ok(SpannerDeployment {
@@ -186,12 +197,14 @@ impl Deployment for SpannerDeployment {
     }
 
     fn clock(&self, region: &str) -> Result<Arc<dyn Clock>, Error> {
-        self.index(region)?;
-        Ok(Arc::new(SystemClock))
+        Ok(self.shared.clocks[self.index(region)?].clone())
     }
 
     async fn apply(&self, _from: &FaultState, to: &FaultState) -> Vec<Error> {
         self.shared.links.steer(to);
+        for (region, clock) in self.shared.regions.iter().zip(&self.shared.clocks) {
+            clock.set_offset_ms(to.skew_ms.get(region).copied().unwrap_or(0));
+        }
         Vec::new()
     }
 
@@ -207,9 +220,7 @@ impl Deployment for SpannerDeployment {
                 {
                     Some("a link between two regions the emulator is not in: no traffic crosses it")
                 }
-                Fault::Skew(..) | Fault::Drift(..) => Some(
-                    "skewing a region's clock: the emulator is one process, and Spanner orders commits by TrueTime, not by a region's clock",
-                ),
+                Fault::Drift(..) => Some("drifting a region's clock"),
                 Fault::Lag(..) | Fault::Stall(..) => {
                     Some("delaying a replica: the emulator has none of its own")
                 }
@@ -239,18 +250,26 @@ impl Deployment for SpannerDeployment {
             "partition-global-tables" => {
                 "every key has one leader that orders its writes, not a writer per region: a region cut off from it cannot commit, and a conditional write refused there cannot apply a transition twice"
             }
+            "clock-skew-600ms" | "partial-partition-skew-250ms" => {
+                "commits and strong reads are timestamped by TrueTime, not by a region's clock, and a replica serves a strong read only once it has applied every commit up to the read's timestamp: a read that starts after a write completed sees it, whatever the skewed region's hosts' clocks say"
+            }
+            "skew-isolate-conflicting-writes" => {
+                "every strong read, from any replica, is served at a TrueTime timestamp after every commit that completed before it began, and one leader orders each key's writes: a user moving between regions never reads an older version than one read before, whatever the skewed region's hosts' clocks say"
+            }
             _ => return None,
         };
         Some(why.to_owned())
     }
 
     fn clock_offset(&self, region: &str) -> Option<i64> {
-        self.index(region).ok().map(|_| 0)
+        let clock = &self.shared.clocks[self.index(region).ok()?];
+        Some(clock.offset_ms() * 1_000_000)
     }
 
     fn max_offset(&self) -> Duration {
         // TrueTime's bound is what commit wait absorbs; the report's clock
-        // panel needs a line, and no clock here moves.
+        // panel needs a line. A skewed region's clock is its clients',
+        // which orders nothing.
         Duration::from_millis(7)
     }
 }
@@ -297,6 +316,47 @@ pub async fn spanner_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A region's skew is its clients' clock, set from the fault state at
+    /// each boundary and reported as the region's offset; drift is
+    /// refused by name.
+    #[tokio::test]
+    async fn a_region_skew_is_its_clients_clock() {
+        let db = "projects/p/instances/i/databases/d";
+        let deployment = SpannerDeployment::start("127.0.0.1:9010", db, &["eu-west", "ap-south"])
+            .await
+            .unwrap();
+        let window = |fault| Window {
+            from: Duration::ZERO,
+            until: Duration::from_secs(1),
+            fault,
+        };
+        let refused = deployment.unsupported(&[
+            window(Fault::Skew("ap-south", 600)),
+            window(Fault::Drift("ap-south", 100)),
+        ]);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].contains("drifting"), "{refused:?}");
+        let healthy = FaultState::default();
+        let mut skewed = FaultState::default();
+        skewed.skew_ms.insert("ap-south".to_owned(), 600);
+        assert!(deployment.apply(&healthy, &skewed).await.is_empty());
+        let ahead = |region: &str| {
+            let clock = deployment.clock(region).unwrap();
+            (clock.now_nanos() as i64 - quorate::SystemClock.now_nanos() as i64) / 1_000_000
+        };
+        assert!(
+            (590..=610).contains(&ahead("ap-south")),
+            "{}",
+            ahead("ap-south")
+        );
+        assert!(ahead("eu-west").abs() <= 10);
+        assert_eq!(deployment.clock_offset("ap-south"), Some(600_000_000));
+        assert_eq!(deployment.clock_offset("eu-west"), Some(0));
+        assert!(deployment.apply(&skewed, &healthy).await.is_empty());
+        assert!(ahead("ap-south").abs() <= 10);
+        assert_eq!(deployment.clock_offset("ap-south"), Some(0));
+    }
 
     #[tokio::test]
     async fn only_loopback_emulators_are_taken() {

@@ -131,8 +131,7 @@ async fn serve(
     let read_at = directed::read_timestamp(&result);
     let staleness = match role {
         ReplicaRole::Leader => Some(Duration::ZERO),
-        _ => read_at
-            .map(|p| Duration::from_nanos(crate::backend::now_nanos().saturating_sub(p.wall))),
+        _ => read_at.map(|p| Duration::from_nanos(backend.now_nanos().saturating_sub(p.wall))),
     };
     let fields = Arc::new(
         result

@@ -33,7 +33,7 @@
 //! where MREC tables take one `TransactWriteItems`.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
@@ -123,12 +123,6 @@ fn outcome_in(
         .find(|(k, _)| k == idem.as_str())
         .map(|(_, e)| e.committed(&layout.table))
         .transpose()
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// A transaction item's put as a `PutItem` of its own.
@@ -308,7 +302,7 @@ impl DynamoBackend {
             // The map: this write, and the newest others within the TTL;
             // the ones dropped for room are carried into the idempotency
             // table first.
-            let horizon = now_nanos().saturating_sub(
+            let horizon = self.now_nanos().saturating_sub(
                 u64::try_from(self.inner.config.idempotency_ttl.as_nanos()).unwrap_or(u64::MAX),
             );
             let mut kept: Vec<(String, Entry)> = found

@@ -667,6 +667,36 @@ async fn the_deployed_command_runs_the_scenarios_on_the_deployment_it_is_given()
     assert_eq!(strict, 0);
 }
 
+/// `drill --backend NAME --nemesis N --json`: the JSON's verdict is the
+/// exit code's, which judges only the strict runs of random schedules
+/// (naive runs of a schedule need not show any one anomaly).
+#[tokio::test(start_paused = true)]
+async fn the_deployed_nemesis_json_says_what_the_exit_code_says() {
+    let fresh = |run: cli::RunSpec| async move {
+        let seed: u64 = run
+            .name
+            .strip_prefix("nemesis-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|n| n.parse().ok())
+            .expect("a nemesis run");
+        quorate::sim::Sim::new(drill::nemesis::scenario(seed).simulated_system(seed))
+    };
+    let (code, out, err) =
+        deployed("sim", &["--nemesis", "10", "--seed", "1", "--json"], fresh).await;
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runs = json["scenarios"].as_array().expect("the runs");
+    assert_eq!(runs.len(), 20);
+    // Some naive run shows none of the anomaly a schedule is filed under
+    // (stale reads): by the seed scenarios' rule it would fail.
+    assert!(
+        runs.iter()
+            .any(|r| r["config"] == "naive" && r["anomalies"]["stale-read"] == 0),
+        "{out}"
+    );
+    assert_eq!(json["ok"], true, "{out}");
+}
+
 /// A deployment that cannot make some faults: the scenarios that need them
 /// are named as not run, with the faults, and a command that ran nothing
 /// does not pass.

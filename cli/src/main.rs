@@ -289,7 +289,7 @@ fn postgres(args: Vec<String>, own: Option<cluster::Own>) -> u8 {
     }
     let Some(servers) = PgServers::from_env() else {
         eprintln!(
-            "drill: --backend postgres needs QUORATE_PG_PRIMARY, QUORATE_PG_STANDBY1 and QUORATE_PG_STANDBY2 (scripts/pg start prints them), and QUORATE_PG_SCRIPT for a standby's clock skew, crash and pause"
+            "drill: --backend postgres needs QUORATE_PG_PRIMARY, QUORATE_PG_STANDBY1 and QUORATE_PG_STANDBY2 (scripts/pg start prints them), and QUORATE_PG_SCRIPT for a server's clock skew and a standby's crash and pause"
         );
         return 2;
     };

@@ -87,6 +87,40 @@ pub trait Deployment: Clone + Send + Sync + 'static {
     fn max_offset(&self) -> Duration;
 }
 
+/// What a deployment of the regions `known` accepts cannot make of
+/// `windows`, for [`Deployment::unsupported`]: each window `why` gives a
+/// reason for, then each naming a region the deployment does not have, as
+/// `"<fault> (<why>)"`.
+///
+/// ```
+/// use std::time::Duration;
+/// use quorate::drill::{refusals, Fault, Window};
+///
+/// let window = |fault| Window { from: Duration::ZERO, until: Duration::from_secs(1), fault };
+/// let refused = refusals(
+///     &[window(Fault::Drift("eu-west", 2000)), window(Fault::Isolate("ap-south")), window(Fault::Isolate("eu-west"))],
+///     |r| r == "eu-west",
+///     |fault| matches!(fault, Fault::Drift(..)).then_some("clock drift"),
+/// );
+/// assert_eq!(refused, ["eu-west clock drifts +2 ms/s (clock drift)", "ap-south isolated (no region ap-south)"]);
+/// ```
+pub fn refusals<'a>(
+    windows: &[Window],
+    known: impl Fn(&str) -> bool,
+    why: impl Fn(&Fault) -> Option<&'a str>,
+) -> Vec<String> {
+    windows
+        .iter()
+        .filter_map(|w| {
+            let why = why(&w.fault).map(str::to_owned).or_else(|| {
+                let unknown = w.fault.regions().into_iter().find(|r| !known(r))?;
+                Some(format!("no region {unknown}"))
+            })?;
+            Some(format!("{} ({why})", w.fault.label()))
+        })
+        .collect()
+}
+
 /// The faults in force at one moment, composed from every window that
 /// covers it: a link stays cut while any window cuts it, skews and
 /// latencies add up, a replica lags by the largest lag that covers it, a

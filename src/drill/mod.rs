@@ -34,7 +34,7 @@ use crate::error::Error;
 use crate::history::{check_events, Event, FaultEvent, FaultPhase, Recorder, Report};
 use crate::sim::Sim;
 use actor::{Stage, Stats};
-pub use deploy::{Deployment, FaultState};
+pub use deploy::{refusals, Deployment, FaultState};
 pub use html::html_report;
 pub use own::OwnCluster;
 pub use report::{markdown, render_table, to_json};

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use quorate::cut_proxy::CutProxy;
 use quorate::drill::links::{steer_link, ClientLinks};
-use quorate::drill::{Deployment, Fault, FaultState, OwnCluster, Window};
+use quorate::drill::{refusals, Deployment, Fault, FaultState, OwnCluster, Window};
 use quorate::{Clock, SystemClock};
 use quorate::{Error, Region};
 
@@ -399,15 +399,20 @@ fn faketime_installed() -> bool {
 async fn streaming_from(standby: &str, port: u16) -> Result<(), Error> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
+        // A standby that is starting refuses connections for a moment.
         let sender = query_one(
             standby,
             "SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'",
         )
-        .await?;
-        if sender.as_deref() == Some(port.to_string().as_str()) {
+        .await;
+        if sender
+            .as_ref()
+            .is_ok_and(|s| s.as_deref() == Some(port.to_string().as_str()))
+        {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
+            sender?;
             return Err(failed(format_args!(
                 "the standby at {standby} never streamed through port {port}"
             )));
@@ -607,8 +612,11 @@ impl Links {
                 first.get_or_insert(e);
             }
         }
-        // A standby under libfaketime runs on the true clock again even
-        // at a zero offset.
+        // A server under libfaketime runs on the true clock again even at
+        // a zero offset. The primary first: the standbys' own restarts
+        // below then stream from it at once, where a primary restarted
+        // after them would leave them retrying (and quorum commit waiting)
+        // for seconds.
         let skewed: Vec<usize> = self
             .skew_ms
             .lock()
@@ -616,6 +624,11 @@ impl Links {
             .keys()
             .copied()
             .collect();
+        if skewed.contains(&0) {
+            if let Err(e) = self.script(&["skew", "0", "off"]).await {
+                first.get_or_insert(e);
+            }
+        }
         for (i, standby) in self.servers.iter().enumerate().skip(1) {
             let steps = [
                 alter_system(standby, "recovery_min_apply_delay", None).await,
@@ -633,11 +646,13 @@ impl Links {
                 }
             }
         }
-        // The primary last: its restart ends the standbys' streams, which
-        // they take up again on their own.
-        if skewed.contains(&0) {
-            if let Err(e) = self.script(&["skew", "0", "off"]).await {
-                first.get_or_insert(e);
+        // Streaming straight from the primary before anything else writes:
+        // quorum commit waits for a standby.
+        if let Ok(primary) = loopback(&self.servers[0]) {
+            for standby in self.servers.iter().skip(1) {
+                if let Err(e) = streaming_from(standby, primary.port()).await {
+                    first.get_or_insert(e);
+                }
             }
         }
         match first {
@@ -741,32 +756,21 @@ impl Deployment for PgDeployment {
     fn unsupported(&self, windows: &[Window]) -> Vec<String> {
         let home = &self.names[0];
         let known = |r: &str| self.names.iter().any(|x| x == r);
-        let mut refused = Vec::new();
-        for w in windows {
-            let why = match w.fault {
-                Fault::Crash(r) | Fault::Pause(r) if r == home && self.links.clients.is_none() => {
-                    Some("stopping the primary without its fault proxies")
-                }
-                Fault::Crash(r) | Fault::Pause(r) if r != home && self.links.script.is_none() => {
-                    Some("stopping a standby without scripts/pg")
-                }
-                Fault::Drift(..) => Some("clock drift"),
-                Fault::LeaseTo(_) => Some("moving a lease (PostgreSQL has one primary)"),
-                Fault::Skew(..) if self.links.script.is_none() => {
-                    Some("clock skew without scripts/pg")
-                }
-                Fault::Lag(r, _) | Fault::Stall(r) if r == home => {
-                    Some("delaying the primary's replay (it has none)")
-                }
-                _ => None,
-            };
-            if let Some(why) = why {
-                refused.push(format!("{} ({why})", w.fault.label()));
-            } else if let Some(r) = w.fault.regions().into_iter().find(|r| !known(r)) {
-                refused.push(format!("{} (no region {r})", w.fault.label()));
+        refusals(windows, known, |fault| match *fault {
+            Fault::Crash(r) | Fault::Pause(r) if r == home && self.links.clients.is_none() => {
+                Some("stopping the primary without its fault proxies")
             }
-        }
-        refused
+            Fault::Crash(r) | Fault::Pause(r) if r != home && self.links.script.is_none() => {
+                Some("stopping a standby without scripts/pg")
+            }
+            Fault::Drift(..) => Some("clock drift"),
+            Fault::LeaseTo(_) => Some("moving a lease (PostgreSQL has one primary)"),
+            Fault::Skew(..) if self.links.script.is_none() => Some("clock skew without scripts/pg"),
+            Fault::Lag(r, _) | Fault::Stall(r) if r == home => {
+                Some("delaying the primary's replay (it has none)")
+            }
+            _ => None,
+        })
     }
 
     fn prevents(&self, scenario: &str) -> Option<String> {

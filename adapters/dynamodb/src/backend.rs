@@ -118,11 +118,14 @@ pub struct DynamoConfig {
     /// `server.port`; a region without an entry is traced without them
     /// (an SDK client does not reveal its endpoint).
     pub endpoints: BTreeMap<Region, String>,
-    /// The clock this process stamps writes with (`written_at`, which
-    /// orders a global table's concurrent writes, last writer wins) and
-    /// measures a replica's staleness by: the system clock unless set. A
-    /// host whose clock is off stamps its writes off by as much; the
-    /// drills skew it per region this way.
+    /// The clock this process stamps writes with (`written_at`: a
+    /// replica's item is at most `now - written_at` old, and quorate's
+    /// [`Replicator`](crate::replicator::Replicator) orders concurrent
+    /// writes by it, last writer wins; a real global table orders them by
+    /// its own timestamps) and measures a replica's staleness by: the
+    /// system clock unless set. Give the client (`ClientConfig::clock`)
+    /// the same clock. A host whose clock is off stamps its writes off by
+    /// as much; the drills skew it per region this way.
     pub clock: Arc<dyn Clock>,
 }
 

@@ -14,7 +14,7 @@
 //! | latency | the proxies delay both directions of the client links between the two regions |
 //! | replica lag | copies into the region wait that long |
 //! | stalled replica | no copy reaches the region until it resumes |
-//! | clock skew | the clock of the region's clients runs off by the skew: the clock their writes are stamped with (`written_at`, by which the replicator orders concurrent writes, last writer wins) and their staleness arithmetic reads ([`DynamoConfig::clock`]) |
+//! | clock skew | the clock of the region's clients runs off by the skew: the clock their writes are stamped with (`written_at`, by which the replicator orders concurrent writes, last writer wins, where a real global table uses its own timestamps) and their staleness arithmetic reads ([`DynamoConfig::clock`]) |
 //!
 //! DynamoDB keeps its own clocks, and nothing of the application's sets
 //! them: a region's skewed clock is its hosts'. Clock drift, crashes,
@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials};
 use quorate::drill::links::ClientLinks;
-use quorate::drill::{Deployment, Fault, FaultState, OwnCluster, Window};
+use quorate::drill::{refusals, Deployment, Fault, FaultState, OwnCluster, Window};
 use quorate::{Clock, Error, Region, SkewedClock};
 
 use crate::replicator::Replicator;
@@ -307,23 +307,14 @@ impl Deployment for DynamoDeployment {
     }
 
     fn unsupported(&self, windows: &[Window]) -> Vec<String> {
-        let known = |r: &str| self.shared.regions.iter().any(|(x, _)| x == r);
-        let mut refused = Vec::new();
-        for w in windows {
-            let why = match w.fault {
-                Fault::Drift(..) => Some("drifting a region's clock"),
-                Fault::Crash(_) => Some("crashing a region"),
-                Fault::Pause(_) => Some("pausing a region"),
-                Fault::LeaseTo(_) => Some("moving a lease (global tables have none)"),
-                _ => None,
-            };
-            if let Some(why) = why {
-                refused.push(format!("{} ({why})", w.fault.label()));
-            } else if let Some(r) = w.fault.regions().into_iter().find(|r| !known(r)) {
-                refused.push(format!("{} (no region {r})", w.fault.label()));
-            }
-        }
-        refused
+        let known = |r: &str| self.index(r).is_ok();
+        refusals(windows, known, |fault| match fault {
+            Fault::Drift(..) => Some("drifting a region's clock"),
+            Fault::Crash(_) => Some("crashing a region"),
+            Fault::Pause(_) => Some("pausing a region"),
+            Fault::LeaseTo(_) => Some("moving a lease (global tables have none)"),
+            _ => None,
+        })
     }
 
     fn home(&self) -> Option<String> {

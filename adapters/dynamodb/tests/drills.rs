@@ -269,7 +269,18 @@ async fn the_seed_scenarios_run_on_dynamodb_local() {
                 config.label(),
                 run.report.render()
             );
-            assert!(run.report.ops > 50, "{} {}", scenario.name, config.label());
+            // The producer of clock-skew-600ms waits on its consumer.
+            let least = if scenario.name == "clock-skew-600ms" {
+                20
+            } else {
+                100
+            };
+            assert!(
+                run.report.ops > least,
+                "{} {}",
+                scenario.name,
+                config.label()
+            );
             assert!(
                 run.passed(),
                 "{} {}: {}",

@@ -57,8 +57,9 @@ pub struct SpannerConfig {
     /// The clock a follower read's staleness is measured by (now minus
     /// the read timestamp Spanner reports): the system clock unless set.
     /// Spanner orders commits by TrueTime, not by this clock; a host whose
-    /// clock is off misjudges only that age. The drills skew it per region
-    /// this way.
+    /// clock is off misjudges only that age. Give the client
+    /// (`ClientConfig::clock`) the same clock. The drills skew it per
+    /// region this way.
     pub clock: Arc<dyn Clock>,
 }
 
@@ -405,12 +406,12 @@ impl SpannerBackend {
         &self.inner.client
     }
 
-    /// The directed reads' sessions.
     /// Now by the configured clock, in nanoseconds since the epoch.
     pub(crate) fn now_nanos(&self) -> u64 {
         self.inner.config.clock.now_nanos()
     }
 
+    /// The directed reads' sessions.
     pub(crate) fn reads(&self) -> &crate::directed::Sessions {
         &self.inner.reads
     }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quorate::drill::links::{loopback, ClientLinks};
-use quorate::drill::{Deployment, Fault, FaultState, OwnCluster, Window};
+use quorate::drill::{refusals, Deployment, Fault, FaultState, OwnCluster, Window};
 use quorate::{Clock, Error, Region, SkewedClock};
 
 use crate::{SpannerBackend, SpannerConfig};
@@ -209,12 +209,12 @@ impl Deployment for SpannerDeployment {
     }
 
     fn unsupported(&self, windows: &[Window]) -> Vec<String> {
-        let known = |r: &str| self.shared.regions.iter().any(|x| x == r);
         let home = self.run.as_ref().map(|r| r.home.as_str());
         let elsewhere = |a: &str, b: &str| home.is_some_and(|h| a != h && b != h);
-        let mut refused = Vec::new();
-        for w in windows {
-            let why = match w.fault {
+        refusals(
+            windows,
+            |r| self.index(r).is_ok(),
+            |fault| match *fault {
                 Fault::Cut(a, b) | Fault::OneWay(a, b) | Fault::Latency(a, b, _)
                     if elsewhere(a, b) =>
                 {
@@ -228,14 +228,8 @@ impl Deployment for SpannerDeployment {
                 Fault::Pause(_) => Some("pausing a region: the emulator is one process"),
                 Fault::LeaseTo(_) => Some("moving the leader: the emulator has one"),
                 _ => None,
-            };
-            if let Some(why) = why {
-                refused.push(format!("{} ({why})", w.fault.label()));
-            } else if let Some(r) = w.fault.regions().into_iter().find(|r| !known(r)) {
-                refused.push(format!("{} (no region {r})", w.fault.label()));
-            }
-        }
-        refused
+            },
+        )
     }
 
     fn home(&self) -> Option<String> {
@@ -244,17 +238,21 @@ impl Deployment for SpannerDeployment {
 
     fn prevents(&self, scenario: &str) -> Option<String> {
         let why = match scenario {
-            "isolation-latency" => {
-                "a Spanner replica serves a strong read only once it has applied every commit up to the read's timestamp, so even a local replica's strong read is never stale; a region cut off from the leader cannot serve one at all"
+            // The naive client's local reads are directed reads with a
+            // staleness bound (`directed::bound`): on a real instance a
+            // lagging replica of the region may serve them; the emulator
+            // has one replica, always current.
+            "isolation-latency" | "partial-partition-skew-250ms" => {
+                "the emulator is one process holding the only replica, always current: a local read with a staleness bound is served at its newest timestamp, so it is never stale (on a real instance a lagging replica of the region could serve an older one; this drill cannot make one)"
+            }
+            "skew-isolate-conflicting-writes" => {
+                "the emulator is one process holding the only replica, always current: every region's local read is served at its newest timestamp, so a user moving between regions never reads an older version than one read before (on a real instance a lagging replica could serve one; this drill cannot make one)"
             }
             "partition-global-tables" => {
                 "every key has one leader that orders its writes, not a writer per region: a region cut off from it cannot commit, and a conditional write refused there cannot apply a transition twice"
             }
-            "clock-skew-600ms" | "partial-partition-skew-250ms" => {
-                "commits and strong reads are timestamped by TrueTime, not by a region's clock, and a replica serves a strong read only once it has applied every commit up to the read's timestamp: a read that starts after a write completed sees it, whatever the skewed region's hosts' clocks say"
-            }
-            "skew-isolate-conflicting-writes" => {
-                "every strong read, from any replica, is served at a TrueTime timestamp after every commit that completed before it began, and one leader orders each key's writes: a user moving between regions never reads an older version than one read before, whatever the skewed region's hosts' clocks say"
+            "clock-skew-600ms" => {
+                "commits and strong reads are timestamped by TrueTime, not by a region's clock, and a strong read sees every commit that completed before it began: the consumer's read after the producer's write sees it, whatever the skewed region's hosts' clocks say"
             }
             _ => return None,
         };

@@ -207,3 +207,55 @@ async fn drill_lost_commit_answers() {
     );
     assert_eq!(strict.total(), 0, "the strict run is clean");
 }
+
+/// A region's clock skew is its clients' clock: a follower read through
+/// the skewed region's backend states its age by that clock (now minus
+/// the read timestamp Spanner chose), so 3 s ahead reads 3 s older; the
+/// unskewed region's read of the same key does not.
+#[cfg(feature = "drill")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skewed_regions_follower_reads_age_by_its_clock() {
+    use quorate_spanner::deployment::SpannerDeployment;
+    use quorate_spanner::drill::{Deployment, FaultState};
+    use quorate_spanner::{Backend, ReadPlan, ReadPolicy, ReplicaRole, SessionFloor};
+    use std::time::Duration;
+    let Some((host, database)) = common::emulator() else {
+        return;
+    };
+    let base = SpannerDeployment::start(&host, &database, &["eu-west", "ap-south"])
+        .await
+        .expect("the fault layer starts");
+    let table = common::key("drill_skew").replace('-', "_");
+    let deployment = base
+        .with_table(&table, "eu-west")
+        .await
+        .expect("a fresh table");
+    let mut skewed = FaultState::default();
+    skewed.skew_ms.insert("ap-south".to_owned(), 3_000);
+    assert!(deployment
+        .apply(&FaultState::default(), &skewed)
+        .await
+        .is_empty());
+    let age = |region: &'static str| {
+        let backend = deployment.at(region).unwrap();
+        async move {
+            let region = quorate_spanner::Region::new(region).unwrap();
+            let plan = ReadPlan {
+                key: "k",
+                region: &region,
+                role: ReplicaRole::Follower,
+                policy: ReadPolicy::Strong,
+                floor: SessionFloor::default(),
+                deadline: tokio::time::Instant::now() + Duration::from_secs(10),
+            };
+            let read = backend.read(&plan).await.expect("a follower read");
+            read.freshness.staleness_bound.expect("an age")
+        }
+    };
+    let (skewed_age, true_age) = (age("ap-south").await, age("eu-west").await);
+    assert!(
+        skewed_age >= Duration::from_millis(2_900),
+        "ap-south's read is aged by its clock: {skewed_age:?}"
+    );
+    assert!(true_age < Duration::from_secs(2), "{true_age:?}");
+}
